@@ -1,0 +1,155 @@
+//! Validation of the test function and the (thin) expansion.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{quote, quote_spanned, ToTokens};
+use syn::spanned::Spanned;
+use syn::{FnArg, ItemFn, Type};
+
+use crate::attr::{Config, Isolation, Migrations};
+
+/// Parameter types that need a database of their own (as in `#[sqlx::test]`).
+fn wants_own_database(ty: &Type) -> bool {
+    match ty {
+        Type::Tuple(t) => t.elems.iter().any(wants_own_database),
+        Type::Reference(r) => wants_own_database(&r.elem),
+        Type::Path(p) => p.path.segments.last().is_some_and(|s| {
+            matches!(
+                s.ident.to_string().as_str(),
+                "PgPool" | "Pool" | "PoolConnection" | "PgPoolOptions" | "PgConnectOptions"
+            )
+        }),
+        _ => false,
+    }
+}
+
+fn is_test_attr(attr: &syn::Attribute) -> bool {
+    attr.path().segments.last().is_some_and(|s| s.ident == "test")
+}
+
+pub(crate) fn db_test(args: TokenStream, item: TokenStream) -> TokenStream {
+    let mut func: ItemFn = match syn::parse2(item.clone()) {
+        Ok(f) => f,
+        Err(e) => {
+            // Not a function: report it and give the item back untouched.
+            let err = syn::Error::new(e.span(), "#[db_test] goes on an `async fn`").to_compile_error();
+            return quote!(#err #item);
+        }
+    };
+    let mut errors: Vec<syn::Error> = Vec::new();
+    let mut config = Config::default();
+    let parser = syn::meta::parser(|meta| config.parse_meta(meta));
+    if let Err(e) = syn::parse::Parser::parse2(parser, args) {
+        errors.push(e);
+    }
+    if let Some(attr) = func.attrs.iter().find(|a| is_test_attr(a)) {
+        errors.push(syn::Error::new_spanned(
+            attr,
+            "#[db_test] already makes this function a test on db-test's shared runtime; \
+             remove this attribute (stacking #[tokio::test] or #[test] with #[db_test] would \
+             start a second runtime)",
+        ));
+    }
+    if func.sig.asyncness.is_none() {
+        errors.push(syn::Error::new_spanned(
+            func.sig.fn_token,
+            "the `async` keyword is missing from the function declaration: #[db_test] tests are `async fn`",
+        ));
+    }
+    if !func.sig.generics.params.is_empty() || func.sig.generics.where_clause.is_some() {
+        errors.push(syn::Error::new(
+            func.sig.generics.span(),
+            "#[db_test] functions cannot be generic: parameters are chosen by their concrete type",
+        ));
+    }
+    let mut params = Vec::new();
+    let mut wants_database = false;
+    for input in &func.sig.inputs {
+        match input {
+            FnArg::Receiver(r) => errors.push(syn::Error::new_spanned(
+                r,
+                "#[db_test] functions cannot take `self`: write a free function",
+            )),
+            FnArg::Typed(pt) => {
+                if wants_own_database(&pt.ty) {
+                    wants_database = true;
+                    if let Some((Isolation::Transaction, _)) = config.isolation {
+                        errors.push(syn::Error::new_spanned(
+                            &pt.ty,
+                            "this parameter needs a database of its own, which `isolation = \"transaction\"` \
+                             cannot give; use `isolation = \"database\"`, or `TestDb` / `Db` instead",
+                        ));
+                    }
+                }
+                params.push((*pt.ty).clone());
+            }
+        }
+    }
+    if !errors.is_empty() {
+        let mut combined = errors.remove(0);
+        for e in errors {
+            combined.combine(e);
+        }
+        let err = combined.to_compile_error();
+        // Still emit the function (as a plain test that never runs its body)
+        // so that IDEs keep resolving it, without cascading errors.
+        func.attrs.retain(|a| !is_test_attr(a));
+        return quote!(#err #[allow(dead_code)] #func);
+    }
+    expand(func, config, params, wants_database)
+}
+
+fn expand(func: ItemFn, config: Config, params: Vec<Type>, wants_database: bool) -> TokenStream {
+    let ItemFn { attrs, vis, sig, block } = func;
+    let name = &sig.ident;
+    let output = &sig.output;
+    let inputs = &sig.inputs;
+    let span = Span::call_site();
+
+    let migrations = match &config.migrations {
+        None => quote!(::db_test::__private::Migrations::Default),
+        Some((Migrations::Path(p), _)) => quote!(::db_test::__private::Migrations::Path(#p)),
+        Some((Migrations::None, _)) => quote!(::db_test::__private::Migrations::None),
+        Some((Migrations::Migrator(path, text), _)) => {
+            quote!(::db_test::__private::Migrations::Migrator(&#path, #text))
+        }
+    };
+    let isolation = match config.isolation {
+        None => quote!(::core::option::Option::None),
+        Some((Isolation::Transaction, _)) => {
+            quote!(::core::option::Option::Some(::db_test::__private::Isolation::Transaction))
+        }
+        Some((Isolation::Database, _)) => {
+            quote!(::core::option::Option::Some(::db_test::__private::Isolation::Database))
+        }
+    };
+    let timeout_ms = config.timeout_ms.map(|(ms, _)| ms).unwrap_or(0);
+    let check_constraints = config.check_constraints.map(|(b, _)| b).unwrap_or(true);
+    let fixtures = config.fixtures.iter().map(|(path, span)| {
+        quote_spanned!(*span=> ::db_test::__private::Fixture { path: #path, sql: ::core::include_str!(#path) })
+    });
+    let args = params.iter().map(|ty| {
+        let ty_name = ty.to_token_stream().to_string().replace(' ', "");
+        quote_spanned!(ty.span()=> ::db_test::__private::extract::<#ty>(&__db_test_ctx, #ty_name).await)
+    });
+
+    quote_spanned! {span=>
+        #(#attrs)*
+        #[::core::prelude::v1::test]
+        #vis fn #name() #output {
+            async fn __db_test_body(#inputs) #output #block
+            static __DB_TEST_SPEC: ::db_test::__private::TestSpec = ::db_test::__private::TestSpec {
+                name: ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#name)),
+                manifest_dir: ::core::env!("CARGO_MANIFEST_DIR"),
+                migrations: #migrations,
+                fixtures: &[#(#fixtures),*],
+                isolation: #isolation,
+                wants_database: #wants_database,
+                timeout_ms: #timeout_ms,
+                check_constraints: #check_constraints,
+            };
+            ::db_test::__private::run(&__DB_TEST_SPEC, |__db_test_ctx| async move {
+                __db_test_body(#(#args),*).await
+            })
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! Settings read from the environment. Each has a default that suits a
+//! laptop and CI; the README lists them.
+
+use std::time::Duration;
+
+fn env_parse<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+/// Parses `250ms`, `30s`, `2m` or a bare number of seconds.
+pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit.trim() {
+        "" | "s" | "sec" | "secs" => n,
+        "ms" => n / 1000.0,
+        "m" | "min" | "mins" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return None,
+    };
+    (secs > 0.0).then(|| Duration::from_secs_f64(secs))
+}
+
+fn env_duration(name: &str, default: Duration) -> Duration {
+    std::env::var(name).ok().and_then(|v| parse_duration(&v)).unwrap_or(default)
+}
+
+/// Threads of libtest (`RUST_TEST_THREADS`) or the machine's parallelism.
+pub(crate) fn test_threads() -> usize {
+    env_parse("RUST_TEST_THREADS")
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
+        .max(1)
+}
+
+/// `DB_TEST_WORKER_THREADS`: worker threads of the shared runtime.
+pub(crate) fn worker_threads() -> usize {
+    env_parse("DB_TEST_WORKER_THREADS")
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
+        .max(2)
+}
+
+/// `DB_TEST_POOL_SIZE`: connections per working database (default: test threads + 4).
+pub(crate) fn pool_size() -> u32 {
+    env_parse("DB_TEST_POOL_SIZE").unwrap_or(test_threads() as u32 + 4).max(1)
+}
+
+/// `DB_TEST_ACQUIRE_TIMEOUT`: how long a test waits for a pooled connection (default 30s).
+pub(crate) fn acquire_timeout() -> Duration {
+    env_duration("DB_TEST_ACQUIRE_TIMEOUT", Duration::from_secs(30))
+}
+
+/// `DB_TEST_CONNECT_TIMEOUT`: how long connecting to the server may take (default 5s).
+pub(crate) fn connect_timeout() -> Duration {
+    env_duration("DB_TEST_CONNECT_TIMEOUT", Duration::from_secs(5))
+}
+
+/// `DB_TEST_CHECKOUT_TIMEOUT`: how long a task waits for the test's busy connection (default 10s).
+pub(crate) fn checkout_timeout() -> Duration {
+    env_duration("DB_TEST_CHECKOUT_TIMEOUT", Duration::from_secs(10))
+}
+
+/// `DB_TEST_LOCK_TIMEOUT`: the server's `lock_timeout` on test connections (default 5s).
+pub(crate) fn lock_timeout() -> String {
+    let d = env_duration("DB_TEST_LOCK_TIMEOUT", Duration::from_secs(5));
+    format!("{}ms", d.as_millis())
+}
+
+/// `DB_TEST_TIMEOUT`: the default test timeout (default 60s); `timeout = ".."` overrides it.
+pub(crate) fn default_test_timeout() -> Duration {
+    env_duration("DB_TEST_TIMEOUT", Duration::from_secs(60))
+}

@@ -1,0 +1,377 @@
+//! The app-facing database handle, [`Db`].
+//!
+//! In production a `Db` is exactly a [`PgPool`]: every call goes straight to the
+//! pool, with no lock and no extra round trip. Under `#[db_test]` the same type
+//! wraps the test's single connection, which sits inside a transaction that is
+//! rolled back when the test ends. `begin()` then becomes a `SAVEPOINT`,
+//! `commit()` a `RELEASE SAVEPOINT`, and a statement issued outside an app
+//! transaction is guarded by a savepoint so that a failing statement does not
+//! poison the rest of the test.
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use futures_util::{FutureExt, StreamExt};
+use sqlx::postgres::{PgConnection, PgQueryResult, PgRow, PgStatement, PgTypeInfo};
+use sqlx::{Either, Execute, Executor, PgPool, Postgres};
+
+use crate::shared::{SharedConn, SlotGuard};
+
+/// A handle to the database that application code stores in its state.
+///
+/// Build it from a pool in production with [`Db::from_pool`] (or `Db::from(pool)`).
+/// Under `#[db_test]` the test hands the app a `Db` bound to the test's
+/// transaction (see `TestDb::db`), so the app's writes are rolled back with the test.
+///
+/// `&Db` is a [`sqlx::Executor`], so it is used exactly like `&PgPool`:
+///
+/// ```no_run
+/// # async fn f(pool: sqlx::PgPool) -> sqlx::Result<()> {
+/// use db_test::Db;
+///
+/// let db = Db::from_pool(pool);
+/// sqlx::query("INSERT INTO users (email) VALUES ($1)")
+///     .bind("a@example.com")
+///     .execute(&db)
+///     .await?;
+///
+/// // An app transaction. Under test it becomes a savepoint.
+/// let mut tx = db.begin().await?;
+/// sqlx::query("UPDATE users SET name = 'A'").execute(&mut *tx).await?;
+/// tx.commit().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Db {
+    inner: Inner,
+}
+
+#[derive(Clone)]
+enum Inner {
+    Pool(PgPool),
+    Test(Arc<SharedConn>),
+}
+
+impl fmt::Debug for Db {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.inner {
+            Inner::Pool(pool) => f.debug_tuple("Db::Pool").field(pool).finish(),
+            Inner::Test(shared) => f.debug_tuple("Db::Test").field(&shared.label()).finish(),
+        }
+    }
+}
+
+impl From<PgPool> for Db {
+    fn from(pool: PgPool) -> Self {
+        Db::from_pool(pool)
+    }
+}
+
+impl Db {
+    /// Wraps a pool. Every call on the returned `Db` goes straight to the pool.
+    pub fn from_pool(pool: PgPool) -> Self {
+        Db {
+            inner: Inner::Pool(pool),
+        }
+    }
+
+    pub(crate) fn from_shared(shared: Arc<SharedConn>) -> Self {
+        Db {
+            inner: Inner::Test(shared),
+        }
+    }
+
+    /// The pool behind this handle, if it is a pool (production, or a test in
+    /// `isolation = "database"`). `None` under a transaction-mode test.
+    pub fn pool(&self) -> Option<&PgPool> {
+        match &self.inner {
+            Inner::Pool(pool) => Some(pool),
+            Inner::Test(_) => None,
+        }
+    }
+
+    /// Takes a connection. It derefs to [`PgConnection`].
+    ///
+    /// Under a transaction-mode test this is the test's connection: hold the guard
+    /// only as long as needed, because other users of the same `Db` wait for it.
+    pub async fn acquire(&self) -> sqlx::Result<DbConnection> {
+        match &self.inner {
+            Inner::Pool(pool) => Ok(DbConnection {
+                inner: ConnInner::Pool(pool.acquire().await?),
+            }),
+            Inner::Test(shared) => Ok(DbConnection {
+                inner: ConnInner::Test(shared.lock_autocommit(None).await?),
+            }),
+        }
+    }
+
+    /// Starts a transaction. Under a transaction-mode test it is a `SAVEPOINT`
+    /// inside the test's transaction, and nesting works to any depth (call
+    /// [`sqlx::Connection::begin`] on the guard).
+    ///
+    /// Dropping the guard without [`DbTransaction::commit`] rolls it back.
+    pub async fn begin(&self) -> sqlx::Result<DbTransaction> {
+        match &self.inner {
+            Inner::Pool(pool) => Ok(DbTransaction {
+                inner: TxInner::Pool(pool.begin().await?),
+            }),
+            Inner::Test(shared) => Ok(DbTransaction {
+                inner: TxInner::Test {
+                    guard: shared.begin().await?,
+                    open: true,
+                },
+            }),
+        }
+    }
+}
+
+/// A connection taken from a [`Db`]. Derefs to [`PgConnection`].
+pub struct DbConnection {
+    inner: ConnInner,
+}
+
+enum ConnInner {
+    Pool(sqlx::pool::PoolConnection<Postgres>),
+    Test(SlotGuard),
+}
+
+impl fmt::Debug for DbConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DbConnection")
+    }
+}
+
+impl Deref for DbConnection {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        match &self.inner {
+            ConnInner::Pool(c) => c,
+            ConnInner::Test(g) => g.conn(),
+        }
+    }
+}
+
+impl DerefMut for DbConnection {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        match &mut self.inner {
+            ConnInner::Pool(c) => c,
+            ConnInner::Test(g) => g.conn_mut(),
+        }
+    }
+}
+
+/// A transaction started with [`Db::begin`]. Derefs to [`PgConnection`], so
+/// queries run on it with `.execute(&mut *tx)`.
+///
+/// Dropping it without calling [`commit`](DbTransaction::commit) rolls it back.
+pub struct DbTransaction {
+    inner: TxInner,
+}
+
+enum TxInner {
+    Pool(sqlx::Transaction<'static, Postgres>),
+    Test { guard: SlotGuard, open: bool },
+    Taken,
+}
+
+impl fmt::Debug for DbTransaction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DbTransaction")
+    }
+}
+
+impl DbTransaction {
+    /// Commits the transaction (under test: `RELEASE SAVEPOINT`).
+    pub async fn commit(mut self) -> sqlx::Result<()> {
+        match &mut self.inner {
+            TxInner::Pool(_) => match std::mem::replace(&mut self.inner, TxInner::Taken) {
+                TxInner::Pool(tx) => tx.commit().await,
+                _ => unreachable!(),
+            },
+            TxInner::Test { guard, open } => {
+                guard.commit_savepoint().await?;
+                *open = false;
+                Ok(())
+            }
+            TxInner::Taken => Ok(()),
+        }
+    }
+
+    /// Rolls the transaction back (under test: `ROLLBACK TO SAVEPOINT`).
+    pub async fn rollback(mut self) -> sqlx::Result<()> {
+        match &mut self.inner {
+            TxInner::Pool(_) => match std::mem::replace(&mut self.inner, TxInner::Taken) {
+                TxInner::Pool(tx) => tx.rollback().await,
+                _ => unreachable!(),
+            },
+            TxInner::Test { guard, open } => {
+                guard.rollback_savepoint().await?;
+                *open = false;
+                Ok(())
+            }
+            TxInner::Taken => Ok(()),
+        }
+    }
+}
+
+impl Drop for DbTransaction {
+    fn drop(&mut self) {
+        if let TxInner::Test { guard, open: true } = &mut self.inner {
+            guard.start_rollback_savepoint();
+        }
+    }
+}
+
+impl Deref for DbTransaction {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        match &self.inner {
+            TxInner::Pool(tx) => tx,
+            TxInner::Test { guard, .. } => guard.conn(),
+            TxInner::Taken => unreachable!("transaction used after commit"),
+        }
+    }
+}
+
+impl DerefMut for DbTransaction {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        match &mut self.inner {
+            TxInner::Pool(tx) => tx,
+            TxInner::Test { guard, .. } => guard.conn_mut(),
+            TxInner::Taken => unreachable!("transaction used after commit"),
+        }
+    }
+}
+
+/// The parts of a query, taken apart so that the SQL text can be looked at
+/// before it is sent (commit detection, statement capture).
+pub(crate) struct OwnedQuery {
+    pub(crate) sql: sqlx::SqlStr,
+    statement: Option<PgStatement>,
+    arguments: Option<sqlx::postgres::PgArguments>,
+    persistent: bool,
+}
+
+impl OwnedQuery {
+    fn take<'q, E: Execute<'q, Postgres>>(mut query: E) -> sqlx::Result<Self> {
+        let statement = query.statement().cloned();
+        let arguments = query.take_arguments().map_err(sqlx::Error::Encode)?;
+        let persistent = query.persistent();
+        let sql = query.sql();
+        Ok(OwnedQuery {
+            sql,
+            statement,
+            arguments,
+            persistent,
+        })
+    }
+}
+
+impl<'q> Execute<'q, Postgres> for OwnedQuery {
+    fn sql(self) -> sqlx::SqlStr {
+        self.sql
+    }
+    fn statement(&self) -> Option<&PgStatement> {
+        self.statement.as_ref()
+    }
+    fn take_arguments(
+        &mut self,
+    ) -> Result<Option<sqlx::postgres::PgArguments>, sqlx::error::BoxDynError> {
+        Ok(self.arguments.take())
+    }
+    fn persistent(&self) -> bool {
+        self.persistent
+    }
+}
+
+type Step = Either<PgQueryResult, PgRow>;
+
+impl<'c> Executor<'c> for &'c Db {
+    type Database = Postgres;
+
+    fn fetch_many<'e, 'q: 'e, E>(self, query: E) -> BoxStream<'e, sqlx::Result<Step>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Postgres>,
+    {
+        match &self.inner {
+            Inner::Pool(pool) => pool.fetch_many(query),
+            Inner::Test(shared) => {
+                let shared = shared.clone();
+                futures_util::stream::once(async move {
+                    let query = OwnedQuery::take(query)?;
+                    shared.run_statement(query).await
+                })
+                .flat_map(|result| match result {
+                    Ok(steps) => futures_util::stream::iter(steps.into_iter().map(Ok)).left_stream(),
+                    Err(e) => futures_util::stream::once(async move { Err(e) }).right_stream(),
+                })
+                .boxed()
+            }
+        }
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, sqlx::Result<Option<PgRow>>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Postgres>,
+    {
+        match &self.inner {
+            Inner::Pool(pool) => pool.fetch_optional(query),
+            Inner::Test(shared) => {
+                let shared = shared.clone();
+                async move {
+                    let query = OwnedQuery::take(query)?;
+                    let steps = shared.run_statement(query).await?;
+                    Ok(steps.into_iter().find_map(|s| s.right()))
+                }
+                .boxed()
+            }
+        }
+    }
+
+    fn prepare_with<'e>(
+        self,
+        sql: sqlx::SqlStr,
+        parameters: &'e [PgTypeInfo],
+    ) -> BoxFuture<'e, sqlx::Result<PgStatement>>
+    where
+        'c: 'e,
+    {
+        match &self.inner {
+            Inner::Pool(pool) => pool.prepare_with(sql, parameters),
+            Inner::Test(shared) => {
+                let shared = shared.clone();
+                async move {
+                    let mut guard = shared.lock_autocommit(None).await?;
+                    guard.conn_mut().prepare_with(sql, parameters).await
+                }
+                .boxed()
+            }
+        }
+    }
+
+    #[doc(hidden)]
+    fn describe<'e>(
+        self,
+        sql: sqlx::SqlStr,
+    ) -> BoxFuture<'e, sqlx::Result<sqlx::Describe<Postgres>>>
+    where
+        'c: 'e,
+    {
+        match &self.inner {
+            Inner::Pool(pool) => pool.describe(sql),
+            Inner::Test(shared) => {
+                let shared = shared.clone();
+                async move {
+                    let mut guard = shared.lock_autocommit(None).await?;
+                    guard.conn_mut().describe(sql).await
+                }
+                .boxed()
+            }
+        }
+    }
+}

@@ -1,0 +1,376 @@
+//! The embedded PostgreSQL server: a private cluster started from the
+//! system's binaries when `DATABASE_URL` is unset.
+//!
+//! - Binaries: `DB_TEST_PG_BIN`, `pg_config --bindir`, `PATH`, then
+//!   `/usr/lib/postgresql/*/bin`, newest first.
+//! - Data: `DB_TEST_DATA_DIR`, else `$XDG_CACHE_HOME/db-test` or
+//!   `~/.cache/db-test` (as root: `/var/tmp/db-test-root`, because the server
+//!   runs as an unprivileged user who cannot enter `/root`).
+//! - Socket only (no TCP), in a short directory under `/tmp`.
+//! - Shared by every test process: a lock file serialises start-up, and each
+//!   test process holds a shared lock on `users.lock` while it lives. A small
+//!   detached reaper stops the server after `DB_TEST_PG_IDLE_SECS` (default
+//!   600) without users.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+/// The port number only names the socket file; nothing listens on TCP.
+pub(crate) const PORT: u16 = 5432;
+
+/// A running embedded server.
+#[derive(Debug, Clone)]
+pub(crate) struct Embedded {
+    pub(crate) socket_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
+    /// Whether this process started it (false: reused a running one).
+    pub(crate) started_here: bool,
+}
+
+struct Layout {
+    bin: PathBuf,
+    root: PathBuf,
+    data: PathBuf,
+    socket: PathBuf,
+    run_as: Option<(u32, u32)>,
+}
+
+fn flock(file: &File, op: libc::c_int) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    loop {
+        // SAFETY: flock on a valid, owned file descriptor.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+/// Finds a directory holding `initdb`, `pg_ctl` and `postgres`.
+fn find_bin_dir() -> Result<PathBuf, String> {
+    let mut searched = Vec::new();
+    let ok = |d: &Path| ["initdb", "pg_ctl", "postgres"].iter().all(|b| d.join(b).is_file());
+    if let Ok(dir) = std::env::var("DB_TEST_PG_BIN") {
+        let dir = PathBuf::from(dir);
+        if ok(&dir) {
+            return Ok(dir);
+        }
+        searched.push(format!("DB_TEST_PG_BIN={}", dir.display()));
+    }
+    match Command::new("pg_config").arg("--bindir").stderr(Stdio::null()).output() {
+        Ok(out) if out.status.success() => {
+            let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+            if ok(&dir) {
+                return Ok(dir);
+            }
+            searched.push(format!("pg_config --bindir ({})", dir.display()));
+        }
+        _ => searched.push("pg_config --bindir (not found)".into()),
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            if ok(&dir) {
+                return Ok(dir);
+            }
+        }
+        searched.push("PATH".into());
+    }
+    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v: u32 = e.file_name().to_str()?.split('.').next()?.parse().ok()?;
+            Some((v, e.path().join("bin")))
+        })
+        .collect();
+    versions.sort_by(|a, b| b.0.cmp(&a.0));
+    if let Some((_, dir)) = versions.into_iter().find(|(_, d)| ok(d)) {
+        return Ok(dir);
+    }
+    searched.push("/usr/lib/postgresql/*/bin".into());
+    Err(format!(
+        "db-test: DATABASE_URL is not set, so db-test wants to start an embedded PostgreSQL, \
+         but found no PostgreSQL server binaries (initdb, pg_ctl, postgres). Searched: {}. \
+         Fix: install PostgreSQL (e.g. `apt-get install postgresql`, `brew install postgresql`), \
+         or point DB_TEST_PG_BIN at its bin directory, or set DATABASE_URL to a running server.",
+        searched.join(", ")
+    ))
+}
+
+fn major_version(bin: &Path) -> Result<String, String> {
+    let out = Command::new(bin.join("postgres"))
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("db-test: cannot run {}: {e}", bin.join("postgres").display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "postgres (PostgreSQL) 15.4 (Debian ...)"
+    text.split_whitespace()
+        .find_map(|w| w.split('.').next().filter(|m| m.chars().all(|c| c.is_ascii_digit()) && !m.is_empty()))
+        .map(str::to_owned)
+        .ok_or_else(|| format!("db-test: cannot parse `postgres --version` output: {text}"))
+}
+
+/// The unprivileged user to run the server as, when we are root.
+fn unprivileged_user() -> (u32, u32) {
+    let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let find = |name: &str| {
+        passwd.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() > 3 && f[0] == name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+        })
+    };
+    find("postgres").or_else(|| find("nobody")).unwrap_or((65534, 65534))
+}
+
+fn layout() -> Result<Layout, String> {
+    let bin = find_bin_dir()?;
+    let major = major_version(&bin)?;
+    let uid = euid();
+    let base = if let Some(dir) = std::env::var_os("DB_TEST_DATA_DIR") {
+        PathBuf::from(dir)
+    } else if uid == 0 {
+        PathBuf::from("/var/tmp/db-test-root")
+    } else if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        PathBuf::from(dir).join("db-test")
+    } else if let Some(home) = std::env::var_os("HOME") {
+        PathBuf::from(home).join(".cache/db-test")
+    } else {
+        PathBuf::from(format!("/tmp/db-test-{uid}"))
+    };
+    let root = base.join(format!("pg{major}"));
+    // Socket paths are limited to 107 bytes: keep the directory short, and
+    // distinct per data directory.
+    let tag = short_hash(root.to_string_lossy().as_bytes());
+    let socket = PathBuf::from(format!("/tmp/dbt-{uid}-{}", &tag[..8]));
+    let run_as = (uid == 0).then(unprivileged_user);
+    Ok(Layout {
+        bin,
+        data: root.join("data"),
+        root,
+        socket,
+        run_as,
+    })
+}
+
+pub(crate) fn short_hash(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(bytes);
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+fn command(layout: &Layout, program: &str) -> Command {
+    let mut cmd = Command::new(layout.bin.join(program));
+    cmd.current_dir(&layout.root).stdin(Stdio::null());
+    if let Some((uid, gid)) = layout.run_as {
+        cmd.uid(uid).gid(gid);
+        // pg_ctl and initdb look at HOME only for .pgpass-like files; keep it harmless.
+        cmd.env("HOME", &layout.root);
+    }
+    cmd
+}
+
+fn chown(path: &Path, run_as: Option<(u32, u32)>) -> Result<(), String> {
+    if let Some((uid, gid)) = run_as {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+            .map_err(|e| format!("db-test: cannot chown {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn server_running(layout: &Layout) -> bool {
+    let Ok(pid_file) = fs::read_to_string(layout.data.join("postmaster.pid")) else {
+        return false;
+    };
+    let Some(pid) = pid_file.lines().next().and_then(|l| l.trim().parse::<i32>().ok()) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the process exists.
+    let alive = unsafe { libc::kill(pid, 0) } == 0;
+    alive && layout.socket.join(format!(".s.PGSQL.{PORT}")).exists()
+}
+
+/// Held for the life of the process: tells the reaper the server is in use.
+static USERS_LOCK: OnceLock<File> = OnceLock::new();
+
+/// Starts the embedded server, or finds the one already running. Blocking.
+pub(crate) fn ensure_started() -> Result<Embedded, String> {
+    let layout = layout()?;
+    fs::create_dir_all(&layout.root)
+        .map_err(|e| format!("db-test: cannot create {}: {e}", layout.root.display()))?;
+    if layout.run_as.is_some() {
+        // The unprivileged server user must be able to reach its data directory.
+        for dir in [layout.root.as_path(), layout.root.parent().unwrap_or(&layout.root)] {
+            let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o755));
+        }
+    }
+    let open = |name: &str| {
+        OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(layout.root.join(name))
+            .map_err(|e| format!("db-test: cannot open lock file in {}: {e}", layout.root.display()))
+    };
+    // Announce ourselves as a user before anything else, so the reaper never
+    // stops a server that we are about to use.
+    if USERS_LOCK.get().is_none() {
+        let users = open("users.lock")?;
+        flock(&users, libc::LOCK_SH).map_err(|e| format!("db-test: cannot lock users.lock: {e}"))?;
+        let _ = USERS_LOCK.set(users);
+    }
+    let start_lock = open("start.lock")?;
+    flock(&start_lock, libc::LOCK_EX).map_err(|e| format!("db-test: cannot lock start.lock: {e}"))?;
+
+    if server_running(&layout) {
+        ensure_reaper(&layout);
+        return Ok(Embedded {
+            socket_dir: layout.socket.clone(),
+            data_dir: layout.data.clone(),
+            started_here: false,
+        });
+    }
+
+    let t0 = std::time::Instant::now();
+    if !layout.data.join("PG_VERSION").exists() {
+        init_cluster(&layout)?;
+    }
+    fs::create_dir_all(&layout.socket)
+        .map_err(|e| format!("db-test: cannot create socket dir {}: {e}", layout.socket.display()))?;
+    chown(&layout.socket, layout.run_as)?;
+    let _ = fs::set_permissions(&layout.socket, fs::Permissions::from_mode(0o700));
+    let _ = fs::remove_file(layout.socket.join(format!(".s.PGSQL.{PORT}.lock")));
+
+    let log = layout.root.join("server.log");
+    if let Ok(f) = OpenOptions::new().create(true).append(true).open(&log) {
+        let _ = chown(&log, layout.run_as);
+        drop(f);
+    }
+    let options = format!(
+        "-k {} -p {PORT} -c listen_addresses='' -c fsync=off -c synchronous_commit=off \
+         -c full_page_writes=off -c max_connections=300 -c shared_buffers=128MB \
+         -c unix_socket_permissions=0777",
+        layout.socket.display()
+    );
+    let out = command(&layout, "pg_ctl")
+        .args(["start", "-w", "-t", "60", "-s", "-D"])
+        .arg(&layout.data)
+        .arg("-l")
+        .arg(&log)
+        .arg("-o")
+        .arg(&options)
+        .output()
+        .map_err(|e| format!("db-test: cannot run pg_ctl: {e}"))?;
+    if !out.status.success() {
+        let tail = fs::read_to_string(&log).unwrap_or_default();
+        let tail: Vec<&str> = tail.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+        return Err(format!(
+            "db-test: the embedded PostgreSQL failed to start (data in {}).\npg_ctl said: {}{}\nserver log (last lines):\n{}",
+            layout.data.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            tail.join("\n")
+        ));
+    }
+    tracing::info!(
+        data_dir = %layout.data.display(),
+        socket_dir = %layout.socket.display(),
+        elapsed_ms = t0.elapsed().as_millis() as u64,
+        "db-test: embedded PostgreSQL started"
+    );
+    ensure_reaper(&layout);
+    Ok(Embedded {
+        socket_dir: layout.socket.clone(),
+        data_dir: layout.data.clone(),
+        started_here: true,
+    })
+}
+
+fn init_cluster(layout: &Layout) -> Result<(), String> {
+    // initdb into a scratch directory and rename, so a killed initdb never
+    // leaves a half-made cluster under the real name.
+    let scratch = layout.root.join("data.init");
+    let _ = fs::remove_dir_all(&scratch);
+    let _ = fs::remove_dir_all(&layout.data);
+    fs::create_dir_all(&scratch).map_err(|e| format!("db-test: cannot create {}: {e}", scratch.display()))?;
+    chown(&scratch, layout.run_as)?;
+    let _ = fs::set_permissions(&scratch, fs::Permissions::from_mode(0o700));
+    let out = command(layout, "initdb")
+        .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync", "-D"])
+        .arg(&scratch)
+        .output()
+        .map_err(|e| format!("db-test: cannot run initdb: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "db-test: initdb failed for the embedded PostgreSQL in {}:\n{}{}",
+            scratch.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    fs::rename(&scratch, &layout.data).map_err(|e| format!("db-test: cannot move the new cluster into place: {e}"))?;
+    Ok(())
+}
+
+/// Starts the idle reaper unless one is alive: a detached shell loop that
+/// stops the server once no test process has held `users.lock` for the idle
+/// period. It only ever stops the server in our own data directory.
+fn ensure_reaper(layout: &Layout) {
+    let pid_file = layout.root.join("reaper.pid");
+    if let Some(pid) = fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+        // SAFETY: signal 0 only checks that the process exists.
+        if unsafe { libc::kill(pid, 0) } == 0 {
+            return;
+        }
+    }
+    let idle: u64 = std::env::var("DB_TEST_PG_IDLE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(600);
+    let script = r#"
+        root="$1"; idle_limit="$2"; data="$root/data"; idle=0
+        while sleep 2; do
+            pid=$(head -n 1 "$data/postmaster.pid" 2>/dev/null) || exit 0
+            kill -0 "$pid" 2>/dev/null || exit 0
+            if flock -n -x "$root/users.lock" true; then idle=$((idle + 2)); else idle=0; fi
+            if [ "$idle" -ge "$idle_limit" ]; then
+                flock -x "$root/start.lock" sh -c 'flock -n -x "$1/users.lock" true && kill -INT "$2"' _ "$root" "$pid"
+                exit 0
+            fi
+        done
+    "#;
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(script)
+        .arg("db-test-reaper")
+        .arg(&layout.root)
+        .arg(idle.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: setsid is async-signal-safe; it detaches the reaper from our
+    // process group so that it outlives this test process.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    if let Ok(mut child) = cmd.spawn() {
+        let _ = fs::write(&pid_file, child.id().to_string());
+        // Reap it in the background if it exits while we live; otherwise init adopts it.
+        std::thread::spawn(move || {
+            let _ = child.wait();
+        });
+    }
+}

@@ -1,0 +1,441 @@
+//! Process-wide engine: which server, which template databases, which pools.
+//!
+//! Database names db-test generates (and the only ones it ever creates,
+//! migrates or drops) look like `dbtest_<base>_<source>_<hash>_<kind>`:
+//! `base` is the URL's database name, `source` a short hash naming the
+//! migrations directory or migrator, `hash` a hash of the migrations'
+//! versions and checksums, and `kind` is `b` (being built), `t` (template),
+//! `w` (working database for transaction-mode tests) or `d<pid>x<n>` (a
+//! per-test database).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, Executor, PgConnection, PgPool};
+use tokio::sync::OnceCell;
+
+use super::embedded;
+use crate::config;
+
+/// Where a test's migrations come from (built by the macro).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub enum Migrations {
+    /// `./migrations` under the crate root if it exists, otherwise none.
+    Default,
+    /// `migrations = "path"`, relative to the crate root.
+    Path(&'static str),
+    /// `migrations = false`.
+    None,
+    /// `migrator = "path::TO::MIGRATOR"`; the string names it.
+    Migrator(&'static Migrator, &'static str),
+}
+
+/// A migrated template and the working database cloned from it.
+pub(crate) struct Template {
+    pub(crate) prefix: String,
+    pub(crate) template: String,
+    pub(crate) working: String,
+    pub(crate) pool: PgPool,
+}
+
+pub(crate) struct Engine {
+    /// Options for the URL's own database: used only to create and drop
+    /// databases whose names db-test generated. Never written to.
+    admin: PgConnectOptions,
+    base: String,
+    pub(crate) display_url: String,
+    templates: Mutex<HashMap<String, Arc<OnceCell<Arc<Template>>>>>,
+    pub(crate) embedded: Option<embedded::Embedded>,
+}
+
+static ENGINE: OnceCell<Result<Engine, String>> = OnceCell::const_new();
+
+/// The process-wide engine, started on first use.
+pub(crate) async fn engine() -> Result<&'static Engine, String> {
+    ENGINE
+        .get_or_init(Engine::start)
+        .await
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// Removes the password from a URL for messages.
+pub(crate) fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => match (url.find("://"), url.rfind('@')) {
+            (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+            _ => url.to_string(),
+        },
+    }
+}
+
+/// Reads `DATABASE_URL` from the environment, then from a `.env` file in the
+/// current directory or one of its parents.
+fn database_url() -> Option<String> {
+    if let Ok(url) = std::env::var("DATABASE_URL") {
+        if !url.trim().is_empty() {
+            return Some(url);
+        }
+        return None;
+    }
+    let mut dir = std::env::current_dir().ok();
+    while let Some(d) = dir {
+        if let Ok(text) = std::fs::read_to_string(d.join(".env")) {
+            for line in text.lines() {
+                let line = line.trim().trim_start_matches("export ").trim();
+                if let Some(v) = line.strip_prefix("DATABASE_URL=") {
+                    let v = v.trim().trim_matches('"').trim_matches('\'');
+                    if !v.is_empty() {
+                        return Some(v.to_string());
+                    }
+                }
+            }
+        }
+        dir = d.parent().map(PathBuf::from);
+    }
+    None
+}
+
+fn sanitize(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .take(20)
+        .collect();
+    if s.is_empty() { "db".into() } else { s }
+}
+
+fn sqlstate(err: &sqlx::Error) -> Option<String> {
+    err.as_database_error().and_then(|e| e.code()).map(|c| c.into_owned())
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+impl Engine {
+    async fn start() -> Result<Engine, String> {
+        let (admin, display_url, embedded) = match database_url() {
+            Some(url) => {
+                let display = redact(&url);
+                if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                    return Err(format!(
+                        "db-test: DATABASE_URL={display} is not a PostgreSQL URL. db-test needs \
+                         `postgres://user:password@host:port/database`, or leave DATABASE_URL unset \
+                         to use the embedded server."
+                    ));
+                }
+                let opts = PgConnectOptions::from_str(&url).map_err(|e| {
+                    format!("db-test: cannot parse DATABASE_URL={display}: {e}")
+                })?;
+                (opts, display, None)
+            }
+            None => {
+                let emb = tokio::task::spawn_blocking(embedded::ensure_started)
+                    .await
+                    .map_err(|e| format!("db-test: embedded server start panicked: {e}"))??;
+                let opts = PgConnectOptions::new()
+                    .socket(&emb.socket_dir)
+                    .port(embedded::PORT)
+                    .username("postgres")
+                    .database("postgres");
+                let display = format!(
+                    "embedded PostgreSQL (socket {}, data {})",
+                    emb.socket_dir.display(),
+                    emb.data_dir.display()
+                );
+                (opts, display, Some(emb))
+            }
+        };
+        let admin = admin
+            .application_name("db-test")
+            .disable_statement_logging();
+        let base = sanitize(admin.get_database().unwrap_or("postgres"));
+        let engine = Engine {
+            admin,
+            base,
+            display_url,
+            templates: Mutex::new(HashMap::new()),
+            embedded,
+        };
+        // Fail fast, with a clear message, if the server is unreachable.
+        let conn = engine.admin_connect().await?;
+        let _ = conn.close().await;
+        Ok(engine)
+    }
+
+    async fn admin_connect(&self) -> Result<PgConnection, String> {
+        let timeout = config::connect_timeout();
+        let hint = |e: &sqlx::Error| -> &'static str {
+            match sqlstate(e).as_deref() {
+                Some("28P01") | Some("28000") => {
+                    "Check the user name and password in DATABASE_URL."
+                }
+                Some("3D000") => {
+                    "The database named in DATABASE_URL must exist: db-test connects to it only to \
+                     create and drop its own databases, and never writes to it."
+                }
+                _ => "Check that the server is running and that DATABASE_URL's host and port are right.",
+            }
+        };
+        match tokio::time::timeout(timeout, self.admin.connect()).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(format!(
+                "db-test: cannot connect to {}: {e}. {}",
+                self.display_url,
+                hint(&e)
+            )),
+            Err(_) => Err(format!(
+                "db-test: connecting to {} timed out after {timeout:?} (DB_TEST_CONNECT_TIMEOUT). \
+                 Check that the host is reachable and the server is running.",
+                self.display_url
+            )),
+        }
+    }
+
+    /// Connect options for one of our own databases.
+    pub(crate) fn options_for(&self, database: &str) -> PgConnectOptions {
+        self.admin
+            .clone()
+            .database(database)
+            .options([("lock_timeout", config::lock_timeout())])
+    }
+
+    /// The template (and working database and pool) for these migrations.
+    pub(crate) async fn template(
+        &'static self,
+        migrations: Migrations,
+        manifest_dir: &'static str,
+    ) -> Result<Arc<Template>, String> {
+        let (key, source) = match migrations {
+            Migrations::Default => {
+                let dir = PathBuf::from(manifest_dir).join("migrations");
+                if dir.is_dir() {
+                    (dir.display().to_string(), Some(dir))
+                } else {
+                    ("none".to_string(), None)
+                }
+            }
+            Migrations::Path(p) => {
+                let dir = PathBuf::from(manifest_dir).join(p);
+                if !dir.is_dir() {
+                    return Err(format!(
+                        "db-test: migrations directory {} does not exist (from `migrations = \"{p}\"`, \
+                         relative to {manifest_dir})",
+                        dir.display()
+                    ));
+                }
+                (dir.display().to_string(), Some(dir))
+            }
+            Migrations::None => ("none".to_string(), None),
+            Migrations::Migrator(_, name) => (format!("{manifest_dir}::{name}"), None),
+        };
+        let cell = {
+            let mut map = self.templates.lock().unwrap();
+            map.entry(key.clone()).or_default().clone()
+        };
+        cell.get_or_try_init(|| async move {
+            let migrator = match (migrations, source) {
+                (Migrations::Migrator(m, _), _) => MigratorRef::Static(m),
+                (_, Some(dir)) => MigratorRef::Owned(Migrator::new(dir.clone()).await.map_err(|e| {
+                    format!("db-test: cannot read migrations in {}: {e}", dir.display())
+                })?),
+                (_, None) => MigratorRef::Owned(Migrator::with_migrations(Vec::new())),
+            };
+            self.build_template(&key, migrator.get()).await.map(Arc::new)
+        })
+        .await
+        .cloned()
+    }
+
+    fn stable_source_id(key: &str) -> String {
+        // Stable across checkouts: the last two path components (or the migrator's name).
+        let tail: Vec<&str> = key.rsplit(['/', '\\']).take(2).collect();
+        embedded::short_hash(tail.join("/").as_bytes())[..6].to_string()
+    }
+
+    async fn build_template(&'static self, key: &str, migrator: &Migrator) -> Result<Template, String> {
+        let mut hasher_input = Vec::new();
+        for m in migrator.iter() {
+            hasher_input.extend_from_slice(&m.version.to_le_bytes());
+            hasher_input.extend_from_slice(&m.checksum);
+            hasher_input.push(m.migration_type.is_down_migration() as u8);
+        }
+        let hash = &embedded::short_hash(&hasher_input)[..10];
+        let prefix = format!("dbtest_{}_{}", self.base, Self::stable_source_id(key));
+        let template = format!("{prefix}_{hash}_t");
+        let working = format!("{prefix}_{hash}_w");
+
+        // Fast path: the working database exists, so the template is complete.
+        let pool = match self.connect_pool(&working).await {
+            Ok(pool) => pool,
+            Err(e) if sqlstate(&e).as_deref() == Some("3D000") => {
+                self.create_template(migrator, &prefix, hash).await?;
+                self.connect_pool(&working).await.map_err(|e| {
+                    format!("db-test: cannot connect to working database {working} on {}: {e}", self.display_url)
+                })?
+            }
+            Err(e) => {
+                return Err(format!(
+                    "db-test: cannot connect to working database {working} on {}: {e}",
+                    self.display_url
+                ));
+            }
+        };
+        tracing::debug!(%working, "db-test: pool ready");
+        Ok(Template {
+            prefix: format!("{prefix}_{hash}"),
+            template,
+            working,
+            pool,
+        })
+    }
+
+    async fn connect_pool(&self, database: &str) -> Result<PgPool, sqlx::Error> {
+        let opts = self.options_for(database);
+        let pool = PgPoolOptions::new()
+            .max_connections(config::pool_size())
+            .min_connections(0)
+            .acquire_timeout(config::acquire_timeout())
+            .test_before_acquire(false)
+            .connect_lazy_with(opts);
+        // Connect once now, so that a missing database is reported here.
+        match tokio::time::timeout(config::connect_timeout(), pool.acquire()).await {
+            Ok(Ok(conn)) => drop(conn),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(sqlx::Error::PoolTimedOut),
+        }
+        Ok(pool)
+    }
+
+    /// Runs `sql` on the admin connection, retrying while another session is
+    /// still leaving the database (55006 "being accessed by other users").
+    async fn admin_exec(conn: &mut PgConnection, sql: &str) -> Result<(), sqlx::Error> {
+        let mut delay = Duration::from_millis(5);
+        for _ in 0..40 {
+            match conn.execute(sqlx::AssertSqlSafe(sql.to_string())).await {
+                Err(e) if sqlstate(&e).as_deref() == Some("55006") => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_millis(250));
+                }
+                other => return other.map(|_| ()),
+            }
+        }
+        conn.execute(sqlx::AssertSqlSafe(sql.to_string())).await.map(|_| ())
+    }
+
+    /// Builds `<prefix>_<hash>_t` and `_w` under a cluster-wide advisory lock,
+    /// so parallel test processes build it exactly once.
+    async fn create_template(&self, migrator: &Migrator, prefix: &str, hash: &str) -> Result<(), String> {
+        let t0 = std::time::Instant::now();
+        let ctx = |what: &str, e: sqlx::Error| format!("db-test: {what} on {}: {e}", self.display_url);
+        let mut admin = self.admin_connect().await?;
+        let lock_key = i64::from_le_bytes(
+            embedded::short_hash(format!("db-test:{prefix}").as_bytes()).as_bytes()[..8]
+                .try_into()
+                .unwrap(),
+        );
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(lock_key)
+            .execute(&mut admin)
+            .await
+            .map_err(|e| ctx("taking the template lock", e))?;
+
+        let building = format!("{prefix}_{hash}_b");
+        let template = format!("{prefix}_{hash}_t");
+        let working = format!("{prefix}_{hash}_w");
+        let existing: Vec<String> = sqlx::query_scalar(
+            "SELECT datname::text FROM pg_database WHERE starts_with(datname, $1)",
+        )
+        .bind(format!("{prefix}_"))
+        .fetch_all(&mut admin)
+        .await
+        .map_err(|e| ctx("listing databases", e))?;
+        let has = |n: &str| existing.iter().any(|e| e == n);
+        let force = if admin.server_version_num().unwrap_or(0) >= 130000 { " WITH (FORCE)" } else { "" };
+
+        if !has(&template) {
+            if has(&building) {
+                // A process was killed mid-migration: start over.
+                tracing::info!(database = %building, "db-test: dropping half-built template");
+                Self::admin_exec(&mut admin, &format!("DROP DATABASE IF EXISTS {}{force}", quote_ident(&building)))
+                    .await
+                    .map_err(|e| ctx("dropping a half-built template", e))?;
+            }
+            Self::admin_exec(&mut admin, &format!("CREATE DATABASE {}", quote_ident(&building)))
+                .await
+                .map_err(|e| ctx("creating the template database", e))?;
+            let mut conn = self
+                .options_for(&building)
+                .connect()
+                .await
+                .map_err(|e| ctx("connecting to the new template", e))?;
+            migrator
+                .run(&mut conn)
+                .await
+                .map_err(|e| format!("db-test: migrations failed while building template {template}: {e}"))?;
+            let _ = conn.close().await;
+            Self::admin_exec(
+                &mut admin,
+                &format!("ALTER DATABASE {} RENAME TO {}", quote_ident(&building), quote_ident(&template)),
+            )
+            .await
+            .map_err(|e| ctx("renaming the template", e))?;
+            // Nobody may connect to a template: cloning needs it idle.
+            Self::admin_exec(&mut admin, &format!("ALTER DATABASE {} ALLOW_CONNECTIONS false", quote_ident(&template)))
+                .await
+                .map_err(|e| ctx("locking the template", e))?;
+            tracing::info!(%template, elapsed_ms = t0.elapsed().as_millis() as u64, "db-test: template built");
+        }
+        if !has(&working) {
+            Self::admin_exec(
+                &mut admin,
+                &format!("CREATE DATABASE {} TEMPLATE {}", quote_ident(&working), quote_ident(&template)),
+            )
+            .await
+            .map_err(|e| ctx("creating the working database", e))?;
+        }
+        // Drop databases of outdated migrations for this same source. One that
+        // is still in use (an older run going on) is left for later.
+        let current = format!("{prefix}_{hash}_");
+        for name in existing.iter().filter(|n| !n.starts_with(&current)) {
+            let _ = Self::drop_quietly(&mut admin, name, "").await;
+        }
+        let _ = sqlx::query("SELECT pg_advisory_unlock($1)").bind(lock_key).execute(&mut admin).await;
+        let _ = admin.close().await;
+        Ok(())
+    }
+
+    async fn drop_quietly(admin: &mut PgConnection, name: &str, force: &str) -> Result<(), sqlx::Error> {
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {}{force}", quote_ident(name))))
+            .await
+            .map(|_| ())
+    }
+}
+
+enum MigratorRef {
+    Static(&'static Migrator),
+    Owned(Migrator),
+}
+
+impl MigratorRef {
+    fn get(&self) -> &Migrator {
+        match self {
+            MigratorRef::Static(m) => m,
+            MigratorRef::Owned(m) => m,
+        }
+    }
+}

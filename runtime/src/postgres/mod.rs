@@ -1,0 +1,5 @@
+//! Everything PostgreSQL-specific: the embedded server, template databases
+//! and pools. Other backends follow with the same shape.
+
+pub(crate) mod embedded;
+pub(crate) mod engine;

@@ -1,0 +1,220 @@
+//! What a `#[db_test]` expands into calls. Not public API.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+
+pub use crate::postgres::engine::Migrations;
+use crate::context::{ContextInner, FromTestContext, TestContext};
+use crate::shared::{LoggedStatement, SharedConn};
+use crate::{config, Db};
+
+pub use sqlx;
+
+/// One SQL fixture, embedded with `include_str!`.
+#[derive(Debug, Clone, Copy)]
+pub struct Fixture {
+    /// The path as written in the attribute.
+    pub path: &'static str,
+    /// The file's contents.
+    pub sql: &'static str,
+}
+
+/// How a test is isolated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// A transaction on the shared working database, rolled back at the end.
+    Transaction,
+    /// A fresh database cloned from the template, dropped at the end.
+    Database,
+}
+
+/// Everything the macro knows about one test.
+#[derive(Debug)]
+pub struct TestSpec {
+    /// `module_path!()::name`.
+    pub name: &'static str,
+    /// `env!("CARGO_MANIFEST_DIR")` of the test's crate.
+    pub manifest_dir: &'static str,
+    /// Where migrations come from.
+    pub migrations: Migrations,
+    /// Fixtures, in order.
+    pub fixtures: &'static [Fixture],
+    /// Explicit isolation, or `None` to choose from the parameters.
+    pub isolation: Option<Isolation>,
+    /// Whether any parameter needs a database of its own.
+    pub wants_database: bool,
+    /// Timeout in milliseconds; 0 means the default.
+    pub timeout_ms: u64,
+    /// Run `SET CONSTRAINTS ALL IMMEDIATE` before the rollback.
+    pub check_constraints: bool,
+}
+
+/// What a test body may return: `()` or `Result<_, E>`.
+pub trait TestResult {
+    /// Whether it reports a failure.
+    fn is_failure(&self) -> bool;
+}
+
+impl TestResult for () {
+    fn is_failure(&self) -> bool {
+        false
+    }
+}
+
+impl<T, E> TestResult for Result<T, E> {
+    fn is_failure(&self) -> bool {
+        self.is_err()
+    }
+}
+
+/// Builds one parameter, failing the test with its type name on error.
+pub async fn extract<T: FromTestContext>(ctx: &TestContext, type_name: &'static str) -> T {
+    match T::from_context(ctx).await {
+        Ok(v) => v,
+        Err(e) => panic!("db-test: could not build the parameter `{type_name}` of test `{}`: {e}", ctx.test_name()),
+    }
+}
+
+/// The process-wide runtime. See [`crate::runtime`].
+pub(crate) fn shared_runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config::worker_threads())
+            .thread_name("db-test-worker")
+            .enable_all()
+            .build()
+            .expect("db-test: cannot build the shared tokio runtime")
+    })
+}
+
+fn print_statements(name: &str, log: &[LoggedStatement]) {
+    if log.is_empty() {
+        return;
+    }
+    let mut out = format!("db-test: last {} statement(s) of test `{name}`:\n", log.len());
+    for s in log {
+        out.push_str("  ");
+        out.push_str(s.sql.trim());
+        if let Some(e) = &s.error {
+            out.push_str("\n    -> error: ");
+            out.push_str(e);
+        }
+        out.push('\n');
+    }
+    eprint!("{out}");
+}
+
+async fn open_transaction(spec: &'static TestSpec) -> Result<(Arc<SharedConn>, sqlx::PgPool), String> {
+    let engine = crate::postgres::engine::engine().await?;
+    let template = engine.template(spec.migrations, spec.manifest_dir).await?;
+    let mut last_err = None;
+    for _ in 0..3 {
+        let conn = match template.pool.acquire().await {
+            Ok(conn) => conn,
+            Err(sqlx::Error::PoolTimedOut) => {
+                return Err(format!(
+                    "db-test: test `{}` waited {:?} for a connection to {} and none came free: the pool \
+                     ({} connections) is exhausted. Raise DB_TEST_POOL_SIZE or DB_TEST_ACQUIRE_TIMEOUT, \
+                     or run fewer tests at once (RUST_TEST_THREADS).",
+                    spec.name,
+                    config::acquire_timeout(),
+                    template.working,
+                    config::pool_size()
+                ));
+            }
+            Err(e) => return Err(format!("db-test: cannot get a connection to {} on {}: {e}", template.working, engine.display_url)),
+        };
+        match SharedConn::open(conn, spec.name.to_string(), config::checkout_timeout()).await {
+            Ok(shared) => return Ok((shared, template.pool.clone())),
+            // A connection broken by a server restart: the pool replaces it.
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(format!(
+        "db-test: cannot begin the transaction of test `{}` on {}: {}",
+        spec.name,
+        engine.display_url,
+        last_err.map(|e| e.to_string()).unwrap_or_default()
+    ))
+}
+
+async fn apply_fixtures(spec: &'static TestSpec, db: &Db) -> Result<(), String> {
+    for fixture in spec.fixtures {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(fixture.sql))
+            .execute(db)
+            .await
+            .map_err(|e| format!("db-test: fixture `{}` failed in test `{}`: {e}", fixture.path, spec.name))?;
+    }
+    Ok(())
+}
+
+/// Runs one test on the shared runtime, inside its transaction.
+pub fn run<F, Fut, T>(spec: &'static TestSpec, body: F) -> T
+where
+    F: FnOnce(TestContext) -> Fut,
+    Fut: Future<Output = T>,
+    T: TestResult,
+{
+    shared_runtime().block_on(async move {
+        let (shared, _pool) = match open_transaction(spec).await {
+            Ok(v) => v,
+            Err(msg) => panic!("{msg}"),
+        };
+        let db = Db::from_shared(shared.clone());
+        let ctx = TestContext {
+            inner: Arc::new(ContextInner {
+                name: spec.name,
+                db: db.clone(),
+                shared: Some(shared.clone()),
+            }),
+        };
+        let timeout = if spec.timeout_ms == 0 {
+            config::default_test_timeout()
+        } else {
+            Duration::from_millis(spec.timeout_ms)
+        };
+        let outcome = tokio::time::timeout(timeout, AssertUnwindSafe(async {
+            if let Err(msg) = apply_fixtures(spec, &db).await {
+                panic!("{msg}");
+            }
+            body(ctx).await
+        }).catch_unwind())
+        .await;
+        let reason = match &outcome {
+            Ok(Ok(_)) => "it passed",
+            Ok(Err(_)) => "it panicked",
+            Err(_) => "it timed out",
+        };
+        drop(db);
+        let (conn, failure, log) = shared.finish(reason, spec.check_constraints).await;
+        drop(conn); // back to the pool, rolled back and healthy
+        match outcome {
+            Ok(Ok(value)) => {
+                if value.is_failure() || failure.is_some() {
+                    print_statements(spec.name, &log);
+                }
+                if let Some(msg) = failure {
+                    panic!("{msg}");
+                }
+                value
+            }
+            Ok(Err(payload)) => {
+                print_statements(spec.name, &log);
+                std::panic::resume_unwind(payload)
+            }
+            Err(_) => {
+                print_statements(spec.name, &log);
+                panic!(
+                    "db-test: test `{}` timed out after {timeout:?} (set `#[db_test(timeout = \"..\")]` \
+                     or DB_TEST_TIMEOUT to change it); its transaction was rolled back.",
+                    spec.name
+                )
+            }
+        }
+    })
+}

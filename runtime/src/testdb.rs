@@ -1,0 +1,158 @@
+//! `TestDb`: the test's own handle on its database.
+
+use std::future::Future;
+use std::ops::Deref;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use sqlx::postgres::{PgQueryResult, PgRow, PgStatement, PgTypeInfo};
+use sqlx::{Either, Execute, Executor, Postgres};
+
+use crate::context::{BoxError, FromTestContext, TestContext};
+use crate::shared::SharedConn;
+use crate::Db;
+
+/// The test's handle on its database.
+///
+/// In transaction mode (the default) it is the test's one connection, inside
+/// a transaction that is rolled back when the test ends. `&TestDb` is a
+/// [`sqlx::Executor`], and [`TestDb::db`] gives the app a [`Db`] on the same
+/// transaction, so the test sees the app's writes and the app sees the test's.
+///
+/// ```no_run
+/// use db_test::{db_test, TestDb};
+///
+/// #[db_test]
+/// async fn inserts_are_visible_inside_the_test(db: TestDb) {
+///     sqlx::query("INSERT INTO users (email) VALUES ('a@example.com')")
+///         .execute(&db).await.unwrap();
+///     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+///         .fetch_one(&db).await.unwrap();
+///     assert_eq!(n, 1);
+/// }
+/// ```
+#[derive(Clone, Debug)]
+pub struct TestDb {
+    db: Db,
+    shared: Option<Arc<SharedConn>>,
+}
+
+impl std::fmt::Debug for SharedConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+impl TestDb {
+    pub(crate) fn new(db: Db, shared: Option<Arc<SharedConn>>) -> Self {
+        TestDb { db, shared }
+    }
+
+    /// A [`Db`] for the app: every clone runs on the test's transaction.
+    pub fn db(&self) -> Db {
+        self.db.clone()
+    }
+
+    /// How many statements ran through the test's connection so far, by the
+    /// test or by the app (via `Db`). Statements sent on a raw connection
+    /// from `Db::acquire` are not counted.
+    ///
+    /// Always 0 in database mode, where statements go to a pool.
+    pub async fn query_count(&self) -> u64 {
+        match &self.shared {
+            Some(shared) => shared.statement_count().await.unwrap_or(0),
+            None => 0,
+        }
+    }
+
+    /// Runs `f` and asserts that it ran exactly `expected` statements on the
+    /// test's connection, like Django's `assertNumQueries`. On a mismatch the
+    /// panic lists the statements that ran.
+    #[track_caller]
+    pub fn assert_queries<'a, F, Fut, T>(&'a self, expected: u64, f: F) -> impl Future<Output = T> + 'a
+    where
+        F: FnOnce() -> Fut + 'a,
+        Fut: Future<Output = T> + 'a,
+    {
+        let caller = std::panic::Location::caller();
+        async move {
+            let before = self.query_count().await;
+            let out = f().await;
+            let after = self.query_count().await;
+            let ran = after - before;
+            if ran != expected {
+                let recent = match &self.shared {
+                    Some(s) => s.recent_statements().await.unwrap_or_default(),
+                    None => Vec::new(),
+                };
+                let shown: Vec<String> = recent
+                    .iter()
+                    .rev()
+                    .take(ran.min(recent.len() as u64) as usize)
+                    .rev()
+                    .map(|s| format!("  {}", s.sql))
+                    .collect();
+                panic!(
+                    "db-test: expected {expected} statement(s), but {ran} ran (at {caller}):\n{}",
+                    shown.join("\n")
+                );
+            }
+            out
+        }
+    }
+}
+
+impl Deref for TestDb {
+    type Target = Db;
+    fn deref(&self) -> &Db {
+        &self.db
+    }
+}
+
+impl FromTestContext for TestDb {
+    async fn from_context(ctx: &TestContext) -> Result<Self, BoxError> {
+        Ok(TestDb::new(ctx.db(), ctx.inner.shared.clone()))
+    }
+}
+
+type Step = Either<PgQueryResult, PgRow>;
+
+impl<'c> Executor<'c> for &'c TestDb {
+    type Database = Postgres;
+
+    fn fetch_many<'e, 'q: 'e, E>(self, query: E) -> BoxStream<'e, sqlx::Result<Step>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Postgres>,
+    {
+        (&self.db).fetch_many(query)
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, sqlx::Result<Option<PgRow>>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Postgres>,
+    {
+        (&self.db).fetch_optional(query)
+    }
+
+    fn prepare_with<'e>(
+        self,
+        sql: sqlx::SqlStr,
+        parameters: &'e [PgTypeInfo],
+    ) -> BoxFuture<'e, sqlx::Result<PgStatement>>
+    where
+        'c: 'e,
+    {
+        (&self.db).prepare_with(sql, parameters)
+    }
+
+    #[doc(hidden)]
+    fn describe<'e>(self, sql: sqlx::SqlStr) -> BoxFuture<'e, sqlx::Result<sqlx::Describe<Postgres>>>
+    where
+        'c: 'e,
+    {
+        (&self.db).describe(sql)
+    }
+}

@@ -70,3 +70,18 @@ pub(crate) fn lock_timeout() -> String {
 pub(crate) fn default_test_timeout() -> Duration {
     env_duration("DB_TEST_TIMEOUT", Duration::from_secs(60))
 }
+
+/// `DB_TEST_MAX_DATABASES`: per-test databases cloned at once (default 4).
+pub(crate) fn max_databases() -> usize {
+    env_parse("DB_TEST_MAX_DATABASES").unwrap_or(4).max(1)
+}
+
+/// `DB_TEST_DATABASE_POOL_SIZE`: connections of a per-test database's pool (default 5).
+pub(crate) fn database_pool_size() -> u32 {
+    env_parse("DB_TEST_DATABASE_POOL_SIZE").unwrap_or(5).max(1)
+}
+
+/// `DB_TEST_KEEP_FAILED=1`: keep a failed database-mode test's database.
+pub(crate) fn keep_failed() -> bool {
+    matches!(std::env::var("DB_TEST_KEEP_FAILED").as_deref(), Ok("1") | Ok("true") | Ok("yes"))
+}

@@ -9,6 +9,7 @@ use futures_util::FutureExt;
 
 pub use crate::postgres::engine::Migrations;
 use crate::context::{ContextInner, FromTestContext, TestContext};
+use crate::postgres::engine::Template;
 use crate::shared::{LoggedStatement, SharedConn};
 use crate::{config, Db};
 
@@ -109,38 +110,88 @@ fn print_statements(name: &str, log: &[LoggedStatement]) {
     eprint!("{out}");
 }
 
-async fn open_transaction(spec: &'static TestSpec) -> Result<(Arc<SharedConn>, sqlx::PgPool), String> {
-    let engine = crate::postgres::engine::engine().await?;
-    let template = engine.template(spec.migrations, spec.manifest_dir).await?;
+/// What the test runs on, and what to undo afterwards.
+enum Setup {
+    Transaction(Arc<SharedConn>),
+    Database { name: String, pool: sqlx::PgPool },
+}
+
+fn pool_exhausted(spec: &TestSpec, what: &str) -> String {
+    format!(
+        "db-test: test `{}` waited {:?} for a connection to {what} and none came free: the pool \
+         ({} connections) is exhausted. Raise DB_TEST_POOL_SIZE or DB_TEST_ACQUIRE_TIMEOUT, \
+         or run fewer tests at once (RUST_TEST_THREADS).",
+        spec.name,
+        config::acquire_timeout(),
+        config::pool_size()
+    )
+}
+
+async fn open_transaction(spec: &'static TestSpec, template: &Template, display_url: &str) -> Result<Arc<SharedConn>, String> {
     let mut last_err = None;
     for _ in 0..3 {
         let conn = match template.pool.acquire().await {
             Ok(conn) => conn,
-            Err(sqlx::Error::PoolTimedOut) => {
+            Err(sqlx::Error::PoolTimedOut) => return Err(pool_exhausted(spec, &template.working)),
+            Err(e) => {
                 return Err(format!(
-                    "db-test: test `{}` waited {:?} for a connection to {} and none came free: the pool \
-                     ({} connections) is exhausted. Raise DB_TEST_POOL_SIZE or DB_TEST_ACQUIRE_TIMEOUT, \
-                     or run fewer tests at once (RUST_TEST_THREADS).",
-                    spec.name,
-                    config::acquire_timeout(),
-                    template.working,
-                    config::pool_size()
+                    "db-test: cannot get a connection to {} on {display_url}: {e}",
+                    template.working
                 ));
             }
-            Err(e) => return Err(format!("db-test: cannot get a connection to {} on {}: {e}", template.working, engine.display_url)),
         };
         match SharedConn::open(conn, spec.name.to_string(), config::checkout_timeout()).await {
-            Ok(shared) => return Ok((shared, template.pool.clone())),
+            Ok(shared) => return Ok(shared),
             // A connection broken by a server restart: the pool replaces it.
             Err(e) => last_err = Some(e),
         }
     }
     Err(format!(
-        "db-test: cannot begin the transaction of test `{}` on {}: {}",
+        "db-test: cannot begin the transaction of test `{}` on {display_url}: {}",
         spec.name,
-        engine.display_url,
         last_err.map(|e| e.to_string()).unwrap_or_default()
     ))
+}
+
+async fn setup(spec: &'static TestSpec) -> Result<(Setup, TestContext), String> {
+    let engine = crate::postgres::engine::engine().await?;
+    let template = engine.template(spec.migrations, spec.manifest_dir).await?;
+    let isolation = spec.isolation.unwrap_or(if spec.wants_database {
+        Isolation::Database
+    } else {
+        Isolation::Transaction
+    });
+    let (setup, inner) = match isolation {
+        Isolation::Transaction => {
+            let shared = open_transaction(spec, &template, &engine.display_url).await?;
+            let inner = ContextInner {
+                name: spec.name,
+                db: Db::from_shared(shared.clone()),
+                shared: Some(shared.clone()),
+                pool: None,
+                options: (*template.pool.connect_options()).clone(),
+                database: template.working.clone(),
+            };
+            (Setup::Transaction(shared), inner)
+        }
+        Isolation::Database => {
+            let database = engine.create_test_database(&template).await?;
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(config::database_pool_size())
+                .acquire_timeout(config::acquire_timeout())
+                .connect_lazy_with(database.options.clone());
+            let inner = ContextInner {
+                name: spec.name,
+                db: Db::from_pool(pool.clone()),
+                shared: None,
+                pool: Some(pool.clone()),
+                options: database.options,
+                database: database.name.clone(),
+            };
+            (Setup::Database { name: database.name, pool }, inner)
+        }
+    };
+    Ok((setup, TestContext { inner: Arc::new(inner) }))
 }
 
 async fn apply_fixtures(spec: &'static TestSpec, db: &Db) -> Result<(), String> {
@@ -153,7 +204,38 @@ async fn apply_fixtures(spec: &'static TestSpec, db: &Db) -> Result<(), String> 
     Ok(())
 }
 
-/// Runs one test on the shared runtime, inside its transaction.
+/// Undoes the test's setup. Returns a failure the test must report.
+async fn teardown(spec: &'static TestSpec, setup: Setup, reason: &'static str, failed: bool) -> (Option<String>, Vec<LoggedStatement>) {
+    match setup {
+        Setup::Transaction(shared) => {
+            let (conn, failure, log) = shared.finish(reason, spec.check_constraints).await;
+            drop(conn); // back to the pool, rolled back and healthy
+            (failure, log)
+        }
+        Setup::Database { name, pool } => {
+            pool.close().await;
+            let engine = match crate::postgres::engine::engine().await {
+                Ok(e) => e,
+                Err(e) => return (Some(e), Vec::new()),
+            };
+            if failed && config::keep_failed() {
+                return match engine.keep_test_database(&name).await {
+                    Ok(kept) => {
+                        eprintln!(
+                            "db-test: kept the database of failed test `{}` (DB_TEST_KEEP_FAILED=1): {kept} on {}",
+                            spec.name, engine.display_url
+                        );
+                        (None, Vec::new())
+                    }
+                    Err(e) => (Some(e), Vec::new()),
+                };
+            }
+            (engine.drop_test_database(&name).await.err(), Vec::new())
+        }
+    }
+}
+
+/// Runs one test on the shared runtime, in its transaction or its own database.
 pub fn run<F, Fut, T>(spec: &'static TestSpec, body: F) -> T
 where
     F: FnOnce(TestContext) -> Fut,
@@ -161,60 +243,50 @@ where
     T: TestResult,
 {
     shared_runtime().block_on(async move {
-        let (shared, _pool) = match open_transaction(spec).await {
+        let (setup, ctx) = match setup(spec).await {
             Ok(v) => v,
             Err(msg) => panic!("{msg}"),
-        };
-        let db = Db::from_shared(shared.clone());
-        let ctx = TestContext {
-            inner: Arc::new(ContextInner {
-                name: spec.name,
-                db: db.clone(),
-                shared: Some(shared.clone()),
-            }),
         };
         let timeout = if spec.timeout_ms == 0 {
             config::default_test_timeout()
         } else {
             Duration::from_millis(spec.timeout_ms)
         };
-        let outcome = tokio::time::timeout(timeout, AssertUnwindSafe(async {
-            if let Err(msg) = apply_fixtures(spec, &db).await {
-                panic!("{msg}");
-            }
-            body(ctx).await
-        }).catch_unwind())
+        let db = ctx.db();
+        let outcome = tokio::time::timeout(
+            timeout,
+            AssertUnwindSafe(async {
+                if let Err(msg) = apply_fixtures(spec, &db).await {
+                    panic!("{msg}");
+                }
+                body(ctx).await
+            })
+            .catch_unwind(),
+        )
         .await;
-        let reason = match &outcome {
-            Ok(Ok(_)) => "it passed",
-            Ok(Err(_)) => "it panicked",
-            Err(_) => "it timed out",
-        };
         drop(db);
-        let (conn, failure, log) = shared.finish(reason, spec.check_constraints).await;
-        drop(conn); // back to the pool, rolled back and healthy
+        let (reason, failed) = match &outcome {
+            Ok(Ok(v)) => ("it passed", v.is_failure()),
+            Ok(Err(_)) => ("it panicked", true),
+            Err(_) => ("it timed out", true),
+        };
+        let (failure, log) = teardown(spec, setup, reason, failed).await;
+        if failed || failure.is_some() {
+            print_statements(spec.name, &log);
+        }
         match outcome {
             Ok(Ok(value)) => {
-                if value.is_failure() || failure.is_some() {
-                    print_statements(spec.name, &log);
-                }
                 if let Some(msg) = failure {
                     panic!("{msg}");
                 }
                 value
             }
-            Ok(Err(payload)) => {
-                print_statements(spec.name, &log);
-                std::panic::resume_unwind(payload)
-            }
-            Err(_) => {
-                print_statements(spec.name, &log);
-                panic!(
-                    "db-test: test `{}` timed out after {timeout:?} (set `#[db_test(timeout = \"..\")]` \
-                     or DB_TEST_TIMEOUT to change it); its transaction was rolled back.",
-                    spec.name
-                )
-            }
+            Ok(Err(payload)) => std::panic::resume_unwind(payload),
+            Err(_) => panic!(
+                "db-test: test `{}` timed out after {timeout:?} (set `#[db_test(timeout = \"..\")]` \
+                 or DB_TEST_TIMEOUT to change it); its transaction was rolled back.",
+                spec.name
+            ),
         }
     })
 }

@@ -24,7 +24,7 @@ pub(crate) const STATEMENT_LOG_LEN: usize = 20;
 pub(crate) struct SharedConn {
     slot: Arc<Mutex<Slot>>,
     label: String,
-    checkout_timeout: Duration,
+    checkout_timeout_ms: std::sync::atomic::AtomicU64,
 }
 
 /// One statement run on the test's connection, for diagnostics.
@@ -130,7 +130,7 @@ impl SharedConn {
                 ended: None,
             })),
             label,
-            checkout_timeout,
+            checkout_timeout_ms: std::sync::atomic::AtomicU64::new(checkout_timeout.as_millis() as u64),
         }))
     }
 
@@ -138,8 +138,17 @@ impl SharedConn {
         &self.label
     }
 
+    pub(crate) fn checkout_timeout(&self) -> Duration {
+        Duration::from_millis(self.checkout_timeout_ms.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    pub(crate) fn set_checkout_timeout(&self, timeout: Duration) {
+        self.checkout_timeout_ms
+            .store(timeout.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
     async fn lock_slot(&self) -> sqlx::Result<OwnedMutexGuard<Slot>> {
-        let slot = match tokio::time::timeout(self.checkout_timeout, self.slot.clone().lock_owned()).await {
+        let slot = match tokio::time::timeout(self.checkout_timeout(), self.slot.clone().lock_owned()).await {
             Ok(slot) => slot,
             Err(_) => {
                 return Err(sqlx::Error::InvalidArgument(format!(
@@ -147,7 +156,7 @@ impl SharedConn {
                      Likely cause: a guard from `db.acquire()` or `db.begin()` is held across another \
                      database call (the test has one connection, shared by every clone of its `Db`); \
                      drop the guard first, or raise DB_TEST_CHECKOUT_TIMEOUT.",
-                    self.label, self.checkout_timeout
+                    self.label, self.checkout_timeout()
                 )));
             }
         };
@@ -296,7 +305,7 @@ impl SharedConn {
         reason: &'static str,
         check_constraints: bool,
     ) -> (Option<PoolConnection<Postgres>>, Option<String>, Vec<LoggedStatement>) {
-        let mut slot = match tokio::time::timeout(self.checkout_timeout, self.slot.clone().lock_owned()).await {
+        let mut slot = match tokio::time::timeout(self.checkout_timeout(), self.slot.clone().lock_owned()).await {
             Ok(slot) => slot,
             Err(_) => {
                 // A task is still holding the connection; it is closed with the task.
@@ -306,7 +315,7 @@ impl SharedConn {
                         "db-test: test `{}` ended while a task still held its connection for more \
                          than {:?}; the connection was abandoned and its transaction is rolled \
                          back by the server.",
-                        self.label, self.checkout_timeout
+                        self.label, self.checkout_timeout()
                     )),
                     Vec::new(),
                 );

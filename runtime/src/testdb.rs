@@ -36,6 +36,7 @@ use crate::Db;
 pub struct TestDb {
     db: Db,
     shared: Option<Arc<SharedConn>>,
+    options: sqlx::postgres::PgConnectOptions,
 }
 
 impl std::fmt::Debug for SharedConn {
@@ -45,13 +46,26 @@ impl std::fmt::Debug for SharedConn {
 }
 
 impl TestDb {
-    pub(crate) fn new(db: Db, shared: Option<Arc<SharedConn>>) -> Self {
-        TestDb { db, shared }
-    }
+
 
     /// A [`Db`] for the app: every clone runs on the test's transaction.
     pub fn db(&self) -> Db {
         self.db.clone()
+    }
+
+    /// Sets how long a task waits for the test's connection while another
+    /// task holds it (default `DB_TEST_CHECKOUT_TIMEOUT`, 10 s). No effect in
+    /// database mode.
+    pub fn set_checkout_timeout(&self, timeout: std::time::Duration) {
+        if let Some(shared) = &self.shared {
+            shared.set_checkout_timeout(timeout);
+        }
+    }
+
+    /// Options for opening more connections to the test's database. See
+    /// [`TestContext::connect_options`].
+    pub fn connect_options(&self) -> sqlx::postgres::PgConnectOptions {
+        self.options.clone()
     }
 
     /// How many statements ran through the test's connection so far, by the
@@ -112,7 +126,11 @@ impl Deref for TestDb {
 
 impl FromTestContext for TestDb {
     async fn from_context(ctx: &TestContext) -> Result<Self, BoxError> {
-        Ok(TestDb::new(ctx.db(), ctx.inner.shared.clone()))
+        Ok(TestDb {
+            db: ctx.db(),
+            shared: ctx.inner.shared.clone(),
+            options: ctx.connect_options(),
+        })
     }
 }
 

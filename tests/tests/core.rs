@@ -1,6 +1,27 @@
-//! Core behaviour of #[db_test] in transaction mode.
+//! Core behaviour of #[db_test] in transaction mode (the default).
+
+use std::time::Duration;
 
 use db_test::{db_test, Db, TestDb};
+use sqlx::{Acquire, Connection, Executor};
+
+async fn count(db: &TestDb, table: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
+
+/// Rows visible to a brand-new connection: only what was really committed.
+async fn committed_rows(db: &TestDb) -> i64 {
+    let mut other = sqlx::PgConnection::connect_with(&db.connect_options()).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT (SELECT count(*) FROM users) + (SELECT count(*) FROM posts) + (SELECT count(*) FROM ledger)")
+        .fetch_one(&mut other)
+        .await
+        .unwrap();
+    other.close().await.unwrap();
+    n
+}
 
 #[db_test]
 async fn inserts_are_visible_inside_the_test(db: TestDb) {
@@ -15,39 +36,232 @@ async fn inserts_are_visible_inside_the_test(db: TestDb) {
     assert_eq!(n, 1);
 }
 
+// Twenty tests insert at the same time; each sees only its own row, and a
+// fresh connection sees none of them.
+macro_rules! isolation_tests {
+    ($($name:ident),*) => {$(
+        #[db_test]
+        async fn $name(db: TestDb) {
+            let email = concat!(stringify!($name), "@example.com");
+            sqlx::query("INSERT INTO users (email) VALUES ($1)").bind(email).execute(&db).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let emails: Vec<String> = sqlx::query_scalar("SELECT email FROM users").fetch_all(&db).await.unwrap();
+            assert_eq!(emails, vec![email.to_string()]);
+            assert_eq!(committed_rows(&db).await, 0, "nothing is ever committed");
+        }
+    )*};
+}
+isolation_tests!(iso_01, iso_02, iso_03, iso_04, iso_05, iso_06, iso_07, iso_08, iso_09, iso_10,
+    iso_11, iso_12, iso_13, iso_14, iso_15, iso_16, iso_17, iso_18, iso_19, iso_20);
+
+#[db_test]
+#[should_panic(expected = "boom after insert")]
+async fn panicking_test_shows_its_own_message(db: TestDb) {
+    sqlx::query("INSERT INTO users (email) VALUES ('panic@example.com')").execute(&db).await.unwrap();
+    panic!("boom after insert");
+}
+
+#[db_test]
+async fn nothing_from_a_panicking_test_is_left_behind(db: TestDb) {
+    // The panicking test above inserted 'panic@example.com'; whether it ran
+    // before or runs concurrently, neither this test nor a fresh connection sees it.
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE email = 'panic@example.com'")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    assert_eq!(committed_rows(&db).await, 0);
+}
+
 #[db_test]
 async fn app_commit_becomes_savepoint(db: TestDb) {
     let app: Db = db.db();
     let mut tx = app.begin().await.unwrap();
-    sqlx::query("INSERT INTO users (email) VALUES ('tx@example.com')")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    sqlx::query("INSERT INTO users (email) VALUES ('tx@example.com')").execute(&mut *tx).await.unwrap();
     tx.commit().await.unwrap();
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
-        .fetch_one(&db)
-        .await
-        .unwrap();
-    assert_eq!(n, 1);
+    assert_eq!(count(&db, "users").await, 1);
+    assert_eq!(committed_rows(&db).await, 0, "the app's commit was a savepoint");
+}
+
+#[db_test]
+async fn app_rollback_and_drop_undo_only_the_app_transaction(db: TestDb) {
+    sqlx::query("INSERT INTO users (email) VALUES ('kept@example.com')").execute(&db).await.unwrap();
+    let tx = db.begin().await.unwrap();
+    let mut tx = tx;
+    sqlx::query("INSERT INTO users (email) VALUES ('gone1@example.com')").execute(&mut *tx).await.unwrap();
+    tx.rollback().await.unwrap();
+    {
+        let mut tx = db.begin().await.unwrap();
+        sqlx::query("INSERT INTO users (email) VALUES ('gone2@example.com')").execute(&mut *tx).await.unwrap();
+        // dropped without commit
+    }
+    let emails: Vec<String> = sqlx::query_scalar("SELECT email FROM users").fetch_all(&db).await.unwrap();
+    assert_eq!(emails, vec!["kept@example.com".to_string()]);
+}
+
+#[db_test]
+async fn nested_savepoints_to_any_depth(db: TestDb) {
+    let mut outer = db.begin().await.unwrap();
+    sqlx::query("INSERT INTO users (email) VALUES ('d1@example.com')").execute(&mut *outer).await.unwrap();
+    {
+        // sqlx's own begin() on the connection: a savepoint, counted by sqlx.
+        let mut inner = Connection::begin(&mut *outer).await.unwrap();
+        sqlx::query("INSERT INTO users (email) VALUES ('d2@example.com')").execute(&mut *inner).await.unwrap();
+        {
+            let mut innermost = Connection::begin(&mut *inner).await.unwrap();
+            sqlx::query("INSERT INTO users (email) VALUES ('d3@example.com')").execute(&mut *innermost).await.unwrap();
+            innermost.rollback().await.unwrap();
+        }
+        inner.commit().await.unwrap();
+    }
+    outer.commit().await.unwrap();
+    let emails: Vec<String> = sqlx::query_scalar("SELECT email FROM users ORDER BY email").fetch_all(&db).await.unwrap();
+    assert_eq!(emails, vec!["d1@example.com".to_string(), "d2@example.com".to_string()]);
+    assert_eq!(committed_rows(&db).await, 0);
+}
+
+#[db_test]
+async fn sqlx_begin_on_an_acquired_connection_is_a_savepoint(db: TestDb) {
+    let mut conn = db.acquire().await.unwrap();
+    let mut tx = Connection::begin(&mut *conn).await.unwrap();
+    sqlx::query("INSERT INTO users (email) VALUES ('acq@example.com')").execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+    // Acquire::begin on the connection too.
+    let mut tx = Acquire::begin(&mut *conn).await.unwrap();
+    sqlx::query("INSERT INTO users (email) VALUES ('acq2@example.com')").execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+    drop(conn);
+    assert_eq!(count(&db, "users").await, 2);
+    assert_eq!(committed_rows(&db).await, 0, "sqlx's commit must not commit the test's data");
 }
 
 #[db_test]
 async fn failed_statement_then_working_one(db: TestDb) {
-    sqlx::query("INSERT INTO users (email) VALUES ('dup@example.com')")
-        .execute(&db)
-        .await
-        .unwrap();
+    sqlx::query("INSERT INTO users (email) VALUES ('dup@example.com')").execute(&db).await.unwrap();
     let err = sqlx::query("INSERT INTO users (email) VALUES ('dup@example.com')")
         .execute(&db)
         .await
         .unwrap_err();
-    assert_eq!(
-        err.as_database_error().and_then(|e| e.code()).as_deref(),
-        Some("23505")
-    );
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
-        .fetch_one(&db)
-        .await
-        .unwrap();
-    assert_eq!(n, 1);
+    assert_eq!(err.as_database_error().and_then(|e| e.code()).as_deref(), Some("23505"));
+    sqlx::query("INSERT INTO users (email) VALUES ('next@example.com')").execute(&db).await.unwrap();
+    assert_eq!(count(&db, "users").await, 2);
+}
+
+#[db_test]
+async fn failed_statement_on_a_raw_connection_is_recovered(db: TestDb) {
+    {
+        let mut conn = db.acquire().await.unwrap();
+        conn.execute("SELECT 1/0").await.unwrap_err();
+    }
+    // The next statement repairs the aborted transaction first.
+    sqlx::query("INSERT INTO users (email) VALUES ('after@example.com')").execute(&db).await.unwrap();
+    assert_eq!(count(&db, "users").await, 1);
+}
+
+#[db_test]
+async fn spawned_tasks_share_the_test_connection(db: TestDb) {
+    let mut handles = Vec::new();
+    for i in 0..8 {
+        let app = db.db();
+        handles.push(tokio::spawn(async move {
+            sqlx::query("INSERT INTO users (email) VALUES ($1)")
+                .bind(format!("task{i}@example.com"))
+                .execute(&app)
+                .await
+                .unwrap();
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    assert_eq!(count(&db, "users").await, 8);
+}
+
+#[db_test]
+async fn busy_connection_times_out_with_a_helpful_message(db: TestDb) {
+    db.set_checkout_timeout(Duration::from_millis(300));
+    let tx = db.begin().await.unwrap();
+    // Using the Db while holding the guard: the classic self-deadlock.
+    let err = sqlx::query("SELECT 1").execute(&db).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("stayed busy"), "{msg}");
+    assert!(msg.contains("guard from `db.acquire()` or `db.begin()`"), "{msg}");
+    assert!(msg.contains("DB_TEST_CHECKOUT_TIMEOUT"), "{msg}");
+    tx.commit().await.unwrap();
+    sqlx::query("SELECT 1").execute(&db).await.unwrap();
+}
+
+#[db_test(timeout = "300ms")]
+#[should_panic(expected = "timed out after 300ms")]
+async fn test_timeout_names_the_timeout(db: TestDb) {
+    sqlx::query("INSERT INTO users (email) VALUES ('slow@example.com')").execute(&db).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+}
+
+#[db_test]
+#[should_panic(expected = "refusing to run `COMMIT`")]
+async fn raw_commit_through_db_is_refused_and_fails_the_test(db: TestDb) {
+    let err = sqlx::query("COMMIT").execute(&db).await.unwrap_err();
+    assert!(err.to_string().contains("refusing"), "{err}");
+    // Swallowing the error does not help: the test still fails at the end.
+}
+
+#[db_test]
+#[should_panic(expected = "was ended by a raw COMMIT or ROLLBACK")]
+async fn raw_commit_on_a_raw_connection_fails_the_test_loudly(db: TestDb) {
+    let mut conn = db.acquire().await.unwrap();
+    conn.execute("COMMIT").await.unwrap();
+}
+
+#[db_test]
+#[should_panic(expected = "ledger_counterpart_fk")]
+async fn deferred_constraint_violation_fails_the_test(db: TestDb) {
+    sqlx::query("INSERT INTO ledger (amount, counterpart) VALUES (10, 999999)").execute(&db).await.unwrap();
+}
+
+#[db_test(check_constraints = false)]
+async fn deferred_constraint_check_can_be_turned_off(db: TestDb) {
+    sqlx::query("INSERT INTO ledger (amount, counterpart) VALUES (10, 999999)").execute(&db).await.unwrap();
+    assert_eq!(count(&db, "ledger").await, 1);
+}
+
+#[db_test]
+async fn query_counting(db: TestDb) {
+    let app = db.db();
+    db.assert_queries(2, || async {
+        sqlx::query("INSERT INTO users (email) VALUES ('q@example.com')").execute(&app).await.unwrap();
+        sqlx::query("SELECT count(*) FROM users").execute(&app).await.unwrap();
+    })
+    .await;
+    let before = db.query_count().await;
+    sqlx::query("SELECT 1").execute(&db).await.unwrap();
+    assert_eq!(db.query_count().await, before + 1);
+}
+
+#[db_test]
+#[should_panic(expected = "expected 1 statement(s), but 2 ran")]
+async fn query_count_mismatch_lists_the_statements(db: TestDb) {
+    db.assert_queries(1, || async {
+        sqlx::query("SELECT 'first'").execute(&db).await.unwrap();
+        sqlx::query("SELECT 'second'").execute(&db).await.unwrap();
+    })
+    .await;
+}
+
+#[db_test]
+async fn result_returning_test(db: TestDb) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO users (email) VALUES ('r@example.com')").execute(&db).await?;
+    assert_eq!(count(&db, "users").await, 1);
+    Ok(())
+}
+
+#[db_test]
+async fn db_parameter_and_fetch_variants(db: Db) {
+    sqlx::query("INSERT INTO users (email, name) VALUES ('f@example.com', 'F')").execute(&db).await.unwrap();
+    let row: (i64, String) = sqlx::query_as("SELECT id, name FROM users").fetch_one(&db).await.unwrap();
+    assert_eq!(row.1, "F");
+    let none: Option<(i64,)> = sqlx::query_as("SELECT id FROM users WHERE false").fetch_optional(&db).await.unwrap();
+    assert!(none.is_none());
+    let all: Vec<(String,)> = sqlx::query_as("SELECT email FROM users").fetch_all(&db).await.unwrap();
+    assert_eq!(all.len(), 1);
 }

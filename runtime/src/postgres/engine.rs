@@ -42,6 +42,13 @@ pub(crate) struct Template {
     pub(crate) template: String,
     pub(crate) working: String,
     pub(crate) pool: PgPool,
+    leftovers_checked: OnceCell<()>,
+}
+
+/// A database of one test's own (`isolation = "database"`).
+pub(crate) struct TestDatabase {
+    pub(crate) name: String,
+    pub(crate) options: PgConnectOptions,
 }
 
 pub(crate) struct Engine {
@@ -52,6 +59,13 @@ pub(crate) struct Engine {
     pub(crate) display_url: String,
     templates: Mutex<HashMap<String, Arc<OnceCell<Arc<Template>>>>>,
     pub(crate) embedded: Option<embedded::Embedded>,
+    /// A small pool on the URL's database for CREATE/DROP DATABASE of
+    /// per-test databases. Never used to write into that database.
+    admin_pool: PgPool,
+    /// Bounds concurrent clones, so a large suite cannot exhaust the
+    /// server's `max_connections`.
+    clones: tokio::sync::Semaphore,
+    clone_counter: std::sync::atomic::AtomicU64,
 }
 
 static ENGINE: OnceCell<Result<Engine, String>> = OnceCell::const_new();
@@ -112,7 +126,7 @@ fn sanitize(name: &str) -> String {
     let s: String = name
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
-        .take(20)
+        .take(16)
         .collect();
     if s.is_empty() { "db".into() } else { s }
 }
@@ -163,12 +177,20 @@ impl Engine {
             .application_name("db-test")
             .disable_statement_logging();
         let base = sanitize(admin.get_database().unwrap_or("postgres"));
+        let admin_pool = PgPoolOptions::new()
+            .max_connections(2)
+            .min_connections(0)
+            .acquire_timeout(config::acquire_timeout())
+            .connect_lazy_with(admin.clone());
         let engine = Engine {
             admin,
             base,
             display_url,
             templates: Mutex::new(HashMap::new()),
             embedded,
+            admin_pool,
+            clones: tokio::sync::Semaphore::new(config::max_databases()),
+            clone_counter: std::sync::atomic::AtomicU64::new(0),
         };
         // Fail fast, with a clear message, if the server is unreachable.
         let conn = engine.admin_connect().await?;
@@ -300,6 +322,7 @@ impl Engine {
             template,
             working,
             pool,
+            leftovers_checked: OnceCell::new(),
         })
     }
 
@@ -424,6 +447,89 @@ impl Engine {
             .await
             .map(|_| ())
     }
+}
+
+impl Engine {
+    /// Clones a fresh database for one test from the template. The template
+    /// itself is never connected to: cloning needs it idle.
+    pub(crate) async fn create_test_database(&self, template: &Template) -> Result<TestDatabase, String> {
+        template
+            .leftovers_checked
+            .get_or_init(|| self.drop_leftovers(&template.prefix))
+            .await;
+        let n = self.clone_counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("{}_d{}x{n}", template.prefix, std::process::id());
+        let _permit = self.clones.acquire().await.expect("semaphore never closed");
+        let sql = format!("CREATE DATABASE {} TEMPLATE {}", quote_ident(&name), quote_ident(&template.template));
+        let mut conn = self.admin_pool.acquire().await.map_err(|e| {
+            format!("db-test: cannot connect to {} to create a test database: {e}", self.display_url)
+        })?;
+        Self::admin_exec(&mut conn, &sql)
+            .await
+            .map_err(|e| format!("db-test: cannot create test database {name} on {}: {e}", self.display_url))?;
+        Ok(TestDatabase {
+            options: self.options_for(&name),
+            name,
+        })
+    }
+
+    /// Drops a test's database (and any connection the test left open to it).
+    pub(crate) async fn drop_test_database(&self, name: &str) -> Result<(), String> {
+        let mut conn = self.admin_pool.acquire().await.map_err(|e| e.to_string())?;
+        let force = if conn.server_version_num().unwrap_or(0) >= 130000 { " WITH (FORCE)" } else { "" };
+        Self::admin_exec(&mut conn, &format!("DROP DATABASE IF EXISTS {}{force}", quote_ident(name)))
+            .await
+            .map_err(|e| format!("db-test: cannot drop test database {name}: {e}"))
+    }
+
+    /// Keeps a failed test's database under a name the leftover sweep skips.
+    pub(crate) async fn keep_test_database(&self, name: &str) -> Result<String, String> {
+        let kept = match name.rfind("_d") {
+            Some(i) => format!("{}_k{}", &name[..i], &name[i + 2..]),
+            None => format!("{name}_k"),
+        };
+        let mut conn = self.admin_pool.acquire().await.map_err(|e| e.to_string())?;
+        Self::admin_exec(&mut conn, &format!("ALTER DATABASE {} RENAME TO {}", quote_ident(name), quote_ident(&kept)))
+            .await
+            .map_err(|e| format!("db-test: cannot keep test database {name}: {e}"))?;
+        Ok(kept)
+    }
+
+    /// Removes per-test databases left by killed runs: their process is gone
+    /// (same host) and nobody is connected to them.
+    async fn drop_leftovers(&self, prefix: &str) {
+        let Ok(mut conn) = self.admin_pool.acquire().await else { return };
+        let rows: Vec<(String, i64)> = match sqlx::query_as(
+            "SELECT d.datname::text, (SELECT count(*) FROM pg_stat_activity a WHERE a.datid = d.oid) \
+             FROM pg_database d WHERE starts_with(d.datname, $1)",
+        )
+        .bind(format!("{prefix}_d"))
+        .fetch_all(&mut *conn)
+        .await
+        {
+            Ok(rows) => rows,
+            Err(_) => return,
+        };
+        let me = std::process::id();
+        for (name, connections) in rows {
+            let Some(pid) = name
+                .strip_prefix(&format!("{prefix}_d"))
+                .and_then(|rest| rest.split('x').next())
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid == me || connections > 0 || process_alive(pid) {
+                continue;
+            }
+            tracing::info!(database = %name, "db-test: dropping a leftover test database");
+            let _ = Self::drop_quietly(&mut conn, &name, "").await;
+        }
+    }
+}
+
+fn process_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 enum MigratorRef {

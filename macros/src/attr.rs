@@ -29,10 +29,11 @@ pub(crate) enum Isolation {
 }
 
 fn set_once<T>(slot: &mut Option<(T, Span)>, value: T, meta: &ParseNestedMeta, key: &str) -> syn::Result<()> {
+    let span = meta.path.get_ident().map(|i| i.span()).unwrap_or_else(Span::call_site);
     if slot.is_some() {
-        return Err(meta.error(format!("`{key}` is set more than once")));
+        return Err(syn::Error::new(span, format!("`{key}` is set more than once")));
     }
-    *slot = Some((value, meta.path.get_ident().map(|i| i.span()).unwrap_or_else(Span::call_site)));
+    *slot = Some((value, span));
     Ok(())
 }
 

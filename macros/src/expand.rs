@@ -41,7 +41,8 @@ pub(crate) fn db_test(args: TokenStream, item: TokenStream) -> TokenStream {
     if let Err(e) = syn::parse::Parser::parse2(parser, args) {
         errors.push(e);
     }
-    if let Some(attr) = func.attrs.iter().find(|a| is_test_attr(a)) {
+    let test_attr = func.attrs.iter().find(|a| is_test_attr(a));
+    if let Some(attr) = test_attr {
         errors.push(syn::Error::new_spanned(
             attr,
             "#[db_test] already makes this function a test on db-test's shared runtime; \
@@ -49,17 +50,22 @@ pub(crate) fn db_test(args: TokenStream, item: TokenStream) -> TokenStream {
              start a second runtime)",
         ));
     }
-    if func.sig.asyncness.is_none() {
+    // `#[tokio::test] #[db_test]` reaches us already rewritten to a plain
+    // `fn`; the stacked attribute is the real mistake, so do not also report
+    // a missing `async`.
+    if func.sig.asyncness.is_none() && test_attr.is_none() {
         errors.push(syn::Error::new_spanned(
             func.sig.fn_token,
             "the `async` keyword is missing from the function declaration: #[db_test] tests are `async fn`",
         ));
     }
-    if !func.sig.generics.params.is_empty() || func.sig.generics.where_clause.is_some() {
-        errors.push(syn::Error::new(
-            func.sig.generics.span(),
-            "#[db_test] functions cannot be generic: parameters are chosen by their concrete type",
-        ));
+    let generics = &func.sig.generics;
+    if !generics.params.is_empty() || generics.where_clause.is_some() {
+        let msg = "#[db_test] functions cannot be generic: parameters are chosen by their concrete type";
+        errors.push(match &generics.where_clause {
+            Some(w) if generics.params.is_empty() => syn::Error::new_spanned(w, msg),
+            _ => syn::Error::new_spanned(generics, msg),
+        });
     }
     let mut params = Vec::new();
     let mut wants_database = false;
@@ -110,7 +116,7 @@ fn expand(func: ItemFn, config: Config, params: Vec<Type>, wants_database: bool)
         Some((Migrations::Path(p), _)) => quote!(::db_test::__private::Migrations::Path(#p)),
         Some((Migrations::None, _)) => quote!(::db_test::__private::Migrations::None),
         Some((Migrations::Migrator(path, text), _)) => {
-            quote!(::db_test::__private::Migrations::Migrator(&#path, #text))
+            quote!(::db_test::__private::Migrations::Migrator(|| ::db_test::__private::AsMigrator::as_migrator(&#path), #text))
         }
     };
     let isolation = match config.isolation {
@@ -132,7 +138,30 @@ fn expand(func: ItemFn, config: Config, params: Vec<Type>, wants_database: bool)
         quote_spanned!(ty.span()=> ::db_test::__private::extract::<#ty>(&__db_test_ctx, #ty_name).await)
     });
 
+    // The `#[test]` fn is compiled out of non-test builds (`cargo check`,
+    // `cargo build`, trybuild); this keeps its parameter types and fixture
+    // paths checked there too. Test builds check them in the fn itself.
+    let param_checks = params
+        .iter()
+        .map(|ty| quote_spanned!(ty.span()=> __db_test_is_param::<#ty>();));
+    let fixture_checks = config
+        .fixtures
+        .iter()
+        .map(|(path, span)| quote_spanned!(*span=> let _: &str = ::core::include_str!(#path);));
+    let checks = quote_spanned! {span=>
+        #[cfg(not(test))]
+        const _: () = {
+            fn __db_test_is_param<T: ::db_test::FromTestContext>() {}
+            #[allow(dead_code)]
+            fn __db_test_check() {
+                #(#param_checks)*
+                #(#fixture_checks)*
+            }
+        };
+    };
+
     quote_spanned! {span=>
+        #checks
         #(#attrs)*
         #[::core::prelude::v1::test]
         #vis fn #name() #output {

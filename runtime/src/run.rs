@@ -15,6 +15,25 @@ use crate::{config, Db};
 
 pub use sqlx;
 
+/// What `migrator = "PATH"` may name: a `static Migrator` (from
+/// `sqlx::migrate!`), or a `LazyLock<Migrator>` built at run time.
+pub trait AsMigrator: Sync + 'static {
+    /// The migrator.
+    fn as_migrator(&'static self) -> &'static sqlx::migrate::Migrator;
+}
+
+impl AsMigrator for sqlx::migrate::Migrator {
+    fn as_migrator(&'static self) -> &'static sqlx::migrate::Migrator {
+        self
+    }
+}
+
+impl AsMigrator for std::sync::LazyLock<sqlx::migrate::Migrator> {
+    fn as_migrator(&'static self) -> &'static sqlx::migrate::Migrator {
+        self
+    }
+}
+
 /// One SQL fixture, embedded with `include_str!`.
 #[derive(Debug, Clone, Copy)]
 pub struct Fixture {

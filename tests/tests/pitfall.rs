@@ -21,6 +21,15 @@ fn is_dead_runtime_error(err: &sqlx::Error) -> bool {
         || msg.contains("runtime")
 }
 
+/// Like a test that runs a few statements. The first may still get through
+/// on readiness cached from runtime A; the next ones need the dead driver.
+async fn keep_querying(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    for _ in 0..20 {
+        sqlx::query("SELECT pg_sleep(0.001)").execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 /// Runs `first` on runtime A, drops A, then runs `second` on runtime B, on a
 /// plain thread: what two `#[tokio::test]`s sharing a static do.
 fn across_two_runtimes<T: Send + 'static, R: Send + 'static>(
@@ -58,7 +67,7 @@ async fn naive_runtime_per_test_breaks_a_shared_pool(db: TestDb) {
         // Test 2 (runtime B) uses the same pool and its connection.
         |(pool, mut conn)| {
             Box::pin(async move {
-                let result = sqlx::query("SELECT 1").execute(&mut *conn).await.map(|_| ());
+                let result = keep_querying(&mut conn).await;
                 drop((conn, pool));
                 result
             })
@@ -81,7 +90,7 @@ async fn naive_runtime_per_test_breaks_a_shared_connection(db: TestDb) {
             sqlx::query("SELECT 1").execute(&mut conn).await.unwrap();
             conn
         },
-        |mut conn| Box::pin(async move { sqlx::query("SELECT 1").execute(&mut conn).await.map(|_| ()) }),
+        |mut conn| Box::pin(async move { keep_querying(&mut conn).await }),
     );
     let err = result.expect_err("a connection must not survive its runtime");
     assert!(is_dead_runtime_error(&err), "unexpected error: {err}");

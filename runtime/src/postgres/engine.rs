@@ -33,7 +33,7 @@ pub enum Migrations {
     /// `migrations = false`.
     None,
     /// `migrator = "path::TO::MIGRATOR"`; the string names it.
-    Migrator(&'static Migrator, &'static str),
+    Migrator(fn() -> &'static Migrator, &'static str),
 }
 
 /// A migrated template and the working database cloned from it.
@@ -270,7 +270,7 @@ impl Engine {
         };
         cell.get_or_try_init(|| async move {
             let migrator = match (migrations, source) {
-                (Migrations::Migrator(m, _), _) => MigratorRef::Static(m),
+                (Migrations::Migrator(m, _), _) => MigratorRef::Static(m()),
                 (_, Some(dir)) => MigratorRef::Owned(Migrator::new(dir.clone()).await.map_err(|e| {
                     format!("db-test: cannot read migrations in {}: {e}", dir.display())
                 })?),

@@ -1,0 +1,278 @@
+//! Behaviour across processes: concurrent template builds, the embedded
+//! server's cold start and reuse, wrong `DATABASE_URL`s, and a test process
+//! killed mid-transaction.
+//!
+//! The parent tests run this same test binary again as child processes,
+//! each running one of the `child_*` tests below. Run on their own, the
+//! `child_*` tests are ordinary tests that pass.
+
+use std::borrow::Cow;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+use db_test::{db_test, TestContext, TestDb};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::Connection;
+
+/// Changes (and so forces a template rebuild) when DB_TEST_RACE_TOKEN does.
+static RACE: LazyLock<Migrator> = LazyLock::new(|| {
+    let token = std::env::var("DB_TEST_RACE_TOKEN").unwrap_or_else(|_| "default".into());
+    let sql = format!(
+        "CREATE TABLE race_marker (token TEXT NOT NULL, built_by INT NOT NULL DEFAULT pg_backend_pid(), \
+         built_at TEXT NOT NULL DEFAULT clock_timestamp()::text); \
+         SELECT pg_sleep(0.3); \
+         INSERT INTO race_marker (token) VALUES ('{token}');"
+    );
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        Cow::Borrowed("race marker"),
+        MigrationType::Simple,
+        sqlx::AssertSqlSafe(sql).into_sql_str(),
+        false,
+    )])
+});
+
+use sqlx::SqlSafeStr;
+
+/// Reads the marker its template's build left.
+#[db_test(migrator = "RACE")]
+async fn child_race(db: TestDb) {
+    let (token, by, at): (String, i32, String) =
+        sqlx::query_as("SELECT token, built_by, built_at FROM race_marker").fetch_one(&db).await.unwrap();
+    let expected = std::env::var("DB_TEST_RACE_TOKEN").unwrap_or_else(|_| "default".into());
+    assert_eq!(token, expected);
+    println!("RACE_MARKER {token} {by} {at}");
+}
+
+/// A plain query; prints which server instance answered.
+#[db_test]
+async fn child_probe(db: TestDb) {
+    let started: String = sqlx::query_scalar("SELECT pg_postmaster_start_time()::text").fetch_one(&db).await.unwrap();
+    println!("SERVER_STARTED {started}");
+}
+
+/// Inserts a marked row and waits to be killed.
+#[db_test]
+async fn child_hold(db: TestDb) {
+    if let Ok(token) = std::env::var("DB_TEST_HOLD_TOKEN") {
+        sqlx::query("INSERT INTO users (email) VALUES ($1)").bind(&token).execute(&db).await.unwrap();
+        println!("HOLDING {token}");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&db).await.unwrap();
+    assert_eq!(n, if std::env::var("DB_TEST_HOLD_TOKEN").is_ok() { 1 } else { 0 });
+}
+
+/// The same in a database of its own.
+#[db_test(isolation = "database")]
+async fn child_hold_database(ctx: TestContext) {
+    if std::env::var("DB_TEST_HOLD_TOKEN").is_ok() {
+        println!("HOLDING_DB {}", ctx.database_name());
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+    assert!(ctx.is_database_mode());
+}
+
+fn child(test: &str) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env_remove("DB_TEST_RACE_TOKEN")
+        .env_remove("DB_TEST_HOLD_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Waits for a child, killing it if it hangs.
+fn wait(mut c: Child, limit: Duration) -> Output {
+    let t0 = Instant::now();
+    loop {
+        if c.try_wait().unwrap().is_some() {
+            return c.wait_with_output().unwrap();
+        }
+        if t0.elapsed() > limit {
+            let _ = c.kill();
+            let out = c.wait_with_output().unwrap();
+            panic!(
+                "child hung for {limit:?}:\nstdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// The rest of the first line holding `marker` (libtest may print
+/// "test name ... " before it on the same line).
+fn after(text: &str, marker: &str) -> Option<String> {
+    text.lines().find_map(|l| l.find(marker).map(|i| l[i..].to_string()))
+}
+
+fn unique_token() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("t{}x{nanos}", std::process::id())
+}
+
+#[test]
+fn template_is_built_once_by_two_concurrent_processes() {
+    let token = unique_token();
+    let children: Vec<Child> = (0..2)
+        .map(|_| child("child_race").env("DB_TEST_RACE_TOKEN", &token).spawn().unwrap())
+        .collect();
+    let markers: Vec<String> = children
+        .into_iter()
+        .map(|c| {
+            let out = wait(c, Duration::from_secs(120));
+            let all = text(&out);
+            assert!(out.status.success(), "child failed:\n{all}");
+            after(&all, "RACE_MARKER").expect("marker printed")
+        })
+        .collect();
+    // Both working databases come from one build: same backend, same instant.
+    assert_eq!(markers[0], markers[1]);
+    assert!(markers[0].contains(&token));
+}
+
+#[test]
+fn embedded_server_cold_start_then_reuse() {
+    let dir = std::env::temp_dir().join(format!("db-test-cold-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let run = || {
+        let t0 = Instant::now();
+        let c = child("child_probe")
+            .env_remove("DATABASE_URL")
+            .env("DB_TEST_DATA_DIR", &dir)
+            .env("DB_TEST_PG_IDLE_SECS", "30")
+            .current_dir(&dir.parent().unwrap())
+            .spawn()
+            .unwrap();
+        let out = wait(c, Duration::from_secs(120));
+        let all = text(&out);
+        assert!(out.status.success(), "child failed:\n{all}");
+        let started = after(&all, "SERVER_STARTED").expect("probe printed");
+        (started, t0.elapsed())
+    };
+    let (cold, cold_time) = run();
+    let (warm, warm_time) = run();
+    eprintln!("embedded server: cold start + first test {cold_time:?}, reuse {warm_time:?}");
+    assert_eq!(cold, warm, "the second process reuses the running server");
+
+    // Stop the server we started for this test and remove its files.
+    let data = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.path().join("data")).find(|p| p.exists()).unwrap();
+    let pid: i32 = std::fs::read_to_string(data.join("postmaster.pid")).unwrap().lines().next().unwrap().trim().parse().unwrap();
+    let _ = Command::new("kill").args(["-INT", &pid.to_string()]).status();
+    let t0 = Instant::now();
+    while data.join("postmaster.pid").exists() && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[db_test]
+async fn wrong_database_urls_fail_fast_with_a_clear_message(ctx: TestContext) {
+    let opts = ctx.connect_options();
+    // A URL to the server this suite uses, for the cases that need a live one.
+    let live = match opts.get_socket() {
+        Some(socket) => format!("?host={}&port={}", socket.display(), opts.get_port()),
+        None => format!("{}:{}", opts.get_host(), opts.get_port()),
+    };
+    let on_live = |user: &str, db: &str| match opts.get_socket() {
+        Some(_) => format!("postgres://{user}:hunter2secret@localhost/{db}{live}"),
+        None => format!("postgres://{user}:hunter2secret@{live}/{db}"),
+    };
+    let cases = [
+        ("postgres://u:hunter2secret@no-such-host.invalid:5432/db".to_string(), "host and port"),
+        ("postgres://u:hunter2secret@127.0.0.1:1/db".to_string(), "host and port"),
+        (on_live("db_test_no_such_role", "postgres"), "user name and password"),
+        (on_live("postgres", "db_test_no_such_database"), "must exist"),
+        ("mysql://root:hunter2secret@127.0.0.1:3306/test".to_string(), "not a PostgreSQL URL"),
+    ];
+    let children: Vec<(String, &str, Child)> = cases
+        .into_iter()
+        .map(|(url, hint)| {
+            let c = child("child_probe").env("DATABASE_URL", &url).env("DB_TEST_CONNECT_TIMEOUT", "5s").spawn().unwrap();
+            (url, hint, c)
+        })
+        .collect();
+    for (url, hint, c) in children {
+        let out = tokio::task::spawn_blocking(move || wait(c, Duration::from_secs(60))).await.unwrap();
+        let all = text(&out);
+        assert!(!out.status.success(), "{url} must fail:\n{all}");
+        assert!(all.contains("db-test:"), "{url}: no db-test message:\n{all}");
+        assert!(all.contains(hint), "{url}: expected hint {hint:?}:\n{all}");
+        assert!(!all.contains("hunter2secret"), "{url}: password leaked:\n{all}");
+        assert!(all.contains("***"), "{url}: redacted URL not named:\n{all}");
+    }
+}
+
+#[db_test]
+async fn killed_test_process_leaves_nothing_behind(ctx: TestContext) {
+    let token = format!("{}@killed.example.com", unique_token());
+    // Kill a process in the middle of its transaction.
+    let mut c = child("child_hold").env("DB_TEST_HOLD_TOKEN", &token).spawn().unwrap();
+    let line = tokio::task::spawn_blocking({
+        let stdout = c.stdout.take().unwrap();
+        move || BufReader::new(stdout).lines().map_while(Result::ok).find(|l| l.contains("HOLDING"))
+    })
+    .await
+    .unwrap();
+    assert!(line.is_some(), "child did not reach its transaction");
+    c.kill().unwrap();
+    c.wait().unwrap();
+
+    // A database-mode test killed mid-run leaves its database behind...
+    let mut c = child("child_hold_database").env("DB_TEST_HOLD_TOKEN", "1").spawn().unwrap();
+    let killed_db = tokio::task::spawn_blocking({
+        let stdout = c.stdout.take().unwrap();
+        move || {
+            BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .find_map(|l| after(&l, "HOLDING_DB ").map(|s| s["HOLDING_DB ".len()..].to_string()))
+        }
+    })
+    .await
+    .unwrap()
+    .expect("child reached its database");
+    c.kill().unwrap();
+    c.wait().unwrap();
+
+    let mut conn = sqlx::PgConnection::connect_with(&ctx.connect_options()).await.unwrap();
+    let leaked: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE email = $1")
+        .bind(&token)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(leaked, 0, "the killed transaction's row must be gone");
+
+    // ...and the next run removes it, and works (no stale lock).
+    let out = tokio::task::spawn_blocking(|| wait(child("child_hold_database").spawn().unwrap(), Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "next run failed:\n{}", text(&out));
+    let mut still_there = true;
+    for _ in 0..100 {
+        still_there = sqlx::query_scalar("SELECT exists(SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&killed_db)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        if !still_there {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!still_there, "leftover database {killed_db} was not removed");
+    let out = tokio::task::spawn_blocking(|| wait(child("child_hold").spawn().unwrap(), Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "next run failed:\n{}", text(&out));
+}

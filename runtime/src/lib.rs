@@ -2,6 +2,8 @@
 #![warn(missing_docs)]
 
 #[cfg(feature = "harness")]
+mod client;
+#[cfg(feature = "harness")]
 mod config;
 #[cfg(feature = "harness")]
 mod context;
@@ -14,6 +16,8 @@ mod testdb;
 
 pub use db::{Db, DbConnection, DbTransaction};
 
+#[cfg(feature = "harness")]
+pub use client::*;
 #[cfg(feature = "harness")]
 pub use context::{BoxError, FromTestContext, TestContext};
 #[cfg(feature = "harness")]
@@ -30,6 +34,21 @@ pub use testdb::TestDb;
 #[cfg(feature = "harness")]
 pub fn runtime() -> &'static tokio::runtime::Runtime {
     run::shared_runtime()
+}
+
+/// The URL of the server db-test uses: `DATABASE_URL` (or `.env`), or the
+/// embedded server, which this call starts if it is not running. Handy for
+/// `psql`, sqlx-cli or a benchmark that needs the same server:
+///
+/// ```text
+/// psql "$(cargo run -q -p db-test --example server_url)"
+/// ```
+///
+/// Tests never run in the database this URL names; db-test uses it only to
+/// create and drop databases of its own.
+#[cfg(feature = "harness")]
+pub fn server_url() -> Result<String, String> {
+    runtime().block_on(async { postgres::engine::engine().await.map(|e| e.server_url()) })
 }
 
 #[cfg(feature = "harness")]

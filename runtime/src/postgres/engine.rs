@@ -160,6 +160,9 @@ impl Engine {
                 let emb = tokio::task::spawn_blocking(embedded::ensure_started)
                     .await
                     .map_err(|e| format!("db-test: embedded server start panicked: {e}"))??;
+                if !emb.started_here {
+                    tracing::debug!(socket_dir = %emb.socket_dir.display(), "db-test: reusing the running embedded PostgreSQL");
+                }
                 let opts = PgConnectOptions::new()
                     .socket(&emb.socket_dir)
                     .port(embedded::PORT)
@@ -224,6 +227,18 @@ impl Engine {
                  Check that the host is reachable and the server is running.",
                 self.display_url
             )),
+        }
+    }
+
+    /// A URL for the server (the URL's own database), for tools like psql.
+    pub(crate) fn server_url(&self) -> String {
+        match &self.embedded {
+            Some(emb) => format!(
+                "postgres://postgres@localhost/postgres?host={}&port={}",
+                emb.socket_dir.display(),
+                embedded::PORT
+            ),
+            None => database_url().unwrap_or_default(),
         }
     }
 

@@ -28,10 +28,22 @@ pub(crate) enum Isolation {
     Database,
 }
 
-fn set_once<T>(slot: &mut Option<(T, Span)>, value: T, meta: &ParseNestedMeta, key: &str) -> syn::Result<()> {
-    let span = meta.path.get_ident().map(|i| i.span()).unwrap_or_else(Span::call_site);
+fn set_once<T>(
+    slot: &mut Option<(T, Span)>,
+    value: T,
+    meta: &ParseNestedMeta,
+    key: &str,
+) -> syn::Result<()> {
+    let span = meta
+        .path
+        .get_ident()
+        .map(|i| i.span())
+        .unwrap_or_else(Span::call_site);
     if slot.is_some() {
-        return Err(syn::Error::new(span, format!("`{key}` is set more than once")));
+        return Err(syn::Error::new(
+            span,
+            format!("`{key}` is set more than once"),
+        ));
     }
     *slot = Some((value, span));
     Ok(())
@@ -56,19 +68,32 @@ pub(crate) fn parse_duration_ms(s: &str) -> Option<u64> {
 impl Config {
     pub(crate) fn parse_meta(&mut self, meta: ParseNestedMeta) -> syn::Result<()> {
         let Some(key) = meta.path.get_ident().map(|i| i.to_string()) else {
-            return Err(meta.error(format!("unknown attribute key; valid keys are {VALID_KEYS}")));
+            return Err(meta.error(format!(
+                "unknown attribute key; valid keys are {VALID_KEYS}"
+            )));
         };
         match key.as_str() {
             "migrations" => {
-                if self.migrations.as_ref().is_some_and(|(m, _)| matches!(m, Migrations::Migrator(..))) {
-                    return Err(meta.error("`migrations` and `migrator` cannot both be set; pick one"));
+                if self
+                    .migrations
+                    .as_ref()
+                    .is_some_and(|(m, _)| matches!(m, Migrations::Migrator(..)))
+                {
+                    return Err(
+                        meta.error("`migrations` and `migrator` cannot both be set; pick one")
+                    );
                 }
                 let lookahead = meta.input.fork();
                 let _: Token![=] = lookahead.parse()?;
                 let value = meta.value()?;
                 if value.peek(LitStr) {
                     let lit: LitStr = value.parse()?;
-                    set_once(&mut self.migrations, Migrations::Path(lit.value()), &meta, "migrations")
+                    set_once(
+                        &mut self.migrations,
+                        Migrations::Path(lit.value()),
+                        &meta,
+                        "migrations",
+                    )
                 } else if value.peek(LitBool) {
                     let lit: LitBool = value.parse()?;
                     if lit.value {
@@ -87,14 +112,28 @@ impl Config {
                 }
             }
             "migrator" => {
-                if self.migrations.as_ref().is_some_and(|(m, _)| !matches!(m, Migrations::Migrator(..))) {
-                    return Err(meta.error("`migrations` and `migrator` cannot both be set; pick one"));
+                if self
+                    .migrations
+                    .as_ref()
+                    .is_some_and(|(m, _)| !matches!(m, Migrations::Migrator(..)))
+                {
+                    return Err(
+                        meta.error("`migrations` and `migrator` cannot both be set; pick one")
+                    );
                 }
                 let lit: LitStr = meta.value()?.parse()?;
                 let path: syn::Path = lit.parse().map_err(|_| {
-                    syn::Error::new(lit.span(), "expected a path to a static `Migrator`, such as \"crate::MIGRATOR\"")
+                    syn::Error::new(
+                        lit.span(),
+                        "expected a path to a static `Migrator`, such as \"crate::MIGRATOR\"",
+                    )
                 })?;
-                set_once(&mut self.migrations, Migrations::Migrator(path, lit.value()), &meta, "migrator")
+                set_once(
+                    &mut self.migrations,
+                    Migrations::Migrator(path, lit.value()),
+                    &meta,
+                    "migrator",
+                )
             }
             "timeout" => {
                 let lit: LitStr = meta.value()?.parse()?;
@@ -114,7 +153,9 @@ impl Config {
                     other => {
                         return Err(syn::Error::new(
                             lit.span(),
-                            format!("unknown isolation {other:?}; expected \"transaction\" or \"database\""),
+                            format!(
+                                "unknown isolation {other:?}; expected \"transaction\" or \"database\""
+                            ),
                         ));
                     }
                 };
@@ -122,16 +163,27 @@ impl Config {
             }
             "check_constraints" => {
                 let lit: LitBool = meta.value()?.parse()?;
-                set_once(&mut self.check_constraints, lit.value, &meta, "check_constraints")
+                set_once(
+                    &mut self.check_constraints,
+                    lit.value,
+                    &meta,
+                    "check_constraints",
+                )
             }
             "fixtures" => self.parse_fixtures(meta),
-            _ => Err(meta.error(format!("unknown attribute key `{key}`; valid keys are {VALID_KEYS}"))),
+            _ => Err(meta.error(format!(
+                "unknown attribute key `{key}`; valid keys are {VALID_KEYS}"
+            ))),
         }
     }
 
     /// `fixtures("a", "b.sql")` or `fixtures(path = "dir", scripts("a", "b"))`.
     fn parse_fixtures(&mut self, meta: ParseNestedMeta) -> syn::Result<()> {
-        let span = meta.path.get_ident().map(|i| i.span()).unwrap_or_else(Span::call_site);
+        let span = meta
+            .path
+            .get_ident()
+            .map(|i| i.span())
+            .unwrap_or_else(Span::call_site);
         let content;
         syn::parenthesized!(content in meta.input);
         if content.is_empty() {
@@ -144,7 +196,11 @@ impl Config {
             let lits = content.parse_terminated(|p| p.parse::<LitStr>(), Token![,])?;
             for lit in lits {
                 let v = lit.value();
-                let path = if v.ends_with(".sql") { v } else { format!("fixtures/{v}.sql") };
+                let path = if v.ends_with(".sql") {
+                    v
+                } else {
+                    format!("fixtures/{v}.sql")
+                };
                 self.fixtures.push((path, lit.span()));
             }
             return Ok(());
@@ -167,13 +223,21 @@ impl Config {
         });
         syn::parse::Parser::parse2(nested, content.parse()?)?;
         if scripts.is_empty() {
-            return Err(syn::Error::new(span, "`fixtures(...)` names no scripts; add `scripts(\"name\")`"));
+            return Err(syn::Error::new(
+                span,
+                "`fixtures(...)` names no scripts; add `scripts(\"name\")`",
+            ));
         }
         let dir = dir.unwrap_or_else(|| "fixtures".into());
         for lit in scripts {
             let v = lit.value();
-            let file = if v.ends_with(".sql") { v } else { format!("{v}.sql") };
-            self.fixtures.push((format!("{}/{file}", dir.trim_end_matches('/')), lit.span()));
+            let file = if v.ends_with(".sql") {
+                v
+            } else {
+                format!("{v}.sql")
+            };
+            self.fixtures
+                .push((format!("{}/{file}", dir.trim_end_matches('/')), lit.span()));
         }
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! Validation of the test function and the (thin) expansion.
 
 use proc_macro2::{Span, TokenStream};
-use quote::{quote, quote_spanned, ToTokens};
+use quote::{ToTokens, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{FnArg, ItemFn, Type};
 
@@ -23,7 +23,10 @@ fn wants_own_database(ty: &Type) -> bool {
 }
 
 fn is_test_attr(attr: &syn::Attribute) -> bool {
-    attr.path().segments.last().is_some_and(|s| s.ident == "test")
+    attr.path()
+        .segments
+        .last()
+        .is_some_and(|s| s.ident == "test")
 }
 
 pub(crate) fn db_test(args: TokenStream, item: TokenStream) -> TokenStream {
@@ -31,7 +34,8 @@ pub(crate) fn db_test(args: TokenStream, item: TokenStream) -> TokenStream {
         Ok(f) => f,
         Err(e) => {
             // Not a function: report it and give the item back untouched.
-            let err = syn::Error::new(e.span(), "#[db_test] goes on an `async fn`").to_compile_error();
+            let err =
+                syn::Error::new(e.span(), "#[db_test] goes on an `async fn`").to_compile_error();
             return quote!(#err #item);
         }
     };
@@ -61,7 +65,8 @@ pub(crate) fn db_test(args: TokenStream, item: TokenStream) -> TokenStream {
     }
     let generics = &func.sig.generics;
     if !generics.params.is_empty() || generics.where_clause.is_some() {
-        let msg = "#[db_test] functions cannot be generic: parameters are chosen by their concrete type";
+        let msg =
+            "#[db_test] functions cannot be generic: parameters are chosen by their concrete type";
         errors.push(match &generics.where_clause {
             Some(w) if generics.params.is_empty() => syn::Error::new_spanned(w, msg),
             _ => syn::Error::new_spanned(generics, msg),
@@ -105,7 +110,12 @@ pub(crate) fn db_test(args: TokenStream, item: TokenStream) -> TokenStream {
 }
 
 fn expand(func: ItemFn, config: Config, params: Vec<Type>, wants_database: bool) -> TokenStream {
-    let ItemFn { attrs, vis, sig, block } = func;
+    let ItemFn {
+        attrs,
+        vis,
+        sig,
+        block,
+    } = func;
     let name = &sig.ident;
     let output = &sig.output;
     let inputs = &sig.inputs;
@@ -122,10 +132,14 @@ fn expand(func: ItemFn, config: Config, params: Vec<Type>, wants_database: bool)
     let isolation = match config.isolation {
         None => quote!(::core::option::Option::None),
         Some((Isolation::Transaction, _)) => {
-            quote!(::core::option::Option::Some(::db_test::__private::Isolation::Transaction))
+            quote!(::core::option::Option::Some(
+                ::db_test::__private::Isolation::Transaction
+            ))
         }
         Some((Isolation::Database, _)) => {
-            quote!(::core::option::Option::Some(::db_test::__private::Isolation::Database))
+            quote!(::core::option::Option::Some(
+                ::db_test::__private::Isolation::Database
+            ))
         }
     };
     let timeout_ms = config.timeout_ms.map(|(ms, _)| ms).unwrap_or(0);

@@ -336,7 +336,7 @@ impl TestRequest {
     ///
     /// If `value` cannot be serialized.
     #[track_caller]
-    pub fn json<T: Serialize + ?Sized>(mut self, value: &T) -> Self {
+    pub fn json<T: Serialize + ?Sized>(self, value: &T) -> Self {
         match serde_json::to_vec(value) {
             Ok(body) => self.set_body(body, "application/json"),
             Err(e) => panic!(
@@ -354,7 +354,7 @@ impl TestRequest {
     /// If `value` cannot be encoded as a form (it must be a struct, a map or a
     /// sequence of pairs).
     #[track_caller]
-    pub fn form<T: Serialize + ?Sized>(mut self, value: &T) -> Self {
+    pub fn form<T: Serialize + ?Sized>(self, value: &T) -> Self {
         match serde_urlencoded::to_string(value) {
             Ok(body) => self.set_body(body, "application/x-www-form-urlencoded"),
             Err(e) => panic!(
@@ -489,17 +489,16 @@ impl TestRequest {
             };
             all_headers.append(name, value);
         }
-        if let Some(content_type) = body_type {
-            if !all_headers.contains_key(header::CONTENT_TYPE) {
-                all_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-            }
+        if let Some(content_type) = body_type
+            && !all_headers.contains_key(header::CONTENT_TYPE)
+        {
+            all_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
         }
-        if let Some(jar) = &cookies {
-            if !all_headers.contains_key(header::COOKIE) {
-                if let Some(cookie) = lock(jar).header_value() {
-                    all_headers.insert(header::COOKIE, cookie);
-                }
-            }
+        if let Some(jar) = &cookies
+            && !all_headers.contains_key(header::COOKIE)
+            && let Some(cookie) = lock(jar).header_value()
+        {
+            all_headers.insert(header::COOKIE, cookie);
         }
 
         let mut request = Request::new(Body::from(body));

@@ -10,7 +10,10 @@ fn env_parse<T: std::str::FromStr>(name: &str) -> Option<T> {
 /// Parses `250ms`, `30s`, `2m` or a bare number of seconds.
 pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
+    let (num, unit) = s.split_at(
+        s.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len()),
+    );
     let n: f64 = num.parse().ok()?;
     let secs = match unit.trim() {
         "" | "s" | "sec" | "secs" => n,
@@ -23,26 +26,39 @@ pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
 }
 
 fn env_duration(name: &str, default: Duration) -> Duration {
-    std::env::var(name).ok().and_then(|v| parse_duration(&v)).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| parse_duration(&v))
+        .unwrap_or(default)
 }
 
 /// Threads of libtest (`RUST_TEST_THREADS`) or the machine's parallelism.
 pub(crate) fn test_threads() -> usize {
     env_parse("RUST_TEST_THREADS")
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        })
         .max(1)
 }
 
 /// `DB_TEST_WORKER_THREADS`: worker threads of the shared runtime.
 pub(crate) fn worker_threads() -> usize {
     env_parse("DB_TEST_WORKER_THREADS")
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        })
         .max(2)
 }
 
 /// `DB_TEST_POOL_SIZE`: connections per working database (default: test threads + 4).
 pub(crate) fn pool_size() -> u32 {
-    env_parse("DB_TEST_POOL_SIZE").unwrap_or(test_threads() as u32 + 4).max(1)
+    env_parse("DB_TEST_POOL_SIZE")
+        .unwrap_or(test_threads() as u32 + 4)
+        .max(1)
 }
 
 /// `DB_TEST_ACQUIRE_TIMEOUT`: how long a test waits for a pooled connection (default 30s).
@@ -83,5 +99,8 @@ pub(crate) fn database_pool_size() -> u32 {
 
 /// `DB_TEST_KEEP_FAILED=1`: keep a failed database-mode test's database.
 pub(crate) fn keep_failed() -> bool {
-    matches!(std::env::var("DB_TEST_KEEP_FAILED").as_deref(), Ok("1") | Ok("true") | Ok("yes"))
+    matches!(
+        std::env::var("DB_TEST_KEEP_FAILED").as_deref(),
+        Ok("1") | Ok("true") | Ok("yes")
+    )
 }

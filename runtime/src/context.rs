@@ -82,11 +82,17 @@ impl FromTestContext for sqlx::pool::PoolConnection<sqlx::Postgres> {
     }
 }
 
-impl FromTestContext for (sqlx::postgres::PgPoolOptions, sqlx::postgres::PgConnectOptions) {
+impl FromTestContext
+    for (
+        sqlx::postgres::PgPoolOptions,
+        sqlx::postgres::PgConnectOptions,
+    )
+{
     async fn from_context(ctx: &TestContext) -> Result<Self, BoxError> {
         ctx.own_pool("(PgPoolOptions, PgConnectOptions)")?;
         Ok((
-            sqlx::postgres::PgPoolOptions::new().max_connections(crate::config::database_pool_size()),
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(crate::config::database_pool_size()),
             ctx.connect_options(),
         ))
     }

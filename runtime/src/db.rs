@@ -306,7 +306,9 @@ impl<'c> Executor<'c> for &'c Db {
                     shared.run_statement(query).await
                 })
                 .flat_map(|result| match result {
-                    Ok(steps) => futures_util::stream::iter(steps.into_iter().map(Ok)).left_stream(),
+                    Ok(steps) => {
+                        futures_util::stream::iter(steps.into_iter().map(Ok)).left_stream()
+                    }
                     Err(e) => futures_util::stream::once(async move { Err(e) }).right_stream(),
                 })
                 .boxed()

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 
-pub use crate::postgres::engine::Migrations;
 use crate::context::{ContextInner, FromTestContext, TestContext};
+pub use crate::postgres::engine::Migrations;
 use crate::postgres::engine::Template;
 use crate::shared::{LoggedStatement, SharedConn};
-use crate::{config, Db};
+use crate::{Db, config};
 
 pub use sqlx;
 
@@ -95,7 +95,10 @@ impl<T, E> TestResult for Result<T, E> {
 pub async fn extract<T: FromTestContext>(ctx: &TestContext, type_name: &'static str) -> T {
     match T::from_context(ctx).await {
         Ok(v) => v,
-        Err(e) => panic!("db-test: could not build the parameter `{type_name}` of test `{}`: {e}", ctx.test_name()),
+        Err(e) => panic!(
+            "db-test: could not build the parameter `{type_name}` of test `{}`: {e}",
+            ctx.test_name()
+        ),
     }
 }
 
@@ -116,7 +119,10 @@ fn print_statements(name: &str, log: &[LoggedStatement]) {
     if log.is_empty() {
         return;
     }
-    let mut out = format!("db-test: last {} statement(s) of test `{name}`:\n", log.len());
+    let mut out = format!(
+        "db-test: last {} statement(s) of test `{name}`:\n",
+        log.len()
+    );
     for s in log {
         out.push_str("  ");
         out.push_str(s.sql.trim());
@@ -146,7 +152,11 @@ fn pool_exhausted(spec: &TestSpec, what: &str) -> String {
     )
 }
 
-async fn open_transaction(spec: &'static TestSpec, template: &Template, display_url: &str) -> Result<Arc<SharedConn>, String> {
+async fn open_transaction(
+    spec: &'static TestSpec,
+    template: &Template,
+    display_url: &str,
+) -> Result<Arc<SharedConn>, String> {
     let mut last_err = None;
     for _ in 0..3 {
         let conn = match template.pool.acquire().await {
@@ -207,10 +217,21 @@ async fn setup(spec: &'static TestSpec) -> Result<(Setup, TestContext), String> 
                 options: database.options,
                 database: database.name.clone(),
             };
-            (Setup::Database { name: database.name, pool }, inner)
+            (
+                Setup::Database {
+                    name: database.name,
+                    pool,
+                },
+                inner,
+            )
         }
     };
-    Ok((setup, TestContext { inner: Arc::new(inner) }))
+    Ok((
+        setup,
+        TestContext {
+            inner: Arc::new(inner),
+        },
+    ))
 }
 
 async fn apply_fixtures(spec: &'static TestSpec, db: &Db) -> Result<(), String> {
@@ -218,13 +239,23 @@ async fn apply_fixtures(spec: &'static TestSpec, db: &Db) -> Result<(), String> 
         sqlx::raw_sql(sqlx::AssertSqlSafe(fixture.sql))
             .execute(db)
             .await
-            .map_err(|e| format!("db-test: fixture `{}` failed in test `{}`: {e}", fixture.path, spec.name))?;
+            .map_err(|e| {
+                format!(
+                    "db-test: fixture `{}` failed in test `{}`: {e}",
+                    fixture.path, spec.name
+                )
+            })?;
     }
     Ok(())
 }
 
 /// Undoes the test's setup. Returns a failure the test must report.
-async fn teardown(spec: &'static TestSpec, setup: Setup, reason: &'static str, failed: bool) -> (Option<String>, Vec<LoggedStatement>) {
+async fn teardown(
+    spec: &'static TestSpec,
+    setup: Setup,
+    reason: &'static str,
+    failed: bool,
+) -> (Option<String>, Vec<LoggedStatement>) {
     match setup {
         Setup::Transaction(shared) => {
             let (conn, failure, log) = shared.finish(reason, spec.check_constraints).await;

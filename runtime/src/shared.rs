@@ -91,19 +91,25 @@ fn sqlstate(err: &sqlx::Error) -> Option<String> {
         .map(|c| c.into_owned())
 }
 
-/// Does this SQL end a transaction? Looks at the first word of each statement.
+/// Is this SQL a bare `COMMIT` / `ROLLBACK` / `END` / `ABORT` (which would
+/// end the test's transaction)? Only whole statements are recognised, so
+/// `DO $$ BEGIN ... END $$` or a string containing "; end" never match. A
+/// COMMIT hidden in a multi-statement string is caught when the test ends.
 fn ends_transaction(sql: &str) -> Option<String> {
-    sql.split(';').find_map(|stmt| {
-        let word: String = stmt
-            .trim_start()
-            .chars()
-            .take_while(|c| c.is_ascii_alphabetic())
-            .collect::<String>()
-            .to_ascii_uppercase();
-        matches!(word.as_str(), "COMMIT" | "ROLLBACK" | "END" | "ABORT")
-            .then(|| stmt.trim().to_string())
-            .filter(|s| !s.to_ascii_uppercase().starts_with("ROLLBACK TO"))
-    })
+    let stmt = sql.trim().trim_end_matches(';').trim();
+    let upper = stmt.to_ascii_uppercase();
+    let mut words = upper.split_whitespace();
+    let first = words.next()?;
+    if !matches!(first, "COMMIT" | "ROLLBACK" | "END" | "ABORT") {
+        return None;
+    }
+    let rest: Vec<&str> = words.collect();
+    if rest.first() == Some(&"TO") || rest.first() == Some(&"PREPARED") {
+        return None; // ROLLBACK TO SAVEPOINT, COMMIT PREPARED: not the test's transaction
+    }
+    rest.iter()
+        .all(|w| matches!(*w, "WORK" | "TRANSACTION" | "AND" | "NO" | "CHAIN"))
+        .then(|| stmt.to_string())
 }
 
 impl SharedConn {
@@ -130,7 +136,9 @@ impl SharedConn {
                 ended: None,
             })),
             label,
-            checkout_timeout_ms: std::sync::atomic::AtomicU64::new(checkout_timeout.as_millis() as u64),
+            checkout_timeout_ms: std::sync::atomic::AtomicU64::new(
+                checkout_timeout.as_millis() as u64
+            ),
         }))
     }
 
@@ -139,16 +147,26 @@ impl SharedConn {
     }
 
     pub(crate) fn checkout_timeout(&self) -> Duration {
-        Duration::from_millis(self.checkout_timeout_ms.load(std::sync::atomic::Ordering::Relaxed))
+        Duration::from_millis(
+            self.checkout_timeout_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     pub(crate) fn set_checkout_timeout(&self, timeout: Duration) {
-        self.checkout_timeout_ms
-            .store(timeout.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.checkout_timeout_ms.store(
+            timeout.as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     async fn lock_slot(&self) -> sqlx::Result<OwnedMutexGuard<Slot>> {
-        let slot = match tokio::time::timeout(self.checkout_timeout(), self.slot.clone().lock_owned()).await {
+        let slot = match tokio::time::timeout(
+            self.checkout_timeout(),
+            self.slot.clone().lock_owned(),
+        )
+        .await
+        {
             Ok(slot) => slot,
             Err(_) => {
                 return Err(sqlx::Error::InvalidArgument(format!(
@@ -156,7 +174,8 @@ impl SharedConn {
                      Likely cause: a guard from `db.acquire()` or `db.begin()` is held across another \
                      database call (the test has one connection, shared by every clone of its `Db`); \
                      drop the guard first, or raise DB_TEST_CHECKOUT_TIMEOUT.",
-                    self.label, self.checkout_timeout()
+                    self.label,
+                    self.checkout_timeout()
                 )));
             }
         };
@@ -304,8 +323,17 @@ impl SharedConn {
         &self,
         reason: &'static str,
         check_constraints: bool,
-    ) -> (Option<PoolConnection<Postgres>>, Option<String>, Vec<LoggedStatement>) {
-        let mut slot = match tokio::time::timeout(self.checkout_timeout(), self.slot.clone().lock_owned()).await {
+    ) -> (
+        Option<PoolConnection<Postgres>>,
+        Option<String>,
+        Vec<LoggedStatement>,
+    ) {
+        let mut slot = match tokio::time::timeout(
+            self.checkout_timeout(),
+            self.slot.clone().lock_owned(),
+        )
+        .await
+        {
             Ok(slot) => slot,
             Err(_) => {
                 // A task is still holding the connection; it is closed with the task.
@@ -315,7 +343,8 @@ impl SharedConn {
                         "db-test: test `{}` ended while a task still held its connection for more \
                          than {:?}; the connection was abandoned and its transaction is rolled \
                          back by the server.",
-                        self.label, self.checkout_timeout()
+                        self.label,
+                        self.checkout_timeout()
                     )),
                     Vec::new(),
                 );

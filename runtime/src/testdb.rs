@@ -9,9 +9,9 @@ use futures_util::stream::BoxStream;
 use sqlx::postgres::{PgQueryResult, PgRow, PgStatement, PgTypeInfo};
 use sqlx::{Either, Execute, Executor, Postgres};
 
+use crate::Db;
 use crate::context::{BoxError, FromTestContext, TestContext};
 use crate::shared::SharedConn;
-use crate::Db;
 
 /// The test's handle on its database.
 ///
@@ -46,8 +46,6 @@ impl std::fmt::Debug for SharedConn {
 }
 
 impl TestDb {
-
-
     /// A [`Db`] for the app: every clone runs on the test's transaction.
     pub fn db(&self) -> Db {
         self.db.clone()
@@ -84,7 +82,11 @@ impl TestDb {
     /// test's connection, like Django's `assertNumQueries`. On a mismatch the
     /// panic lists the statements that ran.
     #[track_caller]
-    pub fn assert_queries<'a, F, Fut, T>(&'a self, expected: u64, f: F) -> impl Future<Output = T> + 'a
+    pub fn assert_queries<'a, F, Fut, T>(
+        &'a self,
+        expected: u64,
+        f: F,
+    ) -> impl Future<Output = T> + 'a
     where
         F: FnOnce() -> Fut + 'a,
         Fut: Future<Output = T> + 'a,
@@ -167,7 +169,10 @@ impl<'c> Executor<'c> for &'c TestDb {
     }
 
     #[doc(hidden)]
-    fn describe<'e>(self, sql: sqlx::SqlStr) -> BoxFuture<'e, sqlx::Result<sqlx::Describe<Postgres>>>
+    fn describe<'e>(
+        self,
+        sql: sqlx::SqlStr,
+    ) -> BoxFuture<'e, sqlx::Result<sqlx::Describe<Postgres>>>
     where
         'c: 'e,
     {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use db_test::{db_test, Db, TestDb};
+use db_test::{Db, TestDb, db_test};
 use sqlx::{Acquire, Connection, Executor};
 
 async fn count(db: &TestDb, table: &str) -> i64 {
@@ -14,7 +14,9 @@ async fn count(db: &TestDb, table: &str) -> i64 {
 
 /// Rows visible to a brand-new connection: only what was really committed.
 async fn committed_rows(db: &TestDb) -> i64 {
-    let mut other = sqlx::PgConnection::connect_with(&db.connect_options()).await.unwrap();
+    let mut other = sqlx::PgConnection::connect_with(&db.connect_options())
+        .await
+        .unwrap();
     let n: i64 = sqlx::query_scalar("SELECT (SELECT count(*) FROM users) + (SELECT count(*) FROM posts) + (SELECT count(*) FROM ledger)")
         .fetch_one(&mut other)
         .await
@@ -51,13 +53,18 @@ macro_rules! isolation_tests {
         }
     )*};
 }
-isolation_tests!(iso_01, iso_02, iso_03, iso_04, iso_05, iso_06, iso_07, iso_08, iso_09, iso_10,
-    iso_11, iso_12, iso_13, iso_14, iso_15, iso_16, iso_17, iso_18, iso_19, iso_20);
+isolation_tests!(
+    iso_01, iso_02, iso_03, iso_04, iso_05, iso_06, iso_07, iso_08, iso_09, iso_10, iso_11, iso_12,
+    iso_13, iso_14, iso_15, iso_16, iso_17, iso_18, iso_19, iso_20
+);
 
 #[db_test]
 #[should_panic(expected = "boom after insert")]
 async fn panicking_test_shows_its_own_message(db: TestDb) {
-    sqlx::query("INSERT INTO users (email) VALUES ('panic@example.com')").execute(&db).await.unwrap();
+    sqlx::query("INSERT INTO users (email) VALUES ('panic@example.com')")
+        .execute(&db)
+        .await
+        .unwrap();
     panic!("boom after insert");
 }
 
@@ -77,46 +84,80 @@ async fn nothing_from_a_panicking_test_is_left_behind(db: TestDb) {
 async fn app_commit_becomes_savepoint(db: TestDb) {
     let app: Db = db.db();
     let mut tx = app.begin().await.unwrap();
-    sqlx::query("INSERT INTO users (email) VALUES ('tx@example.com')").execute(&mut *tx).await.unwrap();
+    sqlx::query("INSERT INTO users (email) VALUES ('tx@example.com')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(count(&db, "users").await, 1);
-    assert_eq!(committed_rows(&db).await, 0, "the app's commit was a savepoint");
+    assert_eq!(
+        committed_rows(&db).await,
+        0,
+        "the app's commit was a savepoint"
+    );
 }
 
 #[db_test]
 async fn app_rollback_and_drop_undo_only_the_app_transaction(db: TestDb) {
-    sqlx::query("INSERT INTO users (email) VALUES ('kept@example.com')").execute(&db).await.unwrap();
+    sqlx::query("INSERT INTO users (email) VALUES ('kept@example.com')")
+        .execute(&db)
+        .await
+        .unwrap();
     let tx = db.begin().await.unwrap();
     let mut tx = tx;
-    sqlx::query("INSERT INTO users (email) VALUES ('gone1@example.com')").execute(&mut *tx).await.unwrap();
+    sqlx::query("INSERT INTO users (email) VALUES ('gone1@example.com')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
     tx.rollback().await.unwrap();
     {
         let mut tx = db.begin().await.unwrap();
-        sqlx::query("INSERT INTO users (email) VALUES ('gone2@example.com')").execute(&mut *tx).await.unwrap();
+        sqlx::query("INSERT INTO users (email) VALUES ('gone2@example.com')")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
         // dropped without commit
     }
-    let emails: Vec<String> = sqlx::query_scalar("SELECT email FROM users").fetch_all(&db).await.unwrap();
+    let emails: Vec<String> = sqlx::query_scalar("SELECT email FROM users")
+        .fetch_all(&db)
+        .await
+        .unwrap();
     assert_eq!(emails, vec!["kept@example.com".to_string()]);
 }
 
 #[db_test]
 async fn nested_savepoints_to_any_depth(db: TestDb) {
     let mut outer = db.begin().await.unwrap();
-    sqlx::query("INSERT INTO users (email) VALUES ('d1@example.com')").execute(&mut *outer).await.unwrap();
+    sqlx::query("INSERT INTO users (email) VALUES ('d1@example.com')")
+        .execute(&mut *outer)
+        .await
+        .unwrap();
     {
         // sqlx's own begin() on the connection: a savepoint, counted by sqlx.
         let mut inner = Connection::begin(&mut *outer).await.unwrap();
-        sqlx::query("INSERT INTO users (email) VALUES ('d2@example.com')").execute(&mut *inner).await.unwrap();
+        sqlx::query("INSERT INTO users (email) VALUES ('d2@example.com')")
+            .execute(&mut *inner)
+            .await
+            .unwrap();
         {
             let mut innermost = Connection::begin(&mut *inner).await.unwrap();
-            sqlx::query("INSERT INTO users (email) VALUES ('d3@example.com')").execute(&mut *innermost).await.unwrap();
+            sqlx::query("INSERT INTO users (email) VALUES ('d3@example.com')")
+                .execute(&mut *innermost)
+                .await
+                .unwrap();
             innermost.rollback().await.unwrap();
         }
         inner.commit().await.unwrap();
     }
     outer.commit().await.unwrap();
-    let emails: Vec<String> = sqlx::query_scalar("SELECT email FROM users ORDER BY email").fetch_all(&db).await.unwrap();
-    assert_eq!(emails, vec!["d1@example.com".to_string(), "d2@example.com".to_string()]);
+    let emails: Vec<String> = sqlx::query_scalar("SELECT email FROM users ORDER BY email")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    assert_eq!(
+        emails,
+        vec!["d1@example.com".to_string(), "d2@example.com".to_string()]
+    );
     assert_eq!(committed_rows(&db).await, 0);
 }
 
@@ -124,26 +165,45 @@ async fn nested_savepoints_to_any_depth(db: TestDb) {
 async fn sqlx_begin_on_an_acquired_connection_is_a_savepoint(db: TestDb) {
     let mut conn = db.acquire().await.unwrap();
     let mut tx = Connection::begin(&mut *conn).await.unwrap();
-    sqlx::query("INSERT INTO users (email) VALUES ('acq@example.com')").execute(&mut *tx).await.unwrap();
+    sqlx::query("INSERT INTO users (email) VALUES ('acq@example.com')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     // Acquire::begin on the connection too.
     let mut tx = Acquire::begin(&mut *conn).await.unwrap();
-    sqlx::query("INSERT INTO users (email) VALUES ('acq2@example.com')").execute(&mut *tx).await.unwrap();
+    sqlx::query("INSERT INTO users (email) VALUES ('acq2@example.com')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     drop(conn);
     assert_eq!(count(&db, "users").await, 2);
-    assert_eq!(committed_rows(&db).await, 0, "sqlx's commit must not commit the test's data");
+    assert_eq!(
+        committed_rows(&db).await,
+        0,
+        "sqlx's commit must not commit the test's data"
+    );
 }
 
 #[db_test]
 async fn failed_statement_then_working_one(db: TestDb) {
-    sqlx::query("INSERT INTO users (email) VALUES ('dup@example.com')").execute(&db).await.unwrap();
+    sqlx::query("INSERT INTO users (email) VALUES ('dup@example.com')")
+        .execute(&db)
+        .await
+        .unwrap();
     let err = sqlx::query("INSERT INTO users (email) VALUES ('dup@example.com')")
         .execute(&db)
         .await
         .unwrap_err();
-    assert_eq!(err.as_database_error().and_then(|e| e.code()).as_deref(), Some("23505"));
-    sqlx::query("INSERT INTO users (email) VALUES ('next@example.com')").execute(&db).await.unwrap();
+    assert_eq!(
+        err.as_database_error().and_then(|e| e.code()).as_deref(),
+        Some("23505")
+    );
+    sqlx::query("INSERT INTO users (email) VALUES ('next@example.com')")
+        .execute(&db)
+        .await
+        .unwrap();
     assert_eq!(count(&db, "users").await, 2);
 }
 
@@ -154,7 +214,10 @@ async fn failed_statement_on_a_raw_connection_is_recovered(db: TestDb) {
         conn.execute("SELECT 1/0").await.unwrap_err();
     }
     // The next statement repairs the aborted transaction first.
-    sqlx::query("INSERT INTO users (email) VALUES ('after@example.com')").execute(&db).await.unwrap();
+    sqlx::query("INSERT INTO users (email) VALUES ('after@example.com')")
+        .execute(&db)
+        .await
+        .unwrap();
     assert_eq!(count(&db, "users").await, 1);
 }
 
@@ -185,7 +248,10 @@ async fn busy_connection_times_out_with_a_helpful_message(db: TestDb) {
     let err = sqlx::query("SELECT 1").execute(&db).await.unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("stayed busy"), "{msg}");
-    assert!(msg.contains("guard from `db.acquire()` or `db.begin()`"), "{msg}");
+    assert!(
+        msg.contains("guard from `db.acquire()` or `db.begin()`"),
+        "{msg}"
+    );
     assert!(msg.contains("DB_TEST_CHECKOUT_TIMEOUT"), "{msg}");
     tx.commit().await.unwrap();
     sqlx::query("SELECT 1").execute(&db).await.unwrap();
@@ -194,7 +260,10 @@ async fn busy_connection_times_out_with_a_helpful_message(db: TestDb) {
 #[db_test(timeout = "300ms")]
 #[should_panic(expected = "timed out after 300ms")]
 async fn test_timeout_names_the_timeout(db: TestDb) {
-    sqlx::query("INSERT INTO users (email) VALUES ('slow@example.com')").execute(&db).await.unwrap();
+    sqlx::query("INSERT INTO users (email) VALUES ('slow@example.com')")
+        .execute(&db)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(30)).await;
 }
 
@@ -216,12 +285,18 @@ async fn raw_commit_on_a_raw_connection_fails_the_test_loudly(db: TestDb) {
 #[db_test]
 #[should_panic(expected = "ledger_counterpart_fk")]
 async fn deferred_constraint_violation_fails_the_test(db: TestDb) {
-    sqlx::query("INSERT INTO ledger (amount, counterpart) VALUES (10, 999999)").execute(&db).await.unwrap();
+    sqlx::query("INSERT INTO ledger (amount, counterpart) VALUES (10, 999999)")
+        .execute(&db)
+        .await
+        .unwrap();
 }
 
 #[db_test(check_constraints = false)]
 async fn deferred_constraint_check_can_be_turned_off(db: TestDb) {
-    sqlx::query("INSERT INTO ledger (amount, counterpart) VALUES (10, 999999)").execute(&db).await.unwrap();
+    sqlx::query("INSERT INTO ledger (amount, counterpart) VALUES (10, 999999)")
+        .execute(&db)
+        .await
+        .unwrap();
     assert_eq!(count(&db, "ledger").await, 1);
 }
 
@@ -229,8 +304,14 @@ async fn deferred_constraint_check_can_be_turned_off(db: TestDb) {
 async fn query_counting(db: TestDb) {
     let app = db.db();
     db.assert_queries(2, || async {
-        sqlx::query("INSERT INTO users (email) VALUES ('q@example.com')").execute(&app).await.unwrap();
-        sqlx::query("SELECT count(*) FROM users").execute(&app).await.unwrap();
+        sqlx::query("INSERT INTO users (email) VALUES ('q@example.com')")
+            .execute(&app)
+            .await
+            .unwrap();
+        sqlx::query("SELECT count(*) FROM users")
+            .execute(&app)
+            .await
+            .unwrap();
     })
     .await;
     let before = db.query_count().await;
@@ -250,18 +331,49 @@ async fn query_count_mismatch_lists_the_statements(db: TestDb) {
 
 #[db_test]
 async fn result_returning_test(db: TestDb) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO users (email) VALUES ('r@example.com')").execute(&db).await?;
+    sqlx::query("INSERT INTO users (email) VALUES ('r@example.com')")
+        .execute(&db)
+        .await?;
     assert_eq!(count(&db, "users").await, 1);
     Ok(())
 }
 
 #[db_test]
 async fn db_parameter_and_fetch_variants(db: Db) {
-    sqlx::query("INSERT INTO users (email, name) VALUES ('f@example.com', 'F')").execute(&db).await.unwrap();
-    let row: (i64, String) = sqlx::query_as("SELECT id, name FROM users").fetch_one(&db).await.unwrap();
+    sqlx::query("INSERT INTO users (email, name) VALUES ('f@example.com', 'F')")
+        .execute(&db)
+        .await
+        .unwrap();
+    let row: (i64, String) = sqlx::query_as("SELECT id, name FROM users")
+        .fetch_one(&db)
+        .await
+        .unwrap();
     assert_eq!(row.1, "F");
-    let none: Option<(i64,)> = sqlx::query_as("SELECT id FROM users WHERE false").fetch_optional(&db).await.unwrap();
+    let none: Option<(i64,)> = sqlx::query_as("SELECT id FROM users WHERE false")
+        .fetch_optional(&db)
+        .await
+        .unwrap();
     assert!(none.is_none());
-    let all: Vec<(String,)> = sqlx::query_as("SELECT email FROM users").fetch_all(&db).await.unwrap();
+    let all: Vec<(String,)> = sqlx::query_as("SELECT email FROM users")
+        .fetch_all(&db)
+        .await
+        .unwrap();
     assert_eq!(all.len(), 1);
+}
+
+#[db_test]
+async fn sql_that_merely_mentions_end_is_not_refused(db: TestDb) {
+    sqlx::raw_sql("DO $$ BEGIN PERFORM 1; END $$")
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO users (email, name) VALUES ('e@example.com', 'x; end')")
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::raw_sql("SAVEPOINT mine; ROLLBACK TO SAVEPOINT mine; RELEASE SAVEPOINT mine")
+        .execute(&db)
+        .await
+        .unwrap();
+    assert_eq!(count(&db, "users").await, 1);
 }

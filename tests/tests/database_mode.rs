@@ -1,7 +1,7 @@
 //! `isolation = "database"`: a fresh database per test, cloned from the
 //! migrated template, dropped afterwards.
 
-use db_test::{db_test, Db, TestContext, TestDb};
+use db_test::{Db, TestContext, TestDb, db_test};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool, Postgres};
@@ -9,22 +9,42 @@ use sqlx::{Connection, PgConnection, PgPool, Postgres};
 #[db_test(isolation = "database")]
 async fn real_commits_are_visible_to_a_second_connection(pool: PgPool) {
     let mut tx = pool.begin().await.unwrap();
-    sqlx::query("INSERT INTO users (email) VALUES ('c@example.com')").execute(&mut *tx).await.unwrap();
+    sqlx::query("INSERT INTO users (email) VALUES ('c@example.com')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
-    let mut other = PgConnection::connect_with(&pool.connect_options()).await.unwrap();
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&mut other).await.unwrap();
+    let mut other = PgConnection::connect_with(&pool.connect_options())
+        .await
+        .unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&mut other)
+        .await
+        .unwrap();
     assert_eq!(n, 1);
 }
 
 #[db_test(isolation = "database")]
 async fn serializable_transactions_work(db: Db) {
     let mut conn = db.acquire().await.unwrap();
-    sqlx::query("BEGIN ISOLATION LEVEL SERIALIZABLE").execute(&mut *conn).await.unwrap();
-    let level: String = sqlx::query_scalar("SHOW transaction_isolation").fetch_one(&mut *conn).await.unwrap();
+    sqlx::query("BEGIN ISOLATION LEVEL SERIALIZABLE")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let level: String = sqlx::query_scalar("SHOW transaction_isolation")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
     assert_eq!(level, "serializable");
-    sqlx::query("INSERT INTO users (email) VALUES ('s@example.com')").execute(&mut *conn).await.unwrap();
+    sqlx::query("INSERT INTO users (email) VALUES ('s@example.com')")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
     sqlx::query("COMMIT").execute(&mut *conn).await.unwrap();
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&db).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&db)
+        .await
+        .unwrap();
     assert_eq!(n, 1);
 }
 
@@ -33,8 +53,14 @@ async fn listen_notify(ctx: TestContext) {
     let pool = PgPool::connect_with(ctx.connect_options()).await.unwrap();
     let mut listener = PgListener::connect_with(&pool).await.unwrap();
     listener.listen("db_test_channel").await.unwrap();
-    sqlx::query("SELECT pg_notify('db_test_channel', 'hello')").execute(&ctx.db()).await.unwrap();
-    let note = tokio::time::timeout(std::time::Duration::from_secs(5), listener.recv()).await.unwrap().unwrap();
+    sqlx::query("SELECT pg_notify('db_test_channel', 'hello')")
+        .execute(&ctx.db())
+        .await
+        .unwrap();
+    let note = tokio::time::timeout(std::time::Duration::from_secs(5), listener.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(note.payload(), "hello");
 }
 
@@ -42,9 +68,15 @@ async fn listen_notify(ctx: TestContext) {
 async fn advisory_locks_across_connections(pool: PgPool) {
     let mut a = pool.acquire().await.unwrap();
     let mut b = pool.acquire().await.unwrap();
-    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(42)").fetch_one(&mut *a).await.unwrap();
+    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(42)")
+        .fetch_one(&mut *a)
+        .await
+        .unwrap();
     assert!(got);
-    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(42)").fetch_one(&mut *b).await.unwrap();
+    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(42)")
+        .fetch_one(&mut *b)
+        .await
+        .unwrap();
     assert!(!got, "a second session cannot take the lock");
 }
 
@@ -52,30 +84,54 @@ async fn advisory_locks_across_connections(pool: PgPool) {
 #[db_test]
 async fn pgpool_parameter_selects_database_mode(pool: PgPool, ctx: TestContext) {
     assert!(ctx.is_database_mode());
-    assert!(ctx.database_name().contains("_d"), "{}", ctx.database_name());
-    sqlx::query("INSERT INTO users (email) VALUES ('p@example.com')").execute(&pool).await.unwrap();
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&pool).await.unwrap();
+    assert!(
+        ctx.database_name().contains("_d"),
+        "{}",
+        ctx.database_name()
+    );
+    sqlx::query("INSERT INTO users (email) VALUES ('p@example.com')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(n, 1, "a fresh database holds only this test's row");
 }
 
 #[db_test]
 async fn pool_connection_parameter(mut conn: PoolConnection<Postgres>) {
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&mut *conn).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
     assert_eq!(n, 0);
 }
 
 #[db_test]
 async fn pool_options_parameter((opts, connect): (PgPoolOptions, PgConnectOptions)) {
     let pool = opts.connect_with(connect).await.unwrap();
-    sqlx::query("INSERT INTO users (email) VALUES ('o@example.com')").execute(&pool).await.unwrap();
+    sqlx::query("INSERT INTO users (email) VALUES ('o@example.com')")
+        .execute(&pool)
+        .await
+        .unwrap();
     pool.close().await;
 }
 
 #[db_test(isolation = "database")]
 async fn test_db_wraps_the_pool_and_nothing_is_rolled_back(db: TestDb, ctx: TestContext) {
-    sqlx::query("INSERT INTO users (email) VALUES ('t@example.com')").execute(&db).await.unwrap();
-    let mut other = PgConnection::connect_with(&ctx.connect_options()).await.unwrap();
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&mut other).await.unwrap();
+    sqlx::query("INSERT INTO users (email) VALUES ('t@example.com')")
+        .execute(&db)
+        .await
+        .unwrap();
+    let mut other = PgConnection::connect_with(&ctx.connect_options())
+        .await
+        .unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&mut other)
+        .await
+        .unwrap();
     assert_eq!(n, 1, "database mode commits for real");
 }
 
@@ -84,7 +140,9 @@ async fn test_db_wraps_the_pool_and_nothing_is_rolled_back(db: TestDb, ctx: Test
 /// for this process (each is dropped when its test ends).
 #[db_test(isolation = "database")]
 async fn test_databases_are_dropped(ctx: TestContext) {
-    let mut conn = PgConnection::connect_with(&ctx.connect_options()).await.unwrap();
+    let mut conn = PgConnection::connect_with(&ctx.connect_options())
+        .await
+        .unwrap();
     let mine: bool = sqlx::query_scalar("SELECT current_database() = $1")
         .bind(ctx.database_name())
         .fetch_one(&mut conn)

@@ -1,29 +1,46 @@
 //! Fixtures in transaction mode: applied inside the test's transaction and
 //! rolled back with it.
 
-use db_test::{db_test, TestDb};
+use db_test::{TestDb, db_test};
 use sqlx::Connection;
 
 #[db_test(migrations = "sqlx_compat/migrations", fixtures("members", "threads"))]
 async fn fixtures_run_inside_the_transaction(db: TestDb) {
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM thread").fetch_one(&db).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM thread")
+        .fetch_one(&db)
+        .await
+        .unwrap();
     assert_eq!(n, 2);
     // A fresh connection sees none of it: the fixtures are not committed.
-    let mut other = sqlx::PgConnection::connect_with(&db.connect_options()).await.unwrap();
-    let committed: i64 = sqlx::query_scalar("SELECT count(*) FROM member").fetch_one(&mut other).await.unwrap();
+    let mut other = sqlx::PgConnection::connect_with(&db.connect_options())
+        .await
+        .unwrap();
+    let committed: i64 = sqlx::query_scalar("SELECT count(*) FROM member")
+        .fetch_one(&mut other)
+        .await
+        .unwrap();
     assert_eq!(committed, 0);
 }
 
 #[db_test(migrations = "sqlx_compat/migrations", fixtures("members"))]
 async fn every_test_gets_fresh_fixtures(db: TestDb) {
-    sqlx::query("DELETE FROM member WHERE handle = 'ada'").execute(&db).await.unwrap();
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM member").fetch_one(&db).await.unwrap();
+    sqlx::query("DELETE FROM member WHERE handle = 'ada'")
+        .execute(&db)
+        .await
+        .unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM member")
+        .fetch_one(&db)
+        .await
+        .unwrap();
     assert_eq!(n, 1);
 }
 
 #[db_test(migrations = "sqlx_compat/migrations", fixtures("members"))]
 async fn every_test_gets_fresh_fixtures_too(db: TestDb) {
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM member").fetch_one(&db).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM member")
+        .fetch_one(&db)
+        .await
+        .unwrap();
     assert_eq!(n, 2);
 }
 
@@ -31,6 +48,10 @@ async fn every_test_gets_fresh_fixtures_too(db: TestDb) {
 #[should_panic(expected = "fixture `fixtures/broken.sql` failed")]
 async fn a_broken_fixture_names_its_file(_db: TestDb) {}
 
-#[db_test(isolation = "database", migrations = "sqlx_compat/migrations", fixtures("broken"))]
+#[db_test(
+    isolation = "database",
+    migrations = "sqlx_compat/migrations",
+    fixtures("broken")
+)]
 #[should_panic(expected = "relation \"no_such_table\" does not exist")]
 async fn a_broken_fixture_shows_the_database_error(_db: TestDb) {}

@@ -8,9 +8,9 @@
 
 use std::time::Duration;
 
-use db_test::{db_test, TestDb};
-use sqlx::postgres::PgPoolOptions;
+use db_test::{TestDb, db_test};
 use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
 use tokio::sync::OnceCell;
 
 fn is_dead_runtime_error(err: &sqlx::Error) -> bool {
@@ -25,7 +25,9 @@ fn is_dead_runtime_error(err: &sqlx::Error) -> bool {
 /// on readiness cached from runtime A; the next ones need the dead driver.
 async fn keep_querying(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
     for _ in 0..20 {
-        sqlx::query("SELECT pg_sleep(0.001)").execute(&mut *conn).await?;
+        sqlx::query("SELECT pg_sleep(0.001)")
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(())
 }
@@ -34,13 +36,21 @@ async fn keep_querying(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error>
 /// plain thread: what two `#[tokio::test]`s sharing a static do.
 fn across_two_runtimes<T: Send + 'static, R: Send + 'static>(
     first: impl std::future::Future<Output = T> + Send + 'static,
-    second: impl FnOnce(T) -> std::pin::Pin<Box<dyn std::future::Future<Output = R> + Send>> + Send + 'static,
+    second: impl FnOnce(T) -> std::pin::Pin<Box<dyn std::future::Future<Output = R> + Send>>
+    + Send
+    + 'static,
 ) -> R {
     std::thread::spawn(move || {
-        let runtime_a = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let runtime_a = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let value = runtime_a.block_on(first);
         drop(runtime_a);
-        let runtime_b = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let runtime_b = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         runtime_b.block_on(second(value))
     })
     .join()

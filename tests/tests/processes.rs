@@ -12,9 +12,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
-use db_test::{db_test, TestContext, TestDb};
-use sqlx::migrate::{Migration, MigrationType, Migrator};
+use db_test::{TestContext, TestDb, db_test};
 use sqlx::Connection;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
 
 /// Changes (and so forces a template rebuild) when DB_TEST_RACE_TOKEN does.
 static RACE: LazyLock<Migrator> = LazyLock::new(|| {
@@ -40,7 +40,10 @@ use sqlx::SqlSafeStr;
 #[db_test(migrator = "RACE")]
 async fn child_race(db: TestDb) {
     let (token, by, at): (String, i32, String) =
-        sqlx::query_as("SELECT token, built_by, built_at FROM race_marker").fetch_one(&db).await.unwrap();
+        sqlx::query_as("SELECT token, built_by, built_at FROM race_marker")
+            .fetch_one(&db)
+            .await
+            .unwrap();
     let expected = std::env::var("DB_TEST_RACE_TOKEN").unwrap_or_else(|_| "default".into());
     assert_eq!(token, expected);
     println!("RACE_MARKER {token} {by} {at}");
@@ -49,7 +52,10 @@ async fn child_race(db: TestDb) {
 /// A plain query; prints which server instance answered.
 #[db_test]
 async fn child_probe(db: TestDb) {
-    let started: String = sqlx::query_scalar("SELECT pg_postmaster_start_time()::text").fetch_one(&db).await.unwrap();
+    let started: String = sqlx::query_scalar("SELECT pg_postmaster_start_time()::text")
+        .fetch_one(&db)
+        .await
+        .unwrap();
     println!("SERVER_STARTED {started}");
 }
 
@@ -57,12 +63,26 @@ async fn child_probe(db: TestDb) {
 #[db_test]
 async fn child_hold(db: TestDb) {
     if let Ok(token) = std::env::var("DB_TEST_HOLD_TOKEN") {
-        sqlx::query("INSERT INTO users (email) VALUES ($1)").bind(&token).execute(&db).await.unwrap();
+        sqlx::query("INSERT INTO users (email) VALUES ($1)")
+            .bind(&token)
+            .execute(&db)
+            .await
+            .unwrap();
         println!("HOLDING {token}");
         tokio::time::sleep(Duration::from_secs(60)).await;
     }
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&db).await.unwrap();
-    assert_eq!(n, if std::env::var("DB_TEST_HOLD_TOKEN").is_ok() { 1 } else { 0 });
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(
+        n,
+        if std::env::var("DB_TEST_HOLD_TOKEN").is_ok() {
+            1
+        } else {
+            0
+        }
+    );
 }
 
 /// The same in a database of its own.
@@ -107,17 +127,25 @@ fn wait(mut c: Child, limit: Duration) -> Output {
 }
 
 fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// The rest of the first line holding `marker` (libtest may print
 /// "test name ... " before it on the same line).
 fn after(text: &str, marker: &str) -> Option<String> {
-    text.lines().find_map(|l| l.find(marker).map(|i| l[i..].to_string()))
+    text.lines()
+        .find_map(|l| l.find(marker).map(|i| l[i..].to_string()))
 }
 
 fn unique_token() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     format!("t{}x{nanos}", std::process::id())
 }
 
@@ -125,7 +153,12 @@ fn unique_token() -> String {
 fn template_is_built_once_by_two_concurrent_processes() {
     let token = unique_token();
     let children: Vec<Child> = (0..2)
-        .map(|_| child("child_race").env("DB_TEST_RACE_TOKEN", &token).spawn().unwrap())
+        .map(|_| {
+            child("child_race")
+                .env("DB_TEST_RACE_TOKEN", &token)
+                .spawn()
+                .unwrap()
+        })
         .collect();
     let markers: Vec<String> = children
         .into_iter()
@@ -151,7 +184,7 @@ fn embedded_server_cold_start_then_reuse() {
             .env_remove("DATABASE_URL")
             .env("DB_TEST_DATA_DIR", &dir)
             .env("DB_TEST_PG_IDLE_SECS", "30")
-            .current_dir(&dir.parent().unwrap())
+            .current_dir(dir.parent().unwrap())
             .spawn()
             .unwrap();
         let out = wait(c, Duration::from_secs(120));
@@ -166,9 +199,23 @@ fn embedded_server_cold_start_then_reuse() {
     assert_eq!(cold, warm, "the second process reuses the running server");
 
     // Stop the server we started for this test and remove its files.
-    let data = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.path().join("data")).find(|p| p.exists()).unwrap();
-    let pid: i32 = std::fs::read_to_string(data.join("postmaster.pid")).unwrap().lines().next().unwrap().trim().parse().unwrap();
-    let _ = Command::new("kill").args(["-INT", &pid.to_string()]).status();
+    let data = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("data"))
+        .find(|p| p.exists())
+        .unwrap();
+    let pid: i32 = std::fs::read_to_string(data.join("postmaster.pid"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _ = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status();
     let t0 = Instant::now();
     while data.join("postmaster.pid").exists() && t0.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(50));
@@ -189,26 +236,53 @@ async fn wrong_database_urls_fail_fast_with_a_clear_message(ctx: TestContext) {
         None => format!("postgres://{user}:hunter2secret@{live}/{db}"),
     };
     let cases = [
-        ("postgres://u:hunter2secret@no-such-host.invalid:5432/db".to_string(), "host and port"),
-        ("postgres://u:hunter2secret@127.0.0.1:1/db".to_string(), "host and port"),
-        (on_live("db_test_no_such_role", "postgres"), "user name and password"),
-        (on_live("postgres", "db_test_no_such_database"), "must exist"),
-        ("mysql://root:hunter2secret@127.0.0.1:3306/test".to_string(), "not a PostgreSQL URL"),
+        (
+            "postgres://u:hunter2secret@no-such-host.invalid:5432/db".to_string(),
+            "host and port",
+        ),
+        (
+            "postgres://u:hunter2secret@127.0.0.1:1/db".to_string(),
+            "host and port",
+        ),
+        (
+            on_live("db_test_no_such_role", "postgres"),
+            "user name and password",
+        ),
+        (
+            on_live("postgres", "db_test_no_such_database"),
+            "must exist",
+        ),
+        (
+            "mysql://root:hunter2secret@127.0.0.1:3306/test".to_string(),
+            "not a PostgreSQL URL",
+        ),
     ];
     let children: Vec<(String, &str, Child)> = cases
         .into_iter()
         .map(|(url, hint)| {
-            let c = child("child_probe").env("DATABASE_URL", &url).env("DB_TEST_CONNECT_TIMEOUT", "5s").spawn().unwrap();
+            let c = child("child_probe")
+                .env("DATABASE_URL", &url)
+                .env("DB_TEST_CONNECT_TIMEOUT", "5s")
+                .spawn()
+                .unwrap();
             (url, hint, c)
         })
         .collect();
     for (url, hint, c) in children {
-        let out = tokio::task::spawn_blocking(move || wait(c, Duration::from_secs(60))).await.unwrap();
+        let out = tokio::task::spawn_blocking(move || wait(c, Duration::from_secs(60)))
+            .await
+            .unwrap();
         let all = text(&out);
         assert!(!out.status.success(), "{url} must fail:\n{all}");
-        assert!(all.contains("db-test:"), "{url}: no db-test message:\n{all}");
+        assert!(
+            all.contains("db-test:"),
+            "{url}: no db-test message:\n{all}"
+        );
         assert!(all.contains(hint), "{url}: expected hint {hint:?}:\n{all}");
-        assert!(!all.contains("hunter2secret"), "{url}: password leaked:\n{all}");
+        assert!(
+            !all.contains("hunter2secret"),
+            "{url}: password leaked:\n{all}"
+        );
         assert!(all.contains("***"), "{url}: redacted URL not named:\n{all}");
     }
 }
@@ -217,10 +291,18 @@ async fn wrong_database_urls_fail_fast_with_a_clear_message(ctx: TestContext) {
 async fn killed_test_process_leaves_nothing_behind(ctx: TestContext) {
     let token = format!("{}@killed.example.com", unique_token());
     // Kill a process in the middle of its transaction.
-    let mut c = child("child_hold").env("DB_TEST_HOLD_TOKEN", &token).spawn().unwrap();
+    let mut c = child("child_hold")
+        .env("DB_TEST_HOLD_TOKEN", &token)
+        .spawn()
+        .unwrap();
     let line = tokio::task::spawn_blocking({
         let stdout = c.stdout.take().unwrap();
-        move || BufReader::new(stdout).lines().map_while(Result::ok).find(|l| l.contains("HOLDING"))
+        move || {
+            BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .find(|l| l.contains("HOLDING"))
+        }
     })
     .await
     .unwrap();
@@ -229,14 +311,19 @@ async fn killed_test_process_leaves_nothing_behind(ctx: TestContext) {
     c.wait().unwrap();
 
     // A database-mode test killed mid-run leaves its database behind...
-    let mut c = child("child_hold_database").env("DB_TEST_HOLD_TOKEN", "1").spawn().unwrap();
+    let mut c = child("child_hold_database")
+        .env("DB_TEST_HOLD_TOKEN", "1")
+        .spawn()
+        .unwrap();
     let killed_db = tokio::task::spawn_blocking({
         let stdout = c.stdout.take().unwrap();
         move || {
             BufReader::new(stdout)
                 .lines()
                 .map_while(Result::ok)
-                .find_map(|l| after(&l, "HOLDING_DB ").map(|s| s["HOLDING_DB ".len()..].to_string()))
+                .find_map(|l| {
+                    after(&l, "HOLDING_DB ").map(|s| s["HOLDING_DB ".len()..].to_string())
+                })
         }
     })
     .await
@@ -245,7 +332,9 @@ async fn killed_test_process_leaves_nothing_behind(ctx: TestContext) {
     c.kill().unwrap();
     c.wait().unwrap();
 
-    let mut conn = sqlx::PgConnection::connect_with(&ctx.connect_options()).await.unwrap();
+    let mut conn = sqlx::PgConnection::connect_with(&ctx.connect_options())
+        .await
+        .unwrap();
     let leaked: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE email = $1")
         .bind(&token)
         .fetch_one(&mut conn)
@@ -254,25 +343,39 @@ async fn killed_test_process_leaves_nothing_behind(ctx: TestContext) {
     assert_eq!(leaked, 0, "the killed transaction's row must be gone");
 
     // ...and the next run removes it, and works (no stale lock).
-    let out = tokio::task::spawn_blocking(|| wait(child("child_hold_database").spawn().unwrap(), Duration::from_secs(60)))
-        .await
-        .unwrap();
+    let out = tokio::task::spawn_blocking(|| {
+        wait(
+            child("child_hold_database").spawn().unwrap(),
+            Duration::from_secs(60),
+        )
+    })
+    .await
+    .unwrap();
     assert!(out.status.success(), "next run failed:\n{}", text(&out));
     let mut still_there = true;
     for _ in 0..100 {
-        still_there = sqlx::query_scalar("SELECT exists(SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(&killed_db)
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
+        still_there =
+            sqlx::query_scalar("SELECT exists(SELECT 1 FROM pg_database WHERE datname = $1)")
+                .bind(&killed_db)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
         if !still_there {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(!still_there, "leftover database {killed_db} was not removed");
-    let out = tokio::task::spawn_blocking(|| wait(child("child_hold").spawn().unwrap(), Duration::from_secs(60)))
-        .await
-        .unwrap();
+    assert!(
+        !still_there,
+        "leftover database {killed_db} was not removed"
+    );
+    let out = tokio::task::spawn_blocking(|| {
+        wait(
+            child("child_hold").spawn().unwrap(),
+            Duration::from_secs(60),
+        )
+    })
+    .await
+    .unwrap();
     assert!(out.status.success(), "next run failed:\n{}", text(&out));
 }

@@ -36,7 +36,10 @@ async fn it_gets_threads(pool: PgPool) -> sqlx::Result<()> {
     let titles: Vec<String> = sqlx::query_scalar("SELECT title FROM thread ORDER BY posted_at")
         .fetch_all(&pool)
         .await?;
-    assert_eq!(titles, ["Analytical engines, a retrospective", "On compilers"]);
+    assert_eq!(
+        titles,
+        ["Analytical engines, a retrospective", "On compilers"]
+    );
     Ok(())
 }
 
@@ -45,7 +48,9 @@ async fn it_gets_threads(pool: PgPool) -> sqlx::Result<()> {
     fixtures("../fixtures/postgres/members.sql", "../fixtures/postgres/threads.sql")
 )]
 async fn it_gets_threads_explicit_fixture_paths(pool: PgPool) -> sqlx::Result<()> {
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM thread").fetch_one(&pool).await?;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM thread")
+        .fetch_one(&pool)
+        .await?;
     assert_eq!(n, 2);
     Ok(())
 }
@@ -56,7 +61,9 @@ async fn it_gets_threads_explicit_fixture_paths(pool: PgPool) -> sqlx::Result<()
     fixtures("threads")
 )]
 async fn it_gets_threads_mixed_fixture_paths(pool: PgPool) -> sqlx::Result<()> {
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM thread").fetch_one(&pool).await?;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM thread")
+        .fetch_one(&pool)
+        .await?;
     assert_eq!(n, 2);
     Ok(())
 }
@@ -77,7 +84,9 @@ async fn it_gets_replies(pool: PgPool) -> sqlx::Result<()> {
     fixtures(path = "../fixtures/postgres", scripts("members", "threads"))
 )]
 async fn fixtures_with_path_and_scripts(pool: PgPool) -> sqlx::Result<()> {
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM member").fetch_one(&pool).await?;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM member")
+        .fetch_one(&pool)
+        .await?;
     assert_eq!(n, 2);
     Ok(())
 }
@@ -96,11 +105,13 @@ async fn no_migrations(pool: PgPool) -> sqlx::Result<()> {
 macro_rules! macro_using_test {
     ($migrations: literal) => {
         #[db_test(
-            migrations = $migrations,
-            fixtures(path = "../fixtures/postgres", scripts("members", "threads"))
-        )]
+                    migrations = $migrations,
+                    fixtures(path = "../fixtures/postgres", scripts("members", "threads"))
+                )]
         async fn macro_using_macro(pool: PgPool) -> sqlx::Result<()> {
-            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM thread").fetch_one(&pool).await?;
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM thread")
+                .fetch_one(&pool)
+                .await?;
             assert_eq!(n, 2);
             Ok(())
         }

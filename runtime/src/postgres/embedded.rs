@@ -62,7 +62,11 @@ fn euid() -> u32 {
 /// Finds a directory holding `initdb`, `pg_ctl` and `postgres`.
 fn find_bin_dir() -> Result<PathBuf, String> {
     let mut searched = Vec::new();
-    let ok = |d: &Path| ["initdb", "pg_ctl", "postgres"].iter().all(|b| d.join(b).is_file());
+    let ok = |d: &Path| {
+        ["initdb", "pg_ctl", "postgres"]
+            .iter()
+            .all(|b| d.join(b).is_file())
+    };
     if let Ok(dir) = std::env::var("DB_TEST_PG_BIN") {
         let dir = PathBuf::from(dir);
         if ok(&dir) {
@@ -70,7 +74,11 @@ fn find_bin_dir() -> Result<PathBuf, String> {
         }
         searched.push(format!("DB_TEST_PG_BIN={}", dir.display()));
     }
-    match Command::new("pg_config").arg("--bindir").stderr(Stdio::null()).output() {
+    match Command::new("pg_config")
+        .arg("--bindir")
+        .stderr(Stdio::null())
+        .output()
+    {
         Ok(out) if out.status.success() => {
             let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
             if ok(&dir) {
@@ -97,7 +105,7 @@ fn find_bin_dir() -> Result<PathBuf, String> {
             Some((v, e.path().join("bin")))
         })
         .collect();
-    versions.sort_by(|a, b| b.0.cmp(&a.0));
+    versions.sort_by_key(|v| std::cmp::Reverse(v.0));
     if let Some((_, dir)) = versions.into_iter().find(|(_, d)| ok(d)) {
         return Ok(dir);
     }
@@ -115,11 +123,20 @@ fn major_version(bin: &Path) -> Result<String, String> {
     let out = Command::new(bin.join("postgres"))
         .arg("--version")
         .output()
-        .map_err(|e| format!("db-test: cannot run {}: {e}", bin.join("postgres").display()))?;
+        .map_err(|e| {
+            format!(
+                "db-test: cannot run {}: {e}",
+                bin.join("postgres").display()
+            )
+        })?;
     let text = String::from_utf8_lossy(&out.stdout);
     // "postgres (PostgreSQL) 15.4 (Debian ...)"
     text.split_whitespace()
-        .find_map(|w| w.split('.').next().filter(|m| m.chars().all(|c| c.is_ascii_digit()) && !m.is_empty()))
+        .find_map(|w| {
+            w.split('.')
+                .next()
+                .filter(|m| m.chars().all(|c| c.is_ascii_digit()) && !m.is_empty())
+        })
         .map(str::to_owned)
         .ok_or_else(|| format!("db-test: cannot parse `postgres --version` output: {text}"))
 }
@@ -133,7 +150,9 @@ fn unprivileged_user() -> (u32, u32) {
             (f.len() > 3 && f[0] == name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
         })
     };
-    find("postgres").or_else(|| find("nobody")).unwrap_or((65534, 65534))
+    find("postgres")
+        .or_else(|| find("nobody"))
+        .unwrap_or((65534, 65534))
 }
 
 fn layout() -> Result<Layout, String> {
@@ -195,7 +214,11 @@ fn server_running(layout: &Layout) -> bool {
     let Ok(pid_file) = fs::read_to_string(layout.data.join("postmaster.pid")) else {
         return false;
     };
-    let Some(pid) = pid_file.lines().next().and_then(|l| l.trim().parse::<i32>().ok()) else {
+    let Some(pid) = pid_file
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse::<i32>().ok())
+    else {
         return false;
     };
     // SAFETY: signal 0 only checks that the process exists.
@@ -213,7 +236,10 @@ pub(crate) fn ensure_started() -> Result<Embedded, String> {
         .map_err(|e| format!("db-test: cannot create {}: {e}", layout.root.display()))?;
     if layout.run_as.is_some() {
         // The unprivileged server user must be able to reach its data directory.
-        for dir in [layout.root.as_path(), layout.root.parent().unwrap_or(&layout.root)] {
+        for dir in [
+            layout.root.as_path(),
+            layout.root.parent().unwrap_or(&layout.root),
+        ] {
             let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o755));
         }
     }
@@ -223,17 +249,24 @@ pub(crate) fn ensure_started() -> Result<Embedded, String> {
             .truncate(false)
             .write(true)
             .open(layout.root.join(name))
-            .map_err(|e| format!("db-test: cannot open lock file in {}: {e}", layout.root.display()))
+            .map_err(|e| {
+                format!(
+                    "db-test: cannot open lock file in {}: {e}",
+                    layout.root.display()
+                )
+            })
     };
     // Announce ourselves as a user before anything else, so the reaper never
     // stops a server that we are about to use.
     if USERS_LOCK.get().is_none() {
         let users = open("users.lock")?;
-        flock(&users, libc::LOCK_SH).map_err(|e| format!("db-test: cannot lock users.lock: {e}"))?;
+        flock(&users, libc::LOCK_SH)
+            .map_err(|e| format!("db-test: cannot lock users.lock: {e}"))?;
         let _ = USERS_LOCK.set(users);
     }
     let start_lock = open("start.lock")?;
-    flock(&start_lock, libc::LOCK_EX).map_err(|e| format!("db-test: cannot lock start.lock: {e}"))?;
+    flock(&start_lock, libc::LOCK_EX)
+        .map_err(|e| format!("db-test: cannot lock start.lock: {e}"))?;
 
     if server_running(&layout) {
         ensure_reaper(&layout);
@@ -248,8 +281,12 @@ pub(crate) fn ensure_started() -> Result<Embedded, String> {
     if !layout.data.join("PG_VERSION").exists() {
         init_cluster(&layout)?;
     }
-    fs::create_dir_all(&layout.socket)
-        .map_err(|e| format!("db-test: cannot create socket dir {}: {e}", layout.socket.display()))?;
+    fs::create_dir_all(&layout.socket).map_err(|e| {
+        format!(
+            "db-test: cannot create socket dir {}: {e}",
+            layout.socket.display()
+        )
+    })?;
     chown(&layout.socket, layout.run_as)?;
     let _ = fs::set_permissions(&layout.socket, fs::Permissions::from_mode(0o700));
     let _ = fs::remove_file(layout.socket.join(format!(".s.PGSQL.{PORT}.lock")));
@@ -276,7 +313,14 @@ pub(crate) fn ensure_started() -> Result<Embedded, String> {
         .map_err(|e| format!("db-test: cannot run pg_ctl: {e}"))?;
     if !out.status.success() {
         let tail = fs::read_to_string(&log).unwrap_or_default();
-        let tail: Vec<&str> = tail.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail: Vec<&str> = tail
+            .lines()
+            .rev()
+            .take(15)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         return Err(format!(
             "db-test: the embedded PostgreSQL failed to start (data in {}).\npg_ctl said: {}{}\nserver log (last lines):\n{}",
             layout.data.display(),
@@ -305,11 +349,21 @@ fn init_cluster(layout: &Layout) -> Result<(), String> {
     let scratch = layout.root.join("data.init");
     let _ = fs::remove_dir_all(&scratch);
     let _ = fs::remove_dir_all(&layout.data);
-    fs::create_dir_all(&scratch).map_err(|e| format!("db-test: cannot create {}: {e}", scratch.display()))?;
+    fs::create_dir_all(&scratch)
+        .map_err(|e| format!("db-test: cannot create {}: {e}", scratch.display()))?;
     chown(&scratch, layout.run_as)?;
     let _ = fs::set_permissions(&scratch, fs::Permissions::from_mode(0o700));
     let out = command(layout, "initdb")
-        .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync", "-D"])
+        .args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+            "-D",
+        ])
         .arg(&scratch)
         .output()
         .map_err(|e| format!("db-test: cannot run initdb: {e}"))?;
@@ -321,7 +375,8 @@ fn init_cluster(layout: &Layout) -> Result<(), String> {
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    fs::rename(&scratch, &layout.data).map_err(|e| format!("db-test: cannot move the new cluster into place: {e}"))?;
+    fs::rename(&scratch, &layout.data)
+        .map_err(|e| format!("db-test: cannot move the new cluster into place: {e}"))?;
     Ok(())
 }
 
@@ -330,13 +385,19 @@ fn init_cluster(layout: &Layout) -> Result<(), String> {
 /// period. It only ever stops the server in our own data directory.
 fn ensure_reaper(layout: &Layout) {
     let pid_file = layout.root.join("reaper.pid");
-    if let Some(pid) = fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+    if let Some(pid) = fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+    {
         // SAFETY: signal 0 only checks that the process exists.
         if unsafe { libc::kill(pid, 0) } == 0 {
             return;
         }
     }
-    let idle: u64 = std::env::var("DB_TEST_PG_IDLE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(600);
+    let idle: u64 = std::env::var("DB_TEST_PG_IDLE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(600);
     let script = r#"
         root="$1"; idle_limit="$2"; data="$root/data"; idle=0
         while sleep 2; do

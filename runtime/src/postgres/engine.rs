@@ -125,14 +125,22 @@ fn database_url() -> Option<String> {
 fn sanitize(name: &str) -> String {
     let s: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
         .take(16)
         .collect();
     if s.is_empty() { "db".into() } else { s }
 }
 
 fn sqlstate(err: &sqlx::Error) -> Option<String> {
-    err.as_database_error().and_then(|e| e.code()).map(|c| c.into_owned())
+    err.as_database_error()
+        .and_then(|e| e.code())
+        .map(|c| c.into_owned())
 }
 
 fn quote_ident(name: &str) -> String {
@@ -151,9 +159,8 @@ impl Engine {
                          to use the embedded server."
                     ));
                 }
-                let opts = PgConnectOptions::from_str(&url).map_err(|e| {
-                    format!("db-test: cannot parse DATABASE_URL={display}: {e}")
-                })?;
+                let opts = PgConnectOptions::from_str(&url)
+                    .map_err(|e| format!("db-test: cannot parse DATABASE_URL={display}: {e}"))?;
                 (opts, display, None)
             }
             None => {
@@ -212,7 +219,9 @@ impl Engine {
                     "The database named in DATABASE_URL must exist: db-test connects to it only to \
                      create and drop its own databases, and never writes to it."
                 }
-                _ => "Check that the server is running and that DATABASE_URL's host and port are right.",
+                _ => {
+                    "Check that the server is running and that DATABASE_URL's host and port are right."
+                }
             }
         };
         match tokio::time::timeout(timeout, self.admin.connect()).await {
@@ -286,12 +295,16 @@ impl Engine {
         cell.get_or_try_init(|| async move {
             let migrator = match (migrations, source) {
                 (Migrations::Migrator(m, _), _) => MigratorRef::Static(m()),
-                (_, Some(dir)) => MigratorRef::Owned(Migrator::new(dir.clone()).await.map_err(|e| {
-                    format!("db-test: cannot read migrations in {}: {e}", dir.display())
-                })?),
+                (_, Some(dir)) => {
+                    MigratorRef::Owned(Migrator::new(dir.clone()).await.map_err(|e| {
+                        format!("db-test: cannot read migrations in {}: {e}", dir.display())
+                    })?)
+                }
                 (_, None) => MigratorRef::Owned(Migrator::with_migrations(Vec::new())),
             };
-            self.build_template(&key, migrator.get()).await.map(Arc::new)
+            self.build_template(&key, migrator.get())
+                .await
+                .map(Arc::new)
         })
         .await
         .cloned()
@@ -303,7 +316,11 @@ impl Engine {
         embedded::short_hash(tail.join("/").as_bytes())[..6].to_string()
     }
 
-    async fn build_template(&'static self, key: &str, migrator: &Migrator) -> Result<Template, String> {
+    async fn build_template(
+        &'static self,
+        key: &str,
+        migrator: &Migrator,
+    ) -> Result<Template, String> {
         // Bump TEMPLATE_FORMAT when the way templates are built changes, so
         // that old templates are rebuilt (and dropped as outdated).
         const TEMPLATE_FORMAT: &[u8] = b"db-test template v2";
@@ -324,7 +341,10 @@ impl Engine {
             Err(e) if sqlstate(&e).as_deref() == Some("3D000") => {
                 self.create_template(migrator, &prefix, hash).await?;
                 self.connect_pool(&working).await.map_err(|e| {
-                    format!("db-test: cannot connect to working database {working} on {}: {e}", self.display_url)
+                    format!(
+                        "db-test: cannot connect to working database {working} on {}: {e}",
+                        self.display_url
+                    )
                 })?
             }
             Err(e) => {
@@ -374,14 +394,22 @@ impl Engine {
                 other => return other.map(|_| ()),
             }
         }
-        conn.execute(sqlx::AssertSqlSafe(sql.to_string())).await.map(|_| ())
+        conn.execute(sqlx::AssertSqlSafe(sql.to_string()))
+            .await
+            .map(|_| ())
     }
 
     /// Builds `<prefix>_<hash>_t` and `_w` under a cluster-wide advisory lock,
     /// so parallel test processes build it exactly once.
-    async fn create_template(&self, migrator: &Migrator, prefix: &str, hash: &str) -> Result<(), String> {
+    async fn create_template(
+        &self,
+        migrator: &Migrator,
+        prefix: &str,
+        hash: &str,
+    ) -> Result<(), String> {
         let t0 = std::time::Instant::now();
-        let ctx = |what: &str, e: sqlx::Error| format!("db-test: {what} on {}: {e}", self.display_url);
+        let ctx =
+            |what: &str, e: sqlx::Error| format!("db-test: {what} on {}: {e}", self.display_url);
         let mut admin = self.admin_connect().await?;
         let lock_key = i64::from_le_bytes(
             embedded::short_hash(format!("db-test:{prefix}").as_bytes()).as_bytes()[..8]
@@ -405,47 +433,70 @@ impl Engine {
         .await
         .map_err(|e| ctx("listing databases", e))?;
         let has = |n: &str| existing.iter().any(|e| e == n);
-        let force = if admin.server_version_num().unwrap_or(0) >= 130000 { " WITH (FORCE)" } else { "" };
+        let force = if admin.server_version_num().unwrap_or(0) >= 130000 {
+            " WITH (FORCE)"
+        } else {
+            ""
+        };
 
         if !has(&template) {
             if has(&building) {
                 // A process was killed mid-migration: start over.
                 tracing::info!(database = %building, "db-test: dropping half-built template");
-                Self::admin_exec(&mut admin, &format!("DROP DATABASE IF EXISTS {}{force}", quote_ident(&building)))
-                    .await
-                    .map_err(|e| ctx("dropping a half-built template", e))?;
-            }
-            Self::admin_exec(&mut admin, &format!("CREATE DATABASE {}", quote_ident(&building)))
+                Self::admin_exec(
+                    &mut admin,
+                    &format!("DROP DATABASE IF EXISTS {}{force}", quote_ident(&building)),
+                )
                 .await
-                .map_err(|e| ctx("creating the template database", e))?;
+                .map_err(|e| ctx("dropping a half-built template", e))?;
+            }
+            Self::admin_exec(
+                &mut admin,
+                &format!("CREATE DATABASE {}", quote_ident(&building)),
+            )
+            .await
+            .map_err(|e| ctx("creating the template database", e))?;
             let mut conn = self
                 .options_for(&building)
                 .connect()
                 .await
                 .map_err(|e| ctx("connecting to the new template", e))?;
             if migrator.iter().next().is_some() {
-                migrator
-                    .run(&mut conn)
-                    .await
-                    .map_err(|e| format!("db-test: migrations failed while building template {template}: {e}"))?;
+                migrator.run(&mut conn).await.map_err(|e| {
+                    format!("db-test: migrations failed while building template {template}: {e}")
+                })?;
             }
             let _ = conn.close().await;
             Self::admin_exec(
                 &mut admin,
-                &format!("ALTER DATABASE {} RENAME TO {}", quote_ident(&building), quote_ident(&template)),
+                &format!(
+                    "ALTER DATABASE {} RENAME TO {}",
+                    quote_ident(&building),
+                    quote_ident(&template)
+                ),
             )
             .await
             .map_err(|e| ctx("renaming the template", e))?;
             // Nobody may connect to a template: cloning needs it idle.
-            Self::admin_exec(&mut admin, &format!("ALTER DATABASE {} ALLOW_CONNECTIONS false", quote_ident(&template)))
-                .await
-                .map_err(|e| ctx("locking the template", e))?;
+            Self::admin_exec(
+                &mut admin,
+                &format!(
+                    "ALTER DATABASE {} ALLOW_CONNECTIONS false",
+                    quote_ident(&template)
+                ),
+            )
+            .await
+            .map_err(|e| ctx("locking the template", e))?;
             tracing::info!(%template, elapsed_ms = t0.elapsed().as_millis() as u64, "db-test: template built");
         }
         if !has(&working) {
             Self::admin_exec(
                 &mut admin,
-                &format!("CREATE DATABASE {} TEMPLATE {}", quote_ident(&working), quote_ident(&template)),
+                &format!(
+                    "CREATE DATABASE {} TEMPLATE {}",
+                    quote_ident(&working),
+                    quote_ident(&template)
+                ),
             )
             .await
             .map_err(|e| ctx("creating the working database", e))?;
@@ -456,14 +507,24 @@ impl Engine {
         for name in existing.iter().filter(|n| !n.starts_with(&current)) {
             let _ = Self::drop_quietly(&mut admin, name, "").await;
         }
-        let _ = sqlx::query("SELECT pg_advisory_unlock($1)").bind(lock_key).execute(&mut admin).await;
+        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(lock_key)
+            .execute(&mut admin)
+            .await;
         let _ = admin.close().await;
         Ok(())
     }
 
-    async fn drop_quietly(admin: &mut PgConnection, name: &str, force: &str) -> Result<(), sqlx::Error> {
+    async fn drop_quietly(
+        admin: &mut PgConnection,
+        name: &str,
+        force: &str,
+    ) -> Result<(), sqlx::Error> {
         admin
-            .execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {}{force}", quote_ident(name))))
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {}{force}",
+                quote_ident(name)
+            )))
             .await
             .map(|_| ())
     }
@@ -472,21 +533,36 @@ impl Engine {
 impl Engine {
     /// Clones a fresh database for one test from the template. The template
     /// itself is never connected to: cloning needs it idle.
-    pub(crate) async fn create_test_database(&self, template: &Template) -> Result<TestDatabase, String> {
+    pub(crate) async fn create_test_database(
+        &self,
+        template: &Template,
+    ) -> Result<TestDatabase, String> {
         template
             .leftovers_checked
             .get_or_init(|| self.drop_leftovers(&template.prefix))
             .await;
-        let n = self.clone_counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = self
+            .clone_counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("{}_d{}x{n}", template.prefix, std::process::id());
         let _permit = self.clones.acquire().await.expect("semaphore never closed");
-        let sql = format!("CREATE DATABASE {} TEMPLATE {}", quote_ident(&name), quote_ident(&template.template));
+        let sql = format!(
+            "CREATE DATABASE {} TEMPLATE {}",
+            quote_ident(&name),
+            quote_ident(&template.template)
+        );
         let mut conn = self.admin_pool.acquire().await.map_err(|e| {
-            format!("db-test: cannot connect to {} to create a test database: {e}", self.display_url)
+            format!(
+                "db-test: cannot connect to {} to create a test database: {e}",
+                self.display_url
+            )
         })?;
-        Self::admin_exec(&mut conn, &sql)
-            .await
-            .map_err(|e| format!("db-test: cannot create test database {name} on {}: {e}", self.display_url))?;
+        Self::admin_exec(&mut conn, &sql).await.map_err(|e| {
+            format!(
+                "db-test: cannot create test database {name} on {}: {e}",
+                self.display_url
+            )
+        })?;
         Ok(TestDatabase {
             options: self.options_for(&name),
             name,
@@ -496,10 +572,17 @@ impl Engine {
     /// Drops a test's database (and any connection the test left open to it).
     pub(crate) async fn drop_test_database(&self, name: &str) -> Result<(), String> {
         let mut conn = self.admin_pool.acquire().await.map_err(|e| e.to_string())?;
-        let force = if conn.server_version_num().unwrap_or(0) >= 130000 { " WITH (FORCE)" } else { "" };
-        Self::admin_exec(&mut conn, &format!("DROP DATABASE IF EXISTS {}{force}", quote_ident(name)))
-            .await
-            .map_err(|e| format!("db-test: cannot drop test database {name}: {e}"))
+        let force = if conn.server_version_num().unwrap_or(0) >= 130000 {
+            " WITH (FORCE)"
+        } else {
+            ""
+        };
+        Self::admin_exec(
+            &mut conn,
+            &format!("DROP DATABASE IF EXISTS {}{force}", quote_ident(name)),
+        )
+        .await
+        .map_err(|e| format!("db-test: cannot drop test database {name}: {e}"))
     }
 
     /// Keeps a failed test's database under a name the leftover sweep skips.
@@ -509,16 +592,25 @@ impl Engine {
             None => format!("{name}_k"),
         };
         let mut conn = self.admin_pool.acquire().await.map_err(|e| e.to_string())?;
-        Self::admin_exec(&mut conn, &format!("ALTER DATABASE {} RENAME TO {}", quote_ident(name), quote_ident(&kept)))
-            .await
-            .map_err(|e| format!("db-test: cannot keep test database {name}: {e}"))?;
+        Self::admin_exec(
+            &mut conn,
+            &format!(
+                "ALTER DATABASE {} RENAME TO {}",
+                quote_ident(name),
+                quote_ident(&kept)
+            ),
+        )
+        .await
+        .map_err(|e| format!("db-test: cannot keep test database {name}: {e}"))?;
         Ok(kept)
     }
 
     /// Removes per-test databases left by killed runs: their process is gone
     /// (same host) and nobody is connected to them.
     async fn drop_leftovers(&self, prefix: &str) {
-        let Ok(mut conn) = self.admin_pool.acquire().await else { return };
+        let Ok(mut conn) = self.admin_pool.acquire().await else {
+            return;
+        };
         let rows: Vec<(String, i64)> = match sqlx::query_as(
             "SELECT d.datname::text, (SELECT count(*) FROM pg_stat_activity a WHERE a.datid = d.oid) \
              FROM pg_database d WHERE starts_with(d.datname, $1)",

@@ -1,0 +1,13 @@
+-- Every write to `users` leaves a row here, in the same transaction as the
+-- write itself. `user_id` has no foreign key so that deletions stay logged.
+CREATE TABLE audit_log (
+    id         BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    actor      TEXT        NOT NULL,
+    action     TEXT        NOT NULL CHECK (action IN ('user.create', 'user.update', 'user.delete', 'user.bulk_create')),
+    user_id    BIGINT,
+    detail     JSONB       NOT NULL DEFAULT '{}'::jsonb,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
+CREATE INDEX audit_log_user_id_idx ON audit_log (user_id);
+CREATE INDEX audit_log_action_created_at_idx ON audit_log (action, created_at);

@@ -1,4 +1,4 @@
-//! Behaviour across processes: concurrent template builds, the embedded
+//! Behaviour across processes: the embedded
 //! server's cold start and reuse, wrong `DATABASE_URL`s, and a test process
 //! killed mid-transaction.
 //!
@@ -6,48 +6,12 @@
 //! each running one of the `child_*` tests below. Run on their own, the
 //! `child_*` tests are ordinary tests that pass.
 
-use std::borrow::Cow;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use db_test::{TestContext, TestDb, db_test};
 use sqlx::Connection;
-use sqlx::migrate::{Migration, MigrationType, Migrator};
-
-/// Changes (and so forces a template rebuild) when DB_TEST_RACE_TOKEN does.
-static RACE: LazyLock<Migrator> = LazyLock::new(|| {
-    let token = std::env::var("DB_TEST_RACE_TOKEN").unwrap_or_else(|_| "default".into());
-    let sql = format!(
-        "CREATE TABLE race_marker (token TEXT NOT NULL, built_by INT NOT NULL DEFAULT pg_backend_pid(), \
-         built_at TEXT NOT NULL DEFAULT clock_timestamp()::text); \
-         SELECT pg_sleep(0.3); \
-         INSERT INTO race_marker (token) VALUES ('{token}');"
-    );
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        Cow::Borrowed("race marker"),
-        MigrationType::Simple,
-        sqlx::AssertSqlSafe(sql).into_sql_str(),
-        false,
-    )])
-});
-
-use sqlx::SqlSafeStr;
-
-/// Reads the marker its template's build left.
-#[db_test(migrator = "RACE")]
-async fn child_race(db: TestDb) {
-    let (token, by, at): (String, i32, String) =
-        sqlx::query_as("SELECT token, built_by, built_at FROM race_marker")
-            .fetch_one(&db)
-            .await
-            .unwrap();
-    let expected = std::env::var("DB_TEST_RACE_TOKEN").unwrap_or_else(|_| "default".into());
-    assert_eq!(token, expected);
-    println!("RACE_MARKER {token} {by} {at}");
-}
 
 /// A plain query; prints which server instance answered.
 #[db_test]
@@ -98,7 +62,6 @@ async fn child_hold_database(ctx: TestContext) {
 fn child(test: &str) -> Command {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env_remove("DB_TEST_RACE_TOKEN")
         .env_remove("DB_TEST_HOLD_TOKEN")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -147,31 +110,6 @@ fn unique_token() -> String {
         .unwrap()
         .as_nanos();
     format!("t{}x{nanos}", std::process::id())
-}
-
-#[test]
-fn template_is_built_once_by_two_concurrent_processes() {
-    let token = unique_token();
-    let children: Vec<Child> = (0..2)
-        .map(|_| {
-            child("child_race")
-                .env("DB_TEST_RACE_TOKEN", &token)
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let markers: Vec<String> = children
-        .into_iter()
-        .map(|c| {
-            let out = wait(c, Duration::from_secs(120));
-            let all = text(&out);
-            assert!(out.status.success(), "child failed:\n{all}");
-            after(&all, "RACE_MARKER").expect("marker printed")
-        })
-        .collect();
-    // Both working databases come from one build: same backend, same instant.
-    assert_eq!(markers[0], markers[1]);
-    assert!(markers[0].contains(&token));
 }
 
 #[test]

@@ -105,9 +105,9 @@ async fn no_migrations(pool: PgPool) -> sqlx::Result<()> {
 macro_rules! macro_using_test {
     ($migrations: literal) => {
         #[db_test(
-                    migrations = $migrations,
-                    fixtures(path = "../fixtures/postgres", scripts("members", "threads"))
-                )]
+                            migrations = $migrations,
+                            fixtures(path = "../fixtures/postgres", scripts("members", "threads"))
+                        )]
         async fn macro_using_macro(pool: PgPool) -> sqlx::Result<()> {
             let n: i64 = sqlx::query_scalar("SELECT count(*) FROM thread")
                 .fetch_one(&pool)

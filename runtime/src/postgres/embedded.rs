@@ -7,6 +7,8 @@
 //!   `~/.cache/db-test` (as root: `/var/tmp/db-test-root`, because the server
 //!   runs as an unprivileged user who cannot enter `/root`).
 //! - Socket only (no TCP), in a short directory under `/tmp`.
+//! - `DB_TEST_PG_OPTIONS` adds server options when the server starts, such
+//!   as `-c log_statement=ddl`.
 //! - Shared by every test process: a lock file serialises start-up, and each
 //!   test process holds a shared lock on `users.lock` while it lives. A small
 //!   detached reaper stops the server after `DB_TEST_PG_IDLE_SECS` (default
@@ -299,8 +301,9 @@ pub(crate) fn ensure_started() -> Result<Embedded, String> {
     let options = format!(
         "-k {} -p {PORT} -c listen_addresses='' -c fsync=off -c synchronous_commit=off \
          -c full_page_writes=off -c max_connections=300 -c shared_buffers=128MB \
-         -c unix_socket_permissions=0777",
-        layout.socket.display()
+         -c unix_socket_permissions=0777 {}",
+        layout.socket.display(),
+        std::env::var("DB_TEST_PG_OPTIONS").unwrap_or_default()
     );
     let out = command(&layout, "pg_ctl")
         .args(["start", "-w", "-t", "60", "-s", "-D"])

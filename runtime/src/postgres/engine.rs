@@ -501,16 +501,28 @@ impl Engine {
             .await
             .map_err(|e| ctx("creating the working database", e))?;
         }
-        // Drop databases of outdated migrations for this same source. One that
-        // is still in use (an older run going on) is left for later.
-        let current = format!("{prefix}_{hash}_");
-        for name in existing.iter().filter(|n| !n.starts_with(&current)) {
-            let _ = Self::drop_quietly(&mut admin, name, "").await;
-        }
         let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
             .bind(lock_key)
             .execute(&mut admin)
             .await;
+
+        // Drop databases of outdated migrations for this same source, after
+        // the lock is released. One still in use (an older run going on) is
+        // skipped: DROP DATABASE would wait 5 s for it and then fail anyway.
+        let current = format!("{prefix}_{hash}_");
+        let in_use: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT datname::text FROM pg_stat_activity WHERE starts_with(datname, $1)",
+        )
+        .bind(format!("{prefix}_"))
+        .fetch_all(&mut admin)
+        .await
+        .unwrap_or_default();
+        for name in existing
+            .iter()
+            .filter(|n| !n.starts_with(&current) && !in_use.contains(n))
+        {
+            let _ = Self::drop_quietly(&mut admin, name, "").await;
+        }
         let _ = admin.close().await;
         Ok(())
     }

@@ -1,0 +1,98 @@
+//! Two processes racing to build the same template: it is built once.
+//!
+//! The parent test runs this test binary twice at once, each running
+//! `child_race` with a fresh migration (so the template is new). Run on its
+//! own, `child_race` is an ordinary test that passes. This file is left out
+//! of the sharded run: its fresh migration replaces the template of the
+//! same source on purpose.
+
+use std::borrow::Cow;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+use db_test::{TestDb, db_test};
+use sqlx::SqlSafeStr;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+
+/// Changes (and so forces a template rebuild) when DB_TEST_RACE_TOKEN does.
+static RACE: LazyLock<Migrator> = LazyLock::new(|| {
+    let token = std::env::var("DB_TEST_RACE_TOKEN").unwrap_or_else(|_| "default".into());
+    let sql = format!(
+        "CREATE TABLE race_marker (token TEXT NOT NULL, built_by INT NOT NULL DEFAULT pg_backend_pid(), \
+         built_at TEXT NOT NULL DEFAULT clock_timestamp()::text); \
+         SELECT pg_sleep(0.3); \
+         INSERT INTO race_marker (token) VALUES ('{token}');"
+    );
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        Cow::Borrowed("race marker"),
+        MigrationType::Simple,
+        sqlx::AssertSqlSafe(sql).into_sql_str(),
+        false,
+    )])
+});
+
+/// Reads the marker its template's build left.
+#[db_test(migrator = "RACE")]
+async fn child_race(db: TestDb) {
+    let (token, by, at): (String, i32, String) =
+        sqlx::query_as("SELECT token, built_by, built_at FROM race_marker")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    let expected = std::env::var("DB_TEST_RACE_TOKEN").unwrap_or_else(|_| "default".into());
+    assert_eq!(token, expected);
+    println!("RACE_MARKER {token} {by} {at}");
+}
+
+fn wait(mut c: Child, limit: Duration) -> Output {
+    let t0 = Instant::now();
+    while c.try_wait().unwrap().is_none() {
+        if t0.elapsed() > limit {
+            let _ = c.kill();
+            panic!("child hung for {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.wait_with_output().unwrap()
+}
+
+#[test]
+fn template_is_built_once_by_two_concurrent_processes() {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let token = format!("t{}x{nanos}", std::process::id());
+    let children: Vec<Child> = (0..2)
+        .map(|_| {
+            Command::new(std::env::current_exe().unwrap())
+                .args(["child_race", "--exact", "--nocapture", "--test-threads=1"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .env("DB_TEST_RACE_TOKEN", &token)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let markers: Vec<String> = children
+        .into_iter()
+        .map(|c| {
+            let out = wait(c, Duration::from_secs(120));
+            let all = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(out.status.success(), "child failed:\n{all}");
+            all.lines()
+                .find_map(|l| l.find("RACE_MARKER").map(|i| l[i..].to_string()))
+                .expect("marker printed")
+        })
+        .collect();
+    // Both working databases come from one build: same backend, same instant.
+    assert_eq!(markers[0], markers[1]);
+    assert!(markers[0].contains(&token));
+}

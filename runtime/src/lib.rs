@@ -7,9 +7,12 @@ mod client;
 mod config;
 #[cfg(feature = "harness")]
 mod context;
+// Without the harness, `Db` is only ever a pool: the test-side paths are unused.
+#[cfg_attr(not(feature = "harness"), allow(dead_code))]
 mod db;
 #[cfg(feature = "harness")]
 mod postgres;
+#[cfg_attr(not(feature = "harness"), allow(dead_code))]
 mod shared;
 #[cfg(feature = "harness")]
 mod testdb;

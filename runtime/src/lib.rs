@@ -10,6 +10,8 @@ mod context;
 // Without the harness, `Db` is only ever a pool: the test-side paths are unused.
 #[cfg_attr(not(feature = "harness"), allow(dead_code))]
 mod db;
+#[cfg_attr(not(feature = "harness"), allow(dead_code))]
+mod hint;
 #[cfg(feature = "harness")]
 mod postgres;
 #[cfg_attr(not(feature = "harness"), allow(dead_code))]

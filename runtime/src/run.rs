@@ -158,7 +158,7 @@ async fn open_transaction(
     display_url: &str,
 ) -> Result<Arc<SharedConn>, String> {
     let mut last_err = None;
-    for _ in 0..3 {
+    for _ in 0..=config::pool_size() {
         let conn = match template.pool.acquire().await {
             Ok(conn) => conn,
             Err(sqlx::Error::PoolTimedOut) => return Err(pool_exhausted(spec, &template.working)),
@@ -171,8 +171,12 @@ async fn open_transaction(
         };
         match SharedConn::open(conn, spec.name.to_string(), config::checkout_timeout()).await {
             Ok(shared) => return Ok(shared),
-            // A connection broken by a server restart: the pool replaces it.
-            Err(e) => last_err = Some(e),
+            // A connection broken by a server restart or a terminated backend:
+            // close it, and the pool opens a new one.
+            Err((e, mut conn)) => {
+                conn.close_on_drop();
+                last_err = Some(e);
+            }
         }
     }
     Err(format!(

@@ -118,13 +118,12 @@ impl SharedConn {
         mut conn: PoolConnection<Postgres>,
         label: String,
         checkout_timeout: Duration,
-    ) -> sqlx::Result<Arc<Self>> {
+    ) -> Result<Arc<Self>, (sqlx::Error, PoolConnection<Postgres>)> {
         // sqlx counts this as depth 1, so a nested sqlx `begin()` sends SAVEPOINT.
-        PgTransactionManager::begin(
-            &mut conn,
-            Some(sqlx::AssertSqlSafe("BEGIN; SAVEPOINT dbt_auto").into_sql_str()),
-        )
-        .await?;
+        let begin = sqlx::AssertSqlSafe("BEGIN; SAVEPOINT dbt_auto").into_sql_str();
+        if let Err(e) = PgTransactionManager::begin(&mut conn, Some(begin)).await {
+            return Err((e, conn));
+        }
         Ok(Arc::new(SharedConn {
             slot: Arc::new(Mutex::new(Slot {
                 conn: Some(conn),
@@ -295,6 +294,7 @@ impl SharedConn {
                 Ok(steps)
             }
             Err(e) => {
+                let e = crate::hint::explain_lock_error(e);
                 // Undo the failed statement alone; `dbt_auto` stays and still
                 // marks the state before it.
                 if e.as_database_error().is_some() {

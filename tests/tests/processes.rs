@@ -59,6 +59,17 @@ async fn child_hold_database(ctx: TestContext) {
     assert!(ctx.is_database_mode());
 }
 
+macro_rules! child_hold_conn {
+    ($($name:ident),*) => {$(
+        /// Holds its connection for a moment (the pool-exhaustion children).
+        #[db_test]
+        async fn $name(db: TestDb) {
+            sqlx::query("SELECT pg_sleep(0.4)").execute(&db).await.unwrap();
+        }
+    )*};
+}
+child_hold_conn!(child_hold_conn_1, child_hold_conn_2, child_hold_conn_3);
+
 fn child(test: &str) -> Command {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
@@ -316,4 +327,34 @@ async fn killed_test_process_leaves_nothing_behind(ctx: TestContext) {
     .await
     .unwrap();
     assert!(out.status.success(), "next run failed:\n{}", text(&out));
+}
+
+#[test]
+fn an_exhausted_pool_makes_tests_wait_then_names_the_setting() {
+    let run = |acquire_timeout: &str| {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args(["child_hold_conn_", "--nocapture", "--test-threads=3"])
+            .env("DB_TEST_POOL_SIZE", "1")
+            .env("DB_TEST_ACQUIRE_TIMEOUT", acquire_timeout)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        wait(cmd.spawn().unwrap(), Duration::from_secs(60))
+    };
+    // Three tests, one connection: with time to wait, they take turns.
+    let out = run("20s");
+    assert!(
+        out.status.success(),
+        "tests should wait their turn:\n{}",
+        text(&out)
+    );
+    // Without it, the error says the pool is exhausted and what to raise.
+    let out = run("100ms");
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(all.contains("is exhausted"), "{all}");
+    assert!(
+        all.contains("DB_TEST_POOL_SIZE") && all.contains("DB_TEST_ACQUIRE_TIMEOUT"),
+        "{all}"
+    );
 }

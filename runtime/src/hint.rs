@@ -1,0 +1,83 @@
+//! Errors that deserve an explanation in a test suite.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use sqlx::error::{DatabaseError, ErrorKind};
+
+/// A lock timeout (55P03) or deadlock (40P01), with what most likely caused
+/// it in a test suite. The SQLSTATE, constraint and table are the server's.
+struct Explained {
+    inner: Box<dyn DatabaseError>,
+    message: String,
+}
+
+impl fmt::Debug for Explained {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Explained")
+            .field("inner", &self.inner)
+            .field("message", &self.message)
+            .finish()
+    }
+}
+
+impl fmt::Display for Explained {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Explained {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.inner.as_error())
+    }
+}
+
+impl DatabaseError for Explained {
+    fn message(&self) -> &str {
+        &self.message
+    }
+    fn code(&self) -> Option<Cow<'_, str>> {
+        self.inner.code()
+    }
+    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        self
+    }
+    fn constraint(&self) -> Option<&str> {
+        self.inner.constraint()
+    }
+    fn table(&self) -> Option<&str> {
+        self.inner.table()
+    }
+    fn kind(&self) -> ErrorKind {
+        self.inner.kind()
+    }
+}
+
+/// Adds the likely cause to a lock timeout or a deadlock.
+pub(crate) fn explain_lock_error(err: sqlx::Error) -> sqlx::Error {
+    let sqlx::Error::Database(inner) = err else {
+        return err;
+    };
+    let hint = match inner.code().as_deref() {
+        Some("55P03") => {
+            "db-test: the statement waited for a lock until lock_timeout (DB_TEST_LOCK_TIMEOUT). \
+             Likely cause: another test holds a conflicting row lock (the same unique key or row, \
+             in its own uncommitted transaction). Use unique test data, or `isolation = \"database\"`."
+        }
+        Some("40P01") => {
+            "db-test: a real deadlock (40P01): two transactions each waited for a lock the other \
+             held. If they are two tests, they touch the same rows in opposite orders; use unique \
+             test data, or `isolation = \"database\"`."
+        }
+        _ => return sqlx::Error::Database(inner),
+    };
+    let message = format!("{} ({hint})", inner.message());
+    sqlx::Error::Database(Box::new(Explained { inner, message }))
+}

@@ -3,10 +3,10 @@
 # binaries, cargo-nextest) and starts what it needs (db-test's embedded
 # server). Steps:
 #   1. every test of the workspace on the embedded server (DATABASE_URL unset);
-#   2. the same suite through DATABASE_URL: the embedded server's URL, and an
-#      external server too when one answers at DB_TEST_EXTERNAL_URL (default
-#      postgres://postgres@127.0.0.1:5432/test), whose own database must be
-#      left untouched;
+#   2. the same suite through DATABASE_URL, pointed at a database holding
+#      user data (on the embedded server), which must be left unchanged; and
+#      at an external server too when one answers at DB_TEST_EXTERNAL_URL
+#      (default postgres://postgres@127.0.0.1:5432/test), likewise;
 #   3. the suite under cargo-nextest (one process per test);
 #   4. two nextest shards at once against one fresh server;
 #   5. a check that nothing was committed or left behind;
@@ -22,24 +22,42 @@ unset DATABASE_URL
 step "1/6 cargo test --workspace (embedded PostgreSQL)"
 cargo test --workspace
 
-step "2/6 cargo test --workspace with DATABASE_URL"
-embedded_url=$(cargo run -q -p db-test --example server_url)
-DATABASE_URL="$embedded_url" cargo test --workspace
+step "2/6 cargo test --workspace with DATABASE_URL naming a database that holds user data"
+# A database of the user's, with a schema and rows, on the embedded server:
+# the whole suite runs with DATABASE_URL pointing at it, and afterwards its
+# schema and data must be exactly as before.
+server=$(cargo run -q -p db-test --example server_url)
+psql "$server" -qc 'DROP DATABASE IF EXISTS user_app_data' -c 'CREATE DATABASE user_app_data'
+user_db=$(cargo run -q -p db-test --example server_url -- user_app_data)
+psql "$user_db" -q <<'SQL'
+CREATE TABLE customers (id serial PRIMARY KEY, email text UNIQUE NOT NULL, balance numeric NOT NULL);
+INSERT INTO customers (email, balance) SELECT 'c' || g || '@example.com', g * 10 FROM generate_series(1, 100) g;
+CREATE TABLE users (id bigserial PRIMARY KEY, email text);  -- same name as the test schema's table
+INSERT INTO users (email) VALUES ('real-user@example.com');
+SQL
+fingerprint() {
+    { pg_dump --schema-only --no-owner "$1" | grep -v '^--' | grep -v '^$' | grep -v '^\\\(un\)\?restrict'
+      pg_dump --data-only --no-owner "$1" | grep -v '^--' | grep -v '^$' | grep -v '^\\\(un\)\?restrict'
+    } | sha256sum
+}
+before=$(fingerprint "$user_db")
+DATABASE_URL="$user_db" cargo test --workspace
+after=$(fingerprint "$user_db")
+[ "$before" = "$after" ] || { echo "the database named in DATABASE_URL changed"; exit 1; }
+echo "safety: user_app_data (named in DATABASE_URL) is unchanged after the whole suite"
+scripts/check-clean.sh "$user_db"
+psql "$server" -qc 'DROP DATABASE user_app_data'
+
 external=${DB_TEST_EXTERNAL_URL:-postgres://postgres@127.0.0.1:5432/test}
 if psql "$external" -Atc 'SELECT 1' >/dev/null 2>&1; then
-    fingerprint() {
-        { pg_dump --schema-only --no-owner "$external" 2>/dev/null | grep -v '^--' | grep -v '^$' | grep -v '^\\\(un\)\?restrict'
-          psql "$external" -Atc "SELECT coalesce(sum((xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM %I.%I', schemaname, relname), false, true, '')))[1]::text::bigint), 0) FROM pg_stat_user_tables"
-        } | sha256sum
-    }
-    before=$(fingerprint)
+    before=$(fingerprint "$external")
     DATABASE_URL="$external" cargo test --workspace
-    after=$(fingerprint)
+    after=$(fingerprint "$external")
     [ "$before" = "$after" ] || { echo "the database named in DATABASE_URL changed"; exit 1; }
-    echo "external server: the database in DATABASE_URL is unchanged"
+    echo "external server: the database in DATABASE_URL ($external) is unchanged"
     scripts/check-clean.sh "$external"
 else
-    echo "(no external server at $external: skipped that half of step 2)"
+    echo "(no external server at $external: skipped the external-server run)"
 fi
 
 step "3/6 cargo nextest run --workspace"

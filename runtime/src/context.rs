@@ -122,6 +122,12 @@ impl FromTestContext for TestContext {
 ///     }
 /// }
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a `#[db_test]` parameter: it does not implement `FromTestContext`",
+    label = "not a test parameter",
+    note = "parameters are built by `db_test::FromTestContext`: use `TestDb`, `Db`, `TestClient<App>`, \
+            `TestContext`, `PgPool` (database mode), or implement `FromTestContext` for your type"
+)]
 pub trait FromTestContext: Sized + Send {
     /// Builds the value. An error fails the test with the parameter's type name.
     fn from_context(ctx: &TestContext) -> impl Future<Output = Result<Self, BoxError>> + Send;

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use db_test::{TestContext, TestDb, db_test};
-use sqlx::Connection;
+use sqlx::{Connection, PgConnection};
 
 /// A plain query; prints which server instance answered.
 #[db_test]
@@ -69,6 +69,19 @@ macro_rules! child_hold_conn {
     )*};
 }
 child_hold_conn!(child_hold_conn_1, child_hold_conn_2, child_hold_conn_3);
+
+/// Fails on purpose when DB_TEST_KEEP_FAILED_DEMO is set.
+#[db_test(isolation = "database")]
+async fn child_fails_in_its_database(pool: sqlx::PgPool) {
+    sqlx::query("INSERT INTO users (email) VALUES ('kept@example.com')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert!(
+        std::env::var("DB_TEST_KEEP_FAILED_DEMO").is_err(),
+        "failing on purpose"
+    );
+}
 
 fn child(test: &str) -> Command {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
@@ -357,4 +370,48 @@ fn an_exhausted_pool_makes_tests_wait_then_names_the_setting() {
         all.contains("DB_TEST_POOL_SIZE") && all.contains("DB_TEST_ACQUIRE_TIMEOUT"),
         "{all}"
     );
+}
+
+#[db_test]
+async fn a_failed_database_test_can_keep_its_database(ctx: TestContext) {
+    let out = tokio::task::spawn_blocking(|| {
+        let c = child("child_fails_in_its_database")
+            .env("DB_TEST_KEEP_FAILED", "1")
+            .env("DB_TEST_KEEP_FAILED_DEMO", "1")
+            .spawn()
+            .unwrap();
+        wait(c, Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    let kept = after(&all, "kept the database of failed test")
+        .and_then(|l| {
+            l.split("): ")
+                .nth(1)
+                .map(|r| r.split(' ').next().unwrap().to_string())
+        })
+        .unwrap_or_else(|| panic!("no kept database named:\n{all}"));
+    assert!(kept.contains("_k"), "{kept}");
+    // It is there for inspection, with the failed test's row in it.
+    let mut conn = PgConnection::connect_with(&ctx.connect_options().database(&kept))
+        .await
+        .unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    conn.close().await.unwrap();
+    // Clean up: it is a database db-test made.
+    let mut admin = PgConnection::connect_with(&ctx.connect_options())
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE \"{kept}\" WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
 }

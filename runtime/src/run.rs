@@ -159,7 +159,17 @@ async fn open_transaction(
 ) -> Result<Arc<SharedConn>, String> {
     let mut last_err = None;
     for _ in 0..=config::pool_size() {
-        let conn = match template.pool.acquire().await {
+        let asked = std::time::Instant::now();
+        let acquired = template.pool.acquire().await;
+        if asked.elapsed() > Duration::from_secs(1) {
+            tracing::warn!(
+                test = spec.name,
+                waited_ms = asked.elapsed().as_millis() as u64,
+                pool_size = config::pool_size(),
+                "db-test: slow connection acquire; the pool may be too small (DB_TEST_POOL_SIZE)"
+            );
+        }
+        let conn = match acquired {
             Ok(conn) => conn,
             Err(sqlx::Error::PoolTimedOut) => return Err(pool_exhausted(spec, &template.working)),
             Err(e) => {

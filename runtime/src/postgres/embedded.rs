@@ -225,7 +225,11 @@ fn server_running(layout: &Layout) -> bool {
     };
     // SAFETY: signal 0 only checks that the process exists.
     let alive = unsafe { libc::kill(pid, 0) } == 0;
-    alive && layout.socket.join(format!(".s.PGSQL.{PORT}")).exists()
+    // A pid left by a killed server may since belong to another program.
+    let is_postgres = fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains("postgres"))
+        .unwrap_or(true); // no /proc (macOS): trust the pid
+    alive && is_postgres && layout.socket.join(format!(".s.PGSQL.{PORT}")).exists()
 }
 
 /// Held for the life of the process: tells the reaper the server is in use.

@@ -104,3 +104,10 @@ pub(crate) fn keep_failed() -> bool {
         Ok("1") | Ok("true") | Ok("yes")
     )
 }
+
+/// `DB_TEST_OUTDATED_AFTER`: how old a template of outdated migrations must be
+/// before it is dropped (default 10m), so that two checkouts with different
+/// migrations can share a server.
+pub(crate) fn outdated_after() -> Duration {
+    env_duration("DB_TEST_OUTDATED_AFTER", Duration::from_secs(600))
+}

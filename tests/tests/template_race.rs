@@ -43,7 +43,11 @@ async fn child_race(db: TestDb) {
             .unwrap();
     let expected = std::env::var("DB_TEST_RACE_TOKEN").unwrap_or_else(|_| "default".into());
     assert_eq!(token, expected);
-    println!("RACE_MARKER {token} {by} {at}");
+    let database: String = sqlx::query_scalar("SELECT current_database()::text")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    println!("RACE_MARKER {token} {by} {at} {database}");
 }
 
 fn wait(mut c: Child, limit: Duration) -> Output {
@@ -95,4 +99,71 @@ fn template_is_built_once_by_two_concurrent_processes() {
     // Both working databases come from one build: same backend, same instant.
     assert_eq!(markers[0], markers[1]);
     assert!(markers[0].contains(&token));
+}
+
+fn run_race_child(token: &str, outdated_after: &str) -> String {
+    let out = wait(
+        Command::new(std::env::current_exe().unwrap())
+            .args(["child_race", "--exact", "--nocapture", "--test-threads=1"])
+            .env("DB_TEST_RACE_TOKEN", token)
+            .env("DB_TEST_OUTDATED_AFTER", outdated_after)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+        Duration::from_secs(120),
+    );
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "child failed:\n{all}");
+    all.lines()
+        .find_map(|l| {
+            l.find("RACE_MARKER")
+                .map(|i| l[i..].split(' ').next_back().unwrap().to_string())
+        })
+        .expect("marker printed")
+}
+
+/// When the migrations change, the databases of the old ones are dropped
+/// once they are older than DB_TEST_OUTDATED_AFTER and unused.
+#[db_test]
+async fn outdated_templates_are_dropped(ctx: db_test::TestContext) {
+    use sqlx::Connection;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let first = tokio::task::spawn_blocking(move || run_race_child(&format!("old{nanos}"), "1h"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let second = tokio::task::spawn_blocking(move || run_race_child(&format!("new{nanos}"), "1s"))
+        .await
+        .unwrap();
+    assert_ne!(first, second);
+    let mut conn = sqlx::PgConnection::connect_with(&ctx.connect_options())
+        .await
+        .unwrap();
+    let exists = |name: String| {
+        sqlx::query_scalar::<_, bool>("SELECT exists(SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(name)
+    };
+    assert!(
+        !exists(first.clone()).fetch_one(&mut conn).await.unwrap(),
+        "{first} should be gone"
+    );
+    assert!(
+        !exists(first.replace("_w", "_t"))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+    );
+    assert!(
+        exists(second.clone()).fetch_one(&mut conn).await.unwrap(),
+        "{second} should stay"
+    );
 }

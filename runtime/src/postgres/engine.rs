@@ -68,6 +68,9 @@ pub(crate) struct Engine {
     clone_counter: std::sync::atomic::AtomicU64,
 }
 
+/// Prefix of the comment db-test puts on a template: when it was built.
+const BUILT_AT: &str = "db-test template built at ";
+
 static ENGINE: OnceCell<Result<Engine, String>> = OnceCell::const_new();
 
 /// The process-wide engine, started on first use.
@@ -336,22 +339,22 @@ impl Engine {
         let working = format!("{prefix}_{hash}_w");
 
         // Fast path: the working database exists, so the template is complete.
-        let pool = match self.connect_pool(&working).await {
-            Ok(pool) => pool,
-            Err(e) if sqlstate(&e).as_deref() == Some("3D000") => {
-                self.create_template(migrator, &prefix, hash).await?;
-                self.connect_pool(&working).await.map_err(|e| {
-                    format!(
+        // Otherwise build it. Retried, because another process running other
+        // migrations of the same source may drop an old template at any time.
+        let mut attempt = 0;
+        let pool = loop {
+            attempt += 1;
+            match self.connect_pool(&working).await {
+                Ok(pool) => break pool,
+                Err(e) if sqlstate(&e).as_deref() == Some("3D000") && attempt <= 3 => {
+                    self.create_template(migrator, &prefix, hash).await?;
+                }
+                Err(e) => {
+                    return Err(format!(
                         "db-test: cannot connect to working database {working} on {}: {e}",
                         self.display_url
-                    )
-                })?
-            }
-            Err(e) => {
-                return Err(format!(
-                    "db-test: cannot connect to working database {working} on {}: {e}",
-                    self.display_url
-                ));
+                    ));
+                }
             }
         };
         tracing::debug!(%working, "db-test: pool ready");
@@ -477,6 +480,19 @@ impl Engine {
             )
             .await
             .map_err(|e| ctx("renaming the template", e))?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            Self::admin_exec(
+                &mut admin,
+                &format!(
+                    "COMMENT ON DATABASE {} IS '{BUILT_AT}{now}'",
+                    quote_ident(&template)
+                ),
+            )
+            .await
+            .map_err(|e| ctx("labelling the template", e))?;
             // Nobody may connect to a template: cloning needs it idle.
             Self::admin_exec(
                 &mut admin,
@@ -507,9 +523,37 @@ impl Engine {
             .await;
 
         // Drop databases of outdated migrations for this same source, after
-        // the lock is released. One still in use (an older run going on) is
-        // skipped: DROP DATABASE would wait 5 s for it and then fail anyway.
+        // the lock is released: only those whose template was built more than
+        // DB_TEST_OUTDATED_AFTER ago (another checkout may still be running
+        // the older migrations), and none in use (DROP DATABASE would wait
+        // 5 s for it, then fail).
         let current = format!("{prefix}_{hash}_");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let grace = config::outdated_after().as_secs() as i64;
+        let built: Vec<(String, Option<String>)> = sqlx::query_as(
+            "SELECT datname::text, shobj_description(oid, 'pg_database') FROM pg_database \
+             WHERE starts_with(datname, $1) AND datname ~ '_t$'",
+        )
+        .bind(format!("{prefix}_"))
+        .fetch_all(&mut admin)
+        .await
+        .unwrap_or_default();
+        let stale_hashes: Vec<String> = built
+            .iter()
+            .filter(|(name, _)| !name.starts_with(&current))
+            .filter(|(_, comment)| {
+                let at = comment
+                    .as_deref()
+                    .and_then(|c| c.strip_prefix(BUILT_AT))
+                    .and_then(|t| t.trim().parse::<i64>().ok())
+                    .unwrap_or(0);
+                now - at > grace
+            })
+            .map(|(name, _)| name.trim_end_matches("_t").to_string())
+            .collect();
         let in_use: Vec<String> = sqlx::query_scalar(
             "SELECT DISTINCT datname::text FROM pg_stat_activity WHERE starts_with(datname, $1)",
         )
@@ -517,10 +561,9 @@ impl Engine {
         .fetch_all(&mut admin)
         .await
         .unwrap_or_default();
-        for name in existing
-            .iter()
-            .filter(|n| !n.starts_with(&current) && !in_use.contains(n))
-        {
+        for name in existing.iter().filter(|n| {
+            !in_use.contains(n) && stale_hashes.iter().any(|h| n.starts_with(&format!("{h}_")))
+        }) {
             let _ = Self::drop_quietly(&mut admin, name, "").await;
         }
         let _ = admin.close().await;

@@ -18,7 +18,15 @@ done
 left=$(psql "$url" -Atc "SELECT count(*) FROM pg_database WHERE datname ~ '^dbtest_.*_d[0-9]+x[0-9]+$'")
 echo "check-clean: $left leftover per-test database(s)"
 [ "$left" = 0 ] || fail=1
-conns=$(psql "$url" -Atc "SELECT count(*) FROM pg_stat_activity WHERE datname LIKE 'dbtest\_%'")
+# Backends of processes that just exited take a moment to go.
+for _ in $(seq 1 50); do
+    conns=$(psql "$url" -Atc "SELECT count(*) FROM pg_stat_activity WHERE datname LIKE 'dbtest\_%'")
+    [ "$conns" = 0 ] && break
+    sleep 0.2
+done
 echo "check-clean: $conns open connection(s) to db-test databases"
-[ "$conns" = 0 ] || fail=1
+if [ "$conns" != 0 ]; then
+    psql "$url" -c "SELECT pid, datname, application_name, state, backend_start FROM pg_stat_activity WHERE datname LIKE 'dbtest\_%'"
+    fail=1
+fi
 exit $fail

@@ -40,22 +40,23 @@ fingerprint() {
       pg_dump --data-only --no-owner "$1" | grep -v '^--' | grep -v '^$' | grep -v '^\\\(un\)\?restrict'
     } | sha256sum
 }
-before=$(fingerprint "$user_db")
-DATABASE_URL="$user_db" cargo test --workspace
-after=$(fingerprint "$user_db")
-[ "$before" = "$after" ] || { echo "the database named in DATABASE_URL changed"; exit 1; }
-echo "safety: user_app_data (named in DATABASE_URL) is unchanged after the whole suite"
-scripts/check-clean.sh "$user_db"
+# Runs the whole suite with DATABASE_URL=$1, and checks that the database it
+# names is exactly as before and that nothing was left behind on its server.
+suite_leaves_untouched() {
+    local before after
+    before=$(fingerprint "$1")
+    DATABASE_URL="$1" cargo test --workspace
+    after=$(fingerprint "$1")
+    [ "$before" = "$after" ] || { echo "the database named in DATABASE_URL ($1) changed"; exit 1; }
+    echo "safety: the database named in DATABASE_URL ($1) is unchanged after the whole suite"
+    scripts/check-clean.sh "$1"
+}
+suite_leaves_untouched "$user_db"
 psql "$server" -qc 'DROP DATABASE user_app_data'
 
 external=${DB_TEST_EXTERNAL_URL:-postgres://postgres@127.0.0.1:5432/test}
 if psql "$external" -Atc 'SELECT 1' >/dev/null 2>&1; then
-    before=$(fingerprint "$external")
-    DATABASE_URL="$external" cargo test --workspace
-    after=$(fingerprint "$external")
-    [ "$before" = "$after" ] || { echo "the database named in DATABASE_URL changed"; exit 1; }
-    echo "external server: the database in DATABASE_URL ($external) is unchanged"
-    scripts/check-clean.sh "$external"
+    suite_leaves_untouched "$external"
 else
     echo "(no external server at $external: skipped the external-server run)"
 fi

@@ -1,4 +1,10 @@
-#![doc = include_str!("../README.md")]
+#![cfg_attr(feature = "harness", doc = include_str!("../README.md"))]
+#![cfg_attr(
+    not(feature = "harness"),
+    doc = "db-test built without its `harness` feature: only [`Db`], the app-facing \
+           database handle, for applications that store it in their state. Enable \
+           `harness` (the default) in dev-dependencies for `#[db_test]`."
+)]
 #![warn(missing_docs)]
 
 #[cfg(feature = "harness")]

@@ -83,6 +83,23 @@ async fn child_fails_in_its_database(pool: sqlx::PgPool) {
     );
 }
 
+/// Fails on purpose when DB_TEST_FAIL_DEMO is set, after a failed statement.
+#[db_test]
+async fn child_fails_after_some_statements(db: TestDb) {
+    sqlx::query("INSERT INTO users (email) VALUES ('dup@example.com')")
+        .execute(&db)
+        .await
+        .unwrap();
+    let dup = sqlx::query("INSERT INTO users (email) VALUES ('dup@example.com')")
+        .execute(&db)
+        .await;
+    assert!(dup.is_err());
+    assert!(
+        std::env::var("DB_TEST_FAIL_DEMO").is_err(),
+        "failing on purpose"
+    );
+}
+
 fn child(test: &str) -> Command {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
@@ -137,7 +154,7 @@ fn unique_token() -> String {
 }
 
 #[test]
-fn embedded_server_cold_start_reuse_and_idle_stop() {
+fn embedded_server_cold_start_reuse_stale_recovery_and_idle_stop() {
     let dir = std::env::temp_dir().join(format!("db-test-cold-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let run = || {
@@ -159,6 +176,39 @@ fn embedded_server_cold_start_reuse_and_idle_stop() {
     let (warm, warm_time) = run();
     eprintln!("embedded server: cold start + first test {cold_time:?}, reuse {warm_time:?}");
     assert_eq!(cold, warm, "the second process reuses the running server");
+
+    // A server killed outright leaves a stale postmaster.pid and socket lock
+    // behind; the next process recovers and starts it again.
+    let data = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("data"))
+        .find(|p| p.exists())
+        .unwrap();
+    let pid = std::fs::read_to_string(data.join("postmaster.pid")).unwrap();
+    let pid = pid.lines().next().unwrap().trim().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-KILL", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let t0 = Instant::now();
+    while std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && t0.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        data.join("postmaster.pid").exists(),
+        "the killed server left its pid file"
+    );
+    let (restarted, _) = run();
+    assert_ne!(
+        restarted, warm,
+        "a new server was started after the stale one"
+    );
 
     // Once no test process uses it, the server stops by itself after
     // DB_TEST_PG_IDLE_SECS (3 s here).
@@ -417,4 +467,31 @@ async fn a_failed_database_test_can_keep_its_database(ctx: TestContext) {
     .execute(&mut admin)
     .await
     .unwrap();
+}
+
+#[test]
+fn a_failing_test_shows_its_last_statements() {
+    let c = child("child_fails_after_some_statements")
+        .env("DB_TEST_FAIL_DEMO", "1")
+        .spawn()
+        .unwrap();
+    let out = wait(c, Duration::from_secs(60));
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(
+        all.contains("failing on purpose"),
+        "the test's own panic comes first:\n{all}"
+    );
+    assert!(all.contains("last 2 statement(s) of test"), "{all}");
+    assert!(
+        all.contains("-> error: error returned from database: duplicate key value"),
+        "{all}"
+    );
+    // A passing test prints nothing of the kind.
+    let out = wait(
+        child("child_fails_after_some_statements").spawn().unwrap(),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success());
+    assert!(!text(&out).contains("statement(s) of test"));
 }

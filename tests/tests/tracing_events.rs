@@ -89,15 +89,13 @@ fn framework_events_go_through_tracing_and_nothing_is_printed_when_all_is_well()
     assert!(!quiet.contains("db-test"), "{quiet}");
 
     // Stop the private server (it also stops itself after 2 idle seconds).
-    if let Some(data) = std::fs::read_dir(&dir)
+    let pid_file = std::fs::read_dir(&dir)
         .ok()
-        .and_then(|mut d| d.find_map(|e| e.ok().map(|e| e.path().join("data"))))
-    {
-        if let Ok(pid) = std::fs::read_to_string(data.join("postmaster.pid")) {
-            let _ = Command::new("kill")
-                .args(["-INT", pid.lines().next().unwrap_or("").trim()])
-                .status();
-        }
+        .and_then(|mut d| d.find_map(|e| e.ok().map(|e| e.path().join("data/postmaster.pid"))));
+    if let Some(pid) = pid_file.and_then(|f| std::fs::read_to_string(f).ok()) {
+        let _ = Command::new("kill")
+            .args(["-INT", pid.lines().next().unwrap_or("").trim()])
+            .status();
     }
     std::thread::sleep(std::time::Duration::from_millis(500));
     let _ = std::fs::remove_dir_all(&dir);

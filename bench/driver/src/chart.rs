@@ -1,0 +1,219 @@
+//! A small hand-written SVG line chart (log-log): suite time vs N per variant.
+
+use std::fmt::Write as _;
+
+/// One line of the chart.
+pub struct Series {
+    pub label: String,
+    pub color: &'static str,
+    /// (N, seconds), in increasing N.
+    pub points: Vec<(f64, f64)>,
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn fmt_secs(s: f64) -> String {
+    if s >= 10.0 {
+        format!("{s:.0} s")
+    } else if s >= 1.0 {
+        format!("{s:.1} s")
+    } else if s >= 0.1 {
+        format!("{s:.2} s")
+    } else {
+        format!("{:.0} ms", s * 1e3)
+    }
+}
+
+/// Renders the chart. `title` goes on top, `notes` (the machine, the method)
+/// in small print under it.
+pub fn render(title: &str, notes: &[String], series: &[Series]) -> String {
+    // Wrap long notes at ", " so that they fit the width.
+    let mut lines: Vec<String> = Vec::new();
+    for note in notes {
+        let mut line = String::new();
+        for part in note.split_inclusive(", ") {
+            if line.chars().count() + part.chars().count() > 140 && !line.is_empty() {
+                lines.push(std::mem::take(&mut line));
+                line.push_str("    ");
+            }
+            line.push_str(part);
+        }
+        lines.push(line);
+    }
+    let notes = &lines;
+    let (w, h) = (920.0, 540.0);
+    let top = 58.0 + 15.0 * notes.len() as f64;
+    let (left, right, bottom) = (78.0, 250.0, 58.0);
+    let (pw, ph) = (w - left - right, h - top - bottom);
+
+    let pts: Vec<(f64, f64)> = series
+        .iter()
+        .flat_map(|s| s.points.iter().copied())
+        .filter(|&(n, t)| n > 0.0 && t > 0.0)
+        .collect();
+    let (mut nmin, mut nmax, mut tmin, mut tmax) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for &(n, t) in &pts {
+        nmin = nmin.min(n);
+        nmax = nmax.max(n);
+        tmin = tmin.min(t);
+        tmax = tmax.max(t);
+    }
+    if pts.is_empty() {
+        (nmin, nmax, tmin, tmax) = (10.0, 1000.0, 0.1, 10.0);
+    }
+    let (x0, x1) = ((nmin / 1.35).log10(), (nmax * 1.35).log10());
+    let (y0, y1) = (
+        tmin.log10().floor(),
+        tmax.log10().ceil().max(tmin.log10().floor() + 1.0),
+    );
+    let x = |n: f64| left + (n.log10() - x0) / (x1 - x0) * pw;
+    let y = |t: f64| top + ph - (t.log10() - y0) / (y1 - y0) * ph;
+
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="Helvetica, Arial, sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(svg, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    let _ = writeln!(
+        svg,
+        r#"<text x="{left}" y="26" font-size="16" font-weight="bold">{}</text>"#,
+        esc(title)
+    );
+    for (i, note) in notes.iter().enumerate() {
+        let _ = writeln!(
+            svg,
+            r##"<text x="{left}" y="{}" font-size="11" fill="#555">{}</text>"##,
+            44.0 + 15.0 * i as f64,
+            esc(note)
+        );
+    }
+    // Horizontal grid: decades labelled, 2x and 5x faint.
+    let mut decade = y0 as i32;
+    while decade <= y1 as i32 {
+        for (m, strong) in [(1.0, true), (2.0, false), (5.0, false)] {
+            let t = m * 10f64.powi(decade);
+            if t.log10() > y1 + 1e-9 {
+                continue;
+            }
+            let yy = y(t);
+            let (stroke, sw) = if strong {
+                ("#bbb", 1.0)
+            } else {
+                ("#e6e6e6", 1.0)
+            };
+            let _ = writeln!(
+                svg,
+                r#"<line x1="{left}" y1="{yy:.1}" x2="{:.1}" y2="{yy:.1}" stroke="{stroke}" stroke-width="{sw}"/>"#,
+                left + pw
+            );
+            let _ = writeln!(
+                svg,
+                r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="{}">{}</text>"##,
+                left - 8.0,
+                yy + 4.0,
+                if strong { "#333" } else { "#999" },
+                fmt_secs(t)
+            );
+        }
+        decade += 1;
+    }
+    // Vertical grid at each N measured.
+    let mut ns: Vec<f64> = pts.iter().map(|p| p.0).collect();
+    ns.sort_by(f64::total_cmp);
+    ns.dedup();
+    for &n in &ns {
+        let xx = x(n);
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{xx:.1}" y1="{top}" x2="{xx:.1}" y2="{:.1}" stroke="#e6e6e6"/>"##,
+            top + ph
+        );
+        let _ = writeln!(
+            svg,
+            r#"<text x="{xx:.1}" y="{:.1}" text-anchor="middle">{n}</text>"#,
+            top + ph + 18.0
+        );
+    }
+    let _ = writeln!(
+        svg,
+        r##"<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>"##
+    );
+    let _ = writeln!(
+        svg,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">N, tests per suite (log scale)</text>"#,
+        left + pw / 2.0,
+        h - 14.0
+    );
+    let _ = writeln!(
+        svg,
+        r#"<text transform="translate(18 {:.1}) rotate(-90)" text-anchor="middle">suite wall time, median (log scale)</text>"#,
+        top + ph / 2.0
+    );
+    // Lines, points, value labels (a label that would overlap one already
+    // placed at the same N goes below its point instead).
+    let mut placed: Vec<(f64, f64)> = Vec::new();
+    for s in series {
+        let path: Vec<String> = s
+            .points
+            .iter()
+            .map(|&(n, t)| format!("{:.1},{:.1}", x(n), y(t)))
+            .collect();
+        if path.len() > 1 {
+            let _ = writeln!(
+                svg,
+                r#"<polyline points="{}" fill="none" stroke="{}" stroke-width="2.2"/>"#,
+                path.join(" "),
+                s.color
+            );
+        }
+        for &(n, t) in &s.points {
+            let _ = writeln!(
+                svg,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="4" fill="{}"/>"#,
+                x(n),
+                y(t),
+                s.color
+            );
+            let (lx, mut ly) = (x(n) + 6.0, y(t) - 6.0);
+            if placed
+                .iter()
+                .any(|&(px, py)| (px - lx).abs() < 1.0 && (py - ly).abs() < 11.0)
+            {
+                ly = y(t) + 15.0;
+            }
+            placed.push((lx, ly));
+            let _ = writeln!(
+                svg,
+                r#"<text x="{lx:.1}" y="{ly:.1}" font-size="10" fill="{}">{}</text>"#,
+                s.color,
+                fmt_secs(t)
+            );
+        }
+    }
+    // Legend.
+    let lx = left + pw + 18.0;
+    for (i, s) in series.iter().enumerate() {
+        let ly = top + 10.0 + 22.0 * i as f64;
+        let _ = writeln!(
+            svg,
+            r#"<line x1="{lx}" y1="{ly}" x2="{:.1}" y2="{ly}" stroke="{}" stroke-width="3"/>"#,
+            lx + 22.0,
+            s.color
+        );
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}">{}</text>"#,
+            lx + 28.0,
+            ly + 4.0,
+            esc(&s.label)
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
+}

@@ -1,0 +1,1457 @@
+//! The db-test benchmark driver. Run it with `bench/run.sh [--quick]`.
+//!
+//! 1. Finds the server db-test uses (`db_test::server_url()`: `DATABASE_URL`,
+//!    or the embedded server) and creates the databases the hand-rolled
+//!    variants need: `bench_c_<pid>` (where `#[sqlx::test]` keeps its
+//!    bookkeeping), `bench_d_<pid>` and `bench_e_<pid>` (migrated). It drops
+//!    them, and every `_sqlx_test_*` database `#[sqlx::test]` recorded in
+//!    `bench_c_<pid>`, at the end. It touches no other database.
+//! 2. Builds the suites (`bench/suites`) for every N with `BENCH_N=<n>` and
+//!    keeps a copy of each test binary, so that timing never includes cargo.
+//! 3. Runs one untimed warm-up of every suite, then R rounds of all suites
+//!    in turn (A B C D E A B C D E ...), timing each process.
+//! 4. Runs every suite once more through a counting proxy for round trips
+//!    and statements per test (see `proxy.rs`).
+//! 5. Times suite A under `cargo test` and under `cargo nextest run`.
+//! 6. Times `cargo build --tests` after a touch of 500 `#[db_test]` tests
+//!    and of the same 500 tests under `#[tokio::test]`.
+//! 7. Prints the table, writes `results.json` and `chart.svg`.
+
+mod chart;
+mod proxy;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Instant, SystemTime};
+
+use serde_json::{Value, json};
+use sqlx::{Connection, Executor, PgConnection};
+
+type Result<T, E = String> = std::result::Result<T, E>;
+
+/// The workspace root (`bench/driver/../..`).
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("the workspace root exists")
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Variant {
+    A,
+    B,
+    C,
+    D,
+    E,
+    /// E with db-test's savepoint statements.
+    Esp,
+    /// ... and each iteration in `block_on` of a multi-thread runtime.
+    EspMt,
+    /// ... and each iteration on a thread of its own (A's shape).
+    EspMtThread,
+    /// E+sp+mt+thread, but the iteration is a task spawned onto the runtime.
+    EspMtThreadSpawn,
+}
+
+const ALL: [Variant; 5] = [Variant::A, Variant::B, Variant::C, Variant::D, Variant::E];
+/// The steps from E to A, run at the largest N to show where A's time goes.
+const ANATOMY: [Variant; 4] = [
+    Variant::Esp,
+    Variant::EspMt,
+    Variant::EspMtThread,
+    Variant::EspMtThreadSpawn,
+];
+
+impl Variant {
+    fn key(self) -> &'static str {
+        match self {
+            Variant::A => "A",
+            Variant::B => "B",
+            Variant::C => "C",
+            Variant::D => "D",
+            Variant::E => "E",
+            Variant::Esp => "E+sp",
+            Variant::EspMt => "E+sp+mt",
+            Variant::EspMtThread => "E+sp+mt+thread",
+            Variant::EspMtThreadSpawn => "E+sp+mt+thread+spawn",
+        }
+    }
+    /// `BENCH_E_MODE` of the E steps.
+    fn e_mode(self) -> Option<&'static str> {
+        match self {
+            Variant::Esp => Some("savepoints"),
+            Variant::EspMt => Some("savepoints-mt"),
+            Variant::EspMtThread => Some("savepoints-mt-thread"),
+            Variant::EspMtThreadSpawn => Some("savepoints-mt-thread-spawn"),
+            _ => None,
+        }
+    }
+    fn is_floor_like(self) -> bool {
+        matches!(
+            self,
+            Variant::E
+                | Variant::Esp
+                | Variant::EspMt
+                | Variant::EspMtThread
+                | Variant::EspMtThreadSpawn
+        )
+    }
+    fn target(self) -> &'static str {
+        match self {
+            Variant::A => "a_db_test",
+            Variant::B => "b_db_test_database",
+            Variant::C => "c_sqlx_test",
+            Variant::D => "d_hand_rolled",
+            Variant::E
+            | Variant::Esp
+            | Variant::EspMt
+            | Variant::EspMtThread
+            | Variant::EspMtThreadSpawn => "e_floor",
+        }
+    }
+    fn label(self) -> &'static str {
+        match self {
+            Variant::A => "A #[db_test] (transaction)",
+            Variant::B => "B #[db_test(isolation=\"database\")]",
+            Variant::C => "C #[sqlx::test]",
+            Variant::D => "D #[tokio::test]+pool+TRUNCATE, 1 thread",
+            Variant::E => "E floor: BEGIN..ROLLBACK loop",
+            Variant::Esp => "  E + db-test's savepoint statements",
+            Variant::EspMt => "  ... + block_on of a multi-thread rt",
+            Variant::EspMtThread => "  ... + a new thread per test",
+            Variant::EspMtThreadSpawn => "  ... but the body spawned onto the rt",
+        }
+    }
+    /// The chart's legend.
+    fn short_label(self) -> &'static str {
+        match self {
+            Variant::A => "A #[db_test], transaction mode",
+            Variant::B => "B #[db_test], database mode",
+            Variant::C => "C #[sqlx::test]",
+            Variant::D => "D hand-rolled, 1 thread",
+            Variant::E => "E floor: BEGIN … ROLLBACK",
+            _ => self.label(),
+        }
+    }
+    fn color(self) -> &'static str {
+        match self {
+            Variant::A => "#1b7837",
+            Variant::B => "#2166ac",
+            Variant::C => "#b2182b",
+            Variant::D => "#e08214",
+            _ => "#555555",
+        }
+    }
+}
+
+struct Args {
+    quick: bool,
+    rounds: usize,
+    ns: Vec<usize>,
+    main_n: usize,
+    compile_rounds: usize,
+    nextest_rounds: usize,
+    /// Rounds of B and C away from the main N (they dominate the run time).
+    scaling_rounds: usize,
+    /// Only redraw `chart.svg` from `results.json`.
+    chart_only: bool,
+    count: bool,
+    out: PathBuf,
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: bench/run.sh [--quick] [--rounds R] [--n 50,200,1000] [--main-n 200] \
+         [--scaling-rounds 3] [--compile-rounds 3] [--nextest-rounds 3] [--no-compile] [--no-nextest] [--no-count] [--out DIR] [--chart-only]\n\
+         --quick: N=50 only, 3 rounds, no compile benchmark; results go to target/db-test-bench/quick."
+    );
+    std::process::exit(2)
+}
+
+impl Args {
+    fn parse() -> Args {
+        let raw: Vec<String> = std::env::args().skip(1).collect();
+        let quick = raw.iter().any(|a| a == "--quick");
+        let mut args = if quick {
+            Args {
+                quick,
+                rounds: 3,
+                ns: vec![50],
+                main_n: 50,
+                compile_rounds: 0,
+                nextest_rounds: 1,
+                scaling_rounds: 3,
+                chart_only: false,
+                count: true,
+                out: workspace().join("target/db-test-bench/quick"),
+            }
+        } else {
+            Args {
+                quick,
+                rounds: 5,
+                ns: vec![50, 200, 1000],
+                main_n: 200,
+                compile_rounds: 3,
+                nextest_rounds: 3,
+                scaling_rounds: 3,
+                chart_only: false,
+                count: true,
+                out: workspace().join("bench"),
+            }
+        };
+        let mut it = raw.into_iter();
+        let num = |v: Option<String>| -> usize {
+            v.and_then(|v| v.parse().ok()).unwrap_or_else(|| usage())
+        };
+        while let Some(a) = it.next() {
+            match a.as_str() {
+                "--quick" => {}
+                "--rounds" => args.rounds = num(it.next()).max(1),
+                "--n" => {
+                    args.ns = it
+                        .next()
+                        .unwrap_or_else(|| usage())
+                        .split(',')
+                        .map(|s| s.trim().parse().unwrap_or_else(|_| usage()))
+                        .collect();
+                }
+                "--main-n" => args.main_n = num(it.next()),
+                "--compile-rounds" => args.compile_rounds = num(it.next()),
+                "--nextest-rounds" => args.nextest_rounds = num(it.next()),
+                "--scaling-rounds" => args.scaling_rounds = num(it.next()).max(1),
+                "--chart-only" => args.chart_only = true,
+                "--no-compile" => args.compile_rounds = 0,
+                "--no-nextest" => args.nextest_rounds = 0,
+                "--no-count" => args.count = false,
+                "--out" => args.out = PathBuf::from(it.next().unwrap_or_else(|| usage())),
+                "-h" | "--help" => usage(),
+                _ => usage(),
+            }
+        }
+        if !args.ns.contains(&args.main_n) {
+            args.ns.push(args.main_n);
+        }
+        args.ns.sort_unstable();
+        args.ns.dedup();
+        args
+    }
+
+    /// Whether `v` at `n` runs in round `round` (B and C away from the main
+    /// N only in the first `scaling_rounds` rounds, so that a full run stays
+    /// near a quarter of an hour on a small machine).
+    fn runs_in_round(&self, n: usize, v: Variant, round: usize) -> bool {
+        n == self.main_n || !matches!(v, Variant::B | Variant::C) || round < self.scaling_rounds
+    }
+
+    /// Which variants run at `n`: all five at the main N; A, B, C (and the
+    /// floor E) in the scaling runs.
+    fn variants(&self, n: usize) -> Vec<Variant> {
+        let mut v = if n == self.main_n {
+            ALL.to_vec()
+        } else {
+            vec![Variant::A, Variant::B, Variant::C, Variant::E]
+        };
+        if Some(&n) == self.ns.last() {
+            v.extend(ANATOMY);
+        }
+        v
+    }
+}
+
+fn log(msg: impl AsRef<str>) {
+    eprintln!("[bench] {}", msg.as_ref());
+}
+
+fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let m = s.len() / 2;
+    if s.len() % 2 == 1 {
+        s[m]
+    } else {
+        (s[m - 1] + s[m]) / 2.0
+    }
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+fn tail(bytes: &[u8], lines: usize) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+// ---------------------------------------------------------------------------
+// Server and databases
+
+/// The URL of the server db-test uses, and URLs derived from it.
+struct Server {
+    url: url::Url,
+}
+
+impl Server {
+    /// The same server, another database.
+    fn database(&self, db: &str) -> String {
+        let mut u = self.url.clone();
+        u.set_path(&format!("/{db}"));
+        u.to_string()
+    }
+
+    /// The URL's own database name.
+    fn base_database(&self) -> String {
+        self.url.path().trim_start_matches('/').to_string()
+    }
+
+    fn port(&self) -> u16 {
+        self.url
+            .query_pairs()
+            .find(|(k, _)| k == "port")
+            .and_then(|(_, v)| v.parse().ok())
+            .or(self.url.port())
+            .unwrap_or(5432)
+    }
+
+    fn upstream_is_unix(&self) -> bool {
+        matches!(self.upstream(), proxy::Upstream::Unix(_))
+    }
+
+    fn upstream(&self) -> proxy::Upstream {
+        let host = self
+            .url
+            .query_pairs()
+            .find(|(k, _)| k == "host")
+            .map(|(_, v)| v.into_owned());
+        match host {
+            Some(dir) if dir.starts_with('/') => {
+                proxy::Upstream::Unix(Path::new(&dir).join(format!(".s.PGSQL.{}", self.port())))
+            }
+            Some(h) => proxy::Upstream::Tcp(format!("{h}:{}", self.port())),
+            None => proxy::Upstream::Tcp(format!(
+                "{}:{}",
+                self.url.host_str().unwrap_or("localhost"),
+                self.port()
+            )),
+        }
+    }
+
+    /// The same server and database `db`, reached through the proxy in `dir`.
+    fn via_proxy(&self, dir: &Path, db: &str) -> String {
+        let mut u = url::Url::parse(&self.database(db)).expect("a valid URL");
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .filter(|(k, _)| k != "host" && k != "port" && k != "sslmode")
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        u.query_pairs_mut()
+            .clear()
+            .extend_pairs(pairs)
+            .append_pair("host", &dir.display().to_string())
+            .append_pair("port", &self.port().to_string())
+            .append_pair("sslmode", "disable");
+        u.to_string()
+    }
+
+    /// The URL with any password hidden, for printing.
+    fn display(&self) -> String {
+        let mut u = self.url.clone();
+        if u.password().is_some() {
+            let _ = u.set_password(Some("***"));
+        }
+        u.to_string()
+    }
+}
+
+/// The databases this run created, dropped by [`Databases::drop_all`].
+struct Databases {
+    admin_url: String,
+    c: String,
+    d: String,
+    e: String,
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+impl Databases {
+    /// The names this process uses (`bench_{c,d,e}_<pid>`).
+    fn for_this_process(server: &Server) -> Databases {
+        let pid = std::process::id();
+        Databases {
+            admin_url: server.url.to_string(),
+            c: format!("bench_c_{pid}"),
+            d: format!("bench_d_{pid}"),
+            e: format!("bench_e_{pid}"),
+        }
+    }
+
+    async fn create(&self, server: &Server) -> Result<()> {
+        let dbs = self;
+        let mut admin = PgConnection::connect(&dbs.admin_url)
+            .await
+            .map_err(|e| format!("cannot connect to {}: {e}", server.display()))?;
+        let migrations = workspace().join("example-app/migrations");
+        let migrator = sqlx::migrate::Migrator::new(migrations.clone())
+            .await
+            .map_err(|e| format!("cannot read {}: {e}", migrations.display()))?;
+        for db in [&dbs.c, &dbs.d, &dbs.e] {
+            admin
+                .execute(sqlx::AssertSqlSafe(format!(
+                    "CREATE DATABASE {}",
+                    quote_ident(db)
+                )))
+                .await
+                .map_err(|e| format!("cannot create database {db}: {e}"))?;
+        }
+        for db in [&dbs.d, &dbs.e] {
+            let mut conn = PgConnection::connect(&server.database(db))
+                .await
+                .map_err(|e| format!("cannot connect to {db}: {e}"))?;
+            migrator
+                .run(&mut conn)
+                .await
+                .map_err(|e| format!("migrating {db}: {e}"))?;
+            let _ = conn.close().await;
+        }
+        let _ = admin.close().await;
+        Ok(())
+    }
+
+    /// Drops what this run created: the three databases, and the databases
+    /// `#[sqlx::test]` made and recorded in `bench_c_<pid>` (it drops its
+    /// own after each passing test; a failed test's database stays).
+    async fn drop_all(&self) -> Result<()> {
+        let mut admin = PgConnection::connect(&self.admin_url)
+            .await
+            .map_err(|e| format!("cleanup: cannot connect: {e}"))?;
+        let mut leftovers: Vec<String> = Vec::new();
+        let c_url = {
+            let mut u = url::Url::parse(&self.admin_url).expect("a valid URL");
+            u.set_path(&format!("/{}", self.c));
+            u.to_string()
+        };
+        if let Ok(mut c) = PgConnection::connect(&c_url).await {
+            leftovers = sqlx::query_scalar(
+                "SELECT db_name FROM _sqlx_test.databases \
+                 WHERE to_regclass('_sqlx_test.databases') IS NOT NULL",
+            )
+            .fetch_all(&mut c)
+            .await
+            .unwrap_or_default();
+            let _ = c.close().await;
+        }
+        let mut errors = Vec::new();
+        for db in leftovers
+            .iter()
+            .filter(|d| d.starts_with("_sqlx_test_"))
+            .chain([&self.c, &self.d, &self.e])
+        {
+            if let Err(e) = admin
+                .execute(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    quote_ident(db)
+                )))
+                .await
+            {
+                errors.push(format!("{db}: {e}"));
+            }
+        }
+        let _ = admin.close().await;
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("cleanup: could not drop {}", errors.join(", ")))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Building and running
+
+/// Builds the suites at `n`; returns a private copy of each test binary.
+fn build_suites(n: usize, variants: &[Variant]) -> Result<BTreeMap<Variant, PathBuf>> {
+    let mut targets: Vec<&str> = variants.iter().map(|v| v.target()).collect();
+    targets.dedup();
+    let root = workspace();
+    let dir = root.join(format!("target/db-test-bench/bin/n{n}"));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(cargo());
+    cmd.current_dir(&root)
+        .env("BENCH_N", n.to_string())
+        .args([
+            "test",
+            "--no-run",
+            "--message-format=json-render-diagnostics",
+        ])
+        .args(["-p", "db-test-bench-suites", "--features", "suites"]);
+    for t in &targets {
+        cmd.args(["--test", t]);
+    }
+    let t0 = Instant::now();
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("building the suites at N={n} failed"));
+    }
+    let mut bins = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let (Some(name), Some(exe)) = (msg["target"]["name"].as_str(), msg["executable"].as_str())
+        else {
+            continue;
+        };
+        if targets.contains(&name) {
+            let copy = dir.join(name);
+            std::fs::copy(exe, &copy).map_err(|e| format!("copying {exe}: {e}"))?;
+            for v in variants.iter().filter(|v| v.target() == name) {
+                bins.insert(*v, copy.clone());
+            }
+        }
+    }
+    for v in variants {
+        if !bins.contains_key(v) {
+            return Err(format!("cargo built no binary for {}", v.target()));
+        }
+    }
+    log(format!(
+        "built suites at N={n} in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    ));
+    Ok(bins)
+}
+
+/// Environment of one suite: `Some(v)` sets, `None` removes.
+type Env = Vec<(&'static str, Option<String>)>;
+
+/// The environment each variant runs in. A and B see the user's own
+/// environment (DATABASE_URL unset means db-test's embedded server); the
+/// others get DATABASE_URL for the same server. With `proxy`, everything
+/// goes through the counting proxy.
+fn env_for(v: Variant, server: &Server, dbs: &Databases, proxy: Option<&Path>) -> Env {
+    let db = match v {
+        Variant::A | Variant::B => None,
+        Variant::C => Some(&dbs.c),
+        Variant::D => Some(&dbs.d),
+        Variant::E
+        | Variant::Esp
+        | Variant::EspMt
+        | Variant::EspMtThread
+        | Variant::EspMtThreadSpawn => Some(&dbs.e),
+    };
+    let mode = v.e_mode().map(|m| ("BENCH_E_MODE", Some(m.to_string())));
+    let mut env: Env = match (db, proxy) {
+        (None, None) => Vec::new(),
+        (None, Some(dir)) => vec![(
+            "DATABASE_URL",
+            Some(server.via_proxy(dir, &server.base_database())),
+        )],
+        (Some(db), None) => vec![("DATABASE_URL", Some(server.database(db)))],
+        (Some(db), Some(dir)) => vec![("DATABASE_URL", Some(server.via_proxy(dir, db)))],
+    };
+    env.extend(mode);
+    env
+}
+
+/// Runs one suite binary; returns its wall time in seconds.
+fn run_suite(bin: &Path, v: Variant, env: &Env) -> Result<f64> {
+    let mut cmd = Command::new(bin);
+    cmd.current_dir(workspace());
+    if !v.is_floor_like() {
+        cmd.arg("-q");
+    }
+    if v == Variant::D {
+        cmd.arg("--test-threads=1");
+    }
+    for (k, val) in env {
+        match val {
+            Some(val) => cmd.env(k, val),
+            None => cmd.env_remove(k),
+        };
+    }
+    let t0 = Instant::now();
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+    let secs = t0.elapsed().as_secs_f64();
+    if !out.status.success() {
+        return Err(format!(
+            "suite {} ({}) failed:\n{}\n{}",
+            v.key(),
+            bin.display(),
+            tail(&out.stdout, 30),
+            tail(&out.stderr, 30)
+        ));
+    }
+    Ok(secs)
+}
+
+/// Times a cargo command (median of interleaved rounds happens in the caller).
+fn time_cargo(args: &[&str], envs: &[(&str, String)]) -> Result<f64> {
+    let mut cmd = Command::new(cargo());
+    cmd.current_dir(workspace()).args(args);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let t0 = Instant::now();
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    let secs = t0.elapsed().as_secs_f64();
+    if !out.status.success() {
+        return Err(format!(
+            "`cargo {}` failed:\n{}\n{}",
+            args.join(" "),
+            tail(&out.stdout, 20),
+            tail(&out.stderr, 30)
+        ));
+    }
+    Ok(secs)
+}
+
+fn touch(path: &Path) -> Result<()> {
+    std::fs::File::options()
+        .append(true)
+        .open(path)
+        .and_then(|f| f.set_modified(SystemTime::now()))
+        .map_err(|e| format!("cannot touch {}: {e}", path.display()))
+}
+
+// ---------------------------------------------------------------------------
+// Machine
+
+fn command_output(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn machine(pg_version: &str) -> Value {
+    let lscpu = command_output("lscpu", &[]).unwrap_or_default();
+    let field = |name: &str| {
+        lscpu
+            .lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+            .unwrap_or_default()
+    };
+    let cpu = field("Model name:");
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0 / 1024.0)
+        .unwrap_or(0.0);
+    json!({
+        "cpu": cpu,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "threads_per_core": field("Thread(s) per core:"),
+        "hypervisor": field("Hypervisor vendor:"),
+        "memory_gib": (mem_gib * 10.0).round() / 10.0,
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        "rustc": command_output("rustc", &["-V"]).unwrap_or_default(),
+        "postgres": pg_version,
+        "date": command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default(),
+    })
+}
+
+// ---------------------------------------------------------------------------
+// The run
+
+/// Samples of one (N, variant), in round order.
+type Samples = BTreeMap<(usize, Variant), Vec<f64>>;
+
+struct Measured {
+    samples: Samples,
+    counts: BTreeMap<Variant, proxy::Counts>,
+    nextest: Option<(Vec<f64>, Vec<f64>)>,
+    /// (db_test, tokio::test) seconds, touch + incremental build.
+    compile: Option<(Vec<f64>, Vec<f64>)>,
+    /// The same with `CARGO_INCREMENTAL=0`: the whole test crate compiled.
+    compile_full: Option<(Vec<f64>, Vec<f64>)>,
+}
+
+fn main() {
+    let args = Args::parse();
+    if args.chart_only {
+        let path = args.out.join("results.json");
+        let results: Value = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_else(|| {
+                eprintln!("cannot read {}", path.display());
+                std::process::exit(1)
+            });
+        let svg_path = args.out.join("chart.svg");
+        if let Err(e) = std::fs::write(&svg_path, chart_from_results(&results)) {
+            eprintln!("cannot write {}: {e}", svg_path.display());
+            std::process::exit(1);
+        }
+        println!("wrote {}", svg_path.display());
+        return;
+    }
+    // db-test's own answer, before this process starts a runtime of its own.
+    // With DATABASE_URL unset this starts (or finds) the embedded server and
+    // keeps it from idling out while this process lives.
+    let url = match db_test::server_url() {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+    };
+    let server = Server {
+        url: url::Url::parse(&url).unwrap_or_else(|e| {
+            eprintln!("cannot parse the server URL {url}: {e}");
+            std::process::exit(1)
+        }),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("build a tokio runtime");
+    log(format!("server: {}", server.display()));
+    let pg_version: String = rt
+        .block_on(async {
+            let mut c = PgConnection::connect(server.url.as_str()).await.ok()?;
+            let v: String = sqlx::query_scalar("SHOW server_version")
+                .fetch_one(&mut c)
+                .await
+                .ok()?;
+            let fsync: String = sqlx::query_scalar("SHOW fsync")
+                .fetch_one(&mut c)
+                .await
+                .ok()?;
+            let _ = c.close().await;
+            let via = if server.upstream_is_unix() {
+                "Unix socket"
+            } else {
+                "TCP"
+            };
+            Some(format!(
+                "{} (fsync {fsync}, {via})",
+                v.split_whitespace().next().unwrap_or(&v)
+            ))
+        })
+        .unwrap_or_default();
+    let dbs = Databases::for_this_process(&server);
+    if let Err(e) = rt.block_on(dbs.create(&server)) {
+        eprintln!("{e}");
+        // Drop whatever part of it was made.
+        let _ = rt.block_on(dbs.drop_all());
+        std::process::exit(1);
+    }
+    log(format!(
+        "created databases {}, {}, {} (dropped at the end)",
+        dbs.c, dbs.d, dbs.e
+    ));
+    // Ctrl-C: the suites die with us; drop our databases, then leave.
+    {
+        let admin_url = dbs.admin_url.clone();
+        let (c, d, e) = (dbs.c.clone(), dbs.d.clone(), dbs.e.clone());
+        rt.spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("\n[bench] interrupted; dropping the benchmark's databases");
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                let dbs = Databases { admin_url, c, d, e };
+                if let Err(e) = dbs.drop_all().await {
+                    eprintln!("{e}");
+                }
+                std::process::exit(130);
+            }
+        });
+    }
+    let result = run(&args, &server, &dbs, &rt);
+    let cleanup = rt.block_on(dbs.drop_all());
+    match (result, cleanup) {
+        (Ok(measured), Ok(())) => {
+            log("dropped the benchmark's databases");
+            if let Err(e) = report(&args, &measured, &pg_version) {
+                eprintln!("{e}");
+                std::process::exit(1);
+            }
+        }
+        (Err(e), cleanup) => {
+            eprintln!("{e}");
+            if let Err(c) = cleanup {
+                eprintln!("{c}");
+            }
+            std::process::exit(1);
+        }
+        (Ok(_), Err(c)) => {
+            eprintln!("{c}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn run(
+    args: &Args,
+    server: &Server,
+    dbs: &Databases,
+    rt: &tokio::runtime::Runtime,
+) -> Result<Measured> {
+    let t_start = Instant::now();
+    // Build every N first (the main N last, so that cargo test / nextest
+    // below find it fresh), then measure with the machine otherwise idle.
+    let mut order = args.ns.clone();
+    order.retain(|&n| n != args.main_n);
+    order.push(args.main_n);
+    let mut bins: BTreeMap<usize, BTreeMap<Variant, PathBuf>> = BTreeMap::new();
+    for &n in &order {
+        bins.insert(n, build_suites(n, &args.variants(n))?);
+    }
+
+    // Warm-up: builds db-test's template, fills caches, checks that every
+    // suite passes. Not timed. Every variant once at the smallest N.
+    // (--quick: A and E only, to stay well under two minutes.)
+    let n0 = args.ns[0];
+    for v in args.variants(n0) {
+        if args.quick && !matches!(v, Variant::A | Variant::E) {
+            continue;
+        }
+        run_suite(&bins[&n0][&v], v, &env_for(v, server, dbs, None))?;
+    }
+    log(format!(
+        "warm-up done; timing {} rounds at N = {:?}",
+        args.rounds, args.ns
+    ));
+
+    let mut samples: Samples = BTreeMap::new();
+    for round in 0..args.rounds {
+        let mut line = Vec::new();
+        for &n in &args.ns {
+            for v in args.variants(n) {
+                if !args.runs_in_round(n, v, round) {
+                    continue;
+                }
+                let secs = run_suite(&bins[&n][&v], v, &env_for(v, server, dbs, None))?;
+                samples.entry((n, v)).or_default().push(secs);
+                line.push(format!("{}{n}={secs:.2}s", v.key()));
+            }
+        }
+        log(format!(
+            "round {}/{}: {}",
+            round + 1,
+            args.rounds,
+            line.join(" ")
+        ));
+    }
+
+    // Round trips and statements, through the counting proxy.
+    let mut counts = BTreeMap::new();
+    if args.count {
+        let dir = PathBuf::from(format!("/tmp/dbtb-{}", std::process::id()));
+        let proxy = rt
+            .block_on(proxy::Proxy::start(&dir, server.port(), server.upstream()))
+            .map_err(|e| format!("cannot start the counting proxy in {}: {e}", dir.display()))?;
+        let n = args.main_n;
+        for v in args.variants(n).into_iter().filter(|v| ALL.contains(v)) {
+            proxy.take();
+            run_suite(&bins[&n][&v], v, &env_for(v, server, dbs, Some(&proxy.dir)))?;
+            // Let the last connections finish their goodbyes.
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            counts.insert(v, proxy.take());
+        }
+        log("counted round trips and statements");
+    }
+
+    // A under cargo test vs cargo nextest run.
+    let mut nextest = None;
+    let have_nextest = command_output(&cargo(), &["nextest", "--version"]).is_some();
+    if args.nextest_rounds > 0 && !have_nextest {
+        log("cargo-nextest is not installed; skipping the nextest comparison");
+    }
+    if args.nextest_rounds > 0 && have_nextest {
+        let n = args.main_n.to_string();
+        let envs = [("BENCH_N", n)];
+        let common = [
+            "-p",
+            "db-test-bench-suites",
+            "--features",
+            "suites",
+            "--test",
+            "a_db_test",
+        ];
+        let test_args: Vec<&str> = ["test", "-q"]
+            .iter()
+            .chain(common.iter())
+            .copied()
+            .collect();
+        let nextest_args: Vec<&str> = ["nextest", "run", "--cargo-quiet"]
+            .iter()
+            .chain(common.iter())
+            .copied()
+            .collect();
+        // Warm-up (and a check that nothing needs building).
+        time_cargo(&test_args, &envs)?;
+        time_cargo(&nextest_args, &envs)?;
+        let (mut t, mut nx) = (Vec::new(), Vec::new());
+        for _ in 0..args.nextest_rounds {
+            t.push(time_cargo(&test_args, &envs)?);
+            nx.push(time_cargo(&nextest_args, &envs)?);
+        }
+        log(format!(
+            "A under cargo test: {:.2} s, under cargo nextest run: {:.2} s (medians)",
+            median(&t),
+            median(&nx)
+        ));
+        nextest = Some((t, nx));
+    }
+
+    // Compile time: 500 #[db_test] vs 500 #[tokio::test], touch + build.
+    let (mut compile, mut compile_full) = (None, None);
+    if args.compile_rounds > 0 {
+        let build = [
+            "build",
+            "--tests",
+            "-p",
+            "db-test-bench-compile",
+            "--features",
+            "compile",
+        ];
+        let dir = workspace().join("bench/compile/tests");
+        // First the default dev profile (incremental), as a developer sees
+        // it after an edit; then CARGO_INCREMENTAL=0, which compiles the
+        // whole test crate every time. The last, untimed build puts the
+        // workspace crates back to incremental for everyone else.
+        for (incremental, what) in [("1", "incremental"), ("0", "CARGO_INCREMENTAL=0")] {
+            let env = [("CARGO_INCREMENTAL", incremental.to_string())];
+            log(format!(
+                "compile benchmark ({what}): first build (not timed)"
+            ));
+            time_cargo(&build, &env)?;
+            let (mut dbt, mut tok) = (Vec::new(), Vec::new());
+            for round in 0..args.compile_rounds {
+                touch(&dir.join("db_test_500.rs"))?;
+                dbt.push(time_cargo(&build, &env)?);
+                touch(&dir.join("tokio_test_500.rs"))?;
+                tok.push(time_cargo(&build, &env)?);
+                log(format!(
+                    "compile round {}/{} ({what}): db_test {:.1} s, tokio::test {:.1} s",
+                    round + 1,
+                    args.compile_rounds,
+                    dbt[round],
+                    tok[round]
+                ));
+            }
+            if incremental == "1" {
+                compile = Some((dbt, tok));
+            } else {
+                compile_full = Some((dbt, tok));
+            }
+        }
+        time_cargo(&build, &[("CARGO_INCREMENTAL", "1".to_string())])?;
+    }
+    log(format!(
+        "measurements took {:.0} s",
+        t_start.elapsed().as_secs_f64()
+    ));
+    Ok(Measured {
+        samples,
+        counts,
+        nextest,
+        compile,
+        compile_full,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Results
+
+fn per_round_ratio(s: &Samples, a: (usize, Variant), b: (usize, Variant)) -> Option<Vec<f64>> {
+    let (x, y) = (s.get(&a)?, s.get(&b)?);
+    Some(x.iter().zip(y).map(|(x, y)| x / y).collect())
+}
+
+fn fmt_ms(ms: f64) -> String {
+    if ms.is_nan() {
+        "—".into()
+    } else if ms.abs() >= 100.0 {
+        format!("{ms:.0}")
+    } else if ms.abs() >= 10.0 {
+        format!("{ms:.1}")
+    } else {
+        format!("{ms:.2}")
+    }
+}
+
+/// The chart of suite time vs N, drawn from `results.json` alone (so that
+/// `bench/run.sh --chart-only` can redraw it without measuring again).
+fn chart_from_results(results: &Value) -> String {
+    let machine = &results["machine"];
+    let method = &results["method"];
+    let suites = results["suites"].as_array().cloned().unwrap_or_default();
+    let series: Vec<chart::Series> = ALL
+        .iter()
+        .filter_map(|&v| {
+            let points: Vec<(f64, f64)> = suites
+                .iter()
+                .filter(|s| s["variant"] == v.key())
+                .filter_map(|s| Some((s["n"].as_f64()?, s["median_s"].as_f64()?)))
+                .collect();
+            (!points.is_empty()).then(|| chart::Series {
+                label: v.short_label().to_string(),
+                color: v.color(),
+                points,
+            })
+        })
+        .collect();
+    let rounds = method["rounds"].as_u64().unwrap_or(0);
+    let scaling = method["scaling_rounds_b_c"].as_u64().unwrap_or(rounds);
+    let main_n = method["main_n"].as_u64().unwrap_or(0);
+    let several_ns = method["ns"].as_array().is_some_and(|ns| ns.len() > 1);
+    let scaling_note = if several_ns && scaling < rounds {
+        format!(" ({scaling} for B and C away from N={main_n})")
+    } else {
+        String::new()
+    };
+    let ratios: Vec<String> = results["ratios"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r["ratio"] != "B/A")
+        .map(|r| {
+            format!(
+                "{} {:.1}× (N={})",
+                r["ratio"].as_str().unwrap_or("?"),
+                r["median"].as_f64().unwrap_or(f64::NAN),
+                r["n"]
+            )
+        })
+        .collect();
+    let notes = vec![
+        format!(
+            "Machine: {}, {} cores{}, {} GiB RAM; PostgreSQL {}; {}",
+            machine["cpu"].as_str().unwrap_or("?"),
+            machine["cores"],
+            match machine["hypervisor"].as_str() {
+                Some(h) if !h.is_empty() => format!(" ({h} VM)"),
+                _ => String::new(),
+            },
+            machine["memory_gib"],
+            machine["postgres"].as_str().unwrap_or("?"),
+            machine["rustc"].as_str().unwrap_or("")
+        ),
+        format!(
+            "Wall time of each prebuilt test binary, median of {rounds} interleaved runs{scaling_note}, {}. \
+             Workload per test: insert, select, update, count.",
+            machine["date"].as_str().unwrap_or("")
+        ),
+        format!("Ratios (per round, median): {}", ratios.join(", ")),
+    ];
+    chart::render(
+        "db-test benchmark: suite wall time vs number of tests",
+        &notes,
+        &series,
+    )
+}
+
+fn report(args: &Args, m: &Measured, pg_version: &str) -> Result<()> {
+    let machine = machine(pg_version);
+    let s = &m.samples;
+    let mut rows = Vec::new();
+    let mut table = String::new();
+    let header = format!(
+        "{:<42} {:>5} {:>10} {:>9} {:>10} {:>8} {:>8} {:>7}",
+        "variant", "N", "suite s", "ms/test", "overhead", "RT/test", "stmt/tst", "conn/t"
+    );
+    table.push_str(&header);
+    table.push('\n');
+    table.push_str(&"-".repeat(header.chars().count()));
+    table.push('\n');
+    for &n in &args.ns {
+        let e = s.get(&(n, Variant::E));
+        for v in args.variants(n) {
+            let runs = &s[&(n, v)];
+            let med = median(runs);
+            let per_test_ms = med / n as f64 * 1e3;
+            // (suite - E) / N, pair by pair per round.
+            let overhead = e.map(|e| {
+                let per: Vec<f64> = runs
+                    .iter()
+                    .zip(e)
+                    .map(|(x, e)| (x - e) / n as f64 * 1e3)
+                    .collect();
+                median(&per)
+            });
+            let c = (n == args.main_n).then(|| m.counts.get(&v)).flatten();
+            let per = |x: u64| x as f64 / n as f64;
+            let (rt, st, conn) = match c {
+                Some(c) => (
+                    format!("{:.1}", per(c.round_trips)),
+                    format!("{:.1}", per(c.statements)),
+                    format!("{:.2}", per(c.connections)),
+                ),
+                None => ("—".into(), "—".into(), "—".into()),
+            };
+            table.push_str(&format!(
+                "{:<42} {:>5} {:>10.3} {:>9} {:>10} {:>8} {:>8} {:>7}\n",
+                v.label(),
+                n,
+                med,
+                fmt_ms(per_test_ms),
+                if v == Variant::E {
+                    "(floor)".to_string()
+                } else {
+                    overhead.map(fmt_ms).unwrap_or_else(|| "—".into())
+                },
+                rt,
+                st,
+                conn
+            ));
+            let counts = c.map(|c| {
+                let mut top: Vec<(&String, &u64)> = c.by_sql.iter().collect();
+                top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+                json!({
+                    "round_trips_per_test": per(c.round_trips),
+                    "statements_per_test": per(c.statements),
+                    "connections_per_test": per(c.connections),
+                    "statements_per_test_by_kind": c.by_kind.iter().map(|(k, x)| (k.to_string(), json!(per(*x)))).collect::<serde_json::Map<_, _>>(),
+                    "server_wait_ms_per_test_by_kind": c.wait_by_kind.iter().map(|(k, x)| (k.to_string(), json!(x * 1e3 / n as f64))).collect::<serde_json::Map<_, _>>(),
+                    "top_statements": top.iter().take(14).map(|(sql, x)| json!({"sql": sql, "count": x})).collect::<Vec<_>>(),
+                })
+            });
+            rows.push(json!({
+                "variant": v.key(),
+                "label": v.label(),
+                "n": n,
+                "runs_s": runs,
+                "median_s": med,
+                "per_test_ms": per_test_ms,
+                "overhead_per_test_ms": if v == Variant::E { None } else { overhead },
+                "counts": counts,
+                "e_mode": v.e_mode(),
+            }));
+        }
+    }
+
+    // Ratios, pair by pair in the same round.
+    let mut ratios = Vec::new();
+    let mut ratio_line = Vec::new();
+    let big = *args.ns.last().unwrap();
+    let wanted = [
+        ("C/A", args.main_n, Variant::C, Variant::A),
+        ("D/A", args.main_n, Variant::D, Variant::A),
+        ("C/B", args.main_n, Variant::C, Variant::B),
+        ("B/A", args.main_n, Variant::B, Variant::A),
+        ("A/E", args.main_n, Variant::A, Variant::E),
+        ("A/E", big, Variant::A, Variant::E),
+        ("C/A", big, Variant::C, Variant::A),
+        ("C/B", big, Variant::C, Variant::B),
+    ];
+    let mut ratio_of = BTreeMap::new();
+    for (name, n, x, y) in wanted {
+        if ratio_of.contains_key(&(name, n)) {
+            continue;
+        }
+        if let Some(per) = per_round_ratio(s, (n, x), (n, y)) {
+            let med = median(&per);
+            ratio_of.insert((name, n), med);
+            if name != "B/A" {
+                ratio_line.push(format!("{name} {med:.1}× (N={n})"));
+            }
+            ratios.push(json!({"ratio": name, "n": n, "per_round": per, "median": med}));
+        }
+    }
+
+    // Scaling of A: per-test time and marginal cost per test between Ns.
+    let a_at = |n: usize| s.get(&(n, Variant::A)).map(|r| median(r));
+    let e_at = |n: usize| s.get(&(n, Variant::E)).map(|r| median(r));
+    let mut scaling = Vec::new();
+    let ns = &args.ns;
+    for w in ns.windows(2) {
+        if let (Some(a0), Some(a1)) = (a_at(w[0]), a_at(w[1])) {
+            scaling.push(json!({
+                "from": w[0], "to": w[1],
+                "marginal_ms_per_test": (a1 - a0) / (w[1] - w[0]) as f64 * 1e3,
+            }));
+        }
+    }
+    let marginals: Vec<f64> = scaling
+        .iter()
+        .filter_map(|x| x["marginal_ms_per_test"].as_f64())
+        .collect();
+
+    // Targets.
+    let mut targets = Vec::new();
+    let mut target = |what: String, measured: String, goal: &str, met: Option<bool>| {
+        targets.push((what, measured, goal.to_string(), met));
+    };
+    let r = |name: &'static str, n: usize| ratio_of.get(&(name, n)).copied();
+    // The issue's targets are at fixed N; when a run (--quick) did not
+    // measure that N, show the ratio at the N it did measure, unjudged.
+    let ratio_target =
+        |name: &'static str, at: usize, fallback: usize, goal: &str, ok: fn(f64) -> bool| match (
+            r(name, at),
+            r(name, fallback),
+        ) {
+            (Some(x), _) => (
+                format!("{name} at N={at}"),
+                format!("{x:.2}×"),
+                goal.to_string(),
+                Some(ok(x)),
+            ),
+            (None, Some(x)) => (
+                format!("{name} at N={fallback}"),
+                format!("{x:.2}×"),
+                format!("({goal} at N={at})"),
+                None,
+            ),
+            (None, None) => (
+                format!("{name} at N={at}"),
+                "not measured".into(),
+                goal.to_string(),
+                None,
+            ),
+        };
+    let target_rows = [
+        ratio_target("C/A", 200, args.main_n, "≥ 50×", |x| x >= 50.0),
+        ratio_target("C/B", 200, args.main_n, "≥ 3×", |x| x >= 3.0),
+        ratio_target("A/E", 1000, big, "≤ 2×", |x| x <= 2.0),
+    ];
+    for (what, measured, goal, met) in target_rows {
+        target(what, measured, &goal, met);
+    }
+    if ns.contains(&50) && ns.contains(&1000) {
+        let (a50, a1000) = (a_at(50).unwrap(), a_at(1000).unwrap());
+        let (e50, e1000) = (e_at(50).unwrap(), e_at(1000).unwrap());
+        let o50 = (a50 - e50) / 50.0 * 1e3;
+        let o1000 = (a1000 - e1000) / 1000.0 * 1e3;
+        let flat = o1000 <= o50 * 1.1
+            && marginals.len() >= 2
+            && marginals[marginals.len() - 1] <= marginals[0].max(0.0) * 1.25 + 0.05;
+        target(
+            "A overhead/test, N=50 → 1000".into(),
+            format!(
+                "{} → {} ms (marginal {} ms/test)",
+                fmt_ms(o50),
+                fmt_ms(o1000),
+                marginals
+                    .iter()
+                    .map(|x| fmt_ms(*x))
+                    .collect::<Vec<_>>()
+                    .join(" → ")
+            ),
+            "flat",
+            Some(flat),
+        );
+    } else {
+        target(
+            "A overhead/test, N=50 → 1000".into(),
+            "not measured".into(),
+            "flat",
+            None,
+        );
+    }
+    let compile_ratio = m.compile.as_ref().map(|(d, t)| median(d) / median(t));
+    match (&m.compile, compile_ratio) {
+        (Some((d, t)), Some(x)) => target(
+            "compile 500 tests, db_test / tokio::test".into(),
+            format!("{:.1} s / {:.1} s = {x:.2}×", median(d), median(t)),
+            "≤ 1.3×",
+            Some(x <= 1.3),
+        ),
+        _ => target(
+            "compile 500 tests, db_test / tokio::test".into(),
+            "not measured".into(),
+            "≤ 1.3×",
+            None,
+        ),
+    }
+    if let Some((d, t)) = &m.compile_full {
+        target(
+            "  same, CARGO_INCREMENTAL=0 (whole crate)".into(),
+            format!(
+                "{:.1} s / {:.1} s = {:.2}×",
+                median(d),
+                median(t),
+                median(d) / median(t)
+            ),
+            "(context)",
+            None,
+        );
+    }
+    if let Some(x) = r("D/A", args.main_n) {
+        target(
+            format!("D/A at N={}", args.main_n),
+            format!("{x:.1}×"),
+            "(no target)",
+            None,
+        );
+    }
+    if let Some((t, nx)) = &m.nextest {
+        target(
+            format!("A, cargo nextest run / cargo test, N={}", args.main_n),
+            format!(
+                "{:.2} s / {:.2} s = {:.1}×",
+                median(nx),
+                median(t),
+                median(nx) / median(t)
+            ),
+            "(no target)",
+            None,
+        );
+    }
+
+    // Print.
+    let scaling_note = if args.ns.len() > 1 && args.scaling_rounds < args.rounds {
+        format!(
+            " ({} for B and C away from N={})",
+            args.scaling_rounds, args.main_n
+        )
+    } else {
+        String::new()
+    };
+    let title = format!(
+        "db-test benchmark{}: {} ({} cores{}), PostgreSQL {}, {} — median of {} runs{}",
+        if args.quick { " (--quick)" } else { "" },
+        machine["cpu"].as_str().unwrap_or("?"),
+        machine["cores"],
+        match machine["hypervisor"].as_str() {
+            Some(h) if !h.is_empty() => format!(", {h} VM"),
+            _ => String::new(),
+        },
+        pg_version,
+        machine["date"].as_str().unwrap_or(""),
+        args.rounds,
+        scaling_note
+    );
+    println!("\n{title}\n");
+    print!("{table}");
+    println!(
+        "\nsuite s: wall time of the prebuilt test binary. ms/test = suite/N. overhead = (suite − E)/N in ms, per round.\n\
+         RT/test, stmt/tst, conn/t: round trips (Query + Sync messages), statements and connections per test, \
+         counted by a proxy at N={}.\n",
+        args.main_n
+    );
+    if !m.counts.is_empty() {
+        const KINDS: [&str; 7] = [
+            "connect",
+            "prepare",
+            "transaction",
+            "workload",
+            "database",
+            "setup",
+            "cleanup",
+        ];
+        let mut line = format!(
+            "{:<42}",
+            format!("server wait per test (ms), N={}", args.main_n)
+        );
+        for k in KINDS {
+            line.push_str(&format!(" {k:>11}"));
+        }
+        println!("{line} {:>9}", "total");
+        for (v, c) in &m.counts {
+            let mut line = format!("{:<42}", v.label());
+            let mut total = 0.0;
+            for k in KINDS {
+                let ms = c.wait_by_kind.get(k).copied().unwrap_or(0.0) * 1e3 / args.main_n as f64;
+                total += ms;
+                line.push_str(&format!(" {:>11}", fmt_ms(ms)));
+            }
+            println!("{line} {:>9}", fmt_ms(total));
+        }
+        println!(
+            "(time from each Query/Sync to the server's ReadyForQuery, through the counting proxy, \
+             booked to the kind of statement; A, B and C run 2 tests at a time)\n"
+        );
+    }
+    let w = targets
+        .iter()
+        .map(|t| t.0.chars().count())
+        .max()
+        .unwrap_or(10);
+    let wm = targets
+        .iter()
+        .map(|t| t.1.chars().count())
+        .max()
+        .unwrap_or(10);
+    for (what, measured, goal, met) in &targets {
+        let status = match met {
+            Some(true) => "met",
+            Some(false) => "MISSED",
+            None => "",
+        };
+        println!(
+            "{what:<w$}  {measured:<wm$}  {goal:<11} {status}",
+            w = w,
+            wm = wm
+        );
+    }
+    println!();
+
+    // JSON.
+    std::fs::create_dir_all(&args.out).map_err(|e| e.to_string())?;
+    let results = json!({
+        "title": title,
+        "machine": machine,
+        "method": {
+            "rounds": args.rounds,
+            "scaling_rounds_b_c": args.scaling_rounds,
+            "ns": args.ns,
+            "main_n": args.main_n,
+            "quick": args.quick,
+            "timing": "wall time of each prebuilt test binary, variants interleaved per round; medians; ratios per round, then the median",
+            "workload": "per test: INSERT a user RETURNING id, SELECT it back, UPDATE it, SELECT count(*); example-app migrations (3 tables, 4 indexes)",
+            "counting": "a proxy on the wire protocol: round trips = Query + Sync messages, statements = Execute messages + statements of Query messages",
+        },
+        "suites": rows,
+        "ratios": ratios,
+        "scaling_a": scaling,
+        "nextest": m.nextest.as_ref().map(|(t, nx)| json!({
+            "n": args.main_n, "cargo_test_s": t, "cargo_nextest_s": nx,
+            "cargo_test_median_s": median(t), "cargo_nextest_median_s": median(nx),
+        })),
+        "compile": m.compile.as_ref().map(|(d, t)| json!({
+            "tests": 500, "command": "touch tests/<file>.rs && cargo build --tests -p db-test-bench-compile --features compile",
+            "db_test_s": d, "tokio_test_s": t,
+            "db_test_median_s": median(d), "tokio_test_median_s": median(t),
+            "ratio": median(d) / median(t),
+        })),
+        "compile_full": m.compile_full.as_ref().map(|(d, t)| json!({
+            "tests": 500, "command": "touch tests/<file>.rs && CARGO_INCREMENTAL=0 cargo build --tests -p db-test-bench-compile --features compile",
+            "db_test_s": d, "tokio_test_s": t,
+            "db_test_median_s": median(d), "tokio_test_median_s": median(t),
+            "ratio": median(d) / median(t),
+        })),
+        "targets": targets.iter().map(|(what, measured, goal, met)| json!({
+            "what": what, "measured": measured, "target": goal, "met": met,
+        })).collect::<Vec<_>>(),
+    });
+    let json_path = args.out.join("results.json");
+    std::fs::write(
+        &json_path,
+        serde_json::to_string_pretty(&results).unwrap() + "\n",
+    )
+    .map_err(|e| format!("cannot write {}: {e}", json_path.display()))?;
+
+    // Chart, from the results just written.
+    let svg = chart_from_results(&results);
+    let svg_path = args.out.join("chart.svg");
+    std::fs::write(&svg_path, svg)
+        .map_err(|e| format!("cannot write {}: {e}", svg_path.display()))?;
+    println!("wrote {} and {}", json_path.display(), svg_path.display());
+    Ok(())
+}

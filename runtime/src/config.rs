@@ -3,6 +3,14 @@
 
 use std::time::Duration;
 
+/// Each setting is read once per process: some are on every test's path.
+macro_rules! cached {
+    ($ty:ty, $init:expr) => {{
+        static CELL: std::sync::OnceLock<$ty> = std::sync::OnceLock::new();
+        CELL.get_or_init(|| $init).clone()
+    }};
+}
+
 fn env_parse<T: std::str::FromStr>(name: &str) -> Option<T> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
 }
@@ -34,80 +42,104 @@ fn env_duration(name: &str, default: Duration) -> Duration {
 
 /// Threads of libtest (`RUST_TEST_THREADS`) or the machine's parallelism.
 pub(crate) fn test_threads() -> usize {
-    env_parse("RUST_TEST_THREADS")
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
-        })
-        .max(1)
+    cached!(usize, {
+        env_parse("RUST_TEST_THREADS")
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(2)
+            })
+            .max(1)
+    })
 }
 
 /// `DB_TEST_WORKER_THREADS`: worker threads of the shared runtime.
 pub(crate) fn worker_threads() -> usize {
-    env_parse("DB_TEST_WORKER_THREADS")
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
-        })
-        .max(2)
+    cached!(usize, {
+        env_parse("DB_TEST_WORKER_THREADS")
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(2)
+            })
+            .max(2)
+    })
 }
 
 /// `DB_TEST_POOL_SIZE`: connections per working database (default: test threads + 4).
 pub(crate) fn pool_size() -> u32 {
-    env_parse("DB_TEST_POOL_SIZE")
-        .unwrap_or(test_threads() as u32 + 4)
-        .max(1)
+    cached!(u32, {
+        env_parse("DB_TEST_POOL_SIZE")
+            .unwrap_or(test_threads() as u32 + 4)
+            .max(1)
+    })
 }
 
 /// `DB_TEST_ACQUIRE_TIMEOUT`: how long a test waits for a pooled connection (default 30s).
 pub(crate) fn acquire_timeout() -> Duration {
-    env_duration("DB_TEST_ACQUIRE_TIMEOUT", Duration::from_secs(30))
+    cached!(Duration, {
+        env_duration("DB_TEST_ACQUIRE_TIMEOUT", Duration::from_secs(30))
+    })
 }
 
 /// `DB_TEST_CONNECT_TIMEOUT`: how long connecting to the server may take (default 5s).
 pub(crate) fn connect_timeout() -> Duration {
-    env_duration("DB_TEST_CONNECT_TIMEOUT", Duration::from_secs(5))
+    cached!(Duration, {
+        env_duration("DB_TEST_CONNECT_TIMEOUT", Duration::from_secs(5))
+    })
 }
 
 /// `DB_TEST_CHECKOUT_TIMEOUT`: how long a task waits for the test's busy connection (default 10s).
 pub(crate) fn checkout_timeout() -> Duration {
-    env_duration("DB_TEST_CHECKOUT_TIMEOUT", Duration::from_secs(10))
+    cached!(Duration, {
+        env_duration("DB_TEST_CHECKOUT_TIMEOUT", Duration::from_secs(10))
+    })
 }
 
 /// `DB_TEST_LOCK_TIMEOUT`: the server's `lock_timeout` on test connections (default 5s).
 pub(crate) fn lock_timeout() -> String {
-    let d = env_duration("DB_TEST_LOCK_TIMEOUT", Duration::from_secs(5));
-    format!("{}ms", d.as_millis())
+    cached!(String, {
+        let d = env_duration("DB_TEST_LOCK_TIMEOUT", Duration::from_secs(5));
+        format!("{}ms", d.as_millis())
+    })
 }
 
 /// `DB_TEST_TIMEOUT`: the default test timeout (default 60s); `timeout = ".."` overrides it.
 pub(crate) fn default_test_timeout() -> Duration {
-    env_duration("DB_TEST_TIMEOUT", Duration::from_secs(60))
+    cached!(Duration, {
+        env_duration("DB_TEST_TIMEOUT", Duration::from_secs(60))
+    })
 }
 
 /// `DB_TEST_MAX_DATABASES`: per-test databases cloned at once (default 4).
 pub(crate) fn max_databases() -> usize {
-    env_parse("DB_TEST_MAX_DATABASES").unwrap_or(4).max(1)
+    cached!(usize, {
+        env_parse("DB_TEST_MAX_DATABASES").unwrap_or(4).max(1)
+    })
 }
 
 /// `DB_TEST_DATABASE_POOL_SIZE`: connections of a per-test database's pool (default 5).
 pub(crate) fn database_pool_size() -> u32 {
-    env_parse("DB_TEST_DATABASE_POOL_SIZE").unwrap_or(5).max(1)
+    cached!(u32, {
+        env_parse("DB_TEST_DATABASE_POOL_SIZE").unwrap_or(5).max(1)
+    })
 }
 
 /// `DB_TEST_KEEP_FAILED=1`: keep a failed database-mode test's database.
 pub(crate) fn keep_failed() -> bool {
-    matches!(
-        std::env::var("DB_TEST_KEEP_FAILED").as_deref(),
-        Ok("1") | Ok("true") | Ok("yes")
-    )
+    cached!(bool, {
+        matches!(
+            std::env::var("DB_TEST_KEEP_FAILED").as_deref(),
+            Ok("1") | Ok("true") | Ok("yes")
+        )
+    })
 }
 
 /// `DB_TEST_OUTDATED_AFTER`: how old a template of outdated migrations must be
 /// before it is dropped (default 10m), so that two checkouts with different
 /// migrations can share a server.
 pub(crate) fn outdated_after() -> Duration {
-    env_duration("DB_TEST_OUTDATED_AFTER", Duration::from_secs(600))
+    cached!(Duration, {
+        env_duration("DB_TEST_OUTDATED_AFTER", Duration::from_secs(600))
+    })
 }

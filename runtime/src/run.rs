@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -138,7 +139,11 @@ fn print_statements(name: &str, log: &[LoggedStatement]) {
 /// What the test runs on, and what to undo afterwards.
 enum Setup {
     Transaction(Arc<SharedConn>),
-    Database { name: String, pool: sqlx::PgPool },
+    Database {
+        name: String,
+        pool: sqlx::PgPool,
+        template: Arc<Template>,
+    },
 }
 
 fn pool_exhausted(spec: &TestSpec, what: &str) -> String {
@@ -235,6 +240,7 @@ async fn setup(spec: &'static TestSpec) -> Result<(Setup, TestContext), String> 
                 Setup::Database {
                     name: database.name,
                     pool,
+                    template,
                 },
                 inner,
             )
@@ -276,7 +282,11 @@ async fn teardown(
             drop(conn); // back to the pool, rolled back and healthy
             (failure, log)
         }
-        Setup::Database { name, pool } => {
+        Setup::Database {
+            name,
+            pool,
+            template,
+        } => {
             pool.close().await;
             let engine = match crate::postgres::engine::engine().await {
                 Ok(e) => e,
@@ -294,18 +304,46 @@ async fn teardown(
                     Err(e) => (Some(e), Vec::new()),
                 };
             }
-            (engine.drop_test_database(&name).await.err(), Vec::new())
+            (
+                engine.recycle_test_database(&template, &name).await.err(),
+                Vec::new(),
+            )
         }
     }
 }
 
+/// A test body, boxed: it runs the test and says whether its result is a failure.
+pub type BoxedBody<'a> =
+    Box<dyn FnOnce(TestContext) -> Pin<Box<dyn Future<Output = bool> + 'a>> + 'a>;
+
 /// Runs one test on the shared runtime, in its transaction or its own database.
+///
+/// This generic part only boxes the body, so that each test instantiates a
+/// few lines and the real work ([`run_boxed`]) is compiled once.
 pub fn run<F, Fut, T>(spec: &'static TestSpec, body: F) -> T
 where
     F: FnOnce(TestContext) -> Fut,
     Fut: Future<Output = T>,
     T: TestResult,
 {
+    let mut value: Option<T> = None;
+    let slot = &mut value;
+    run_boxed(
+        spec,
+        Box::new(move |ctx| {
+            Box::pin(async move {
+                let v = body(ctx).await;
+                let failed = v.is_failure();
+                *slot = Some(v);
+                failed
+            })
+        }),
+    );
+    value.expect("db-test: the test body returned")
+}
+
+/// The body of [`run`], compiled once for all tests.
+pub fn run_boxed(spec: &'static TestSpec, body: BoxedBody<'_>) {
     shared_runtime().block_on(async move {
         let (setup, ctx) = match setup(spec).await {
             Ok(v) => v,
@@ -330,7 +368,7 @@ where
         .await;
         drop(db);
         let (reason, failed) = match &outcome {
-            Ok(Ok(v)) => ("it passed", v.is_failure()),
+            Ok(Ok(failed)) => ("it passed", *failed),
             Ok(Err(_)) => ("it panicked", true),
             Err(_) => ("it timed out", true),
         };
@@ -339,16 +377,15 @@ where
             print_statements(spec.name, &log);
         }
         match outcome {
-            Ok(Ok(value)) => {
+            Ok(Ok(_)) => {
                 if let Some(msg) = failure {
                     panic!("{msg}");
                 }
-                value
             }
             Ok(Err(payload)) => std::panic::resume_unwind(payload),
             Err(_) => panic!(
                 "db-test: test `{}` timed out after {timeout:?} (set `#[db_test(timeout = \"..\")]` \
-                 or DB_TEST_TIMEOUT to change it); its transaction was rolled back.",
+                 or DB_TEST_TIMEOUT to change it); everything it wrote was rolled back or dropped.",
                 spec.name
             ),
         }

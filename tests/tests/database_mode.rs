@@ -150,3 +150,52 @@ async fn test_databases_are_dropped(ctx: TestContext) {
         .unwrap();
     assert!(mine);
 }
+
+// Per-test databases are recycled (truncated, checked against the template,
+// renamed to a spare) instead of dropped. Whatever earlier tests did, each
+// of these must see a database exactly like the template: no rows, fresh
+// sequences, no extra schema.
+macro_rules! fresh_database_tests {
+    ($($name:ident),*) => {$(
+        #[db_test(isolation = "database")]
+        async fn $name(pool: PgPool) {
+            let rows: i64 = sqlx::query_scalar("SELECT (SELECT count(*) FROM users) + (SELECT count(*) FROM posts)")
+                .fetch_one(&pool).await.unwrap();
+            assert_eq!(rows, 0, "a fresh database has no rows");
+            let extra: bool = sqlx::query_scalar("SELECT to_regclass('public.scratch') IS NOT NULL")
+                .fetch_one(&pool).await.unwrap();
+            assert!(!extra, "a table made by another test is not here");
+            let id: i64 = sqlx::query_scalar("INSERT INTO users (email) VALUES ('fresh@example.com') RETURNING id")
+                .fetch_one(&pool).await.unwrap();
+            assert_eq!(id, 1, "sequences start over");
+            // Leave changes behind for the next test to (not) see.
+            sqlx::query("CREATE TABLE IF NOT EXISTS scratch (x int)").execute(&pool).await.unwrap();
+            sqlx::query("INSERT INTO posts (user_id, title) VALUES (1, 't')").execute(&pool).await.unwrap();
+        }
+    )*};
+}
+fresh_database_tests!(
+    fresh_01, fresh_02, fresh_03, fresh_04, fresh_05, fresh_06, fresh_07, fresh_08
+);
+
+macro_rules! recycled_database_tests {
+    ($($name:ident),*) => {$(
+        #[db_test(isolation = "database")]
+        async fn $name(pool: PgPool) {
+            let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&pool).await.unwrap();
+            assert_eq!(rows, 0);
+            let id: i64 = sqlx::query_scalar("INSERT INTO users (email) VALUES ('r@example.com') RETURNING id")
+                .fetch_one(&pool).await.unwrap();
+            assert_eq!(id, 1, "sequences start over");
+            // Data only: this database can be recycled.
+        }
+    )*};
+}
+recycled_database_tests!(
+    recycled_01,
+    recycled_02,
+    recycled_03,
+    recycled_04,
+    recycled_05,
+    recycled_06
+);

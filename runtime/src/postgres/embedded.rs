@@ -157,9 +157,34 @@ fn unprivileged_user() -> (u32, u32) {
         .unwrap_or((65534, 65534))
 }
 
-fn layout() -> Result<Layout, String> {
+/// The binaries and their major version, remembered in `base/bin.cache`
+/// keyed by `DB_TEST_PG_BIN` and `PATH`: finding them spawns `pg_config`
+/// and `postgres --version`, 10-20 ms that every nextest process would pay.
+fn binaries(base: &Path) -> Result<(PathBuf, String), String> {
+    let key = format!(
+        "{}|{}",
+        std::env::var("DB_TEST_PG_BIN").unwrap_or_default(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let key = short_hash(key.as_bytes());
+    let cache = base.join("bin.cache");
+    if let Ok(text) = fs::read_to_string(&cache) {
+        let lines: Vec<&str> = text.lines().collect();
+        if let [k, bin, major] = lines[..] {
+            let bin = PathBuf::from(bin);
+            if k == key && bin.join("postgres").is_file() && bin.join("initdb").is_file() {
+                return Ok((bin, major.to_string()));
+            }
+        }
+    }
     let bin = find_bin_dir()?;
     let major = major_version(&bin)?;
+    let _ = fs::create_dir_all(base);
+    let _ = fs::write(&cache, format!("{key}\n{}\n{major}\n", bin.display()));
+    Ok((bin, major))
+}
+
+fn layout() -> Result<Layout, String> {
     let uid = euid();
     let base = if let Some(dir) = std::env::var_os("DB_TEST_DATA_DIR") {
         PathBuf::from(dir)
@@ -172,6 +197,7 @@ fn layout() -> Result<Layout, String> {
     } else {
         PathBuf::from(format!("/tmp/db-test-{uid}"))
     };
+    let (bin, major) = binaries(&base)?;
     let root = base.join(format!("pg{major}"));
     // Socket paths are limited to 107 bytes: keep the directory short, and
     // distinct per data directory.
@@ -396,8 +422,14 @@ fn ensure_reaper(layout: &Layout) {
         .ok()
         .and_then(|s| s.trim().parse::<i32>().ok())
     {
-        // SAFETY: signal 0 only checks that the process exists.
-        if unsafe { libc::kill(pid, 0) } == 0 {
+        // A live reaper has our argv; an exited one (even an unreaped zombie,
+        // whose cmdline is empty) or a reused pid does not.
+        let alive = match fs::read(format!("/proc/{pid}/cmdline")) {
+            Ok(cmdline) => String::from_utf8_lossy(&cmdline).contains("db-test-reaper"),
+            // SAFETY: signal 0 only checks that the process exists.
+            Err(_) => !Path::new("/proc").exists() && unsafe { libc::kill(pid, 0) } == 0,
+        };
+        if alive {
             return;
         }
     }

@@ -43,7 +43,58 @@ pub(crate) struct Template {
     pub(crate) working: String,
     pub(crate) pool: PgPool,
     leftovers_checked: OnceCell<()>,
+    /// How to reset a per-test database to the template's state, if that is
+    /// possible for this schema (see [`Engine::recycle_test_database`]).
+    recycle: OnceCell<Option<Recycle>>,
 }
+
+/// How to bring a used per-test database back to the template's state.
+#[derive(Debug, Clone)]
+pub(crate) struct Recycle {
+    /// `TRUNCATE … RESTART IDENTITY CASCADE` of every table, or empty.
+    truncate: String,
+    /// A query returning the schema fingerprint.
+    fingerprint_sql: String,
+    /// The template's fingerprint.
+    fingerprint: String,
+}
+
+/// Catalog rows that make up a database's schema and server-side state,
+/// hashed. Two databases with the same fingerprint and empty tables are
+/// interchangeable for a test. `{extra}` adds per-schema parts.
+const FINGERPRINT_SQL: &str = r#"
+WITH ns AS (
+    SELECT oid, nspname FROM pg_namespace
+    WHERE nspname NOT IN ('pg_catalog', 'information_schema')
+      AND nspname NOT LIKE 'pg\_toast%' AND nspname NOT LIKE 'pg\_temp%'
+), rel AS (
+    SELECT c.* FROM pg_class c JOIN ns ON ns.oid = c.relnamespace
+)
+SELECT md5(coalesce(string_agg(x, '|' ORDER BY x), '')) FROM (
+    SELECT 'n:' || nspname || ':' || coalesce(n.nspacl::text, '') FROM pg_namespace n WHERE n.oid IN (SELECT oid FROM ns)
+    UNION ALL SELECT 'c:' || oid::regclass::text || ':' || relkind::text || ':' || relpersistence::text || ':' || coalesce(relacl::text, '') || ':' || relrowsecurity::text FROM rel
+    UNION ALL SELECT 'a:' || a.attrelid::regclass::text || ':' || a.attname || ':' || format_type(a.atttypid, a.atttypmod) || ':' || a.attnotnull::text || ':' || coalesce(pg_get_expr(d.adbin, d.adrelid), '')
+        FROM pg_attribute a JOIN rel ON rel.oid = a.attrelid
+        LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+        WHERE a.attnum > 0 AND NOT a.attisdropped
+    UNION ALL SELECT 'g:' || conrelid::regclass::text || ':' || conname || ':' || pg_get_constraintdef(oid) || ':' || condeferrable::text || condeferred::text FROM pg_constraint WHERE connamespace IN (SELECT oid FROM ns)
+    UNION ALL SELECT 'i:' || pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid IN (SELECT oid FROM rel)
+    UNION ALL SELECT 'p:' || p.oid::regprocedure::text || ':' || md5(coalesce(p.prosrc, '')) || ':' || coalesce(p.proacl::text, '') FROM pg_proc p WHERE p.pronamespace IN (SELECT oid FROM ns)
+    UNION ALL SELECT 't:' || t.oid::regtype::text || ':' || t.typtype::text FROM pg_type t WHERE t.typnamespace IN (SELECT oid FROM ns) AND t.typtype <> 'b'
+    UNION ALL SELECT 'e:' || enumtypid::regtype::text || ':' || enumlabel || ':' || enumsortorder FROM pg_enum
+    UNION ALL SELECT 'x:' || extname || ':' || extversion FROM pg_extension
+    UNION ALL SELECT 'r:' || tgrelid::regclass::text || ':' || tgname || ':' || tgenabled::text || ':' || pg_get_triggerdef(oid) FROM pg_trigger WHERE NOT tgisinternal
+    UNION ALL SELECT 'w:' || ev_class::regclass::text || ':' || rulename || ':' || md5(pg_get_ruledef(oid)) FROM pg_rewrite WHERE ev_class IN (SELECT oid FROM rel)
+    UNION ALL SELECT 'o:' || polrelid::regclass::text || ':' || polname FROM pg_policy
+    UNION ALL SELECT 'q:' || schemaname || '.' || sequencename || ':' || coalesce(last_value::text, '-') || ':' || increment_by FROM pg_sequences
+    UNION ALL SELECT 'l:' || (SELECT count(*) FROM pg_largeobject_metadata)
+    UNION ALL SELECT 'v:' || (SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database())
+    UNION ALL SELECT 'd:' || coalesce((SELECT setconfig::text FROM pg_db_role_setting WHERE setrole = 0 AND setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database())), '')
+    UNION ALL SELECT 'ev:' || evtname FROM pg_event_trigger
+    UNION ALL SELECT 'pub:' || pubname FROM pg_publication
+    {extra}
+) f(x)
+"#;
 
 /// A database of one test's own (`isolation = "database"`).
 pub(crate) struct TestDatabase {
@@ -364,6 +415,7 @@ impl Engine {
             working,
             pool,
             leftovers_checked: OnceCell::new(),
+            recycle: OnceCell::new(),
         })
     }
 
@@ -586,8 +638,10 @@ impl Engine {
 }
 
 impl Engine {
-    /// Clones a fresh database for one test from the template. The template
-    /// itself is never connected to: cloning needs it idle.
+    /// Gives one test a database of its own: a used one recycled to the
+    /// template's state if there is one (see `recycle_test_database`),
+    /// otherwise a fresh clone of the template. The template itself is never
+    /// connected to: cloning needs it idle.
     pub(crate) async fn create_test_database(
         &self,
         template: &Template,
@@ -600,28 +654,179 @@ impl Engine {
             .clone_counter
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("{}_d{}x{n}", template.prefix, std::process::id());
-        let _permit = self.clones.acquire().await.expect("semaphore never closed");
-        let sql = format!(
-            "CREATE DATABASE {} TEMPLATE {}",
-            quote_ident(&name),
-            quote_ident(&template.template)
-        );
         let mut conn = self.admin_pool.acquire().await.map_err(|e| {
             format!(
                 "db-test: cannot connect to {} to create a test database: {e}",
                 self.display_url
             )
         })?;
+        // A spare is claimed by renaming it; of two processes racing for
+        // one, the second finds it gone and tries the next.
+        let spares: Vec<String> = sqlx::query_scalar(
+            "SELECT datname::text FROM pg_database WHERE starts_with(datname, $1) LIMIT 8",
+        )
+        .bind(format!("{}_s", template.prefix))
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap_or_default();
+        for spare in spares {
+            let claim = format!(
+                "ALTER DATABASE {} RENAME TO {}",
+                quote_ident(&spare),
+                quote_ident(&name)
+            );
+            if conn.execute(sqlx::AssertSqlSafe(claim)).await.is_ok() {
+                drop(conn);
+                self.recycle_plan(template, &name).await;
+                return Ok(TestDatabase {
+                    options: self.options_for(&name),
+                    name,
+                });
+            }
+        }
+        let _permit = self.clones.acquire().await.expect("semaphore never closed");
+        let sql = format!(
+            "CREATE DATABASE {} TEMPLATE {}",
+            quote_ident(&name),
+            quote_ident(&template.template)
+        );
         Self::admin_exec(&mut conn, &sql).await.map_err(|e| {
             format!(
                 "db-test: cannot create test database {name} on {}: {e}",
                 self.display_url
             )
         })?;
+        drop(conn);
+        self.recycle_plan(template, &name).await;
         Ok(TestDatabase {
             options: self.options_for(&name),
             name,
         })
+    }
+
+    /// How to reset a used per-test database, worked out once per template
+    /// and process on a database just cloned (or a spare just claimed), so in
+    /// the template's exact state. None when the template holds rows (seed
+    /// data), materialized views or foreign tables: those databases are
+    /// dropped, never recycled.
+    async fn recycle_plan(&self, template: &Template, fresh: &str) -> Option<Recycle> {
+        template
+            .recycle
+            .get_or_init(|| async {
+                let mut conn = self.options_for(fresh).connect().await.ok()?;
+                let tables: Vec<(String, String, i64)> = sqlx::query_as(
+                    "SELECT format('%I.%I', n.nspname, c.relname), c.relkind::text, \
+                     (xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM %I.%I', n.nspname, c.relname), false, true, '')))[1]::text::bigint \
+                     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE c.relkind IN ('r', 'p', 'm', 'f') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                     AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'",
+                )
+                .fetch_all(&mut conn)
+                .await
+                .ok()?;
+                let mut truncate = Vec::new();
+                let mut extra = String::new();
+                for (table, kind, rows) in &tables {
+                    if table.ends_with("._sqlx_migrations") {
+                        // Kept, and checked unchanged.
+                        extra.push_str(&format!(
+                            "UNION ALL SELECT 'm:' || (SELECT count(*) || ':' || coalesce(max(version), 0) FROM {table})\n"
+                        ));
+                        continue;
+                    }
+                    if kind == "m" || kind == "f" || *rows > 0 {
+                        return None;
+                    }
+                    truncate.push(table.clone());
+                }
+                let fingerprint_sql = FINGERPRINT_SQL.replace("{extra}", &extra);
+                let fingerprint: String = sqlx::query_scalar(sqlx::AssertSqlSafe(fingerprint_sql.clone()))
+                    .fetch_one(&mut conn)
+                    .await
+                    .ok()?;
+                let truncate = if truncate.is_empty() {
+                    String::new()
+                } else {
+                    format!("TRUNCATE TABLE {} RESTART IDENTITY CASCADE", truncate.join(", "))
+                };
+                let _ = conn.close().await;
+                Some(Recycle { truncate, fingerprint_sql, fingerprint })
+            })
+            .await
+            .clone()
+    }
+
+    /// Puts a used per-test database back as a spare for the next test,
+    /// instead of dropping it: its tables are truncated (sequences restarted)
+    /// and, only if its schema and server-side state then match the
+    /// template's exactly and nobody else is connected, it is renamed to a
+    /// spare. `CREATE DATABASE` costs 100-350 ms on a small machine; this
+    /// costs a few. Anything unexpected: the database is dropped instead.
+    pub(crate) async fn recycle_test_database(
+        &self,
+        template: &Template,
+        name: &str,
+    ) -> Result<(), String> {
+        match self.try_recycle(template, name).await {
+            Ok(()) => Ok(()),
+            Err(why) => {
+                tracing::debug!(database = %name, why, "db-test: dropping a test database instead of recycling it");
+                self.drop_test_database(name).await
+            }
+        }
+    }
+
+    async fn try_recycle(&self, template: &Template, name: &str) -> Result<(), &'static str> {
+        let plan = template.recycle.get().cloned().flatten().ok_or(
+            "this template cannot be recycled (rows, materialized views or foreign tables)",
+        )?;
+        let mut conn =
+            tokio::time::timeout(config::connect_timeout(), self.options_for(name).connect())
+                .await
+                .map_err(|_| "connect timed out")?
+                .map_err(|_| "cannot connect")?;
+        let others: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|_| "cannot list connections")?;
+        if others > 0 {
+            return Err("the test left connections open");
+        }
+        if !plan.truncate.is_empty() {
+            conn.execute(sqlx::AssertSqlSafe(plan.truncate.clone()))
+                .await
+                .map_err(|_| "TRUNCATE failed")?;
+        }
+        let fingerprint: String =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(plan.fingerprint_sql.clone()))
+                .fetch_one(&mut conn)
+                .await
+                .map_err(|_| "fingerprint query failed")?;
+        let _ = conn.close().await;
+        if fingerprint != plan.fingerprint {
+            return Err("the test changed the schema");
+        }
+        let n = self
+            .clone_counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let spare = format!("{}_s{}x{n}", template.prefix, std::process::id());
+        let mut admin = self
+            .admin_pool
+            .acquire()
+            .await
+            .map_err(|_| "no admin connection")?;
+        Self::admin_exec(
+            &mut admin,
+            &format!(
+                "ALTER DATABASE {} RENAME TO {}",
+                quote_ident(name),
+                quote_ident(&spare)
+            ),
+        )
+        .await
+        .map_err(|_| "rename failed")
     }
 
     /// Drops a test's database (and any connection the test left open to it).

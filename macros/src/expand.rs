@@ -174,6 +174,23 @@ fn expand(func: ItemFn, config: Config, params: Vec<Type>, wants_database: bool)
         };
     };
 
+    // A test returning `()` (most of them) hands the runtime a plain fn
+    // pointer: nothing generic is instantiated per test. Others go through
+    // the generic `run`, which hands back their return value.
+    let call = if matches!(output, syn::ReturnType::Default) {
+        quote! {
+            ::db_test::__private::run_unit(&__DB_TEST_SPEC, |__db_test_ctx| {
+                ::std::boxed::Box::pin(async move { __db_test_body(#(#args),*).await })
+            })
+        }
+    } else {
+        quote! {
+            ::db_test::__private::run(&__DB_TEST_SPEC, |__db_test_ctx| async move {
+                __db_test_body(#(#args),*).await
+            })
+        }
+    };
+
     quote_spanned! {span=>
         #checks
         #(#attrs)*
@@ -190,9 +207,7 @@ fn expand(func: ItemFn, config: Config, params: Vec<Type>, wants_database: bool)
                 timeout_ms: #timeout_ms,
                 check_constraints: #check_constraints,
             };
-            ::db_test::__private::run(&__DB_TEST_SPEC, |__db_test_ctx| async move {
-                __db_test_body(#(#args),*).await
-            })
+            #call
         }
     }
 }

@@ -342,6 +342,23 @@ where
     value.expect("db-test: the test body returned")
 }
 
+/// A test body returning `()`, as a plain function pointer.
+pub type UnitBody = fn(TestContext) -> Pin<Box<dyn Future<Output = ()>>>;
+
+/// Runs a test whose body returns `()`. Not generic: nothing is instantiated
+/// per test but the body itself.
+pub fn run_unit(spec: &'static TestSpec, body: UnitBody) {
+    run_boxed(
+        spec,
+        Box::new(move |ctx| {
+            Box::pin(async move {
+                body(ctx).await;
+                false
+            })
+        }),
+    )
+}
+
 /// The body of [`run`], compiled once for all tests.
 pub fn run_boxed(spec: &'static TestSpec, body: BoxedBody<'_>) {
     shared_runtime().block_on(async move {

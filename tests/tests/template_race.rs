@@ -140,7 +140,8 @@ async fn outdated_templates_are_dropped(ctx: db_test::TestContext) {
     let first = tokio::task::spawn_blocking(move || run_race_child(&format!("old{nanos}"), "1h"))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Build times are kept in whole seconds.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     let second = tokio::task::spawn_blocking(move || run_race_child(&format!("new{nanos}"), "1s"))
         .await
         .unwrap();

@@ -602,7 +602,7 @@ impl Engine {
                     .and_then(|c| c.strip_prefix(BUILT_AT))
                     .and_then(|t| t.trim().parse::<i64>().ok())
                     .unwrap_or(0);
-                now - at > grace
+                now - at >= grace
             })
             .map(|(name, _)| name.trim_end_matches("_t").to_string())
             .collect();

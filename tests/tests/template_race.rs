@@ -62,58 +62,22 @@ fn wait(mut c: Child, limit: Duration) -> Output {
     c.wait_with_output().unwrap()
 }
 
-#[test]
-fn template_is_built_once_by_two_concurrent_processes() {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
+/// Starts `child_race` with this migration token.
+fn spawn_race_child(token: &str, outdated_after: &str) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["child_race", "--exact", "--nocapture", "--test-threads=1"])
+        .env("DB_TEST_RACE_TOKEN", token)
+        .env("DB_TEST_OUTDATED_AFTER", outdated_after)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap()
-        .as_nanos();
-    let token = format!("t{}x{nanos}", std::process::id());
-    let children: Vec<Child> = (0..2)
-        .map(|_| {
-            Command::new(std::env::current_exe().unwrap())
-                .args(["child_race", "--exact", "--nocapture", "--test-threads=1"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .env("DB_TEST_RACE_TOKEN", &token)
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let markers: Vec<String> = children
-        .into_iter()
-        .map(|c| {
-            let out = wait(c, Duration::from_secs(120));
-            let all = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert!(out.status.success(), "child failed:\n{all}");
-            all.lines()
-                .find_map(|l| l.find("RACE_MARKER").map(|i| l[i..].to_string()))
-                .expect("marker printed")
-        })
-        .collect();
-    // Both working databases come from one build: same backend, same instant.
-    assert_eq!(markers[0], markers[1]);
-    assert!(markers[0].contains(&token));
 }
 
-fn run_race_child(token: &str, outdated_after: &str) -> String {
-    let out = wait(
-        Command::new(std::env::current_exe().unwrap())
-            .args(["child_race", "--exact", "--nocapture", "--test-threads=1"])
-            .env("DB_TEST_RACE_TOKEN", token)
-            .env("DB_TEST_OUTDATED_AFTER", outdated_after)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-        Duration::from_secs(120),
-    );
+/// Waits for a race child and returns its marker line.
+fn race_marker(child: Child) -> String {
+    let out = wait(child, Duration::from_secs(120));
     let all = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -121,11 +85,28 @@ fn run_race_child(token: &str, outdated_after: &str) -> String {
     );
     assert!(out.status.success(), "child failed:\n{all}");
     all.lines()
-        .find_map(|l| {
-            l.find("RACE_MARKER")
-                .map(|i| l[i..].split(' ').next_back().unwrap().to_string())
-        })
+        .find_map(|l| l.find("RACE_MARKER").map(|i| l[i..].to_string()))
         .expect("marker printed")
+}
+
+#[test]
+fn template_is_built_once_by_two_concurrent_processes() {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let token = format!("t{}x{nanos}", std::process::id());
+    let children: Vec<Child> = (0..2).map(|_| spawn_race_child(&token, "10m")).collect();
+    let markers: Vec<String> = children.into_iter().map(race_marker).collect();
+    // Both working databases come from one build: same backend, same instant.
+    assert_eq!(markers[0], markers[1]);
+    assert!(markers[0].contains(&token));
+}
+
+/// The working database a race child ran in (the marker's last word).
+fn run_race_child(token: &str, outdated_after: &str) -> String {
+    let marker = race_marker(spawn_race_child(token, outdated_after));
+    marker.split(' ').next_back().unwrap().to_string()
 }
 
 /// When the migrations change, the databases of the old ones are dropped

@@ -103,7 +103,7 @@ impl Db {
                 inner: ConnInner::Pool(pool.acquire().await?),
             }),
             Inner::Test(shared) => Ok(DbConnection {
-                inner: ConnInner::Test(shared.lock_autocommit(None).await?),
+                inner: ConnInner::Test(shared.lock_autocommit().await?),
             }),
         }
     }
@@ -348,7 +348,7 @@ impl<'c> Executor<'c> for &'c Db {
             Inner::Test(shared) => {
                 let shared = shared.clone();
                 async move {
-                    let mut guard = shared.lock_autocommit(None).await?;
+                    let mut guard = shared.lock_autocommit().await?;
                     guard.conn_mut().prepare_with(sql, parameters).await
                 }
                 .boxed()
@@ -369,7 +369,7 @@ impl<'c> Executor<'c> for &'c Db {
             Inner::Test(shared) => {
                 let shared = shared.clone();
                 async move {
-                    let mut guard = shared.lock_autocommit(None).await?;
+                    let mut guard = shared.lock_autocommit().await?;
                     guard.conn_mut().describe(sql).await
                 }
                 .boxed()

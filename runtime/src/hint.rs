@@ -81,3 +81,10 @@ pub(crate) fn explain_lock_error(err: sqlx::Error) -> sqlx::Error {
     let message = format!("{} ({hint})", inner.message());
     sqlx::Error::Database(Box::new(Explained { inner, message }))
 }
+
+/// The SQLSTATE of a database error, if it is one.
+pub(crate) fn sqlstate(err: &sqlx::Error) -> Option<String> {
+    err.as_database_error()
+        .and_then(|e| e.code())
+        .map(|c| c.into_owned())
+}

@@ -17,6 +17,7 @@ use sqlx_core::transaction::TransactionManager;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::db::OwnedQuery;
+use crate::hint::sqlstate;
 
 /// How many statements a test keeps for its failure report.
 pub(crate) const STATEMENT_LOG_LEN: usize = 20;
@@ -83,12 +84,6 @@ impl SlotGuard {
     pub(crate) fn start_rollback_savepoint(&mut self) {
         PgTransactionManager::start_rollback(self.conn_mut())
     }
-}
-
-fn sqlstate(err: &sqlx::Error) -> Option<String> {
-    err.as_database_error()
-        .and_then(|e| e.code())
-        .map(|c| c.into_owned())
 }
 
 /// Is this SQL a bare `COMMIT` / `ROLLBACK` / `END` / `ABORT` (which would
@@ -234,7 +229,7 @@ impl SharedConn {
     }
 
     /// Locks the connection for statements outside any app transaction.
-    pub(crate) async fn lock_autocommit(&self, _sql: Option<&str>) -> sqlx::Result<SlotGuard> {
+    pub(crate) async fn lock_autocommit(&self) -> sqlx::Result<SlotGuard> {
         let mut slot = self.lock_slot().await?;
         self.make_fresh(&mut slot).await?;
         Ok(SlotGuard {

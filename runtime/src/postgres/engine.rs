@@ -21,6 +21,7 @@ use tokio::sync::OnceCell;
 
 use super::embedded;
 use crate::config;
+use crate::hint::sqlstate;
 
 /// Where a test's migrations come from (built by the macro).
 #[doc(hidden)]
@@ -189,12 +190,6 @@ fn sanitize(name: &str) -> String {
         .take(16)
         .collect();
     if s.is_empty() { "db".into() } else { s }
-}
-
-fn sqlstate(err: &sqlx::Error) -> Option<String> {
-    err.as_database_error()
-        .and_then(|e| e.code())
-        .map(|c| c.into_owned())
 }
 
 fn quote_ident(name: &str) -> String {
@@ -616,20 +611,18 @@ impl Engine {
         for name in existing.iter().filter(|n| {
             !in_use.contains(n) && stale_hashes.iter().any(|h| n.starts_with(&format!("{h}_")))
         }) {
-            let _ = Self::drop_quietly(&mut admin, name, "").await;
+            let _ = Self::drop_quietly(&mut admin, name).await;
         }
         let _ = admin.close().await;
         Ok(())
     }
 
-    async fn drop_quietly(
-        admin: &mut PgConnection,
-        name: &str,
-        force: &str,
-    ) -> Result<(), sqlx::Error> {
+    /// Drops one of our databases without waiting for anyone: the callers
+    /// checked that nobody is connected, and ignore a failure.
+    async fn drop_quietly(admin: &mut PgConnection, name: &str) -> Result<(), sqlx::Error> {
         admin
             .execute(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {}{force}",
+                "DROP DATABASE IF EXISTS {}",
                 quote_ident(name)
             )))
             .await
@@ -895,7 +888,7 @@ impl Engine {
                 continue;
             }
             tracing::info!(database = %name, "db-test: dropping a leftover test database");
-            let _ = Self::drop_quietly(&mut conn, &name, "").await;
+            let _ = Self::drop_quietly(&mut conn, &name).await;
         }
     }
 }

@@ -130,6 +130,13 @@ fn wait(mut c: Child, limit: Duration) -> Output {
     }
 }
 
+/// Runs a child to its end from an async test, without blocking the runtime.
+async fn run_to_end(mut cmd: Command) -> Output {
+    tokio::task::spawn_blocking(move || wait(cmd.spawn().unwrap(), Duration::from_secs(60)))
+        .await
+        .unwrap()
+}
+
 fn text(out: &Output) -> String {
     format!(
         "{}{}",
@@ -358,14 +365,7 @@ async fn killed_test_process_leaves_nothing_behind(ctx: TestContext) {
     assert_eq!(leaked, 0, "the killed transaction's row must be gone");
 
     // ...and the next run removes it, and works (no stale lock).
-    let out = tokio::task::spawn_blocking(|| {
-        wait(
-            child("child_hold_database").spawn().unwrap(),
-            Duration::from_secs(60),
-        )
-    })
-    .await
-    .unwrap();
+    let out = run_to_end(child("child_hold_database")).await;
     assert!(out.status.success(), "next run failed:\n{}", text(&out));
     let mut still_there = true;
     for _ in 0..100 {
@@ -384,14 +384,7 @@ async fn killed_test_process_leaves_nothing_behind(ctx: TestContext) {
         !still_there,
         "leftover database {killed_db} was not removed"
     );
-    let out = tokio::task::spawn_blocking(|| {
-        wait(
-            child("child_hold").spawn().unwrap(),
-            Duration::from_secs(60),
-        )
-    })
-    .await
-    .unwrap();
+    let out = run_to_end(child("child_hold")).await;
     assert!(out.status.success(), "next run failed:\n{}", text(&out));
 }
 
@@ -427,16 +420,10 @@ fn an_exhausted_pool_makes_tests_wait_then_names_the_setting() {
 
 #[db_test]
 async fn a_failed_database_test_can_keep_its_database(ctx: TestContext) {
-    let out = tokio::task::spawn_blocking(|| {
-        let c = child("child_fails_in_its_database")
-            .env("DB_TEST_KEEP_FAILED", "1")
-            .env("DB_TEST_KEEP_FAILED_DEMO", "1")
-            .spawn()
-            .unwrap();
-        wait(c, Duration::from_secs(60))
-    })
-    .await
-    .unwrap();
+    let mut cmd = child("child_fails_in_its_database");
+    cmd.env("DB_TEST_KEEP_FAILED", "1")
+        .env("DB_TEST_KEEP_FAILED_DEMO", "1");
+    let out = run_to_end(cmd).await;
     let all = text(&out);
     assert!(!out.status.success(), "{all}");
     let kept = after(&all, "kept the database of failed test")

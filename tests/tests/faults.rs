@@ -12,17 +12,26 @@ thread_local! {
     static LEAKED: RefCell<Option<Db>> = const { RefCell::new(None) };
 }
 
-/// Terminates the pool's idle connections to this database, as a server
-/// restart would. Connections inside a running test are left alone.
+/// A raw connection to the test's database that is not one of the pool's, so
+/// `kill_idle_pool_connections` leaves it alone.
+async fn other_connection(options: sqlx::postgres::PgConnectOptions) -> PgConnection {
+    PgConnection::connect_with(&options.application_name("faults: another test"))
+        .await
+        .unwrap()
+}
+
+/// Terminates this process's idle pool connections to this database, as a
+/// server restart would. Connections inside a running test are left alone, and
+/// so are other test processes' connections (a sharded run shares the working
+/// database): the pool names its connections `db-test <pid>`.
 #[db_test]
 async fn kill_idle_pool_connections(ctx: TestContext) {
-    let mut admin = PgConnection::connect_with(&ctx.connect_options())
-        .await
-        .unwrap();
+    let mut admin = other_connection(ctx.connect_options()).await;
     let killed: i64 = sqlx::query_scalar(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-         WHERE datname = current_database() AND state = 'idle' AND pid <> pg_backend_pid()",
+         WHERE datname = current_database() AND state = 'idle' AND application_name = $1",
     )
+    .bind(format!("db-test {}", std::process::id()))
     .fetch_one(&mut admin)
     .await
     .unwrap();
@@ -95,9 +104,7 @@ async fn a_task_still_running_when_the_test_ends(db: TestDb) {
 async fn a_row_lock_held_by_another_test_is_explained(db: TestDb) {
     let email = format!("locked-{}@example.com", std::process::id());
     // "Another test": a second transaction holding the same unique key.
-    let mut other = PgConnection::connect_with(&db.connect_options())
-        .await
-        .unwrap();
+    let mut other = other_connection(db.connect_options()).await;
     let mut other_tx = other.begin().await.unwrap();
     sqlx::query("INSERT INTO users (email) VALUES ($1)")
         .bind(&email)
@@ -133,9 +140,7 @@ async fn a_row_lock_held_by_another_test_is_explained(db: TestDb) {
 
 #[db_test]
 async fn a_deadlock_on_the_test_connection_is_explained(db: TestDb) {
-    let mut other = PgConnection::connect_with(&db.connect_options())
-        .await
-        .unwrap();
+    let mut other = other_connection(db.connect_options()).await;
     let mut other_tx = other.begin().await.unwrap();
     // Longer than deadlock_timeout (1 s), so the deadlock is found first.
     sqlx::query("SET LOCAL lock_timeout = '1500ms'")

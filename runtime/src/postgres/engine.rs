@@ -232,8 +232,10 @@ impl Engine {
                 (opts, display, Some(emb))
             }
         };
+        // The pid tells this process's connections apart from those of other
+        // test processes sharing the server (pg_stat_activity, server logs).
         let admin = admin
-            .application_name("db-test")
+            .application_name(&format!("db-test {}", std::process::id()))
             .disable_statement_logging();
         let base = sanitize(admin.get_database().unwrap_or("postgres"));
         let admin_pool = PgPoolOptions::new()

@@ -338,6 +338,47 @@ async fn result_returning_test(db: TestDb) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// `?` converts into the declared error type, and an early `return` leaves
+/// the test (not just a block inside it).
+#[db_test]
+async fn question_mark_converts_and_return_leaves_early(
+    db: TestDb,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let n: i64 = sqlx::query_scalar("SELECT 41::int8 + 1")
+        .fetch_one(&db)
+        .await?;
+    let parsed: i64 = "42".parse()?;
+    assert_eq!(n, parsed);
+    if n == 42 {
+        return Ok(());
+    }
+    unreachable!("the early return left the test");
+}
+
+/// Parameters keep their patterns and attributes; items declared inside the
+/// body work as in any fn.
+#[db_test]
+async fn parameter_patterns_attributes_and_inner_items(
+    db: TestDb,
+    mut app: Db,
+    ref ctx: db_test::TestContext,
+    #[allow(unused_variables)] unused: Db,
+) {
+    const EMAIL: &str = "pattern@example.com";
+    fn label(n: i64) -> String {
+        format!("{n} user(s)")
+    }
+    sqlx::query("SELECT 1").execute(&app).await.unwrap();
+    app = ctx.db();
+    sqlx::query("INSERT INTO users (email) VALUES ($1)")
+        .bind(EMAIL)
+        .execute(&app)
+        .await
+        .unwrap();
+    assert_eq!(label(count(&db, "users").await), "1 user(s)");
+    assert!(!ctx.is_database_mode());
+}
+
 #[db_test]
 async fn db_parameter_and_fetch_variants(db: Db) {
     sqlx::query("INSERT INTO users (email, name) VALUES ('f@example.com', 'F')")

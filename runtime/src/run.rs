@@ -287,12 +287,18 @@ async fn teardown(
             pool,
             template,
         } => {
+            // A connection the test already opened (idle in its pool) resets
+            // the database: cheaper than connecting again.
+            let reuse = pool.try_acquire().map(|conn| conn.detach());
             pool.close().await;
             let engine = match crate::postgres::engine::engine().await {
                 Ok(e) => e,
                 Err(e) => return (Some(e), Vec::new()),
             };
             if failed && config::keep_failed() {
+                if let Some(conn) = reuse {
+                    let _ = sqlx::Connection::close(conn).await;
+                }
                 return match engine.keep_test_database(&name).await {
                     Ok(kept) => {
                         eprintln!(
@@ -305,7 +311,10 @@ async fn teardown(
                 };
             }
             (
-                engine.recycle_test_database(&template, &name).await.err(),
+                engine
+                    .recycle_test_database(&template, &name, reuse)
+                    .await
+                    .err(),
                 Vec::new(),
             )
         }

@@ -199,3 +199,64 @@ recycled_database_tests!(
     recycled_05,
     recycled_06
 );
+
+thread_local! {
+    static OPEN_TX_DATABASE: std::cell::Cell<Option<i64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Committed rows, then a transaction left open on the pool's only
+/// connection, with a changed search_path. A reset sent on that connection
+/// would run inside the open transaction and be rolled back when it closes,
+/// leaving the committed row in a "fresh" spare.
+#[db_test(isolation = "database")]
+async fn leaves_a_transaction_open(pool: PgPool) {
+    let mut conn = pool.acquire().await.unwrap();
+    let oid: i64 =
+        sqlx::query_scalar("SELECT oid::int8 FROM pg_database WHERE datname = current_database()")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    sqlx::query("INSERT INTO users (email) VALUES ('committed@example.com')")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "SET search_path TO pg_catalog; BEGIN; INSERT INTO public.users (email) VALUES ('open@example.com')",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    drop(conn); // back to the pool, still inside the transaction
+    // Wait until it is idle in the pool, so the reset is offered this very
+    // connection.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while pool.num_idle() < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the connection never came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    assert_eq!(pool.size(), 1);
+    OPEN_TX_DATABASE.with(|d| d.set(Some(oid)));
+}
+
+#[test]
+fn a_database_left_with_an_open_transaction_is_dropped_not_recycled() {
+    leaves_a_transaction_open();
+    let oid = OPEN_TX_DATABASE.with(|d| d.take()).unwrap();
+    let url = db_test::server_url().unwrap();
+    db_test::runtime().block_on(async {
+        let mut admin = PgConnection::connect(&url).await.unwrap();
+        let name: Option<String> =
+            sqlx::query_scalar("SELECT datname::text FROM pg_database WHERE oid = $1::oid")
+                .bind(oid)
+                .fetch_optional(&mut admin)
+                .await
+                .unwrap();
+        assert_eq!(
+            name, None,
+            "the database kept a committed row under an open transaction; it must be dropped"
+        );
+    });
+}

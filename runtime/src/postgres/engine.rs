@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, Executor, PgConnection, PgPool};
+use sqlx::{ConnectOptions, Connection, Executor, PgConnection, PgPool, Row};
 use tokio::sync::OnceCell;
 
 use super::embedded;
@@ -52,8 +52,11 @@ pub(crate) struct Template {
 /// How to bring a used per-test database back to the template's state.
 #[derive(Debug, Clone)]
 pub(crate) struct Recycle {
-    /// `TRUNCATE … RESTART IDENTITY CASCADE` of every table, or empty.
-    truncate: String,
+    /// Empties the tables and restarts the sequences: a `DO` block that
+    /// truncates only the tables holding rows (a `TRUNCATE` costs a few ms
+    /// per table, an emptiness check microseconds), or, where PL/pgSQL is
+    /// not available, `TRUNCATE … RESTART IDENTITY CASCADE` of every table.
+    reset: String,
     /// A query returning the schema fingerprint.
     fingerprint_sql: String,
     /// The template's fingerprint.
@@ -96,6 +99,43 @@ SELECT md5(coalesce(string_agg(x, '|' ORDER BY x), '')) FROM (
     {extra}
 ) f(x)
 "#;
+
+/// The `DO` block of [`Recycle::reset`] for these tables (`format('%I.%I')`
+/// names): truncates those holding rows, and restarts every sequence that
+/// was used. None if a name would break out of the block.
+fn reset_block(tables: &[String]) -> Option<String> {
+    const TAG: &str = "$db_test_reset$";
+    if tables.iter().any(|t| t.contains(TAG)) {
+        return None;
+    }
+    let list = tables
+        .iter()
+        .map(|t| quote_literal(t))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Some(format!(
+        "DO {TAG}
+DECLARE
+    t text;
+    dirty text[] := '{{}}';
+    found boolean;
+BEGIN
+    FOREACH t IN ARRAY ARRAY[{list}]::text[] LOOP
+        EXECUTE 'SELECT EXISTS (SELECT 1 FROM ' || t || ')' INTO found;
+        IF found THEN
+            dirty := dirty || t;
+        END IF;
+    END LOOP;
+    IF cardinality(dirty) > 0 THEN
+        EXECUTE 'TRUNCATE TABLE ' || array_to_string(dirty, ', ') || ' CASCADE';
+    END IF;
+    PERFORM pg_catalog.setval(s.seqrelid, s.seqstart, false)
+        FROM pg_catalog.pg_sequence s
+        WHERE pg_catalog.pg_sequence_last_value(s.seqrelid) IS NOT NULL;
+END
+{TAG}"
+    ))
+}
 
 /// A database of one test's own (`isolation = "database"`).
 pub(crate) struct TestDatabase {
@@ -194,6 +234,11 @@ fn sanitize(name: &str) -> String {
 
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// An SQL string literal (standard_conforming_strings, the default since 9.1).
+fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
 }
 
 impl Engine {
@@ -657,13 +702,18 @@ impl Engine {
         })?;
         // A spare is claimed by renaming it; of two processes racing for
         // one, the second finds it gone and tries the next.
-        let spares: Vec<String> = sqlx::query_scalar(
+        let mut spares: Vec<String> = sqlx::query_scalar(
             "SELECT datname::text FROM pg_database WHERE starts_with(datname, $1) LIMIT 8",
         )
         .bind(format!("{}_s", template.prefix))
         .fetch_all(&mut *conn)
         .await
         .unwrap_or_default();
+        // Threads of one process start at different spares.
+        if !spares.is_empty() {
+            let start = n as usize % spares.len();
+            spares.rotate_left(start);
+        }
         for spare in spares {
             let claim = format!(
                 "ALTER DATABASE {} RENAME TO {}",
@@ -734,35 +784,41 @@ impl Engine {
                     }
                     truncate.push(table.clone());
                 }
+                // Tried once here, on a database in the template's state,
+                // where it has nothing to do.
+                let reset = match reset_block(&truncate) {
+                    Some(block) if conn.execute(sqlx::AssertSqlSafe(block.clone())).await.is_ok() => block,
+                    _ if truncate.is_empty() => String::new(),
+                    _ => format!("TRUNCATE TABLE {} RESTART IDENTITY CASCADE", truncate.join(", ")),
+                };
                 let fingerprint_sql = FINGERPRINT_SQL.replace("{extra}", &extra);
                 let fingerprint: String = sqlx::query_scalar(sqlx::AssertSqlSafe(fingerprint_sql.clone()))
                     .fetch_one(&mut conn)
                     .await
                     .ok()?;
-                let truncate = if truncate.is_empty() {
-                    String::new()
-                } else {
-                    format!("TRUNCATE TABLE {} RESTART IDENTITY CASCADE", truncate.join(", "))
-                };
                 let _ = conn.close().await;
-                Some(Recycle { truncate, fingerprint_sql, fingerprint })
+                Some(Recycle { reset, fingerprint_sql, fingerprint })
             })
             .await
             .clone()
     }
 
     /// Puts a used per-test database back as a spare for the next test,
-    /// instead of dropping it: its tables are truncated (sequences restarted)
+    /// instead of dropping it: its tables are emptied (sequences restarted)
     /// and, only if its schema and server-side state then match the
     /// template's exactly and nobody else is connected, it is renamed to a
     /// spare. `CREATE DATABASE` costs 100-350 ms on a small machine; this
     /// costs a few. Anything unexpected: the database is dropped instead.
+    ///
+    /// `reuse` is a connection the test already opened to the database (its
+    /// pool's, detached); without one a new connection is made.
     pub(crate) async fn recycle_test_database(
         &self,
         template: &Template,
         name: &str,
+        reuse: Option<PgConnection>,
     ) -> Result<(), String> {
-        match self.try_recycle(template, name).await {
+        match self.try_recycle(template, name, reuse).await {
             Ok(()) => Ok(()),
             Err(why) => {
                 tracing::debug!(database = %name, why, "db-test: dropping a test database instead of recycling it");
@@ -771,38 +827,58 @@ impl Engine {
         }
     }
 
-    async fn try_recycle(&self, template: &Template, name: &str) -> Result<(), &'static str> {
+    async fn try_recycle(
+        &self,
+        template: &Template,
+        name: &str,
+        reuse: Option<PgConnection>,
+    ) -> Result<(), &'static str> {
         let plan = template.recycle.get().cloned().flatten().ok_or(
             "this template cannot be recycled (rows, materialized views or foreign tables)",
         )?;
-        let mut conn =
-            tokio::time::timeout(config::connect_timeout(), self.options_for(name).connect())
-                .await
-                .map_err(|_| "connect timed out")?
-                .map_err(|_| "cannot connect")?;
-        let others: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
-        )
-        .fetch_one(&mut conn)
-        .await
-        .map_err(|_| "cannot list connections")?;
-        if others > 0 {
+        let mut conn = match reuse {
+            Some(conn) => conn,
+            None => {
+                tokio::time::timeout(config::connect_timeout(), self.options_for(name).connect())
+                    .await
+                    .map_err(|_| "connect timed out")?
+                    .map_err(|_| "cannot connect")?
+            }
+        };
+        // The test's other connections were just closed; their backends take
+        // a moment to leave. One that stays is a connection the test leaked.
+        let others = "SELECT count(*) FROM pg_stat_activity \
+                      WHERE datname = current_database() AND pid <> pg_backend_pid()";
+        if !Self::wait_until_zero(&mut conn, others).await {
             return Err("the test left connections open");
         }
-        if !plan.truncate.is_empty() {
-            conn.execute(sqlx::AssertSqlSafe(plan.truncate.clone()))
-                .await
-                .map_err(|_| "TRUNCATE failed")?;
+        // One round trip. `now() = statement_timestamp()` holds only outside
+        // a transaction block: a transaction the test left open on this
+        // connection would swallow the reset (and roll it back on close).
+        // `RESET ALL` undoes session settings that change how the
+        // fingerprint prints names (search_path).
+        let sql = format!(
+            "SELECT now() = statement_timestamp(); RESET ALL; {}; {}",
+            plan.reset, plan.fingerprint_sql
+        );
+        let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&mut conn)
+            .await
+            .map_err(|_| "emptying the tables failed")?;
+        let (outside, fingerprint) = match &rows[..] {
+            [first, last] => (
+                first.try_get::<bool, _>(0).unwrap_or(false),
+                last.try_get::<String, _>(0).unwrap_or_default(),
+            ),
+            _ => return Err("unexpected result from the reset"),
+        };
+        if !outside {
+            return Err("the test left a transaction open");
         }
-        let fingerprint: String =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(plan.fingerprint_sql.clone()))
-                .fetch_one(&mut conn)
-                .await
-                .map_err(|_| "fingerprint query failed")?;
-        let _ = conn.close().await;
         if fingerprint != plan.fingerprint {
             return Err("the test changed the schema");
         }
+        let _ = conn.close().await;
         let n = self
             .clone_counter
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -812,6 +888,15 @@ impl Engine {
             .acquire()
             .await
             .map_err(|_| "no admin connection")?;
+        // A rename waits in steps of 100 ms for backends still on their way
+        // out (including the one just closed); waiting here takes ~1 ms.
+        let gone = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = {}",
+            quote_literal(name)
+        );
+        if !Self::wait_until_zero(&mut admin, &gone).await {
+            return Err("connections stayed open");
+        }
         Self::admin_exec(
             &mut admin,
             &format!(
@@ -822,6 +907,27 @@ impl Engine {
         )
         .await
         .map_err(|_| "rename failed")
+    }
+
+    /// Polls a `count(*)` query until it returns 0, for up to 2 s.
+    async fn wait_until_zero(conn: &mut PgConnection, count_sql: &str) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            let n: i64 = match sqlx::query_scalar(sqlx::AssertSqlSafe(count_sql.to_owned()))
+                .fetch_one(&mut *conn)
+                .await
+            {
+                Ok(n) => n,
+                Err(_) => return false,
+            };
+            if n == 0 {
+                return true;
+            }
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     /// Drops a test's database (and any connection the test left open to it).

@@ -269,6 +269,25 @@ async fn apply_fixtures(spec: &'static TestSpec, db: &Db) -> Result<(), String> 
     Ok(())
 }
 
+/// One of the test pool's connections, once idle. A connection the test
+/// just dropped takes a round trip (sqlx pings it) to come back to the pool;
+/// waiting for it is cheaper than connecting again. None if the pool holds
+/// no connection, or none comes back within 200 ms (the test kept one).
+async fn idle_connection(
+    pool: &sqlx::PgPool,
+) -> Option<sqlx::pool::PoolConnection<sqlx::Postgres>> {
+    let deadline = std::time::Instant::now() + Duration::from_millis(200);
+    loop {
+        if let Some(conn) = pool.try_acquire() {
+            return Some(conn);
+        }
+        if pool.size() == 0 || std::time::Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+}
+
 /// Undoes the test's setup. Returns a failure the test must report.
 async fn teardown(
     spec: &'static TestSpec,
@@ -289,14 +308,19 @@ async fn teardown(
         } => {
             // A connection the test already opened (idle in its pool) resets
             // the database: cheaper than connecting again.
-            let reuse = pool.try_acquire().map(|conn| conn.detach());
+            let reuse = idle_connection(&pool).await.map(|conn| {
+                // The pool's other connections are closed below; their
+                // backends take a moment to leave.
+                let others_closing = pool.size() > 1;
+                (conn.detach(), others_closing)
+            });
             pool.close().await;
             let engine = match crate::postgres::engine::engine().await {
                 Ok(e) => e,
                 Err(e) => return (Some(e), Vec::new()),
             };
             if failed && config::keep_failed() {
-                if let Some(conn) = reuse {
+                if let Some((conn, _)) = reuse {
                     let _ = sqlx::Connection::close(conn).await;
                 }
                 return match engine.keep_test_database(&name).await {

@@ -811,12 +811,13 @@ impl Engine {
     /// costs a few. Anything unexpected: the database is dropped instead.
     ///
     /// `reuse` is a connection the test already opened to the database (its
-    /// pool's, detached); without one a new connection is made.
+    /// pool's, detached), and whether the pool's other connections are still
+    /// on their way out; without one a new connection is made.
     pub(crate) async fn recycle_test_database(
         &self,
         template: &Template,
         name: &str,
-        reuse: Option<PgConnection>,
+        reuse: Option<(PgConnection, bool)>,
     ) -> Result<(), String> {
         match self.try_recycle(template, name, reuse).await {
             Ok(()) => Ok(()),
@@ -831,13 +832,20 @@ impl Engine {
         &self,
         template: &Template,
         name: &str,
-        reuse: Option<PgConnection>,
+        reuse: Option<(PgConnection, bool)>,
     ) -> Result<(), &'static str> {
         let plan = template.recycle.get().cloned().flatten().ok_or(
             "this template cannot be recycled (rows, materialized views or foreign tables)",
         )?;
+        let others = "SELECT count(*) FROM pg_stat_activity \
+                      WHERE datname = current_database() AND pid <> pg_backend_pid()";
         let mut conn = match reuse {
-            Some(conn) => conn,
+            Some((mut conn, others_closing)) => {
+                if others_closing && !Self::wait_until_zero(&mut conn, others).await {
+                    return Err("the test left connections open");
+                }
+                conn
+            }
             None => {
                 tokio::time::timeout(config::connect_timeout(), self.options_for(name).connect())
                     .await
@@ -845,38 +853,40 @@ impl Engine {
                     .map_err(|_| "cannot connect")?
             }
         };
-        // The test's other connections were just closed; their backends take
-        // a moment to leave. One that stays is a connection the test leaked.
-        let others = "SELECT count(*) FROM pg_stat_activity \
-                      WHERE datname = current_database() AND pid <> pg_backend_pid()";
-        if !Self::wait_until_zero(&mut conn, others).await {
-            return Err("the test left connections open");
-        }
         // One round trip. `now() = statement_timestamp()` holds only outside
         // a transaction block: a transaction the test left open on this
         // connection would swallow the reset (and roll it back on close).
         // `RESET ALL` undoes session settings that change how the
         // fingerprint prints names (search_path).
         let sql = format!(
-            "SELECT now() = statement_timestamp(); RESET ALL; {}; {}",
+            "SELECT now() = statement_timestamp(), (SELECT count(*) FROM pg_catalog.pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()); \
+             RESET ALL; {}; {}",
             plan.reset, plan.fingerprint_sql
         );
-        let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .fetch_all(&mut conn)
-            .await
-            .map_err(|_| "emptying the tables failed")?;
-        let (outside, fingerprint) = match &rows[..] {
-            [first, last] => (
-                first.try_get::<bool, _>(0).unwrap_or(false),
-                last.try_get::<String, _>(0).unwrap_or_default(),
-            ),
-            _ => return Err("unexpected result from the reset"),
-        };
-        if !outside {
-            return Err("the test left a transaction open");
-        }
-        if fingerprint != plan.fingerprint {
-            return Err("the test changed the schema");
+        for attempt in 0..2 {
+            let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
+                .fetch_all(&mut conn)
+                .await
+                .map_err(|_| "emptying the tables failed")?;
+            let [first, last] = &rows[..] else {
+                return Err("unexpected result from the reset");
+            };
+            if !first.try_get::<bool, _>(0).unwrap_or(false) {
+                return Err("the test left a transaction open");
+            }
+            if last.try_get::<String, _>(0).ok().as_deref() != Some(plan.fingerprint.as_str()) {
+                return Err("the test changed the schema");
+            }
+            if first.try_get::<i64, _>(1).unwrap_or(1) == 0 {
+                break;
+            }
+            // Other connections were still there: closing ones from the
+            // test's pool, or one the test leaked. Wait for them, then reset
+            // again, in case one wrote after the reset.
+            if attempt == 1 || !Self::wait_until_zero(&mut conn, others).await {
+                return Err("the test left connections open");
+            }
         }
         let _ = conn.close().await;
         let n = self
@@ -889,24 +899,47 @@ impl Engine {
             .await
             .map_err(|_| "no admin connection")?;
         // A rename waits in steps of 100 ms for backends still on their way
-        // out (including the one just closed); waiting here takes ~1 ms.
-        let gone = format!(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = {}",
-            quote_literal(name)
+        // out (including the one just closed); the server waits for them
+        // here in steps of 0.2 ms, in the same round trip as the rename.
+        let wait_and_rename = format!(
+            "DO $db_test_wait$ BEGIN
+                 FOR i IN 1..5000 LOOP
+                     PERFORM pg_catalog.pg_stat_clear_snapshot();
+                     EXIT WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity WHERE datname = {name_literal});
+                     PERFORM pg_catalog.pg_sleep(0.0002);
+                 END LOOP;
+             END $db_test_wait$;
+             ALTER DATABASE {name_ident} RENAME TO {spare_ident}",
+            name_literal = quote_literal(name),
+            name_ident = quote_ident(name),
+            spare_ident = quote_ident(&spare),
         );
-        if !Self::wait_until_zero(&mut admin, &gone).await {
-            return Err("connections stayed open");
+        match sqlx::raw_sql(sqlx::AssertSqlSafe(wait_and_rename))
+            .execute(&mut *admin)
+            .await
+        {
+            Ok(_) => Ok(()),
+            // No PL/pgSQL here, or the rename failed: poll from the client.
+            Err(_) => {
+                let gone = format!(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = {}",
+                    quote_literal(name)
+                );
+                if !Self::wait_until_zero(&mut admin, &gone).await {
+                    return Err("connections stayed open");
+                }
+                Self::admin_exec(
+                    &mut admin,
+                    &format!(
+                        "ALTER DATABASE {} RENAME TO {}",
+                        quote_ident(name),
+                        quote_ident(&spare)
+                    ),
+                )
+                .await
+                .map_err(|_| "rename failed")
+            }
         }
-        Self::admin_exec(
-            &mut admin,
-            &format!(
-                "ALTER DATABASE {} RENAME TO {}",
-                quote_ident(name),
-                quote_ident(&spare)
-            ),
-        )
-        .await
-        .map_err(|_| "rename failed")
     }
 
     /// Polls a `count(*)` query until it returns 0, for up to 2 s.

@@ -152,6 +152,20 @@ fn after(text: &str, marker: &str) -> Option<String> {
         .find_map(|l| l.find(marker).map(|i| l[i..].to_string()))
 }
 
+/// Reads a child's stdout, without blocking the runtime, until a line holds
+/// `marker`; returns that line from the marker on (see [`after`]).
+async fn wait_for_marker(c: &mut Child, marker: &'static str) -> Option<String> {
+    let stdout = c.stdout.take().unwrap();
+    tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| after(&l, marker))
+    })
+    .await
+    .unwrap()
+}
+
 fn unique_token() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -317,17 +331,7 @@ async fn killed_test_process_leaves_nothing_behind(ctx: TestContext) {
         .env("DB_TEST_HOLD_TOKEN", &token)
         .spawn()
         .unwrap();
-    let line = tokio::task::spawn_blocking({
-        let stdout = c.stdout.take().unwrap();
-        move || {
-            BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .find(|l| l.contains("HOLDING"))
-        }
-    })
-    .await
-    .unwrap();
+    let line = wait_for_marker(&mut c, "HOLDING").await;
     assert!(line.is_some(), "child did not reach its transaction");
     c.kill().unwrap();
     c.wait().unwrap();
@@ -337,20 +341,10 @@ async fn killed_test_process_leaves_nothing_behind(ctx: TestContext) {
         .env("DB_TEST_HOLD_TOKEN", "1")
         .spawn()
         .unwrap();
-    let killed_db = tokio::task::spawn_blocking({
-        let stdout = c.stdout.take().unwrap();
-        move || {
-            BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .find_map(|l| {
-                    after(&l, "HOLDING_DB ").map(|s| s["HOLDING_DB ".len()..].to_string())
-                })
-        }
-    })
-    .await
-    .unwrap()
-    .expect("child reached its database");
+    let killed_db = wait_for_marker(&mut c, "HOLDING_DB ")
+        .await
+        .map(|rest| rest["HOLDING_DB ".len()..].to_string())
+        .expect("child reached its database");
     c.kill().unwrap();
     c.wait().unwrap();
 

@@ -137,6 +137,10 @@ END
     ))
 }
 
+/// Counts the connections to the current database other than this one.
+const OTHER_CONNECTIONS_SQL: &str = "SELECT count(*) FROM pg_catalog.pg_stat_activity \
+     WHERE datname = current_database() AND pid <> pg_backend_pid()";
+
 /// A database of one test's own (`isolation = "database"`).
 pub(crate) struct TestDatabase {
     pub(crate) name: String,
@@ -837,11 +841,10 @@ impl Engine {
         let plan = template.recycle.get().cloned().flatten().ok_or(
             "this template cannot be recycled (rows, materialized views or foreign tables)",
         )?;
-        let others = "SELECT count(*) FROM pg_stat_activity \
-                      WHERE datname = current_database() AND pid <> pg_backend_pid()";
         let mut conn = match reuse {
             Some((mut conn, others_closing)) => {
-                if others_closing && !Self::wait_until_zero(&mut conn, others).await {
+                if others_closing && !Self::wait_until_zero(&mut conn, OTHER_CONNECTIONS_SQL).await
+                {
                     return Err("the test left connections open");
                 }
                 conn
@@ -859,9 +862,7 @@ impl Engine {
         // `RESET ALL` undoes session settings that change how the
         // fingerprint prints names (search_path).
         let sql = format!(
-            "SELECT now() = statement_timestamp(), (SELECT count(*) FROM pg_catalog.pg_stat_activity \
-             WHERE datname = current_database() AND pid <> pg_backend_pid()); \
-             RESET ALL; {}; {}",
+            "SELECT now() = statement_timestamp(), ({OTHER_CONNECTIONS_SQL}); RESET ALL; {}; {}",
             plan.reset, plan.fingerprint_sql
         );
         for attempt in 0..2 {
@@ -884,7 +885,7 @@ impl Engine {
             // Other connections were still there: closing ones from the
             // test's pool, or one the test leaked. Wait for them, then reset
             // again, in case one wrote after the reset.
-            if attempt == 1 || !Self::wait_until_zero(&mut conn, others).await {
+            if attempt == 1 || !Self::wait_until_zero(&mut conn, OTHER_CONNECTIONS_SQL).await {
                 return Err("the test left connections open");
             }
         }
@@ -899,47 +900,24 @@ impl Engine {
             .await
             .map_err(|_| "no admin connection")?;
         // A rename waits in steps of 100 ms for backends still on their way
-        // out (including the one just closed); the server waits for them
-        // here in steps of 0.2 ms, in the same round trip as the rename.
-        let wait_and_rename = format!(
-            "DO $db_test_wait$ BEGIN
-                 FOR i IN 1..5000 LOOP
-                     PERFORM pg_catalog.pg_stat_clear_snapshot();
-                     EXIT WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity WHERE datname = {name_literal});
-                     PERFORM pg_catalog.pg_sleep(0.0002);
-                 END LOOP;
-             END $db_test_wait$;
-             ALTER DATABASE {name_ident} RENAME TO {spare_ident}",
-            name_literal = quote_literal(name),
-            name_ident = quote_ident(name),
-            spare_ident = quote_ident(&spare),
+        // out (including the one just closed); polling here takes ~1 ms.
+        let gone = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = {}",
+            quote_literal(name)
         );
-        match sqlx::raw_sql(sqlx::AssertSqlSafe(wait_and_rename))
-            .execute(&mut *admin)
-            .await
-        {
-            Ok(_) => Ok(()),
-            // No PL/pgSQL here, or the rename failed: poll from the client.
-            Err(_) => {
-                let gone = format!(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = {}",
-                    quote_literal(name)
-                );
-                if !Self::wait_until_zero(&mut admin, &gone).await {
-                    return Err("connections stayed open");
-                }
-                Self::admin_exec(
-                    &mut admin,
-                    &format!(
-                        "ALTER DATABASE {} RENAME TO {}",
-                        quote_ident(name),
-                        quote_ident(&spare)
-                    ),
-                )
-                .await
-                .map_err(|_| "rename failed")
-            }
+        if !Self::wait_until_zero(&mut admin, &gone).await {
+            return Err("connections stayed open");
         }
+        Self::admin_exec(
+            &mut admin,
+            &format!(
+                "ALTER DATABASE {} RENAME TO {}",
+                quote_ident(name),
+                quote_ident(&spare)
+            ),
+        )
+        .await
+        .map_err(|_| "rename failed")
     }
 
     /// Polls a `count(*)` query until it returns 0, for up to 2 s.

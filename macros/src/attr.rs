@@ -4,8 +4,8 @@ use proc_macro2::Span;
 use syn::meta::ParseNestedMeta;
 use syn::{LitBool, LitStr, Token};
 
-pub(crate) const VALID_KEYS: &str =
-    "`migrations`, `migrator`, `fixtures`, `timeout`, `isolation`, `check_constraints`";
+pub(crate) const VALID_KEYS: &str = "`migrations`, `migrator`, `fixtures`, `timeout`, `isolation`, \
+     `check_constraints`, `flavor`, `worker_threads`, `start_paused`";
 
 #[derive(Default)]
 pub(crate) struct Config {
@@ -14,6 +14,16 @@ pub(crate) struct Config {
     pub(crate) isolation: Option<(Isolation, Span)>,
     pub(crate) check_constraints: Option<(bool, Span)>,
     pub(crate) fixtures: Vec<(String, Span)>,
+    pub(crate) flavor: Option<(Flavor, Span)>,
+    pub(crate) worker_threads: Option<(usize, Span)>,
+    pub(crate) start_paused: Option<(bool, Span)>,
+}
+
+/// `flavor = ".."`, as in `#[tokio::test]`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flavor {
+    CurrentThread,
+    MultiThread,
 }
 
 pub(crate) enum Migrations {
@@ -66,6 +76,29 @@ pub(crate) fn parse_duration_ms(s: &str) -> Option<u64> {
 }
 
 impl Config {
+    /// Cross-checks between keys, as `#[tokio::test]` makes them.
+    pub(crate) fn validate(&self, errors: &mut Vec<syn::Error>) {
+        let flavor = self.flavor.map(|(f, _)| f);
+        if let Some((_, span)) = self.worker_threads
+            && flavor == Some(Flavor::CurrentThread)
+        {
+            errors.push(syn::Error::new(
+                span,
+                "`worker_threads` is only for `flavor = \"multi_thread\"`: a current-thread \
+                 runtime has no worker threads",
+            ));
+        }
+        if let Some((true, span)) = self.start_paused
+            && (flavor == Some(Flavor::MultiThread) || self.worker_threads.is_some())
+        {
+            errors.push(syn::Error::new(
+                span,
+                "`start_paused = true` needs `flavor = \"current_thread\"`: tokio can only \
+                 pause the clock of a current-thread runtime",
+            ));
+        }
+    }
+
     pub(crate) fn parse_meta(&mut self, meta: ParseNestedMeta) -> syn::Result<()> {
         let Some(key) = meta.path.get_ident().map(|i| i.to_string()) else {
             return Err(meta.error(format!(
@@ -171,6 +204,37 @@ impl Config {
                 )
             }
             "fixtures" => self.parse_fixtures(meta),
+            "flavor" => {
+                let lit: LitStr = meta.value()?.parse()?;
+                let flavor = match lit.value().as_str() {
+                    "current_thread" => Flavor::CurrentThread,
+                    "multi_thread" => Flavor::MultiThread,
+                    other => {
+                        return Err(syn::Error::new(
+                            lit.span(),
+                            format!(
+                                "unknown flavor {other:?}; expected \"current_thread\" or \"multi_thread\""
+                            ),
+                        ));
+                    }
+                };
+                set_once(&mut self.flavor, flavor, &meta, "flavor")
+            }
+            "worker_threads" => {
+                let lit: syn::LitInt = meta.value()?.parse()?;
+                let n: usize = lit.base10_parse()?;
+                if n == 0 {
+                    return Err(syn::Error::new(
+                        lit.span(),
+                        "`worker_threads` may not be 0; leave it out for the shared runtime",
+                    ));
+                }
+                set_once(&mut self.worker_threads, n, &meta, "worker_threads")
+            }
+            "start_paused" => {
+                let lit: LitBool = meta.value()?.parse()?;
+                set_once(&mut self.start_paused, lit.value, &meta, "start_paused")
+            }
             _ => Err(meta.error(format!(
                 "unknown attribute key `{key}`; valid keys are {VALID_KEYS}"
             ))),

@@ -3,24 +3,9 @@
 use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{FnArg, ItemFn, Type};
+use syn::{FnArg, ItemFn};
 
-use crate::attr::{Config, Isolation, Migrations};
-
-/// Parameter types that need a database of their own (as in `#[sqlx::test]`).
-fn wants_own_database(ty: &Type) -> bool {
-    match ty {
-        Type::Tuple(t) => t.elems.iter().any(wants_own_database),
-        Type::Reference(r) => wants_own_database(&r.elem),
-        Type::Path(p) => p.path.segments.last().is_some_and(|s| {
-            matches!(
-                s.ident.to_string().as_str(),
-                "PgPool" | "Pool" | "PoolConnection" | "PgPoolOptions" | "PgConnectOptions"
-            )
-        }),
-        _ => false,
-    }
-}
+use crate::attr::{Config, Flavor, Isolation, Migrations};
 
 fn is_test_attr(attr: &syn::Attribute) -> bool {
     attr.path()
@@ -45,6 +30,7 @@ pub(crate) fn db_test(args: TokenStream, item: TokenStream) -> TokenStream {
     if let Err(e) = syn::parse::Parser::parse2(parser, args) {
         errors.push(e);
     }
+    config.validate(&mut errors);
     let test_attr = func.attrs.iter().find(|a| is_test_attr(a));
     if let Some(attr) = test_attr {
         errors.push(syn::Error::new_spanned(
@@ -73,26 +59,13 @@ pub(crate) fn db_test(args: TokenStream, item: TokenStream) -> TokenStream {
         });
     }
     let mut params = Vec::new();
-    let mut wants_database = false;
     for input in &func.sig.inputs {
         match input {
             FnArg::Receiver(r) => errors.push(syn::Error::new_spanned(
                 r,
                 "#[db_test] functions cannot take `self`: write a free function",
             )),
-            FnArg::Typed(pt) => {
-                if wants_own_database(&pt.ty) {
-                    wants_database = true;
-                    if let Some((Isolation::Transaction, _)) = config.isolation {
-                        errors.push(syn::Error::new_spanned(
-                            &pt.ty,
-                            "this parameter needs a database of its own, which `isolation = \"transaction\"` \
-                             cannot give; use `isolation = \"database\"`, or `TestDb` / `Db` instead",
-                        ));
-                    }
-                }
-                params.push(pt.clone());
-            }
+            FnArg::Typed(pt) => params.push(pt.clone()),
         }
     }
     if !errors.is_empty() {
@@ -106,15 +79,10 @@ pub(crate) fn db_test(args: TokenStream, item: TokenStream) -> TokenStream {
         func.attrs.retain(|a| !is_test_attr(a));
         return quote!(#err #[allow(dead_code)] #func);
     }
-    expand(func, config, params, wants_database)
+    expand(func, config, params)
 }
 
-fn expand(
-    func: ItemFn,
-    config: Config,
-    params: Vec<syn::PatType>,
-    wants_database: bool,
-) -> TokenStream {
+fn expand(func: ItemFn, config: Config, params: Vec<syn::PatType>) -> TokenStream {
     let ItemFn {
         attrs,
         vis,
@@ -145,6 +113,42 @@ fn expand(
                 ::db_test::__private::Isolation::Database
             ))
         }
+    };
+    let flavor = match config.flavor {
+        None => quote!(::core::option::Option::None),
+        Some((Flavor::CurrentThread, _)) => {
+            quote!(::core::option::Option::Some(
+                ::db_test::__private::Flavor::CurrentThread
+            ))
+        }
+        Some((Flavor::MultiThread, _)) => {
+            quote!(::core::option::Option::Some(
+                ::db_test::__private::Flavor::MultiThread
+            ))
+        }
+    };
+    let worker_threads = config.worker_threads.map(|(n, _)| n).unwrap_or(0);
+    let start_paused = config.start_paused.is_some_and(|(b, _)| b);
+    // What the parameters need is asked of their `FromTestContext` impls, not
+    // guessed from their names: aliases and wrappers behave as what they are.
+    let tys: Vec<&syn::Type> = params.iter().map(|pt| &*pt.ty).collect();
+    let wants_database =
+        quote!(false #(|| <#tys as ::db_test::FromTestContext>::NEEDS_OWN_DATABASE)*);
+    let sqlx_style = quote!(true #(&& <#tys as ::db_test::FromTestContext>::SQLX_TEST_TYPE)*);
+    let transaction_checks = match config.isolation {
+        Some((Isolation::Transaction, _)) => tys
+            .iter()
+            .map(|ty| {
+                quote_spanned! {ty.span()=>
+                    const _: () = ::core::assert!(
+                        !<#ty as ::db_test::FromTestContext>::NEEDS_OWN_DATABASE,
+                        "this parameter needs a database of its own, which `isolation = \"transaction\"` \
+                         cannot give; use `isolation = \"database\"`, or `TestDb` / `Db` instead"
+                    );
+                }
+            })
+            .collect(),
+        _ => Vec::new(),
     };
     let timeout_ms = config.timeout_ms.map(|(ms, _)| ms).unwrap_or(0);
     let check_constraints = config.check_constraints.map(|(b, _)| b).unwrap_or(true);
@@ -219,6 +223,7 @@ fn expand(
 
     quote_spanned! {span=>
         #checks
+        #(#transaction_checks)*
         #(#attrs)*
         #[::core::prelude::v1::test]
         #vis fn #name() #output {
@@ -229,6 +234,10 @@ fn expand(
                 fixtures: &[#(#fixtures),*],
                 isolation: #isolation,
                 wants_database: #wants_database,
+                sqlx_style: #sqlx_style,
+                flavor: #flavor,
+                worker_threads: #worker_threads,
+                start_paused: #start_paused,
                 timeout_ms: #timeout_ms,
                 check_constraints: #check_constraints,
             };

@@ -26,6 +26,8 @@ pub(crate) struct ContextInner {
     pub(crate) options: sqlx::postgres::PgConnectOptions,
     /// The name of the test's database.
     pub(crate) database: String,
+    /// Tasks started with [`TestContext::spawn`], aborted when the test ends.
+    pub(crate) tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 impl TestContext {
@@ -58,6 +60,53 @@ impl TestContext {
         self.inner.pool.is_some()
     }
 
+    /// Spawns a task that belongs to the test: it is aborted when the test
+    /// ends, pass or fail, before the test's transaction is rolled back or its
+    /// database recycled. Use it for a server, a listener or a worker that the
+    /// test starts and never stops itself.
+    ///
+    /// The task runs on the test's runtime, like `tokio::spawn`. (A plain
+    /// `tokio::spawn` from a `current_thread` test is dropped with the test's
+    /// runtime anyway; from a test on the shared multi-thread runtime it
+    /// keeps running, and any use of the test's `Db` then fails with
+    /// "test `..` is over".)
+    ///
+    /// ```no_run
+    /// use db_test::{db_test, TestContext};
+    ///
+    /// #[db_test]
+    /// async fn background_worker(ctx: TestContext) {
+    ///     let db = ctx.db();
+    ///     ctx.spawn(async move {
+    ///         loop {
+    ///             let _ = sqlx::query("SELECT 1").execute(&db).await;
+    ///             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    ///         }
+    ///     });
+    ///     // ... the worker is stopped when the test ends.
+    /// }
+    /// ```
+    pub fn spawn<F>(&self, future: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let handle = tokio::spawn(future);
+        let mut tasks = self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(handle.abort_handle());
+        handle
+    }
+
+    /// Aborts the tasks of [`TestContext::spawn`]. Called when the test ends.
+    pub(crate) fn abort_tasks(&self) {
+        let tasks =
+            std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for task in tasks {
+            task.abort();
+        }
+    }
+
     fn own_pool(&self, what: &str) -> Result<sqlx::PgPool, BoxError> {
         self.inner.pool.clone().ok_or_else(|| {
             format!(
@@ -71,12 +120,16 @@ impl TestContext {
 }
 
 impl FromTestContext for sqlx::PgPool {
+    const NEEDS_OWN_DATABASE: bool = true;
+    const SQLX_TEST_TYPE: bool = true;
     async fn from_context(ctx: &TestContext) -> Result<Self, BoxError> {
         ctx.own_pool("PgPool")
     }
 }
 
 impl FromTestContext for sqlx::pool::PoolConnection<sqlx::Postgres> {
+    const NEEDS_OWN_DATABASE: bool = true;
+    const SQLX_TEST_TYPE: bool = true;
     async fn from_context(ctx: &TestContext) -> Result<Self, BoxError> {
         Ok(ctx.own_pool("PoolConnection<Postgres>")?.acquire().await?)
     }
@@ -88,6 +141,8 @@ impl FromTestContext
         sqlx::postgres::PgConnectOptions,
     )
 {
+    const NEEDS_OWN_DATABASE: bool = true;
+    const SQLX_TEST_TYPE: bool = true;
     async fn from_context(ctx: &TestContext) -> Result<Self, BoxError> {
         ctx.own_pool("(PgPoolOptions, PgConnectOptions)")?;
         Ok((
@@ -129,6 +184,25 @@ impl FromTestContext for TestContext {
             `TestContext`, `PgPool` (database mode), or implement `FromTestContext` for your type"
 )]
 pub trait FromTestContext: Sized + Send {
+    /// Whether this parameter needs a database of its own, as a pool does.
+    /// A test with such a parameter runs in `isolation = "database"` unless it
+    /// says otherwise, and `isolation = "transaction"` is a compile error.
+    ///
+    /// The macro asks this constant, never the type's name, so a
+    /// `type DbPool = PgPool;` alias behaves as `PgPool`, and an unrelated
+    /// type that happens to be called `Pool` does not switch the test's mode.
+    const NEEDS_OWN_DATABASE: bool = false;
+
+    /// Whether this is one of the types `#[sqlx::test]` injects (`PgPool`,
+    /// `PoolConnection<Postgres>`, `(PgPoolOptions, PgConnectOptions)`).
+    ///
+    /// A test whose parameters all are (or that has none) was most likely
+    /// written for `#[sqlx::test]`, and gets its runtime semantics by default:
+    /// a current-thread runtime of its own, on which everything it spawns runs
+    /// and which is dropped, with those tasks, when the test ends. Leave it
+    /// `false` for your own types.
+    const SQLX_TEST_TYPE: bool = false;
+
     /// Builds the value. An error fails the test with the parameter's type name.
     fn from_context(ctx: &TestContext) -> impl Future<Output = Result<Self, BoxError>> + Send;
 }

@@ -10,14 +10,17 @@
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
+#[cfg(feature = "harness")]
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
+#[cfg(feature = "harness")]
 use futures_util::{FutureExt, StreamExt};
 use sqlx::postgres::{PgConnection, PgQueryResult, PgRow, PgStatement, PgTypeInfo};
 use sqlx::{Either, Execute, Executor, PgPool, Postgres};
 
+#[cfg(feature = "harness")]
 use crate::shared::{SharedConn, SlotGuard};
 
 /// A handle to the database that application code stores in its state.
@@ -52,6 +55,7 @@ pub struct Db {
 #[derive(Clone)]
 enum Inner {
     Pool(PgPool),
+    #[cfg(feature = "harness")]
     Test(Arc<SharedConn>),
 }
 
@@ -59,6 +63,7 @@ impl fmt::Debug for Db {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.inner {
             Inner::Pool(pool) => f.debug_tuple("Db::Pool").field(pool).finish(),
+            #[cfg(feature = "harness")]
             Inner::Test(shared) => f.debug_tuple("Db::Test").field(&shared.label()).finish(),
         }
     }
@@ -78,6 +83,7 @@ impl Db {
         }
     }
 
+    #[cfg(feature = "harness")]
     pub(crate) fn from_shared(shared: Arc<SharedConn>) -> Self {
         Db {
             inner: Inner::Test(shared),
@@ -89,6 +95,7 @@ impl Db {
     pub fn pool(&self) -> Option<&PgPool> {
         match &self.inner {
             Inner::Pool(pool) => Some(pool),
+            #[cfg(feature = "harness")]
             Inner::Test(_) => None,
         }
     }
@@ -102,6 +109,7 @@ impl Db {
             Inner::Pool(pool) => Ok(DbConnection {
                 inner: ConnInner::Pool(pool.acquire().await?),
             }),
+            #[cfg(feature = "harness")]
             Inner::Test(shared) => Ok(DbConnection {
                 inner: ConnInner::Test(shared.lock_autocommit().await?),
             }),
@@ -118,6 +126,7 @@ impl Db {
             Inner::Pool(pool) => Ok(DbTransaction {
                 inner: TxInner::Pool(pool.begin().await?),
             }),
+            #[cfg(feature = "harness")]
             Inner::Test(shared) => Ok(DbTransaction {
                 inner: TxInner::Test {
                     guard: shared.begin().await?,
@@ -135,6 +144,7 @@ pub struct DbConnection {
 
 enum ConnInner {
     Pool(sqlx::pool::PoolConnection<Postgres>),
+    #[cfg(feature = "harness")]
     Test(SlotGuard),
 }
 
@@ -149,6 +159,7 @@ impl Deref for DbConnection {
     fn deref(&self) -> &PgConnection {
         match &self.inner {
             ConnInner::Pool(c) => c,
+            #[cfg(feature = "harness")]
             ConnInner::Test(g) => g.conn(),
         }
     }
@@ -158,6 +169,7 @@ impl DerefMut for DbConnection {
     fn deref_mut(&mut self) -> &mut PgConnection {
         match &mut self.inner {
             ConnInner::Pool(c) => c,
+            #[cfg(feature = "harness")]
             ConnInner::Test(g) => g.conn_mut(),
         }
     }
@@ -173,7 +185,11 @@ pub struct DbTransaction {
 
 enum TxInner {
     Pool(sqlx::Transaction<'static, Postgres>),
-    Test { guard: SlotGuard, open: bool },
+    #[cfg(feature = "harness")]
+    Test {
+        guard: SlotGuard,
+        open: bool,
+    },
     Taken,
 }
 
@@ -191,6 +207,7 @@ impl DbTransaction {
                 TxInner::Pool(tx) => tx.commit().await,
                 _ => unreachable!(),
             },
+            #[cfg(feature = "harness")]
             TxInner::Test { guard, open } => {
                 guard.commit_savepoint().await?;
                 *open = false;
@@ -207,6 +224,7 @@ impl DbTransaction {
                 TxInner::Pool(tx) => tx.rollback().await,
                 _ => unreachable!(),
             },
+            #[cfg(feature = "harness")]
             TxInner::Test { guard, open } => {
                 guard.rollback_savepoint().await?;
                 *open = false;
@@ -219,6 +237,7 @@ impl DbTransaction {
 
 impl Drop for DbTransaction {
     fn drop(&mut self) {
+        #[cfg(feature = "harness")]
         if let TxInner::Test { guard, open: true } = &mut self.inner {
             guard.start_rollback_savepoint();
         }
@@ -230,6 +249,7 @@ impl Deref for DbTransaction {
     fn deref(&self) -> &PgConnection {
         match &self.inner {
             TxInner::Pool(tx) => tx,
+            #[cfg(feature = "harness")]
             TxInner::Test { guard, .. } => guard.conn(),
             TxInner::Taken => unreachable!("transaction used after commit"),
         }
@@ -240,14 +260,17 @@ impl DerefMut for DbTransaction {
     fn deref_mut(&mut self) -> &mut PgConnection {
         match &mut self.inner {
             TxInner::Pool(tx) => tx,
+            #[cfg(feature = "harness")]
             TxInner::Test { guard, .. } => guard.conn_mut(),
             TxInner::Taken => unreachable!("transaction used after commit"),
         }
     }
 }
 
+#[cfg(feature = "harness")]
 /// The parts of a query, taken apart so that the SQL text can be looked at
 /// before it is sent (commit detection, statement capture).
+#[derive(Clone)]
 pub(crate) struct OwnedQuery {
     pub(crate) sql: sqlx::SqlStr,
     statement: Option<PgStatement>,
@@ -255,6 +278,7 @@ pub(crate) struct OwnedQuery {
     persistent: bool,
 }
 
+#[cfg(feature = "harness")]
 impl OwnedQuery {
     fn take<'q, E: Execute<'q, Postgres>>(mut query: E) -> sqlx::Result<Self> {
         let statement = query.statement().cloned();
@@ -270,6 +294,7 @@ impl OwnedQuery {
     }
 }
 
+#[cfg(feature = "harness")]
 impl<'q> Execute<'q, Postgres> for OwnedQuery {
     fn sql(self) -> sqlx::SqlStr {
         self.sql
@@ -299,6 +324,7 @@ impl<'c> Executor<'c> for &'c Db {
     {
         match &self.inner {
             Inner::Pool(pool) => pool.fetch_many(query),
+            #[cfg(feature = "harness")]
             Inner::Test(shared) => {
                 let shared = shared.clone();
                 futures_util::stream::once(async move {
@@ -323,6 +349,7 @@ impl<'c> Executor<'c> for &'c Db {
     {
         match &self.inner {
             Inner::Pool(pool) => pool.fetch_optional(query),
+            #[cfg(feature = "harness")]
             Inner::Test(shared) => {
                 let shared = shared.clone();
                 async move {
@@ -345,6 +372,7 @@ impl<'c> Executor<'c> for &'c Db {
     {
         match &self.inner {
             Inner::Pool(pool) => pool.prepare_with(sql, parameters),
+            #[cfg(feature = "harness")]
             Inner::Test(shared) => {
                 let shared = shared.clone();
                 async move {
@@ -366,6 +394,7 @@ impl<'c> Executor<'c> for &'c Db {
     {
         match &self.inner {
             Inner::Pool(pool) => pool.describe(sql),
+            #[cfg(feature = "harness")]
             Inner::Test(shared) => {
                 let shared = shared.clone();
                 async move {

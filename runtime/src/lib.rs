@@ -14,13 +14,14 @@ mod config;
 #[cfg(feature = "harness")]
 mod context;
 // Without the harness, `Db` is only ever a pool: the test-side paths are unused.
-#[cfg_attr(not(feature = "harness"), allow(dead_code))]
+#[cfg(feature = "harness")]
+mod clock;
 mod db;
-#[cfg_attr(not(feature = "harness"), allow(dead_code))]
+#[cfg(feature = "harness")]
 mod hint;
 #[cfg(feature = "harness")]
 mod postgres;
-#[cfg_attr(not(feature = "harness"), allow(dead_code))]
+#[cfg(feature = "harness")]
 mod shared;
 #[cfg(feature = "harness")]
 mod testdb;

@@ -11,7 +11,8 @@ use futures_util::FutureExt;
 use crate::context::{ContextInner, FromTestContext, TestContext};
 pub use crate::postgres::engine::Migrations;
 use crate::postgres::engine::Template;
-use crate::shared::{LoggedStatement, SharedConn};
+use crate::postgres::signal::{Backends, Signal, signal_backends};
+use crate::shared::{LoggedStatement, SharedConn, TEARDOWN_GRACE};
 use crate::{Db, config};
 
 pub use sqlx;
@@ -53,6 +54,18 @@ pub enum Isolation {
     Database,
 }
 
+/// Which tokio runtime a test's body runs on (`flavor = ".."`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// A current-thread runtime of the test's own, on the test's thread, as
+    /// `#[tokio::test]` and `#[sqlx::test]` give: what the body spawns runs
+    /// on that thread and is dropped when the test ends.
+    CurrentThread,
+    /// db-test's shared multi-thread runtime; with `worker_threads`, a
+    /// multi-thread runtime of the test's own.
+    MultiThread,
+}
+
 /// Everything the macro knows about one test.
 #[derive(Debug)]
 pub struct TestSpec {
@@ -72,6 +85,55 @@ pub struct TestSpec {
     pub timeout_ms: u64,
     /// Run `SET CONSTRAINTS ALL IMMEDIATE` before the rollback.
     pub check_constraints: bool,
+    /// Whether every parameter is one of `#[sqlx::test]`'s types (or there
+    /// is none): the test then defaults to `#[sqlx::test]`'s runtime.
+    pub sqlx_style: bool,
+    /// Explicit `flavor`, or `None` for the default.
+    pub flavor: Option<Flavor>,
+    /// `worker_threads` (multi-thread only); 0 when not given.
+    pub worker_threads: usize,
+    /// `start_paused = true` (current-thread only).
+    pub start_paused: bool,
+}
+
+/// The runtime a test's body runs on.
+enum BodyRuntime {
+    /// db-test's shared multi-thread runtime.
+    Shared,
+    /// A runtime of the test's own, dropped (with every task on it) when
+    /// the body ends.
+    Own(tokio::runtime::Runtime),
+}
+
+impl TestSpec {
+    fn body_runtime(&self) -> BodyRuntime {
+        let flavor = self.flavor.unwrap_or(if self.sqlx_style {
+            Flavor::CurrentThread
+        } else {
+            Flavor::MultiThread
+        });
+        let built = match flavor {
+            Flavor::MultiThread if self.worker_threads == 0 => return BodyRuntime::Shared,
+            Flavor::MultiThread => tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(self.worker_threads)
+                .enable_all()
+                .build(),
+            Flavor::CurrentThread => {
+                let mut builder = tokio::runtime::Builder::new_current_thread();
+                builder.enable_all();
+                if self.start_paused {
+                    builder.start_paused(true);
+                }
+                builder.build()
+            }
+        };
+        BodyRuntime::Own(built.unwrap_or_else(|e| {
+            panic!(
+                "db-test: cannot build the runtime of test `{}`: {e}",
+                self.name
+            )
+        }))
+    }
 }
 
 /// What a test body may return: `()` or `Result<_, E>`.
@@ -110,6 +172,7 @@ pub(crate) fn shared_runtime() -> &'static tokio::runtime::Runtime {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(config::worker_threads())
             .thread_name("db-test-worker")
+            .on_thread_start(crate::clock::mark_shared_thread)
             .enable_all()
             .build()
             .expect("db-test: cannot build the shared tokio runtime")
@@ -219,6 +282,7 @@ async fn setup(spec: &'static TestSpec) -> Result<(Setup, TestContext), String> 
                 pool: None,
                 options: (*template.pool.connect_options()).clone(),
                 database: template.working.clone(),
+                tasks: Default::default(),
             };
             (Setup::Transaction(shared), inner)
         }
@@ -235,6 +299,7 @@ async fn setup(spec: &'static TestSpec) -> Result<(Setup, TestContext), String> 
                 pool: Some(pool.clone()),
                 options: database.options,
                 database: database.name.clone(),
+                tasks: Default::default(),
             };
             (
                 Setup::Database {
@@ -294,10 +359,14 @@ async fn teardown(
     setup: Setup,
     reason: &'static str,
     failed: bool,
+    timed_out: bool,
+    on_own_runtime: bool,
 ) -> (Option<String>, Vec<LoggedStatement>) {
     match setup {
         Setup::Transaction(shared) => {
-            let (conn, failure, log) = shared.finish(reason, spec.check_constraints).await;
+            let (conn, failure, log) = shared
+                .finish(reason, spec.check_constraints, timed_out)
+                .await;
             drop(conn); // back to the pool, rolled back and healthy
             (failure, log)
         }
@@ -306,19 +375,49 @@ async fn teardown(
             pool,
             template,
         } => {
+            let engine = match crate::postgres::engine::engine().await {
+                Ok(e) => e,
+                Err(e) => return (Some(e), Vec::new()),
+            };
+            let backends = Backends::Database(name.clone());
+            if timed_out {
+                // Whatever the test still runs on the server stops now.
+                signal_backends(backends.clone(), Signal::Terminate).await;
+            }
             // A connection the test already opened (idle in its pool) resets
             // the database: cheaper than connecting again.
-            let reuse = idle_connection(&pool).await.map(|conn| {
+            let mut reuse = idle_connection(&pool).await;
+            if on_own_runtime {
+                // It may have been opened on the test's runtime, now gone.
+                if let Some(conn) = reuse.as_mut()
+                    && sqlx::Connection::ping(&mut **conn).await.is_err()
+                {
+                    reuse = None;
+                }
+            }
+            let reuse = reuse.map(|conn| {
                 // The pool's other connections are closed below; their
                 // backends take a moment to leave.
                 let others_closing = pool.size() > 1;
                 (conn.detach(), others_closing)
             });
-            pool.close().await;
-            let engine = match crate::postgres::engine::engine().await {
-                Ok(e) => e,
-                Err(e) => return (Some(e), Vec::new()),
-            };
+            let mut forced = timed_out;
+            if tokio::time::timeout(TEARDOWN_GRACE, pool.close())
+                .await
+                .is_err()
+            {
+                // A task the test spawned still holds a connection (a
+                // listener, a worker): end those sessions and drop the
+                // database rather than wait for it.
+                tracing::warn!(
+                    test = spec.name,
+                    database = %name,
+                    "db-test: a task still held a connection to the test's database {TEARDOWN_GRACE:?} \
+                     after the test ended; its connections were terminated"
+                );
+                signal_backends(backends, Signal::Terminate).await;
+                forced = true;
+            }
             if failed && config::keep_failed() {
                 if let Some((conn, _)) = reuse {
                     let _ = sqlx::Connection::close(conn).await;
@@ -333,6 +432,12 @@ async fn teardown(
                     }
                     Err(e) => (Some(e), Vec::new()),
                 };
+            }
+            if forced {
+                if let Some((conn, _)) = reuse {
+                    let _ = sqlx::Connection::close_hard(conn).await;
+                }
+                return (engine.drop_test_database(&name).await.err(), Vec::new());
             }
             (
                 engine
@@ -393,51 +498,122 @@ pub fn run_unit(spec: &'static TestSpec, body: UnitBody) {
 }
 
 /// The body of [`run`], compiled once for all tests.
+///
+/// Setup and teardown always run on the shared runtime, so that everything
+/// db-test owns (the engine, its pools, the test's connection) belongs to a
+/// runtime that outlives the test. The body runs on the shared runtime too,
+/// or on a runtime of the test's own (`flavor`), which is dropped with every
+/// task still on it before teardown begins.
 pub fn run_boxed(spec: &'static TestSpec, body: BoxedBody<'_>) {
-    shared_runtime().block_on(async move {
-        let (setup, ctx) = match setup(spec).await {
-            Ok(v) => v,
-            Err(msg) => panic!("{msg}"),
-        };
-        let timeout = if spec.timeout_ms == 0 {
-            config::default_test_timeout()
-        } else {
-            Duration::from_millis(spec.timeout_ms)
-        };
-        let db = ctx.db();
-        let outcome = tokio::time::timeout(
-            timeout,
-            AssertUnwindSafe(async {
-                if let Err(msg) = apply_fixtures(spec, &db).await {
-                    panic!("{msg}");
-                }
-                body(ctx).await
-            })
-            .catch_unwind(),
-        )
-        .await;
-        drop(db);
-        let (reason, failed) = match &outcome {
-            Ok(Ok(failed)) => ("it passed", *failed),
-            Ok(Err(_)) => ("it panicked", true),
-            Err(_) => ("it timed out", true),
-        };
-        let (failure, log) = teardown(spec, setup, reason, failed).await;
-        if failed || failure.is_some() {
-            print_statements(spec.name, &log);
-        }
-        match outcome {
-            Ok(Ok(_)) => {
-                if let Some(msg) = failure {
-                    panic!("{msg}");
+    let shared = shared_runtime();
+    let body_runtime = spec.body_runtime();
+    let on_own_runtime = matches!(body_runtime, BodyRuntime::Own(_));
+    let (setup, ctx) = crate::clock::as_shared_thread(|| {
+        shared.block_on(async {
+            let (setup, ctx) = match setup(spec).await {
+                Ok(v) => v,
+                Err(msg) => panic!("{msg}"),
+            };
+            // Fixtures run here, on the shared runtime, so that a connection
+            // they open (database mode) outlives a per-test runtime.
+            let fixtures = if spec.fixtures.is_empty() && on_own_runtime {
+                prewarm(&ctx).await;
+                Ok(())
+            } else {
+                apply_fixtures(spec, &ctx.db()).await
+            };
+            match fixtures {
+                Ok(()) => (setup, ctx),
+                Err(msg) => {
+                    let (failure, log) =
+                        teardown(spec, setup, "a fixture failed", true, false, false).await;
+                    print_statements(spec.name, &log);
+                    panic!(
+                        "{msg}{}",
+                        failure.map(|f| format!("\n{f}")).unwrap_or_default()
+                    )
                 }
             }
-            Ok(Err(payload)) => std::panic::resume_unwind(payload),
-            Err(_) => panic!(
-                "db-test: test `{}` timed out after {timeout:?} (set `#[db_test(timeout = \"..\")]` \
-                 or DB_TEST_TIMEOUT to change it); everything it wrote was rolled back or dropped.",
-                spec.name
-            ),
+        })
+    });
+    let timeout = if spec.timeout_ms == 0 {
+        config::default_test_timeout()
+    } else {
+        Duration::from_millis(spec.timeout_ms)
+    };
+    let task_owner = ctx.clone();
+    let pool = ctx.inner.pool.clone();
+    // The test's timeout runs on the shared runtime's clock: a test that
+    // pauses its own clock cannot make it fire early.
+    let guarded = async move {
+        crate::clock::timeout(timeout, AssertUnwindSafe(body(ctx)).catch_unwind()).await
+    };
+    let outcome = match &body_runtime {
+        BodyRuntime::Shared => crate::clock::as_shared_thread(|| shared.block_on(guarded)),
+        BodyRuntime::Own(rt) => rt.block_on(guarded),
+    };
+    task_owner.abort_tasks();
+    if let (BodyRuntime::Own(rt), Some(pool)) = (&body_runtime, &pool) {
+        // Connections the body released go back to the pool by a task on
+        // its runtime: let those finish before the runtime goes.
+        rt.block_on(settle_pool(pool));
+    }
+    // Dropping the test's own runtime drops every task still on it, as at
+    // the end of a `#[tokio::test]`.
+    drop(body_runtime);
+    drop(task_owner);
+    let (reason, failed, timed_out) = match &outcome {
+        Ok(Ok(failed)) => ("it passed", *failed, false),
+        Ok(Err(_)) => ("it panicked", true, false),
+        Err(()) => ("it timed out", true, true),
+    };
+    let (failure, log) = crate::clock::as_shared_thread(|| {
+        shared.block_on(teardown(
+            spec,
+            setup,
+            reason,
+            failed,
+            timed_out,
+            on_own_runtime,
+        ))
+    });
+    if failed || failure.is_some() {
+        print_statements(spec.name, &log);
+    }
+    match outcome {
+        Ok(Ok(_)) => {
+            if let Some(msg) = failure {
+                panic!("{msg}");
+            }
         }
-    })
+        Ok(Err(payload)) => std::panic::resume_unwind(payload),
+        Err(()) => panic!(
+            "db-test: test `{}` timed out after {timeout:?} (set `#[db_test(timeout = \"..\")]` \
+             or DB_TEST_TIMEOUT to change it); its statements were cancelled on the server and \
+             everything it wrote was rolled back or dropped.{}",
+            spec.name,
+            failure.map(|f| format!("\n{f}")).unwrap_or_default()
+        ),
+    }
+}
+
+/// Opens the first connection of a per-test pool on the shared runtime,
+/// before a body on its own runtime would open it there (where it would die
+/// with that runtime, and could not reset the database afterwards).
+async fn prewarm(ctx: &TestContext) {
+    if let Some(pool) = &ctx.inner.pool
+        && let Ok(conn) = pool.acquire().await
+    {
+        drop(conn);
+        settle_pool(pool).await;
+    }
+}
+
+/// Waits (briefly, in real time) until every connection of the pool is idle again.
+async fn settle_pool(pool: &sqlx::PgPool) {
+    let deadline = std::time::Instant::now() + Duration::from_millis(200);
+    while (pool.num_idle() as u32) < pool.size() && std::time::Instant::now() < deadline {
+        tokio::task::yield_now().await;
+        std::thread::sleep(Duration::from_micros(100));
+    }
 }

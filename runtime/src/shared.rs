@@ -8,16 +8,79 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnection, PgTransactionManager};
-use sqlx::{Either, Executor, Postgres, SqlSafeStr};
+use sqlx::{Connection, Either, Executor, Postgres, SqlSafeStr};
 use sqlx_core::transaction::TransactionManager;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::db::OwnedQuery;
 use crate::hint::sqlstate;
+use crate::postgres::signal::{Backends, Signal, signal_backends};
+
+/// The temporary table whose row, inserted when the test's transaction
+/// begins, fails a deferred foreign key at any COMMIT of that transaction:
+/// whoever sends the COMMIT (the app, a multi-statement string, a raw
+/// connection), it fails and the transaction is rolled back. Nothing a test
+/// does in transaction mode can be committed.
+const GUARD_TABLE: &str = "db_test_commit_guard";
+/// The constraint's name, which the COMMIT's error names.
+pub(crate) const GUARD_CONSTRAINT: &str = "db_test_refuses_to_commit_a_test_transaction";
+
+/// Created once per pooled connection (temporary objects live as long as
+/// the session). The session then defaults to read-only transactions, so
+/// that after a refused COMMIT nothing can be written outside the test's
+/// transaction either (db-test's own BEGIN says READ WRITE).
+fn guard_setup_sql() -> String {
+    format!(
+        "BEGIN READ WRITE; \
+         CREATE TEMP TABLE IF NOT EXISTS {GUARD_TABLE}_key (id int PRIMARY KEY); \
+         CREATE TEMP TABLE IF NOT EXISTS {GUARD_TABLE} (id int CONSTRAINT {GUARD_CONSTRAINT} \
+           REFERENCES pg_temp.{GUARD_TABLE}_key DEFERRABLE INITIALLY DEFERRED); \
+         COMMIT; \
+         SET SESSION default_transaction_read_only = on"
+    )
+}
+
+/// How long teardown waits for a task that still holds the test's
+/// connection, and for a cancelled statement to stop.
+pub(crate) const TEARDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// How long a dropped statement may keep running before it is cancelled on
+/// the server.
+const CANCEL_AFTER: Duration = Duration::from_millis(50);
+
+/// Catalog changes in the current transaction (including rolled-back
+/// subtransactions): DDL that can make sqlx's cached statements stale.
+const CATALOG_CHANGES: &str = "SELECT coalesce(sum(pg_stat_get_xact_tuples_inserted(c) \
+     + pg_stat_get_xact_tuples_updated(c) + pg_stat_get_xact_tuples_deleted(c)), 0)::int8 AS dbt_ddl, \
+     ARRAY(SELECT name FROM pg_prepared_statements WHERE from_sql)::text[] AS dbt_prepared \
+     FROM unnest('{pg_catalog.pg_attribute,pg_catalog.pg_class,pg_catalog.pg_type,\
+     pg_catalog.pg_rewrite,pg_catalog.pg_proc}'::regclass[]) AS c";
+
+/// A tag unique to one test of one process, on any host: the test's backend
+/// carries it in `application_name` while the test runs, so that it, and
+/// only it, can be cancelled or terminated from outside.
+fn next_tag() -> String {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let token = TOKEN.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        format!("{:012x}", h.finish() & 0xffff_ffff_ffff)
+    });
+    format!("dbt-{token}-{}:", SEQ.fetch_add(1, Ordering::Relaxed))
+}
 
 /// How many statements a test keeps for its failure report.
 pub(crate) const STATEMENT_LOG_LEN: usize = 20;
@@ -25,7 +88,11 @@ pub(crate) const STATEMENT_LOG_LEN: usize = 20;
 pub(crate) struct SharedConn {
     slot: Arc<Mutex<Slot>>,
     label: String,
-    checkout_timeout_ms: std::sync::atomic::AtomicU64,
+    /// The prefix of the backend's `application_name` during the test.
+    tag: String,
+    /// Set when the test ends, even if a task still holds the connection.
+    over: AtomicBool,
+    checkout_timeout_ms: AtomicU64,
 }
 
 /// One statement run on the test's connection, for diagnostics.
@@ -47,6 +114,10 @@ pub(crate) struct Slot {
     pub(crate) statements: u64,
     pub(crate) log: VecDeque<LoggedStatement>,
     pub(crate) ended: Option<&'static str>,
+    /// A statement sent through `Db` whose future was dropped before its
+    /// reply was read (a timeout, a `select!`): the reply is still on the
+    /// connection.
+    in_flight: Option<String>,
 }
 
 /// The lock on the test's connection. Derefs to the connection.
@@ -57,9 +128,11 @@ pub(crate) struct SlotGuard {
 
 impl Drop for SlotGuard {
     fn drop(&mut self) {
+        // The guard may have been dropped with a statement in flight: the
+        // next user checks the connection (at no cost unless it errs).
+        self.guard.unverified = true;
         if self.raw {
             self.guard.fresh = false;
-            self.guard.unverified = true;
         }
     }
 }
@@ -114,10 +187,35 @@ impl SharedConn {
         label: String,
         checkout_timeout: Duration,
     ) -> Result<Arc<Self>, (sqlx::Error, PoolConnection<Postgres>)> {
+        let tag = next_tag();
+        // The test's name follows the tag, for `pg_stat_activity` readers;
+        // the server may truncate it.
+        let app_name: String = format!("{tag} {label}")
+            .chars()
+            .filter(|c| c.is_ascii_graphic() || *c == ' ')
+            .filter(|c| *c != '\'')
+            .collect();
+        let begin = format!(
+            "BEGIN READ WRITE; SET LOCAL application_name = '{app_name}'; \
+             INSERT INTO pg_temp.{GUARD_TABLE} VALUES (1); SAVEPOINT dbt_auto"
+        );
         // sqlx counts this as depth 1, so a nested sqlx `begin()` sends SAVEPOINT.
-        let begin = sqlx::AssertSqlSafe("BEGIN; SAVEPOINT dbt_auto").into_sql_str();
-        if let Err(e) = PgTransactionManager::begin(&mut conn, Some(begin)).await {
-            return Err((e, conn));
+        let begin_sql = || sqlx::AssertSqlSafe(begin.clone()).into_sql_str();
+        if let Err(e) = PgTransactionManager::begin(&mut conn, Some(begin_sql())).await {
+            if sqlstate(&e).as_deref() != Some("42P01") {
+                return Err((e, conn));
+            }
+            // A connection's first test: create its commit guard.
+            let setup = async {
+                conn.execute("ROLLBACK").await?;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(guard_setup_sql()))
+                    .execute(&mut *conn)
+                    .await?;
+                PgTransactionManager::begin(&mut conn, Some(begin_sql())).await
+            };
+            if let Err(e) = setup.await {
+                return Err((e, conn));
+            }
         }
         Ok(Arc::new(SharedConn {
             slot: Arc::new(Mutex::new(Slot {
@@ -128,11 +226,12 @@ impl SharedConn {
                 statements: 0,
                 log: VecDeque::with_capacity(STATEMENT_LOG_LEN),
                 ended: None,
+                in_flight: None,
             })),
             label,
-            checkout_timeout_ms: std::sync::atomic::AtomicU64::new(
-                checkout_timeout.as_millis() as u64
-            ),
+            tag,
+            over: AtomicBool::new(false),
+            checkout_timeout_ms: AtomicU64::new(checkout_timeout.as_millis() as u64),
         }))
     }
 
@@ -141,53 +240,148 @@ impl SharedConn {
     }
 
     pub(crate) fn checkout_timeout(&self) -> Duration {
-        Duration::from_millis(
-            self.checkout_timeout_ms
-                .load(std::sync::atomic::Ordering::Relaxed),
-        )
+        Duration::from_millis(self.checkout_timeout_ms.load(Ordering::Relaxed))
     }
 
     pub(crate) fn set_checkout_timeout(&self, timeout: Duration) {
-        self.checkout_timeout_ms.store(
-            timeout.as_millis() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        self.checkout_timeout_ms
+            .store(timeout.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn over_error(&self, when: &str) -> sqlx::Error {
+        sqlx::Error::InvalidArgument(format!(
+            "db-test: test `{}` is over ({when}); its `Db` can no longer be used. \
+             A task spawned by the test outlived it.",
+            self.label
+        ))
     }
 
     async fn lock_slot(&self) -> sqlx::Result<OwnedMutexGuard<Slot>> {
-        let slot = match tokio::time::timeout(
-            self.checkout_timeout(),
-            self.slot.clone().lock_owned(),
-        )
-        .await
-        {
+        if self.over.load(Ordering::Acquire) {
+            return Err(self.over_error("it ended"));
+        }
+        // The uncontended case needs no timer at all.
+        let mut slot = match self.slot.clone().try_lock_owned() {
             Ok(slot) => slot,
             Err(_) => {
-                return Err(sqlx::Error::InvalidArgument(format!(
-                    "db-test: test `{}` waited {:?} for its database connection, which stayed busy. \
-                     Likely cause: a guard from `db.acquire()` or `db.begin()` is held across another \
-                     database call (the test has one connection, shared by every clone of its `Db`); \
-                     drop the guard first, or raise DB_TEST_CHECKOUT_TIMEOUT.",
-                    self.label,
-                    self.checkout_timeout()
-                )));
+                match crate::clock::timeout(self.checkout_timeout(), self.slot.clone().lock_owned())
+                    .await
+                {
+                    Ok(slot) => slot,
+                    Err(()) => {
+                        return Err(sqlx::Error::InvalidArgument(format!(
+                            "db-test: test `{}` waited {:?} for its database connection, which stayed busy. \
+                         Likely cause: a guard from `db.acquire()` or `db.begin()` is held across another \
+                         database call (the test has one connection, shared by every clone of its `Db`); \
+                         drop the guard first, or raise DB_TEST_CHECKOUT_TIMEOUT.",
+                            self.label,
+                            self.checkout_timeout()
+                        )));
+                    }
+                }
             }
         };
         if let Some(when) = slot.ended {
-            return Err(sqlx::Error::InvalidArgument(format!(
-                "db-test: test `{}` is over ({when}); its `Db` can no longer be used. \
-                 A task spawned by the test outlived it.",
-                self.label
-            )));
+            return Err(self.over_error(when));
         }
         if let Some(why) = &slot.poisoned {
             return Err(sqlx::Error::InvalidArgument(why.clone()));
         }
+        if slot.in_flight.is_some() {
+            self.recover_dropped(&mut slot).await;
+            if let Some(why) = &slot.poisoned {
+                return Err(sqlx::Error::InvalidArgument(why.clone()));
+            }
+        }
         Ok(slot)
     }
 
+    /// Reads what is left on the connection until it is ready for the next
+    /// statement. A statement still running after [`CANCEL_AFTER`] (its
+    /// caller gave up on it) is cancelled on the server. Returns the errors
+    /// the server reported meanwhile.
+    async fn drain(&self, conn: &mut PgConnection) -> sqlx::Result<Vec<String>> {
+        let mut errors = Vec::new();
+        let mut cancelled = false;
+        for _ in 0..64 {
+            let result = {
+                let ping = conn.ping();
+                tokio::pin!(ping);
+                if cancelled {
+                    ping.await
+                } else {
+                    tokio::select! {
+                        biased;
+                        r = &mut ping => r,
+                        () = crate::clock::sleep(CANCEL_AFTER) => {
+                            cancelled = true;
+                            signal_backends(Backends::Tagged(self.tag.clone()), Signal::Cancel).await;
+                            match crate::clock::timeout(TEARDOWN_GRACE, &mut ping).await {
+                                Ok(r) => r,
+                                Err(()) => Err(sqlx::Error::Protocol(
+                                    "the cancelled statement did not stop".into(),
+                                )),
+                            }
+                        }
+                    }
+                }
+            };
+            match result {
+                Ok(()) => return Ok(errors),
+                Err(e) if e.as_database_error().is_some() => errors.push(e.to_string()),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(sqlx::Error::Protocol(
+            "too many pending errors on the test's connection".into(),
+        ))
+    }
+
+    /// A statement of `Db` was dropped mid-flight: read its outcome, undo it
+    /// if it failed (so the next statement sees only what completed), and
+    /// put it in the statement log.
+    async fn recover_dropped(&self, slot: &mut Slot) {
+        let Some(sql) = slot.in_flight.take() else {
+            return;
+        };
+        let conn = slot.conn.as_mut().expect("checked at lock time");
+        let outcome = match self.drain(conn).await {
+            Ok(errors) if errors.is_empty() => {
+                slot.fresh = false;
+                "its caller dropped it; it completed on the server".to_string()
+            }
+            Ok(errors) => {
+                let undo = if PgTransactionManager::get_transaction_depth(conn) == 1 {
+                    conn.execute("ROLLBACK TO SAVEPOINT dbt_auto").await.err()
+                } else {
+                    None
+                };
+                if let Some(e) = undo {
+                    slot.poisoned = Some(format!(
+                        "db-test: could not undo a dropped statement in test `{}`: {e}",
+                        self.label
+                    ));
+                }
+                format!(
+                    "its caller dropped it; it failed and was undone: {}",
+                    errors.join("; ")
+                )
+            }
+            Err(e) => {
+                slot.poisoned = Some(format!(
+                    "db-test: the connection of test `{}` broke while reading the reply of a \
+                     statement whose future was dropped: {e}",
+                    self.label
+                ));
+                format!("its caller dropped it; the connection broke: {e}")
+            }
+        };
+        push_log(slot, sql, Some(outcome));
+    }
+
     /// Brings `dbt_auto` up to date so that it marks the current state,
-    /// repairing an aborted transaction if a raw guard left one behind.
+    /// repairing what a raw guard left behind: an aborted transaction block,
+    /// or the reply of a statement it dropped mid-flight.
     async fn make_fresh(&self, slot: &mut Slot) -> sqlx::Result<()> {
         if slot.fresh {
             return Ok(());
@@ -197,31 +391,36 @@ impl SharedConn {
             // Inside an app transaction left open on a raw guard: nothing to guard.
             return Ok(());
         }
-        match conn
-            .execute("RELEASE SAVEPOINT dbt_auto; SAVEPOINT dbt_auto")
-            .await
+        const REFRESH: &str = "RELEASE SAVEPOINT dbt_auto; SAVEPOINT dbt_auto";
+        let mut result = conn.execute(REFRESH).await.map(|_| ());
+        if slot.unverified
+            && let Err(e) = &result
+            && e.as_database_error().is_some()
+            && !matches!(sqlstate(e).as_deref(), Some("25P01") | Some("3B001"))
         {
-            Ok(_) => {}
-            Err(e) if sqlstate(&e).as_deref() == Some("25P02") && slot.unverified => {
-                // A statement on a raw connection failed; undo that block.
-                conn.execute("ROLLBACK TO SAVEPOINT dbt_auto").await?;
-            }
-            Err(e) => {
-                let msg = match sqlstate(&e).as_deref() {
-                    Some("25P01") | Some("3B001") => format!(
-                        "db-test: the transaction of test `{}` was ended by a raw COMMIT or ROLLBACK \
-                         sent by the test or the app. Writes after that point may have been committed. \
-                         Use `db.begin()` and `tx.commit()` (they become savepoints under test) \
-                         instead of sending COMMIT yourself.",
-                        self.label
-                    ),
-                    _ => format!(
-                        "db-test: the test's connection failed while setting its savepoint: {e}"
-                    ),
-                };
-                slot.poisoned = Some(msg.clone());
-                return Err(sqlx::Error::InvalidArgument(msg));
-            }
+            // The error may belong to a statement sent on a raw guard; read
+            // whatever else is pending, then undo the aborted block back to
+            // `dbt_auto`.
+            result = match self.drain(conn).await {
+                Ok(_) => conn
+                    .execute(
+                        "ROLLBACK TO SAVEPOINT dbt_auto; RELEASE SAVEPOINT dbt_auto; \
+                         SAVEPOINT dbt_auto",
+                    )
+                    .await
+                    .map(|_| ()),
+                Err(e) => Err(e),
+            };
+        }
+        if let Err(e) = result {
+            let msg = match sqlstate(&e).as_deref() {
+                Some("25P01") | Some("3B001") => commit_message(&self.label),
+                _ => format!(
+                    "db-test: the test's connection failed while setting its savepoint: {e}"
+                ),
+            };
+            slot.poisoned = Some(msg.clone());
+            return Err(sqlx::Error::InvalidArgument(msg));
         }
         slot.fresh = true;
         slot.unverified = false;
@@ -273,22 +472,35 @@ impl SharedConn {
             return Err(sqlx::Error::InvalidArgument(msg));
         }
         self.make_fresh(&mut slot).await?;
+        // A copy for one retry, should a cached statement have gone stale.
+        let retry = query.clone();
+        slot.in_flight = Some(sql.clone());
         let conn = slot.conn.as_mut().expect("checked at lock time");
-        let result: sqlx::Result<Vec<_>> = conn.fetch_many(query).try_collect().await;
-        slot.statements += 1;
-        if slot.log.len() == STATEMENT_LOG_LEN {
-            slot.log.pop_front();
+        let mut result: sqlx::Result<Vec<_>> = conn.fetch_many(query).try_collect().await;
+        if result.as_ref().err().is_some_and(is_stale_plan) {
+            // DDL made a statement sqlx had cached (in this test, or before
+            // it on this connection) return other columns: forget the cache
+            // and run it again, as a fresh connection would.
+            let conn = slot.conn.as_mut().expect("checked at lock time");
+            if conn.execute("ROLLBACK TO SAVEPOINT dbt_auto").await.is_ok()
+                && conn.clear_cached_statements().await.is_ok()
+            {
+                result = conn.fetch_many(retry).try_collect().await;
+            }
         }
-        slot.log.push_back(LoggedStatement {
-            sql,
-            error: result.as_ref().err().map(|e| e.to_string()),
-        });
+        slot.in_flight = None;
+        slot.statements += 1;
+        push_log(&mut slot, sql, result.as_ref().err().map(|e| e.to_string()));
         match result {
             Ok(steps) => {
                 slot.fresh = false;
                 Ok(steps)
             }
             Err(e) => {
+                if let Some(msg) = refused_commit(&e, &self.label) {
+                    slot.poisoned = Some(msg.clone());
+                    return Err(sqlx::Error::InvalidArgument(msg));
+                }
                 let e = crate::hint::explain_lock_error(e);
                 // Undo the failed statement alone; `dbt_auto` stays and still
                 // marks the state before it.
@@ -309,8 +521,14 @@ impl SharedConn {
         }
     }
 
-    /// Ends the test: checks deferred constraints, rolls everything back and
-    /// hands the connection back. Later use of any clone of the `Db` errors.
+    /// Ends the test: checks deferred constraints, rolls everything back,
+    /// leaves the session as a new one would be (no advisory lock, no SQL
+    /// `PREPARE`d statement, no stale statement cache) and hands the
+    /// connection back. Later use of any clone of the `Db` errors.
+    ///
+    /// A test that timed out has its running statement cancelled on the
+    /// server first. A task that still holds the connection after
+    /// [`TEARDOWN_GRACE`] has the backend terminated under it.
     ///
     /// Returns the connection if it is healthy, and a failure message if the
     /// test's transaction was misused or a deferred constraint fails.
@@ -318,76 +536,112 @@ impl SharedConn {
         &self,
         reason: &'static str,
         check_constraints: bool,
+        timed_out: bool,
     ) -> (
         Option<PoolConnection<Postgres>>,
         Option<String>,
         Vec<LoggedStatement>,
     ) {
-        let mut slot = match tokio::time::timeout(
-            self.checkout_timeout(),
-            self.slot.clone().lock_owned(),
-        )
-        .await
-        {
+        self.over.store(true, Ordering::Release);
+        if timed_out {
+            signal_backends(Backends::Tagged(self.tag.clone()), Signal::Cancel).await;
+        }
+        let mut slot = match self.slot.clone().try_lock_owned() {
             Ok(slot) => slot,
-            Err(_) => {
-                // A task is still holding the connection; it is closed with the task.
-                return (
-                    None,
-                    Some(format!(
-                        "db-test: test `{}` ended while a task still held its connection for more \
-                         than {:?}; the connection was abandoned and its transaction is rolled \
-                         back by the server.",
-                        self.label,
-                        self.checkout_timeout()
-                    )),
-                    Vec::new(),
-                );
-            }
+            Err(_) => match crate::clock::timeout(TEARDOWN_GRACE, self.slot.clone().lock_owned())
+                .await
+            {
+                Ok(slot) => slot,
+                Err(()) => {
+                    // A task still holds the connection: end the session under
+                    // it, so that nothing of the test stays running or locked.
+                    signal_backends(Backends::Tagged(self.tag.clone()), Signal::Terminate).await;
+                    return (
+                        None,
+                        Some(format!(
+                            "db-test: test `{}` ended ({reason}) while a task it spawned still held its \
+                             connection {TEARDOWN_GRACE:?} later; the connection's backend was terminated \
+                             and everything the test wrote was rolled back. Stop such tasks before the \
+                             test returns, or start them with `TestContext::spawn`, which aborts them.",
+                            self.label
+                        )),
+                        Vec::new(),
+                    );
+                }
+            },
         };
         slot.ended = Some(reason);
-        let log: Vec<LoggedStatement> = slot.log.iter().cloned().collect();
+        self.recover_dropped(&mut slot).await;
         let mut failure = slot.poisoned.clone();
         let Some(mut conn) = slot.conn.take() else {
-            return (None, failure, log);
+            return (None, failure, slot.log.iter().cloned().collect());
         };
+        if failure.is_none() && slot.unverified {
+            // A guard dropped mid-statement leaves its reply behind.
+            if self.drain(&mut conn).await.is_err() {
+                let _ = conn.detach().close_hard().await;
+                return (None, failure, slot.log.iter().cloned().collect());
+            }
+        }
+        let log: Vec<LoggedStatement> = slot.log.iter().cloned().collect();
         let mut healthy = true;
+        // Unknown until the state query answers: assume the worst.
+        let mut stale_cache = true;
+        let mut prepared: Vec<String> = Vec::new();
         if failure.is_none() {
-            let check = if check_constraints {
-                "RELEASE SAVEPOINT dbt_auto; SET CONSTRAINTS ALL IMMEDIATE"
+            let constraints = if check_constraints {
+                format!("; DELETE FROM pg_temp.{GUARD_TABLE}; SET CONSTRAINTS ALL IMMEDIATE")
             } else {
-                "RELEASE SAVEPOINT dbt_auto"
+                String::new()
             };
-            if let Err(e) = conn.execute(check).await {
-                match sqlstate(&e).as_deref() {
-                    Some("25P02") => {} // test left an aborted transaction; fine, it is rolled back
-                    Some("25P01") | Some("3B001") => {
-                        failure = Some(format!(
-                            "db-test: the transaction of test `{}` was ended by a raw COMMIT or \
-                             ROLLBACK sent by the test or the app; its writes may have been committed. \
-                             Use `db.begin()` / `tx.commit()` instead.",
-                            self.label
-                        ));
+            let check = format!(
+                "RELEASE SAVEPOINT dbt_auto; SELECT pg_advisory_unlock_all(); {CATALOG_CHANGES}{constraints}"
+            );
+            match session_state(&mut conn, check).await {
+                (Some((ddl, names)), error) => {
+                    stale_cache = ddl > 0;
+                    prepared = names;
+                    if let Some(e) = error {
+                        failure = constraint_failure(&e, &self.label);
+                        healthy = failure.is_some();
                     }
-                    Some(code) if code.starts_with("23") => {
-                        let constraint = e
-                            .as_database_error()
-                            .and_then(|d| d.constraint().map(str::to_owned))
-                            .unwrap_or_default();
-                        failure = Some(format!(
-                            "db-test: deferred constraint `{constraint}` fails at the end of test `{}`: {e}. \
-                             This would fail at COMMIT in production.",
-                            self.label
-                        ));
-                    }
-                    _ => healthy = false,
                 }
+                (None, Some(e)) => match sqlstate(&e).as_deref() {
+                    Some("25P02") => {} // test left an aborted transaction; fine, it is rolled back
+                    Some("25P01") | Some("3B001") => failure = Some(commit_message(&self.label)),
+                    _ => healthy = false,
+                },
+                (None, None) => healthy = false,
             }
         }
         while healthy && PgTransactionManager::get_transaction_depth(&conn) > 0 {
             if PgTransactionManager::rollback(&mut conn).await.is_err() {
                 healthy = false;
             }
+        }
+        if healthy && failure.is_none() && stale_cache && prepared.is_empty() {
+            // The state query did not run (an aborted transaction): ask now.
+            match sqlx::query_scalar::<_, String>(
+                "SELECT name::text FROM pg_prepared_statements WHERE from_sql",
+            )
+            .fetch_all(&mut *conn)
+            .await
+            {
+                Ok(names) => prepared = names,
+                Err(_) => healthy = false,
+            }
+        }
+        if healthy && failure.is_none() {
+            // Session state that survives ROLLBACK.
+            let mut cleanup = String::from("SELECT pg_advisory_unlock_all()");
+            for name in &prepared {
+                cleanup.push_str(&format!("; DEALLOCATE \"{}\"", name.replace('"', "\"\"")));
+            }
+            let cleaned = sqlx::raw_sql(sqlx::AssertSqlSafe(cleanup))
+                .execute(&mut *conn)
+                .await
+                .is_ok();
+            healthy = cleaned && (!stale_cache || conn.clear_cached_statements().await.is_ok());
         }
         if healthy && failure.is_none() {
             (Some(conn), None, log)
@@ -407,4 +661,94 @@ impl SharedConn {
         let slot = self.lock_slot().await?;
         Ok(slot.log.iter().cloned().collect())
     }
+}
+
+fn push_log(slot: &mut Slot, sql: String, error: Option<String>) {
+    if slot.log.len() == STATEMENT_LOG_LEN {
+        slot.log.pop_front();
+    }
+    slot.log.push_back(LoggedStatement { sql, error });
+}
+
+/// `0A000 cached plan must not change result type`: a statement sqlx
+/// prepared earlier now returns other columns, because of DDL.
+fn is_stale_plan(e: &sqlx::Error) -> bool {
+    sqlstate(e).as_deref() == Some("0A000")
+        && e.as_database_error().is_some_and(|d| {
+            d.message()
+                .contains("cached plan must not change result type")
+        })
+}
+
+fn commit_message(label: &str) -> String {
+    format!(
+        "db-test: the transaction of test `{label}` was ended by a raw COMMIT or ROLLBACK sent by the \
+         test or the app. Nothing was committed: db-test refuses any COMMIT of a test's transaction, \
+         and rolled it back. Use `db.begin()` and `tx.commit()` (they become savepoints under test) \
+         instead of sending COMMIT yourself, or `isolation = \"database\"` for a test that must \
+         really commit."
+    )
+}
+
+/// The error of a COMMIT that db-test's guard refused, explained.
+fn refused_commit(e: &sqlx::Error, label: &str) -> Option<String> {
+    let db = e.as_database_error()?;
+    (db.constraint() == Some(GUARD_CONSTRAINT)).then(|| {
+        format!(
+            "{} (The server reported: {e}. A `SET CONSTRAINTS ALL IMMEDIATE` sent by the test \
+             also trips this guard; name the constraints to check instead.)",
+            commit_message(label)
+        )
+    })
+}
+
+/// A deferred constraint that fails when the test ends.
+fn constraint_failure(e: &sqlx::Error, label: &str) -> Option<String> {
+    if let Some(msg) = refused_commit(e, label) {
+        return Some(msg);
+    }
+    let code = sqlstate(e)?;
+    code.starts_with("23").then(|| {
+        let constraint = e
+            .as_database_error()
+            .and_then(|d| d.constraint().map(str::to_owned))
+            .unwrap_or_default();
+        format!(
+            "db-test: deferred constraint `{constraint}` fails at the end of test `{label}`: {e}. \
+             This would fail at COMMIT in production."
+        )
+    })
+}
+
+/// Runs the end-of-test check and reads the session's state from its
+/// `dbt_ddl`/`dbt_prepared` row. Returns that state if the row came, and the
+/// error that stopped the check, if any.
+async fn session_state(
+    conn: &mut PgConnection,
+    check: String,
+) -> (Option<(i64, Vec<String>)>, Option<sqlx::Error>) {
+    use futures_util::StreamExt;
+    use sqlx::Row;
+    let mut state = None;
+    let mut error = None;
+    {
+        let mut steps = conn.fetch_many(sqlx::raw_sql(sqlx::AssertSqlSafe(check)));
+        while let Some(step) = steps.next().await {
+            match step {
+                Ok(Either::Right(row)) if row.len() == 2 => {
+                    let ddl = row.try_get::<i64, _>("dbt_ddl").unwrap_or(1);
+                    let prepared = row
+                        .try_get::<Vec<String>, _>("dbt_prepared")
+                        .unwrap_or_default();
+                    state = Some((ddl, prepared));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+    }
+    (state, error)
 }

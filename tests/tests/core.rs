@@ -279,7 +279,13 @@ async fn raw_commit_through_db_is_refused_and_fails_the_test(db: TestDb) {
 #[should_panic(expected = "was ended by a raw COMMIT or ROLLBACK")]
 async fn raw_commit_on_a_raw_connection_fails_the_test_loudly(db: TestDb) {
     let mut conn = db.acquire().await.unwrap();
-    conn.execute("COMMIT").await.unwrap();
+    // db-test's commit guard makes the COMMIT itself fail: nothing is committed.
+    let err = conn.execute("COMMIT").await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("db_test_refuses_to_commit_a_test_transaction"),
+        "{err}"
+    );
 }
 
 #[db_test]

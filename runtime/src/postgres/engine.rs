@@ -157,7 +157,7 @@ pub(crate) struct Engine {
     pub(crate) embedded: Option<embedded::Embedded>,
     /// A small pool on the URL's database for CREATE/DROP DATABASE of
     /// per-test databases. Never used to write into that database.
-    admin_pool: PgPool,
+    pub(super) admin_pool: PgPool,
     /// Bounds concurrent clones, so a large suite cannot exhaust the
     /// server's `max_connections`.
     clones: tokio::sync::Semaphore,

@@ -57,7 +57,10 @@ impl<T> Drop for AbortOnDrop<T> {
 /// Sleeps for `duration` of real time.
 pub(crate) async fn sleep(duration: Duration) {
     if on_test_clock() {
-        let mut task = AbortOnDrop(shared_runtime().spawn(tokio::time::sleep(duration)));
+        // The timer is created inside the task: a `Sleep` belongs to the
+        // runtime it is created on.
+        let mut task =
+            AbortOnDrop(shared_runtime().spawn(async move { tokio::time::sleep(duration).await }));
         let _ = (&mut task.0).await;
     } else {
         tokio::time::sleep(duration).await

@@ -49,9 +49,12 @@ fn guard_setup_sql() -> String {
 /// connection, and for a cancelled statement to stop.
 pub(crate) const TEARDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// How long a dropped statement may keep running before it is cancelled on
-/// the server.
-const CANCEL_AFTER: Duration = Duration::from_millis(50);
+/// How long a statement whose future was dropped may keep running before
+/// it is cancelled on the server. One that completes by then keeps its
+/// effects, as it would in production; one still running is cancelled (the
+/// test's one connection cannot wait out, say, an hour-long statement that
+/// its caller gave up on), so it fails and is undone.
+const CANCEL_AFTER: Duration = Duration::from_millis(250);
 
 /// Catalog changes in the current transaction (including rolled-back
 /// subtransactions): DDL that can make sqlx's cached statements stale.

@@ -1,0 +1,469 @@
+//! The cases users hit that break the promises (every test starts clean,
+//! nothing is committed, nothing hangs): dropped statements, leftover
+//! tasks, timeouts inside long statements, smuggled COMMITs, and session
+//! state that survives ROLLBACK.
+//!
+//! Several cases need to look at what happens after a test ends: the parent
+//! tests run `child_*` tests of this binary in a child process. Run on
+//! their own (without the `DB_TEST_HARDENING` variable) the `child_*` tests
+//! are ordinary tests that pass.
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use db_test::{TestContext, TestDb, db_test};
+use sqlx::{Connection, Executor, PgConnection};
+
+fn misbehave() -> bool {
+    std::env::var("DB_TEST_HARDENING").is_ok()
+}
+
+async fn count(db: &TestDb, sql: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
+
+/// A connection of the test's own to its database, outside its transaction:
+/// it sees only what is committed.
+async fn outside(ctx: &TestContext) -> PgConnection {
+    PgConnection::connect_with(&ctx.connect_options())
+        .await
+        .unwrap()
+}
+
+// ---- 1. a statement future dropped mid-flight ----------------------------
+
+const LATE_FAILURE: &str = "DO $$ BEGIN \
+    INSERT INTO users (email) VALUES ('dropped@example.com'); \
+    PERFORM pg_sleep(0.1); \
+    RAISE EXCEPTION 'late failure of the dropped statement'; END $$";
+
+#[db_test]
+async fn a_dropped_statement_does_not_break_the_next_one(db: TestDb) {
+    sqlx::query("INSERT INTO users (email) VALUES ('kept@example.com')")
+        .execute(&db)
+        .await
+        .unwrap();
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(50),
+        sqlx::query(LATE_FAILURE).execute(&db),
+    )
+    .await;
+    assert!(dropped.is_err(), "the statement should still be running");
+    // The next, unrelated statement gets its own result, not the old error.
+    let seven: i32 = sqlx::query_scalar("SELECT 7").fetch_one(&db).await.unwrap();
+    assert_eq!(seven, 7);
+    // The dropped statement failed: what it did is undone; what completed stays.
+    let emails: Vec<String> = sqlx::query_scalar("SELECT email FROM users ORDER BY email")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    assert_eq!(emails, ["kept@example.com"]);
+}
+
+/// One that completes soon after its caller dropped it keeps its effects,
+/// as it would in production.
+#[db_test]
+async fn a_dropped_statement_that_succeeds_keeps_its_effects(ctx: TestContext) {
+    let db = ctx.db();
+    let mut other = outside(&ctx).await;
+    let statement = sqlx::query(
+        "WITH s AS (SELECT pg_sleep(0.1)) \
+         INSERT INTO users (email) SELECT 'slow@example.com' FROM s",
+    )
+    .execute(&db);
+    // Dropped once the server is seen running it.
+    let running = async {
+        loop {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE state = 'active' AND query LIKE '%slow@example.com%' \
+                 AND pid <> pg_backend_pid()",
+            )
+            .fetch_one(&mut other)
+            .await
+            .unwrap();
+            if n > 0 {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        done = statement => panic!("the statement finished before it could be dropped: {done:?}"),
+        () = running => {}
+    }
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+/// A long statement whose caller gives up is cancelled on the server, so
+/// the next statement does not wait for it (here: an hour).
+#[db_test(timeout = "30s")]
+async fn a_dropped_long_statement_is_cancelled_on_the_server(db: TestDb) {
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(50),
+        sqlx::query("SELECT pg_sleep(3600)").execute(&db),
+    )
+    .await;
+    assert!(dropped.is_err());
+    let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&db).await.unwrap();
+    assert_eq!(one, 1);
+}
+
+#[db_test]
+async fn a_statement_dropped_on_a_raw_guard_is_recovered(db: TestDb) {
+    {
+        let mut conn = db.acquire().await.unwrap();
+        let dropped =
+            tokio::time::timeout(Duration::from_millis(50), conn.execute(LATE_FAILURE)).await;
+        assert!(dropped.is_err());
+    }
+    let seven: i32 = sqlx::query_scalar("SELECT 7").fetch_one(&db).await.unwrap();
+    assert_eq!(seven, 7);
+    assert_eq!(count(&db, "SELECT count(*) FROM users").await, 0);
+}
+
+#[db_test]
+async fn a_statement_dropped_inside_an_app_transaction_is_recovered(db: TestDb) {
+    {
+        let mut tx = db.begin().await.unwrap();
+        let dropped =
+            tokio::time::timeout(Duration::from_millis(50), tx.execute(LATE_FAILURE)).await;
+        assert!(dropped.is_err());
+    }
+    let seven: i32 = sqlx::query_scalar("SELECT 7").fetch_one(&db).await.unwrap();
+    assert_eq!(seven, 7);
+    assert_eq!(count(&db, "SELECT count(*) FROM users").await, 0);
+}
+
+/// Fails on purpose (under DB_TEST_HARDENING) after a dropped statement:
+/// the report must list it.
+#[db_test]
+async fn child_fails_after_a_dropped_statement(db: TestDb) {
+    let _ = tokio::time::timeout(
+        Duration::from_millis(50),
+        sqlx::query(LATE_FAILURE).execute(&db),
+    )
+    .await;
+    let _: i32 = sqlx::query_scalar("SELECT 7").fetch_one(&db).await.unwrap();
+    assert!(!misbehave(), "failing on purpose");
+}
+
+// ---- 2, 3. leftover tasks and timeouts -----------------------------------
+
+/// Leaves a task holding a pool connection of its own database forever.
+#[db_test(isolation = "database")]
+async fn child_leaves_a_task_holding_a_connection(pool: sqlx::PgPool) {
+    let conn = pool.acquire().await.unwrap();
+    if misbehave() {
+        // On the shared multi-thread runtime: it outlives the test.
+        tokio::spawn(async move {
+            let _conn = conn;
+            std::future::pending::<()>().await;
+        });
+    }
+}
+
+/// Leaves a task holding the test's `Db` connection (a guard) forever.
+#[db_test]
+async fn child_leaves_a_task_holding_the_test_connection(db: TestDb) {
+    let app = db.db();
+    let (held, mut is_held) = tokio::sync::watch::channel(false);
+    if misbehave() {
+        tokio::spawn(async move {
+            let _conn = app.acquire().await.unwrap();
+            held.send(true).unwrap();
+            std::future::pending::<()>().await;
+        });
+        is_held.wait_for(|h| *h).await.unwrap();
+    }
+}
+
+/// Times out inside an hour-long statement (under DB_TEST_HARDENING).
+#[db_test(timeout = "1s")]
+async fn child_times_out_in_a_long_statement(db: TestDb) {
+    let secs = if misbehave() { 3600.0 } else { 0.01 };
+    sqlx::query("SELECT pg_sleep($1), 'dbt-hardening-transaction'")
+        .bind(secs)
+        .execute(&db)
+        .await
+        .unwrap();
+}
+
+/// The same in a database of its own.
+#[db_test(timeout = "1s", isolation = "database")]
+async fn child_times_out_in_a_long_statement_in_its_database(pool: sqlx::PgPool) {
+    let secs = if misbehave() { 3600.0 } else { 0.01 };
+    sqlx::query("SELECT pg_sleep($1), 'dbt-hardening-database'")
+        .bind(secs)
+        .execute(&pool)
+        .await
+        .unwrap();
+}
+
+fn child(tests: &[&str]) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(tests)
+        .args(["--exact", "--nocapture", "--test-threads=1"])
+        .env("DB_TEST_HARDENING", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Runs a child to its end (killing it after a minute: a hang is a failure).
+fn run(mut cmd: Command) -> (Output, String) {
+    let mut c = cmd.spawn().unwrap();
+    let t0 = Instant::now();
+    while c.try_wait().unwrap().is_none() {
+        if t0.elapsed() > Duration::from_secs(60) {
+            let _ = c.kill();
+            let out = c.wait_with_output().unwrap();
+            panic!(
+                "child hung:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = c.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out, text)
+}
+
+/// Backends of the server still running `marker`'s statement.
+async fn still_running(ctx: &TestContext, marker: &str) -> i64 {
+    let mut conn = outside(ctx).await;
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%' || $1 || '%' \
+         AND query NOT LIKE '%pg_stat_activity%'",
+    )
+    .bind(marker)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap()
+}
+
+#[db_test]
+async fn the_report_of_a_failed_test_lists_its_dropped_statement() {
+    let (out, text) =
+        tokio::task::spawn_blocking(|| run(child(&["child_fails_after_a_dropped_statement"])))
+            .await
+            .unwrap();
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("failing on purpose"), "{text}");
+    assert!(
+        text.contains("late failure of the dropped statement"),
+        "{text}"
+    );
+    assert!(text.contains("its caller dropped it"), "{text}");
+}
+
+#[db_test]
+async fn a_task_holding_a_connection_does_not_hang_database_mode_teardown() {
+    let (out, text) =
+        tokio::task::spawn_blocking(|| run(child(&["child_leaves_a_task_holding_a_connection"])))
+            .await
+            .unwrap();
+    assert!(out.status.success(), "{text}");
+}
+
+#[db_test]
+async fn a_task_holding_the_test_connection_is_cut_off_and_reported() {
+    let (out, text) = tokio::task::spawn_blocking(|| {
+        run(child(&["child_leaves_a_task_holding_the_test_connection"]))
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("still held its connection"), "{text}");
+}
+
+#[db_test]
+async fn a_timed_out_test_leaves_no_statement_running(ctx: TestContext) {
+    for (test, marker) in [
+        (
+            "child_times_out_in_a_long_statement",
+            "dbt-hardening-transaction",
+        ),
+        (
+            "child_times_out_in_a_long_statement_in_its_database",
+            "dbt-hardening-database",
+        ),
+    ] {
+        let (out, text) = tokio::task::spawn_blocking(move || run(child(&[test])))
+            .await
+            .unwrap();
+        assert!(!out.status.success(), "{text}");
+        assert!(text.contains("timed out after 1s"), "{text}");
+        // The child has exited; a backend running its statement would still show.
+        let mut left = still_running(&ctx, marker).await;
+        for _ in 0..50 {
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            left = still_running(&ctx, marker).await;
+        }
+        assert_eq!(left, 0, "{test} left its statement running");
+    }
+}
+
+// ---- 4. smuggled COMMITs --------------------------------------------------
+
+#[db_test]
+#[should_panic(expected = "was ended by a raw COMMIT or ROLLBACK")]
+async fn a_commit_in_a_multi_statement_string_commits_nothing(ctx: TestContext) {
+    let db = ctx.db();
+    let err = sqlx::raw_sql(
+        "INSERT INTO users (email) VALUES ('smuggled@example.com'); COMMIT; \
+         INSERT INTO users (email) VALUES ('after@example.com')",
+    )
+    .execute(&db)
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("COMMIT"), "{err}");
+    let mut other = outside(&ctx).await;
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM users WHERE email IN ('smuggled@example.com', 'after@example.com')",
+    )
+    .fetch_one(&mut other)
+    .await
+    .unwrap();
+    assert_eq!(n, 0, "rows of the test were committed");
+}
+
+#[db_test]
+#[should_panic(expected = "was ended by a raw COMMIT or ROLLBACK")]
+async fn a_commit_on_a_raw_guard_commits_nothing_and_later_writes_fail(ctx: TestContext) {
+    let db = ctx.db();
+    let mut conn = db.acquire().await.unwrap();
+    conn.execute("INSERT INTO users (email) VALUES ('raw@example.com')")
+        .await
+        .unwrap();
+    assert!(conn.execute("COMMIT").await.is_err());
+    // Outside any transaction now, the session refuses to write.
+    let write = conn
+        .execute("INSERT INTO users (email) VALUES ('autocommit@example.com')")
+        .await;
+    assert!(
+        write.is_err(),
+        "a write outside the test's transaction went through"
+    );
+    drop(conn);
+    let mut other = outside(&ctx).await;
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM users WHERE email IN ('raw@example.com', 'autocommit@example.com')",
+    )
+    .fetch_one(&mut other)
+    .await
+    .unwrap();
+    assert_eq!(n, 0, "rows of the test were committed");
+}
+
+#[db_test]
+async fn an_app_transaction_still_commits_as_a_savepoint(db: TestDb) {
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query("INSERT INTO users (email) VALUES ('tx@example.com')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(count(&db, "SELECT count(*) FROM users").await, 1);
+}
+
+// ---- 5. session state that survives ROLLBACK -----------------------------
+//
+// The `child_session_*` tests run in order on one connection (one thread):
+// `_1` leaves state behind, `_2` must not see it. Each passes on its own.
+
+#[db_test]
+async fn child_session_1_leaves_state_behind(db: TestDb) {
+    // DDL, rolled back at the end, and a statement that sqlx caches with
+    // the columns the DDL gave the table.
+    let mut conn = db.acquire().await.unwrap();
+    conn.execute("ALTER TABLE posts ADD COLUMN extra int")
+        .await
+        .unwrap();
+    sqlx::query("SELECT * FROM posts")
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    sqlx::query("SELECT pg_advisory_lock(4242424242)")
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::query("PREPARE dbt_leak AS SELECT 1")
+        .execute(&db)
+        .await
+        .unwrap();
+}
+
+#[db_test]
+async fn child_session_2_starts_fresh(ctx: TestContext) {
+    let db = ctx.db();
+    let mut conn = db.acquire().await.unwrap();
+    // The statement sqlx cached in `_1` after the DDL must not be used.
+    let rows = sqlx::query("SELECT * FROM posts")
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    assert!(rows.is_empty());
+    drop(conn);
+    sqlx::query("PREPARE dbt_leak AS SELECT 2")
+        .execute(&db)
+        .await
+        .unwrap();
+    let mut other = outside(&ctx).await;
+    let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(4242424242)")
+        .fetch_one(&mut other)
+        .await
+        .unwrap();
+    assert!(free, "the advisory lock of the last test is still held");
+}
+
+#[test]
+fn session_state_does_not_leak_into_the_next_test() {
+    let (out, text) = run(child(&[
+        "child_session_1_leaves_state_behind",
+        "child_session_2_starts_fresh",
+    ]));
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("2 passed"), "{text}");
+}
+
+/// A statement sqlx cached before the test becomes stale after DDL in the
+/// test: it is run again, fresh, instead of failing with `0A000`.
+#[db_test]
+async fn ddl_then_select_star_sees_the_new_columns(db: TestDb) {
+    sqlx::query("SELECT * FROM users")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    sqlx::query("ALTER TABLE users ADD COLUMN nickname text")
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO users (email, nickname) VALUES ('n@example.com', 'n')")
+        .execute(&db)
+        .await
+        .unwrap();
+    let row = sqlx::query("SELECT * FROM users")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    use sqlx::Row;
+    assert_eq!(row.try_get::<String, _>("nickname").unwrap(), "n");
+}

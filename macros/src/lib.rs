@@ -9,9 +9,11 @@ use proc_macro::TokenStream;
 /// Marks an `async fn` as a database test.
 ///
 /// Each parameter is built by `db_test::FromTestContext`, chosen by type
-/// (`TestDb`, `Db`, `TestClient<App>`, your own types). The test runs on
-/// db-test's shared runtime, inside a transaction that is rolled back at the
-/// end.
+/// (`TestDb`, `Db`, `TestClient<App>`, your own types). The test runs inside a
+/// transaction that is rolled back at the end, on db-test's shared
+/// multi-thread runtime; a test whose parameters are all `#[sqlx::test]`'s
+/// types (or that has none) runs on a current-thread runtime of its own, as
+/// under `#[sqlx::test]`.
 ///
 /// Attribute keys (the same syntax as `#[sqlx::test]`):
 /// - `migrations = "path"` (relative to the crate root), `migrations = false`,
@@ -20,7 +22,10 @@ use proc_macro::TokenStream;
 ///   `fixtures(path = "dir", scripts("a", "b"))`, repeatable;
 /// - `timeout = "30s"` (default 60 s);
 /// - `isolation = "transaction"` (default) or `"database"`;
-/// - `check_constraints = false` to skip `SET CONSTRAINTS ALL IMMEDIATE`.
+/// - `check_constraints = false` to skip `SET CONSTRAINTS ALL IMMEDIATE`;
+/// - `flavor = "current_thread"` or `"multi_thread"`, `worker_threads = N`
+///   (multi-thread only) and `start_paused = true` (current-thread only), as
+///   in `#[tokio::test]`.
 #[proc_macro_attribute]
 pub fn db_test(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::db_test(args.into(), item.into()).into()

@@ -590,6 +590,7 @@ impl SharedConn {
         let mut healthy = true;
         // Unknown until the state query answers: assume the worst.
         let mut stale_cache = true;
+        let mut state_known = false;
         let mut prepared: Vec<String> = Vec::new();
         if failure.is_none() {
             let constraints = if check_constraints {
@@ -602,6 +603,8 @@ impl SharedConn {
             );
             match session_state(&mut conn, check).await {
                 (Some((ddl, names)), error) => {
+                    // The query released session advisory locks before this row.
+                    state_known = true;
                     stale_cache = ddl > 0;
                     prepared = names;
                     if let Some(e) = error {
@@ -622,7 +625,7 @@ impl SharedConn {
                 healthy = false;
             }
         }
-        if healthy && failure.is_none() && stale_cache && prepared.is_empty() {
+        if healthy && failure.is_none() && !state_known {
             // The state query did not run (an aborted transaction): ask now.
             match sqlx::query_scalar::<_, String>(
                 "SELECT name::text FROM pg_prepared_statements WHERE from_sql",
@@ -634,17 +637,20 @@ impl SharedConn {
                 Err(_) => healthy = false,
             }
         }
-        if healthy && failure.is_none() {
-            // Session state that survives ROLLBACK.
+        if healthy && failure.is_none() && (!state_known || !prepared.is_empty()) {
+            // Session state that survives ROLLBACK. (Usually nothing to do:
+            // the state query already released the advisory locks.)
             let mut cleanup = String::from("SELECT pg_advisory_unlock_all()");
             for name in &prepared {
                 cleanup.push_str(&format!("; DEALLOCATE \"{}\"", name.replace('"', "\"\"")));
             }
-            let cleaned = sqlx::raw_sql(sqlx::AssertSqlSafe(cleanup))
+            healthy = sqlx::raw_sql(sqlx::AssertSqlSafe(cleanup))
                 .execute(&mut *conn)
                 .await
                 .is_ok();
-            healthy = cleaned && (!stale_cache || conn.clear_cached_statements().await.is_ok());
+        }
+        if healthy && failure.is_none() && stale_cache {
+            healthy = conn.clear_cached_statements().await.is_ok();
         }
         if healthy && failure.is_none() {
             (Some(conn), None, log)

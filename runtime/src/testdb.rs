@@ -32,11 +32,40 @@ use crate::shared::SharedConn;
 ///     assert_eq!(n, 1);
 /// }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct TestDb {
     db: Db,
     shared: Option<Arc<SharedConn>>,
     options: sqlx::postgres::PgConnectOptions,
+}
+
+/// Shows where the test's database is, never the password (the derived
+/// `Debug` of `PgConnectOptions` prints it).
+impl std::fmt::Debug for TestDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestDb")
+            .field("db", &self.db)
+            .field("shared", &self.shared)
+            .field("options", &RedactedOptions(&self.options))
+            .finish()
+    }
+}
+
+/// `PgConnectOptions` without the password (nor TLS key material).
+struct RedactedOptions<'a>(&'a sqlx::postgres::PgConnectOptions);
+
+impl std::fmt::Debug for RedactedOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let o = self.0;
+        f.debug_struct("PgConnectOptions")
+            .field("host", &o.get_host())
+            .field("port", &o.get_port())
+            .field("socket", &o.get_socket())
+            .field("username", &o.get_username())
+            .field("database", &o.get_database())
+            .field("application_name", &o.get_application_name())
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for SharedConn {
@@ -177,5 +206,36 @@ impl<'c> Executor<'c> for &'c TestDb {
         'c: 'e,
     {
         (&self.db).describe(sql)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_password() {
+        let options = sqlx::postgres::PgConnectOptions::new()
+            .host("db.example")
+            .username("app")
+            .password("s3cret-pw")
+            .database("dbtest_x_w");
+        assert!(
+            format!("{options:?}").contains("s3cret-pw"),
+            "sqlx's own Debug shows it, hence this test"
+        );
+        // A pool needs a runtime to exist (not to connect: it is lazy).
+        let _guard = crate::runtime().enter();
+        let pool = sqlx::postgres::PgPoolOptions::new().connect_lazy_with(options.clone());
+        let db = TestDb {
+            db: Db::from_pool(pool),
+            shared: None,
+            options,
+        };
+        for shown in [format!("{db:?}"), format!("{db:#?}")] {
+            assert!(!shown.contains("s3cret-pw"), "{shown}");
+            assert!(shown.contains("db.example"), "{shown}");
+            assert!(shown.contains("dbtest_x_w"), "{shown}");
+        }
     }
 }

@@ -178,9 +178,13 @@ pub(crate) async fn engine() -> Result<&'static Engine, String> {
         .map_err(Clone::clone)
 }
 
-/// Removes the password from a URL for messages.
+/// Removes passwords from a URL for messages: the one in the user info
+/// (`postgres://user:secret@host`), and the value of any query parameter
+/// whose name holds `password`, in any case and even percent-encoded
+/// (`?password=secret`, `&PassWord=secret`, `&sslpassword=secret`). A
+/// fragment is dropped: a `#` in an unencoded password starts one.
 pub(crate) fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
+    let url = match url::Url::parse(url) {
         Ok(mut u) => {
             if u.password().is_some() {
                 let _ = u.set_password(Some("***"));
@@ -191,7 +195,24 @@ pub(crate) fn redact(url: &str) -> String {
             (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
             _ => url.to_string(),
         },
-    }
+    };
+    let url = url.split('#').next().unwrap_or_default();
+    let Some((head, query)) = url.split_once('?') else {
+        return url.to_string();
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| {
+            let secret = url::form_urlencoded::parse(pair.as_bytes())
+                .next()
+                .is_some_and(|(key, _)| key.to_ascii_lowercase().contains("password"));
+            match pair.split_once('=') {
+                Some((key, _)) if secret => format!("{key}=***"),
+                _ => pair.to_string(),
+            }
+        })
+        .collect();
+    format!("{head}?{}", query.join("&"))
 }
 
 /// Reads `DATABASE_URL` from the environment, then from a `.env` file in the
@@ -1026,6 +1047,56 @@ impl MigratorRef {
         match self {
             MigratorRef::Static(m) => m,
             MigratorRef::Owned(m) => m,
+        }
+    }
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_in_the_user_info_and_the_query_are_redacted() {
+        for (url, want) in [
+            (
+                "postgres://u:s3cret@h:5432/db",
+                "postgres://u:***@h:5432/db",
+            ),
+            (
+                "postgres://u@h/db?password=s3cret",
+                "postgres://u@h/db?password=***",
+            ),
+            (
+                "postgres://u@h/db?sslmode=disable&password=s3cret&application_name=x",
+                "postgres://u@h/db?sslmode=disable&password=***&application_name=x",
+            ),
+            (
+                "postgres://u@h/db?PassWord=s3cret",
+                "postgres://u@h/db?PassWord=***",
+            ),
+            (
+                "postgres://u@h/db?%70assword=s3cret",
+                "postgres://u@h/db?%70assword=***",
+            ),
+            (
+                "postgres://u@h/db?sslpassword=s3cret&host=/tmp",
+                "postgres://u@h/db?sslpassword=***&host=/tmp",
+            ),
+            (
+                "postgres://u:s3cret@h/db?password=s3cret#s3cret",
+                "postgres://u:***@h/db?password=***",
+            ),
+            // Not parseable as a URL: still no password.
+            (
+                "postgres://u:s3cret@h:notaport/db?password=s3cret",
+                "postgres://***@h:notaport/db?password=***",
+            ),
+            ("postgres://u@h/db?host=/tmp", "postgres://u@h/db?host=/tmp"),
+            ("postgres://u@h/db", "postgres://u@h/db"),
+        ] {
+            let got = redact(url);
+            assert_eq!(got, want, "{url}");
+            assert!(!got.contains("s3cret"), "{got}");
         }
     }
 }

@@ -13,16 +13,42 @@
 //!   test process holds a shared lock on `users.lock` while it lives. A small
 //!   detached reaper stops the server after `DB_TEST_PG_IDLE_SECS` (default
 //!   600) without users.
+//!
+//! # Who may reach the server
+//!
+//! The cluster trusts every connection on its socket, as superuser (and a
+//! superuser can run programs with `COPY ... TO PROGRAM`). So only its owner
+//! may reach the socket:
+//!
+//! - The socket and data directories belong to the server user (we, or as
+//!   root the unprivileged user the server runs as) with mode 0700, and the
+//!   socket itself is 0700 (`unix_socket_permissions`). Root still connects,
+//!   as root bypasses file permissions.
+//! - Every directory is checked before use, with `symlink_metadata` (a
+//!   symbolic link is refused, never followed): owner, mode, type. One that
+//!   another user could have prepared (wrong owner, open mode, a link) is an
+//!   error that says what is wrong and how to fix it, never silently used.
+//! - Modes and owners are changed only through a descriptor opened with
+//!   `O_NOFOLLOW` (`fchmod`/`fchown`), and only on what we just created.
 
-use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::PermissionsExt;
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::ErrorKind;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
+use std::time::Instant;
 
 /// The port number only names the socket file; nothing listens on TCP.
 pub(crate) const PORT: u16 = 5432;
+
+/// Names the cluster directory (`pg16-v2`). Bumped when the layout or its
+/// rules change, so that a new db-test never adopts, or fights over, a server
+/// that an older one started under other rules (version 1 had a world-writable
+/// socket).
+const LAYOUT_VERSION: u32 = 2;
 
 /// A running embedded server.
 #[derive(Debug, Clone)]
@@ -38,11 +64,28 @@ struct Layout {
     root: PathBuf,
     data: PathBuf,
     socket: PathBuf,
+    /// When we are root: the unprivileged user (uid, gid) the server runs as.
     run_as: Option<(u32, u32)>,
 }
 
+impl Layout {
+    /// The user (uid, gid) that owns the server's directories and processes.
+    fn server_user(&self) -> (u32, u32) {
+        self.run_as.unwrap_or_else(|| (euid(), egid()))
+    }
+
+    /// The socket directory: the server user's alone.
+    fn socket_rule(&self) -> DirRule {
+        DirRule::private("socket directory", self.server_user())
+    }
+
+    /// The data directory: the server user's alone.
+    fn data_rule(&self, what: &'static str) -> DirRule {
+        DirRule::private(what, self.server_user())
+    }
+}
+
 fn flock(file: &File, op: libc::c_int) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
     loop {
         // SAFETY: flock on a valid, owned file descriptor.
         let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
@@ -50,7 +93,7 @@ fn flock(file: &File, op: libc::c_int) -> std::io::Result<()> {
             return Ok(());
         }
         let err = std::io::Error::last_os_error();
-        if err.kind() != std::io::ErrorKind::Interrupted {
+        if err.kind() != ErrorKind::Interrupted {
             return Err(err);
         }
     }
@@ -59,6 +102,11 @@ fn flock(file: &File, op: libc::c_int) -> std::io::Result<()> {
 fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() }
+}
+
+fn egid() -> u32 {
+    // SAFETY: getegid has no preconditions.
+    unsafe { libc::getegid() }
 }
 
 const SERVER_BINARIES: [&str; 3] = ["initdb", "pg_ctl", "postgres"];
@@ -192,6 +240,233 @@ fn unprivileged_user() -> (u32, u32) {
         .unwrap_or((65534, 65534))
 }
 
+/// `name (uid N)` for messages, or `uid N` for a uid without a name.
+fn user_label(uid: u32) -> String {
+    let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let name = passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() > 2 && f[2].parse() == Ok(uid)).then(|| f[0].to_string())
+    });
+    match name {
+        Some(name) => format!("{name} (uid {uid})"),
+        None => format!("uid {uid}"),
+    }
+}
+
+/// What a directory of the embedded server must look like.
+#[derive(Debug, Clone, Copy)]
+struct DirRule {
+    /// What to call it in messages, such as "socket directory".
+    what: &'static str,
+    /// The owner (uid, gid) it must have, and gets when db-test creates it.
+    owner: (u32, u32),
+    /// Its mode when db-test creates it.
+    mode: u32,
+    /// Permission bits it must not have.
+    forbidden: u32,
+    /// The server user must be able to pass through it (as root).
+    traverse: bool,
+}
+
+impl DirRule {
+    /// Only `owner` may enter it: mode 0700, nothing for group and others.
+    fn private(what: &'static str, owner: (u32, u32)) -> DirRule {
+        DirRule {
+            what,
+            owner,
+            mode: 0o700,
+            forbidden: 0o077,
+            traverse: false,
+        }
+    }
+
+    /// Ours and writable by nobody else; as root (`traverse`), 0755 so that
+    /// the unprivileged server user can pass through to its own directories.
+    fn ours(what: &'static str, traverse: bool) -> DirRule {
+        DirRule {
+            what,
+            owner: (euid(), egid()),
+            mode: if traverse { 0o755 } else { 0o700 },
+            forbidden: 0o022,
+            traverse,
+        }
+    }
+}
+
+/// Checks, without following a symbolic link, that `path` is a directory
+/// owned by `rule.owner` without any of the `rule.forbidden` mode bits.
+/// The error says what is wrong, with which path, and how to fix it.
+fn check_dir(path: &Path, rule: &DirRule) -> Result<(), String> {
+    let meta = fs::symlink_metadata(path).map_err(|e| {
+        format!(
+            "db-test: cannot inspect the embedded PostgreSQL's {} {}: {e}",
+            rule.what,
+            path.display()
+        )
+    })?;
+    let mut wrong = Vec::new();
+    if meta.file_type().is_symlink() {
+        let target = fs::read_link(path)
+            .map(|t| t.display().to_string())
+            .unwrap_or_else(|_| "?".into());
+        wrong.push(format!("a symbolic link (to {target})"));
+    } else if !meta.is_dir() {
+        wrong.push("not a directory".to_string());
+    } else {
+        if meta.uid() != rule.owner.0 {
+            wrong.push(format!(
+                "owned by {}, not by {}",
+                user_label(meta.uid()),
+                user_label(rule.owner.0)
+            ));
+        }
+        let mode = meta.mode() & 0o7777;
+        if mode & rule.forbidden != 0 {
+            wrong.push(format!(
+                "mode {mode:04o}, which lets other users {} it",
+                if mode & rule.forbidden & 0o022 != 0 {
+                    "write into"
+                } else {
+                    "look into"
+                }
+            ));
+        }
+    }
+    if wrong.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "db-test: refusing to use {} as the embedded PostgreSQL's {}: it is {}. The embedded \
+         server lets whoever reaches its socket in as superuser, so db-test only uses a {} that \
+         is a real directory (not a symbolic link), owned by {}, with mode {:04o} or stricter; \
+         this one may have been prepared by another local user to get into the server. \
+         Fix: look at it (`ls -ld {}`); if you did not make it so, remove it (`rm -rf {}`) and \
+         run again, or set DB_TEST_DATA_DIR to a directory of your own.",
+        path.display(),
+        rule.what,
+        wrong.join(" and "),
+        rule.what,
+        user_label(rule.owner.0),
+        0o777 & !rule.forbidden,
+        path.display(),
+        path.display(),
+    ))
+}
+
+/// Creates the directory `path` as `rule` says unless it exists, then checks
+/// it with [`check_dir`].
+///
+/// Mode and owner are only ever changed through a descriptor opened with
+/// `O_NOFOLLOW` (never through a symbolic link), and only on a directory that
+/// the effective user owns: the one just created, or one that an earlier run
+/// created as root and did not get to hand over to the server user.
+fn ensure_dir(path: &Path, rule: &DirRule) -> Result<(), String> {
+    let created = match DirBuilder::new().mode(rule.mode).create(path) {
+        Ok(()) => true,
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => false,
+        Err(e) => {
+            return Err(format!(
+                "db-test: cannot create the embedded PostgreSQL's {} {}: {e}",
+                rule.what,
+                path.display()
+            ));
+        }
+    };
+    if let Ok(meta) = fs::symlink_metadata(path) {
+        let mode = meta.mode() & 0o7777;
+        // `is_dir` of symlink_metadata is false for a symbolic link.
+        let ours = meta.is_dir() && meta.uid() == euid() && (created || mode & rule.forbidden == 0);
+        let new_mode = if created {
+            // The umask may have taken bits off (or there may be a default ACL).
+            Some(rule.mode)
+        } else if rule.traverse && mode & 0o011 != 0o011 {
+            Some(mode | 0o011)
+        } else {
+            None
+        };
+        if ours && (created || new_mode.is_some() || meta.uid() != rule.owner.0) {
+            adopt(path, &meta, new_mode, rule)?;
+        }
+    }
+    check_dir(path, rule)
+}
+
+/// Sets the mode and owner of a directory we own, through a descriptor
+/// opened without following links, after checking that it is still the
+/// directory `before` describes.
+fn adopt(
+    path: &Path,
+    before: &fs::Metadata,
+    mode: Option<u32>,
+    rule: &DirRule,
+) -> Result<(), String> {
+    let fail = |e: std::io::Error| {
+        format!(
+            "db-test: cannot set up the embedded PostgreSQL's {} {}: {e}",
+            rule.what,
+            path.display()
+        )
+    };
+    let dir = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(fail)?;
+    let now = dir.metadata().map_err(fail)?;
+    if (now.dev(), now.ino(), now.uid()) != (before.dev(), before.ino(), before.uid()) {
+        return Err(fail(std::io::Error::other(
+            "it was replaced while db-test was setting it up",
+        )));
+    }
+    if let Some(mode) = mode {
+        dir.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(fail)?;
+    }
+    if now.uid() != rule.owner.0 {
+        std::os::unix::fs::fchown(&dir, Some(rule.owner.0), Some(rule.owner.1)).map_err(fail)?;
+    }
+    Ok(())
+}
+
+/// The directory that holds everything of the embedded server. It must be
+/// ours and writable by nobody else, since db-test keeps its lock files and
+/// the cluster in it. A symbolic link that we (or root) made, to keep the
+/// cache elsewhere, is followed; one that another user made is refused.
+fn ensure_base(base: &Path, traverse: bool) -> Result<(), String> {
+    let rule = DirRule::ours("directory", traverse);
+    if let Ok(link) = fs::symlink_metadata(base)
+        && link.file_type().is_symlink()
+    {
+        if link.uid() != euid() && link.uid() != 0 {
+            return check_dir(base, &rule);
+        }
+        let target = fs::canonicalize(base).map_err(|e| {
+            format!(
+                "db-test: cannot follow {} (DB_TEST_DATA_DIR or the cache directory): {e}",
+                base.display()
+            )
+        })?;
+        return ensure_dir(&target, &rule);
+    }
+    if let Some(parent) = base.parent() {
+        let _ = fs::create_dir_all(parent);
+    }
+    ensure_dir(base, &rule)
+}
+
+/// Opens (creating it 0600) a lock or log file in a directory checked by
+/// [`ensure_dir`], never through a symbolic link.
+fn open_private_file(path: &Path, append: bool) -> std::io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(!append)
+        .append(append)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
 /// The binaries and their major version, remembered in `base/bin.cache`
 /// keyed by `DB_TEST_PG_BIN` and `PATH`: finding them spawns `pg_config`
 /// and `postgres --version`, 10-20 ms that every nextest process would pay.
@@ -214,11 +489,12 @@ fn binaries(base: &Path) -> Result<(PathBuf, String), String> {
     }
     let bin = find_bin_dir()?;
     let major = major_version(&bin)?;
-    let _ = fs::create_dir_all(base);
     let _ = fs::write(&cache, format!("{key}\n{}\n{major}\n", bin.display()));
     Ok((bin, major))
 }
 
+/// Where everything lives. Creates and checks the base directory (it holds
+/// the binaries cache), not the others.
 fn layout() -> Result<Layout, String> {
     let uid = euid();
     let base = if let Some(dir) = std::env::var_os("DB_TEST_DATA_DIR") {
@@ -232,13 +508,15 @@ fn layout() -> Result<Layout, String> {
     } else {
         PathBuf::from(format!("/tmp/db-test-{uid}"))
     };
+    let run_as = (uid == 0).then(unprivileged_user);
+    ensure_base(&base, run_as.is_some())?;
     let (bin, major) = binaries(&base)?;
-    let root = base.join(format!("pg{major}"));
+    let root = base.join(format!("pg{major}-v{LAYOUT_VERSION}"));
     // Socket paths are limited to 107 bytes: keep the directory short, and
-    // distinct per data directory.
+    // distinct per data directory. Its name is predictable, so it is checked
+    // before every use (see `ensure_dir`).
     let tag = short_hash(root.to_string_lossy().as_bytes());
     let socket = PathBuf::from(format!("/tmp/dbt-{uid}-{}", &tag[..8]));
-    let run_as = (uid == 0).then(unprivileged_user);
     Ok(Layout {
         bin,
         data: root.join("data"),
@@ -263,14 +541,6 @@ fn command(layout: &Layout, program: &str) -> Command {
         cmd.env("HOME", &layout.root);
     }
     cmd
-}
-
-fn chown(path: &Path, run_as: Option<(u32, u32)>) -> Result<(), String> {
-    if let Some((uid, gid)) = run_as {
-        std::os::unix::fs::chown(path, Some(uid), Some(gid))
-            .map_err(|e| format!("db-test: cannot chown {}: {e}", path.display()))?;
-    }
-    Ok(())
 }
 
 fn server_running(layout: &Layout) -> bool {
@@ -299,29 +569,17 @@ static USERS_LOCK: OnceLock<File> = OnceLock::new();
 /// Starts the embedded server, or finds the one already running. Blocking.
 pub(crate) fn ensure_started() -> Result<Embedded, String> {
     let layout = layout()?;
-    fs::create_dir_all(&layout.root)
-        .map_err(|e| format!("db-test: cannot create {}: {e}", layout.root.display()))?;
-    if layout.run_as.is_some() {
-        // The unprivileged server user must be able to reach its data directory.
-        for dir in [
-            layout.root.as_path(),
-            layout.root.parent().unwrap_or(&layout.root),
-        ] {
-            let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o755));
-        }
-    }
+    ensure_dir(
+        &layout.root,
+        &DirRule::ours("cluster directory", layout.run_as.is_some()),
+    )?;
     let open = |name: &str| {
-        OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(layout.root.join(name))
-            .map_err(|e| {
-                format!(
-                    "db-test: cannot open lock file in {}: {e}",
-                    layout.root.display()
-                )
-            })
+        open_private_file(&layout.root.join(name), false).map_err(|e| {
+            format!(
+                "db-test: cannot open lock file {}: {e}",
+                layout.root.join(name).display()
+            )
+        })
     };
     // Announce ourselves as a user before anything else, so the reaper never
     // stops a server that we are about to use.
@@ -335,7 +593,11 @@ pub(crate) fn ensure_started() -> Result<Embedded, String> {
     flock(&start_lock, libc::LOCK_EX)
         .map_err(|e| format!("db-test: cannot lock start.lock: {e}"))?;
 
+    // Never connect through, nor start a server in, a directory that another
+    // user could have prepared.
+    ensure_dir(&layout.socket, &layout.socket_rule())?;
     if server_running(&layout) {
+        check_dir(&layout.data, &layout.data_rule("data directory"))?;
         ensure_reaper(&layout);
         return Ok(Embedded {
             socket_dir: layout.socket.clone(),
@@ -344,29 +606,27 @@ pub(crate) fn ensure_started() -> Result<Embedded, String> {
         });
     }
 
-    let t0 = std::time::Instant::now();
+    let t0 = Instant::now();
     if !layout.data.join("PG_VERSION").exists() {
         init_cluster(&layout)?;
     }
-    fs::create_dir_all(&layout.socket).map_err(|e| {
-        format!(
-            "db-test: cannot create socket dir {}: {e}",
-            layout.socket.display()
-        )
-    })?;
-    chown(&layout.socket, layout.run_as)?;
-    let _ = fs::set_permissions(&layout.socket, fs::Permissions::from_mode(0o700));
+    check_dir(&layout.data, &layout.data_rule("data directory"))?;
     let _ = fs::remove_file(layout.socket.join(format!(".s.PGSQL.{PORT}.lock")));
 
+    // The server (as root: the server user) appends to the log.
     let log = layout.root.join("server.log");
-    if let Ok(f) = OpenOptions::new().create(true).append(true).open(&log) {
-        let _ = chown(&log, layout.run_as);
-        drop(f);
+    let log_file = open_private_file(&log, true)
+        .map_err(|e| format!("db-test: cannot open {}: {e}", log.display()))?;
+    let (uid, gid) = layout.server_user();
+    if log_file.metadata().is_ok_and(|m| m.uid() != uid) {
+        std::os::unix::fs::fchown(&log_file, Some(uid), Some(gid))
+            .map_err(|e| format!("db-test: cannot hand {} to uid {uid}: {e}", log.display()))?;
     }
+    drop(log_file);
     let options = format!(
         "-k {} -p {PORT} -c listen_addresses='' -c fsync=off -c synchronous_commit=off \
          -c full_page_writes=off -c max_connections=300 -c shared_buffers=128MB \
-         -c unix_socket_permissions=0777 {}",
+         -c unix_socket_permissions=0700 {}",
         layout.socket.display(),
         std::env::var("DB_TEST_PG_OPTIONS").unwrap_or_default()
     );
@@ -415,12 +675,10 @@ fn init_cluster(layout: &Layout) -> Result<(), String> {
     // initdb into a scratch directory and rename, so a killed initdb never
     // leaves a half-made cluster under the real name.
     let scratch = layout.root.join("data.init");
+    // remove_dir_all does not follow symbolic links.
     let _ = fs::remove_dir_all(&scratch);
     let _ = fs::remove_dir_all(&layout.data);
-    fs::create_dir_all(&scratch)
-        .map_err(|e| format!("db-test: cannot create {}: {e}", scratch.display()))?;
-    chown(&scratch, layout.run_as)?;
-    let _ = fs::set_permissions(&scratch, fs::Permissions::from_mode(0o700));
+    ensure_dir(&scratch, &layout.data_rule("new data directory"))?;
     let out = command(layout, "initdb")
         .args([
             "-U",
@@ -603,6 +861,169 @@ mod tests {
             search_bin_dir(None, Some(path), &versions).unwrap(),
             on_path
         );
+        fs::remove_dir_all(&root).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod safety_tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    /// A fresh, empty directory for one test (0755, ours).
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("db-test-safety-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        dir
+    }
+
+    fn mode(path: &Path) -> u32 {
+        fs::symlink_metadata(path).unwrap().mode() & 0o7777
+    }
+
+    fn me() -> (u32, u32) {
+        (euid(), egid())
+    }
+
+    #[test]
+    fn a_socket_dir_open_to_other_users_is_refused_not_fixed() {
+        let root = scratch("open");
+        let dir = root.join("dbt-sock");
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+        let err = ensure_dir(&dir, &DirRule::private("socket directory", me())).unwrap_err();
+        assert!(
+            err.contains(&format!("refusing to use {}", dir.display())),
+            "{err}"
+        );
+        assert!(err.contains("socket directory"), "{err}");
+        assert!(
+            err.contains("mode 0777, which lets other users write into it"),
+            "{err}"
+        );
+        assert!(err.contains("with mode 0700 or stricter"), "{err}");
+        assert!(err.contains(&format!("rm -rf {}", dir.display())), "{err}");
+        assert_eq!(
+            mode(&dir),
+            0o777,
+            "a dir we did not create is never chmod-ed"
+        );
+        // Readable by others is refused as well.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        let err = ensure_dir(&dir, &DirRule::private("socket directory", me())).unwrap_err();
+        assert!(
+            err.contains("mode 0755, which lets other users look into it"),
+            "{err}"
+        );
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_symlink_is_refused_and_never_followed_by_chmod_or_chown() {
+        let root = scratch("link");
+        let target = root.join("elsewhere");
+        fs::create_dir(&target).unwrap();
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o700)).unwrap();
+        let link = root.join("dbt-sock");
+        symlink(&target, &link).unwrap();
+        // As root the rule hands the directory to another user: the old code
+        // chowned (and chmod-ed) through the link.
+        let owner = if euid() == 0 { (65534, 65534) } else { me() };
+        for rule in [
+            DirRule::private("socket directory", owner),
+            DirRule::ours("cluster directory", true),
+        ] {
+            let err = ensure_dir(&link, &rule).unwrap_err();
+            assert!(
+                err.contains(&format!("a symbolic link (to {})", target.display())),
+                "{err}"
+            );
+            let meta = fs::metadata(&target).unwrap();
+            assert_eq!(meta.uid(), euid(), "chown followed the link");
+            assert_eq!(meta.mode() & 0o7777, 0o700, "chmod followed the link");
+        }
+        // A symbolic link in place of the data directory is refused too.
+        let err = check_dir(&link, &DirRule::private("data directory", me())).unwrap_err();
+        assert!(err.contains("symbolic link"), "{err}");
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_dir_owned_by_another_user_is_refused() {
+        let (dir, cleanup) = if euid() == 0 {
+            let root = scratch("owner");
+            let dir = root.join("dbt-sock");
+            fs::create_dir(&dir).unwrap();
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+            std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+            (dir, Some(root))
+        } else {
+            // Not root: a directory of root's stands in for another user's.
+            (PathBuf::from("/"), None)
+        };
+        let err = ensure_dir(&dir, &DirRule::private("socket directory", me())).unwrap_err();
+        let other = fs::symlink_metadata(&dir).unwrap().uid();
+        assert!(
+            err.contains(&format!(
+                "owned by {}, not by {}",
+                user_label(other),
+                user_label(euid())
+            )),
+            "{err}"
+        );
+        if let Some(root) = cleanup {
+            fs::remove_dir_all(&root).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_new_dir_is_private_and_as_root_belongs_to_the_server_user() {
+        let root = scratch("new");
+        let owner = if euid() == 0 { (65534, 65534) } else { me() };
+        let rule = DirRule::private("socket directory", owner);
+        let dir = root.join("dbt-sock");
+        ensure_dir(&dir, &rule).unwrap();
+        let meta = fs::symlink_metadata(&dir).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), owner);
+        assert_eq!(meta.mode() & 0o7777, 0o700);
+        // Once made, it is used as it is.
+        ensure_dir(&dir, &rule).unwrap();
+        if euid() == 0 {
+            // A directory an earlier run made (as root) and did not hand
+            // over is adopted; the same with an open mode is refused.
+            let left = root.join("left");
+            fs::create_dir(&left).unwrap();
+            fs::set_permissions(&left, fs::Permissions::from_mode(0o700)).unwrap();
+            ensure_dir(&left, &rule).unwrap();
+            assert_eq!(fs::symlink_metadata(&left).unwrap().uid(), 65534);
+            let open = root.join("open");
+            fs::create_dir(&open).unwrap();
+            fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+            assert!(ensure_dir(&open, &rule).is_err());
+            assert_eq!(fs::symlink_metadata(&open).unwrap().uid(), 0);
+        }
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_base_dir_link_made_by_another_user_is_refused() {
+        if euid() != 0 {
+            return; // only root can make a link owned by someone else
+        }
+        let root = scratch("base");
+        let target = root.join("target");
+        fs::create_dir(&target).unwrap();
+        let link = root.join("db-test-root");
+        symlink(&target, &link).unwrap();
+        std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).unwrap();
+        let err = ensure_base(&link, true).unwrap_err();
+        assert!(err.contains("symbolic link"), "{err}");
+        // The same link made by us (a user keeping the cache elsewhere) is followed.
+        std::os::unix::fs::lchown(&link, Some(0), Some(0)).unwrap();
+        ensure_base(&link, true).unwrap();
         fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -11,8 +11,8 @@
 //!   as `-c log_statement=ddl`.
 //! - Shared by every test process: a lock file serialises start-up, and each
 //!   test process holds a shared lock on `users.lock` while it lives. A small
-//!   detached reaper stops the server after `DB_TEST_PG_IDLE_SECS` (default
-//!   600) without users.
+//!   detached reaper (a fork of the process that started it) stops the server
+//!   after `DB_TEST_PG_IDLE_SECS` (default 600) without users.
 //!
 //! # Who may reach the server
 //!
@@ -30,16 +30,24 @@
 //!   error that says what is wrong and how to fix it, never silently used.
 //! - Modes and owners are changed only through a descriptor opened with
 //!   `O_NOFOLLOW` (`fchmod`/`fchown`), and only on what we just created.
+//! - The reaper drops root for the server user, and signals a pid only after
+//!   checking that it is the postmaster of this data directory: a live
+//!   `postgres` process of the server user whose working directory is the
+//!   data directory. It stops the server holding the start lock and waits
+//!   until it is gone, so a process arriving meanwhile waits, then starts a
+//!   new server, instead of reaching one that is shutting down (`57P03`).
 
+use std::ffi::{CStr, CString};
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::ErrorKind;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The port number only names the socket file; nothing listens on TCP.
 pub(crate) const PORT: u16 = 5432;
@@ -47,7 +55,7 @@ pub(crate) const PORT: u16 = 5432;
 /// Names the cluster directory (`pg16-v2`). Bumped when the layout or its
 /// rules change, so that a new db-test never adopts, or fights over, a server
 /// that an older one started under other rules (version 1 had a world-writable
-/// socket).
+/// socket and a shell reaper that used `flock(1)`).
 const LAYOUT_VERSION: u32 = 2;
 
 /// A running embedded server.
@@ -433,7 +441,7 @@ fn adopt(
 /// the cluster in it. A symbolic link that we (or root) made, to keep the
 /// cache elsewhere, is followed; one that another user made is refused.
 fn ensure_base(base: &Path, traverse: bool) -> Result<(), String> {
-    let rule = DirRule::ours("directory", traverse);
+    let rule = DirRule::ours("base directory (DB_TEST_DATA_DIR or its default)", traverse);
     if let Ok(link) = fs::symlink_metadata(base)
         && link.file_type().is_symlink()
     {
@@ -544,23 +552,8 @@ fn command(layout: &Layout, program: &str) -> Command {
 }
 
 fn server_running(layout: &Layout) -> bool {
-    let Ok(pid_file) = fs::read_to_string(layout.data.join("postmaster.pid")) else {
-        return false;
-    };
-    let Some(pid) = pid_file
-        .lines()
-        .next()
-        .and_then(|l| l.trim().parse::<i32>().ok())
-    else {
-        return false;
-    };
-    // SAFETY: signal 0 only checks that the process exists.
-    let alive = unsafe { libc::kill(pid, 0) } == 0;
-    // A pid left by a killed server may since belong to another program.
-    let is_postgres = fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| String::from_utf8_lossy(&c).contains("postgres"))
-        .unwrap_or(true); // no /proc (macOS): trust the pid
-    alive && is_postgres && layout.socket.join(format!(".s.PGSQL.{PORT}")).exists()
+    ServerId::new(layout).is_some_and(|id| id.running_pid().is_some())
+        && layout.socket.join(format!(".s.PGSQL.{PORT}")).exists()
 }
 
 /// Held for the life of the process: tells the reaper the server is in use.
@@ -706,65 +699,484 @@ fn init_cluster(layout: &Layout) -> Result<(), String> {
     Ok(())
 }
 
-/// Starts the idle reaper unless one is alive: a detached shell loop that
-/// stops the server once no test process has held `users.lock` for the idle
-/// period. It only ever stops the server in our own data directory.
-fn ensure_reaper(layout: &Layout) {
-    let pid_file = layout.root.join("reaper.pid");
-    if let Some(pid) = fs::read_to_string(&pid_file)
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok())
-    {
-        // A live reaper has our argv; an exited one (even an unreaped zombie,
-        // whose cmdline is empty) or a reused pid does not.
-        let alive = match fs::read(format!("/proc/{pid}/cmdline")) {
-            Ok(cmdline) => String::from_utf8_lossy(&cmdline).contains("db-test-reaper"),
-            // SAFETY: signal 0 only checks that the process exists.
-            Err(_) => !Path::new("/proc").exists() && unsafe { libc::kill(pid, 0) } == 0,
-        };
-        if alive {
-            return;
+/// Whether this system lets db-test check that a pid is its postmaster.
+/// Elsewhere no reaper is started (nothing is ever signalled), and the server
+/// runs until it is stopped by hand.
+const CAN_VERIFY: bool = cfg!(any(target_os = "linux", target_os = "macos"));
+
+/// What recognises our postmaster, prepared up front: the reaper uses it in
+/// a forked child, where it must not allocate.
+struct ServerId {
+    /// `data/postmaster.pid`.
+    pid_file: CString,
+    /// The server user.
+    uid: u32,
+    /// The data directory, canonical: the postmaster's working directory.
+    data: Vec<u8>,
+}
+
+impl ServerId {
+    /// `None` while there is no data directory.
+    fn new(layout: &Layout) -> Option<ServerId> {
+        let data = fs::canonicalize(&layout.data).ok()?;
+        Some(ServerId {
+            pid_file: CString::new(layout.data.join("postmaster.pid").as_os_str().as_bytes())
+                .ok()?,
+            uid: layout.server_user().0,
+            data: data.as_os_str().as_bytes().to_vec(),
+        })
+    }
+
+    /// The pid that `postmaster.pid` names, if that process verifiably is our
+    /// postmaster: the file is the server user's, so anything could be written
+    /// in it. Allocation-free.
+    fn running_pid(&self) -> Option<libc::pid_t> {
+        let mut buf = [0u8; 256];
+        let pid = parse_pid(read_into(&self.pid_file, &mut buf)?)?;
+        is_our_postmaster(pid, self.uid, &self.data).then_some(pid)
+    }
+}
+
+/// A decimal number of at most 18 digits, nothing else.
+fn parse_number(text: &[u8]) -> Option<i64> {
+    if text.is_empty() || text.len() > 18 || !text.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(text.iter().fold(0, |n, &d| n * 10 + i64::from(d - b'0')))
+}
+
+/// The first line of `postmaster.pid` as a pid. 0, 1 and negative numbers
+/// (which `kill` takes for process groups, or for every process) are refused.
+fn parse_pid(text: &[u8]) -> Option<libc::pid_t> {
+    let pid = parse_number(text.split(|&b| b == b'\n').next()?.trim_ascii())?;
+    (pid > 1 && pid <= i64::from(libc::pid_t::MAX)).then_some(pid as libc::pid_t)
+}
+
+fn errno() -> Option<i32> {
+    std::io::Error::last_os_error().raw_os_error()
+}
+
+/// Reads the start of a file (up to `buf.len()` bytes) without allocating
+/// and without following a symbolic link.
+fn read_into<'a>(path: &CStr, buf: &'a mut [u8]) -> Option<&'a [u8]> {
+    // SAFETY: plain system calls on a NUL-terminated path and our own buffer.
+    unsafe {
+        let fd = libc::open(
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+        );
+        if fd < 0 {
+            return None;
+        }
+        let mut n = 0;
+        while n < buf.len() {
+            let r = libc::read(fd, buf[n..].as_mut_ptr().cast(), buf.len() - n);
+            if r < 0 && errno() == Some(libc::EINTR) {
+                continue;
+            }
+            if r <= 0 {
+                break;
+            }
+            n += r as usize;
+        }
+        libc::close(fd);
+        Some(&buf[..n])
+    }
+}
+
+fn basename(path: &[u8]) -> &[u8] {
+    path.rsplit(|&b| b == b'/').next().unwrap_or(path)
+}
+
+/// `/proc/<pid>/<leaf>`, built in `buf` without allocating.
+#[cfg(target_os = "linux")]
+fn proc_path<'a>(buf: &'a mut [u8; 64], pid: libc::pid_t, leaf: &[u8]) -> &'a CStr {
+    let mut digits = [0u8; 12];
+    let mut n = pid.unsigned_abs();
+    let mut d = digits.len();
+    loop {
+        d -= 1;
+        digits[d] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
         }
     }
-    let idle: u64 = std::env::var("DB_TEST_PG_IDLE_SECS")
+    let mut len = 0;
+    for part in [&b"/proc/"[..], &digits[d..], b"/", leaf] {
+        let take = part.len().min(buf.len() - 1 - len);
+        buf[len..len + take].copy_from_slice(&part[..take]);
+        len += take;
+    }
+    buf[len] = 0;
+    CStr::from_bytes_until_nul(&buf[..=len]).unwrap_or(c"/proc/0/x")
+}
+
+/// The target of a symbolic link, without allocating.
+#[cfg(target_os = "linux")]
+fn readlink_into<'a>(path: &CStr, buf: &'a mut [u8]) -> Option<&'a [u8]> {
+    // SAFETY: readlink writes at most buf.len() bytes into our buffer.
+    let n = unsafe { libc::readlink(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    (n >= 0 && (n as usize) < buf.len()).then(|| &buf[..n as usize])
+}
+
+/// Whether `pid` is the postmaster of the cluster in `data`, run by `uid`:
+/// both its real and effective uid are `uid`; its executable is `postgres`
+/// and so is its `argv[0]` (its children rewrite theirs to `postgres: ...`);
+/// its working directory is the data directory (the postmaster works there).
+/// Allocation-free.
+#[cfg(target_os = "linux")]
+fn is_our_postmaster(pid: libc::pid_t, uid: u32, data: &[u8]) -> bool {
+    let mut path = [0u8; 64];
+    let mut buf = [0u8; 4096];
+    let Some(status) = read_into(proc_path(&mut path, pid, b"status"), &mut buf) else {
+        return false;
+    };
+    let Some(uids) = status
+        .split(|&b| b == b'\n')
+        .find_map(|l| l.strip_prefix(b"Uid:"))
+    else {
+        return false;
+    };
+    let mut uids = uids
+        .split(u8::is_ascii_whitespace)
+        .filter(|s| !s.is_empty())
+        .map(|s| parse_number(s).and_then(|n| u32::try_from(n).ok()));
+    if uids.next() != Some(Some(uid)) || uids.next() != Some(Some(uid)) {
+        return false;
+    }
+    let Some(cmdline) = read_into(proc_path(&mut path, pid, b"cmdline"), &mut buf) else {
+        return false;
+    };
+    if basename(cmdline.split(|&b| b == 0).next().unwrap_or_default()) != b"postgres" {
+        return false;
+    }
+    let Some(exe) = readlink_into(proc_path(&mut path, pid, b"exe"), &mut buf) else {
+        return false;
+    };
+    // A binary replaced by a package upgrade while it runs.
+    let exe = exe.strip_suffix(b" (deleted)").unwrap_or(exe);
+    if basename(exe) != b"postgres" {
+        return false;
+    }
+    readlink_into(proc_path(&mut path, pid, b"cwd"), &mut buf) == Some(data)
+}
+
+/// As on Linux, from `proc_pidinfo`: the postmaster is a `postgres` process
+/// of `uid` whose parent is not one (its children keep the name on macOS),
+/// and whose working directory is the data directory.
+#[cfg(target_os = "macos")]
+fn is_our_postmaster(pid: libc::pid_t, uid: u32, data: &[u8]) -> bool {
+    fn info<T>(pid: libc::pid_t, flavor: libc::c_int) -> Option<T> {
+        // SAFETY: proc_pidinfo fills at most `size` bytes of a zeroed plain C struct.
+        unsafe {
+            let mut out: T = std::mem::zeroed();
+            let size = std::mem::size_of::<T>() as libc::c_int;
+            let n = libc::proc_pidinfo(pid, flavor, 0, (&mut out as *mut T).cast(), size);
+            (n == size).then_some(out)
+        }
+    }
+    fn cstr_bytes(raw: &[u8]) -> &[u8] {
+        &raw[..raw.iter().position(|&b| b == 0).unwrap_or(raw.len())]
+    }
+    let is_postgres = |p: &libc::proc_bsdinfo| {
+        // SAFETY: c_char and u8 have the same layout.
+        let comm: &[u8] =
+            unsafe { std::slice::from_raw_parts(p.pbi_comm.as_ptr().cast(), p.pbi_comm.len()) };
+        cstr_bytes(comm) == b"postgres" && p.pbi_uid == uid && p.pbi_ruid == uid
+    };
+    let Some(me) = info::<libc::proc_bsdinfo>(pid, libc::PROC_PIDTBSDINFO) else {
+        return false;
+    };
+    if !is_postgres(&me) {
+        return false;
+    }
+    if info::<libc::proc_bsdinfo>(me.pbi_ppid as libc::pid_t, libc::PROC_PIDTBSDINFO)
+        .is_some_and(|parent| is_postgres(&parent))
+    {
+        return false;
+    }
+    let mut exe = [0u8; libc::PROC_PIDPATHINFO_MAXSIZE as usize];
+    // SAFETY: proc_pidpath writes at most exe.len() bytes.
+    let n = unsafe { libc::proc_pidpath(pid, exe.as_mut_ptr().cast(), exe.len() as u32) };
+    if n <= 0 || basename(&exe[..n as usize]) != b"postgres" {
+        return false;
+    }
+    let Some(paths) = info::<libc::proc_vnodepathinfo>(pid, libc::PROC_PIDVNODEPATHINFO) else {
+        return false;
+    };
+    let cwd = &paths.pvi_cdir.vip_path;
+    // SAFETY: a [[c_char; 32]; 32] is 1024 contiguous bytes.
+    let cwd: &[u8] = unsafe { std::slice::from_raw_parts(cwd.as_ptr().cast(), 32 * 32) };
+    cstr_bytes(cwd) == data
+}
+
+/// Elsewhere only liveness can be checked; no reaper runs there (see
+/// [`CAN_VERIFY`]), so this answer never leads to a signal.
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
+fn is_our_postmaster(pid: libc::pid_t, _uid: u32, _data: &[u8]) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+/// Stops our server (fast shutdown, then immediate after a minute) and waits
+/// until it is gone. Only a pid verified by [`ServerId::running_pid`] right
+/// before is ever signalled. Returns whether the server is gone.
+/// Allocation-free (the reaper calls it).
+fn stop_server(id: &ServerId) -> bool {
+    let Some(pid) = id.running_pid() else {
+        return true;
+    };
+    for (signal, wait) in [
+        (libc::SIGINT, Duration::from_secs(60)),
+        (libc::SIGQUIT, Duration::from_secs(10)),
+    ] {
+        if id.running_pid() != Some(pid) {
+            return true;
+        }
+        // SAFETY: `pid` was verified to be our postmaster just above.
+        unsafe { libc::kill(pid, signal) };
+        let t0 = Instant::now();
+        while t0.elapsed() < wait {
+            // postmaster.pid goes once every child is gone and shared memory
+            // is released; an unreaped (zombie) postmaster no longer verifies.
+            if id.running_pid() != Some(pid) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    false
+}
+
+/// Everything the reaper needs, prepared before the fork.
+struct ReaperPlan {
+    id: ServerId,
+    root: CString,
+    users: CString,
+    start: CString,
+    /// As root: the server user (uid, gid) the reaper becomes.
+    drop_to: Option<(u32, u32)>,
+    idle: Duration,
+    /// `reaper.lock`, locked: the reaper holds it for its whole life, which
+    /// is how others know it is alive (no pid file to trust).
+    lock_fd: RawFd,
+}
+
+/// Starts the idle reaper unless one is alive. Called with `start.lock`
+/// held; the reaper takes it too before it exits, so a running server always
+/// has a reaper.
+fn ensure_reaper(layout: &Layout) {
+    if let Err(e) = try_ensure_reaper(layout) {
+        tracing::warn!(
+            "db-test: cannot start the idle reaper of the embedded PostgreSQL ({e}); the server \
+             keeps running until stopped by hand (`pg_ctl stop -D {}`)",
+            layout.data.display()
+        );
+    }
+}
+
+fn try_ensure_reaper(layout: &Layout) -> Result<(), String> {
+    if !CAN_VERIFY {
+        return Ok(());
+    }
+    let path = layout.root.join("reaper.lock");
+    let lock = open_private_file(&path, false)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    match flock(&lock, libc::LOCK_EX | libc::LOCK_NB) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+        Err(e) => return Err(format!("cannot lock {}: {e}", path.display())),
+    }
+    let cstring =
+        |p: PathBuf| CString::new(p.into_os_string().into_vec()).map_err(|e| e.to_string());
+    let idle = std::env::var("DB_TEST_PG_IDLE_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(600);
-    let script = r#"
-        root="$1"; idle_limit="$2"; data="$root/data"; idle=0
-        while sleep 2; do
-            pid=$(head -n 1 "$data/postmaster.pid" 2>/dev/null) || exit 0
-            kill -0 "$pid" 2>/dev/null || exit 0
-            if flock -n -x "$root/users.lock" true; then idle=$((idle + 2)); else idle=0; fi
-            if [ "$idle" -ge "$idle_limit" ]; then
-                flock -x "$root/start.lock" sh -c 'flock -n -x "$1/users.lock" true && kill -INT "$2"' _ "$root" "$pid"
-                exit 0
-            fi
-        done
-    "#;
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(script)
-        .arg("db-test-reaper")
-        .arg(&layout.root)
-        .arg(idle.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: setsid is async-signal-safe; it detaches the reaper from our
-    // process group so that it outlives this test process.
-    unsafe {
-        cmd.pre_exec(|| {
+    let plan = ReaperPlan {
+        id: ServerId::new(layout).ok_or("no data directory")?,
+        root: cstring(layout.root.clone())?,
+        users: cstring(layout.root.join("users.lock"))?,
+        start: cstring(layout.root.join("start.lock"))?,
+        drop_to: layout.run_as,
+        idle: Duration::from_secs(idle),
+        lock_fd: lock.as_raw_fd(),
+    };
+    spawn_reaper(&plan)
+    // `lock` closes here; the reaper's copy keeps the lock.
+}
+
+/// Forks twice: the grandchild runs [`reaper_main`] in a session of its own
+/// (so it outlives the test process and its process group), adopted by init
+/// once the child exits (so it is nobody's zombie).
+fn spawn_reaper(plan: &ReaperPlan) -> Result<(), String> {
+    // SAFETY: the children make only async-signal-safe calls until they exit
+    // (see reaper_main).
+    match unsafe { libc::fork() } {
+        -1 => Err(format!("fork: {}", std::io::Error::last_os_error())),
+        0 => unsafe {
             libc::setsid();
+            if libc::fork() == 0 {
+                reaper_main(plan);
+            }
+            libc::_exit(0)
+        },
+        child => {
+            let mut status = 0;
+            // SAFETY: waits for the child just forked.
+            while unsafe { libc::waitpid(child, &mut status, 0) } == -1
+                && errno() == Some(libc::EINTR)
+            {}
             Ok(())
-        });
+        }
     }
-    if let Ok(mut child) = cmd.spawn() {
-        let _ = fs::write(&pid_file, child.id().to_string());
-        // Reap it in the background if it exits while we live; otherwise init adopts it.
-        std::thread::spawn(move || {
-            let _ = child.wait();
-        });
+}
+
+/// Closes every descriptor from `first` on.
+///
+/// # Safety
+/// Only for a process that owns all its descriptors (the reaper).
+unsafe fn close_from(first: libc::c_int) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: close_range has no memory effects.
+    if unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            0,
+        )
+    } == 0
+    {
+        return;
+    }
+    // SAFETY: plain system calls.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0
+            && limit.rlim_cur != libc::RLIM_INFINITY
+        {
+            limit.rlim_cur.min(1 << 20) as libc::c_int
+        } else {
+            1 << 16
+        };
+        for fd in first..max {
+            libc::close(fd);
+        }
+    }
+}
+
+/// The reaper process: sets itself up, then [`reap`]s.
+///
+/// It runs in a fork of a multi-threaded test process, so it makes only
+/// plain system calls and never allocates: another thread may have held the
+/// allocator's (or any other) lock at the time of the fork.
+fn reaper_main(plan: &ReaperPlan) -> ! {
+    // SAFETY: plain system calls on descriptors and NUL-terminated paths we own.
+    unsafe {
+        #[cfg(target_os = "linux")]
+        libc::prctl(libc::PR_SET_NAME, c"db-test-reaper".as_ptr());
+        // Handlers of the test process (tokio's) would write to its descriptors.
+        for signal in 1..65 {
+            if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+                libc::signal(signal, libc::SIG_DFL);
+            }
+        }
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        // Keep only reaper.lock (as fd 3): an inherited users.lock would count
+        // as a user forever, an inherited pipe would keep a test harness
+        // waiting for output, an inherited socket would keep a connection.
+        if plan.lock_fd != 3 && libc::dup2(plan.lock_fd, 3) != 3 {
+            libc::_exit(1);
+        }
+        close_from(4);
+        for fd in 0..3 {
+            libc::close(fd);
+        }
+        if libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) == 0 {
+            libc::dup2(0, 1);
+            libc::dup2(0, 2);
+        }
+        libc::chdir(plan.root.as_ptr());
+        let flags = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW;
+        let users = libc::open(plan.users.as_ptr(), flags);
+        let start = libc::open(plan.start.as_ptr(), flags);
+        if users < 0 || start < 0 {
+            libc::_exit(1);
+        }
+        // As root: become the server user. The lock files stay open; the
+        // server's files and processes are that user's.
+        if let Some((uid, gid)) = plan.drop_to
+            && (libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0
+                || libc::getuid() != uid
+                || libc::geteuid() != uid)
+        {
+            libc::_exit(1);
+        }
+        reap(plan, users, start)
+    }
+}
+
+/// Waits until the server is gone (then exits), or has had no user for
+/// `plan.idle` (then stops it and exits).
+fn reap(plan: &ReaperPlan, users: libc::c_int, start: libc::c_int) -> ! {
+    let lock = |fd: libc::c_int, op: libc::c_int| loop {
+        // SAFETY: flock on a descriptor we opened.
+        if unsafe { libc::flock(fd, op) } == 0 {
+            return true;
+        }
+        if errno() != Some(libc::EINTR) {
+            return false;
+        }
+    };
+    // Releases reaper.lock before the start lock (released at exit), so a
+    // process that gets the start lock next sees no reaper and starts one.
+    let exit = || -> ! {
+        // SAFETY: closing our own descriptor, then exiting without running
+        // the test process's exit handlers.
+        unsafe {
+            libc::close(3);
+            libc::_exit(0)
+        }
+    };
+    let mut idle_since: Option<Instant> = None;
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        if plan.id.running_pid().is_none() {
+            // Stopped, killed, or not ours. Decide under the start lock, so
+            // that a process starting a server meanwhile either finds this
+            // reaper gone, or is found by it.
+            lock(start, libc::LOCK_EX);
+            if plan.id.running_pid().is_none() {
+                exit();
+            }
+            lock(start, libc::LOCK_UN);
+            idle_since = None;
+            continue;
+        }
+        if !lock(users, libc::LOCK_EX | libc::LOCK_NB) {
+            idle_since = None;
+            continue;
+        }
+        lock(users, libc::LOCK_UN);
+        if idle_since.get_or_insert_with(Instant::now).elapsed() < plan.idle {
+            continue;
+        }
+        lock(start, libc::LOCK_EX);
+        // Still no user: stop the server and wait until it is gone, holding
+        // both locks, so that a process arriving meanwhile waits and then
+        // starts a new server instead of reaching one that is shutting down.
+        if lock(users, libc::LOCK_EX | libc::LOCK_NB) {
+            stop_server(&plan.id);
+            exit();
+        }
+        lock(start, libc::LOCK_UN);
+        idle_since = None;
     }
 }
 
@@ -1024,6 +1436,128 @@ mod safety_tests {
         // The same link made by us (a user keeping the cache elsewhere) is followed.
         std::os::unix::fs::lchown(&link, Some(0), Some(0)).unwrap();
         ensure_base(&link, true).unwrap();
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn pids_that_kill_would_misread_are_refused() {
+        for bad in [
+            &b""[..],
+            b"0",
+            b"1",
+            b"-1",
+            b"-4242",
+            b"abc",
+            b" \n4242",
+            b"99999999999999999999",
+            b"2147483648",
+        ] {
+            assert_eq!(parse_pid(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(parse_pid(b"4242\n/some/data\n123\n"), Some(4242));
+        assert_eq!(parse_pid(b" 4242 \n"), Some(4242));
+    }
+
+    /// A child process and its pid, killed when dropped.
+    struct Proc(std::process::Child);
+    impl Drop for Proc {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn id(data: &Path, uid: u32) -> ServerId {
+        ServerId {
+            pid_file: CString::new(data.join("postmaster.pid").into_os_string().into_vec())
+                .unwrap(),
+            uid,
+            data: fs::canonicalize(data).unwrap().into_os_string().into_vec(),
+        }
+    }
+
+    #[test]
+    fn a_pid_file_naming_another_process_is_never_signalled() {
+        if !CAN_VERIFY {
+            return;
+        }
+        let root = scratch("pid");
+        let data = root.join("data");
+        fs::create_dir(&data).unwrap();
+        let sleep = ["/bin/sleep", "/usr/bin/sleep"]
+            .into_iter()
+            .find(|p| Path::new(p).is_file())
+            .expect("a sleep binary");
+        // A program that calls itself postgres and works in the data
+        // directory, but is not a postgres binary.
+        let impostor = Proc(
+            Command::new(sleep)
+                .arg0("postgres")
+                .arg("30")
+                .current_dir(&data)
+                .spawn()
+                .unwrap(),
+        );
+        // A postgres binary (a copy of sleep named so) elsewhere.
+        let fake = root.join("bin/postgres");
+        fs::create_dir_all(fake.parent().unwrap()).unwrap();
+        fs::copy(sleep, &fake).unwrap();
+        let elsewhere = Proc(
+            Command::new(&fake)
+                .arg("30")
+                .current_dir(&root)
+                .spawn()
+                .unwrap(),
+        );
+        let write_pid = |pid: u32| {
+            fs::write(
+                data.join("postmaster.pid"),
+                format!("{pid}\n{}\n", data.display()),
+            )
+            .unwrap()
+        };
+        let me = id(&data, euid());
+        for p in [&impostor, &elsewhere] {
+            write_pid(p.0.id());
+            assert_eq!(me.running_pid(), None);
+            assert!(stop_server(&me), "nothing of ours to stop");
+        }
+        // The test process itself, and pid 1 (never ours).
+        write_pid(std::process::id());
+        assert_eq!(me.running_pid(), None);
+        write_pid(1);
+        assert_eq!(me.running_pid(), None);
+        let mut impostor = impostor;
+        let mut elsewhere = elsewhere;
+        assert!(
+            impostor.0.try_wait().unwrap().is_none(),
+            "the impostor was signalled"
+        );
+        assert!(
+            elsewhere.0.try_wait().unwrap().is_none(),
+            "the process elsewhere was signalled"
+        );
+
+        // The control: the same binary in the data directory is taken for
+        // the postmaster (unless it runs as another user), and stopped.
+        let mut ours = Proc(
+            Command::new(&fake)
+                .arg("30")
+                .current_dir(&data)
+                .spawn()
+                .unwrap(),
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        if ours.0.try_wait().unwrap().is_some() {
+            return; // a multi-call sleep (busybox) does not run as `postgres`
+        }
+        write_pid(ours.0.id());
+        assert_eq!(id(&data, euid() + 1).running_pid(), None, "another user's");
+        assert_eq!(me.running_pid(), Some(ours.0.id() as libc::pid_t));
+        assert!(stop_server(&me));
+        let status = ours.0.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGINT));
         fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -13,10 +13,11 @@ use std::ops::{Deref, DerefMut};
 #[cfg(feature = "harness")]
 use std::sync::Arc;
 
+use futures_util::FutureExt;
+#[cfg(feature = "harness")]
+use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
-#[cfg(feature = "harness")]
-use futures_util::{FutureExt, StreamExt};
 use sqlx::postgres::{PgConnection, PgQueryResult, PgRow, PgStatement, PgTypeInfo};
 use sqlx::{Either, Execute, Executor, PgPool, Postgres};
 
@@ -137,7 +138,9 @@ impl Db {
     }
 }
 
-/// A connection taken from a [`Db`]. Derefs to [`PgConnection`].
+/// A connection taken from a [`Db`]. Derefs to [`DbConn`], which derefs to
+/// [`PgConnection`]: `.execute(&mut *conn)` and a `&mut PgConnection`
+/// parameter both work.
 pub struct DbConnection {
     inner: ConnInner,
 }
@@ -155,28 +158,29 @@ impl fmt::Debug for DbConnection {
 }
 
 impl Deref for DbConnection {
-    type Target = PgConnection;
-    fn deref(&self) -> &PgConnection {
-        match &self.inner {
+    type Target = DbConn;
+    fn deref(&self) -> &DbConn {
+        DbConn::from_ref(match &self.inner {
             ConnInner::Pool(c) => c,
             #[cfg(feature = "harness")]
             ConnInner::Test(g) => g.conn(),
-        }
+        })
     }
 }
 
 impl DerefMut for DbConnection {
-    fn deref_mut(&mut self) -> &mut PgConnection {
-        match &mut self.inner {
+    fn deref_mut(&mut self) -> &mut DbConn {
+        DbConn::from_mut(match &mut self.inner {
             ConnInner::Pool(c) => c,
             #[cfg(feature = "harness")]
             ConnInner::Test(g) => g.conn_mut(),
-        }
+        })
     }
 }
 
-/// A transaction started with [`Db::begin`]. Derefs to [`PgConnection`], so
-/// queries run on it with `.execute(&mut *tx)`.
+/// A transaction started with [`Db::begin`]. Derefs to [`DbConn`] (and on
+/// to [`PgConnection`]), so queries run on it with `.execute(&mut *tx)`, and
+/// `&mut *tx` can be passed where a `&mut PgConnection` is expected.
 ///
 /// Dropping it without calling [`commit`](DbTransaction::commit) rolls it back.
 pub struct DbTransaction {
@@ -245,25 +249,25 @@ impl Drop for DbTransaction {
 }
 
 impl Deref for DbTransaction {
-    type Target = PgConnection;
-    fn deref(&self) -> &PgConnection {
-        match &self.inner {
+    type Target = DbConn;
+    fn deref(&self) -> &DbConn {
+        DbConn::from_ref(match &self.inner {
             TxInner::Pool(tx) => tx,
             #[cfg(feature = "harness")]
             TxInner::Test { guard, .. } => guard.conn(),
             TxInner::Taken => unreachable!("transaction used after commit"),
-        }
+        })
     }
 }
 
 impl DerefMut for DbTransaction {
-    fn deref_mut(&mut self) -> &mut PgConnection {
-        match &mut self.inner {
+    fn deref_mut(&mut self) -> &mut DbConn {
+        DbConn::from_mut(match &mut self.inner {
             TxInner::Pool(tx) => tx,
             #[cfg(feature = "harness")]
             TxInner::Test { guard, .. } => guard.conn_mut(),
             TxInner::Taken => unreachable!("transaction used after commit"),
-        }
+        })
     }
 }
 
@@ -404,5 +408,169 @@ impl<'c> Executor<'c> for &'c Db {
                 .boxed()
             }
         }
+    }
+}
+
+/// The connection behind a [`DbConnection`] or [`DbTransaction`] guard.
+///
+/// It derefs to [`PgConnection`], so `&mut *tx` goes wherever a
+/// `&mut PgConnection` is expected, and `&mut DbConn` is itself a
+/// [`sqlx::Executor`] and a [`sqlx::Acquire`]. In production it is the
+/// connection, nothing more. Under `#[db_test]`, statements run through it
+/// are counted and logged with the test's others (`TestDb::query_count`,
+/// `assert_queries`, the failure report).
+#[repr(transparent)]
+pub struct DbConn(PgConnection);
+
+impl DbConn {
+    fn from_ref(conn: &PgConnection) -> &DbConn {
+        // SAFETY: `DbConn` is `repr(transparent)` over `PgConnection`.
+        unsafe { &*(conn as *const PgConnection as *const DbConn) }
+    }
+
+    fn from_mut(conn: &mut PgConnection) -> &mut DbConn {
+        // SAFETY: `DbConn` is `repr(transparent)` over `PgConnection`.
+        unsafe { &mut *(conn as *mut PgConnection as *mut DbConn) }
+    }
+}
+
+impl fmt::Debug for DbConn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DbConn")
+    }
+}
+
+impl Deref for DbConn {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        &self.0
+    }
+}
+
+impl DerefMut for DbConn {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.0
+    }
+}
+
+impl AsMut<PgConnection> for DbConn {
+    fn as_mut(&mut self) -> &mut PgConnection {
+        &mut self.0
+    }
+}
+
+/// Records one statement of a test's guard when it ends (or is dropped).
+#[cfg(feature = "harness")]
+struct Record {
+    counters: crate::shared::SharedCounters,
+    sql: Option<String>,
+}
+
+#[cfg(feature = "harness")]
+impl Record {
+    fn finish(&mut self, error: Option<String>) {
+        if let Some(sql) = self.sql.take() {
+            crate::shared::lock_counters(&self.counters).record(sql, error);
+        }
+    }
+}
+
+#[cfg(feature = "harness")]
+impl Drop for Record {
+    fn drop(&mut self) {
+        self.finish(None);
+    }
+}
+
+impl<'c> Executor<'c> for &'c mut DbConn {
+    type Database = Postgres;
+
+    fn fetch_many<'e, 'q: 'e, E>(self, query: E) -> BoxStream<'e, sqlx::Result<Step>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Postgres>,
+    {
+        #[cfg(feature = "harness")]
+        if let Some(counters) = crate::shared::counters_of(&self.0) {
+            let query = match OwnedQuery::take(query) {
+                Ok(q) => q,
+                Err(e) => return futures_util::stream::once(async move { Err(e) }).boxed(),
+            };
+            let mut record = Record {
+                counters,
+                sql: Some(query.sql.as_str().to_owned()),
+            };
+            return self
+                .0
+                .fetch_many(query)
+                .map(move |step| {
+                    if let Err(e) = &step {
+                        record.finish(Some(e.to_string()));
+                    }
+                    step
+                })
+                .boxed();
+        }
+        self.0.fetch_many(query)
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, sqlx::Result<Option<PgRow>>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Postgres>,
+    {
+        #[cfg(feature = "harness")]
+        if let Some(counters) = crate::shared::counters_of(&self.0) {
+            let query = match OwnedQuery::take(query) {
+                Ok(q) => q,
+                Err(e) => return async move { Err(e) }.boxed(),
+            };
+            let mut record = Record {
+                counters,
+                sql: Some(query.sql.as_str().to_owned()),
+            };
+            return async move {
+                let result = self.0.fetch_optional(query).await;
+                record.finish(result.as_ref().err().map(|e| e.to_string()));
+                result
+            }
+            .boxed();
+        }
+        self.0.fetch_optional(query)
+    }
+
+    fn prepare_with<'e>(
+        self,
+        sql: sqlx::SqlStr,
+        parameters: &'e [PgTypeInfo],
+    ) -> BoxFuture<'e, sqlx::Result<PgStatement>>
+    where
+        'c: 'e,
+    {
+        self.0.prepare_with(sql, parameters)
+    }
+
+    #[doc(hidden)]
+    fn describe<'e>(
+        self,
+        sql: sqlx::SqlStr,
+    ) -> BoxFuture<'e, sqlx::Result<sqlx::Describe<Postgres>>>
+    where
+        'c: 'e,
+    {
+        self.0.describe(sql)
+    }
+}
+
+impl<'c> sqlx::Acquire<'c> for &'c mut DbConn {
+    type Database = Postgres;
+    type Connection = &'c mut PgConnection;
+
+    fn acquire(self) -> BoxFuture<'c, sqlx::Result<Self::Connection>> {
+        futures_util::future::ready(Ok(&mut self.0)).boxed()
+    }
+
+    fn begin(self) -> BoxFuture<'c, sqlx::Result<sqlx::Transaction<'c, Postgres>>> {
+        sqlx::Transaction::begin(&mut self.0, None).boxed()
     }
 }

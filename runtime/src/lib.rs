@@ -26,7 +26,7 @@ mod shared;
 #[cfg(feature = "harness")]
 mod testdb;
 
-pub use db::{Db, DbConnection, DbTransaction};
+pub use db::{Db, DbConn, DbConnection, DbTransaction};
 
 #[cfg(feature = "harness")]
 pub use client::*;

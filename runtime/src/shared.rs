@@ -88,8 +88,66 @@ fn next_tag() -> String {
 /// How many statements a test keeps for its failure report.
 pub(crate) const STATEMENT_LOG_LEN: usize = 20;
 
+/// The statements that ran on a test's connection: how many, and the last
+/// few, for `assert_queries` and the failure report. Kept apart from the
+/// connection's lock, so that statements sent on a guard holding that lock
+/// (`DbConnection`, `DbTransaction`) are recorded too.
+#[derive(Default)]
+pub(crate) struct Counters {
+    statements: u64,
+    log: VecDeque<LoggedStatement>,
+}
+
+impl Counters {
+    pub(crate) fn record(&mut self, sql: String, error: Option<String>) {
+        self.statements += 1;
+        if self.log.len() == STATEMENT_LOG_LEN {
+            self.log.pop_front();
+        }
+        self.log.push_back(LoggedStatement { sql, error });
+    }
+}
+
+pub(crate) type SharedCounters = Arc<std::sync::Mutex<Counters>>;
+
+pub(crate) fn lock_counters(c: &SharedCounters) -> std::sync::MutexGuard<'_, Counters> {
+    c.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Test connections by address, so that statements sent on a raw guard (a
+/// `&mut DbConn` over the test's `PgConnection`) find their test's counters.
+/// `ACTIVE` keeps the lookup off the path of connections that are not a
+/// test's (database mode, or no test running).
+static REGISTRY: std::sync::RwLock<Vec<(usize, SharedCounters)>> =
+    std::sync::RwLock::new(Vec::new());
+static ACTIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn register(conn: &PgConnection, counters: SharedCounters) {
+    let mut r = REGISTRY.write().unwrap_or_else(|e| e.into_inner());
+    r.push((conn as *const PgConnection as usize, counters));
+    ACTIVE.store(r.len(), Ordering::Release);
+}
+
+fn unregister(conn: &PgConnection) {
+    let addr = conn as *const PgConnection as usize;
+    let mut r = REGISTRY.write().unwrap_or_else(|e| e.into_inner());
+    r.retain(|(a, _)| *a != addr);
+    ACTIVE.store(r.len(), Ordering::Release);
+}
+
+/// The counters of the test whose connection this is, if any.
+pub(crate) fn counters_of(conn: &PgConnection) -> Option<SharedCounters> {
+    if ACTIVE.load(Ordering::Acquire) == 0 {
+        return None;
+    }
+    let addr = conn as *const PgConnection as usize;
+    let r = REGISTRY.read().unwrap_or_else(|e| e.into_inner());
+    r.iter().find(|(a, _)| *a == addr).map(|(_, c)| c.clone())
+}
+
 pub(crate) struct SharedConn {
     slot: Arc<Mutex<Slot>>,
+    counters: SharedCounters,
     label: String,
     /// The prefix of the backend's `application_name` during the test.
     tag: String,
@@ -114,8 +172,6 @@ pub(crate) struct Slot {
     unverified: bool,
     /// Set when the test's transaction was ended behind our back.
     pub(crate) poisoned: Option<String>,
-    pub(crate) statements: u64,
-    pub(crate) log: VecDeque<LoggedStatement>,
     pub(crate) ended: Option<&'static str>,
     /// A statement sent through `Db` whose future was dropped before its
     /// reply was read (a timeout, a `select!`): the reply is still on the
@@ -220,22 +276,31 @@ impl SharedConn {
                 return Err((e, conn));
             }
         }
-        Ok(Arc::new(SharedConn {
+        let shared = Arc::new(SharedConn {
             slot: Arc::new(Mutex::new(Slot {
                 conn: Some(conn),
                 fresh: true,
                 unverified: false,
                 poisoned: None,
-                statements: 0,
-                log: VecDeque::with_capacity(STATEMENT_LOG_LEN),
                 ended: None,
                 in_flight: None,
             })),
+            counters: Default::default(),
             label,
             tag,
             over: AtomicBool::new(false),
             checkout_timeout_ms: AtomicU64::new(checkout_timeout.as_millis() as u64),
-        }))
+        });
+        {
+            // The connection sits in the slot's heap allocation until
+            // `finish` takes it out (and unregisters it first).
+            let slot = shared.slot.try_lock().expect("nobody else has it yet");
+            register(
+                slot.conn.as_deref().expect("just put there"),
+                shared.counters.clone(),
+            );
+        }
+        Ok(shared)
     }
 
     pub(crate) fn label(&self) -> &str {
@@ -379,7 +444,7 @@ impl SharedConn {
                 format!("its caller dropped it; the connection broke: {e}")
             }
         };
-        push_log(slot, sql, Some(outcome));
+        lock_counters(&self.counters).record(sql, Some(outcome));
     }
 
     /// Brings `dbt_auto` up to date so that it marks the current state,
@@ -447,7 +512,6 @@ impl SharedConn {
         slot.fresh = false;
         let conn = slot.conn.as_mut().expect("checked at lock time");
         PgTransactionManager::begin(conn, None).await?;
-        slot.statements += 1;
         Ok(SlotGuard {
             guard: slot,
             raw: false,
@@ -492,8 +556,7 @@ impl SharedConn {
             }
         }
         slot.in_flight = None;
-        slot.statements += 1;
-        push_log(&mut slot, sql, result.as_ref().err().map(|e| e.to_string()));
+        lock_counters(&self.counters).record(sql, result.as_ref().err().map(|e| e.to_string()));
         match result {
             Ok(steps) => {
                 slot.fresh = false;
@@ -576,17 +639,23 @@ impl SharedConn {
         slot.ended = Some(reason);
         self.recover_dropped(&mut slot).await;
         let mut failure = slot.poisoned.clone();
+        let log = || -> Vec<LoggedStatement> {
+            lock_counters(&self.counters).log.iter().cloned().collect()
+        };
+        if let Some(conn) = slot.conn.as_deref() {
+            unregister(conn);
+        }
         let Some(mut conn) = slot.conn.take() else {
-            return (None, failure, slot.log.iter().cloned().collect());
+            return (None, failure, log());
         };
         if failure.is_none() && slot.unverified {
             // A guard dropped mid-statement leaves its reply behind.
             if self.drain(&mut conn).await.is_err() {
                 let _ = conn.detach().close_hard().await;
-                return (None, failure, slot.log.iter().cloned().collect());
+                return (None, failure, log());
             }
         }
-        let log: Vec<LoggedStatement> = slot.log.iter().cloned().collect();
+        let log = log();
         let mut healthy = true;
         // Unknown until the state query answers: assume the worst.
         let mut stale_cache = true;
@@ -661,22 +730,25 @@ impl SharedConn {
         }
     }
 
-    pub(crate) async fn statement_count(&self) -> sqlx::Result<u64> {
-        let slot = self.lock_slot().await?;
-        Ok(slot.statements)
+    /// Statements that ran on the test's connection so far.
+    pub(crate) fn statement_count(&self) -> u64 {
+        lock_counters(&self.counters).statements
     }
 
-    pub(crate) async fn recent_statements(&self) -> sqlx::Result<Vec<LoggedStatement>> {
-        let slot = self.lock_slot().await?;
-        Ok(slot.log.iter().cloned().collect())
+    pub(crate) fn recent_statements(&self) -> Vec<LoggedStatement> {
+        lock_counters(&self.counters).log.iter().cloned().collect()
     }
 }
 
-fn push_log(slot: &mut Slot, sql: String, error: Option<String>) {
-    if slot.log.len() == STATEMENT_LOG_LEN {
-        slot.log.pop_front();
+impl Drop for SharedConn {
+    fn drop(&mut self) {
+        // A connection still in the slot (teardown never ran) leaves the registry.
+        if let Ok(slot) = self.slot.try_lock()
+            && let Some(conn) = slot.conn.as_deref()
+        {
+            unregister(conn);
+        }
     }
-    slot.log.push_back(LoggedStatement { sql, error });
 }
 
 /// `0A000 cached plan must not change result type`: a statement sqlx

@@ -95,14 +95,17 @@ impl TestDb {
         self.options.clone()
     }
 
-    /// How many statements ran through the test's connection so far, by the
-    /// test or by the app (via `Db`). Statements sent on a raw connection
-    /// from `Db::acquire` are not counted.
+    /// How many statements ran on the test's connection so far, by the test
+    /// or by the app: through `Db`, inside an app transaction (`db.begin()`,
+    /// then `.execute(&mut *tx)`), and on a connection from `db.acquire()`.
+    /// Transaction control (`begin`, `commit`, `rollback`, which become
+    /// savepoints under test) is not counted, nor are statements sent on a
+    /// nested `sqlx::Transaction` started from the raw `PgConnection`.
     ///
     /// Always 0 in database mode, where statements go to a pool.
     pub async fn query_count(&self) -> u64 {
         match &self.shared {
-            Some(shared) => shared.statement_count().await.unwrap_or(0),
+            Some(shared) => shared.statement_count(),
             None => 0,
         }
     }
@@ -125,10 +128,10 @@ impl TestDb {
             let before = self.query_count().await;
             let out = f().await;
             let after = self.query_count().await;
-            let ran = after - before;
+            let ran = after.saturating_sub(before);
             if ran != expected {
                 let recent = match &self.shared {
-                    Some(s) => s.recent_statements().await.unwrap_or_default(),
+                    Some(s) => s.recent_statements(),
                     None => Vec::new(),
                 };
                 let shown: Vec<String> = recent

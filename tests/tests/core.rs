@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use db_test::{Db, TestDb, db_test};
-use sqlx::{Acquire, Connection, Executor};
+use sqlx::{Acquire, Connection, Executor, PgConnection};
 
 async fn count(db: &TestDb, table: &str) -> i64 {
     sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
@@ -134,7 +134,7 @@ async fn nested_savepoints_to_any_depth(db: TestDb) {
         .unwrap();
     {
         // sqlx's own begin() on the connection: a savepoint, counted by sqlx.
-        let mut inner = Connection::begin(&mut *outer).await.unwrap();
+        let mut inner = PgConnection::begin(&mut *outer).await.unwrap();
         sqlx::query("INSERT INTO users (email) VALUES ('d2@example.com')")
             .execute(&mut *inner)
             .await
@@ -164,7 +164,7 @@ async fn nested_savepoints_to_any_depth(db: TestDb) {
 #[db_test]
 async fn sqlx_begin_on_an_acquired_connection_is_a_savepoint(db: TestDb) {
     let mut conn = db.acquire().await.unwrap();
-    let mut tx = Connection::begin(&mut *conn).await.unwrap();
+    let mut tx = PgConnection::begin(&mut *conn).await.unwrap();
     sqlx::query("INSERT INTO users (email) VALUES ('acq@example.com')")
         .execute(&mut *tx)
         .await

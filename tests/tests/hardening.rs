@@ -467,3 +467,42 @@ async fn ddl_then_select_star_sees_the_new_columns(db: TestDb) {
     use sqlx::Row;
     assert_eq!(row.try_get::<String, _>("nickname").unwrap(), "n");
 }
+
+// ---- 10. every statement on the test's connection is counted -------------
+
+#[db_test]
+async fn statements_in_app_transactions_and_on_guards_are_counted(db: TestDb) {
+    let app = db.db();
+    db.assert_queries(4, || async {
+        let mut tx = app.begin().await.unwrap(); // transaction control: not counted
+        sqlx::query("INSERT INTO users (email) VALUES ('c@example.com')")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        tx.commit().await.unwrap();
+        let mut conn = app.acquire().await.unwrap();
+        conn.execute("SELECT 'on a guard'").await.unwrap();
+        drop(conn);
+        sqlx::query("SELECT 'through Db'")
+            .execute(&app)
+            .await
+            .unwrap();
+    })
+    .await;
+}
+
+#[db_test]
+#[should_panic(expected = "SELECT 'counted on a guard'")]
+async fn a_count_mismatch_lists_statements_sent_on_guards(db: TestDb) {
+    let app = db.db();
+    db.assert_queries(0, || async {
+        let mut conn = app.acquire().await.unwrap();
+        conn.execute("SELECT 'counted on a guard'").await.unwrap();
+    })
+    .await;
+}

@@ -1,8 +1,8 @@
 #!/usr/bin/env sh
 # The db-test benchmark: A #[db_test], B #[db_test(isolation = "database")],
 # C #[sqlx::test], D hand-rolled #[tokio::test] + pool + TRUNCATE, E a bare
-# BEGIN/ROLLBACK loop. Prints one table, writes bench/results.json and
-# bench/chart.svg. See bench/README.md.
+# BEGIN/ROLLBACK loop, F #[db_test(flavor = "current_thread")]. Prints one
+# table, writes bench/results.json and bench/chart.svg. See bench/README.md.
 #
 #   bench/run.sh           full run (N = 50, 200, 1000; 5 rounds; compile and nextest comparisons;
 #                          about 25 min on a 2-core VM, most of it B and C at N = 1000)

@@ -54,6 +54,13 @@ fn main() {
              truncate_all(&pool).await;\n    pool.close().await;\n}}\n"
         )
     });
+    // F: A's test with its body on a current-thread runtime of its own.
+    suite("f_db_test_current_thread.rs", &|name, i| {
+        format!(
+            "#[db_test(flavor = \"current_thread\", migrations = \"{MIGRATIONS}\")]\n\
+             async fn {name}(db: TestDb) {{\n    workload!(&db, {i});\n}}\n"
+        )
+    });
     let mut e = String::new();
     writeln!(
         e,

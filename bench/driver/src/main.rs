@@ -9,7 +9,7 @@
 //! 2. Builds the suites (`bench/suites`) for every N with `BENCH_N=<n>` and
 //!    keeps a copy of each test binary, so that timing never includes cargo.
 //! 3. Runs one untimed warm-up of every suite, then R rounds of all suites
-//!    in turn (A B C D E A B C D E ...), timing each process.
+//!    in turn (A F B C D E A F B C D E ...), timing each process.
 //! 4. Runs every suite once more through a counting proxy for round trips
 //!    and statements per test (see `proxy.rs`).
 //! 5. Times suite A under `cargo test` and under `cargo nextest run`.
@@ -41,6 +41,8 @@ fn workspace() -> PathBuf {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Variant {
     A,
+    /// A with `flavor = "current_thread"`: the body on a runtime of its own.
+    F,
     B,
     C,
     D,
@@ -55,7 +57,15 @@ enum Variant {
     EspMtThreadSpawn,
 }
 
-const ALL: [Variant; 5] = [Variant::A, Variant::B, Variant::C, Variant::D, Variant::E];
+/// Every variant, in the order of a round and of the tables.
+const ALL: [Variant; 6] = [
+    Variant::A,
+    Variant::F,
+    Variant::B,
+    Variant::C,
+    Variant::D,
+    Variant::E,
+];
 /// The steps from E to A, run at the largest N to show where A's time goes.
 const ANATOMY: [Variant; 4] = [
     Variant::Esp,
@@ -68,6 +78,7 @@ impl Variant {
     fn key(self) -> &'static str {
         match self {
             Variant::A => "A",
+            Variant::F => "F",
             Variant::B => "B",
             Variant::C => "C",
             Variant::D => "D",
@@ -101,6 +112,7 @@ impl Variant {
     fn target(self) -> &'static str {
         match self {
             Variant::A => "a_db_test",
+            Variant::F => "f_db_test_current_thread",
             Variant::B => "b_db_test_database",
             Variant::C => "c_sqlx_test",
             Variant::D => "d_hand_rolled",
@@ -114,6 +126,7 @@ impl Variant {
     fn label(self) -> &'static str {
         match self {
             Variant::A => "A #[db_test] (transaction)",
+            Variant::F => "F A + flavor=\"current_thread\"",
             Variant::B => "B #[db_test(isolation=\"database\")]",
             Variant::C => "C #[sqlx::test]",
             Variant::D => "D #[tokio::test]+pool+TRUNCATE, 1 thread",
@@ -128,6 +141,7 @@ impl Variant {
     fn short_label(self) -> &'static str {
         match self {
             Variant::A => "A #[db_test], transaction mode",
+            Variant::F => "F A, flavor = \"current_thread\"",
             Variant::B => "B #[db_test], database mode",
             Variant::C => "C #[sqlx::test]",
             Variant::D => "D hand-rolled, 1 thread",
@@ -138,6 +152,7 @@ impl Variant {
     fn color(self) -> &'static str {
         match self {
             Variant::A => "#1b7837",
+            Variant::F => "#762a83",
             Variant::B => "#2166ac",
             Variant::C => "#b2182b",
             Variant::D => "#e08214",
@@ -245,13 +260,13 @@ impl Args {
         n == self.main_n || !matches!(v, Variant::B | Variant::C) || round < self.scaling_rounds
     }
 
-    /// Which variants run at `n`: all five at the main N; A, B, C (and the
-    /// floor E) in the scaling runs.
+    /// Which variants run at `n`: all six at the main N; A, F, B, C (and
+    /// the floor E) in the scaling runs.
     fn variants(&self, n: usize) -> Vec<Variant> {
         let mut v = if n == self.main_n {
             ALL.to_vec()
         } else {
-            vec![Variant::A, Variant::B, Variant::C, Variant::E]
+            vec![Variant::A, Variant::F, Variant::B, Variant::C, Variant::E]
         };
         if Some(&n) == self.ns.last() {
             v.extend(ANATOMY);
@@ -537,13 +552,13 @@ fn build_suites(n: usize, variants: &[Variant]) -> Result<BTreeMap<Variant, Path
 /// Environment of one suite: `Some(v)` sets, `None` removes.
 type Env = Vec<(&'static str, Option<String>)>;
 
-/// The environment each variant runs in. A and B see the user's own
+/// The environment each variant runs in. A, F and B see the user's own
 /// environment (DATABASE_URL unset means db-test's embedded server); the
 /// others get DATABASE_URL for the same server. With `proxy`, everything
 /// goes through the counting proxy.
 fn env_for(v: Variant, server: &Server, dbs: &Databases, proxy: Option<&Path>) -> Env {
     let db = match v {
-        Variant::A | Variant::B => None,
+        Variant::A | Variant::F | Variant::B => None,
         Variant::C => Some(&dbs.c),
         Variant::D => Some(&dbs.d),
         Variant::E
@@ -823,10 +838,10 @@ fn run(
 
     // Warm-up: builds db-test's template, fills caches, checks that every
     // suite passes. Not timed. Every variant once at the smallest N.
-    // (--quick: A and E only, to stay well under two minutes.)
+    // (--quick: A, F and E only, to stay well under two minutes.)
     let n0 = args.ns[0];
     for v in args.variants(n0) {
-        if args.quick && !matches!(v, Variant::A | Variant::E) {
+        if args.quick && !matches!(v, Variant::A | Variant::F | Variant::E) {
             continue;
         }
         run_suite(&bins[&n0][&v], v, &env_for(v, server, dbs, None))?;
@@ -1032,10 +1047,12 @@ fn chart_from_results(results: &Value) -> String {
         .iter()
         .filter(|r| r["ratio"] != "B/A")
         .map(|r| {
+            let x = r["median"].as_f64().unwrap_or(f64::NAN);
+            // Two decimals near 1 (F/A), one above.
+            let digits = if x < 10.0 { 2 } else { 1 };
             format!(
-                "{} {:.1}× (N={})",
+                "{} {x:.digits$}× (N={})",
                 r["ratio"].as_str().unwrap_or("?"),
-                r["median"].as_f64().unwrap_or(f64::NAN),
                 r["n"]
             )
         })
@@ -1150,16 +1167,20 @@ fn report(args: &Args, m: &Measured, pg_version: &str) -> Result<()> {
     let mut ratios = Vec::new();
     let mut ratio_line = Vec::new();
     let big = *args.ns.last().unwrap();
-    let wanted = [
+    let mut wanted = vec![
         ("C/A", args.main_n, Variant::C, Variant::A),
         ("D/A", args.main_n, Variant::D, Variant::A),
         ("C/B", args.main_n, Variant::C, Variant::B),
         ("B/A", args.main_n, Variant::B, Variant::A),
         ("A/E", args.main_n, Variant::A, Variant::E),
+        ("F/A", args.main_n, Variant::F, Variant::A),
         ("A/E", big, Variant::A, Variant::E),
         ("C/A", big, Variant::C, Variant::A),
         ("C/B", big, Variant::C, Variant::B),
     ];
+    // F/A at every N too: F's extra (a runtime built and dropped per test)
+    // is paid per test, so this shows whether it stays flat with N.
+    wanted.extend(args.ns.iter().map(|&n| ("F/A", n, Variant::F, Variant::A)));
     let mut ratio_of = BTreeMap::new();
     for (name, n, x, y) in wanted {
         if ratio_of.contains_key(&(name, n)) {
@@ -1229,6 +1250,7 @@ fn report(args: &Args, m: &Measured, pg_version: &str) -> Result<()> {
         ratio_target("C/A", 200, args.main_n, "≥ 50×", |x| x >= 50.0),
         ratio_target("C/B", 200, args.main_n, "≥ 3×", |x| x >= 3.0),
         ratio_target("A/E", 1000, big, "≤ 2×", |x| x <= 2.0),
+        ratio_target("F/A", 200, args.main_n, "≤ 1.3×", |x| x <= 1.3),
     ];
     for (what, measured, goal, met) in target_rows {
         target(what, measured, &goal, met);
@@ -1375,7 +1397,7 @@ fn report(args: &Args, m: &Measured, pg_version: &str) -> Result<()> {
         }
         println!(
             "(time from each Query/Sync to the server's ReadyForQuery, through the counting proxy, \
-             booked to the kind of statement; A, B and C run 2 tests at a time)\n"
+             booked to the kind of statement; A, F, B and C run 2 tests at a time)\n"
         );
     }
     let w = targets

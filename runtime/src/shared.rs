@@ -56,13 +56,25 @@ pub(crate) const TEARDOWN_GRACE: Duration = Duration::from_secs(5);
 /// its caller gave up on), so it fails and is undone.
 const CANCEL_AFTER: Duration = Duration::from_millis(250);
 
-/// Catalog changes in the current transaction (including rolled-back
-/// subtransactions): DDL that can make sqlx's cached statements stale.
-const CATALOG_CHANGES: &str = "SELECT coalesce(sum(pg_stat_get_xact_tuples_inserted(c) \
-     + pg_stat_get_xact_tuples_updated(c) + pg_stat_get_xact_tuples_deleted(c)), 0)::int8 AS dbt_ddl, \
-     ARRAY(SELECT name FROM pg_prepared_statements WHERE from_sql)::text[] AS dbt_prepared \
+/// Writes to the catalogs that shape a statement's result (columns, types,
+/// views, functions), as the server counts them for this backend. Counted
+/// across the test's transaction, rolled-back savepoints included: DDL, even
+/// undone, can make sqlx's cached statements stale. The server folds these
+/// counts into its statistics only outside a transaction block, so the
+/// difference between the test's start and its end is exactly the test's.
+const CATALOG_WRITES: &str = "(SELECT coalesce(sum(pg_stat_get_xact_tuples_inserted(c) \
+     + pg_stat_get_xact_tuples_updated(c) + pg_stat_get_xact_tuples_deleted(c)), 0) \
      FROM unnest('{pg_catalog.pg_attribute,pg_catalog.pg_class,pg_catalog.pg_type,\
-     pg_catalog.pg_rewrite,pg_catalog.pg_proc}'::regclass[]) AS c";
+     pg_catalog.pg_rewrite,pg_catalog.pg_proc}'::regclass[]) AS c)::int8";
+
+/// The end-of-test state: catalog writes since the test began (or -1 if
+/// that is unknown), and the SQL-`PREPARE`d statements.
+fn session_state_sql() -> String {
+    format!(
+        "SELECT coalesce({CATALOG_WRITES} - nullif(current_setting('db_test.catalog_writes', true), '')::int8, -1) \
+         AS dbt_ddl, ARRAY(SELECT name FROM pg_prepared_statements WHERE from_sql)::text[] AS dbt_prepared"
+    )
+}
 
 /// A tag unique to one test of one process, on any host: the test's backend
 /// carries it in `application_name` while the test runs, so that it, and
@@ -256,7 +268,9 @@ impl SharedConn {
             .collect();
         let begin = format!(
             "BEGIN READ WRITE; SET LOCAL application_name = '{app_name}'; \
-             INSERT INTO pg_temp.{GUARD_TABLE} VALUES (1); SAVEPOINT dbt_auto"
+             INSERT INTO pg_temp.{GUARD_TABLE} VALUES (1); \
+             SELECT set_config('db_test.catalog_writes', {CATALOG_WRITES}::text, true); \
+             SAVEPOINT dbt_auto"
         );
         // sqlx counts this as depth 1, so a nested sqlx `begin()` sends SAVEPOINT.
         let begin_sql = || sqlx::AssertSqlSafe(begin.clone()).into_sql_str();
@@ -668,13 +682,14 @@ impl SharedConn {
                 String::new()
             };
             let check = format!(
-                "RELEASE SAVEPOINT dbt_auto; SELECT pg_advisory_unlock_all(); {CATALOG_CHANGES}{constraints}"
+                "RELEASE SAVEPOINT dbt_auto; SELECT pg_advisory_unlock_all(); {}{constraints}",
+                session_state_sql()
             );
             match session_state(&mut conn, check).await {
                 (Some((ddl, names)), error) => {
                     // The query released session advisory locks before this row.
                     state_known = true;
-                    stale_cache = ddl > 0;
+                    stale_cache = ddl != 0;
                     prepared = names;
                     if let Some(e) = error {
                         failure = constraint_failure(&e, &self.label);

@@ -590,7 +590,24 @@ pub fn run_boxed(spec: &'static TestSpec, body: BoxedBody<'_>) {
                 panic!("{msg}");
             }
         }
-        Ok(Err(payload)) => std::panic::resume_unwind(payload),
+        Ok(Err(payload)) => {
+            let text = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("");
+            if !on_own_runtime && text.contains("current_thread") {
+                // tokio's "`time::pause()` requires the `current_thread`
+                // Tokio runtime", and the like: say how to get one.
+                eprintln!(
+                    "db-test: test `{}` runs on db-test's shared multi-thread runtime; add \
+                     `flavor = \"current_thread\"` (and `start_paused = true` to start with a \
+                     paused clock) to give it a current-thread runtime of its own.",
+                    spec.name
+                );
+            }
+            std::panic::resume_unwind(payload)
+        }
         Err(()) => panic!(
             "db-test: test `{}` timed out after {timeout:?} (set `#[db_test(timeout = \"..\")]` \
              or DB_TEST_TIMEOUT to change it); its statements were cancelled on the server and \

@@ -301,3 +301,34 @@ fn tasks_spawned_through_the_context_are_aborted_when_the_test_ends() {
         "the task outlived its test:\n{text}"
     );
 }
+
+/// Pausing the clock of the shared multi-thread runtime is tokio's panic;
+/// db-test adds how to get a runtime that can be paused.
+#[db_test]
+async fn child_pauses_the_shared_runtime(db: TestDb) {
+    if std::env::var("DB_TEST_FLAVOR_DEMO").is_ok() {
+        tokio::time::pause();
+    }
+    let _ = db;
+}
+
+#[test]
+fn pausing_the_shared_runtime_says_how_to_get_a_current_thread_one() {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "child_pauses_the_shared_runtime",
+            "--exact",
+            "--test-threads=1",
+        ])
+        .env("DB_TEST_FLAVOR_DEMO", "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("flavor = \"current_thread\""), "{text}");
+}

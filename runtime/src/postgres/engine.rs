@@ -156,10 +156,12 @@ pub(crate) struct Engine {
     templates: Mutex<HashMap<String, Arc<OnceCell<Arc<Template>>>>>,
     pub(crate) embedded: Option<embedded::Embedded>,
     /// A small pool on the URL's database for CREATE/DROP DATABASE of
-    /// per-test databases. Never used to write into that database.
+    /// per-test databases. Never used to write into that database. It has a
+    /// connection for each concurrent clone and two more.
     pub(super) admin_pool: PgPool,
     /// Bounds concurrent clones, so a large suite cannot exhaust the
-    /// server's `max_connections`.
+    /// server's `max_connections`. A clone takes its permit before its
+    /// admin connection.
     clones: tokio::sync::Semaphore,
     clone_counter: std::sync::atomic::AtomicU64,
 }
@@ -266,6 +268,15 @@ fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
+/// Admin connections: one for each clone allowed at once
+/// (`DB_TEST_MAX_DATABASES`), so that clones waiting for a connection never
+/// cap the limit, and two for claims, renames, drops and sweeps.
+fn admin_pool_size(max_databases: usize) -> u32 {
+    u32::try_from(max_databases)
+        .unwrap_or(u32::MAX)
+        .saturating_add(2)
+}
+
 impl Engine {
     async fn start() -> Result<Engine, String> {
         let (admin, display_url, embedded) = match database_url() {
@@ -309,7 +320,7 @@ impl Engine {
             .disable_statement_logging();
         let base = sanitize(admin.get_database().unwrap_or("postgres"));
         let admin_pool = PgPoolOptions::new()
-            .max_connections(2)
+            .max_connections(admin_pool_size(config::max_databases()))
             .min_connections(0)
             .acquire_timeout(config::acquire_timeout())
             .connect_lazy_with(admin.clone());
@@ -754,7 +765,17 @@ impl Engine {
                 });
             }
         }
+        drop(conn);
+        // The permit first, then the connection: a clone waiting for its
+        // permit holds no admin connection, so DB_TEST_MAX_DATABASES clones
+        // run at once.
         let _permit = self.clones.acquire().await.expect("semaphore never closed");
+        let mut conn = self.admin_pool.acquire().await.map_err(|e| {
+            format!(
+                "db-test: cannot connect to {} to create a test database: {e}",
+                self.display_url
+            )
+        })?;
         let sql = format!(
             "CREATE DATABASE {} TEMPLATE {}",
             quote_ident(&name),
@@ -1098,5 +1119,17 @@ mod redact_tests {
             assert_eq!(got, want, "{url}");
             assert!(!got.contains("s3cret"), "{got}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admin_pool_fits_every_concurrent_clone() {
+        assert_eq!(admin_pool_size(4), 6);
+        assert_eq!(admin_pool_size(1), 3);
+        assert_eq!(admin_pool_size(usize::MAX), u32::MAX);
     }
 }

@@ -15,9 +15,19 @@ for db in $dbs; do
     echo "check-clean: $db: $real committed row(s)"
     [ "$real" = 0 ] || fail=1
 done
-# Per-test databases of processes still running here (another suite, a
-# benchmark) are theirs; any other is left over.
+# A per-test database is left over once its owner process is gone: the
+# owner holds an advisory lock (classid 0x64627401, objid its id, which the
+# name carries as `_d<8 hex>_<n>`) for as long as it lives, on any host.
 left=0
+for db in $(psql "$url" -Atc "SELECT datname FROM pg_database d WHERE datname ~ '^dbtest_.*_d[0-9a-f]{8}_[0-9]+$' \
+        AND NOT EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.classid = 1684173825 AND l.objsubid = 2 \
+            AND l.objid::bigint = ('x' || substring(d.datname from '_d([0-9a-f]{8})_[0-9]+$'))::bit(32)::bigint)"); do
+    echo "check-clean: leftover $db"
+    left=$((left + 1))
+done
+# Names of older db-test builds (`_d<pid>x<n>`, owned by a local pid): per-test
+# databases of processes still running here (another suite, a benchmark)
+# are theirs; any other is left over.
 for db in $(psql "$url" -Atc "SELECT datname FROM pg_database WHERE datname ~ '^dbtest_.*_d[0-9]+x[0-9]+$'"); do
     pid=$(echo "$db" | sed -E 's/.*_d([0-9]+)x[0-9]+$/\1/')
     if ! kill -0 "$pid" 2>/dev/null; then

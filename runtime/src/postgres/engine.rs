@@ -5,10 +5,19 @@
 //! `base` is the URL's database name, `source` a short hash naming the
 //! migrations directory or migrator, `hash` a hash of the migrations'
 //! versions and checksums, and `kind` is `b` (being built), `t` (template),
-//! `w` (working database for transaction-mode tests) or `d<pid>x<n>` (a
-//! per-test database).
+//! `w` (working database for transaction-mode tests), `d<owner>_<n>` (a
+//! per-test database), `s<owner>_<n>` (a spare, see
+//! [`Engine::recycle_test_database`]) or `k<owner>_<n>` (kept after a
+//! failure). Names stay within PostgreSQL's 63 bytes.
+//!
+//! Ownership lives on the server, never in the local process table: each
+//! process picks a random 32-bit `owner` id and holds a session advisory
+//! lock on it ([`OWNER_LOCK`]) on a connection it keeps for its lifetime.
+//! A per-test database whose owner's lock is gone and that nobody is
+//! connected to is a leftover of a killed run, whichever host or PID
+//! namespace it came from.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -37,8 +46,17 @@ pub enum Migrations {
     Migrator(fn() -> &'static Migrator, &'static str),
 }
 
+/// First key of the session advisory lock each process holds on its owner id
+/// (the second key) for as long as it lives ("dbt" 1).
+const OWNER_LOCK: i32 = 0x6462_7401;
+/// PostgreSQL's limit on identifiers (NAMEDATALEN - 1); longer names are
+/// silently truncated, which would make two databases one.
+const MAX_NAME_LEN: usize = 63;
+
 /// A migrated template and the working database cloned from it.
 pub(crate) struct Template {
+    /// `dbtest_<base>_<source>_<hash>`: every database of this template's
+    /// hash starts with it.
     pub(crate) prefix: String,
     pub(crate) template: String,
     pub(crate) working: String,
@@ -164,6 +182,11 @@ pub(crate) struct Engine {
     /// admin connection.
     clones: tokio::sync::Semaphore,
     clone_counter: std::sync::atomic::AtomicU64,
+    /// This process's owner id: part of the names of its per-test databases.
+    owner: u32,
+    /// The connection holding the owner lock, for the life of the process
+    /// (reopened if the server dropped it).
+    owner_conn: tokio::sync::Mutex<Option<PgConnection>>,
 }
 
 /// Prefix of the comment db-test puts on a template: when it was built.
@@ -277,6 +300,32 @@ fn admin_pool_size(max_databases: usize) -> u32 {
         .saturating_add(2)
 }
 
+/// A random owner id: the standard library's per-process random hasher
+/// keys, the pid, the time and the attempt.
+fn random_owner_id(attempt: u32) -> u32 {
+    use std::hash::BuildHasher;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let h = std::hash::RandomState::new().hash_one((std::process::id(), nanos, attempt));
+    (h ^ (h >> 32)) as u32
+}
+
+/// The name of a database owned by a process: `<prefix>_<kind><owner>_<n>`.
+fn owned_name(prefix: &str, kind: char, owner: u32, n: u64) -> String {
+    format!("{prefix}_{kind}{owner:08x}_{n}")
+}
+
+/// The owner id in what follows `<prefix>_<kind>` in an [`owned_name`].
+fn parse_owner(rest: &str) -> Option<u32> {
+    let (owner, n) = rest.split_once('_')?;
+    if owner.len() != 8 || n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    u32::from_str_radix(owner, 16).ok()
+}
+
 impl Engine {
     async fn start() -> Result<Engine, String> {
         let (admin, display_url, embedded) = match database_url() {
@@ -324,7 +373,7 @@ impl Engine {
             .min_connections(0)
             .acquire_timeout(config::acquire_timeout())
             .connect_lazy_with(admin.clone());
-        let engine = Engine {
+        let mut engine = Engine {
             admin,
             base,
             display_url,
@@ -333,14 +382,123 @@ impl Engine {
             admin_pool,
             clones: tokio::sync::Semaphore::new(config::max_databases()),
             clone_counter: std::sync::atomic::AtomicU64::new(0),
+            owner: 0,
+            owner_conn: tokio::sync::Mutex::new(None),
         };
-        // Fail fast, with a clear message, if the server is unreachable.
-        let conn = engine.admin_connect().await?;
-        let _ = conn.close().await;
+        // Fails fast, with a clear message, if the server is unreachable.
+        let (owner, conn) = engine.claim_owner_id().await?;
+        engine.owner = owner;
+        *engine.owner_conn.get_mut() = Some(conn);
         Ok(engine)
     }
 
+    /// Picks a random owner id that no live process holds and no database
+    /// carries, and locks it on a new owner connection.
+    async fn claim_owner_id(&self) -> Result<(u32, PgConnection), String> {
+        let mut conn = self.admin_connect_as("owner").await?;
+        let ctx = |e: sqlx::Error| {
+            format!(
+                "db-test: cannot take this process's owner lock on {}: {e}",
+                self.display_url
+            )
+        };
+        for attempt in 0..16u32 {
+            let owner = random_owner_id(attempt);
+            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+                .bind(OWNER_LOCK)
+                .bind(owner as i32)
+                .fetch_one(&mut conn)
+                .await
+                .map_err(ctx)?;
+            if !locked {
+                continue;
+            }
+            // A database named after this id (left by a dead process that
+            // drew the same id) would collide with ours.
+            let used: bool = sqlx::query_scalar(
+                "SELECT exists(SELECT 1 FROM pg_database WHERE starts_with(datname, 'dbtest_') \
+                 AND datname ~ ('_[dsk]' || $1 || '_[0-9]+$'))",
+            )
+            .bind(format!("{owner:08x}"))
+            .fetch_one(&mut conn)
+            .await
+            .map_err(ctx)?;
+            if !used {
+                return Ok((owner, conn));
+            }
+            let _ = sqlx::query("SELECT pg_advisory_unlock($1, $2)")
+                .bind(OWNER_LOCK)
+                .bind(owner as i32)
+                .execute(&mut conn)
+                .await;
+        }
+        Err(format!(
+            "db-test: found no free owner id on {} after 16 tries",
+            self.display_url
+        ))
+    }
+
+    /// Makes sure the owner connection is alive and holds the owner lock,
+    /// reopening it if the server dropped it (a restart, a terminated
+    /// backend). Then runs `then` on it.
+    async fn with_owner_conn<T>(
+        &self,
+        then: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T, String> {
+        let mut guard = self.owner_conn.lock().await;
+        let alive = match guard.as_mut() {
+            Some(conn) => conn.ping().await.is_ok(),
+            None => false,
+        };
+        if !alive {
+            *guard = None;
+            let mut conn = self.admin_connect_as("owner").await?;
+            // The old session may take a moment to leave the server.
+            let mut tries = 0;
+            while !sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1, $2)")
+                .bind(OWNER_LOCK)
+                .bind(self.owner as i32)
+                .fetch_one(&mut conn)
+                .await
+                .map_err(|e| format!("db-test: cannot take the owner lock again: {e}"))?
+            {
+                tries += 1;
+                if tries == 100 {
+                    return Err(format!(
+                        "db-test: another session still holds this process's owner lock {:08x} \
+                         on {} after 10 s",
+                        self.owner, self.display_url
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            tracing::info!(owner = %format!("{:08x}", self.owner), "db-test: reopened the owner connection");
+            *guard = Some(conn);
+        }
+        let conn = guard.as_mut().expect("just set");
+        then(conn).await.map_err(|e| {
+            format!(
+                "db-test: owner connection to {} failed: {e}",
+                self.display_url
+            )
+        })
+    }
+
     async fn admin_connect(&self) -> Result<PgConnection, String> {
+        self.admin_connect_with(self.admin.clone()).await
+    }
+
+    /// An admin connection named `db-test <pid> <role>` (pg_stat_activity).
+    async fn admin_connect_as(&self, role: &str) -> Result<PgConnection, String> {
+        self.admin_connect_with(
+            self.admin
+                .clone()
+                .application_name(&format!("db-test {} {role}", std::process::id())),
+        )
+        .await
+    }
+
+    async fn admin_connect_with(&self, opts: PgConnectOptions) -> Result<PgConnection, String> {
         let timeout = config::connect_timeout();
         let hint = |e: &sqlx::Error| -> &'static str {
             match sqlstate(e).as_deref() {
@@ -356,7 +514,7 @@ impl Engine {
                 }
             }
         };
-        match tokio::time::timeout(timeout, self.admin.connect()).await {
+        match tokio::time::timeout(timeout, opts.connect()).await {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(e)) => Err(format!(
                 "db-test: cannot connect to {}: {e}. {}",
@@ -700,6 +858,18 @@ impl Engine {
         Ok(())
     }
 
+    /// Owner ids whose process holds its owner lock, on any host.
+    async fn live_owners(conn: &mut PgConnection) -> Result<HashSet<u32>, sqlx::Error> {
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT objid::bigint FROM pg_locks WHERE locktype = 'advisory' \
+             AND classid = $1::bigint::oid AND objsubid = 2",
+        )
+        .bind(OWNER_LOCK as i64)
+        .fetch_all(&mut *conn)
+        .await?;
+        Ok(ids.into_iter().map(|id| id as u32).collect())
+    }
+
     /// Drops one of our databases without waiting for anyone: the callers
     /// checked that nobody is connected, and ignore a failure.
     async fn drop_quietly(admin: &mut PgConnection, name: &str) -> Result<(), sqlx::Error> {
@@ -726,10 +896,9 @@ impl Engine {
             .leftovers_checked
             .get_or_init(|| self.drop_leftovers(&template.prefix))
             .await;
-        let n = self
-            .clone_counter
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let name = format!("{}_d{}x{n}", template.prefix, std::process::id());
+        // The owner lock must be held before a database carries our id.
+        self.with_owner_conn(async |_| Ok(())).await?;
+        let name = self.owned_name(template, 'd')?;
         let mut conn = self.admin_pool.acquire().await.map_err(|e| {
             format!(
                 "db-test: cannot connect to {} to create a test database: {e}",
@@ -747,6 +916,9 @@ impl Engine {
         .unwrap_or_default();
         // Threads of one process start at different spares.
         if !spares.is_empty() {
+            let n = self
+                .clone_counter
+                .load(std::sync::atomic::Ordering::Relaxed);
             let start = n as usize % spares.len();
             spares.rotate_left(start);
         }
@@ -793,6 +965,21 @@ impl Engine {
             options: self.options_for(&name),
             name,
         })
+    }
+
+    /// A new name for a database of this process's: `kind` `d` (a test's)
+    /// or `s` (a spare).
+    fn owned_name(&self, template: &Template, kind: char) -> Result<String, String> {
+        let n = self
+            .clone_counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = owned_name(&template.prefix, kind, self.owner, n);
+        if name.len() > MAX_NAME_LEN {
+            return Err(format!(
+                "db-test: database name {name} is longer than PostgreSQL's {MAX_NAME_LEN} bytes"
+            ));
+        }
+        Ok(name)
     }
 
     /// How to reset a used per-test database, worked out once per template
@@ -932,10 +1119,9 @@ impl Engine {
             }
         }
         let _ = conn.close().await;
-        let n = self
-            .clone_counter
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let spare = format!("{}_s{}x{n}", template.prefix, std::process::id());
+        let spare = self
+            .owned_name(template, 's')
+            .map_err(|_| "spare name too long")?;
         let mut admin = self
             .admin_pool
             .acquire()
@@ -1019,43 +1205,44 @@ impl Engine {
         Ok(kept)
     }
 
-    /// Removes per-test databases left by killed runs: their process is gone
-    /// (same host) and nobody is connected to them.
+    /// Removes per-test databases left by killed runs: nobody is connected
+    /// to them and their owner's lock is gone from the server, so their
+    /// process is dead, whichever host or PID namespace it ran in.
     async fn drop_leftovers(&self, prefix: &str) {
         let Ok(mut conn) = self.admin_pool.acquire().await else {
             return;
         };
-        let rows: Vec<(String, i64)> = match sqlx::query_as(
-            "SELECT d.datname::text, (SELECT count(*) FROM pg_stat_activity a WHERE a.datid = d.oid) \
-             FROM pg_database d WHERE starts_with(d.datname, $1)",
+        let test_prefix = format!("{prefix}_d");
+        let unconnected: Vec<String> = match sqlx::query_scalar(
+            "SELECT d.datname::text FROM pg_database d WHERE starts_with(d.datname, $1) \
+             AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datid = d.oid)",
         )
-        .bind(format!("{prefix}_d"))
+        .bind(&test_prefix)
         .fetch_all(&mut *conn)
         .await
         {
             Ok(rows) => rows,
             Err(_) => return,
         };
-        let me = std::process::id();
-        for (name, connections) in rows {
-            let Some(pid) = name
-                .strip_prefix(&format!("{prefix}_d"))
-                .and_then(|rest| rest.split('x').next())
-                .and_then(|p| p.parse::<u32>().ok())
-            else {
+        if unconnected.is_empty() {
+            return;
+        }
+        // Read after the list: an owner alive when the list was taken, and
+        // so holding its lock since before it created the database, is in it.
+        let Ok(live) = Self::live_owners(&mut conn).await else {
+            return;
+        };
+        for name in unconnected {
+            let Some(owner) = name.strip_prefix(&test_prefix).and_then(parse_owner) else {
                 continue;
             };
-            if pid == me || connections > 0 || process_alive(pid) {
+            if owner == self.owner || live.contains(&owner) {
                 continue;
             }
             tracing::info!(database = %name, "db-test: dropping a leftover test database");
             let _ = Self::drop_quietly(&mut conn, &name).await;
         }
     }
-}
-
-fn process_alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 enum MigratorRef {
@@ -1125,6 +1312,34 @@ mod redact_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_longest_generated_names_fit_in_63_bytes() {
+        let base = sanitize("a_very_long_database_name_indeed");
+        assert_eq!(base.len(), 16);
+        let source = format!(
+            "dbtest_{base}_{}",
+            Engine::stable_source_id("/a/migrations")
+        );
+        let prefix = format!("{source}_{}", &embedded::short_hash(b"migrations")[..10]);
+        for kind in ['d', 's'] {
+            let name = owned_name(&prefix, kind, u32::MAX, 999_999_999);
+            assert!(name.len() <= MAX_NAME_LEN, "{name}: {}", name.len());
+        }
+        assert!(format!("{prefix}_b").len() <= MAX_NAME_LEN);
+    }
+
+    #[test]
+    fn owner_ids_round_trip_through_names() {
+        let name = owned_name("dbtest_x_0123abcd_0123456789", 'd', 0x00ab_cdef, 42);
+        assert_eq!(name, "dbtest_x_0123abcd_0123456789_d00abcdef_42");
+        let rest = name.strip_prefix("dbtest_x_0123abcd_0123456789_d").unwrap();
+        assert_eq!(parse_owner(rest), Some(0x00ab_cdef));
+        // Names of the older scheme (`d<pid>x<n>`) are nobody's here.
+        assert_eq!(parse_owner("12345x0"), None);
+        assert_eq!(parse_owner("12345678_"), None);
+        assert_eq!(parse_owner("1234567_0"), None);
+    }
 
     #[test]
     fn the_admin_pool_fits_every_concurrent_clone() {

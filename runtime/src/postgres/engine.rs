@@ -2,23 +2,27 @@
 //!
 //! Database names db-test generates (and the only ones it ever creates,
 //! migrates or drops) look like `dbtest_<base>_<source>_<hash>_<kind>`:
-//! `base` is the URL's database name, `source` a short hash naming the
-//! migrations directory or migrator, `hash` a hash of the migrations'
-//! versions and checksums, and `kind` is `b` (being built), `t` (template),
-//! `w` (working database for transaction-mode tests), `d<owner>_<n>` (a
-//! per-test database), `s<owner>_<n>` (a spare, see
-//! [`Engine::recycle_test_database`]) or `k<owner>_<n>` (kept after a
-//! failure). Names stay within PostgreSQL's 63 bytes.
+//! `base` is the URL's database name, `source` a hash of the migrations
+//! directory's whole canonical path (or of the migrator's crate and name),
+//! `hash` a hash of the migrations' versions and checksums, and `kind` is
+//! `b` (being built), `t` (template), `w` (working database for
+//! transaction-mode tests), `d<owner>_<n>` (a per-test database),
+//! `s<owner>_<n>` (a spare, see [`Engine::recycle_test_database`]) or
+//! `k<owner>_<n>` (kept after a failure). Names stay within PostgreSQL's 63
+//! bytes.
 //!
 //! Ownership lives on the server, never in the local process table: each
 //! process picks a random 32-bit `owner` id and holds a session advisory
 //! lock on it ([`OWNER_LOCK`]) on a connection it keeps for its lifetime.
 //! A per-test database whose owner's lock is gone and that nobody is
 //! connected to is a leftover of a killed run, whichever host or PID
-//! namespace it came from.
+//! namespace it came from. Likewise each process holds a shared advisory
+//! lock on every template hash it uses ([`HASH_LOCK`]); the sweep of
+//! outdated templates takes it exclusively, so it never drops a template
+//! whose working database, spares or clones are in use.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -49,6 +53,11 @@ pub enum Migrations {
 /// First key of the session advisory lock each process holds on its owner id
 /// (the second key) for as long as it lives ("dbt" 1).
 const OWNER_LOCK: i32 = 0x6462_7401;
+/// First key of the shared advisory lock each process holds on every
+/// template hash it uses (the second key: [`hash_lock_key`]), and that the
+/// outdated-template sweep takes exclusively ("dbt" 2).
+const HASH_LOCK: i32 = 0x6462_7402;
+
 /// PostgreSQL's limit on identifiers (NAMEDATALEN - 1); longer names are
 /// silently truncated, which would make two databases one.
 const MAX_NAME_LEN: usize = 63;
@@ -61,6 +70,10 @@ pub(crate) struct Template {
     pub(crate) template: String,
     pub(crate) working: String,
     pub(crate) pool: PgPool,
+    /// `dbtest_<base>_<source>` and `<hash>`, to rebuild the template.
+    source: String,
+    hash: String,
+    migrator: MigratorRef,
     leftovers_checked: OnceCell<()>,
     /// How to reset a per-test database to the template's state, if that is
     /// possible for this schema (see [`Engine::recycle_test_database`]).
@@ -184,9 +197,12 @@ pub(crate) struct Engine {
     clone_counter: std::sync::atomic::AtomicU64,
     /// This process's owner id: part of the names of its per-test databases.
     owner: u32,
-    /// The connection holding the owner lock, for the life of the process
-    /// (reopened if the server dropped it).
+    /// The connection holding the owner lock and the hash locks, for the
+    /// life of the process (reopened if the server dropped it).
     owner_conn: tokio::sync::Mutex<Option<PgConnection>>,
+    /// Hash lock keys this process holds (taken again on a new owner
+    /// connection).
+    held_hashes: Mutex<Vec<u32>>,
 }
 
 /// Prefix of the comment db-test puts on a template: when it was built.
@@ -312,6 +328,13 @@ fn random_owner_id(attempt: u32) -> u32 {
     (h ^ (h >> 32)) as u32
 }
 
+/// The second key of a template hash's [`HASH_LOCK`]: from
+/// `dbtest_<base>_<source>_<hash>`.
+fn hash_lock_key(prefix_and_hash: &str) -> u32 {
+    let h = embedded::short_hash(prefix_and_hash.as_bytes());
+    u32::from_str_radix(&h[..8], 16).expect("hex")
+}
+
 /// The name of a database owned by a process: `<prefix>_<kind><owner>_<n>`.
 fn owned_name(prefix: &str, kind: char, owner: u32, n: u64) -> String {
     format!("{prefix}_{kind}{owner:08x}_{n}")
@@ -324,6 +347,22 @@ fn parse_owner(rest: &str) -> Option<u32> {
         return None;
     }
     u32::from_str_radix(owner, 16).ok()
+}
+
+/// A path with symlinks and `..` resolved, as text; the path itself if it
+/// cannot be resolved.
+fn canonical(path: &Path) -> String {
+    std::fs::canonicalize(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
+}
+
+/// Names the migrations' source in database names: a hash of the whole
+/// canonical path (or of the migrator's crate directory and name), so two
+/// checkouts never share (or sweep) each other's templates.
+fn source_id(source_key: &str) -> String {
+    embedded::short_hash(source_key.as_bytes())[..8].to_string()
 }
 
 impl Engine {
@@ -384,6 +423,7 @@ impl Engine {
             clone_counter: std::sync::atomic::AtomicU64::new(0),
             owner: 0,
             owner_conn: tokio::sync::Mutex::new(None),
+            held_hashes: Mutex::new(Vec::new()),
         };
         // Fails fast, with a clear message, if the server is unreachable.
         let (owner, conn) = engine.claim_owner_id().await?;
@@ -438,9 +478,9 @@ impl Engine {
         ))
     }
 
-    /// Makes sure the owner connection is alive and holds the owner lock,
-    /// reopening it if the server dropped it (a restart, a terminated
-    /// backend). Then runs `then` on it.
+    /// Makes sure the owner connection is alive and holds the owner lock and
+    /// every hash lock this process took, reopening it if the server dropped
+    /// it (a restart, a terminated backend). Then runs `then` on it.
     async fn with_owner_conn<T>(
         &self,
         then: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
@@ -472,6 +512,15 @@ impl Engine {
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+            let held = self.held_hashes.lock().unwrap().clone();
+            for key in held {
+                sqlx::query("SELECT pg_advisory_lock_shared($1, $2)")
+                    .bind(HASH_LOCK)
+                    .bind(key as i32)
+                    .execute(&mut conn)
+                    .await
+                    .map_err(|e| format!("db-test: cannot take a template lock again: {e}"))?;
+            }
             tracing::info!(owner = %format!("{:08x}", self.owner), "db-test: reopened the owner connection");
             *guard = Some(conn);
         }
@@ -482,6 +531,26 @@ impl Engine {
                 self.display_url
             )
         })
+    }
+
+    /// Holds a shared lock on a template hash for the rest of the process,
+    /// so the outdated-template sweep leaves its databases alone. Waits
+    /// while a sweep is dropping them.
+    async fn hold_hash(&self, key: u32) -> Result<(), String> {
+        if self.held_hashes.lock().unwrap().contains(&key) {
+            return Ok(());
+        }
+        self.with_owner_conn(async |conn| {
+            sqlx::query("SELECT pg_advisory_lock_shared($1, $2)")
+                .bind(HASH_LOCK)
+                .bind(key as i32)
+                .execute(conn)
+                .await
+                .map(|_| ())
+        })
+        .await?;
+        self.held_hashes.lock().unwrap().push(key);
+        Ok(())
     }
 
     async fn admin_connect(&self) -> Result<PgConnection, String> {
@@ -583,6 +652,15 @@ impl Engine {
             map.entry(key.clone()).or_default().clone()
         };
         cell.get_or_try_init(|| async move {
+            // The whole canonical path: two checkouts whose migrations
+            // directories end alike still get templates of their own.
+            let source_key = match (migrations, &source) {
+                (Migrations::Migrator(_, name), _) => {
+                    format!("{}::{name}", canonical(Path::new(manifest_dir)))
+                }
+                (_, Some(dir)) => canonical(dir),
+                (_, None) => key.clone(),
+            };
             let migrator = match (migrations, source) {
                 (Migrations::Migrator(m, _), _) => MigratorRef::Static(m()),
                 (_, Some(dir)) => {
@@ -592,7 +670,7 @@ impl Engine {
                 }
                 (_, None) => MigratorRef::Owned(Migrator::with_migrations(Vec::new())),
             };
-            self.build_template(&key, migrator.get())
+            self.build_template(&source_key, migrator)
                 .await
                 .map(Arc::new)
         })
@@ -600,41 +678,39 @@ impl Engine {
         .cloned()
     }
 
-    fn stable_source_id(key: &str) -> String {
-        // Stable across checkouts: the last two path components (or the migrator's name).
-        let tail: Vec<&str> = key.rsplit(['/', '\\']).take(2).collect();
-        embedded::short_hash(tail.join("/").as_bytes())[..6].to_string()
-    }
-
     async fn build_template(
         &'static self,
-        key: &str,
-        migrator: &Migrator,
+        source_key: &str,
+        migrator: MigratorRef,
     ) -> Result<Template, String> {
         // Bump TEMPLATE_FORMAT when the way templates are built changes, so
         // that old templates are rebuilt (and dropped as outdated).
         const TEMPLATE_FORMAT: &[u8] = b"db-test template v2";
         let mut hasher_input = TEMPLATE_FORMAT.to_vec();
-        for m in migrator.iter() {
+        for m in migrator.get().iter() {
             hasher_input.extend_from_slice(&m.version.to_le_bytes());
             hasher_input.extend_from_slice(&m.checksum);
             hasher_input.push(m.migration_type.is_down_migration() as u8);
         }
-        let hash = &embedded::short_hash(&hasher_input)[..10];
-        let prefix = format!("dbtest_{}_{}", self.base, Self::stable_source_id(key));
-        let template = format!("{prefix}_{hash}_t");
-        let working = format!("{prefix}_{hash}_w");
+        let hash = embedded::short_hash(&hasher_input)[..10].to_string();
+        let source = format!("dbtest_{}_{}", self.base, source_id(source_key));
+        let prefix = format!("{source}_{hash}");
+        let template = format!("{prefix}_t");
+        let working = format!("{prefix}_w");
+
+        // Held until the process ends: the outdated-template sweep of a
+        // process running newer migrations leaves this hash alone.
+        self.hold_hash(hash_lock_key(&prefix)).await?;
 
         // Fast path: the working database exists, so the template is complete.
-        // Otherwise build it. Retried, because another process running other
-        // migrations of the same source may drop an old template at any time.
+        // Otherwise build it. Retried, in case someone dropped it meanwhile.
         let mut attempt = 0;
         let pool = loop {
             attempt += 1;
             match self.connect_pool(&working).await {
                 Ok(pool) => break pool,
                 Err(e) if sqlstate(&e).as_deref() == Some("3D000") && attempt <= 3 => {
-                    self.create_template(migrator, &prefix, hash).await?;
+                    self.create_template(migrator.get(), &source, &hash).await?;
                 }
                 Err(e) => {
                     return Err(format!(
@@ -646,10 +722,13 @@ impl Engine {
         };
         tracing::debug!(%working, "db-test: pool ready");
         Ok(Template {
-            prefix: format!("{prefix}_{hash}"),
+            prefix,
             template,
             working,
             pool,
+            source,
+            hash,
+            migrator,
             leftovers_checked: OnceCell::new(),
             recycle: OnceCell::new(),
         })
@@ -810,52 +889,113 @@ impl Engine {
             .execute(&mut admin)
             .await;
 
-        // Drop databases of outdated migrations for this same source, after
-        // the lock is released: only those whose template was built more than
-        // DB_TEST_OUTDATED_AFTER ago (another checkout may still be running
-        // the older migrations), and none in use (DROP DATABASE would wait
-        // 5 s for it, then fail).
-        let current = format!("{prefix}_{hash}_");
+        // After the build lock is released: other processes need not wait.
+        self.sweep_outdated(&mut admin, prefix, hash).await;
+        let _ = admin.close().await;
+        Ok(())
+    }
+
+    /// Drops the databases of outdated migrations of this same source
+    /// (`prefix` is `dbtest_<base>_<source>`), one hash at a time, and only
+    /// a hash
+    /// - whose template was built more than DB_TEST_OUTDATED_AFTER ago
+    ///   (another checkout may still be running the older migrations) or is
+    ///   gone (an orphaned working database, a half-built template),
+    /// - whose hash lock ([`HASH_LOCK`]) nobody holds: every process using a
+    ///   hash holds it shared for its lifetime, and this sweep holds it
+    ///   exclusively while it drops, so nobody starts using it meanwhile,
+    /// - none of whose databases has a connection or a live owner.
+    ///
+    /// The template goes last, so it is never gone while its working
+    /// database or a clone of it remains.
+    async fn sweep_outdated(&self, admin: &mut PgConnection, prefix: &str, current_hash: &str) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
         let grace = config::outdated_after().as_secs() as i64;
-        let built: Vec<(String, Option<String>)> = sqlx::query_as(
+        let all: Vec<(String, Option<String>)> = sqlx::query_as(
             "SELECT datname::text, shobj_description(oid, 'pg_database') FROM pg_database \
-             WHERE starts_with(datname, $1) AND datname ~ '_t$'",
+             WHERE starts_with(datname, $1)",
         )
         .bind(format!("{prefix}_"))
-        .fetch_all(&mut admin)
+        .fetch_all(&mut *admin)
         .await
         .unwrap_or_default();
-        let stale_hashes: Vec<String> = built
-            .iter()
-            .filter(|(name, _)| !name.starts_with(&current))
-            .filter(|(_, comment)| {
+        // hash -> (its databases, whether it is outdated)
+        let mut hashes: HashMap<&str, (Vec<&str>, bool)> = HashMap::new();
+        for (name, comment) in &all {
+            let Some((hash, kind)) = name[prefix.len() + 1..].split_once('_') else {
+                continue;
+            };
+            if hash == current_hash || hash.len() != 10 || kind.is_empty() {
+                continue;
+            }
+            let entry = hashes.entry(hash).or_insert((Vec::new(), true));
+            entry.0.push(name);
+            if kind == "t" {
                 let at = comment
                     .as_deref()
                     .and_then(|c| c.strip_prefix(BUILT_AT))
                     .and_then(|t| t.trim().parse::<i64>().ok())
                     .unwrap_or(0);
-                now - at >= grace
-            })
-            .map(|(name, _)| name.trim_end_matches("_t").to_string())
-            .collect();
-        let in_use: Vec<String> = sqlx::query_scalar(
-            "SELECT DISTINCT datname::text FROM pg_stat_activity WHERE starts_with(datname, $1)",
-        )
-        .bind(format!("{prefix}_"))
-        .fetch_all(&mut admin)
-        .await
-        .unwrap_or_default();
-        for name in existing.iter().filter(|n| {
-            !in_use.contains(n) && stale_hashes.iter().any(|h| n.starts_with(&format!("{h}_")))
-        }) {
-            let _ = Self::drop_quietly(&mut admin, name).await;
+                entry.1 = now - at >= grace;
+            }
         }
-        let _ = admin.close().await;
-        Ok(())
+        for (hash, (mut names, outdated)) in hashes {
+            if !outdated {
+                continue;
+            }
+            let hash_prefix = format!("{prefix}_{hash}");
+            let key = hash_lock_key(&hash_prefix) as i32;
+            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+                .bind(HASH_LOCK)
+                .bind(key)
+                .fetch_one(&mut *admin)
+                .await
+                .unwrap_or(false);
+            if !locked {
+                continue; // in use
+            }
+            // In use all the same: a holder in another database (advisory
+            // locks are per database), a connection (a user of an older
+            // db-test, psql), or a per-test database whose owner lives.
+            let busy: bool = sqlx::query_scalar(
+                "SELECT exists(SELECT 1 FROM pg_locks WHERE locktype = 'advisory' \
+                   AND classid = $1::bigint::oid AND objid = $2::bigint::oid AND objsubid = 2 \
+                   AND pid <> pg_backend_pid()) \
+                 OR exists(SELECT 1 FROM pg_stat_activity WHERE starts_with(datname, $3))",
+            )
+            .bind(HASH_LOCK as i64)
+            .bind(key as u32 as i64)
+            .bind(format!("{hash_prefix}_"))
+            .fetch_one(&mut *admin)
+            .await
+            .unwrap_or(true);
+            let owners_alive = match Self::live_owners(admin).await {
+                Ok(live) => names.iter().any(|n| {
+                    n.strip_prefix(&format!("{hash_prefix}_d"))
+                        .and_then(parse_owner)
+                        .is_some_and(|o| live.contains(&o))
+                }),
+                Err(_) => true,
+            };
+            if !busy && !owners_alive {
+                // The template last.
+                names.sort_by_key(|n| n.ends_with("_t"));
+                for name in names {
+                    tracing::info!(database = %name, "db-test: dropping a database of outdated migrations");
+                    if Self::drop_quietly(admin, name).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            let _ = sqlx::query("SELECT pg_advisory_unlock($1, $2)")
+                .bind(HASH_LOCK)
+                .bind(key)
+                .execute(&mut *admin)
+                .await;
+        }
     }
 
     /// Owner ids whose process holds its owner lock, on any host.
@@ -953,12 +1093,26 @@ impl Engine {
             quote_ident(&name),
             quote_ident(&template.template)
         );
-        Self::admin_exec(&mut conn, &sql).await.map_err(|e| {
-            format!(
-                "db-test: cannot create test database {name} on {}: {e}",
-                self.display_url
-            )
-        })?;
+        let mut rebuilt = false;
+        loop {
+            match Self::admin_exec(&mut conn, &sql).await {
+                Ok(()) => break,
+                // The template is gone (dropped by hand, or by an older
+                // db-test's sweep): build it again, then clone.
+                Err(e) if sqlstate(&e).as_deref() == Some("3D000") && !rebuilt => {
+                    tracing::info!(template = %template.template, "db-test: the template is gone; building it again");
+                    self.create_template(template.migrator.get(), &template.source, &template.hash)
+                        .await?;
+                    rebuilt = true;
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "db-test: cannot create test database {name} on {}: {e}",
+                        self.display_url
+                    ));
+                }
+            }
+        }
         drop(conn);
         self.recycle_plan(template, &name).await;
         Ok(TestDatabase {
@@ -1319,7 +1473,7 @@ mod tests {
         assert_eq!(base.len(), 16);
         let source = format!(
             "dbtest_{base}_{}",
-            Engine::stable_source_id("/a/migrations")
+            source_id("/some/checkout/server/migrations")
         );
         let prefix = format!("{source}_{}", &embedded::short_hash(b"migrations")[..10]);
         for kind in ['d', 's'] {
@@ -1339,6 +1493,16 @@ mod tests {
         assert_eq!(parse_owner("12345x0"), None);
         assert_eq!(parse_owner("12345678_"), None);
         assert_eq!(parse_owner("1234567_0"), None);
+    }
+
+    #[test]
+    fn the_source_is_the_whole_canonical_path() {
+        let a = source_id("/work/a/server/migrations");
+        let b = source_id("/work/b/server/migrations");
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 8);
+        let dir = std::env::temp_dir();
+        assert_eq!(canonical(&dir.join(".")), canonical(&dir));
     }
 
     #[test]

@@ -25,7 +25,9 @@ ns=()
 if [ "${DB_TEST_SHARD_NAMESPACES:-}" = 1 ]; then
     unshare --pid --fork --mount-proc --kill-child true \
         || { echo "sharded-run: unshare --pid is not permitted here (run as root)"; exit 1; }
-    ns=(unshare --pid --fork --mount-proc --kill-child)
+    # bash as the namespace's pid 1 reaps orphans (a killed server's zombie
+    # would otherwise look alive); the trailing `exit` keeps it from exec'ing.
+    ns=(unshare --pid --fork --mount-proc --kill-child bash -c '"$@"; exit $?' pid1)
 fi
 
 work=$(mktemp -d /tmp/db-test-shards.XXXXXX)

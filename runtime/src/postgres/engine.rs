@@ -1097,8 +1097,9 @@ impl Engine {
         loop {
             match Self::admin_exec(&mut conn, &sql).await {
                 Ok(()) => break,
-                // The template is gone (dropped by hand, or by an older
-                // db-test's sweep): build it again, then clone.
+                // The template is gone (dropped by hand, or swept while this
+                // process's owner connection was down): build it again, then
+                // clone.
                 Err(e) if sqlstate(&e).as_deref() == Some("3D000") && !rebuilt => {
                     tracing::info!(template = %template.template, "db-test: the template is gone; building it again");
                     self.create_template(template.migrator.get(), &template.source, &template.hash)

@@ -67,11 +67,13 @@ const CATALOG_WRITES: &str = "(SELECT coalesce(sum(pg_stat_get_xact_tuples_inser
      FROM unnest('{pg_catalog.pg_attribute,pg_catalog.pg_class,pg_catalog.pg_type,\
      pg_catalog.pg_rewrite,pg_catalog.pg_proc}'::regclass[]) AS c)::int8";
 
-/// The end-of-test state: catalog writes since the test began (or -1 if
-/// that is unknown), and the SQL-`PREPARE`d statements.
+/// The end-of-test state: session advisory locks released, catalog writes
+/// since the test began (or -1 if that is unknown), and the SQL-`PREPARE`d
+/// statements.
 fn session_state_sql() -> String {
     format!(
-        "SELECT coalesce({CATALOG_WRITES} - nullif(current_setting('db_test.catalog_writes', true), '')::int8, -1) \
+        "SELECT pg_advisory_unlock_all() AS dbt_unlock, \
+         coalesce({CATALOG_WRITES} - nullif(current_setting('db_test.catalog_writes', true), '')::int8, -1) \
          AS dbt_ddl, ARRAY(SELECT name FROM pg_prepared_statements WHERE from_sql)::text[] AS dbt_prepared"
     )
 }
@@ -267,9 +269,9 @@ impl SharedConn {
             .filter(|c| *c != '\'')
             .collect();
         let begin = format!(
-            "BEGIN READ WRITE; SET LOCAL application_name = '{app_name}'; \
-             INSERT INTO pg_temp.{GUARD_TABLE} VALUES (1); \
-             SELECT set_config('db_test.catalog_writes', {CATALOG_WRITES}::text, true); \
+            "BEGIN READ WRITE; INSERT INTO pg_temp.{GUARD_TABLE} VALUES (1); \
+             SELECT set_config('application_name', '{app_name}', true), \
+             set_config('db_test.catalog_writes', {CATALOG_WRITES}::text, true); \
              SAVEPOINT dbt_auto"
         );
         // sqlx counts this as depth 1, so a nested sqlx `begin()` sends SAVEPOINT.
@@ -682,12 +684,12 @@ impl SharedConn {
                 String::new()
             };
             let check = format!(
-                "RELEASE SAVEPOINT dbt_auto; SELECT pg_advisory_unlock_all(); {}{constraints}",
+                "RELEASE SAVEPOINT dbt_auto; {}{constraints}",
                 session_state_sql()
             );
             match session_state(&mut conn, check).await {
                 (Some((ddl, names)), error) => {
-                    // The query released session advisory locks before this row.
+                    // The same row released the session advisory locks.
                     state_known = true;
                     stale_cache = ddl != 0;
                     prepared = names;
@@ -831,7 +833,7 @@ async fn session_state(
         let mut steps = conn.fetch_many(sqlx::raw_sql(sqlx::AssertSqlSafe(check)));
         while let Some(step) = steps.next().await {
             match step {
-                Ok(Either::Right(row)) if row.len() == 2 => {
+                Ok(Either::Right(row)) if row.len() == 3 => {
                     let ddl = row.try_get::<i64, _>("dbt_ddl").unwrap_or(1);
                     let prepared = row
                         .try_get::<Vec<String>, _>("dbt_prepared")

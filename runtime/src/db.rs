@@ -574,3 +574,59 @@ impl<'c> sqlx::Acquire<'c> for &'c mut DbConn {
         sqlx::Transaction::begin(&mut self.0, None).boxed()
     }
 }
+
+/// The connection [`sqlx::Acquire`] gives for `&Db`: a [`DbConnection`]
+/// that derefs straight to [`PgConnection`], as `Acquire` requires.
+#[derive(Debug)]
+pub struct DbAcquired(DbConnection);
+
+impl Deref for DbAcquired {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        &self.0
+    }
+}
+
+impl DerefMut for DbAcquired {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.0
+    }
+}
+
+/// `&Db` is an [`sqlx::Acquire`], so functions written as
+/// `async fn f<'a>(conn: impl Acquire<'a, Database = Postgres>)` take the
+/// app's handle.
+///
+/// `acquire()` works everywhere (under test: the test's connection, like
+/// [`Db::acquire`]). `begin()` works on a pool; under a transaction-mode
+/// test it returns an error of kind [`crate::ErrorKind::Unsupported`]
+/// (with the harness), because sqlx's `Transaction` cannot hold the lock on
+/// the test's shared connection: call [`Db::begin`] instead, or pass
+/// `&mut *db.acquire().await?` (an `Acquire` whose `begin()` is a savepoint).
+impl<'c> sqlx::Acquire<'c> for &'c Db {
+    type Database = Postgres;
+    type Connection = DbAcquired;
+
+    fn acquire(self) -> BoxFuture<'c, sqlx::Result<DbAcquired>> {
+        async move { Ok(DbAcquired(Db::acquire(self).await?)) }.boxed()
+    }
+
+    fn begin(self) -> BoxFuture<'c, sqlx::Result<sqlx::Transaction<'c, Postgres>>> {
+        match &self.inner {
+            Inner::Pool(pool) => {
+                let pool = pool.clone();
+                async move { pool.begin().await }.boxed()
+            }
+            #[cfg(feature = "harness")]
+            Inner::Test(_) => futures_util::future::ready(Err(crate::Error::new(
+                crate::ErrorKind::Unsupported,
+                "db-test: `Acquire::begin` on a `&Db` cannot be a savepoint of the test's \
+                 transaction (sqlx's `Transaction` cannot hold db-test's lock on the test's \
+                 connection). Call `db.begin()`, or pass `&mut *db.acquire().await?`, whose \
+                 `begin()` is a savepoint.",
+            )
+            .into()))
+            .boxed(),
+        }
+    }
+}

@@ -29,7 +29,7 @@ impl fmt::Display for Explained {
 
 impl std::error::Error for Explained {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(self.inner.as_error())
+        self.inner.as_error().source()
     }
 }
 
@@ -40,14 +40,16 @@ impl DatabaseError for Explained {
     fn code(&self) -> Option<Cow<'_, str>> {
         self.inner.code()
     }
+    // The driver's own error, so that `downcast_ref::<PgDatabaseError>()`
+    // still finds it; the explanation is in `message()` and `Display`.
     fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
-        self
+        self.inner.as_error()
     }
     fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
-        self
+        self.inner.as_error_mut()
     }
     fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
-        self
+        self.inner.into_error()
     }
     fn constraint(&self) -> Option<&str> {
         self.inner.constraint()

@@ -18,6 +18,8 @@ mod context;
 mod clock;
 mod db;
 #[cfg(feature = "harness")]
+mod error;
+#[cfg(feature = "harness")]
 mod hint;
 #[cfg(feature = "harness")]
 mod postgres;
@@ -26,7 +28,7 @@ mod shared;
 #[cfg(feature = "harness")]
 mod testdb;
 
-pub use db::{Db, DbConn, DbConnection, DbTransaction};
+pub use db::{Db, DbAcquired, DbConn, DbConnection, DbTransaction};
 
 #[cfg(feature = "harness")]
 pub use client::*;
@@ -34,6 +36,8 @@ pub use client::*;
 pub use context::{BoxError, FromTestContext, TestContext};
 #[cfg(feature = "harness")]
 pub use db_test_macros::db_test;
+#[cfg(feature = "harness")]
+pub use error::{Error, ErrorKind};
 #[cfg(feature = "harness")]
 pub use testdb::TestDb;
 

@@ -18,6 +18,7 @@ use sqlx_core::transaction::TransactionManager;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::db::OwnedQuery;
+use crate::error::{Error, ErrorKind};
 use crate::hint::sqlstate;
 use crate::postgres::signal::{Backends, Signal, signal_backends};
 
@@ -333,11 +334,15 @@ impl SharedConn {
     }
 
     fn over_error(&self, when: &str) -> sqlx::Error {
-        sqlx::Error::InvalidArgument(format!(
-            "db-test: test `{}` is over ({when}); its `Db` can no longer be used. \
+        Error::new(
+            ErrorKind::TestOver,
+            format!(
+                "db-test: test `{}` is over ({when}); its `Db` can no longer be used. \
              A task spawned by the test outlived it.",
-            self.label
-        ))
+                self.label
+            ),
+        )
+        .into()
     }
 
     async fn lock_slot(&self) -> sqlx::Result<OwnedMutexGuard<Slot>> {
@@ -353,14 +358,15 @@ impl SharedConn {
                 {
                     Ok(slot) => slot,
                     Err(()) => {
-                        return Err(sqlx::Error::InvalidArgument(format!(
+                        return Err(Error::new(ErrorKind::CheckoutTimeout, format!(
                             "db-test: test `{}` waited {:?} for its database connection, which stayed busy. \
                          Likely cause: a guard from `db.acquire()` or `db.begin()` is held across another \
                          database call (the test has one connection, shared by every clone of its `Db`); \
                          drop the guard first, or raise DB_TEST_CHECKOUT_TIMEOUT.",
                             self.label,
                             self.checkout_timeout()
-                        )));
+                        ))
+                        .into());
                     }
                 }
             }
@@ -369,12 +375,12 @@ impl SharedConn {
             return Err(self.over_error(when));
         }
         if let Some(why) = &slot.poisoned {
-            return Err(sqlx::Error::InvalidArgument(why.clone()));
+            return Err(poisoned_error(why));
         }
         if slot.in_flight.is_some() {
             self.recover_dropped(&mut slot).await;
             if let Some(why) = &slot.poisoned {
-                return Err(sqlx::Error::InvalidArgument(why.clone()));
+                return Err(poisoned_error(why));
             }
         }
         Ok(slot)
@@ -504,7 +510,7 @@ impl SharedConn {
                 ),
             };
             slot.poisoned = Some(msg.clone());
-            return Err(sqlx::Error::InvalidArgument(msg));
+            return Err(poisoned_error(&msg));
         }
         slot.fresh = true;
         slot.unverified = false;
@@ -552,7 +558,7 @@ impl SharedConn {
                 self.label
             );
             slot.poisoned = Some(msg.clone());
-            return Err(sqlx::Error::InvalidArgument(msg));
+            return Err(poisoned_error(&msg));
         }
         self.make_fresh(&mut slot).await?;
         // A copy for one retry, should a cached statement have gone stale.
@@ -581,7 +587,7 @@ impl SharedConn {
             Err(e) => {
                 if let Some(msg) = refused_commit(&e, &self.label) {
                     slot.poisoned = Some(msg.clone());
-                    return Err(sqlx::Error::InvalidArgument(msg));
+                    return Err(poisoned_error(&msg));
                 }
                 let e = crate::hint::explain_lock_error(e);
                 // Undo the failed statement alone; `dbt_auto` stays and still
@@ -849,4 +855,15 @@ async fn session_state(
         }
     }
     (state, error)
+}
+
+/// The error every later use of a test's connection gets once something
+/// ended its transaction or broke it.
+fn poisoned_error(why: &str) -> sqlx::Error {
+    let kind = if why.contains("COMMIT") || why.contains("refusing to run") {
+        ErrorKind::TransactionEnded
+    } else {
+        ErrorKind::ConnectionBroken
+    };
+    Error::new(kind, why).into()
 }

@@ -80,6 +80,18 @@ impl TestDb {
         self.db.clone()
     }
 
+    /// [`Db::begin`]: an app transaction, a savepoint under test. (An
+    /// inherent method, so that `db.begin()` means this even where
+    /// `sqlx::Acquire` is in scope.)
+    pub async fn begin(&self) -> sqlx::Result<crate::DbTransaction> {
+        self.db.begin().await
+    }
+
+    /// [`Db::acquire`]: the test's connection (under test), as a guard.
+    pub async fn acquire(&self) -> sqlx::Result<crate::DbConnection> {
+        self.db.acquire().await
+    }
+
     /// Sets how long a task waits for the test's connection while another
     /// task holds it (default `DB_TEST_CHECKOUT_TIMEOUT`, 10 s). No effect in
     /// database mode.
@@ -110,23 +122,36 @@ impl TestDb {
         }
     }
 
-    /// Runs `f` and asserts that it ran exactly `expected` statements on the
-    /// test's connection, like Django's `assertNumQueries`. On a mismatch the
-    /// panic lists the statements that ran.
+    /// Runs `work` (a future, such as an `async` block) and asserts that it
+    /// ran exactly `expected` statements on the test's connection, like
+    /// Django's `assertNumQueries` (see [`TestDb::query_count`] for what
+    /// counts). On a mismatch the panic lists the statements that ran.
+    ///
+    /// ```no_run
+    /// # use db_test::{db_test, TestDb};
+    /// #[db_test]
+    /// async fn listing_users_is_one_query(db: TestDb) {
+    ///     let app = db.db();
+    ///     db.assert_queries(1, async {
+    ///         sqlx::query("SELECT * FROM users").fetch_all(&app).await.unwrap();
+    ///     })
+    ///     .await;
+    /// }
+    /// ```
     #[track_caller]
-    pub fn assert_queries<'a, F, Fut, T>(
+    pub fn assert_queries<'a, W>(
         &'a self,
         expected: u64,
-        f: F,
-    ) -> impl Future<Output = T> + 'a
+        work: W,
+    ) -> impl Future<Output = W::Output> + 'a
     where
-        F: FnOnce() -> Fut + 'a,
-        Fut: Future<Output = T> + 'a,
+        W: std::future::IntoFuture + 'a,
+        W::IntoFuture: 'a,
     {
         let caller = std::panic::Location::caller();
         async move {
             let before = self.query_count().await;
-            let out = f().await;
+            let out = work.await;
             let after = self.query_count().await;
             let ran = after.saturating_sub(before);
             if ran != expected {
@@ -209,6 +234,20 @@ impl<'c> Executor<'c> for &'c TestDb {
         'c: 'e,
     {
         (&self.db).describe(sql)
+    }
+}
+
+/// `&TestDb` is an [`sqlx::Acquire`], as [`Db`] is (see its impl).
+impl<'c> sqlx::Acquire<'c> for &'c TestDb {
+    type Database = Postgres;
+    type Connection = crate::db::DbAcquired;
+
+    fn acquire(self) -> BoxFuture<'c, sqlx::Result<Self::Connection>> {
+        sqlx::Acquire::acquire(&self.db)
+    }
+
+    fn begin(self) -> BoxFuture<'c, sqlx::Result<sqlx::Transaction<'c, Postgres>>> {
+        sqlx::Acquire::begin(&self.db)
     }
 }
 

@@ -309,7 +309,7 @@ async fn deferred_constraint_check_can_be_turned_off(db: TestDb) {
 #[db_test]
 async fn query_counting(db: TestDb) {
     let app = db.db();
-    db.assert_queries(2, || async {
+    db.assert_queries(2, async {
         sqlx::query("INSERT INTO users (email) VALUES ('q@example.com')")
             .execute(&app)
             .await
@@ -328,7 +328,7 @@ async fn query_counting(db: TestDb) {
 #[db_test]
 #[should_panic(expected = "expected 1 statement(s), but 2 ran")]
 async fn query_count_mismatch_lists_the_statements(db: TestDb) {
-    db.assert_queries(1, || async {
+    db.assert_queries(1, async {
         sqlx::query("SELECT 'first'").execute(&db).await.unwrap();
         sqlx::query("SELECT 'second'").execute(&db).await.unwrap();
     })
@@ -423,4 +423,68 @@ async fn sql_that_merely_mentions_end_is_not_refused(db: TestDb) {
         .await
         .unwrap();
     assert_eq!(count(&db, "users").await, 1);
+}
+
+/// Written the common sqlx way, to take a pool, a connection or a transaction.
+async fn insert_user<'a>(
+    conn: impl Acquire<'a, Database = sqlx::Postgres>,
+    email: &str,
+) -> sqlx::Result<()> {
+    let mut conn = conn.acquire().await?;
+    sqlx::query("INSERT INTO users (email) VALUES ($1)")
+        .bind(email)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+async fn insert_in_a_transaction<'a>(
+    conn: impl Acquire<'a, Database = sqlx::Postgres>,
+    email: &str,
+) -> sqlx::Result<()> {
+    let mut tx = conn.begin().await?;
+    sqlx::query("INSERT INTO users (email) VALUES ($1)")
+        .bind(email)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
+#[db_test]
+async fn db_and_test_db_are_acquire(db: TestDb) {
+    insert_user(&db.db(), "acquire-db@example.com")
+        .await
+        .unwrap();
+    insert_user(&db, "acquire-testdb@example.com")
+        .await
+        .unwrap();
+    // A guard's connection is an Acquire whose begin() is a savepoint.
+    let mut conn = db.acquire().await.unwrap();
+    insert_in_a_transaction(&mut *conn, "acquire-tx@example.com")
+        .await
+        .unwrap();
+    drop(conn);
+    // begin() on &Db itself cannot be a savepoint: a clear, typed error.
+    let err = insert_in_a_transaction(&db.db(), "x@example.com")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        db_test::Error::of(&err).map(|e| e.kind()),
+        Some(db_test::ErrorKind::Unsupported),
+        "{err}"
+    );
+    assert_eq!(count(&db, "users").await, 3);
+    assert_eq!(committed_rows(&db).await, 0);
+}
+
+#[db_test(isolation = "database")]
+async fn acquire_begin_on_a_pool_backed_db_is_a_transaction(db: Db) {
+    insert_in_a_transaction(&db, "pool-tx@example.com")
+        .await
+        .unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
 }

@@ -473,7 +473,7 @@ async fn ddl_then_select_star_sees_the_new_columns(db: TestDb) {
 #[db_test]
 async fn statements_in_app_transactions_and_on_guards_are_counted(db: TestDb) {
     let app = db.db();
-    db.assert_queries(4, || async {
+    db.assert_queries(4, async {
         let mut tx = app.begin().await.unwrap(); // transaction control: not counted
         sqlx::query("INSERT INTO users (email) VALUES ('c@example.com')")
             .execute(&mut *tx)
@@ -500,9 +500,55 @@ async fn statements_in_app_transactions_and_on_guards_are_counted(db: TestDb) {
 #[should_panic(expected = "SELECT 'counted on a guard'")]
 async fn a_count_mismatch_lists_statements_sent_on_guards(db: TestDb) {
     let app = db.db();
-    db.assert_queries(0, || async {
+    db.assert_queries(0, async {
         let mut conn = app.acquire().await.unwrap();
         conn.execute("SELECT 'counted on a guard'").await.unwrap();
     })
     .await;
+}
+
+// ---- db-test's own errors are typed --------------------------------------
+
+#[db_test]
+async fn a_checkout_timeout_is_a_typed_db_test_error(db: TestDb) {
+    db.set_checkout_timeout(Duration::from_millis(200));
+    let guard = db.acquire().await.unwrap();
+    let err = sqlx::query("SELECT 1").execute(&db).await.unwrap_err();
+    let ours = db_test::Error::of(&err).expect("a db-test error");
+    assert_eq!(ours.kind(), db_test::ErrorKind::CheckoutTimeout);
+    assert!(err.to_string().contains("waited 200ms"), "{err}");
+    drop(guard);
+}
+
+#[db_test]
+#[should_panic(expected = "refusing to run `ROLLBACK`")]
+async fn a_refused_statement_is_a_typed_db_test_error(db: TestDb) {
+    let err = sqlx::query("ROLLBACK").execute(&db).await.unwrap_err();
+    let ours = db_test::Error::of(&err).expect("a db-test error");
+    assert_eq!(ours.kind(), db_test::ErrorKind::TransactionEnded);
+}
+
+#[db_test]
+async fn an_explained_lock_timeout_keeps_the_driver_error(ctx: TestContext) {
+    let db = ctx.db();
+    // Another session holds a lock on the table; ours times out on it.
+    let mut other = outside(&ctx).await;
+    other
+        .execute("BEGIN; LOCK TABLE posts IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    sqlx::query("SET LOCAL lock_timeout = '100ms'")
+        .execute(&db)
+        .await
+        .unwrap();
+    let err = sqlx::query("SELECT count(*) FROM posts")
+        .fetch_one(&db)
+        .await
+        .unwrap_err();
+    other.execute("ROLLBACK").await.unwrap();
+    let db_err = err.as_database_error().expect("a database error");
+    assert_eq!(db_err.code().as_deref(), Some("55P03"));
+    assert!(db_err.message().contains("lock_timeout"), "{err}");
+    let pg = db_err.downcast_ref::<sqlx::postgres::PgDatabaseError>();
+    assert_eq!(pg.code(), "55P03");
 }

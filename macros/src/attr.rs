@@ -1,22 +1,47 @@
-//! Parsing and validating `#[db_test(...)]` arguments.
+//! Parsing `#[db_test(...)]` arguments into a [`Config`].
+//!
+//! Each key is read on its own, so one malformed key does not hide the
+//! others' errors: every error is collected. Checks that involve more than
+//! one key, or the function, are in `valid.rs`.
 
-use proc_macro2::Span;
-use syn::meta::ParseNestedMeta;
-use syn::{LitBool, LitStr, Token};
+use proc_macro2::{Span, TokenStream};
+use syn::punctuated::Punctuated;
+use syn::spanned::Spanned as _;
+use syn::{Expr, ExprLit, Lit, LitBool, LitStr, Meta, Token};
 
 pub(crate) const VALID_KEYS: &str = "`migrations`, `migrator`, `fixtures`, `timeout`, `isolation`, \
-     `check_constraints`, `flavor`, `worker_threads`, `start_paused`";
+     `check_constraints`, `flavor`, `worker_threads`, `start_paused`, `crate`";
+
+/// A value and where it was written.
+pub(crate) type Spanned<T> = Option<(T, Span)>;
 
 #[derive(Default)]
 pub(crate) struct Config {
-    pub(crate) migrations: Option<(Migrations, Span)>,
-    pub(crate) timeout_ms: Option<(u64, Span)>,
-    pub(crate) isolation: Option<(Isolation, Span)>,
-    pub(crate) check_constraints: Option<(bool, Span)>,
+    pub(crate) migrations: Spanned<Migrations>,
+    pub(crate) migrator: Spanned<(syn::Path, String)>,
+    /// The duration as written; the runtime's parser checks it at compile time.
+    pub(crate) timeout: Option<LitStr>,
+    pub(crate) isolation: Spanned<Isolation>,
+    pub(crate) check_constraints: Spanned<bool>,
     pub(crate) fixtures: Vec<(String, Span)>,
-    pub(crate) flavor: Option<(Flavor, Span)>,
-    pub(crate) worker_threads: Option<(usize, Span)>,
-    pub(crate) start_paused: Option<(bool, Span)>,
+    pub(crate) flavor: Spanned<Flavor>,
+    pub(crate) worker_threads: Spanned<usize>,
+    pub(crate) start_paused: Spanned<bool>,
+    /// `crate = "path"`: where db-test is, for a renamed dependency.
+    pub(crate) krate: Spanned<syn::Path>,
+    /// The keys in the order they were written.
+    pub(crate) order: Vec<String>,
+}
+
+pub(crate) enum Migrations {
+    Path(String),
+    None,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Isolation {
+    Transaction,
+    Database,
 }
 
 /// `flavor = ".."`, as in `#[tokio::test]`.
@@ -26,29 +51,26 @@ pub(crate) enum Flavor {
     MultiThread,
 }
 
-pub(crate) enum Migrations {
-    Path(String),
-    None,
-    Migrator(syn::Path, String),
+/// Parses the attribute's arguments; errors go to `errors`.
+pub(crate) fn parse(args: TokenStream, errors: &mut Vec<syn::Error>) -> Config {
+    let mut config = Config::default();
+    let parser = Punctuated::<Meta, Token![,]>::parse_terminated;
+    let metas = match syn::parse::Parser::parse2(parser, args) {
+        Ok(metas) => metas,
+        Err(e) => {
+            errors.push(e);
+            return config;
+        }
+    };
+    for meta in metas {
+        if let Err(e) = config.key(meta) {
+            errors.push(e);
+        }
+    }
+    config
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Isolation {
-    Transaction,
-    Database,
-}
-
-fn set_once<T>(
-    slot: &mut Option<(T, Span)>,
-    value: T,
-    meta: &ParseNestedMeta,
-    key: &str,
-) -> syn::Result<()> {
-    let span = meta
-        .path
-        .get_ident()
-        .map(|i| i.span())
-        .unwrap_or_else(Span::call_site);
+fn set_once<T>(slot: &mut Spanned<T>, value: T, span: Span, key: &str) -> syn::Result<()> {
     if slot.is_some() {
         return Err(syn::Error::new(
             span,
@@ -59,127 +81,103 @@ fn set_once<T>(
     Ok(())
 }
 
-/// Parses `250ms`, `30s`, `2m`, `1h`.
-pub(crate) fn parse_duration_ms(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit())?;
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    let ms = match unit {
-        "ms" => n,
-        "s" => n.checked_mul(1000)?,
-        "m" | "min" => n.checked_mul(60_000)?,
-        "h" => n.checked_mul(3_600_000)?,
-        _ => return None,
-    };
-    (ms > 0).then_some(ms)
+/// A literal, seen through the invisible groups `macro_rules!` wraps
+/// around the fragments it passes on (`migrations = $path`).
+fn unwrap_literal(expr: &Expr) -> Option<&Lit> {
+    match expr {
+        Expr::Lit(ExprLit { lit, .. }) => Some(lit),
+        Expr::Group(g) => unwrap_literal(&g.expr),
+        Expr::Paren(p) => unwrap_literal(&p.expr),
+        _ => None,
+    }
+}
+
+/// The literal of `key = <literal>`.
+fn literal<'a>(meta: &'a Meta, key: &str, expected: &str) -> syn::Result<&'a Lit> {
+    match meta {
+        Meta::NameValue(nv) => unwrap_literal(&nv.value).ok_or_else(|| {
+            syn::Error::new_spanned(&nv.value, format!("expected {expected} for `{key}`"))
+        }),
+        _ => Err(syn::Error::new_spanned(
+            meta,
+            format!("expected `{key} = {expected}`"),
+        )),
+    }
+}
+
+fn string(meta: &Meta, key: &str, example: &str) -> syn::Result<LitStr> {
+    match literal(meta, key, example)? {
+        Lit::Str(s) => Ok(s.clone()),
+        other => Err(syn::Error::new_spanned(
+            other,
+            format!("expected a string for `{key}`, such as `{key} = {example}`"),
+        )),
+    }
+}
+
+fn boolean(meta: &Meta, key: &str) -> syn::Result<LitBool> {
+    match literal(meta, key, "true or false")? {
+        Lit::Bool(b) => Ok(b.clone()),
+        other => Err(syn::Error::new_spanned(
+            other,
+            format!("expected `true` or `false` for `{key}`"),
+        )),
+    }
 }
 
 impl Config {
-    /// Cross-checks between keys, as `#[tokio::test]` makes them.
-    pub(crate) fn validate(&self, errors: &mut Vec<syn::Error>) {
-        let flavor = self.flavor.map(|(f, _)| f);
-        if let Some((_, span)) = self.worker_threads
-            && flavor == Some(Flavor::CurrentThread)
-        {
-            errors.push(syn::Error::new(
-                span,
-                "`worker_threads` is only for `flavor = \"multi_thread\"`: a current-thread \
-                 runtime has no worker threads",
+    fn key(&mut self, meta: Meta) -> syn::Result<()> {
+        let path = meta.path();
+        let span = path.span();
+        let Some(key) = path.get_ident().map(|i| i.to_string()) else {
+            return Err(syn::Error::new_spanned(
+                path,
+                format!("unknown attribute key; valid keys are {VALID_KEYS}"),
             ));
-        }
-        if let Some((true, span)) = self.start_paused
-            && (flavor == Some(Flavor::MultiThread) || self.worker_threads.is_some())
-        {
-            errors.push(syn::Error::new(
-                span,
-                "`start_paused = true` needs `flavor = \"current_thread\"`: tokio can only \
-                 pause the clock of a current-thread runtime",
-            ));
-        }
-    }
-
-    pub(crate) fn parse_meta(&mut self, meta: ParseNestedMeta) -> syn::Result<()> {
-        let Some(key) = meta.path.get_ident().map(|i| i.to_string()) else {
-            return Err(meta.error(format!(
-                "unknown attribute key; valid keys are {VALID_KEYS}"
-            )));
         };
+        self.order.push(key.clone());
         match key.as_str() {
             "migrations" => {
-                if self
-                    .migrations
-                    .as_ref()
-                    .is_some_and(|(m, _)| matches!(m, Migrations::Migrator(..)))
-                {
-                    return Err(
-                        meta.error("`migrations` and `migrator` cannot both be set; pick one")
-                    );
-                }
-                let lookahead = meta.input.fork();
-                let _: Token![=] = lookahead.parse()?;
-                let value = meta.value()?;
-                if value.peek(LitStr) {
-                    let lit: LitStr = value.parse()?;
-                    set_once(
-                        &mut self.migrations,
-                        Migrations::Path(lit.value()),
-                        &meta,
-                        "migrations",
-                    )
-                } else if value.peek(LitBool) {
-                    let lit: LitBool = value.parse()?;
-                    if lit.value {
+                let value = match literal(&meta, "migrations", "\"migrations\"") {
+                    Ok(Lit::Str(lit)) => Migrations::Path(lit.value()),
+                    Ok(Lit::Bool(b)) if !b.value => Migrations::None,
+                    Ok(Lit::Bool(b)) => {
                         return Err(syn::Error::new(
-                            lit.span,
+                            b.span,
                             "`migrations = true` is the default; write a path, `false`, or leave it out",
                         ));
                     }
-                    set_once(&mut self.migrations, Migrations::None, &meta, "migrations")
-                } else {
-                    let expr: syn::Expr = value.parse()?;
-                    Err(syn::Error::new_spanned(
-                        expr,
-                        "expected a path string such as `migrations = \"migrations\"`, or `migrations = false`",
-                    ))
-                }
+                    Ok(other) => return Err(migrations_expected(other)),
+                    Err(_) => {
+                        let value: &dyn quote::ToTokens = match &meta {
+                            Meta::NameValue(nv) => &nv.value,
+                            _ => &meta,
+                        };
+                        return Err(migrations_expected(value));
+                    }
+                };
+                set_once(&mut self.migrations, value, span, "migrations")
             }
             "migrator" => {
-                if self
-                    .migrations
-                    .as_ref()
-                    .is_some_and(|(m, _)| !matches!(m, Migrations::Migrator(..)))
-                {
-                    return Err(
-                        meta.error("`migrations` and `migrator` cannot both be set; pick one")
-                    );
-                }
-                let lit: LitStr = meta.value()?.parse()?;
+                let lit = string(&meta, "migrator", "\"crate::MIGRATOR\"")?;
                 let path: syn::Path = lit.parse().map_err(|_| {
                     syn::Error::new(
                         lit.span(),
                         "expected a path to a static `Migrator`, such as \"crate::MIGRATOR\"",
                     )
                 })?;
-                set_once(
-                    &mut self.migrations,
-                    Migrations::Migrator(path, lit.value()),
-                    &meta,
-                    "migrator",
-                )
+                set_once(&mut self.migrator, (path, lit.value()), span, "migrator")
             }
             "timeout" => {
-                let lit: LitStr = meta.value()?.parse()?;
-                let ms = parse_duration_ms(&lit.value()).ok_or_else(|| {
-                    syn::Error::new(
-                        lit.span(),
-                        format!("invalid duration {:?}; write it like \"500ms\", \"30s\", \"2m\" or \"1h\"", lit.value()),
-                    )
-                })?;
-                set_once(&mut self.timeout_ms, ms, &meta, "timeout")
+                let lit = string(&meta, "timeout", "\"30s\"")?;
+                if self.timeout.is_some() {
+                    return Err(syn::Error::new(span, "`timeout` is set more than once"));
+                }
+                self.timeout = Some(lit);
+                Ok(())
             }
             "isolation" => {
-                let lit: LitStr = meta.value()?.parse()?;
+                let lit = string(&meta, "isolation", "\"database\"")?;
                 let iso = match lit.value().as_str() {
                     "transaction" => Isolation::Transaction,
                     "database" => Isolation::Database,
@@ -192,20 +190,20 @@ impl Config {
                         ));
                     }
                 };
-                set_once(&mut self.isolation, iso, &meta, "isolation")
+                set_once(&mut self.isolation, iso, span, "isolation")
             }
             "check_constraints" => {
-                let lit: LitBool = meta.value()?.parse()?;
+                let b = boolean(&meta, "check_constraints")?;
                 set_once(
                     &mut self.check_constraints,
-                    lit.value,
-                    &meta,
+                    b.value,
+                    span,
                     "check_constraints",
                 )
             }
-            "fixtures" => self.parse_fixtures(meta),
+            "fixtures" => self.fixtures(&meta, span),
             "flavor" => {
-                let lit: LitStr = meta.value()?.parse()?;
+                let lit = string(&meta, "flavor", "\"current_thread\"")?;
                 let flavor = match lit.value().as_str() {
                     "current_thread" => Flavor::CurrentThread,
                     "multi_thread" => Flavor::MultiThread,
@@ -218,46 +216,66 @@ impl Config {
                         ));
                     }
                 };
-                set_once(&mut self.flavor, flavor, &meta, "flavor")
+                set_once(&mut self.flavor, flavor, span, "flavor")
             }
             "worker_threads" => {
-                let lit: syn::LitInt = meta.value()?.parse()?;
-                let n: usize = lit.base10_parse()?;
-                if n == 0 {
-                    return Err(syn::Error::new(
-                        lit.span(),
-                        "`worker_threads` may not be 0; leave it out for the shared runtime",
-                    ));
-                }
-                set_once(&mut self.worker_threads, n, &meta, "worker_threads")
+                let n = match literal(&meta, "worker_threads", "a number")? {
+                    Lit::Int(lit) => {
+                        let n: usize = lit.base10_parse()?;
+                        if n == 0 {
+                            return Err(syn::Error::new(
+                                lit.span(),
+                                "`worker_threads` may not be 0; leave it out for the shared runtime",
+                            ));
+                        }
+                        n
+                    }
+                    other => {
+                        return Err(syn::Error::new_spanned(
+                            other,
+                            "expected a number of threads, such as `worker_threads = 4`",
+                        ));
+                    }
+                };
+                set_once(&mut self.worker_threads, n, span, "worker_threads")
             }
             "start_paused" => {
-                let lit: LitBool = meta.value()?.parse()?;
-                set_once(&mut self.start_paused, lit.value, &meta, "start_paused")
+                let b = boolean(&meta, "start_paused")?;
+                set_once(&mut self.start_paused, b.value, span, "start_paused")
             }
-            _ => Err(meta.error(format!(
-                "unknown attribute key `{key}`; valid keys are {VALID_KEYS}"
-            ))),
+            "crate" => {
+                let lit = string(&meta, "crate", "\"my_db_test\"")?;
+                let path: syn::Path = lit.parse().map_err(|_| {
+                    syn::Error::new(
+                        lit.span(),
+                        "expected the path of the db-test crate, such as \"my_db_test\"",
+                    )
+                })?;
+                set_once(&mut self.krate, path, span, "crate")
+            }
+            _ => Err(syn::Error::new(
+                span,
+                format!("unknown attribute key `{key}`; valid keys are {VALID_KEYS}"),
+            )),
         }
     }
 
     /// `fixtures("a", "b.sql")` or `fixtures(path = "dir", scripts("a", "b"))`.
-    fn parse_fixtures(&mut self, meta: ParseNestedMeta) -> syn::Result<()> {
-        let span = meta
-            .path
-            .get_ident()
-            .map(|i| i.span())
-            .unwrap_or_else(Span::call_site);
-        let content;
-        syn::parenthesized!(content in meta.input);
-        if content.is_empty() {
+    fn fixtures(&mut self, meta: &Meta, span: Span) -> syn::Result<()> {
+        let Meta::List(list) = meta else {
+            return Err(syn::Error::new(
+                span,
+                "expected `fixtures(\"name\", ...)` or `fixtures(path = \"dir\", scripts(\"name\"))`",
+            ));
+        };
+        if list.tokens.is_empty() {
             return Err(syn::Error::new(
                 span,
                 "`fixtures()` is empty; name at least one script, e.g. `fixtures(\"users\")`",
             ));
         }
-        if content.peek(LitStr) {
-            let lits = content.parse_terminated(|p| p.parse::<LitStr>(), Token![,])?;
+        // The plain form: a list of strings.
+        if let Ok(lits) = list.parse_args_with(Punctuated::<LitStr, Token![,]>::parse_terminated) {
             for lit in lits {
                 let v = lit.value();
                 let path = if v.ends_with(".sql") {
@@ -271,7 +289,7 @@ impl Config {
         }
         let mut dir: Option<String> = None;
         let mut scripts: Vec<LitStr> = Vec::new();
-        let nested = syn::meta::parser(|m| {
+        list.parse_nested_meta(|m| {
             if m.path.is_ident("path") {
                 let lit: LitStr = m.value()?.parse()?;
                 dir = Some(lit.value());
@@ -284,8 +302,7 @@ impl Config {
             } else {
                 Err(m.error("expected `path = \"..\"` or `scripts(\"..\")` inside `fixtures(...)`"))
             }
-        });
-        syn::parse::Parser::parse2(nested, content.parse()?)?;
+        })?;
         if scripts.is_empty() {
             return Err(syn::Error::new(
                 span,
@@ -305,4 +322,11 @@ impl Config {
         }
         Ok(())
     }
+}
+
+fn migrations_expected(value: &dyn quote::ToTokens) -> syn::Error {
+    syn::Error::new_spanned(
+        value,
+        "expected a path string such as `migrations = \"migrations\"`, or `migrations = false`",
+    )
 }

@@ -1,19 +1,16 @@
-//! Validation of the test function and the (thin) expansion.
+//! The (thin) expansion: a `#[test]` fn that hands a static description
+//! of the test and its body to the runtime crate.
 
 use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{FnArg, ItemFn};
 
-use crate::attr::{Config, Flavor, Isolation, Migrations};
+use crate::attr::{self, Config, Flavor, Isolation, Migrations};
+use crate::valid::{self, is_test_attr};
 
-fn is_test_attr(attr: &syn::Attribute) -> bool {
-    attr.path()
-        .segments
-        .last()
-        .is_some_and(|s| s.ident == "test")
-}
-
+/// parse → validate → expand. On any error, every error is reported and the
+/// function is still emitted (never run), so IDEs keep resolving it.
 pub(crate) fn db_test(args: TokenStream, item: TokenStream) -> TokenStream {
     let mut func: ItemFn = match syn::parse2(item.clone()) {
         Ok(f) => f,
@@ -25,60 +22,26 @@ pub(crate) fn db_test(args: TokenStream, item: TokenStream) -> TokenStream {
         }
     };
     let mut errors: Vec<syn::Error> = Vec::new();
-    let mut config = Config::default();
-    let parser = syn::meta::parser(|meta| config.parse_meta(meta));
-    if let Err(e) = syn::parse::Parser::parse2(parser, args) {
-        errors.push(e);
-    }
-    config.validate(&mut errors);
-    let test_attr = func.attrs.iter().find(|a| is_test_attr(a));
-    if let Some(attr) = test_attr {
-        errors.push(syn::Error::new_spanned(
-            attr,
-            "#[db_test] already makes this function a test on db-test's shared runtime; \
-             remove this attribute (stacking #[tokio::test] or #[test] with #[db_test] would \
-             start a second runtime)",
-        ));
-    }
-    // `#[tokio::test] #[db_test]` reaches us already rewritten to a plain
-    // `fn`; the stacked attribute is the real mistake, so do not also report
-    // a missing `async`.
-    if func.sig.asyncness.is_none() && test_attr.is_none() {
-        errors.push(syn::Error::new_spanned(
-            func.sig.fn_token,
-            "the `async` keyword is missing from the function declaration: #[db_test] tests are `async fn`",
-        ));
-    }
-    let generics = &func.sig.generics;
-    if !generics.params.is_empty() || generics.where_clause.is_some() {
-        let msg =
-            "#[db_test] functions cannot be generic: parameters are chosen by their concrete type";
-        errors.push(match &generics.where_clause {
-            Some(w) if generics.params.is_empty() => syn::Error::new_spanned(w, msg),
-            _ => syn::Error::new_spanned(generics, msg),
-        });
-    }
-    let mut params = Vec::new();
-    for input in &func.sig.inputs {
-        match input {
-            FnArg::Receiver(r) => errors.push(syn::Error::new_spanned(
-                r,
-                "#[db_test] functions cannot take `self`: write a free function",
-            )),
-            FnArg::Typed(pt) => params.push(pt.clone()),
-        }
-    }
+    let config = attr::parse(args, &mut errors);
+    valid::validate(&config, &func, &mut errors);
     if !errors.is_empty() {
         let mut combined = errors.remove(0);
         for e in errors {
             combined.combine(e);
         }
         let err = combined.to_compile_error();
-        // Still emit the function (as a plain test that never runs its body)
-        // so that IDEs keep resolving it, without cascading errors.
         func.attrs.retain(|a| !is_test_attr(a));
         return quote!(#err #[allow(dead_code)] #func);
     }
+    let params = func
+        .sig
+        .inputs
+        .iter()
+        .filter_map(|input| match input {
+            FnArg::Typed(pt) => Some(pt.clone()),
+            FnArg::Receiver(_) => None,
+        })
+        .collect();
     expand(func, config, params)
 }
 
@@ -92,25 +55,29 @@ fn expand(func: ItemFn, config: Config, params: Vec<syn::PatType>) -> TokenStrea
     let name = &sig.ident;
     let output = &sig.output;
     let span = Span::call_site();
+    let krate: TokenStream = match &config.krate {
+        Some((path, _)) => quote!(#path),
+        None => quote!(::db_test),
+    };
 
-    let migrations = match &config.migrations {
-        None => quote!(::db_test::__private::Migrations::Default),
-        Some((Migrations::Path(p), _)) => quote!(::db_test::__private::Migrations::Path(#p)),
-        Some((Migrations::None, _)) => quote!(::db_test::__private::Migrations::None),
-        Some((Migrations::Migrator(path, text), _)) => {
-            quote!(::db_test::__private::Migrations::Migrator(|| ::db_test::__private::AsMigrator::as_migrator(&#path), #text))
+    let migrations = match (&config.migrations, &config.migrator) {
+        (_, Some(((path, text), _))) => {
+            quote!(#krate::__private::Migrations::Migrator(|| #krate::__private::AsMigrator::as_migrator(&#path), #text))
         }
+        (None, None) => quote!(#krate::__private::Migrations::Default),
+        (Some((Migrations::Path(p), _)), None) => quote!(#krate::__private::Migrations::Path(#p)),
+        (Some((Migrations::None, _)), None) => quote!(#krate::__private::Migrations::None),
     };
     let isolation = match config.isolation {
         None => quote!(::core::option::Option::None),
         Some((Isolation::Transaction, _)) => {
             quote!(::core::option::Option::Some(
-                ::db_test::__private::Isolation::Transaction
+                #krate::__private::Isolation::Transaction
             ))
         }
         Some((Isolation::Database, _)) => {
             quote!(::core::option::Option::Some(
-                ::db_test::__private::Isolation::Database
+                #krate::__private::Isolation::Database
             ))
         }
     };
@@ -118,12 +85,12 @@ fn expand(func: ItemFn, config: Config, params: Vec<syn::PatType>) -> TokenStrea
         None => quote!(::core::option::Option::None),
         Some((Flavor::CurrentThread, _)) => {
             quote!(::core::option::Option::Some(
-                ::db_test::__private::Flavor::CurrentThread
+                #krate::__private::Flavor::CurrentThread
             ))
         }
         Some((Flavor::MultiThread, _)) => {
             quote!(::core::option::Option::Some(
-                ::db_test::__private::Flavor::MultiThread
+                #krate::__private::Flavor::MultiThread
             ))
         }
     };
@@ -132,16 +99,15 @@ fn expand(func: ItemFn, config: Config, params: Vec<syn::PatType>) -> TokenStrea
     // What the parameters need is asked of their `FromTestContext` impls, not
     // guessed from their names: aliases and wrappers behave as what they are.
     let tys: Vec<&syn::Type> = params.iter().map(|pt| &*pt.ty).collect();
-    let wants_database =
-        quote!(false #(|| <#tys as ::db_test::FromTestContext>::NEEDS_OWN_DATABASE)*);
-    let sqlx_style = quote!(true #(&& <#tys as ::db_test::FromTestContext>::SQLX_TEST_TYPE)*);
+    let wants_database = quote!(false #(|| <#tys as #krate::FromTestContext>::NEEDS_OWN_DATABASE)*);
+    let sqlx_style = quote!(true #(&& <#tys as #krate::FromTestContext>::SQLX_TEST_TYPE)*);
     let transaction_checks = match config.isolation {
         Some((Isolation::Transaction, _)) => tys
             .iter()
             .map(|ty| {
                 quote_spanned! {ty.span()=>
                     const _: () = ::core::assert!(
-                        !<#ty as ::db_test::FromTestContext>::NEEDS_OWN_DATABASE,
+                        !<#ty as #krate::FromTestContext>::NEEDS_OWN_DATABASE,
                         "this parameter needs a database of its own, which `isolation = \"transaction\"` \
                          cannot give; use `isolation = \"database\"`, or `TestDb` / `Db` instead"
                     );
@@ -150,16 +116,28 @@ fn expand(func: ItemFn, config: Config, params: Vec<syn::PatType>) -> TokenStrea
             .collect(),
         _ => Vec::new(),
     };
-    let timeout_ms = config.timeout_ms.map(|(ms, _)| ms).unwrap_or(0);
+    // The runtime's own parser reads the duration, at compile time: one
+    // grammar for the attribute and the environment.
+    let (timeout_ms, timeout_check) = match &config.timeout {
+        Some(lit) => {
+            // A bad duration is reported at the literal.
+            let krate = respan(krate.clone(), lit.span());
+            (
+                quote_spanned!(lit.span()=> #krate::__private::duration_ms(#lit)),
+                quote_spanned!(lit.span()=> const _: u64 = #krate::__private::duration_ms(#lit);),
+            )
+        }
+        None => (quote!(0), quote!()),
+    };
     let check_constraints = config.check_constraints.map(|(b, _)| b).unwrap_or(true);
     let fixtures = config.fixtures.iter().map(|(path, span)| {
-        quote_spanned!(*span=> ::db_test::__private::Fixture { path: #path, sql: ::core::include_str!(#path) })
+        quote_spanned!(*span=> #krate::__private::Fixture { path: #path, sql: ::core::include_str!(#path) })
     });
     // Each parameter becomes a `let` at the top of the body's async block.
     let lets = params.iter().map(|pt| {
         let syn::PatType { attrs, pat, ty, .. } = pt;
         let ty_name = ty.to_token_stream().to_string().replace(' ', "");
-        let value = quote_spanned!(ty.span()=> ::db_test::__private::extract::<#ty>(&__db_test_ctx, #ty_name).await);
+        let value = quote_spanned!(ty.span()=> #krate::__private::extract::<#ty>(&__db_test_ctx, #ty_name).await);
         quote!(#(#attrs)* let #pat: #ty = #value;)
     });
 
@@ -177,7 +155,7 @@ fn expand(func: ItemFn, config: Config, params: Vec<syn::PatType>) -> TokenStrea
     let checks = quote_spanned! {span=>
         #[cfg(not(test))]
         const _: () = {
-            fn __db_test_is_param<T: ::db_test::FromTestContext>() {}
+            fn __db_test_is_param<T: #krate::FromTestContext>() {}
             #[allow(dead_code)]
             fn __db_test_check() {
                 #(#param_checks)*
@@ -209,10 +187,10 @@ fn expand(func: ItemFn, config: Config, params: Vec<syn::PatType>) -> TokenStrea
     };
     let call = match output {
         syn::ReturnType::Default => quote! {
-            ::db_test::__private::run_unit(&__DB_TEST_SPEC, |__db_test_ctx| #body)
+            #krate::__private::run_unit(&__DB_TEST_SPEC, |__db_test_ctx| #body)
         },
         syn::ReturnType::Type(_, _) => quote! {
-            ::db_test::__private::run(
+            #krate::__private::run(
                 &__DB_TEST_SPEC,
                 |__db_test_ctx| -> ::core::pin::Pin<::std::boxed::Box<dyn ::core::future::Future<Output = #output_ty>>> {
                     #body
@@ -223,11 +201,12 @@ fn expand(func: ItemFn, config: Config, params: Vec<syn::PatType>) -> TokenStrea
 
     quote_spanned! {span=>
         #checks
+        #timeout_check
         #(#transaction_checks)*
         #(#attrs)*
         #[::core::prelude::v1::test]
         #vis fn #name() #output {
-            static __DB_TEST_SPEC: ::db_test::__private::TestSpec = ::db_test::__private::TestSpec {
+            static __DB_TEST_SPEC: #krate::__private::TestSpec = #krate::__private::TestSpec {
                 name: ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#name)),
                 manifest_dir: ::core::env!("CARGO_MANIFEST_DIR"),
                 migrations: #migrations,
@@ -244,4 +223,21 @@ fn expand(func: ItemFn, config: Config, params: Vec<syn::PatType>) -> TokenStrea
             #call
         }
     }
+}
+
+/// The same tokens, all at `span`.
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut tt| {
+            if let proc_macro2::TokenTree::Group(g) = &tt {
+                let mut group = proc_macro2::Group::new(g.delimiter(), respan(g.stream(), span));
+                group.set_span(span);
+                tt = proc_macro2::TokenTree::Group(group);
+            } else {
+                tt.set_span(span);
+            }
+            tt
+        })
+        .collect()
 }

@@ -15,28 +15,11 @@ fn env_parse<T: std::str::FromStr>(name: &str) -> Option<T> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
 }
 
-/// Parses `250ms`, `30s`, `2m` or a bare number of seconds.
-pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(
-        s.find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(s.len()),
-    );
-    let n: f64 = num.parse().ok()?;
-    let secs = match unit.trim() {
-        "" | "s" | "sec" | "secs" => n,
-        "ms" => n / 1000.0,
-        "m" | "min" | "mins" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return None,
-    };
-    (secs > 0.0).then(|| Duration::from_secs_f64(secs))
-}
-
 fn env_duration(name: &str, default: Duration) -> Duration {
     std::env::var(name)
         .ok()
-        .and_then(|v| parse_duration(&v))
+        .and_then(|v| crate::duration::parse_duration_ms(&v))
+        .map(Duration::from_millis)
         .unwrap_or(default)
 }
 

@@ -22,6 +22,8 @@ use sqlx::postgres::{PgConnection, PgQueryResult, PgRow, PgStatement, PgTypeInfo
 use sqlx::{Either, Execute, Executor, PgPool, Postgres};
 
 #[cfg(feature = "harness")]
+use crate::query::OwnedQuery;
+#[cfg(feature = "harness")]
 use crate::shared::{SharedConn, SlotGuard};
 
 /// A handle to the database that application code stores in its state.
@@ -268,51 +270,6 @@ impl DerefMut for DbTransaction {
             TxInner::Test { guard, .. } => guard.conn_mut(),
             TxInner::Taken => unreachable!("transaction used after commit"),
         })
-    }
-}
-
-#[cfg(feature = "harness")]
-/// The parts of a query, taken apart so that the SQL text can be looked at
-/// before it is sent (commit detection, statement capture).
-#[derive(Clone)]
-pub(crate) struct OwnedQuery {
-    pub(crate) sql: sqlx::SqlStr,
-    statement: Option<PgStatement>,
-    arguments: Option<sqlx::postgres::PgArguments>,
-    persistent: bool,
-}
-
-#[cfg(feature = "harness")]
-impl OwnedQuery {
-    fn take<'q, E: Execute<'q, Postgres>>(mut query: E) -> sqlx::Result<Self> {
-        let statement = query.statement().cloned();
-        let arguments = query.take_arguments().map_err(sqlx::Error::Encode)?;
-        let persistent = query.persistent();
-        let sql = query.sql();
-        Ok(OwnedQuery {
-            sql,
-            statement,
-            arguments,
-            persistent,
-        })
-    }
-}
-
-#[cfg(feature = "harness")]
-impl<'q> Execute<'q, Postgres> for OwnedQuery {
-    fn sql(self) -> sqlx::SqlStr {
-        self.sql
-    }
-    fn statement(&self) -> Option<&PgStatement> {
-        self.statement.as_ref()
-    }
-    fn take_arguments(
-        &mut self,
-    ) -> Result<Option<sqlx::postgres::PgArguments>, sqlx::error::BoxDynError> {
-        Ok(self.arguments.take())
-    }
-    fn persistent(&self) -> bool {
-        self.persistent
     }
 }
 

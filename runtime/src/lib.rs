@@ -18,11 +18,15 @@ mod context;
 mod clock;
 mod db;
 #[cfg(feature = "harness")]
+mod duration;
+#[cfg(feature = "harness")]
 mod error;
 #[cfg(feature = "harness")]
 mod hint;
 #[cfg(feature = "harness")]
 mod postgres;
+#[cfg(feature = "harness")]
+mod query;
 #[cfg(feature = "harness")]
 mod shared;
 #[cfg(feature = "harness")]
@@ -70,6 +74,7 @@ pub fn server_url() -> Result<String, String> {
 #[cfg(feature = "harness")]
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::duration::duration_ms;
     pub use crate::run::*;
 }
 

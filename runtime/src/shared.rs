@@ -17,10 +17,10 @@ use sqlx::{Connection, Either, Executor, Postgres, SqlSafeStr};
 use sqlx_core::transaction::TransactionManager;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-use crate::db::OwnedQuery;
 use crate::error::{Error, ErrorKind};
 use crate::hint::sqlstate;
 use crate::postgres::signal::{Backends, Signal, signal_backends};
+use crate::query::OwnedQuery;
 
 /// The temporary table whose row, inserted when the test's transaction
 /// begins, fails a deferred foreign key at any COMMIT of that transaction:

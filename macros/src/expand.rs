@@ -101,21 +101,52 @@ fn expand(func: ItemFn, config: Config, params: Vec<syn::PatType>) -> TokenStrea
     let tys: Vec<&syn::Type> = params.iter().map(|pt| &*pt.ty).collect();
     let wants_database = quote!(false #(|| <#tys as #krate::FromTestContext>::NEEDS_OWN_DATABASE)*);
     let sqlx_style = quote!(true #(&& <#tys as #krate::FromTestContext>::SQLX_TEST_TYPE)*);
-    let transaction_checks = match config.isolation {
-        Some((Isolation::Transaction, _)) => tys
-            .iter()
-            .map(|ty| {
-                quote_spanned! {ty.span()=>
+    // Parameters whose needs no isolation can meet together are a compile
+    // error at the parameter, not a failure at run time.
+    let own_database =
+        |ty: &syn::Type| quote!(<#ty as #krate::FromTestContext>::NEEDS_OWN_DATABASE);
+    let shared_tx =
+        |ty: &syn::Type| quote!(<#ty as #krate::FromTestContext>::NEEDS_SHARED_TRANSACTION);
+    let any_own_database = {
+        let each = tys.iter().map(|ty| own_database(ty));
+        quote!((false #(|| #each)*))
+    };
+    let any_shared_tx = {
+        let each = tys.iter().map(|ty| shared_tx(ty));
+        quote!((false #(|| #each)*))
+    };
+    let mode_checks: Vec<TokenStream> = tys
+        .iter()
+        .map(|ty| {
+            let own = own_database(ty);
+            let shared = shared_tx(ty);
+            let explicit = match config.isolation {
+                Some((Isolation::Transaction, _)) => quote_spanned! {ty.span()=>
                     const _: () = ::core::assert!(
-                        !<#ty as #krate::FromTestContext>::NEEDS_OWN_DATABASE,
+                        !#own,
                         "this parameter needs a database of its own, which `isolation = \"transaction\"` \
                          cannot give; use `isolation = \"database\"`, or `TestDb` / `Db` instead"
                     );
-                }
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
+                },
+                Some((Isolation::Database, _)) => quote_spanned! {ty.span()=>
+                    const _: () = ::core::assert!(
+                        !#shared,
+                        "this parameter needs the test's shared, rolled-back transaction, which \
+                         `isolation = \"database\"` does not have"
+                    );
+                },
+                None => quote!(),
+            };
+            quote_spanned! {ty.span()=>
+                #explicit
+                const _: () = ::core::assert!(
+                    !(#shared && #any_own_database) && !(#own && #any_shared_tx),
+                    "the parameters of this test need incompatible isolation: this one and another \
+                     one need a database of their own and the shared, rolled-back transaction"
+                );
+            }
+        })
+        .collect();
     // The runtime's own parser reads the duration, at compile time: one
     // grammar for the attribute and the environment.
     let (timeout_ms, timeout_check) = match &config.timeout {
@@ -202,7 +233,7 @@ fn expand(func: ItemFn, config: Config, params: Vec<syn::PatType>) -> TokenStrea
     quote_spanned! {span=>
         #checks
         #timeout_check
-        #(#transaction_checks)*
+        #(#mode_checks)*
         #(#attrs)*
         #[::core::prelude::v1::test]
         #vis fn #name() #output {

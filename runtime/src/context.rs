@@ -193,6 +193,13 @@ pub trait FromTestContext: Sized + Send {
     /// type that happens to be called `Pool` does not switch the test's mode.
     const NEEDS_OWN_DATABASE: bool = false;
 
+    /// Whether this parameter needs the test's shared, rolled-back
+    /// transaction (`isolation = "transaction"`), for example a fixture that
+    /// relies on its writes being undone. A test mixing it with a parameter
+    /// that needs a database of its own, or asking for `isolation =
+    /// "database"`, is a compile error.
+    const NEEDS_SHARED_TRANSACTION: bool = false;
+
     /// Whether this is one of the types `#[sqlx::test]` injects (`PgPool`,
     /// `PoolConnection<Postgres>`, `(PgPoolOptions, PgConnectOptions)`).
     ///

@@ -246,8 +246,8 @@ fn run(mut cmd: Command) -> (Output, String) {
 async fn still_running(ctx: &TestContext, marker: &str) -> i64 {
     let mut conn = outside(ctx).await;
     sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%' || $1 || '%' \
-         AND query NOT LIKE '%pg_stat_activity%'",
+        "SELECT count(*) FROM pg_stat_activity WHERE state <> 'idle' \
+         AND query LIKE '%' || $1 || '%' AND query NOT LIKE '%pg_stat_activity%'",
     )
     .bind(marker)
     .fetch_one(&mut conn)

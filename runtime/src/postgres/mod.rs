@@ -3,4 +3,9 @@
 
 pub(crate) mod embedded;
 pub(crate) mod engine;
+mod naming;
+mod recycle;
 pub(crate) mod signal;
+mod sweep;
+mod template;
+mod working;

@@ -1,0 +1,424 @@
+//! Per-test databases (`isolation = "database"`): a clone of the template
+//! for each test, or a spare (a used one reset to the template's state)
+//! claimed instead; afterwards recycled into a spare, dropped, or kept for a
+//! failed test.
+
+use std::time::Duration;
+
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, Executor, PgConnection, Postgres, Row};
+
+use super::engine::{
+    Engine, Template, create_database_sql, drop_database_sql, quote_literal, rename_database_sql,
+};
+use super::naming::{self, Kind, Owner};
+use crate::config;
+use crate::hint::sqlstate;
+
+/// How to bring a used per-test database back to the template's state.
+#[derive(Debug, Clone)]
+pub(super) struct Recycle {
+    /// Empties the tables and restarts the sequences: a `DO` block that
+    /// truncates only the tables holding rows (a `TRUNCATE` costs a few ms
+    /// per table, an emptiness check microseconds), or, where PL/pgSQL is
+    /// not available, `TRUNCATE … RESTART IDENTITY CASCADE` of every table.
+    reset: String,
+    /// A query returning the schema fingerprint.
+    fingerprint_sql: String,
+    /// The template's fingerprint.
+    fingerprint: String,
+}
+
+/// Catalog rows that make up a database's schema and server-side state,
+/// hashed. Two databases with the same fingerprint and empty tables are
+/// interchangeable for a test. `{extra}` adds per-schema parts.
+const FINGERPRINT_SQL: &str = r#"
+WITH ns AS (
+    SELECT oid, nspname FROM pg_namespace
+    WHERE nspname NOT IN ('pg_catalog', 'information_schema')
+      AND nspname NOT LIKE 'pg\_toast%' AND nspname NOT LIKE 'pg\_temp%'
+), rel AS (
+    SELECT c.* FROM pg_class c JOIN ns ON ns.oid = c.relnamespace
+)
+SELECT md5(coalesce(string_agg(x, '|' ORDER BY x), '')) FROM (
+    SELECT 'n:' || nspname || ':' || coalesce(n.nspacl::text, '') FROM pg_namespace n WHERE n.oid IN (SELECT oid FROM ns)
+    UNION ALL SELECT 'c:' || oid::regclass::text || ':' || relkind::text || ':' || relpersistence::text || ':' || coalesce(relacl::text, '') || ':' || relrowsecurity::text FROM rel
+    UNION ALL SELECT 'a:' || a.attrelid::regclass::text || ':' || a.attname || ':' || format_type(a.atttypid, a.atttypmod) || ':' || a.attnotnull::text || ':' || coalesce(pg_get_expr(d.adbin, d.adrelid), '')
+        FROM pg_attribute a JOIN rel ON rel.oid = a.attrelid
+        LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+        WHERE a.attnum > 0 AND NOT a.attisdropped
+    UNION ALL SELECT 'g:' || conrelid::regclass::text || ':' || conname || ':' || pg_get_constraintdef(oid) || ':' || condeferrable::text || condeferred::text FROM pg_constraint WHERE connamespace IN (SELECT oid FROM ns)
+    UNION ALL SELECT 'i:' || pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid IN (SELECT oid FROM rel)
+    UNION ALL SELECT 'p:' || p.oid::regprocedure::text || ':' || md5(coalesce(p.prosrc, '')) || ':' || coalesce(p.proacl::text, '') FROM pg_proc p WHERE p.pronamespace IN (SELECT oid FROM ns)
+    UNION ALL SELECT 't:' || t.oid::regtype::text || ':' || t.typtype::text FROM pg_type t WHERE t.typnamespace IN (SELECT oid FROM ns) AND t.typtype <> 'b'
+    UNION ALL SELECT 'e:' || enumtypid::regtype::text || ':' || enumlabel || ':' || enumsortorder FROM pg_enum
+    UNION ALL SELECT 'x:' || extname || ':' || extversion FROM pg_extension
+    UNION ALL SELECT 'r:' || tgrelid::regclass::text || ':' || tgname || ':' || tgenabled::text || ':' || pg_get_triggerdef(oid) FROM pg_trigger WHERE NOT tgisinternal
+    UNION ALL SELECT 'w:' || ev_class::regclass::text || ':' || rulename || ':' || md5(pg_get_ruledef(oid)) FROM pg_rewrite WHERE ev_class IN (SELECT oid FROM rel)
+    UNION ALL SELECT 'o:' || polrelid::regclass::text || ':' || polname FROM pg_policy
+    UNION ALL SELECT 'q:' || schemaname || '.' || sequencename || ':' || coalesce(last_value::text, '-') || ':' || increment_by FROM pg_sequences
+    UNION ALL SELECT 'l:' || (SELECT count(*) FROM pg_largeobject_metadata)
+    UNION ALL SELECT 'v:' || (SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database())
+    UNION ALL SELECT 'd:' || coalesce((SELECT setconfig::text FROM pg_db_role_setting WHERE setrole = 0 AND setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database())), '')
+    UNION ALL SELECT 'ev:' || evtname FROM pg_event_trigger
+    UNION ALL SELECT 'pub:' || pubname FROM pg_publication
+    {extra}
+) f(x)
+"#;
+
+/// The `DO` block of [`Recycle::reset`] for these tables (`format('%I.%I')`
+/// names): truncates those holding rows, and restarts every sequence that
+/// was used. None if a name would break out of the block.
+fn reset_block(tables: &[String]) -> Option<String> {
+    const TAG: &str = "$db_test_reset$";
+    if tables.iter().any(|t| t.contains(TAG)) {
+        return None;
+    }
+    let list = tables
+        .iter()
+        .map(|t| quote_literal(t))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Some(format!(
+        "DO {TAG}
+DECLARE
+    t text;
+    dirty text[] := '{{}}';
+    found boolean;
+BEGIN
+    FOREACH t IN ARRAY ARRAY[{list}]::text[] LOOP
+        EXECUTE 'SELECT EXISTS (SELECT 1 FROM ' || t || ')' INTO found;
+        IF found THEN
+            dirty := dirty || t;
+        END IF;
+    END LOOP;
+    IF cardinality(dirty) > 0 THEN
+        EXECUTE 'TRUNCATE TABLE ' || array_to_string(dirty, ', ') || ' CASCADE';
+    END IF;
+    PERFORM pg_catalog.setval(s.seqrelid, s.seqstart, false)
+        FROM pg_catalog.pg_sequence s
+        WHERE pg_catalog.pg_sequence_last_value(s.seqrelid) IS NOT NULL;
+END
+{TAG}"
+    ))
+}
+
+/// Counts the connections to the current database other than this one.
+const OTHER_CONNECTIONS_SQL: &str = "SELECT count(*) FROM pg_catalog.pg_stat_activity \
+     WHERE datname = current_database() AND pid <> pg_backend_pid()";
+
+/// A database of one test's own (`isolation = "database"`).
+pub(crate) struct TestDatabase {
+    pub(crate) name: String,
+    pub(crate) options: PgConnectOptions,
+}
+
+impl Engine {
+    /// Gives one test a database of its own: a used one recycled to the
+    /// template's state if there is one (see `recycle_test_database`),
+    /// otherwise a fresh clone of the template. The template itself is never
+    /// connected to: cloning needs it idle.
+    pub(crate) async fn create_test_database(
+        &self,
+        template: &Template,
+    ) -> Result<TestDatabase, String> {
+        template
+            .leftovers_checked
+            .get_or_init(|| self.drop_leftovers(&template.prefix))
+            .await;
+        // The owner lock must be held before a database carries our id.
+        self.with_owner_conn(async |_| Ok(())).await?;
+        let name = self.new_name(template, Kind::Test)?;
+        // A clone holds its permit until its database is ready.
+        let _permit;
+        if !self.claim_spare(template, &name).await? {
+            // The permit first, then the connection: a clone waiting for its
+            // permit holds no admin connection, so DB_TEST_MAX_DATABASES
+            // clones run at once.
+            _permit = self.clones.acquire().await.expect("semaphore never closed");
+            self.clone_template(template, &name).await?;
+        }
+        self.recycle_plan(template, &name).await;
+        Ok(TestDatabase {
+            options: self.options_for(&name),
+            name,
+        })
+    }
+
+    /// Renames one of the template's spares to `name`, if there is one. Of
+    /// two processes racing for a spare, the second finds it gone and tries
+    /// the next.
+    async fn claim_spare(&self, template: &Template, name: &str) -> Result<bool, String> {
+        let mut conn = self.admin_to_create().await?;
+        let mut spares: Vec<String> = sqlx::query_scalar(
+            "SELECT datname::text FROM pg_database WHERE starts_with(datname, $1) LIMIT 8",
+        )
+        .bind(naming::spares_under(&template.prefix))
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap_or_default();
+        // Threads of one process start at different spares.
+        if !spares.is_empty() {
+            let n = self
+                .clone_counter
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let start = n as usize % spares.len();
+            spares.rotate_left(start);
+        }
+        for spare in spares {
+            let claim = rename_database_sql(&spare, name);
+            if conn.execute(sqlx::AssertSqlSafe(claim)).await.is_ok() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Clones the template into `name`. The template itself is never
+    /// connected to: cloning needs it idle.
+    async fn clone_template(&self, template: &Template, name: &str) -> Result<(), String> {
+        let mut conn = self.admin_to_create().await?;
+        let sql = create_database_sql(name, Some(&template.template));
+        let mut rebuilt = false;
+        loop {
+            match Self::admin_exec(&mut conn, &sql).await {
+                Ok(()) => return Ok(()),
+                // The template is gone (dropped by hand, or swept while this
+                // process's owner connection was down): build it again, then
+                // clone.
+                Err(e) if sqlstate(&e).as_deref() == Some("3D000") && !rebuilt => {
+                    tracing::info!(template = %template.template, "db-test: the template is gone; building it again");
+                    self.create_template(template.migrator.get(), &template.source, &template.hash)
+                        .await?;
+                    rebuilt = true;
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "db-test: cannot create test database {name} on {}: {e}",
+                        self.display_url
+                    ));
+                }
+            }
+        }
+    }
+
+    /// An admin connection to create a test database with.
+    async fn admin_to_create(&self) -> Result<PoolConnection<Postgres>, String> {
+        self.admin_pool.acquire().await.map_err(|e| {
+            format!(
+                "db-test: cannot connect to {} to create a test database: {e}",
+                self.display_url
+            )
+        })
+    }
+
+    /// A new name for a database of this process's, of `kind`
+    /// ([`Kind::Test`] or [`Kind::Spare`]).
+    fn new_name(&self, template: &Template, kind: fn(Owner) -> Kind) -> Result<String, String> {
+        let n = self
+            .clone_counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let owner = Owner { id: self.owner, n };
+        naming::fits(naming::name(&template.prefix, kind(owner)))
+    }
+
+    /// How to reset a used per-test database, worked out once per template
+    /// and process on a database just cloned (or a spare just claimed), so in
+    /// the template's exact state. None when the template holds rows (seed
+    /// data), materialized views or foreign tables: those databases are
+    /// dropped, never recycled.
+    async fn recycle_plan(&self, template: &Template, fresh: &str) -> Option<Recycle> {
+        template
+            .recycle
+            .get_or_init(|| async {
+                let mut conn = self.options_for(fresh).connect().await.ok()?;
+                let tables: Vec<(String, String, i64)> = sqlx::query_as(
+                    "SELECT format('%I.%I', n.nspname, c.relname), c.relkind::text, \
+                     (xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM %I.%I', n.nspname, c.relname), false, true, '')))[1]::text::bigint \
+                     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE c.relkind IN ('r', 'p', 'm', 'f') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                     AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'",
+                )
+                .fetch_all(&mut conn)
+                .await
+                .ok()?;
+                let mut truncate = Vec::new();
+                let mut extra = String::new();
+                for (table, kind, rows) in &tables {
+                    if table.ends_with("._sqlx_migrations") {
+                        // Kept, and checked unchanged.
+                        extra.push_str(&format!(
+                            "UNION ALL SELECT 'm:' || (SELECT count(*) || ':' || coalesce(max(version), 0) FROM {table})\n"
+                        ));
+                        continue;
+                    }
+                    if kind == "m" || kind == "f" || *rows > 0 {
+                        return None;
+                    }
+                    truncate.push(table.clone());
+                }
+                // Tried once here, on a database in the template's state,
+                // where it has nothing to do.
+                let reset = match reset_block(&truncate) {
+                    Some(block) if conn.execute(sqlx::AssertSqlSafe(block.clone())).await.is_ok() => block,
+                    _ if truncate.is_empty() => String::new(),
+                    _ => format!("TRUNCATE TABLE {} RESTART IDENTITY CASCADE", truncate.join(", ")),
+                };
+                let fingerprint_sql = FINGERPRINT_SQL.replace("{extra}", &extra);
+                let fingerprint: String = sqlx::query_scalar(sqlx::AssertSqlSafe(fingerprint_sql.clone()))
+                    .fetch_one(&mut conn)
+                    .await
+                    .ok()?;
+                let _ = conn.close().await;
+                Some(Recycle { reset, fingerprint_sql, fingerprint })
+            })
+            .await
+            .clone()
+    }
+
+    /// Puts a used per-test database back as a spare for the next test,
+    /// instead of dropping it: its tables are emptied (sequences restarted)
+    /// and, only if its schema and server-side state then match the
+    /// template's exactly and nobody else is connected, it is renamed to a
+    /// spare. `CREATE DATABASE` costs 100-350 ms on a small machine; this
+    /// costs a few. Anything unexpected: the database is dropped instead.
+    ///
+    /// `reuse` is a connection the test already opened to the database (its
+    /// pool's, detached), and whether the pool's other connections are still
+    /// on their way out; without one a new connection is made.
+    pub(crate) async fn recycle_test_database(
+        &self,
+        template: &Template,
+        name: &str,
+        reuse: Option<(PgConnection, bool)>,
+    ) -> Result<(), String> {
+        match self.try_recycle(template, name, reuse).await {
+            Ok(()) => Ok(()),
+            Err(why) => {
+                tracing::debug!(database = %name, why, "db-test: dropping a test database instead of recycling it");
+                self.drop_test_database(name).await
+            }
+        }
+    }
+
+    async fn try_recycle(
+        &self,
+        template: &Template,
+        name: &str,
+        reuse: Option<(PgConnection, bool)>,
+    ) -> Result<(), &'static str> {
+        let plan = template.recycle.get().cloned().flatten().ok_or(
+            "this template cannot be recycled (rows, materialized views or foreign tables)",
+        )?;
+        let mut conn = match reuse {
+            Some((mut conn, others_closing)) => {
+                if others_closing && !Self::wait_until_zero(&mut conn, OTHER_CONNECTIONS_SQL).await
+                {
+                    return Err("the test left connections open");
+                }
+                conn
+            }
+            None => {
+                tokio::time::timeout(config::connect_timeout(), self.options_for(name).connect())
+                    .await
+                    .map_err(|_| "connect timed out")?
+                    .map_err(|_| "cannot connect")?
+            }
+        };
+        // One round trip. `now() = statement_timestamp()` holds only outside
+        // a transaction block: a transaction the test left open on this
+        // connection would swallow the reset (and roll it back on close).
+        // `RESET ALL` undoes session settings that change how the
+        // fingerprint prints names (search_path).
+        let sql = format!(
+            "SELECT now() = statement_timestamp(), ({OTHER_CONNECTIONS_SQL}); RESET ALL; {}; {}",
+            plan.reset, plan.fingerprint_sql
+        );
+        for attempt in 0..2 {
+            let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
+                .fetch_all(&mut conn)
+                .await
+                .map_err(|_| "emptying the tables failed")?;
+            let [first, last] = &rows[..] else {
+                return Err("unexpected result from the reset");
+            };
+            if !first.try_get::<bool, _>(0).unwrap_or(false) {
+                return Err("the test left a transaction open");
+            }
+            if last.try_get::<String, _>(0).ok().as_deref() != Some(plan.fingerprint.as_str()) {
+                return Err("the test changed the schema");
+            }
+            if first.try_get::<i64, _>(1).unwrap_or(1) == 0 {
+                break;
+            }
+            // Other connections were still there: closing ones from the
+            // test's pool, or one the test leaked. Wait for them, then reset
+            // again, in case one wrote after the reset.
+            if attempt == 1 || !Self::wait_until_zero(&mut conn, OTHER_CONNECTIONS_SQL).await {
+                return Err("the test left connections open");
+            }
+        }
+        let _ = conn.close().await;
+        let spare = self
+            .new_name(template, Kind::Spare)
+            .map_err(|_| "spare name too long")?;
+        let mut admin = self
+            .admin_pool
+            .acquire()
+            .await
+            .map_err(|_| "no admin connection")?;
+        // A rename waits in steps of 100 ms for backends still on their way
+        // out (including the one just closed); polling here takes ~1 ms.
+        let gone = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = {}",
+            quote_literal(name)
+        );
+        if !Self::wait_until_zero(&mut admin, &gone).await {
+            return Err("connections stayed open");
+        }
+        Self::admin_exec(&mut admin, &rename_database_sql(name, &spare))
+            .await
+            .map_err(|_| "rename failed")
+    }
+
+    /// Polls a `count(*)` query until it returns 0, for up to 2 s.
+    async fn wait_until_zero(conn: &mut PgConnection, count_sql: &str) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            let n: i64 = match sqlx::query_scalar(sqlx::AssertSqlSafe(count_sql.to_owned()))
+                .fetch_one(&mut *conn)
+                .await
+            {
+                Ok(n) => n,
+                Err(_) => return false,
+            };
+            if n == 0 {
+                return true;
+            }
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Drops a test's database (and any connection the test left open to it).
+    pub(crate) async fn drop_test_database(&self, name: &str) -> Result<(), String> {
+        let mut conn = self.admin_pool.acquire().await.map_err(|e| e.to_string())?;
+        let drop = drop_database_sql(&conn, name, true);
+        Self::admin_exec(&mut conn, &drop)
+            .await
+            .map_err(|e| format!("db-test: cannot drop test database {name}: {e}"))
+    }
+
+    /// Keeps a failed test's database under a name the leftover sweep skips.
+    pub(crate) async fn keep_test_database(&self, name: &str) -> Result<String, String> {
+        let kept = naming::kept(name);
+        let mut conn = self.admin_pool.acquire().await.map_err(|e| e.to_string())?;
+        Self::admin_exec(&mut conn, &rename_database_sql(name, &kept))
+            .await
+            .map_err(|e| format!("db-test: cannot keep test database {name}: {e}"))?;
+        Ok(kept)
+    }
+}

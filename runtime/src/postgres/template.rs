@@ -1,0 +1,326 @@
+//! The template of a migrator hash: a database with every migration run,
+//! built once on the server for all test processes and never connected to
+//! afterwards (cloning needs it idle). Its working database and its clones
+//! are made from it.
+//!
+//! Parallel processes build a template exactly once: the build runs under
+//! an advisory lock per migrations source, into a `_b` database that is
+//! renamed to `_t` when its migrations are done. A `_b` found under the lock
+//! is the remains of a killed build and is started over.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sqlx::migrate::Migrator;
+use sqlx::{ConnectOptions, Connection, PgPool};
+use tokio::sync::OnceCell;
+
+use super::embedded;
+use super::engine::{
+    AdvisoryLock, Engine, create_database_sql, drop_database_sql, quote_ident, rename_database_sql,
+};
+use super::naming::{self, Kind};
+use super::recycle::Recycle;
+
+/// Where a test's migrations come from (built by the macro).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub enum Migrations {
+    /// `./migrations` under the crate root if it exists, otherwise none.
+    Default,
+    /// `migrations = "path"`, relative to the crate root.
+    Path(&'static str),
+    /// `migrations = false`.
+    None,
+    /// `migrator = "path::TO::MIGRATOR"`; the string names it.
+    Migrator(fn() -> &'static Migrator, &'static str),
+}
+
+/// A migrated template and the working database cloned from it.
+pub(crate) struct Template {
+    /// `dbtest_<base>_<source>_<hash>`: every database of this template's
+    /// hash starts with it.
+    pub(crate) prefix: String,
+    pub(crate) template: String,
+    pub(crate) working: String,
+    pub(crate) pool: PgPool,
+    /// `dbtest_<base>_<source>` and `<hash>`, to rebuild the template.
+    pub(super) source: String,
+    pub(super) hash: String,
+    pub(super) migrator: MigratorRef,
+    pub(super) leftovers_checked: OnceCell<()>,
+    /// How to reset a per-test database to the template's state, if that is
+    /// possible for this schema (see [`Engine::recycle_test_database`]).
+    pub(super) recycle: OnceCell<Option<Recycle>>,
+}
+
+pub(super) enum MigratorRef {
+    Static(&'static Migrator),
+    Owned(Migrator),
+}
+
+impl MigratorRef {
+    pub(super) fn get(&self) -> &Migrator {
+        match self {
+            MigratorRef::Static(m) => m,
+            MigratorRef::Owned(m) => m,
+        }
+    }
+}
+
+/// Prefix of the comment db-test puts on a template: when it was built.
+const BUILT_AT: &str = "db-test template built at ";
+
+/// Seconds since the Unix epoch, as a template's comment gives them.
+pub(super) fn unix_seconds() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// When a template was built ([`unix_seconds`]), from its comment; 0 (long
+/// ago) if the comment does not say.
+pub(super) fn built_at(comment: Option<&str>) -> i64 {
+    comment
+        .and_then(|c| c.strip_prefix(BUILT_AT))
+        .and_then(|t| t.trim().parse::<i64>().ok())
+        .unwrap_or(0)
+}
+
+/// The `hash` of a template's name: its migrations' versions, checksums and
+/// directions, and how templates are built.
+fn migrations_hash(migrator: &Migrator) -> String {
+    // Bump TEMPLATE_FORMAT when the way templates are built changes, so
+    // that old templates are rebuilt (and dropped as outdated).
+    const TEMPLATE_FORMAT: &[u8] = b"db-test template v2";
+    let mut hasher_input = TEMPLATE_FORMAT.to_vec();
+    for m in migrator.iter() {
+        hasher_input.extend_from_slice(&m.version.to_le_bytes());
+        hasher_input.extend_from_slice(&m.checksum);
+        hasher_input.push(m.migration_type.is_down_migration() as u8);
+    }
+    naming::hash(&hasher_input)
+}
+
+/// A path with symlinks and `..` resolved, as text; the path itself if it
+/// cannot be resolved.
+fn canonical(path: &Path) -> String {
+    std::fs::canonicalize(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
+}
+
+impl Engine {
+    /// The template (and working database and pool) for these migrations.
+    pub(crate) async fn template(
+        &'static self,
+        migrations: Migrations,
+        manifest_dir: &'static str,
+    ) -> Result<Arc<Template>, String> {
+        let (key, source) = match migrations {
+            Migrations::Default => {
+                let dir = PathBuf::from(manifest_dir).join("migrations");
+                if dir.is_dir() {
+                    (dir.display().to_string(), Some(dir))
+                } else {
+                    ("none".to_string(), None)
+                }
+            }
+            Migrations::Path(p) => {
+                let dir = PathBuf::from(manifest_dir).join(p);
+                if !dir.is_dir() {
+                    return Err(format!(
+                        "db-test: migrations directory {} does not exist (from `migrations = \"{p}\"`, \
+                         relative to {manifest_dir})",
+                        dir.display()
+                    ));
+                }
+                (dir.display().to_string(), Some(dir))
+            }
+            Migrations::None => ("none".to_string(), None),
+            Migrations::Migrator(_, name) => (format!("{manifest_dir}::{name}"), None),
+        };
+        let cell = {
+            let mut map = self.templates.lock().unwrap();
+            map.entry(key.clone()).or_default().clone()
+        };
+        cell.get_or_try_init(|| async move {
+            // The whole canonical path: two checkouts whose migrations
+            // directories end alike still get templates of their own.
+            let source_key = match (migrations, &source) {
+                (Migrations::Migrator(_, name), _) => {
+                    format!("{}::{name}", canonical(Path::new(manifest_dir)))
+                }
+                (_, Some(dir)) => canonical(dir),
+                (_, None) => key.clone(),
+            };
+            let migrator = match (migrations, source) {
+                (Migrations::Migrator(m, _), _) => MigratorRef::Static(m()),
+                (_, Some(dir)) => {
+                    MigratorRef::Owned(Migrator::new(dir.clone()).await.map_err(|e| {
+                        format!("db-test: cannot read migrations in {}: {e}", dir.display())
+                    })?)
+                }
+                (_, None) => MigratorRef::Owned(Migrator::with_migrations(Vec::new())),
+            };
+            self.build_template(&source_key, migrator)
+                .await
+                .map(Arc::new)
+        })
+        .await
+        .cloned()
+    }
+
+    async fn build_template(
+        &'static self,
+        source_key: &str,
+        migrator: MigratorRef,
+    ) -> Result<Template, String> {
+        let hash = migrations_hash(migrator.get());
+        let source = naming::source(&self.base, source_key);
+        let prefix = naming::prefix(&source, &hash);
+
+        // Held until the process ends: the outdated-template sweep of a
+        // process running newer migrations leaves this hash alone.
+        self.hold_hash(AdvisoryLock::hash(&prefix)).await?;
+
+        let working = naming::name(&prefix, Kind::Working);
+        let pool = self
+            .working_pool(&working, migrator.get(), &source, &hash)
+            .await?;
+        Ok(Template {
+            template: naming::name(&prefix, Kind::Template),
+            prefix,
+            working,
+            pool,
+            source,
+            hash,
+            migrator,
+            leftovers_checked: OnceCell::new(),
+            recycle: OnceCell::new(),
+        })
+    }
+
+    /// Builds the template of `<source>_<hash>` and its working database,
+    /// whichever is missing, under a cluster-wide advisory lock, so parallel
+    /// test processes build it exactly once. Then sweeps the source's
+    /// outdated templates.
+    pub(super) async fn create_template(
+        &self,
+        migrator: &Migrator,
+        source: &str,
+        hash: &str,
+    ) -> Result<(), String> {
+        let t0 = std::time::Instant::now();
+        let ctx =
+            |what: &str, e: sqlx::Error| format!("db-test: {what} on {}: {e}", self.display_url);
+        let mut admin = self.admin_connect().await?;
+        let lock_key = i64::from_le_bytes(
+            embedded::short_hash(format!("db-test:{source}").as_bytes()).as_bytes()[..8]
+                .try_into()
+                .unwrap(),
+        );
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(lock_key)
+            .execute(&mut admin)
+            .await
+            .map_err(|e| ctx("taking the template lock", e))?;
+
+        let prefix = naming::prefix(source, hash);
+        let building = naming::name(&prefix, Kind::Building);
+        let template = naming::name(&prefix, Kind::Template);
+        let working = naming::name(&prefix, Kind::Working);
+        let existing: Vec<String> = sqlx::query_scalar(
+            "SELECT datname::text FROM pg_database WHERE starts_with(datname, $1)",
+        )
+        .bind(naming::under(source))
+        .fetch_all(&mut admin)
+        .await
+        .map_err(|e| ctx("listing databases", e))?;
+        let has = |n: &str| existing.iter().any(|e| e == n);
+
+        if !has(&template) {
+            if has(&building) {
+                // A process was killed mid-migration: start over.
+                tracing::info!(database = %building, "db-test: dropping half-built template");
+                let drop = drop_database_sql(&admin, &building, true);
+                Self::admin_exec(&mut admin, &drop)
+                    .await
+                    .map_err(|e| ctx("dropping a half-built template", e))?;
+            }
+            Self::admin_exec(&mut admin, &create_database_sql(&building, None))
+                .await
+                .map_err(|e| ctx("creating the template database", e))?;
+            let mut conn = self
+                .options_for(&building)
+                .connect()
+                .await
+                .map_err(|e| ctx("connecting to the new template", e))?;
+            if migrator.iter().next().is_some() {
+                migrator.run(&mut conn).await.map_err(|e| {
+                    format!("db-test: migrations failed while building template {template}: {e}")
+                })?;
+            }
+            let _ = conn.close().await;
+            Self::admin_exec(&mut admin, &rename_database_sql(&building, &template))
+                .await
+                .map_err(|e| ctx("renaming the template", e))?;
+            Self::admin_exec(
+                &mut admin,
+                &format!(
+                    "COMMENT ON DATABASE {} IS '{BUILT_AT}{}'",
+                    quote_ident(&template),
+                    unix_seconds()
+                ),
+            )
+            .await
+            .map_err(|e| ctx("labelling the template", e))?;
+            // Nobody may connect to a template: cloning needs it idle.
+            Self::admin_exec(
+                &mut admin,
+                &format!(
+                    "ALTER DATABASE {} ALLOW_CONNECTIONS false",
+                    quote_ident(&template)
+                ),
+            )
+            .await
+            .map_err(|e| ctx("locking the template", e))?;
+            tracing::info!(%template, elapsed_ms = t0.elapsed().as_millis() as u64, "db-test: template built");
+        }
+        if !has(&working) {
+            Self::create_working(&mut admin, &working, &template)
+                .await
+                .map_err(|e| ctx("creating the working database", e))?;
+        }
+        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(lock_key)
+            .execute(&mut admin)
+            .await;
+
+        // After the build lock is released: other processes need not wait.
+        self.sweep_outdated(&mut admin, source, hash).await;
+        let _ = admin.close().await;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_source_is_the_whole_canonical_path() {
+        let dir = std::env::temp_dir();
+        assert_eq!(canonical(&dir.join(".")), canonical(&dir));
+    }
+
+    #[test]
+    fn a_template_without_a_comment_is_old() {
+        let now = unix_seconds();
+        assert_eq!(built_at(Some(&format!("{BUILT_AT}{now}"))), now);
+        assert_eq!(built_at(Some("built by hand")), 0);
+        assert_eq!(built_at(None), 0);
+    }
+}

@@ -368,6 +368,8 @@ mod tests {
             "dbtest_x_0123ABCD_0123456789_t",
             "dbtest_x_0123abcd_012345678_t",
             "Dbtest_x_0123abcd_0123456789_t",
+            "dbtest_é_0123abcd_0123456789",
+            "dbtest_x_0123abcd_é0123456789_t",
         ] {
             assert_eq!(parse(name), None, "{name}");
         }
@@ -381,6 +383,7 @@ mod tests {
             "d00000000_1x",
             "x00000000_1",
             "tt",
+            "é",
         ] {
             let name = format!("{PREFIX}_{kind}");
             let parsed = parse(&name).expect(&name);

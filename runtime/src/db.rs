@@ -556,7 +556,7 @@ impl DerefMut for DbAcquired {
 ///
 /// `acquire()` works everywhere (under test: the test's connection, like
 /// [`Db::acquire`]). `begin()` works on a pool; under a transaction-mode
-/// test it returns an error of kind [`crate::ErrorKind::Unsupported`]
+/// test it returns an error of kind `ErrorKind::Unsupported`
 /// (with the harness), because sqlx's `Transaction` cannot hold the lock on
 /// the test's shared connection: call [`Db::begin`] instead, or pass
 /// `&mut *db.acquire().await?` (an `Acquire` whose `begin()` is a savepoint).

@@ -2,7 +2,7 @@
 //! gets its own rolled-back transaction (`TestDb`) and an in-process client
 //! (`TestClient<App>`) whose app runs on that same transaction.
 
-use db_test::{Db, TestApp, TestClient, TestDb, db_test};
+use db_test::{Db, TestApp, TestClient, TestContext, TestDb, db_test};
 use example_app::{AuthMode, CurrentUser, StaticToken, User, app_with_auth};
 use serde_json::{Value, json};
 
@@ -41,6 +41,28 @@ impl TestApp for RealAuthApp {
                 can_write: true,
             }]),
         )
+    }
+}
+
+/// A token the app provisions for itself while it starts.
+const PROVISIONED_TOKEN: &str = "provisioned-token-0123456789";
+
+/// The app with real authentication, built the way an app whose start-up
+/// awaits is built: [`TestApp::build`] provisions the app's own token in
+/// `api_tokens` before the router exists. It runs inside the test's
+/// transaction, so the row is the test's and is rolled back with it.
+struct ProvisionedApp;
+
+impl TestApp for ProvisionedApp {
+    async fn build(ctx: &TestContext) -> axum::Router {
+        let db = ctx.db();
+        sqlx::query("INSERT INTO api_tokens (name, token, scope) VALUES ($1, $2, 'write')")
+            .bind("provisioned")
+            .bind(PROVISIONED_TOKEN)
+            .execute(&db)
+            .await
+            .expect("provision the app's token");
+        app_with_auth(db, AuthMode::Tokens(Vec::new()))
     }
 }
 
@@ -764,6 +786,27 @@ async fn read_only_tokens_can_read_but_not_write(client: TestClient<RealAuthApp>
         .unwrap();
     assert_eq!(name, "R");
     assert_eq!(user_count(&db).await, 1);
+}
+
+#[db_test]
+async fn an_app_built_asynchronously_runs_in_the_test_transaction(
+    client: TestClient<ProvisionedApp>,
+    db: TestDb,
+) {
+    // The row its start-up wrote is the test's.
+    let names: Vec<String> = sqlx::query_scalar("SELECT name FROM api_tokens")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    assert_eq!(names, ["provisioned"]);
+
+    client.get("/users").await.assert_status(401);
+    let client = client.with_bearer(PROVISIONED_TOKEN);
+    create_user(&client, "boot@example.com", "Boot").await;
+    assert_eq!(
+        audit_actions(&db).await,
+        [("provisioned".into(), "user.create".into())]
+    );
 }
 
 #[db_test]

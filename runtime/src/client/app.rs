@@ -2,6 +2,7 @@
 //! [`TestClient`], the in-process client that sends requests to it.
 
 use std::fmt;
+use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
@@ -14,35 +15,91 @@ use super::header_pair;
 use super::request::TestRequest;
 use crate::{BoxError, Db, FromTestContext, TestContext};
 
-/// An application under test: how to build its [`Router`] around a [`Db`].
+/// An application under test: how to build its [`Router`] around the test's
+/// database.
 ///
-/// Implement it once per test suite. A `#[db_test]` parameter of type
+/// Implement it once per app configuration. A `#[db_test]` parameter of type
 /// [`TestClient<App>`](TestClient) is then built from the test's database, so
-/// everything the app writes is rolled back with the test.
+/// everything the app writes is rolled back with the test. The router is
+/// built once per test, when that parameter is.
 ///
-/// ```no_run
-/// use axum::{Router, routing::get};
-/// use db_test::{Db, TestApp};
+/// Implement **one** of:
 ///
-/// struct App;
+/// - [`router`](TestApp::router), when the app is built synchronously from a
+///   [`Db`]:
 ///
-/// impl TestApp for App {
-///     fn router(db: Db) -> Router {
-///         Router::new()
-///             .route("/health", get(|| async { "ok" }))
-///             .with_state(db)
-///     }
-/// }
-/// ```
+///   ```no_run
+///   use axum::{Router, routing::get};
+///   use db_test::{Db, TestApp};
+///
+///   struct App;
+///
+///   impl TestApp for App {
+///       fn router(db: Db) -> Router {
+///           Router::new()
+///               .route("/health", get(|| async { "ok" }))
+///               .with_state(db)
+///       }
+///   }
+///   ```
+///
+/// - [`build`](TestApp::build), when building it takes `.await`s (loading
+///   configuration, building clients, warming caches) or needs more of the
+///   [`TestContext`] than the database. The app is built on the test's
+///   runtime, inside the test's transaction, before the test body runs:
+///
+///   ```no_run
+///   use axum::{Router, routing::get};
+///   use db_test::{TestApp, TestContext};
+///
+///   struct App;
+///
+///   impl TestApp for App {
+///       async fn build(ctx: &TestContext) -> Router {
+///           let db = ctx.db();
+///           let greeting: String = sqlx::query_scalar("SELECT 'hello'")
+///               .fetch_one(&db)
+///               .await
+///               .expect("warm the greeting cache");
+///           Router::new().route("/", get(move || async move { greeting }))
+///       }
+///   }
+///   ```
 pub trait TestApp: Send + Sync + 'static {
     /// Builds the application's router around the test's database handle.
-    fn router(db: Db) -> Router;
+    ///
+    /// The default panics: an app that implements only
+    /// [`build`](TestApp::build) has no synchronous constructor, so
+    /// [`TestClient::from_db`] cannot build it.
+    fn router(db: Db) -> Router {
+        let _ = db;
+        panic!(
+            "`TestApp::router` is not implemented for `{}`: implement `router`, or `build` \
+             for an app built asynchronously. An app that implements only `build` is built \
+             from a `TestContext` (as a `#[db_test]` parameter, or with \
+             `FromTestContext::from_context`), not with `TestClient::from_db`",
+            std::any::type_name::<Self>()
+        )
+    }
 
-    /// Builds the router with access to the whole [`TestContext`], for apps
-    /// that need more than the database (the test's name, for example).
-    /// Defaults to [`TestApp::router`] with [`TestContext::db`].
+    /// Builds the router synchronously with access to the whole
+    /// [`TestContext`]. Defaults to [`TestApp::router`] with
+    /// [`TestContext::db`]. Prefer [`build`](TestApp::build), which can also
+    /// `.await`.
     fn router_for(ctx: &TestContext) -> Router {
         Self::router(ctx.db())
+    }
+
+    /// Builds the router with access to the whole [`TestContext`], and may
+    /// `.await` while doing so. This is what a `#[db_test]` parameter of type
+    /// [`TestClient<Self>`](TestClient) calls, once per test.
+    ///
+    /// Defaults to [`TestApp::router_for`], hence to [`TestApp::router`].
+    /// Implement it as an `async fn`; the future must be `Send`, as the test
+    /// may move between threads of the shared runtime.
+    fn build(ctx: &TestContext) -> impl Future<Output = Router> + Send {
+        let router = Self::router_for(ctx);
+        async move { router }
     }
 }
 
@@ -116,14 +173,21 @@ impl TestClient<()> {
 
 impl<A: TestApp> TestClient<A> {
     /// A client for `A`'s router built around `db`: `A::router(db)`.
+    ///
+    /// # Panics
+    ///
+    /// If `A` implements only [`TestApp::build`]; use
+    /// [`FromTestContext::from_context`] then.
     pub fn from_db(db: Db) -> Self {
         Self::from_router(A::router(db))
     }
 }
 
+/// `TestClient<A>` as a `#[db_test]` parameter: a client for the router of
+/// [`A::build`](TestApp::build), built once per test.
 impl<A: TestApp> FromTestContext for TestClient<A> {
     async fn from_context(ctx: &TestContext) -> Result<Self, BoxError> {
-        Ok(Self::from_router(A::router_for(ctx)))
+        Ok(Self::from_router(A::build(ctx).await))
     }
 }
 

@@ -19,7 +19,7 @@ use futures_util::FutureExt;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::Db;
+use crate::{Db, FromTestContext, TestContext};
 
 fn echo_headers(headers: HeaderMap) -> Json<Value> {
     let map: BTreeMap<String, Vec<String>> =
@@ -426,4 +426,56 @@ fn typed_clients_are_send_sync_and_clone() {
     fn assert_send<T: Send>(_: &T) {}
     let client = TestClient::<EchoApp>::from_router(app());
     assert_send(&client.get("/").into_future());
+}
+
+// ---------------------------------------------------------------------------
+// TestApp: the ways an app can be built
+
+/// Built asynchronously, from the whole context.
+struct AsyncApp;
+impl TestApp for AsyncApp {
+    async fn build(ctx: &TestContext) -> Router {
+        tokio::task::yield_now().await;
+        let name = ctx.test_name();
+        app().route("/name", get(move || async move { name }))
+    }
+}
+
+/// Built synchronously from the whole context (the older form of `build`).
+struct ContextApp;
+impl TestApp for ContextApp {
+    fn router_for(ctx: &TestContext) -> Router {
+        let _ = ctx.db();
+        app()
+    }
+}
+
+#[test]
+fn every_way_of_building_an_app_gives_a_send_parameter() {
+    // `#[db_test]` needs `from_context` to be `Send`: the test may move
+    // between the shared runtime's threads while the app is built.
+    fn assert_send<F: std::future::Future + Send>(_: F) {}
+    fn check(ctx: &TestContext) {
+        assert_send(TestClient::<EchoApp>::from_context(ctx));
+        assert_send(TestClient::<AsyncApp>::from_context(ctx));
+        assert_send(TestClient::<ContextApp>::from_context(ctx));
+        assert_send(AsyncApp::build(ctx));
+    }
+    let _ = check;
+}
+
+#[tokio::test]
+#[should_panic(
+    expected = "`TestApp::router` is not implemented for `db_test::client::tests::AsyncApp`: implement `router`, or `build`"
+)]
+async fn from_db_cannot_build_an_app_that_only_builds_asynchronously() {
+    let pool = sqlx::PgPool::connect_lazy("postgres://localhost/never-connected").unwrap();
+    let _ = TestClient::<AsyncApp>::from_db(Db::from_pool(pool));
+}
+
+#[tokio::test]
+async fn from_db_builds_an_app_with_a_sync_router() {
+    let pool = sqlx::PgPool::connect_lazy("postgres://localhost/never-connected").unwrap();
+    let client = TestClient::<EchoApp>::from_db(Db::from_pool(pool));
+    client.get("/echo-method").await.assert_text("GET");
 }

@@ -1,15 +1,36 @@
 //! Where two JSON documents differ, for
-//! [`assert_json`](super::TestResponse::assert_json).
+//! [`assert_json`](super::TestResponse::assert_json) and
+//! [`assert_json_contains`](super::TestResponse::assert_json_contains).
 
 use serde_json::Value;
 
-/// The first place where `actual` differs from `expected`, as a path like
-/// `$.users[0].email` followed by what differs there.
-pub(super) fn first_difference(expected: &Value, actual: &Value) -> Option<String> {
-    difference_at(&mut String::from("$"), expected, actual)
+/// How an expected document is compared with the actual one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Compare {
+    /// The documents are equal: objects have the same keys.
+    Equal,
+    /// The actual document contains the expected one: an actual object may
+    /// have keys the expected one does not mention. Arrays still match
+    /// element by element and have the same length.
+    Contains,
 }
 
-fn difference_at(path: &mut String, expected: &Value, actual: &Value) -> Option<String> {
+/// The first place where `actual` does not match `expected`, as a path like
+/// `$.users[0].email` followed by what differs there.
+pub(super) fn first_difference(
+    expected: &Value,
+    actual: &Value,
+    compare: Compare,
+) -> Option<String> {
+    difference_at(&mut String::from("$"), expected, actual, compare)
+}
+
+fn difference_at(
+    path: &mut String,
+    expected: &Value,
+    actual: &Value,
+    compare: Compare,
+) -> Option<String> {
     match (expected, actual) {
         (Value::Object(e), Value::Object(a)) => {
             for (key, ev) in e {
@@ -17,12 +38,15 @@ fn difference_at(path: &mut String, expected: &Value, actual: &Value) -> Option<
                 push_key(path, key);
                 let found = match a.get(key) {
                     None => Some(format!("{path}: missing (expected {ev})")),
-                    Some(av) => difference_at(path, ev, av),
+                    Some(av) => difference_at(path, ev, av, compare),
                 };
                 path.truncate(len);
                 if found.is_some() {
                     return found;
                 }
+            }
+            if compare == Compare::Contains {
+                return None;
             }
             let (key, av) = a.iter().find(|(key, _)| !e.contains_key(*key))?;
             push_key(path, key);
@@ -39,7 +63,7 @@ fn difference_at(path: &mut String, expected: &Value, actual: &Value) -> Option<
             for (i, (ev, av)) in e.iter().zip(a).enumerate() {
                 let len = path.len();
                 path.push_str(&format!("[{i}]"));
-                let found = difference_at(path, ev, av);
+                let found = difference_at(path, ev, av, compare);
                 path.truncate(len);
                 if found.is_some() {
                     return found;
@@ -74,44 +98,105 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn diff(expected: Value, actual: Value) -> Option<String> {
-        first_difference(&expected, &actual)
+    fn diff(expected: Value, actual: Value, compare: Compare) -> Option<String> {
+        first_difference(&expected, &actual, compare)
     }
 
     #[test]
     fn equal_documents_have_no_difference() {
         let doc = json!({"a": [1, {"b": null}], "c": "x"});
-        assert_eq!(diff(doc.clone(), doc), None);
+        assert_eq!(diff(doc.clone(), doc.clone(), Compare::Equal), None);
+        assert_eq!(diff(doc.clone(), doc, Compare::Contains), None);
     }
 
     #[test]
     fn equality_reports_missing_and_unexpected_keys() {
         assert_eq!(
-            diff(json!({"a": 1, "b": 2}), json!({"a": 1})).as_deref(),
+            diff(json!({"a": 1, "b": 2}), json!({"a": 1}), Compare::Equal).as_deref(),
             Some("$.b: missing (expected 2)")
         );
         assert_eq!(
-            diff(json!({"a": 1}), json!({"a": 1, "b": 2})).as_deref(),
+            diff(json!({"a": 1}), json!({"a": 1, "b": 2}), Compare::Equal).as_deref(),
             Some("$.b: unexpected key (value 2)")
         );
     }
 
     #[test]
-    fn arrays_have_the_same_length_and_elements() {
+    fn containment_allows_extra_keys_at_every_depth() {
+        let actual = json!({
+            "id": 7,
+            "user": {"name": "Ada", "roles": ["reader", "writer"], "email": "ada@example.com"},
+        });
         assert_eq!(
-            diff(json!({"a": [1, 2]}), json!({"a": [1]})).as_deref(),
-            Some("$.a: expected 2 elements, got 1")
+            diff(
+                json!({"user": {"roles": ["reader", "writer"]}}),
+                actual.clone(),
+                Compare::Contains
+            ),
+            None
         );
         assert_eq!(
-            diff(json!([{"id": 1}, {"id": 3}]), json!([{"id": 1}, {"id": 2}])).as_deref(),
+            diff(
+                json!({"user": {"roles": ["reader", "admin"]}}),
+                actual.clone(),
+                Compare::Contains
+            )
+            .as_deref(),
+            Some("$.user.roles[1]: expected \"admin\", got \"writer\"")
+        );
+        assert_eq!(
+            diff(
+                json!({"user": {"roles": ["reader"]}}),
+                actual.clone(),
+                Compare::Contains
+            )
+            .as_deref(),
+            Some("$.user.roles: expected 1 elements, got 2")
+        );
+        assert_eq!(
+            diff(json!({"user": {"phone": null}}), actual, Compare::Contains).as_deref(),
+            Some("$.user.phone: missing (expected null)")
+        );
+    }
+
+    #[test]
+    fn array_elements_are_matched_as_subsets() {
+        let actual = json!([{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]);
+        assert_eq!(
+            diff(
+                json!([{"id": 1}, {"id": 2}]),
+                actual.clone(),
+                Compare::Contains
+            ),
+            None
+        );
+        assert_eq!(
+            diff(json!([{"id": 1}, {"id": 3}]), actual, Compare::Contains).as_deref(),
             Some("$[1].id: expected 3, got 2")
+        );
+    }
+
+    #[test]
+    fn types_must_match() {
+        assert_eq!(
+            diff(json!({"a": {"b": 1}}), json!({"a": [1]}), Compare::Contains).as_deref(),
+            Some("$.a: expected {\"b\":1}, got [1]")
+        );
+        assert_eq!(
+            diff(json!("1"), json!(1), Compare::Contains).as_deref(),
+            Some("$: expected \"1\", got 1")
         );
     }
 
     #[test]
     fn odd_keys_are_quoted_in_paths() {
         assert_eq!(
-            diff(json!({"a b": {"x-y": 1}}), json!({"a b": {"x-y": 2}})).as_deref(),
+            diff(
+                json!({"a b": {"x-y": 1}}),
+                json!({"a b": {"x-y": 2}}),
+                Compare::Equal
+            )
+            .as_deref(),
             Some("$[\"a b\"][\"x-y\"]: expected 1, got 2")
         );
     }

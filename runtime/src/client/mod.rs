@@ -24,6 +24,13 @@ mod response;
 mod tests;
 
 pub use app::{TestApp, TestClient};
+/// A cookie, as read from a `Set-Cookie` header by [`TestResponse::cookie`]
+/// and [`TestResponse::cookies`]: the `cookie` crate's type (version 0.18),
+/// the one `axum-extra`'s cookie jars use.
+pub use cookie::Cookie;
+/// The `SameSite` attribute of a [`Cookie`], to compare
+/// [`Cookie::same_site`] with.
+pub use cookie::SameSite;
 pub use request::TestRequest;
 pub use response::{StatusLike, TestResponse};
 

@@ -10,6 +10,7 @@
 //! - `app.rs`: [`TestApp`], how a test builds the app, and [`TestClient`],
 //!   the client with its default headers and cookie jar;
 //! - `request.rs`: [`TestRequest`], a request being built, sent on `.await`;
+//! - `multipart.rs`: [`MultipartForm`], a `multipart/form-data` body;
 //! - `response.rs`: [`TestResponse`], its accessors and assertions, and
 //!   [`StatusLike`];
 //! - `json.rs`: where two JSON documents differ, for the JSON assertions;
@@ -18,6 +19,7 @@
 mod app;
 mod cookies;
 mod json;
+mod multipart;
 mod request;
 mod response;
 #[cfg(test)]
@@ -31,6 +33,7 @@ pub use cookie::Cookie;
 /// The `SameSite` attribute of a [`Cookie`], to compare
 /// [`Cookie::same_site`] with.
 pub use cookie::SameSite;
+pub use multipart::MultipartForm;
 pub use request::TestRequest;
 pub use response::{StatusLike, TestResponse};
 

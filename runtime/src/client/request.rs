@@ -17,6 +17,7 @@ use tower::ServiceExt;
 use super::TestClient;
 use super::cookies::{SharedJar, lock};
 use super::header_pair;
+use super::multipart::MultipartForm;
 use super::response::{BodyPreview, TestResponse};
 
 /// A request being built by a [`TestClient`]. It is sent when it is `.await`ed,
@@ -132,6 +133,26 @@ impl TestRequest {
     /// Sends a raw body, with `Content-Type: application/octet-stream`.
     pub fn bytes(self, bytes: impl Into<Bytes>) -> Self {
         self.set_body(bytes, HeaderValue::from_static("application/octet-stream"))
+    }
+
+    /// Sends a `multipart/form-data` body, with `Content-Type:
+    /// multipart/form-data; boundary=...`. See [`MultipartForm`].
+    ///
+    /// ```
+    /// # use db_test::{MultipartForm, TestClient};
+    /// # let client = TestClient::new(axum::Router::new());
+    /// let req = client.post("/avatar").multipart(
+    ///     MultipartForm::new()
+    ///         .text("user", "ada")
+    ///         .file("avatar", "ada.png", "image/png", vec![0x89, b'P', b'N', b'G']),
+    /// );
+    /// # drop(req);
+    /// ```
+    pub fn multipart(self, form: MultipartForm) -> Self {
+        let (content_type, body) = form.encode();
+        let content_type =
+            HeaderValue::try_from(content_type).expect("the boundary is a valid header value");
+        self.set_body(body, content_type)
     }
 
     fn set_body(mut self, body: impl Into<Bytes>, content_type: HeaderValue) -> Self {

@@ -129,6 +129,7 @@ fn app() -> Router {
                 }))
             }),
         )
+        .route("/upload", post(upload))
         .route(
             "/slow/{n}",
             get(|axum::extract::Path(n): axum::extract::Path<u64>| async move {
@@ -139,6 +140,26 @@ fn app() -> Router {
                 Json(json!({ "n": n }))
             }),
         )
+}
+
+/// Every part of a multipart body, as the handler sees it through axum's
+/// `Multipart` extractor.
+async fn upload(mut form: axum::extract::Multipart) -> Json<Value> {
+    let mut parts = Vec::new();
+    while let Some(field) = form.next_field().await.unwrap() {
+        let name = field.name().map(str::to_owned);
+        let file_name = field.file_name().map(str::to_owned);
+        let content_type = field.content_type().map(str::to_owned);
+        let data = field.bytes().await.unwrap();
+        parts.push(json!({
+            "name": name,
+            "file_name": file_name,
+            "content_type": content_type,
+            "data": String::from_utf8_lossy(&data),
+            "len": data.len(),
+        }));
+    }
+    Json(json!(parts))
 }
 
 fn panic_message(result: std::thread::Result<()>) -> String {
@@ -792,4 +813,68 @@ async fn display_shows_text_as_is_and_binary_as_its_length() {
         client.get("/not-json").await.to_string(),
         "200 OK\ncontent-length: 5\ncontent-type: application/json\n\n{oops"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Multipart
+
+#[tokio::test]
+async fn multipart_forms_reach_axums_multipart_extractor() {
+    let png = vec![0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n', 0, 0xff];
+    let form = MultipartForm::new()
+        .text("title", "Holiday \"2024\"")
+        .text("empty", "")
+        .file("photo", "beach.png", "image/png", png.clone())
+        .file(
+            "notes",
+            "notes.txt",
+            "text/plain; charset=utf-8",
+            "--db-test-boundary-00000000\r\nnot the end\r\n",
+        );
+    let res = TestClient::new(app()).post("/upload").multipart(form).await;
+    res.assert_status(200).assert_json(&json!([
+        { "name": "title", "file_name": null, "content_type": null, "data": "Holiday \"2024\"", "len": 14 },
+        { "name": "empty", "file_name": null, "content_type": null, "data": "", "len": 0 },
+        {
+            "name": "photo", "file_name": "beach.png", "content_type": "image/png",
+            "data": String::from_utf8_lossy(&png), "len": png.len(),
+        },
+        {
+            "name": "notes", "file_name": "notes.txt", "content_type": "text/plain; charset=utf-8",
+            "data": "--db-test-boundary-00000000\r\nnot the end\r\n", "len": 42,
+        },
+    ]));
+}
+
+#[tokio::test]
+async fn multipart_sets_its_content_type_unless_the_request_does() {
+    let client = TestClient::new(app());
+    let res = client
+        .post("/raw")
+        .multipart(MultipartForm::new().text("a", "1"))
+        .await;
+    let content_type = res.json::<Value>()["content_type"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        content_type,
+        "multipart/form-data; boundary=db-test-boundary-00000000"
+    );
+
+    client
+        .post("/upload")
+        .multipart(MultipartForm::new())
+        .await
+        .assert_status(200)
+        .assert_json(&json!([]));
+
+    // A content type without a boundary is the caller's choice, and axum
+    // refuses it.
+    client
+        .post("/upload")
+        .multipart(MultipartForm::new().text("a", "1"))
+        .header("content-type", "multipart/form-data")
+        .await
+        .assert_status_client_error();
 }

@@ -213,6 +213,49 @@ async fn rows_seeded_through_testdb_are_served_by_the_api(client: TestClient<App
 }
 
 #[db_test]
+async fn created_users_contain_what_was_sent(client: TestClient<App>) {
+    // The id and the timestamps are the server's: check the rest.
+    client
+        .post("/users")
+        .json(&json!({ "email": "Sub@Example.com", "name": "Sub Set" }))
+        .await
+        .assert_status_success()
+        .assert_json_contains(&json!({ "email": "Sub@Example.com", "name": "Sub Set" }));
+    client
+        .get("/users")
+        .await
+        .assert_status_success()
+        .assert_json_contains(&json!([{ "email": "Sub@Example.com" }]));
+}
+
+#[db_test]
+async fn a_response_prints_as_status_headers_and_body(client: TestClient<App>) {
+    let res = client.get("/users/999999").await;
+    res.assert_status_client_error()
+        .assert_text_contains("not found");
+    assert_eq!(
+        res.to_string(),
+        "404 Not Found\n\
+         content-length: 26\n\
+         content-type: application/json\n\
+         \n\
+         {\n  \"error\": \"user not found\"\n}"
+    );
+}
+
+#[db_test]
+#[should_panic(
+    expected = "JSON body does not contain the expected JSON at $.name: expected \"B\", got \"A\""
+)]
+async fn a_failed_containment_names_the_field(client: TestClient<App>) {
+    client
+        .post("/users")
+        .json(&json!({ "email": "a@example.com", "name": "A" }))
+        .await
+        .assert_json_contains(&json!({ "email": "a@example.com", "name": "B" }));
+}
+
+#[db_test]
 async fn missing_and_malformed_ids(client: TestClient<App>) {
     client
         .get("/users/999999")

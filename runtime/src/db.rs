@@ -416,29 +416,6 @@ impl AsMut<PgConnection> for DbConn {
     }
 }
 
-/// Records one statement of a test's guard when it ends (or is dropped).
-#[cfg(feature = "harness")]
-struct Record {
-    counters: crate::shared::SharedCounters,
-    sql: Option<String>,
-}
-
-#[cfg(feature = "harness")]
-impl Record {
-    fn finish(&mut self, error: Option<String>) {
-        if let Some(sql) = self.sql.take() {
-            crate::shared::lock_counters(&self.counters).record(sql, error);
-        }
-    }
-}
-
-#[cfg(feature = "harness")]
-impl Drop for Record {
-    fn drop(&mut self) {
-        self.finish(None);
-    }
-}
-
 impl<'c> Executor<'c> for &'c mut DbConn {
     type Database = Postgres;
 
@@ -447,26 +424,22 @@ impl<'c> Executor<'c> for &'c mut DbConn {
         'c: 'e,
         E: 'q + Execute<'q, Postgres>,
     {
+        // A test's connection: the statement gets what a statement through
+        // `Db` gets (autocommit semantics, counting, recovery if dropped).
         #[cfg(feature = "harness")]
-        if let Some(counters) = crate::shared::counters_of(&self.0) {
-            let query = match OwnedQuery::take(query) {
-                Ok(q) => q,
-                Err(e) => return futures_util::stream::once(async move { Err(e) }).boxed(),
-            };
-            let mut record = Record {
-                counters,
-                sql: Some(query.sql.as_str().to_owned()),
-            };
-            return self
-                .0
-                .fetch_many(query)
-                .map(move |step| {
-                    if let Err(e) = &step {
-                        record.finish(Some(e.to_string()));
-                    }
-                    step
-                })
-                .boxed();
+        if let Some(state) = crate::shared::state_of(&self.0) {
+            return futures_util::stream::once(async move {
+                let query = OwnedQuery::take(query)?;
+                if let Some(refused) = crate::shared::refuse_ending(&state, query.sql.as_str()) {
+                    return Err(refused);
+                }
+                crate::shared::run_guarded(&state, &mut self.0, query).await
+            })
+            .flat_map(|result| match result {
+                Ok(steps) => futures_util::stream::iter(steps.into_iter().map(Ok)).left_stream(),
+                Err(e) => futures_util::stream::once(async move { Err(e) }).right_stream(),
+            })
+            .boxed();
         }
         self.0.fetch_many(query)
     }
@@ -477,19 +450,14 @@ impl<'c> Executor<'c> for &'c mut DbConn {
         E: 'q + Execute<'q, Postgres>,
     {
         #[cfg(feature = "harness")]
-        if let Some(counters) = crate::shared::counters_of(&self.0) {
-            let query = match OwnedQuery::take(query) {
-                Ok(q) => q,
-                Err(e) => return async move { Err(e) }.boxed(),
-            };
-            let mut record = Record {
-                counters,
-                sql: Some(query.sql.as_str().to_owned()),
-            };
+        if let Some(state) = crate::shared::state_of(&self.0) {
             return async move {
-                let result = self.0.fetch_optional(query).await;
-                record.finish(result.as_ref().err().map(|e| e.to_string()));
-                result
+                let query = OwnedQuery::take(query)?;
+                if let Some(refused) = crate::shared::refuse_ending(&state, query.sql.as_str()) {
+                    return Err(refused);
+                }
+                let steps = crate::shared::run_guarded(&state, &mut self.0, query).await?;
+                Ok(steps.into_iter().find_map(|s| s.right()))
             }
             .boxed();
         }

@@ -30,6 +30,8 @@ mod query;
 #[cfg(feature = "harness")]
 mod shared;
 #[cfg(feature = "harness")]
+mod sqltext;
+#[cfg(feature = "harness")]
 mod testdb;
 
 pub use db::{Db, DbAcquired, DbConn, DbConnection, DbTransaction};

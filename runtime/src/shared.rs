@@ -21,6 +21,7 @@ use crate::error::{Error, ErrorKind};
 use crate::hint::sqlstate;
 use crate::postgres::signal::{Backends, Signal, signal_backends};
 use crate::query::OwnedQuery;
+use crate::sqltext::ends_transaction;
 
 /// The temporary table whose row, inserted when the test's transaction
 /// begins, fails a deferred foreign key at any COMMIT of that transaction:
@@ -146,35 +147,67 @@ impl Counters {
     }
 }
 
-pub(crate) type SharedCounters = Arc<std::sync::Mutex<Counters>>;
-
-pub(crate) fn lock_counters(c: &SharedCounters) -> std::sync::MutexGuard<'_, Counters> {
-    c.lock().unwrap_or_else(|e| e.into_inner())
+/// What a test's connection carries besides the connection itself, shared
+/// between the test's `Db` statements (under the connection's lock) and
+/// statements sent on a guard that holds that lock (`&mut DbConn`, which
+/// finds it through the registry below).
+#[derive(Default)]
+pub(crate) struct ConnState {
+    /// The test's name.
+    label: String,
+    counters: std::sync::Mutex<Counters>,
+    /// `dbt_auto` marks the current state: nothing ran since it was set.
+    fresh: AtomicBool,
+    /// A statement whose future was dropped before its reply was read (a
+    /// timeout, a `select!`, an aborted task): the reply is still on the
+    /// connection.
+    in_flight: std::sync::Mutex<Option<String>>,
+    /// Set when the test's transaction was ended, or the connection broke.
+    poisoned: std::sync::Mutex<Option<String>>,
 }
 
-/// Test connections by address, so that statements sent on a raw guard (a
-/// `&mut DbConn` over the test's `PgConnection`) find their test's counters.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ConnState {
+    pub(crate) fn record(&self, sql: String, error: Option<String>) {
+        lock(&self.counters).record(sql, error);
+    }
+
+    fn poisoned(&self) -> Option<String> {
+        lock(&self.poisoned).clone()
+    }
+
+    fn poison(&self, why: String) {
+        lock(&self.poisoned).get_or_insert(why);
+    }
+}
+
+/// Test connections by address, so that statements sent on a guard (a
+/// `&mut DbConn` over the test's `PgConnection`) find their test's state.
 /// `ACTIVE` keeps the lookup off the path of connections that are not a
 /// test's (database mode, or no test running).
-static REGISTRY: std::sync::RwLock<Vec<(usize, SharedCounters)>> =
+static REGISTRY: std::sync::RwLock<Vec<(usize, Arc<ConnState>)>> =
     std::sync::RwLock::new(Vec::new());
 static ACTIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-fn register(conn: &PgConnection, counters: SharedCounters) {
-    let mut r = REGISTRY.write().unwrap_or_else(|e| e.into_inner());
-    r.push((conn as *const PgConnection as usize, counters));
-    ACTIVE.store(r.len(), Ordering::Release);
-}
-
-fn unregister(conn: &PgConnection) {
-    let addr = conn as *const PgConnection as usize;
+fn register(addr: usize, state: Arc<ConnState>) {
     let mut r = REGISTRY.write().unwrap_or_else(|e| e.into_inner());
     r.retain(|(a, _)| *a != addr);
+    r.push((addr, state));
     ACTIVE.store(r.len(), Ordering::Release);
 }
 
-/// The counters of the test whose connection this is, if any.
-pub(crate) fn counters_of(conn: &PgConnection) -> Option<SharedCounters> {
+/// Removes this state's entry (and no newer one at the same address).
+fn unregister(addr: usize, state: &Arc<ConnState>) {
+    let mut r = REGISTRY.write().unwrap_or_else(|e| e.into_inner());
+    r.retain(|(a, s)| !(*a == addr && Arc::ptr_eq(s, state)));
+    ACTIVE.store(r.len(), Ordering::Release);
+}
+
+/// The state of the test whose connection this is, if any.
+pub(crate) fn state_of(conn: &PgConnection) -> Option<Arc<ConnState>> {
     if ACTIVE.load(Ordering::Acquire) == 0 {
         return None;
     }
@@ -185,7 +218,9 @@ pub(crate) fn counters_of(conn: &PgConnection) -> Option<SharedCounters> {
 
 pub(crate) struct SharedConn {
     slot: Arc<Mutex<Slot>>,
-    counters: SharedCounters,
+    state: Arc<ConnState>,
+    /// The connection's address while it is registered (see `REGISTRY`).
+    conn_addr: usize,
     label: String,
     /// The prefix of the backend's `application_name` during the test.
     tag: String,
@@ -203,33 +238,26 @@ pub(crate) struct LoggedStatement {
 
 pub(crate) struct Slot {
     conn: Option<PoolConnection<Postgres>>,
-    /// `dbt_auto` marks the current state: nothing ran since it was set.
-    fresh: bool,
-    /// A raw connection guard was used since the last check; the transaction
-    /// may be in the aborted state.
+    /// A guard was used since the last check: something sent on the raw
+    /// connection may have left a reply behind, or an aborted block.
     unverified: bool,
-    /// Set when the test's transaction was ended behind our back.
-    pub(crate) poisoned: Option<String>,
     pub(crate) ended: Option<&'static str>,
-    /// A statement sent through `Db` whose future was dropped before its
-    /// reply was read (a timeout, a `select!`): the reply is still on the
-    /// connection.
-    in_flight: Option<String>,
 }
 
 /// The lock on the test's connection. Derefs to the connection.
 pub(crate) struct SlotGuard {
     guard: OwnedMutexGuard<Slot>,
+    state: Arc<ConnState>,
     raw: bool,
 }
 
 impl Drop for SlotGuard {
     fn drop(&mut self) {
-        // The guard may have been dropped with a statement in flight: the
-        // next user checks the connection (at no cost unless it errs).
+        // Something sent on the raw connection may have been dropped in
+        // flight: the next user reads the connection to its end first.
         self.guard.unverified = true;
         if self.raw {
-            self.guard.fresh = false;
+            self.state.fresh.store(false, Ordering::Relaxed);
         }
     }
 }
@@ -254,27 +282,6 @@ impl SlotGuard {
     pub(crate) fn start_rollback_savepoint(&mut self) {
         PgTransactionManager::start_rollback(self.conn_mut())
     }
-}
-
-/// Is this SQL a bare `COMMIT` / `ROLLBACK` / `END` / `ABORT` (which would
-/// end the test's transaction)? Only whole statements are recognised, so
-/// `DO $$ BEGIN ... END $$` or a string containing "; end" never match. A
-/// COMMIT hidden in a multi-statement string is caught when the test ends.
-fn ends_transaction(sql: &str) -> Option<String> {
-    let stmt = sql.trim().trim_end_matches(';').trim();
-    let upper = stmt.to_ascii_uppercase();
-    let mut words = upper.split_whitespace();
-    let first = words.next()?;
-    if !matches!(first, "COMMIT" | "ROLLBACK" | "END" | "ABORT") {
-        return None;
-    }
-    let rest: Vec<&str> = words.collect();
-    if rest.first() == Some(&"TO") || rest.first() == Some(&"PREPARED") {
-        return None; // ROLLBACK TO SAVEPOINT, COMMIT PREPARED: not the test's transaction
-    }
-    rest.iter()
-        .all(|w| matches!(*w, "WORK" | "TRANSACTION" | "AND" | "NO" | "CHAIN"))
-        .then(|| stmt.to_string())
 }
 
 impl SharedConn {
@@ -325,30 +332,33 @@ impl SharedConn {
                 return Err((e, conn));
             }
         }
+        let state = Arc::new(ConnState {
+            label: label.clone(),
+            fresh: AtomicBool::new(true),
+            ..Default::default()
+        });
+        let slot = Arc::new(Mutex::new(Slot {
+            conn: Some(conn),
+            unverified: false,
+            ended: None,
+        }));
+        // The connection sits in the slot's heap allocation until `finish`
+        // takes it out (and unregisters it first).
+        let conn_addr = {
+            let slot = slot.try_lock().expect("nobody else has it yet");
+            let conn: &PgConnection = slot.conn.as_deref().expect("just put there");
+            conn as *const PgConnection as usize
+        };
+        register(conn_addr, state.clone());
         let shared = Arc::new(SharedConn {
-            slot: Arc::new(Mutex::new(Slot {
-                conn: Some(conn),
-                fresh: true,
-                unverified: false,
-                poisoned: None,
-                ended: None,
-                in_flight: None,
-            })),
-            counters: Default::default(),
+            slot,
+            state,
+            conn_addr,
             label,
             tag,
             over: AtomicBool::new(false),
             checkout_timeout_ms: AtomicU64::new(checkout_timeout.as_millis() as u64),
         });
-        {
-            // The connection sits in the slot's heap allocation until
-            // `finish` takes it out (and unregisters it first).
-            let slot = shared.slot.try_lock().expect("nobody else has it yet");
-            register(
-                slot.conn.as_deref().expect("just put there"),
-                shared.counters.clone(),
-            );
-        }
         Ok(shared)
     }
 
@@ -406,13 +416,13 @@ impl SharedConn {
         if let Some(when) = slot.ended {
             return Err(self.over_error(when));
         }
-        if let Some(why) = &slot.poisoned {
-            return Err(poisoned_error(why));
+        if let Some(why) = self.state.poisoned() {
+            return Err(poisoned_error(&why));
         }
-        if slot.in_flight.is_some() {
+        if lock(&self.state.in_flight).is_some() {
             self.recover_dropped(&mut slot).await;
-            if let Some(why) = &slot.poisoned {
-                return Err(poisoned_error(why));
+            if let Some(why) = self.state.poisoned() {
+                return Err(poisoned_error(&why));
             }
         }
         Ok(slot)
@@ -463,13 +473,13 @@ impl SharedConn {
     /// if it failed (so the next statement sees only what completed), and
     /// put it in the statement log.
     async fn recover_dropped(&self, slot: &mut Slot) {
-        let Some(sql) = slot.in_flight.take() else {
+        let Some(sql) = lock(&self.state.in_flight).take() else {
             return;
         };
         let conn = slot.conn.as_mut().expect("checked at lock time");
         let outcome = match self.drain(conn).await {
             Ok(errors) if errors.is_empty() => {
-                slot.fresh = false;
+                self.state.fresh.store(false, Ordering::Relaxed);
                 "its caller dropped it; it completed on the server".to_string()
             }
             Ok(errors) => {
@@ -479,7 +489,7 @@ impl SharedConn {
                     None
                 };
                 if let Some(e) = undo {
-                    slot.poisoned = Some(format!(
+                    self.state.poison(format!(
                         "db-test: could not undo a dropped statement in test `{}`: {e}",
                         self.label
                     ));
@@ -490,62 +500,67 @@ impl SharedConn {
                 )
             }
             Err(e) => {
-                slot.poisoned = Some(format!(
-                    "db-test: the connection of test `{}` broke while reading the reply of a \
-                     statement whose future was dropped: {e}",
-                    self.label
-                ));
+                self.state.poison(out_of_sync(&self.label, &e));
                 format!("its caller dropped it; the connection broke: {e}")
             }
         };
-        lock_counters(&self.counters).record(sql, Some(outcome));
+        self.state.record(sql, Some(outcome));
     }
 
     /// Brings `dbt_auto` up to date so that it marks the current state,
-    /// repairing what a raw guard left behind: an aborted transaction block,
-    /// or the reply of a statement it dropped mid-flight.
+    /// repairing what a guard left behind: the reply of something it
+    /// dropped mid-flight (read first, and cancelled if still running), or
+    /// an aborted transaction block.
     async fn make_fresh(&self, slot: &mut Slot) -> sqlx::Result<()> {
-        if slot.fresh {
-            return Ok(());
-        }
         let conn = slot.conn.as_mut().expect("checked at lock time");
-        if PgTransactionManager::get_transaction_depth(conn) > 1 {
-            // Inside an app transaction left open on a raw guard: nothing to guard.
+        let mut undo = false;
+        if slot.unverified {
+            match self.drain(conn).await {
+                Ok(errors) => undo = !errors.is_empty(),
+                Err(e) => {
+                    let msg = out_of_sync(&self.label, &e);
+                    self.state.poison(msg.clone());
+                    return Err(poisoned_error(&msg));
+                }
+            }
+            slot.unverified = false;
+        }
+        if !undo && self.state.fresh.load(Ordering::Relaxed) {
             return Ok(());
         }
-        const REFRESH: &str = "RELEASE SAVEPOINT dbt_auto; SAVEPOINT dbt_auto";
-        let mut result = conn.execute(REFRESH).await.map(|_| ());
-        if slot.unverified
-            && let Err(e) = &result
-            && e.as_database_error().is_some()
-            && !matches!(sqlstate(e).as_deref(), Some("25P01") | Some("3B001"))
+        if PgTransactionManager::get_transaction_depth(conn) > 1 {
+            // Inside an app transaction left open on a guard: nothing to guard.
+            return Ok(());
+        }
+        let refresh = if undo {
+            "ROLLBACK TO SAVEPOINT dbt_auto; RELEASE SAVEPOINT dbt_auto; SAVEPOINT dbt_auto"
+        } else {
+            "RELEASE SAVEPOINT dbt_auto; SAVEPOINT dbt_auto"
+        };
+        let mut result = conn.execute(refresh).await.map(|_| ());
+        if let Err(e) = &result
+            && sqlstate(e).as_deref() == Some("25P02")
         {
-            // The error may belong to a statement sent on a raw guard; read
-            // whatever else is pending, then undo the aborted block back to
-            // `dbt_auto`.
-            result = match self.drain(conn).await {
-                Ok(_) => conn
-                    .execute(
-                        "ROLLBACK TO SAVEPOINT dbt_auto; RELEASE SAVEPOINT dbt_auto; \
-                         SAVEPOINT dbt_auto",
-                    )
-                    .await
-                    .map(|_| ()),
-                Err(e) => Err(e),
-            };
+            // A statement on the raw connection failed; undo that block.
+            result = conn
+                .execute(
+                    "ROLLBACK TO SAVEPOINT dbt_auto; RELEASE SAVEPOINT dbt_auto; SAVEPOINT dbt_auto",
+                )
+                .await
+                .map(|_| ());
         }
         if let Err(e) = result {
             let msg = match sqlstate(&e).as_deref() {
                 Some("25P01") | Some("3B001") => commit_message(&self.label),
+                _ if e.as_database_error().is_none() => out_of_sync(&self.label, &e),
                 _ => format!(
                     "db-test: the test's connection failed while setting its savepoint: {e}"
                 ),
             };
-            slot.poisoned = Some(msg.clone());
+            self.state.poison(msg.clone());
             return Err(poisoned_error(&msg));
         }
-        slot.fresh = true;
-        slot.unverified = false;
+        self.state.fresh.store(true, Ordering::Relaxed);
         Ok(())
     }
 
@@ -555,6 +570,7 @@ impl SharedConn {
         self.make_fresh(&mut slot).await?;
         Ok(SlotGuard {
             guard: slot,
+            state: self.state.clone(),
             raw: true,
         })
     }
@@ -563,82 +579,29 @@ impl SharedConn {
     pub(crate) async fn begin(&self) -> sqlx::Result<SlotGuard> {
         let mut slot = self.lock_slot().await?;
         self.make_fresh(&mut slot).await?;
-        slot.fresh = false;
+        self.state.fresh.store(false, Ordering::Relaxed);
         let conn = slot.conn.as_mut().expect("checked at lock time");
         PgTransactionManager::begin(conn, None).await?;
         Ok(SlotGuard {
             guard: slot,
+            state: self.state.clone(),
             raw: false,
         })
     }
 
     /// Runs one statement through the test's connection, undoing it alone if it fails.
-    pub(crate) async fn run_statement(
-        &self,
-        query: OwnedQuery,
-    ) -> sqlx::Result<Vec<Either<sqlx::postgres::PgQueryResult, sqlx::postgres::PgRow>>> {
-        use futures_util::TryStreamExt;
-
+    pub(crate) async fn run_statement(&self, query: OwnedQuery) -> sqlx::Result<Vec<Step>> {
         let mut slot = self.lock_slot().await?;
-        let sql = query.sql.as_str().to_owned();
-        if let Some(stmt) = ends_transaction(&sql) {
-            let msg = format!(
-                "db-test: refusing to run `{stmt}` in test `{}`: it would end the test's \
-                 transaction and commit or discard the test's data. Use `db.begin()` and \
-                 `tx.commit()` / `tx.rollback()` instead (they become savepoints under test), \
-                 or `isolation = \"database\"` for a test that must really commit.",
-                self.label
-            );
-            slot.poisoned = Some(msg.clone());
-            return Err(poisoned_error(&msg));
+        if let Some(refused) = refuse_ending(&self.state, query.sql.as_str()) {
+            return Err(refused);
         }
         self.make_fresh(&mut slot).await?;
-        // A copy for one retry, should a cached statement have gone stale.
-        let retry = query.clone();
-        slot.in_flight = Some(sql.clone());
         let conn = slot.conn.as_mut().expect("checked at lock time");
-        let mut result: sqlx::Result<Vec<_>> = conn.fetch_many(query).try_collect().await;
-        if result.as_ref().err().is_some_and(is_stale_plan) {
-            // DDL made a statement sqlx had cached (in this test, or before
-            // it on this connection) return other columns: forget the cache
-            // and run it again, as a fresh connection would.
-            let conn = slot.conn.as_mut().expect("checked at lock time");
-            if conn.execute("ROLLBACK TO SAVEPOINT dbt_auto").await.is_ok()
-                && conn.clear_cached_statements().await.is_ok()
-            {
-                result = conn.fetch_many(retry).try_collect().await;
-            }
+        let result = run_guarded(&self.state, conn, query).await;
+        if matches!(&result, Err(e) if e.as_database_error().is_none()) {
+            slot.unverified = true;
         }
-        slot.in_flight = None;
-        lock_counters(&self.counters).record(sql, result.as_ref().err().map(|e| e.to_string()));
-        match result {
-            Ok(steps) => {
-                slot.fresh = false;
-                Ok(steps)
-            }
-            Err(e) => {
-                if let Some(msg) = refused_commit(&e, &self.label) {
-                    slot.poisoned = Some(msg.clone());
-                    return Err(poisoned_error(&msg));
-                }
-                let e = crate::hint::explain_lock_error(e);
-                // Undo the failed statement alone; `dbt_auto` stays and still
-                // marks the state before it.
-                if e.as_database_error().is_some() {
-                    let conn = slot.conn.as_mut().expect("checked at lock time");
-                    if let Err(e2) = conn.execute("ROLLBACK TO SAVEPOINT dbt_auto").await {
-                        slot.poisoned = Some(format!(
-                            "db-test: could not undo a failed statement in test `{}`: {e2}",
-                            self.label
-                        ));
-                    }
-                } else {
-                    slot.fresh = false;
-                    slot.unverified = true;
-                }
-                Err(e)
-            }
-        }
+        result
     }
 
     /// Ends the test: checks deferred constraints, rolls everything back,
@@ -663,6 +626,11 @@ impl SharedConn {
         Vec<LoggedStatement>,
     ) {
         self.over.store(true, Ordering::Release);
+        // From now on no statement counts for this test, whatever holds the
+        // connection; and its address may serve another test's connection.
+        unregister(self.conn_addr, &self.state);
+        let log =
+            || -> Vec<LoggedStatement> { lock(&self.state.counters).log.iter().cloned().collect() };
         if timed_out {
             signal_backends(Backends::Tagged(self.tag.clone()), Signal::Cancel).await;
         }
@@ -685,20 +653,14 @@ impl SharedConn {
                              test returns, or start them with `TestContext::spawn`, which aborts them.",
                             self.label
                         )),
-                        Vec::new(),
+                        log(),
                     );
                 }
             },
         };
         slot.ended = Some(reason);
         self.recover_dropped(&mut slot).await;
-        let mut failure = slot.poisoned.clone();
-        let log = || -> Vec<LoggedStatement> {
-            lock_counters(&self.counters).log.iter().cloned().collect()
-        };
-        if let Some(conn) = slot.conn.as_deref() {
-            unregister(conn);
-        }
+        let mut failure = self.state.poisoned();
         let Some(mut conn) = slot.conn.take() else {
             return (None, failure, log());
         };
@@ -721,8 +683,10 @@ impl SharedConn {
             } else {
                 String::new()
             };
+            // DISCARD SEQUENCES: `currval`/`lastval` of this test must not
+            // answer in the next one on this connection.
             let check = format!(
-                "RELEASE SAVEPOINT dbt_auto; {}{constraints}",
+                "RELEASE SAVEPOINT dbt_auto; DISCARD SEQUENCES; {}{constraints}",
                 session_state_sql(!can_force_flush(&conn))
             );
             match session_state(&mut conn, check).await {
@@ -796,22 +760,18 @@ impl SharedConn {
 
     /// Statements that ran on the test's connection so far.
     pub(crate) fn statement_count(&self) -> u64 {
-        lock_counters(&self.counters).statements
+        lock(&self.state.counters).statements
     }
 
     pub(crate) fn recent_statements(&self) -> Vec<LoggedStatement> {
-        lock_counters(&self.counters).log.iter().cloned().collect()
+        lock(&self.state.counters).log.iter().cloned().collect()
     }
 }
 
 impl Drop for SharedConn {
     fn drop(&mut self) {
-        // A connection still in the slot (teardown never ran) leaves the registry.
-        if let Ok(slot) = self.slot.try_lock()
-            && let Some(conn) = slot.conn.as_deref()
-        {
-            unregister(conn);
-        }
+        // Teardown never ran (setup failed): leave the registry.
+        unregister(self.conn_addr, &self.state);
     }
 }
 
@@ -896,6 +856,126 @@ async fn session_state(
         }
     }
     (state, error)
+}
+
+type Step = Either<sqlx::postgres::PgQueryResult, sqlx::postgres::PgRow>;
+
+/// Refuses, before it reaches the server, SQL that would end the test's
+/// transaction (anywhere in a multi-statement string), and fails the test.
+pub(crate) fn refuse_ending(state: &ConnState, sql: &str) -> Option<sqlx::Error> {
+    let stmt = ends_transaction(sql)?;
+    let msg = format!(
+        "db-test: refusing to run `{stmt}` in test `{}`: it would end the test's \
+         transaction and commit or discard the test's data. Use `db.begin()` and \
+         `tx.commit()` / `tx.rollback()` instead (they become savepoints under test), \
+         or `isolation = \"database\"` for a test that must really commit.",
+        state.label
+    );
+    state.poison(msg.clone());
+    state.record(sql.to_string(), Some("refused by db-test".into()));
+    Some(poisoned_error(&msg))
+}
+
+/// Runs one statement on a test's connection (through `Db`, or on a guard
+/// through `&mut DbConn`) with production's autocommit semantics: outside
+/// an app transaction it runs after a fresh `dbt_auto` savepoint and a
+/// failure is undone alone. It is counted and logged; if its future is
+/// dropped, it is marked in flight, for the next user to read its reply.
+/// A statement sqlx had cached that DDL made stale is prepared again.
+pub(crate) async fn run_guarded(
+    state: &ConnState,
+    conn: &mut PgConnection,
+    query: OwnedQuery,
+) -> sqlx::Result<Vec<Step>> {
+    use futures_util::TryStreamExt;
+
+    if let Some(why) = state.poisoned() {
+        return Err(poisoned_error(&why));
+    }
+    let sql = query.sql.as_str().to_owned();
+    let autocommit = PgTransactionManager::get_transaction_depth(conn) == 1;
+    if autocommit && !state.fresh.load(Ordering::Relaxed) {
+        let mut refreshed = conn
+            .execute("RELEASE SAVEPOINT dbt_auto; SAVEPOINT dbt_auto")
+            .await
+            .map(|_| ());
+        if let Err(e) = &refreshed
+            && sqlstate(e).as_deref() == Some("25P02")
+        {
+            refreshed = conn
+                .execute(
+                    "ROLLBACK TO SAVEPOINT dbt_auto; RELEASE SAVEPOINT dbt_auto; SAVEPOINT dbt_auto",
+                )
+                .await
+                .map(|_| ());
+        }
+        if let Err(e) = refreshed {
+            let msg = match sqlstate(&e).as_deref() {
+                Some("25P01") | Some("3B001") => commit_message(&state.label),
+                _ if e.as_database_error().is_none() => out_of_sync(&state.label, &e),
+                _ => format!(
+                    "db-test: the test's connection failed while setting its savepoint: {e}"
+                ),
+            };
+            state.poison(msg.clone());
+            return Err(poisoned_error(&msg));
+        }
+        state.fresh.store(true, Ordering::Relaxed);
+    }
+    // A copy for one retry, should a cached statement have gone stale.
+    let retry = query.clone();
+    *lock(&state.in_flight) = Some(sql.clone());
+    let mut result: sqlx::Result<Vec<Step>> = conn.fetch_many(query).try_collect().await;
+    if autocommit && result.as_ref().err().is_some_and(is_stale_plan) {
+        // DDL made a statement sqlx had cached (in this test, or before it
+        // on this connection) return other columns: forget the cache and
+        // run it again, as a fresh connection would.
+        if conn.execute("ROLLBACK TO SAVEPOINT dbt_auto").await.is_ok()
+            && conn.clear_cached_statements().await.is_ok()
+        {
+            result = conn.fetch_many(retry).try_collect().await;
+        }
+    }
+    *lock(&state.in_flight) = None;
+    state.record(sql, result.as_ref().err().map(|e| e.to_string()));
+    match result {
+        Ok(steps) => {
+            if autocommit {
+                state.fresh.store(false, Ordering::Relaxed);
+            }
+            Ok(steps)
+        }
+        Err(e) => {
+            if let Some(msg) = refused_commit(&e, &state.label) {
+                state.poison(msg.clone());
+                return Err(poisoned_error(&msg));
+            }
+            if e.as_database_error().is_none() {
+                // The connection broke, or lost step with the server.
+                state.poison(out_of_sync(&state.label, &e));
+                return Err(e);
+            }
+            let e = crate::hint::explain_lock_error(e);
+            // Undo the failed statement alone; `dbt_auto` stays and still
+            // marks the state before it.
+            if autocommit && let Err(e2) = conn.execute("ROLLBACK TO SAVEPOINT dbt_auto").await {
+                state.poison(format!(
+                    "db-test: could not undo a failed statement in test `{}`: {e2}",
+                    state.label
+                ));
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Why a test cannot go on after its connection broke or lost step.
+fn out_of_sync(label: &str, e: &sqlx::Error) -> String {
+    format!(
+        "db-test: the connection of test `{label}` broke or lost step with the server ({e}); \
+         something sent on it was abandoned mid-way (a COPY, a stream, a statement whose \
+         future was dropped). The test cannot go on; its transaction is rolled back."
+    )
 }
 
 /// The error every later use of a test's connection gets once something

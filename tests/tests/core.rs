@@ -276,11 +276,22 @@ async fn raw_commit_through_db_is_refused_and_fails_the_test(db: TestDb) {
 }
 
 #[db_test]
-#[should_panic(expected = "was ended by a raw COMMIT or ROLLBACK")]
+#[should_panic(expected = "refusing to run `COMMIT`")]
 async fn raw_commit_on_a_raw_connection_fails_the_test_loudly(db: TestDb) {
     let mut conn = db.acquire().await.unwrap();
-    // db-test's commit guard makes the COMMIT itself fail: nothing is committed.
+    // Refused on the guard before it reaches the server.
     let err = conn.execute("COMMIT").await.unwrap_err();
+    assert!(err.to_string().contains("refusing"), "{err}");
+}
+
+#[db_test]
+#[should_panic(expected = "was ended by a raw COMMIT or ROLLBACK")]
+async fn raw_commit_on_the_bare_pg_connection_fails_on_the_server(db: TestDb) {
+    let mut conn = db.acquire().await.unwrap();
+    // Past db-test's checks, straight on the PgConnection: db-test's commit
+    // guard makes the COMMIT itself fail on the server.
+    let raw: &mut PgConnection = &mut conn;
+    let err = raw.execute("COMMIT").await.unwrap_err();
     assert!(
         err.to_string()
             .contains("db_test_refuses_to_commit_a_test_transaction"),

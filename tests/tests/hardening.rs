@@ -323,7 +323,7 @@ async fn a_timed_out_test_leaves_no_statement_running(ctx: TestContext) {
 // ---- 4. smuggled COMMITs --------------------------------------------------
 
 #[db_test]
-#[should_panic(expected = "was ended by a raw COMMIT or ROLLBACK")]
+#[should_panic(expected = "refusing to run `COMMIT`")]
 async fn a_commit_in_a_multi_statement_string_commits_nothing(ctx: TestContext) {
     let db = ctx.db();
     let err = sqlx::raw_sql(
@@ -348,7 +348,10 @@ async fn a_commit_in_a_multi_statement_string_commits_nothing(ctx: TestContext) 
 #[should_panic(expected = "was ended by a raw COMMIT or ROLLBACK")]
 async fn a_commit_on_a_raw_guard_commits_nothing_and_later_writes_fail(ctx: TestContext) {
     let db = ctx.db();
-    let mut conn = db.acquire().await.unwrap();
+    let mut guard = db.acquire().await.unwrap();
+    // Straight on the PgConnection, past db-test's own checks: the server
+    // refuses the COMMIT (db-test's guard), and rolls back.
+    let conn: &mut PgConnection = &mut guard;
     conn.execute("INSERT INTO users (email) VALUES ('raw@example.com')")
         .await
         .unwrap();
@@ -409,6 +412,10 @@ async fn child_session_1_leaves_state_behind(db: TestDb) {
         .execute(&db)
         .await
         .unwrap();
+    sqlx::query("INSERT INTO users (email) VALUES ('seq@example.com')")
+        .execute(&db)
+        .await
+        .unwrap();
 }
 
 #[db_test]
@@ -432,6 +439,11 @@ async fn child_session_2_starts_fresh(ctx: TestContext) {
         .await
         .unwrap();
     assert!(free, "the advisory lock of the last test is still held");
+    // Sequence state of the last test's session: gone, as on a new connection.
+    let lastval = sqlx::query_scalar::<_, i64>("SELECT lastval()")
+        .fetch_one(&db)
+        .await;
+    assert!(lastval.is_err(), "lastval() answered {lastval:?}");
 }
 
 #[test]
@@ -551,4 +563,73 @@ async fn an_explained_lock_timeout_keeps_the_driver_error(ctx: TestContext) {
     assert!(db_err.message().contains("lock_timeout"), "{err}");
     let pg = db_err.downcast_ref::<sqlx::postgres::PgDatabaseError>();
     assert_eq!(pg.code(), "55P03");
+}
+
+/// `ROLLBACK AND CHAIN` would start a new transaction without db-test's
+/// guard: refused wherever it sits in the string, through `Db` or a guard.
+#[db_test]
+#[should_panic(expected = "refusing to run `ROLLBACK AND CHAIN`")]
+async fn a_chained_rollback_on_a_guard_is_refused(ctx: TestContext) {
+    let db = ctx.db();
+    let mut conn = db.acquire().await.unwrap();
+    let err = conn
+        .execute(
+            "ROLLBACK AND CHAIN; INSERT INTO users (email) VALUES ('chained@example.com'); COMMIT",
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("refusing"), "{err}");
+    drop(conn);
+    let mut other = outside(&ctx).await;
+    let n: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM users WHERE email = 'chained@example.com'")
+            .fetch_one(&mut other)
+            .await
+            .unwrap();
+    assert_eq!(n, 0);
+}
+
+/// A failed statement on a guard is undone alone, as in production's
+/// autocommit: the guard's other statements stand, and the next works.
+#[db_test]
+async fn a_guard_keeps_autocommit_semantics_after_a_failure(db: TestDb) {
+    let mut conn = db.acquire().await.unwrap();
+    conn.execute("INSERT INTO users (email) VALUES ('first@example.com')")
+        .await
+        .unwrap();
+    let dup = conn
+        .execute("INSERT INTO users (email) VALUES ('first@example.com')")
+        .await;
+    assert!(dup.is_err());
+    conn.execute("INSERT INTO users (email) VALUES ('second@example.com')")
+        .await
+        .unwrap();
+    drop(conn);
+    let emails: Vec<String> = sqlx::query_scalar("SELECT email FROM users ORDER BY email")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    assert_eq!(emails, ["first@example.com", "second@example.com"]);
+}
+
+/// A long statement dropped inside an app transaction is cancelled, so the
+/// next statement does not wait for it.
+#[db_test(timeout = "30s")]
+async fn a_long_statement_dropped_in_an_app_transaction_is_cancelled(db: TestDb) {
+    {
+        let mut tx = db.begin().await.unwrap();
+        let dropped = tokio::time::timeout(
+            Duration::from_millis(50),
+            sqlx::query("SELECT pg_sleep(3600)").execute(&mut *tx),
+        )
+        .await;
+        assert!(dropped.is_err());
+    }
+    let started = Instant::now();
+    let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&db).await.unwrap();
+    assert_eq!(one, 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "waited for the dropped statement"
+    );
 }

@@ -1,0 +1,190 @@
+//! Reading SQL text just enough to find statements that would end the
+//! test's transaction, wherever they sit in a multi-statement string.
+
+/// The top-level statements of `sql`, each with comments removed and
+/// whitespace collapsed; quoted text (`'..'`, `E'..'`, `".."`,
+/// `$tag$..$tag$`) is kept as written, so a `;` or a keyword inside it
+/// never counts.
+fn statements(sql: &str) -> Vec<String> {
+    let b = sql.as_bytes();
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut i = 0;
+    let push_space = |cur: &mut String| {
+        if !cur.is_empty() && !cur.ends_with(' ') {
+            cur.push(' ');
+        }
+    };
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b';' => {
+                let s = cur.trim().to_string();
+                if !s.is_empty() {
+                    out.push(s);
+                }
+                cur.clear();
+                i += 1;
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+                push_space(&mut cur);
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                // Comments nest in PostgreSQL.
+                let mut depth = 0;
+                while i < b.len() {
+                    if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+                        depth += 1;
+                        i += 2;
+                    } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
+                        depth -= 1;
+                        i += 2;
+                        if depth == 0 {
+                            break;
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+                push_space(&mut cur);
+            }
+            b'\'' | b'"' => {
+                // An `E'..'` string lets a backslash escape the quote.
+                let escapes = c == b'\''
+                    && i > 0
+                    && matches!(b[i - 1], b'e' | b'E')
+                    && (i < 2 || !b[i - 2].is_ascii_alphanumeric() && b[i - 2] != b'_');
+                let start = i;
+                i += 1;
+                while i < b.len() {
+                    if escapes && b[i] == b'\\' {
+                        i += 2;
+                        continue;
+                    }
+                    if b[i] == c {
+                        // A doubled quote is a quote inside the string.
+                        if b.get(i + 1) == Some(&c) {
+                            i += 2;
+                            continue;
+                        }
+                        i += 1;
+                        break;
+                    }
+                    i += 1;
+                }
+                cur.push_str(&sql[start..i.min(b.len())]);
+            }
+            b'$' => {
+                // `$tag$ .. $tag$` (not `$1`, a parameter).
+                let tag_end = b[i + 1..]
+                    .iter()
+                    .position(|&x| !(x.is_ascii_alphanumeric() || x == b'_'))
+                    .map(|p| i + 1 + p);
+                match tag_end {
+                    Some(e)
+                        if b[e] == b'$' && !b[i + 1..e].first().is_some_and(u8::is_ascii_digit) =>
+                    {
+                        let tag = &sql[i..=e];
+                        let body_start = e + 1;
+                        let close = sql[body_start..]
+                            .find(tag)
+                            .map(|p| body_start + p + tag.len())
+                            .unwrap_or(b.len());
+                        cur.push_str(&sql[i..close]);
+                        i = close;
+                    }
+                    _ => {
+                        cur.push('$');
+                        i += 1;
+                    }
+                }
+            }
+            c if c.is_ascii_whitespace() => {
+                push_space(&mut cur);
+                i += 1;
+            }
+            _ => {
+                // Keep multi-byte characters whole.
+                let ch = sql[i..].chars().next().expect("in bounds");
+                cur.push(ch);
+                i += ch.len_utf8();
+            }
+        }
+    }
+    let s = cur.trim().to_string();
+    if !s.is_empty() {
+        out.push(s);
+    }
+    out
+}
+
+/// The first statement of `sql` that would end the test's transaction:
+/// `COMMIT`, `END`, `ROLLBACK` or `ABORT` (with `WORK`/`TRANSACTION`, `AND
+/// [NO] CHAIN`), or `PREPARE TRANSACTION`. `ROLLBACK TO SAVEPOINT` and
+/// `COMMIT PREPARED` do not (the latter cannot run in a transaction anyway).
+pub(crate) fn ends_transaction(sql: &str) -> Option<String> {
+    statements(sql).into_iter().find(|stmt| {
+        let upper = stmt.to_ascii_uppercase();
+        let words: Vec<&str> = upper.split_whitespace().collect();
+        match words.as_slice() {
+            ["PREPARE", "TRANSACTION", ..] => true,
+            [first, rest @ ..] if matches!(*first, "COMMIT" | "ROLLBACK" | "END" | "ABORT") => {
+                !matches!(rest.first(), Some(&"TO") | Some(&"PREPARED"))
+                    && rest
+                        .iter()
+                        .all(|w| matches!(*w, "WORK" | "TRANSACTION" | "AND" | "NO" | "CHAIN"))
+            }
+            _ => false,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ends_transaction as ends;
+
+    #[test]
+    fn finds_a_commit_anywhere_at_the_top_level() {
+        for sql in [
+            "COMMIT",
+            "commit;",
+            " END WORK ",
+            "INSERT INTO t VALUES (1); COMMIT",
+            "ROLLBACK AND CHAIN; INSERT INTO t VALUES (1); COMMIT",
+            "SELECT 1; /* a comment; */ commit -- done",
+            "select 'a;b'; abort transaction",
+            "COMMIT AND NO CHAIN",
+            "PREPARE TRANSACTION 'x'",
+            "SELECT $$;$$; END",
+            "SELECT E'it\\'s; fine'; COMMIT",
+        ] {
+            assert!(ends(sql).is_some(), "{sql:?}");
+        }
+    }
+
+    #[test]
+    fn leaves_everything_else_alone() {
+        for sql in [
+            "SELECT 1",
+            "ROLLBACK TO SAVEPOINT a",
+            "rollback to a",
+            "COMMIT PREPARED 'x'",
+            "DO $$ BEGIN PERFORM 1; END $$",
+            "DO $body$ BEGIN COMMIT; END $body$",
+            "SELECT 'COMMIT'",
+            "SELECT '; COMMIT'",
+            "SELECT \"end\" FROM t",
+            "SELECT 1 -- ; COMMIT",
+            "SELECT 1 /* ; COMMIT /* nested */ ; COMMIT */",
+            "UPDATE t SET x = $1; SELECT $2",
+            "SELECT E'\\'; COMMIT; --'",
+            "INSERT INTO t (note) VALUES ('end')",
+            "SELECT 'é'; SELECT 'ü'",
+        ] {
+            assert_eq!(ends(sql), None, "{sql:?}");
+        }
+    }
+}

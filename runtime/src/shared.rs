@@ -460,6 +460,14 @@ impl SharedConn {
             };
             match result {
                 Ok(()) => return Ok(errors),
+                Err(e) if is_abandoned_copy(&e) => {
+                    // sqlx does not count the reply of a COPY it abandoned:
+                    // from here on it would read every reply one late.
+                    return Err(sqlx::Error::Protocol(format!(
+                        "a `COPY ... FROM STDIN` was abandoned (its `PgCopyIn` dropped without \
+                         `finish()` or `fail()`): {e}"
+                    )));
+                }
                 Err(e) if e.as_database_error().is_some() => errors.push(e.to_string()),
                 Err(e) => return Err(e),
             }
@@ -708,12 +716,14 @@ impl SharedConn {
                 (None, None) => healthy = false,
             }
         }
-        // The ROLLBACK is queued, not awaited: it goes out with the next
-        // message on the connection, at the latest the ping with which sqlx
-        // takes the connection back into its pool (which closes the
-        // connection if that fails). One round trip less per test.
+        // Awaited, not queued for sqlx's release ping: the connection is
+        // then back in the pool before the next test asks for one (a test
+        // that found none idle would open a new connection, which costs far
+        // more than this round trip).
         while healthy && PgTransactionManager::get_transaction_depth(&conn) > 0 {
-            PgTransactionManager::start_rollback(&mut conn);
+            if PgTransactionManager::rollback(&mut conn).await.is_err() {
+                healthy = false;
+            }
         }
         if healthy && failure.is_none() && !state_known {
             // The state query did not run (an aborted transaction): ask now.
@@ -967,6 +977,13 @@ pub(crate) async fn run_guarded(
             Err(e)
         }
     }
+}
+
+/// The error of a COPY whose `PgCopyIn` was dropped: sqlx sent `CopyFail`.
+fn is_abandoned_copy(e: &sqlx::Error) -> bool {
+    sqlstate(e).as_deref() == Some("57014")
+        && e.as_database_error()
+            .is_some_and(|d| d.message().starts_with("COPY from stdin failed"))
 }
 
 /// Why a test cannot go on after its connection broke or lost step.

@@ -364,7 +364,7 @@ async fn a_commit_on_a_raw_guard_commits_nothing_and_later_writes_fail(ctx: Test
         write.is_err(),
         "a write outside the test's transaction went through"
     );
-    drop(conn);
+    drop(guard);
     let mut other = outside(&ctx).await;
     let n: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM users WHERE email IN ('raw@example.com', 'autocommit@example.com')",

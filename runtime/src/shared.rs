@@ -32,19 +32,30 @@ const GUARD_TABLE: &str = "db_test_commit_guard";
 /// The constraint's name, which the COMMIT's error names.
 pub(crate) const GUARD_CONSTRAINT: &str = "db_test_refuses_to_commit_a_test_transaction";
 
-/// Created once per pooled connection (temporary objects live as long as
-/// the session). The session then defaults to read-only transactions, so
-/// that after a refused COMMIT nothing can be written outside the test's
-/// transaction either (db-test's own BEGIN says READ WRITE).
-fn guard_setup_sql() -> String {
-    format!(
+/// Sets up a new connection of a working database's pool, once for its
+/// lifetime (temporary objects live as long as the session): the commit
+/// guard's tables, and a session that defaults to read-only transactions, so
+/// that after a COMMIT that got past everything nothing can be written
+/// outside the test's transaction either (db-test's own BEGIN says READ
+/// WRITE). On PostgreSQL 15+ the statistics of these writes are flushed, so
+/// that they do not count as a test's catalog writes.
+pub(crate) async fn prepare_session(conn: &mut PgConnection) -> sqlx::Result<()> {
+    let flush = if can_force_flush(conn) {
+        "; SELECT pg_stat_force_next_flush()"
+    } else {
+        ""
+    };
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "BEGIN READ WRITE; \
          CREATE TEMP TABLE IF NOT EXISTS {GUARD_TABLE}_key (id int PRIMARY KEY); \
          CREATE TEMP TABLE IF NOT EXISTS {GUARD_TABLE} (id int CONSTRAINT {GUARD_CONSTRAINT} \
            REFERENCES pg_temp.{GUARD_TABLE}_key DEFERRABLE INITIALLY DEFERRED); \
          COMMIT; \
-         SET SESSION default_transaction_read_only = on"
-    )
+         SET SESSION default_transaction_read_only = on{flush}"
+    )))
+    .execute(&mut *conn)
+    .await
+    .map(|_| ())
 }
 
 /// How long teardown waits for a task that still holds the test's
@@ -164,6 +175,26 @@ pub(crate) struct ConnState {
     in_flight: std::sync::Mutex<Option<String>>,
     /// Set when the test's transaction was ended, or the connection broke.
     poisoned: std::sync::Mutex<Option<String>>,
+    /// The commit guard's row is in the test's transaction. It goes in when
+    /// the test first takes a guard: SQL sent through `Db` or `&mut DbConn`
+    /// is checked by db-test itself, so only the bare connection behind a
+    /// guard can send a COMMIT that only the server can stop.
+    armed: AtomicBool,
+    /// The test may have left session state behind (DDL, SQL `PREPARE`,
+    /// advisory locks, sequence state), or used a guard, behind which
+    /// db-test cannot see: teardown then checks and resets the session.
+    touched_session: AtomicBool,
+}
+
+/// Whether SQL sent through `Db` or a guard may leave session state that
+/// survives ROLLBACK, or stale cached statements (upper-case input).
+fn touches_session(upper: &str) -> bool {
+    [
+        "CREATE", "ALTER", "DROP", "PREPARE", "ADVISORY", "VAL(", "DISCARD", "CALL ", "DO ", "DO$",
+        "IMPORT",
+    ]
+    .iter()
+    .any(|k| upper.contains(k))
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -302,35 +333,16 @@ impl SharedConn {
         let baseline = if can_force_flush(&conn) {
             String::new()
         } else {
-            format!(", set_config('db_test.catalog_writes', {CATALOG_WRITES}::text, true)")
+            format!("SELECT set_config('db_test.catalog_writes', {CATALOG_WRITES}::text, true); ")
         };
         let begin = format!(
-            "BEGIN READ WRITE; INSERT INTO pg_temp.{GUARD_TABLE} VALUES (1); \
-             SELECT set_config('application_name', '{app_name}', true){baseline}; \
+            "BEGIN READ WRITE; SET LOCAL application_name = '{app_name}'; {baseline}\
              SAVEPOINT dbt_auto"
         );
         // sqlx counts this as depth 1, so a nested sqlx `begin()` sends SAVEPOINT.
-        let begin_sql = || sqlx::AssertSqlSafe(begin.clone()).into_sql_str();
-        if let Err(e) = PgTransactionManager::begin(&mut conn, Some(begin_sql())).await {
-            if sqlstate(&e).as_deref() != Some("42P01") {
-                return Err((e, conn));
-            }
-            // A connection's first test: create its commit guard.
-            let setup = async {
-                conn.execute("ROLLBACK").await?;
-                let flush = if can_force_flush(&conn) {
-                    "; SELECT pg_stat_force_next_flush()"
-                } else {
-                    ""
-                };
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("{}{flush}", guard_setup_sql())))
-                    .execute(&mut *conn)
-                    .await?;
-                PgTransactionManager::begin(&mut conn, Some(begin_sql())).await
-            };
-            if let Err(e) = setup.await {
-                return Err((e, conn));
-            }
+        let begin = sqlx::AssertSqlSafe(begin).into_sql_str();
+        if let Err(e) = PgTransactionManager::begin(&mut conn, Some(begin)).await {
+            return Err((e, conn));
         }
         let state = Arc::new(ConnState {
             label: label.clone(),
@@ -519,8 +531,11 @@ impl SharedConn {
     /// repairing what a guard left behind: the reply of something it
     /// dropped mid-flight (read first, and cancelled if still running), or
     /// an aborted transaction block.
-    async fn make_fresh(&self, slot: &mut Slot) -> sqlx::Result<()> {
+    async fn make_fresh(&self, slot: &mut Slot, for_guard: bool) -> sqlx::Result<()> {
         let conn = slot.conn.as_mut().expect("checked at lock time");
+        if for_guard {
+            self.state.touched_session.store(true, Ordering::Relaxed);
+        }
         let mut undo = false;
         if slot.unverified {
             match self.drain(conn).await {
@@ -533,27 +548,41 @@ impl SharedConn {
             }
             slot.unverified = false;
         }
-        if !undo && self.state.fresh.load(Ordering::Relaxed) {
+        let arm = for_guard && !self.state.armed.load(Ordering::Relaxed);
+        if !undo && !arm && self.state.fresh.load(Ordering::Relaxed) {
             return Ok(());
         }
         if PgTransactionManager::get_transaction_depth(conn) > 1 {
             // Inside an app transaction left open on a guard: nothing to guard.
             return Ok(());
         }
-        let refresh = if undo {
-            "ROLLBACK TO SAVEPOINT dbt_auto; RELEASE SAVEPOINT dbt_auto; SAVEPOINT dbt_auto"
-        } else {
-            "RELEASE SAVEPOINT dbt_auto; SAVEPOINT dbt_auto"
-        };
-        let mut result = conn.execute(refresh).await.map(|_| ());
+        // The commit guard's row goes in at the top level of the test's
+        // transaction, between the two savepoints, so that no rollback to
+        // `dbt_auto` can take it out.
+        let refresh = format!(
+            "{}RELEASE SAVEPOINT dbt_auto; {}SAVEPOINT dbt_auto",
+            if undo {
+                "ROLLBACK TO SAVEPOINT dbt_auto; "
+            } else {
+                ""
+            },
+            if arm {
+                format!("INSERT INTO pg_temp.{GUARD_TABLE} VALUES (1); ")
+            } else {
+                String::new()
+            },
+        );
+        let mut result = sqlx::raw_sql(sqlx::AssertSqlSafe(refresh.clone()))
+            .execute(&mut **conn)
+            .await
+            .map(|_| ());
         if let Err(e) = &result
             && sqlstate(e).as_deref() == Some("25P02")
         {
             // A statement on the raw connection failed; undo that block.
-            result = conn
-                .execute(
-                    "ROLLBACK TO SAVEPOINT dbt_auto; RELEASE SAVEPOINT dbt_auto; SAVEPOINT dbt_auto",
-                )
+            let undo_then = format!("ROLLBACK TO SAVEPOINT dbt_auto; {refresh}");
+            result = sqlx::raw_sql(sqlx::AssertSqlSafe(undo_then))
+                .execute(&mut **conn)
                 .await
                 .map(|_| ());
         }
@@ -569,13 +598,16 @@ impl SharedConn {
             return Err(poisoned_error(&msg));
         }
         self.state.fresh.store(true, Ordering::Relaxed);
+        if arm {
+            self.state.armed.store(true, Ordering::Relaxed);
+        }
         Ok(())
     }
 
     /// Locks the connection for statements outside any app transaction.
     pub(crate) async fn lock_autocommit(&self) -> sqlx::Result<SlotGuard> {
         let mut slot = self.lock_slot().await?;
-        self.make_fresh(&mut slot).await?;
+        self.make_fresh(&mut slot, true).await?;
         Ok(SlotGuard {
             guard: slot,
             state: self.state.clone(),
@@ -586,7 +618,7 @@ impl SharedConn {
     /// Starts an app transaction: a savepoint that sqlx tracks.
     pub(crate) async fn begin(&self) -> sqlx::Result<SlotGuard> {
         let mut slot = self.lock_slot().await?;
-        self.make_fresh(&mut slot).await?;
+        self.make_fresh(&mut slot, true).await?;
         self.state.fresh.store(false, Ordering::Relaxed);
         let conn = slot.conn.as_mut().expect("checked at lock time");
         PgTransactionManager::begin(conn, None).await?;
@@ -603,7 +635,7 @@ impl SharedConn {
         if let Some(refused) = refuse_ending(&self.state, query.sql.as_str()) {
             return Err(refused);
         }
-        self.make_fresh(&mut slot).await?;
+        self.make_fresh(&mut slot, false).await?;
         let conn = slot.conn.as_mut().expect("checked at lock time");
         let result = run_guarded(&self.state, conn, query).await;
         if matches!(&result, Err(e) if e.as_database_error().is_none()) {
@@ -685,18 +717,31 @@ impl SharedConn {
         let mut stale_cache = true;
         let mut state_known = false;
         let mut prepared: Vec<String> = Vec::new();
+        let touched = self.state.touched_session.load(Ordering::Relaxed);
         if failure.is_none() {
-            let constraints = if check_constraints {
-                format!("; DELETE FROM pg_temp.{GUARD_TABLE}; SET CONSTRAINTS ALL IMMEDIATE")
+            // The guard's row would fail the check of deferred constraints.
+            let disarm = if self.state.armed.load(Ordering::Relaxed) {
+                format!("DELETE FROM pg_temp.{GUARD_TABLE}; ")
             } else {
                 String::new()
             };
-            // DISCARD SEQUENCES: `currval`/`lastval` of this test must not
-            // answer in the next one on this connection.
-            let check = format!(
-                "RELEASE SAVEPOINT dbt_auto; DISCARD SEQUENCES; {}{constraints}",
-                session_state_sql(!can_force_flush(&conn))
-            );
+            let constraints = if check_constraints {
+                format!("; {disarm}SET CONSTRAINTS ALL IMMEDIATE")
+            } else {
+                String::new()
+            };
+            // Only a test that may have left session state behind pays for
+            // looking (DISCARD SEQUENCES: its `currval`/`lastval` must not
+            // answer in the next test on this connection).
+            let state_sql = if touched {
+                format!(
+                    "; DISCARD SEQUENCES; {}",
+                    session_state_sql(!can_force_flush(&conn))
+                )
+            } else {
+                String::new()
+            };
+            let check = format!("RELEASE SAVEPOINT dbt_auto{state_sql}{constraints}");
             match session_state(&mut conn, check).await {
                 (Some((ddl, names)), error) => {
                     // The same row released the session advisory locks.
@@ -707,6 +752,16 @@ impl SharedConn {
                         failure = constraint_failure(&e, &self.label);
                         healthy = failure.is_some();
                     }
+                }
+                (None, None) if !touched => {
+                    // Nothing the test sent could have left session state.
+                    state_known = true;
+                    stale_cache = false;
+                }
+                (None, Some(e)) if !touched && constraint_failure(&e, &self.label).is_some() => {
+                    state_known = true;
+                    stale_cache = false;
+                    failure = constraint_failure(&e, &self.label);
                 }
                 (None, Some(e)) => match sqlstate(&e).as_deref() {
                     Some("25P02") => {} // test left an aborted transaction; fine, it is rolled back
@@ -903,6 +958,10 @@ pub(crate) async fn run_guarded(
         return Err(poisoned_error(&why));
     }
     let sql = query.sql.as_str().to_owned();
+    if !state.touched_session.load(Ordering::Relaxed) && touches_session(&sql.to_ascii_uppercase())
+    {
+        state.touched_session.store(true, Ordering::Relaxed);
+    }
     let autocommit = PgTransactionManager::get_transaction_depth(conn) == 1;
     if autocommit && !state.fresh.load(Ordering::Relaxed) {
         let mut refreshed = conn

@@ -60,6 +60,9 @@ impl Engine {
             .min_connections(0)
             .acquire_timeout(config::acquire_timeout())
             .test_before_acquire(false)
+            // Every test connection gets db-test's commit guard once, for
+            // its lifetime (see `shared::prepare_session`).
+            .after_connect(|conn, _meta| Box::pin(crate::shared::prepare_session(conn)))
             .connect_lazy_with(opts);
         // Connect once now, so that a missing database is reported here.
         match tokio::time::timeout(config::connect_timeout(), pool.acquire()).await {

@@ -187,14 +187,14 @@ pub(crate) struct ConnState {
 }
 
 /// Whether SQL sent through `Db` or a guard may leave session state that
-/// survives ROLLBACK, or stale cached statements (upper-case input).
-fn touches_session(upper: &str) -> bool {
+/// survives ROLLBACK, or stale cached statements.
+fn touches_session(sql: &str) -> bool {
     [
         "CREATE", "ALTER", "DROP", "PREPARE", "ADVISORY", "VAL(", "DISCARD", "CALL ", "DO ", "DO$",
         "IMPORT",
     ]
     .iter()
-    .any(|k| upper.contains(k))
+    .any(|k| crate::sqltext::contains_ignore_case(sql, k))
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -958,8 +958,7 @@ pub(crate) async fn run_guarded(
         return Err(poisoned_error(&why));
     }
     let sql = query.sql.as_str().to_owned();
-    if !state.touched_session.load(Ordering::Relaxed) && touches_session(&sql.to_ascii_uppercase())
-    {
+    if !state.touched_session.load(Ordering::Relaxed) && touches_session(&sql) {
         state.touched_session.store(true, Ordering::Relaxed);
     }
     let autocommit = PgTransactionManager::get_transaction_depth(conn) == 1;
@@ -1006,10 +1005,12 @@ pub(crate) async fn run_guarded(
         }
     }
     *lock(&state.in_flight) = None;
+    let plain_read = autocommit && crate::sqltext::is_plain_read(&sql);
     state.record(sql, result.as_ref().err().map(|e| e.to_string()));
     match result {
         Ok(steps) => {
-            if autocommit {
+            // After a plain read `dbt_auto` still marks the current state.
+            if autocommit && !plain_read {
                 state.fresh.store(false, Ordering::Relaxed);
             }
             Ok(steps)

@@ -126,6 +126,13 @@ fn statements(sql: &str) -> Vec<String> {
 /// [NO] CHAIN`), or `PREPARE TRANSACTION`. `ROLLBACK TO SAVEPOINT` and
 /// `COMMIT PREPARED` do not (the latter cannot run in a transaction anyway).
 pub(crate) fn ends_transaction(sql: &str) -> Option<String> {
+    // Most statements mention none of these words: no need to read them.
+    if !["COMMIT", "END", "ROLLBACK", "ABORT", "PREPARE"]
+        .iter()
+        .any(|w| contains_ignore_case(sql, w))
+    {
+        return None;
+    }
     statements(sql).into_iter().find(|stmt| {
         let upper = stmt.to_ascii_uppercase();
         let words: Vec<&str> = upper.split_whitespace().collect();
@@ -140,6 +147,30 @@ pub(crate) fn ends_transaction(sql: &str) -> Option<String> {
             _ => false,
         }
     })
+}
+
+/// Whether `haystack` contains `needle` (upper-case ASCII), in any case.
+pub(crate) fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
+    let (h, n) = (haystack.as_bytes(), needle.as_bytes());
+    h.len() >= n.len()
+        && h.windows(n.len())
+            .any(|w| w.iter().zip(n).all(|(a, b)| a.to_ascii_uppercase() == *b))
+}
+
+/// Whether a statement is a plain read: it starts with `SELECT` (or
+/// `VALUES`, `SHOW`, `TABLE`) and locks and changes nothing that db-test
+/// can see (`FOR UPDATE`/`SHARE`, `INTO`, sequence functions). Such a
+/// statement leaves db-test's savepoint marking the same state, so the next
+/// statement needs no new one.
+pub(crate) fn is_plain_read(sql: &str) -> bool {
+    let head = sql.trim_start();
+    let starts = |w: &str| {
+        head.len() >= w.len() && head.as_bytes()[..w.len()].eq_ignore_ascii_case(w.as_bytes())
+    };
+    (starts("SELECT") || starts("VALUES") || starts("SHOW") || starts("TABLE"))
+        && ![" FOR ", " INTO ", "VAL(", "ADVISORY", ";"]
+            .iter()
+            .any(|w| contains_ignore_case(head, w))
 }
 
 #[cfg(test)]
@@ -163,6 +194,20 @@ mod tests {
         ] {
             assert!(ends(sql).is_some(), "{sql:?}");
         }
+    }
+
+    #[test]
+    fn plain_reads() {
+        use super::is_plain_read as r;
+        assert!(r("SELECT count(*) FROM users"));
+        assert!(r("  select email, name from users where id = $1"));
+        assert!(!r("SELECT id FROM users FOR UPDATE"));
+        assert!(!r("SELECT nextval('s')"));
+        assert!(!r("SELECT * INTO t2 FROM t"));
+        assert!(!r("SELECT pg_advisory_lock(1)"));
+        assert!(!r("SELECT 1; DELETE FROM users"));
+        assert!(!r("INSERT INTO users (email) VALUES ('a')"));
+        assert!(!r("WITH d AS (DELETE FROM t RETURNING 1) SELECT * FROM d"));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! variable) they are ordinary tests that pass.
 
 use std::net::SocketAddr;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
@@ -20,6 +20,9 @@ use futures_util::StreamExt;
 use sqlx::{Acquire, Connection, Executor, PgConnection, Postgres};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+mod common;
+use common::{children, run_until};
 
 fn misbehave() -> bool {
     std::env::var("DB_TEST_ADVERSARIAL").is_ok()
@@ -607,38 +610,13 @@ async fn a_test_times_out_inside_a_row_lock_wait(ctx: TestContext) {
 // ===========================================================================
 
 fn child(tests: &[&str]) -> Command {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(tests)
-        .args(["--exact", "--nocapture", "--test-threads=1"])
-        .env("DB_TEST_ADVERSARIAL", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut cmd = children(tests);
+    cmd.env("DB_TEST_ADVERSARIAL", "1");
     cmd
 }
 
-fn run(mut cmd: Command, limit: Duration) -> (Output, String) {
-    let mut c = cmd.spawn().unwrap();
-    let t0 = Instant::now();
-    while c.try_wait().unwrap().is_none() {
-        if t0.elapsed() > limit {
-            let _ = c.kill();
-            let out = c.wait_with_output().unwrap();
-            panic!(
-                "child hung:\n{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = c.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out, text)
+fn run(cmd: Command, limit: Duration) -> (Output, String) {
+    run_until(cmd, limit)
 }
 
 // ---- session state that survives ROLLBACK ----------------------------------

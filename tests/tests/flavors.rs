@@ -15,6 +15,9 @@ use sqlx::PgPool;
 use sqlx::pool::PoolConnection;
 use tokio::runtime::{Handle, RuntimeFlavor};
 
+mod common;
+use common::{children, run_until};
+
 fn flavor() -> RuntimeFlavor {
     Handle::current().runtime_flavor()
 }
@@ -260,16 +263,7 @@ async fn child_z_linger() {
 }
 
 fn run_children(tests: &[&str]) -> String {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(tests)
-        .args(["--exact", "--nocapture", "--test-threads=1"])
-        .stdin(Stdio::null());
-    let out = cmd.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (out, text) = run_until(children(tests), Duration::from_secs(120));
     assert!(out.status.success(), "child failed:\n{text}");
     text
 }

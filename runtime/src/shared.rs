@@ -556,52 +556,7 @@ impl SharedConn {
             // Inside an app transaction left open on a guard: nothing to guard.
             return Ok(());
         }
-        // The commit guard's row goes in at the top level of the test's
-        // transaction, between the two savepoints, so that no rollback to
-        // `dbt_auto` can take it out.
-        let refresh = format!(
-            "{}RELEASE SAVEPOINT dbt_auto; {}SAVEPOINT dbt_auto",
-            if undo {
-                "ROLLBACK TO SAVEPOINT dbt_auto; "
-            } else {
-                ""
-            },
-            if arm {
-                format!("INSERT INTO pg_temp.{GUARD_TABLE} VALUES (1); ")
-            } else {
-                String::new()
-            },
-        );
-        let mut result = sqlx::raw_sql(sqlx::AssertSqlSafe(refresh.clone()))
-            .execute(&mut **conn)
-            .await
-            .map(|_| ());
-        if let Err(e) = &result
-            && sqlstate(e).as_deref() == Some("25P02")
-        {
-            // A statement on the raw connection failed; undo that block.
-            let undo_then = format!("ROLLBACK TO SAVEPOINT dbt_auto; {refresh}");
-            result = sqlx::raw_sql(sqlx::AssertSqlSafe(undo_then))
-                .execute(&mut **conn)
-                .await
-                .map(|_| ());
-        }
-        if let Err(e) = result {
-            let msg = match sqlstate(&e).as_deref() {
-                Some("25P01") | Some("3B001") => commit_message(&self.label),
-                _ if e.as_database_error().is_none() => out_of_sync(&self.label, &e),
-                _ => format!(
-                    "db-test: the test's connection failed while setting its savepoint: {e}"
-                ),
-            };
-            self.state.poison(msg.clone());
-            return Err(poisoned_error(&msg));
-        }
-        self.state.fresh.store(true, Ordering::Relaxed);
-        if arm {
-            self.state.armed.store(true, Ordering::Relaxed);
-        }
-        Ok(())
+        refresh_savepoint(&self.state, conn, undo, arm).await
     }
 
     /// Locks the connection for statements outside any app transaction.
@@ -963,32 +918,7 @@ pub(crate) async fn run_guarded(
     }
     let autocommit = PgTransactionManager::get_transaction_depth(conn) == 1;
     if autocommit && !state.fresh.load(Ordering::Relaxed) {
-        let mut refreshed = conn
-            .execute("RELEASE SAVEPOINT dbt_auto; SAVEPOINT dbt_auto")
-            .await
-            .map(|_| ());
-        if let Err(e) = &refreshed
-            && sqlstate(e).as_deref() == Some("25P02")
-        {
-            refreshed = conn
-                .execute(
-                    "ROLLBACK TO SAVEPOINT dbt_auto; RELEASE SAVEPOINT dbt_auto; SAVEPOINT dbt_auto",
-                )
-                .await
-                .map(|_| ());
-        }
-        if let Err(e) = refreshed {
-            let msg = match sqlstate(&e).as_deref() {
-                Some("25P01") | Some("3B001") => commit_message(&state.label),
-                _ if e.as_database_error().is_none() => out_of_sync(&state.label, &e),
-                _ => format!(
-                    "db-test: the test's connection failed while setting its savepoint: {e}"
-                ),
-            };
-            state.poison(msg.clone());
-            return Err(poisoned_error(&msg));
-        }
-        state.fresh.store(true, Ordering::Relaxed);
+        refresh_savepoint(state, conn, false, false).await?;
     }
     // A copy for one retry, should a cached statement have gone stale.
     let retry = query.clone();
@@ -1044,6 +974,70 @@ fn is_abandoned_copy(e: &sqlx::Error) -> bool {
     sqlstate(e).as_deref() == Some("57014")
         && e.as_database_error()
             .is_some_and(|d| d.message().starts_with("COPY from stdin failed"))
+}
+
+/// Moves `dbt_auto` up to the current state (first undoing the block since
+/// it, with `undo`): the one way db-test renews its savepoint. With `arm`,
+/// the commit guard's row goes in at the top level of the test's
+/// transaction, between the two savepoints, so that no rollback to
+/// `dbt_auto` can take it out. A block a failed statement on the raw
+/// connection left aborted is undone too. Any other failure ends the test.
+async fn refresh_savepoint(
+    state: &ConnState,
+    conn: &mut PgConnection,
+    undo: bool,
+    arm: bool,
+) -> sqlx::Result<()> {
+    let refresh = format!(
+        "RELEASE SAVEPOINT dbt_auto; {}SAVEPOINT dbt_auto",
+        if arm {
+            format!("INSERT INTO pg_temp.{GUARD_TABLE} VALUES (1); ")
+        } else {
+            String::new()
+        },
+    );
+    let undo_then = format!("ROLLBACK TO SAVEPOINT dbt_auto; {refresh}");
+    let first = if undo { &undo_then } else { &refresh };
+    let mut result = sqlx::raw_sql(sqlx::AssertSqlSafe(first.clone()))
+        .execute(&mut *conn)
+        .await
+        .map(|_| ());
+    if !undo
+        && let Err(e) = &result
+        && sqlstate(e).as_deref() == Some("25P02")
+    {
+        result = sqlx::raw_sql(sqlx::AssertSqlSafe(undo_then))
+            .execute(&mut *conn)
+            .await
+            .map(|_| ());
+    }
+    if let Err(e) = result {
+        let msg = match sqlstate(&e).as_deref() {
+            Some("25P01") | Some("3B001") => commit_message(&state.label),
+            _ if e.as_database_error().is_none() => out_of_sync(&state.label, &e),
+            _ => format!("db-test: the test's connection failed while setting its savepoint: {e}"),
+        };
+        state.poison(msg.clone());
+        return Err(poisoned_error(&msg));
+    }
+    state.fresh.store(true, Ordering::Relaxed);
+    if arm {
+        state.armed.store(true, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// A statement sent on a guard (`&mut DbConn`): refused if it would end the
+/// test's transaction, else run as [`run_guarded`] runs it.
+pub(crate) async fn run_on_guard(
+    state: &ConnState,
+    conn: &mut PgConnection,
+    query: OwnedQuery,
+) -> sqlx::Result<Vec<Step>> {
+    if let Some(refused) = refuse_ending(state, query.sql.as_str()) {
+        return Err(refused);
+    }
+    run_guarded(state, conn, query).await
 }
 
 /// Why a test cannot go on after its connection broke or lost step.

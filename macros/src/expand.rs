@@ -101,6 +101,7 @@ fn expand(func: ItemFn, config: Config, params: Vec<syn::PatType>) -> TokenStrea
     let tys: Vec<&syn::Type> = params.iter().map(|pt| &*pt.ty).collect();
     let wants_database = quote!(false #(|| <#tys as #krate::FromTestContext>::NEEDS_OWN_DATABASE)*);
     let sqlx_style = quote!(true #(&& <#tys as #krate::FromTestContext>::SQLX_TEST_TYPE)*);
+    let backend = quote!(#krate::Backend::of(&[#(<#tys as #krate::FromTestContext>::BACKEND),*]));
     // Parameters whose needs no isolation can meet together are a compile
     // error at the parameter, not a failure at run time.
     let own_database =
@@ -252,6 +253,7 @@ fn expand(func: ItemFn, config: Config, params: Vec<syn::PatType>) -> TokenStrea
                 isolation: #isolation,
                 wants_database: #wants_database,
                 sqlx_style: #sqlx_style,
+                backend: #backend,
                 flavor: #flavor,
                 worker_threads: #worker_threads,
                 start_paused: #start_paused,

@@ -126,3 +126,87 @@ pub(crate) fn outdated_after() -> Duration {
         env_duration("DB_TEST_OUTDATED_AFTER", Duration::from_secs(600))
     })
 }
+
+/// The URL of the server a backend's tests use, and the variable it came
+/// from: `DB_TEST_<BACKEND>_URL`, else `DATABASE_URL` (from the environment,
+/// then from a `.env` file in the current directory or one of its parents).
+/// `None`: no URL, use the embedded server. A URL of another database is an
+/// error naming both.
+pub(crate) fn server_url(backend: crate::Backend) -> Result<Option<(String, String)>, String> {
+    let own = backend.url_var();
+    if let Ok(url) = std::env::var(own)
+        && !url.trim().is_empty()
+    {
+        return check_scheme(backend, own, url).map(Some);
+    }
+    match database_url() {
+        Some(url) => check_scheme(backend, "DATABASE_URL", url).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn check_scheme(
+    backend: crate::Backend,
+    var: &str,
+    url: String,
+) -> Result<(String, String), String> {
+    let scheme = url.split(':').next().unwrap_or("").to_ascii_lowercase();
+    if backend.schemes().contains(&scheme.as_str()) {
+        return Ok((var.to_string(), url));
+    }
+    let display = crate::postgres::engine::redact(&url);
+    let named = [
+        crate::Backend::Postgres,
+        crate::Backend::MySql,
+        crate::Backend::Sqlite,
+    ]
+    .into_iter()
+    .find(|b| b.schemes().contains(&scheme.as_str()))
+    .map(|b| format!("a {} URL", b.name()))
+    .unwrap_or_else(|| format!("not a URL db-test knows (scheme `{scheme}`)"));
+    let schemes = backend
+        .schemes()
+        .iter()
+        .map(|s| format!("`{s}://`"))
+        .collect::<Vec<_>>()
+        .join(" or ");
+    Err(format!(
+        "db-test: {var}={display} is {named}, but this test runs on {}, which needs {schemes}. \
+         Set {} to a {} URL for these tests{}",
+        backend.name(),
+        backend.url_var(),
+        backend.name(),
+        if var == "DATABASE_URL" {
+            ", or unset DATABASE_URL to use the embedded server".to_string()
+        } else {
+            String::new()
+        }
+    ))
+}
+
+/// Reads `DATABASE_URL` from the environment, then from a `.env` file in the
+/// current directory or one of its parents.
+fn database_url() -> Option<String> {
+    if let Ok(url) = std::env::var("DATABASE_URL") {
+        if !url.trim().is_empty() {
+            return Some(url);
+        }
+        return None;
+    }
+    let mut dir = std::env::current_dir().ok();
+    while let Some(d) = dir {
+        if let Ok(text) = std::fs::read_to_string(d.join(".env")) {
+            for line in text.lines() {
+                let line = line.trim().trim_start_matches("export ").trim();
+                if let Some(v) = line.strip_prefix("DATABASE_URL=") {
+                    let v = v.trim().trim_matches('"').trim_matches('\'');
+                    if !v.is_empty() {
+                        return Some(v.to_string());
+                    }
+                }
+            }
+        }
+        dir = d.parent().map(std::path::PathBuf::from);
+    }
+    None
+}

@@ -5,6 +5,91 @@ use std::sync::Arc;
 
 use crate::Db;
 
+/// The database a test runs on, chosen from its parameter types (see
+/// [`FromTestContext::BACKEND`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// Not tied to a database: the parameter works on every backend.
+    Any,
+    /// PostgreSQL.
+    Postgres,
+    /// MySQL or MariaDB.
+    MySql,
+    /// SQLite.
+    Sqlite,
+}
+
+impl Backend {
+    /// The backend of a test from those of its parameters: the one they
+    /// name, PostgreSQL when none names one. Two different ones stop the
+    /// build (it is evaluated at compile time).
+    #[doc(hidden)]
+    pub const fn of(params: &[Backend]) -> Backend {
+        let mut chosen = Backend::Any;
+        let mut i = 0;
+        while i < params.len() {
+            let b = params[i];
+            if !matches!(b, Backend::Any) {
+                if !matches!(chosen, Backend::Any) && !b.same(chosen) {
+                    panic!(
+                        "the parameters of this #[db_test] belong to two different databases \
+                         (PostgreSQL, MySQL or SQLite); a test runs on one"
+                    );
+                }
+                chosen = b;
+            }
+            i += 1;
+        }
+        match chosen {
+            Backend::Any => Backend::Postgres,
+            b => b,
+        }
+    }
+
+    const fn same(self, other: Backend) -> bool {
+        self as u8 == other as u8
+    }
+
+    /// The database's name, for messages.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Backend::Any => "any database",
+            Backend::Postgres => "PostgreSQL",
+            Backend::MySql => "MySQL/MariaDB",
+            Backend::Sqlite => "SQLite",
+        }
+    }
+
+    /// The URL schemes of the backend.
+    pub const fn schemes(self) -> &'static [&'static str] {
+        match self {
+            Backend::Any => &[],
+            Backend::Postgres => &["postgres", "postgresql"],
+            Backend::MySql => &["mysql", "mariadb"],
+            Backend::Sqlite => &["sqlite"],
+        }
+    }
+
+    /// The environment variable that names this backend's server, ahead of
+    /// `DATABASE_URL`.
+    pub const fn url_var(self) -> &'static str {
+        match self {
+            Backend::Any => "DATABASE_URL",
+            Backend::Postgres => "DB_TEST_POSTGRES_URL",
+            Backend::MySql => "DB_TEST_MYSQL_URL",
+            Backend::Sqlite => "DB_TEST_SQLITE_URL",
+        }
+    }
+
+    const fn handle_name(self) -> &'static str {
+        match self {
+            Backend::Any | Backend::Postgres => "db_test::Db",
+            Backend::MySql => "db_test::mysql::Db",
+            Backend::Sqlite => "db_test::sqlite::Db",
+        }
+    }
+}
+
 /// An error while building a test parameter.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -17,13 +102,21 @@ pub struct TestContext {
 
 pub(crate) struct ContextInner {
     pub(crate) name: &'static str,
-    pub(crate) db: Db,
-    /// The test's connection (transaction mode).
+    /// The database the test runs on.
+    pub(crate) backend: Backend,
+    /// Whether the test has a database of its own.
+    pub(crate) database_mode: bool,
+    /// PostgreSQL: the test's handle; `None` on another backend.
+    pub(crate) db: Option<Db>,
+    /// The test's connection (PostgreSQL, transaction mode).
     pub(crate) shared: Option<std::sync::Arc<crate::shared::SharedConn>>,
-    /// The test's own pool (database mode).
+    /// The test's own pool (PostgreSQL, database mode).
     pub(crate) pool: Option<sqlx::PgPool>,
-    /// Options to open more connections to the test's database.
-    pub(crate) options: sqlx::postgres::PgConnectOptions,
+    /// Options to open more connections to the test's database (PostgreSQL).
+    pub(crate) options: Option<sqlx::postgres::PgConnectOptions>,
+    /// What another backend's setup hands its own parameter types
+    /// (`db_test::mysql::Db`, ...), which downcast it.
+    pub(crate) backend_state: Option<Arc<dyn std::any::Any + Send + Sync>>,
     /// The name of the test's database.
     pub(crate) database: String,
     /// Tasks started with [`TestContext::spawn`], aborted when the test ends.
@@ -33,8 +126,48 @@ pub(crate) struct ContextInner {
 impl TestContext {
     /// The test's database handle: bound to the test's transaction in
     /// transaction mode, or a pool on the test's own database in database mode.
+    ///
+    /// # Panics
+    ///
+    /// If the test runs on another database than PostgreSQL: take that
+    /// backend's own handle then (`db_test::mysql::Db`, `db_test::sqlite::Db`).
     pub fn db(&self) -> Db {
-        self.inner.db.clone()
+        match &self.inner.db {
+            Some(db) => db.clone(),
+            None => panic!("{}", self.wrong_backend("db_test::Db", Backend::Postgres)),
+        }
+    }
+
+    /// The database the test runs on.
+    pub fn backend(&self) -> Backend {
+        self.inner.backend
+    }
+
+    /// The message for a parameter of one backend in a test of another.
+    pub(crate) fn wrong_backend(&self, what: &str, wants: Backend) -> String {
+        format!(
+            "`{what}` is a {} handle, but test `{}` runs on {}: its parameter types chose that \
+             backend (add a parameter of the backend's own type, such as `{}`, or set the \
+             `BACKEND` of your `TestApp`)",
+            wants.name(),
+            self.inner.name,
+            self.inner.backend.name(),
+            wants.handle_name(),
+        )
+    }
+
+    /// The state another backend's setup left for its parameter types.
+    #[allow(dead_code)]
+    pub(crate) fn backend_state<T: std::any::Any + Send + Sync>(
+        &self,
+        what: &str,
+        wants: Backend,
+    ) -> Result<Arc<T>, BoxError> {
+        self.inner
+            .backend_state
+            .clone()
+            .and_then(|s| s.downcast::<T>().ok())
+            .ok_or_else(|| self.wrong_backend(what, wants).into())
     }
 
     /// The test's path, such as `my_crate::tests::inserts_a_user`.
@@ -46,8 +179,18 @@ impl TestContext {
     /// example a `PgListener`. In transaction mode such a connection does
     /// not see the test's uncommitted writes; it must not write either,
     /// because it would commit. Prefer `isolation = "database"` for that.
+    ///
+    /// # Panics
+    ///
+    /// If the test runs on another database than PostgreSQL.
     pub fn connect_options(&self) -> sqlx::postgres::PgConnectOptions {
-        self.inner.options.clone()
+        match &self.inner.options {
+            Some(options) => options.clone(),
+            None => panic!(
+                "{}",
+                self.wrong_backend("PgConnectOptions", Backend::Postgres)
+            ),
+        }
     }
 
     /// The name of the database the test runs in (generated by db-test).
@@ -57,7 +200,7 @@ impl TestContext {
 
     /// Whether the test has a database of its own (`isolation = "database"`).
     pub fn is_database_mode(&self) -> bool {
-        self.inner.pool.is_some()
+        self.inner.database_mode
     }
 
     /// Spawns a task that belongs to the test: it is aborted when the test
@@ -120,6 +263,7 @@ impl TestContext {
 }
 
 impl FromTestContext for sqlx::PgPool {
+    const BACKEND: Backend = Backend::Postgres;
     const NEEDS_OWN_DATABASE: bool = true;
     const SQLX_TEST_TYPE: bool = true;
     async fn from_context(ctx: &TestContext) -> Result<Self, BoxError> {
@@ -128,6 +272,7 @@ impl FromTestContext for sqlx::PgPool {
 }
 
 impl FromTestContext for sqlx::pool::PoolConnection<sqlx::Postgres> {
+    const BACKEND: Backend = Backend::Postgres;
     const NEEDS_OWN_DATABASE: bool = true;
     const SQLX_TEST_TYPE: bool = true;
     async fn from_context(ctx: &TestContext) -> Result<Self, BoxError> {
@@ -141,6 +286,7 @@ impl FromTestContext
         sqlx::postgres::PgConnectOptions,
     )
 {
+    const BACKEND: Backend = Backend::Postgres;
     const NEEDS_OWN_DATABASE: bool = true;
     const SQLX_TEST_TYPE: bool = true;
     async fn from_context(ctx: &TestContext) -> Result<Self, BoxError> {
@@ -184,6 +330,12 @@ impl FromTestContext for TestContext {
             `TestContext`, `PgPool` (database mode), or implement `FromTestContext` for your type"
 )]
 pub trait FromTestContext: Sized + Send {
+    /// The database this parameter belongs to. The test runs on the one its
+    /// parameters name ([`Backend::Any`] for those that work on every one,
+    /// such as `TestContext`); PostgreSQL when none names one. Two
+    /// parameters naming different databases are a compile error.
+    const BACKEND: Backend = Backend::Any;
+
     /// Whether this parameter needs a database of its own, as a pool does.
     /// A test with such a parameter runs in `isolation = "database"` unless it
     /// says otherwise, and `isolation = "transaction"` is a compile error.
@@ -215,6 +367,7 @@ pub trait FromTestContext: Sized + Send {
 }
 
 impl FromTestContext for Db {
+    const BACKEND: Backend = Backend::Postgres;
     async fn from_context(ctx: &TestContext) -> Result<Self, BoxError> {
         Ok(ctx.db())
     }

@@ -23,12 +23,16 @@ mod duration;
 mod error;
 #[cfg(feature = "harness")]
 mod hint;
+#[cfg(feature = "mysql")]
+pub mod mysql;
 #[cfg(feature = "harness")]
 mod postgres;
 #[cfg(feature = "harness")]
 mod query;
 #[cfg(feature = "harness")]
 mod shared;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 #[cfg(feature = "harness")]
 mod sqltext;
 #[cfg(feature = "harness")]
@@ -39,7 +43,7 @@ pub use db::{Db, DbAcquired, DbConn, DbConnection, DbTransaction};
 #[cfg(feature = "harness")]
 pub use client::*;
 #[cfg(feature = "harness")]
-pub use context::{BoxError, FromTestContext, TestContext};
+pub use context::{Backend, BoxError, FromTestContext, TestContext};
 #[cfg(feature = "harness")]
 pub use db_test_macros::db_test;
 #[cfg(feature = "harness")]

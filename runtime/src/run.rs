@@ -88,6 +88,8 @@ pub struct TestSpec {
     /// Whether every parameter is one of `#[sqlx::test]`'s types (or there
     /// is none): the test then defaults to `#[sqlx::test]`'s runtime.
     pub sqlx_style: bool,
+    /// The database the test runs on, from its parameter types.
+    pub backend: crate::Backend,
     /// Explicit `flavor`, or `None` for the default.
     pub flavor: Option<Flavor>,
     /// `worker_threads` (multi-thread only); 0 when not given.
@@ -207,6 +209,81 @@ enum Setup {
         pool: sqlx::PgPool,
         template: Arc<Template>,
     },
+    /// A test on MySQL or SQLite: that backend's module undoes it.
+    #[allow(dead_code)]
+    Other(Box<dyn Resource>),
+}
+
+/// How a test ended, for a backend's teardown.
+#[allow(dead_code)]
+pub(crate) struct Ending {
+    pub(crate) spec: &'static TestSpec,
+    /// "it passed", "it panicked", ...
+    pub(crate) reason: &'static str,
+    pub(crate) failed: bool,
+    pub(crate) timed_out: bool,
+    /// Whether the body ran on a runtime of its own (now dropped).
+    pub(crate) on_own_runtime: bool,
+}
+
+/// A teardown's verdict: a failure the test must report, and the test's
+/// last statements to print if it failed.
+pub(crate) type Verdict = (Option<String>, Vec<LoggedStatement>);
+
+/// What a MySQL or SQLite test runs on, set up by that backend's module
+/// (which also ran the fixtures), and undone by it.
+#[allow(dead_code)]
+pub(crate) trait Resource: Send + 'static {
+    /// Runs on the test's own runtime after the body, before that runtime
+    /// is dropped: let connections the body released go back to their pool.
+    fn settle(&self) -> futures_util::future::BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
+    /// Undoes the setup, on the shared runtime.
+    fn teardown(
+        self: Box<Self>,
+        ending: Ending,
+    ) -> futures_util::future::BoxFuture<'static, Verdict>;
+}
+
+/// A backend's setup: what to undo, and the test's context.
+#[allow(dead_code)]
+pub(crate) type Prepared = (Box<dyn Resource>, ContextInner);
+
+/// The isolation a test gets: the explicit one, else from its parameters.
+pub(crate) fn isolation_of(spec: &TestSpec) -> Isolation {
+    spec.isolation.unwrap_or(if spec.wants_database {
+        Isolation::Database
+    } else {
+        Isolation::Transaction
+    })
+}
+
+#[allow(dead_code)]
+fn backend_not_built(spec: &TestSpec, feature: &str) -> String {
+    format!(
+        "db-test: test `{}` runs on {}, but db-test was built without its `{feature}` feature: \
+         add `features = [\"{feature}\"]` to the db-test dependency",
+        spec.name,
+        spec.backend.name()
+    )
+}
+
+async fn setup_other(spec: &'static TestSpec) -> Result<Prepared, String> {
+    match spec.backend {
+        #[cfg(feature = "mysql")]
+        crate::Backend::MySql => crate::mysql::setup(spec).await,
+        #[cfg(not(feature = "mysql"))]
+        crate::Backend::MySql => Err(backend_not_built(spec, "mysql")),
+        #[cfg(feature = "sqlite")]
+        crate::Backend::Sqlite => crate::sqlite::setup(spec).await,
+        #[cfg(not(feature = "sqlite"))]
+        crate::Backend::Sqlite => Err(backend_not_built(spec, "sqlite")),
+        crate::Backend::Postgres | crate::Backend::Any => {
+            unreachable!("PostgreSQL tests are set up by `setup`")
+        }
+    }
 }
 
 fn pool_exhausted(spec: &TestSpec, what: &str) -> String {
@@ -265,22 +342,29 @@ async fn open_transaction(
 }
 
 async fn setup(spec: &'static TestSpec) -> Result<(Setup, TestContext), String> {
+    if !matches!(spec.backend, crate::Backend::Postgres | crate::Backend::Any) {
+        let (resource, inner) = setup_other(spec).await?;
+        return Ok((
+            Setup::Other(resource),
+            TestContext {
+                inner: Arc::new(inner),
+            },
+        ));
+    }
     let engine = crate::postgres::engine::engine().await?;
     let template = engine.template(spec.migrations, spec.manifest_dir).await?;
-    let isolation = spec.isolation.unwrap_or(if spec.wants_database {
-        Isolation::Database
-    } else {
-        Isolation::Transaction
-    });
-    let (setup, inner) = match isolation {
+    let (setup, inner) = match isolation_of(spec) {
         Isolation::Transaction => {
             let shared = open_transaction(spec, &template, &engine.display_url).await?;
             let inner = ContextInner {
                 name: spec.name,
-                db: Db::from_shared(shared.clone()),
+                backend: crate::Backend::Postgres,
+                database_mode: false,
+                db: Some(Db::from_shared(shared.clone())),
                 shared: Some(shared.clone()),
                 pool: None,
-                options: (*template.pool.connect_options()).clone(),
+                options: Some((*template.pool.connect_options()).clone()),
+                backend_state: None,
                 database: template.working.clone(),
                 tasks: Default::default(),
             };
@@ -298,10 +382,13 @@ async fn setup(spec: &'static TestSpec) -> Result<(Setup, TestContext), String> 
                 .connect_lazy_with(database.options.clone());
             let inner = ContextInner {
                 name: spec.name,
-                db: Db::from_pool(pool.clone()),
+                backend: crate::Backend::Postgres,
+                database_mode: true,
+                db: Some(Db::from_pool(pool.clone())),
                 shared: None,
                 pool: Some(pool.clone()),
-                options: database.options,
+                options: Some(database.options),
+                backend_state: None,
                 database: database.name.clone(),
                 tasks: Default::default(),
             };
@@ -367,6 +454,17 @@ async fn teardown(
     on_own_runtime: bool,
 ) -> (Option<String>, Vec<LoggedStatement>) {
     match setup {
+        Setup::Other(resource) => {
+            resource
+                .teardown(Ending {
+                    spec,
+                    reason,
+                    failed,
+                    timed_out,
+                    on_own_runtime,
+                })
+                .await
+        }
         Setup::Transaction(shared) => {
             let (conn, failure, log) = shared
                 .finish(reason, spec.check_constraints, timed_out)
@@ -520,7 +618,10 @@ pub fn run_boxed(spec: &'static TestSpec, body: BoxedBody<'_>) {
             };
             // Fixtures run here, on the shared runtime, so that a connection
             // they open (database mode) outlives a per-test runtime.
-            let fixtures = if spec.fixtures.is_empty() && on_own_runtime {
+            let fixtures = if matches!(setup, Setup::Other(_)) {
+                // That backend's setup ran them.
+                Ok(())
+            } else if spec.fixtures.is_empty() && on_own_runtime {
                 prewarm(&ctx).await;
                 Ok(())
             } else {
@@ -557,10 +658,15 @@ pub fn run_boxed(spec: &'static TestSpec, body: BoxedBody<'_>) {
         BodyRuntime::Own(rt) => rt.block_on(guarded),
     };
     task_owner.abort_tasks();
-    if let (BodyRuntime::Own(rt), Some(pool)) = (&body_runtime, &pool) {
+    if let BodyRuntime::Own(rt) = &body_runtime {
         // Connections the body released go back to the pool by a task on
         // its runtime: let those finish before the runtime goes.
-        rt.block_on(settle_pool(pool));
+        if let Some(pool) = &pool {
+            rt.block_on(settle_pool(pool));
+        }
+        if let Setup::Other(resource) = &setup {
+            rt.block_on(resource.settle());
+        }
     }
     // Dropping the test's own runtime drops every task still on it, as at
     // the end of a `#[tokio::test]`.

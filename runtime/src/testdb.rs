@@ -184,6 +184,7 @@ impl Deref for TestDb {
 }
 
 impl FromTestContext for TestDb {
+    const BACKEND: crate::Backend = crate::Backend::Postgres;
     async fn from_context(ctx: &TestContext) -> Result<Self, BoxError> {
         Ok(TestDb {
             db: ctx.db(),

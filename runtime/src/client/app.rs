@@ -66,6 +66,12 @@ use crate::{BoxError, Db, FromTestContext, TestContext};
 ///   }
 ///   ```
 pub trait TestApp: Send + Sync + 'static {
+    /// The database the app runs on, so that a test whose only parameter
+    /// is a `TestClient<Self>` runs on it. [`Backend::Any`](crate::Backend::Any)
+    /// (the default) leaves the choice to the test's other parameters, and
+    /// is PostgreSQL when none names one.
+    const BACKEND: crate::Backend = crate::Backend::Any;
+
     /// Builds the application's router around the test's database handle.
     ///
     /// The default panics: an app that implements only
@@ -186,6 +192,7 @@ impl<A: TestApp> TestClient<A> {
 /// `TestClient<A>` as a `#[db_test]` parameter: a client for the router of
 /// [`A::build`](TestApp::build), built once per test.
 impl<A: TestApp> FromTestContext for TestClient<A> {
+    const BACKEND: crate::Backend = A::BACKEND;
     async fn from_context(ctx: &TestContext) -> Result<Self, BoxError> {
         Ok(Self::from_router(A::build(ctx).await))
     }

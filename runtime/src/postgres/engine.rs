@@ -23,8 +23,8 @@
 //! outdated templates takes it exclusively, so it never drops a template
 //! whose working database, spares or clones are in use.
 
+use crate::Backend;
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -181,33 +181,6 @@ pub(crate) fn redact(url: &str) -> String {
     format!("{head}?{}", query.join("&"))
 }
 
-/// Reads `DATABASE_URL` from the environment, then from a `.env` file in the
-/// current directory or one of its parents.
-fn database_url() -> Option<String> {
-    if let Ok(url) = std::env::var("DATABASE_URL") {
-        if !url.trim().is_empty() {
-            return Some(url);
-        }
-        return None;
-    }
-    let mut dir = std::env::current_dir().ok();
-    while let Some(d) = dir {
-        if let Ok(text) = std::fs::read_to_string(d.join(".env")) {
-            for line in text.lines() {
-                let line = line.trim().trim_start_matches("export ").trim();
-                if let Some(v) = line.strip_prefix("DATABASE_URL=") {
-                    let v = v.trim().trim_matches('"').trim_matches('\'');
-                    if !v.is_empty() {
-                        return Some(v.to_string());
-                    }
-                }
-            }
-        }
-        dir = d.parent().map(PathBuf::from);
-    }
-    None
-}
-
 /// An SQL identifier, quoted.
 pub(super) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -273,18 +246,11 @@ fn random_owner_id(attempt: u32) -> u32 {
 
 impl Engine {
     async fn start() -> Result<Engine, String> {
-        let (admin, display_url, embedded) = match database_url() {
-            Some(url) => {
+        let (admin, display_url, embedded) = match crate::config::server_url(Backend::Postgres)? {
+            Some((var, url)) => {
                 let display = redact(&url);
-                if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-                    return Err(format!(
-                        "db-test: DATABASE_URL={display} is not a PostgreSQL URL. db-test needs \
-                         `postgres://user:password@host:port/database`, or leave DATABASE_URL unset \
-                         to use the embedded server."
-                    ));
-                }
                 let opts = PgConnectOptions::from_str(&url)
-                    .map_err(|e| format!("db-test: cannot parse DATABASE_URL={display}: {e}"))?;
+                    .map_err(|e| format!("db-test: cannot parse {var}={display}: {e}"))?;
                 (opts, display, None)
             }
             None => {
@@ -498,7 +464,11 @@ impl Engine {
                 emb.socket_dir.display(),
                 embedded::PORT
             ),
-            None => database_url().unwrap_or_default(),
+            None => crate::config::server_url(Backend::Postgres)
+                .ok()
+                .flatten()
+                .map(|(_, url)| url)
+                .unwrap_or_default(),
         }
     }
 

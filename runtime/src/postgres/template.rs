@@ -54,13 +54,13 @@ pub(crate) struct Template {
     pub(super) recycle: OnceCell<Option<Recycle>>,
 }
 
-pub(super) enum MigratorRef {
+pub(crate) enum MigratorRef {
     Static(&'static Migrator),
     Owned(Migrator),
 }
 
 impl MigratorRef {
-    pub(super) fn get(&self) -> &Migrator {
+    pub(crate) fn get(&self) -> &Migrator {
         match self {
             MigratorRef::Static(m) => m,
             MigratorRef::Owned(m) => m,
@@ -90,7 +90,7 @@ pub(super) fn built_at(comment: Option<&str>) -> i64 {
 
 /// The `hash` of a template's name: its migrations' versions, checksums and
 /// directions, and how templates are built.
-fn migrations_hash(migrator: &Migrator) -> String {
+pub(crate) fn migrations_hash(migrator: &Migrator) -> String {
     // Bump TEMPLATE_FORMAT when the way templates are built changes, so
     // that old templates are rebuilt (and dropped as outdated).
     const TEMPLATE_FORMAT: &[u8] = b"db-test template v2";
@@ -112,6 +112,69 @@ fn canonical(path: &Path) -> String {
         .to_string()
 }
 
+/// Where these migrations come from, as a key for a per-process cache of
+/// templates. Checks that a named directory exists.
+pub(crate) fn migrations_key(
+    migrations: Migrations,
+    manifest_dir: &'static str,
+) -> Result<String, String> {
+    Ok(match migrations {
+        Migrations::Default => {
+            let dir = PathBuf::from(manifest_dir).join("migrations");
+            if dir.is_dir() {
+                dir.display().to_string()
+            } else {
+                "none".to_string()
+            }
+        }
+        Migrations::Path(p) => {
+            let dir = PathBuf::from(manifest_dir).join(p);
+            if !dir.is_dir() {
+                return Err(format!(
+                    "db-test: migrations directory {} does not exist (from `migrations = \"{p}\"`, \
+                     relative to {manifest_dir})",
+                    dir.display()
+                ));
+            }
+            dir.display().to_string()
+        }
+        Migrations::None => "none".to_string(),
+        Migrations::Migrator(_, name) => format!("{manifest_dir}::{name}"),
+    })
+}
+
+/// The migrator a test names, and a key for its source that is the same in
+/// every process and checkout-specific (the whole canonical path: two
+/// checkouts whose migrations directories end alike still get templates of
+/// their own). Every backend builds its templates from this.
+pub(crate) async fn resolve_migrations(
+    migrations: Migrations,
+    manifest_dir: &'static str,
+) -> Result<(String, MigratorRef), String> {
+    let key = migrations_key(migrations, manifest_dir)?;
+    let dir = match migrations {
+        Migrations::Default | Migrations::Path(_) if key != "none" => Some(PathBuf::from(&key)),
+        _ => None,
+    };
+    let source_key = match (migrations, &dir) {
+        (Migrations::Migrator(_, name), _) => {
+            format!("{}::{name}", canonical(Path::new(manifest_dir)))
+        }
+        (_, Some(dir)) => canonical(dir),
+        (_, None) => key.clone(),
+    };
+    let migrator = match (migrations, dir) {
+        (Migrations::Migrator(m, _), _) => MigratorRef::Static(m()),
+        (_, Some(dir)) => {
+            MigratorRef::Owned(Migrator::new(dir.clone()).await.map_err(|e| {
+                format!("db-test: cannot read migrations in {}: {e}", dir.display())
+            })?)
+        }
+        (_, None) => MigratorRef::Owned(Migrator::with_migrations(Vec::new())),
+    };
+    Ok((source_key, migrator))
+}
+
 impl Engine {
     /// The template (and working database and pool) for these migrations.
     pub(crate) async fn template(
@@ -119,52 +182,13 @@ impl Engine {
         migrations: Migrations,
         manifest_dir: &'static str,
     ) -> Result<Arc<Template>, String> {
-        let (key, source) = match migrations {
-            Migrations::Default => {
-                let dir = PathBuf::from(manifest_dir).join("migrations");
-                if dir.is_dir() {
-                    (dir.display().to_string(), Some(dir))
-                } else {
-                    ("none".to_string(), None)
-                }
-            }
-            Migrations::Path(p) => {
-                let dir = PathBuf::from(manifest_dir).join(p);
-                if !dir.is_dir() {
-                    return Err(format!(
-                        "db-test: migrations directory {} does not exist (from `migrations = \"{p}\"`, \
-                         relative to {manifest_dir})",
-                        dir.display()
-                    ));
-                }
-                (dir.display().to_string(), Some(dir))
-            }
-            Migrations::None => ("none".to_string(), None),
-            Migrations::Migrator(_, name) => (format!("{manifest_dir}::{name}"), None),
-        };
+        let key = migrations_key(migrations, manifest_dir)?;
         let cell = {
             let mut map = self.templates.lock().unwrap();
-            map.entry(key.clone()).or_default().clone()
+            map.entry(key).or_default().clone()
         };
         cell.get_or_try_init(|| async move {
-            // The whole canonical path: two checkouts whose migrations
-            // directories end alike still get templates of their own.
-            let source_key = match (migrations, &source) {
-                (Migrations::Migrator(_, name), _) => {
-                    format!("{}::{name}", canonical(Path::new(manifest_dir)))
-                }
-                (_, Some(dir)) => canonical(dir),
-                (_, None) => key.clone(),
-            };
-            let migrator = match (migrations, source) {
-                (Migrations::Migrator(m, _), _) => MigratorRef::Static(m()),
-                (_, Some(dir)) => {
-                    MigratorRef::Owned(Migrator::new(dir.clone()).await.map_err(|e| {
-                        format!("db-test: cannot read migrations in {}: {e}", dir.display())
-                    })?)
-                }
-                (_, None) => MigratorRef::Owned(Migrator::with_migrations(Vec::new())),
-            };
+            let (source_key, migrator) = resolve_migrations(migrations, manifest_dir).await?;
             self.build_template(&source_key, migrator)
                 .await
                 .map(Arc::new)

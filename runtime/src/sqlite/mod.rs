@@ -1,0 +1,1 @@
+//! SQLite: `Db`, `TestDb` and the engine behind `#[db_test]` on `SqlitePool`.

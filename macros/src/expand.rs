@@ -102,6 +102,10 @@ fn expand(func: ItemFn, config: Config, params: Vec<syn::PatType>) -> TokenStrea
     let wants_database = quote!(false #(|| <#tys as #krate::FromTestContext>::NEEDS_OWN_DATABASE)*);
     let sqlx_style = quote!(true #(&& <#tys as #krate::FromTestContext>::SQLX_TEST_TYPE)*);
     let backend = quote!(#krate::Backend::of(&[#(<#tys as #krate::FromTestContext>::BACKEND),*]));
+    // Parameters of two databases stop the build in every build, `cargo
+    // check` included (the spec below is compiled in test builds only).
+    // With one parameter there is nothing to mix.
+    let backend_check = (tys.len() > 1).then(|| quote!(const _: #krate::Backend = #backend;));
     // Parameters whose needs no isolation can meet together are a compile
     // error at the parameter, not a failure at run time.
     let own_database =
@@ -241,6 +245,7 @@ fn expand(func: ItemFn, config: Config, params: Vec<syn::PatType>) -> TokenStrea
     quote_spanned! {span=>
         #checks
         #timeout_check
+        #backend_check
         #(#mode_checks)*
         #(#attrs)*
         #[::core::prelude::v1::test]

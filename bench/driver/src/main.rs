@@ -525,17 +525,21 @@ impl MySqlServer {
     /// db-test's embedded server, which this starts if it is not running.
     /// The error says why there is none; the MySQL variants are then left
     /// out with that note.
-    fn find() -> Result<MySqlServer> {
-        let (url, origin) = match std::env::var("DB_TEST_MYSQL_URL") {
-            Ok(url) if !url.trim().is_empty() => (url, "DB_TEST_MYSQL_URL".to_string()),
-            _ => (
-                embedded_mysql_url()?,
-                "db-test's embedded server".to_string(),
-            ),
-        };
-        let url = url::Url::parse(&url)
-            .map_err(|e| format!("cannot parse the MySQL URL from {origin}: {e}"))?;
-        Ok(MySqlServer { url, origin })
+    fn find(discovery: Option<&Path>) -> Result<MySqlServer> {
+        match std::env::var("DB_TEST_MYSQL_URL") {
+            Ok(url) if !url.trim().is_empty() => {
+                let url = url::Url::parse(&url)
+                    .map_err(|e| format!("cannot parse DB_TEST_MYSQL_URL: {e}"))?;
+                Ok(MySqlServer {
+                    url,
+                    origin: "DB_TEST_MYSQL_URL".into(),
+                })
+            }
+            _ => Ok(MySqlServer {
+                url: embedded_mysql_url(discovery.ok_or("the discovery test was not built")?)?,
+                origin: "db-test's embedded server".into(),
+            }),
+        }
     }
 
     /// The same server, another database (`""`: none).
@@ -553,19 +557,67 @@ impl MySqlServer {
         }
     }
 
-    /// The URL with any password hidden, for printing.
+    /// The URL with any password hidden, for printing (a socket's path
+    /// unescaped).
     fn display(&self) -> String {
         let mut u = self.url.clone();
         if u.password().is_some() {
             let _ = u.set_password(Some("***"));
         }
-        u.to_string()
+        u.to_string().replace("%2F", "/")
     }
 }
 
-/// The URL of db-test's embedded MySQL/MariaDB server.
-fn embedded_mysql_url() -> Result<String> {
-    Err("db-test does not yet tell the URL of its embedded server; set DB_TEST_MYSQL_URL".into())
+/// The URL of db-test's embedded MySQL/MariaDB server. db-test has no call
+/// for it (PostgreSQL's is `db_test::server_url()`), but a test's connect
+/// options name it: the `mysql_server_url` suite is one `#[db_test]` that
+/// prints them (and starts the server if it is not running). Err: the
+/// reason there is none, such as db-test's message about missing binaries.
+fn embedded_mysql_url(discovery: &Path) -> Result<url::Url> {
+    let out = Command::new(discovery)
+        .current_dir(workspace())
+        .args(["--nocapture", "-q"])
+        // DATABASE_URL names PostgreSQL's server, or is unset and a `.env`
+        // could; DB_TEST_MYSQL_URL is unset, or this is not called.
+        .env("DATABASE_URL", "")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", discovery.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
+            .map(str::to_string)
+    };
+    let (Some(user), Some(host), Some(port)) = (
+        field("BENCH_MYSQL_USER"),
+        field("BENCH_MYSQL_HOST"),
+        field("BENCH_MYSQL_PORT"),
+    ) else {
+        // db-test's own explanation (what it searched, how to fix it).
+        let text = format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        let why = text
+            .lines()
+            .find(|l| l.contains("db-test:"))
+            .map(|l| l.trim().to_string())
+            .unwrap_or_else(|| tail(text.as_bytes(), 5));
+        return Err(why);
+    };
+    let socket = field("BENCH_MYSQL_SOCKET");
+    // Over the socket, the port means nothing.
+    let address = match socket {
+        Some(_) => host,
+        None => format!("{host}:{port}"),
+    };
+    let mut url = url::Url::parse(&format!("mysql://{address}/"))
+        .map_err(|e| format!("the discovery test printed a bad host or port: {e}"))?;
+    url.set_username(&user)
+        .map_err(|()| "the discovery test printed a bad user".to_string())?;
+    if let Some(socket) = socket {
+        url.query_pairs_mut().append_pair("socket", &socket);
+    }
+    Ok(url)
 }
 
 /// The databases this run created, dropped by [`Databases::drop_all`].
@@ -773,9 +825,43 @@ impl Databases {
 // ---------------------------------------------------------------------------
 // Building and running
 
-/// Builds the suites at `n`; returns a private copy of each test binary.
-fn build_suites(n: usize, variants: &[Variant]) -> Result<BTreeMap<Variant, PathBuf>> {
+/// The suites' binaries, by N and variant.
+type Bins = BTreeMap<usize, BTreeMap<Variant, PathBuf>>;
+
+/// The test target that prints the MySQL/MariaDB server db-test uses.
+const MYSQL_SERVER_TARGET: &str = "mysql_server_url";
+
+/// Builds the suites at every N (the main N last, so that cargo test /
+/// nextest later find it fresh), and, with the main N, the target that
+/// tells MySQL's server. Returns the suites and that target's binary.
+fn build_all(args: &Args) -> Result<(Bins, Option<PathBuf>)> {
+    let mut order = args.ns.clone();
+    order.retain(|&n| n != args.main_n);
+    order.push(args.main_n);
+    let mut bins = Bins::new();
+    let mut mysql_server = None;
+    for &n in &order {
+        let extra: &[&'static str] = if n == args.main_n && args.others.contains(&Backend::MySql) {
+            &[MYSQL_SERVER_TARGET]
+        } else {
+            &[]
+        };
+        let (suites, mut extras) = build_suites(n, &args.variants(n), extra)?;
+        bins.insert(n, suites);
+        mysql_server = mysql_server.or(extras.remove(MYSQL_SERVER_TARGET));
+    }
+    Ok((bins, mysql_server))
+}
+
+/// Builds the suites at `n`, and the `extra` test targets; returns a private
+/// copy of each test binary.
+fn build_suites(
+    n: usize,
+    variants: &[Variant],
+    extra: &[&'static str],
+) -> Result<(BTreeMap<Variant, PathBuf>, BTreeMap<&'static str, PathBuf>)> {
     let mut targets: Vec<&str> = variants.iter().map(|v| v.target()).collect();
+    targets.extend(extra);
     targets.sort_unstable();
     targets.dedup();
     let root = workspace();
@@ -801,7 +887,7 @@ fn build_suites(n: usize, variants: &[Variant]) -> Result<BTreeMap<Variant, Path
     if !out.status.success() {
         return Err(format!("building the suites at N={n} failed"));
     }
-    let mut bins = BTreeMap::new();
+    let (mut bins, mut extras) = (BTreeMap::new(), BTreeMap::new());
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let Ok(msg) = serde_json::from_str::<Value>(line) else {
             continue;
@@ -819,6 +905,9 @@ fn build_suites(n: usize, variants: &[Variant]) -> Result<BTreeMap<Variant, Path
             for v in variants.iter().filter(|v| v.target() == name) {
                 bins.insert(*v, copy.clone());
             }
+            if let Some(t) = extra.iter().find(|t| **t == name) {
+                extras.insert(*t, copy.clone());
+            }
         }
     }
     for v in variants {
@@ -830,7 +919,7 @@ fn build_suites(n: usize, variants: &[Variant]) -> Result<BTreeMap<Variant, Path
         "built suites at N={n} in {:.1} s",
         t0.elapsed().as_secs_f64()
     ));
-    Ok(bins)
+    Ok((bins, extras))
 }
 
 /// Environment of one suite: `Some(v)` sets, `None` removes.
@@ -1131,8 +1220,17 @@ fn main() {
     let mut args = args;
     // MySQL/MariaDB: DB_TEST_MYSQL_URL or db-test's embedded server; without
     // either (no server binaries), its variants are left out with a note.
+    // Built before anything is created on a server: a failed build leaves
+    // nothing behind.
+    let (bins, mysql_discovery) = match build_all(&args) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+    };
     let mysql = if args.others.contains(&Backend::MySql) {
-        match MySqlServer::find() {
+        match MySqlServer::find(mysql_discovery.as_deref()) {
             Ok(m) => {
                 log(format!("MySQL/MariaDB: {} ({})", m.display(), m.origin));
                 match rt.block_on(mysql_info(&m)) {
@@ -1199,7 +1297,7 @@ fn main() {
             }
         });
     }
-    let result = run(&args, &server, &dbs, &rt);
+    let result = run(&args, &server, &dbs, &rt, &bins);
     let cleanup = rt.block_on(dbs.drop_all());
     match (result, cleanup) {
         (Ok(measured), Ok(())) => {
@@ -1228,17 +1326,9 @@ fn run(
     server: &Server,
     dbs: &Databases,
     rt: &tokio::runtime::Runtime,
+    bins: &Bins,
 ) -> Result<Measured> {
     let t_start = Instant::now();
-    // Build every N first (the main N last, so that cargo test / nextest
-    // below find it fresh), then measure with the machine otherwise idle.
-    let mut order = args.ns.clone();
-    order.retain(|&n| n != args.main_n);
-    order.push(args.main_n);
-    let mut bins: BTreeMap<usize, BTreeMap<Variant, PathBuf>> = BTreeMap::new();
-    for &n in &order {
-        bins.insert(n, build_suites(n, &args.variants(n))?);
-    }
 
     // Warm-up: builds db-test's template, fills caches, checks that every
     // suite passes. Not timed. Every variant once at the smallest N.

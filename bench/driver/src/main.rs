@@ -523,8 +523,8 @@ struct MySqlServer {
 impl MySqlServer {
     /// `DB_TEST_MYSQL_URL` if set (the same variable db-test reads), else
     /// db-test's embedded server, which this starts if it is not running.
-    /// The error says why there is none; the MySQL variants are then left
-    /// out with that note.
+    /// Check [`mysql_binaries`] first: without them the embedded server
+    /// cannot start, and the MySQL variants are left out with a note.
     fn find(discovery: Option<&Path>) -> Result<MySqlServer> {
         match std::env::var("DB_TEST_MYSQL_URL") {
             Ok(url) if !url.trim().is_empty() => {
@@ -565,6 +565,49 @@ impl MySqlServer {
             let _ = u.set_password(Some("***"));
         }
         u.to_string().replace("%2F", "/")
+    }
+}
+
+/// Whether db-test can start its embedded MySQL/MariaDB: `DB_TEST_MYSQL_URL`
+/// names a server, or the server binary is where db-test looks for it
+/// (`DB_TEST_MYSQL_BIN`, a binary or a directory holding one; else
+/// `mariadbd` or `mysqld` in `PATH` and the usual system directories). Err:
+/// what was searched.
+fn mysql_binaries() -> Result<()> {
+    if std::env::var("DB_TEST_MYSQL_URL").is_ok_and(|u| !u.trim().is_empty()) {
+        return Ok(());
+    }
+    const NAMES: [&str; 2] = ["mariadbd", "mysqld"];
+    let holds = |dir: &Path| NAMES.iter().any(|n| dir.join(n).is_file());
+    if let Some(explicit) = std::env::var_os("DB_TEST_MYSQL_BIN") {
+        let p = PathBuf::from(&explicit);
+        return if p.is_file() || (p.is_dir() && holds(&p)) {
+            Ok(())
+        } else {
+            Err(format!(
+                "DB_TEST_MYSQL_BIN={} is neither a mariadbd/mysqld binary nor a directory holding one",
+                p.display()
+            ))
+        };
+    }
+    let system = [
+        "/usr/sbin",
+        "/usr/libexec",
+        "/usr/local/sbin",
+        "/usr/local/mysql/bin",
+        "/usr/local/bin",
+    ];
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&path)
+        .chain(system.iter().map(PathBuf::from))
+        .any(|d| holds(&d))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "no DB_TEST_MYSQL_URL, and no mariadbd or mysqld in PATH or {}",
+            system.join(", ")
+        ))
     }
 }
 
@@ -828,6 +871,9 @@ impl Databases {
 /// The suites' binaries, by N and variant.
 type Bins = BTreeMap<usize, BTreeMap<Variant, PathBuf>>;
 
+/// Binaries of test targets that are not suites, by target name.
+type Extras = BTreeMap<&'static str, PathBuf>;
+
 /// The test target that prints the MySQL/MariaDB server db-test uses.
 const MYSQL_SERVER_TARGET: &str = "mysql_server_url";
 
@@ -859,7 +905,7 @@ fn build_suites(
     n: usize,
     variants: &[Variant],
     extra: &[&'static str],
-) -> Result<(BTreeMap<Variant, PathBuf>, BTreeMap<&'static str, PathBuf>)> {
+) -> Result<(BTreeMap<Variant, PathBuf>, Extras)> {
     let mut targets: Vec<&str> = variants.iter().map(|v| v.target()).collect();
     targets.extend(extra);
     targets.sort_unstable();
@@ -1220,6 +1266,15 @@ fn main() {
     let mut args = args;
     // MySQL/MariaDB: DB_TEST_MYSQL_URL or db-test's embedded server; without
     // either (no server binaries), its variants are left out with a note.
+    if args.others.contains(&Backend::MySql)
+        && let Err(e) = mysql_binaries()
+    {
+        log(format!(
+            "MySQL/MariaDB skipped: {e}. Set DB_TEST_MYSQL_URL, or install the MariaDB server \
+             binaries (scripts/ensure-mariadb.sh) for db-test's embedded server."
+        ));
+        args.others.retain(|b| *b != Backend::MySql);
+    }
     // Built before anything is created on a server: a failed build leaves
     // nothing behind.
     let (bins, mysql_discovery) = match build_all(&args) {
@@ -1244,14 +1299,10 @@ fn main() {
                     }
                 }
             }
+            // The binaries are there (or a URL is set): a failure is one.
             Err(e) => {
-                log(format!(
-                    "MySQL/MariaDB skipped: no server ({}). Set DB_TEST_MYSQL_URL, or install \
-                     the MariaDB server binaries (mariadbd) for db-test's embedded server.",
-                    e.trim()
-                ));
-                args.others.retain(|b| *b != Backend::MySql);
-                None
+                eprintln!("MySQL/MariaDB: no server: {}", e.trim());
+                std::process::exit(1);
             }
         }
     } else {

@@ -1,21 +1,27 @@
 //! The db-test benchmark driver. Run it with `bench/run.sh [--quick]`.
 //!
 //! 1. Finds the server db-test uses (`db_test::server_url()`: `DATABASE_URL`,
-//!    or the embedded server) and creates the databases the hand-rolled
-//!    variants need: `bench_c_<pid>` (where `#[sqlx::test]` keeps its
-//!    bookkeeping), `bench_d_<pid>` and `bench_e_<pid>` (migrated). It drops
-//!    them, and every `_sqlx_test_*` database `#[sqlx::test]` recorded in
-//!    `bench_c_<pid>`, at the end. It touches no other database.
+//!    or the embedded server).
 //! 2. Builds the suites (`bench/suites`) for every N with `BENCH_N=<n>` and
 //!    keeps a copy of each test binary, so that timing never includes cargo.
-//! 3. Runs one untimed warm-up of every suite, then R rounds of all suites
-//!    in turn (A F B C D E A F B C D E ...), timing each process.
-//! 4. Runs every suite once more through a counting proxy for round trips
-//!    and statements per test (see `proxy.rs`).
-//! 5. Times suite A under `cargo test` and under `cargo nextest run`.
-//! 6. Times `cargo build --tests` after a touch of 500 `#[db_test]` tests
+//! 3. Finds the MySQL/MariaDB server (`DB_TEST_MYSQL_URL`, else db-test's
+//!    embedded one, which the `mysql_server_url` suite names; without
+//!    server binaries MySQL is left out with a note) and SQLite's version.
+//! 4. Creates the databases the hand-rolled variants need: `bench_c_<pid>`
+//!    (where `#[sqlx::test]` keeps its bookkeeping) on PostgreSQL and on
+//!    MySQL, `bench_d_<pid>` and `bench_e_<pid>` (migrated) on PostgreSQL,
+//!    and a working directory for SQLite's `#[sqlx::test]` files. It drops
+//!    them, and every `_sqlx_test*` database `#[sqlx::test]` recorded in a
+//!    `bench_c_<pid>`, at the end. It touches no other database.
+//! 5. Runs one untimed warm-up of every suite, then R rounds of all suites
+//!    in turn (A F B C D E, then A B C on MySQL and on SQLite, then again),
+//!    timing each process.
+//! 6. Runs every PostgreSQL suite once more through a counting proxy for
+//!    round trips and statements per test (see `proxy.rs`).
+//! 7. Times suite A under `cargo test` and under `cargo nextest run`.
+//! 8. Times `cargo build --tests` after a touch of 500 `#[db_test]` tests
 //!    and of the same 500 tests under `#[tokio::test]`.
-//! 7. Prints the table, writes `results.json` and `chart.svg`.
+//! 9. Prints the table, writes `results.json` and `chart.svg`.
 
 mod chart;
 mod proxy;

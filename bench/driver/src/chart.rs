@@ -71,6 +71,28 @@ fn marker(m: Marker, x: f64, y: f64, size: f64, color: &str) -> String {
     }
 }
 
+/// `text` cut after each ", " or "; " that is outside parentheses.
+fn wrap_points(text: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut depth, mut start) = (0i32, 0);
+    let bytes = text.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'(' => depth += 1,
+            b')' => depth -= 1,
+            b',' | b';' if depth <= 0 && bytes.get(i + 1) == Some(&b' ') => {
+                parts.push(&text[start..i + 2]);
+                start = i + 2;
+            }
+            _ => {}
+        }
+    }
+    if start < text.len() {
+        parts.push(&text[start..]);
+    }
+    parts
+}
+
 fn dash_attr(dash: Option<&str>) -> String {
     dash.map(|d| format!(r#" stroke-dasharray="{d}""#))
         .unwrap_or_default()
@@ -79,11 +101,12 @@ fn dash_attr(dash: Option<&str>) -> String {
 /// Renders the chart. `title` goes on top, `notes` (the machine, the method)
 /// in small print under it.
 pub fn render(title: &str, notes: &[String], series: &[Series]) -> String {
-    // Wrap long notes at ", " so that they fit the width.
+    // Wrap long notes at ", " or "; " outside parentheses, so that they fit
+    // the width and "15.20 (fsync off, Unix socket)" stays on one line.
     let mut lines: Vec<String> = Vec::new();
     for note in notes {
         let mut line = String::new();
-        for part in note.split_inclusive(", ") {
+        for part in wrap_points(note) {
             if line.chars().count() + part.chars().count() > 140 && !line.is_empty() {
                 lines.push(std::mem::take(&mut line));
                 line.push_str("    ");

@@ -1,7 +1,14 @@
 //! SQLite: `Db`, `TestDb` and the engine behind `#[db_test]` on `SqlitePool`.
 
 #[cfg(feature = "harness")]
+mod engine;
+#[cfg(feature = "harness")]
 mod refuse;
+#[cfg(feature = "harness")]
+mod setup;
+
+#[cfg(feature = "harness")]
+pub(crate) use setup::setup;
 
 use sqlx::Sqlite;
 
@@ -41,12 +48,3 @@ impl crate::generic::Dialect for Sqlite {
     crate::generic::dialect_executors!();
 }
 
-#[cfg(feature = "harness")]
-pub(crate) async fn setup(
-    spec: &'static crate::run::TestSpec,
-) -> Result<crate::run::Prepared, String> {
-    Err(format!(
-        "db-test: SQLite is not implemented yet (test `{}`)",
-        spec.name
-    ))
-}

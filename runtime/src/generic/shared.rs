@@ -409,7 +409,13 @@ async fn recover_dropped<DB: Dialect>(
         return Err(poisoned_error(&why));
     }
     if depth::<DB>(conn) == 1 {
-        if let Err(e) = exec::<DB>(conn, &format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}")).await {
+        // Dropped between the release of `db_test_auto` and its renewal,
+        // there is no savepoint to go back to: set it where things stand.
+        let undone = match exec::<DB>(conn, &format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}")).await {
+            Ok(()) => Ok(()),
+            Err(_) => exec::<DB>(conn, &format!("SAVEPOINT {SAVEPOINT}")).await,
+        };
+        if let Err(e) = undone {
             let why = ended_by_database(&state.label, &e);
             state.poison(why.clone());
             state.record(sql, Some(outcome));
@@ -476,6 +482,9 @@ pub(crate) async fn run_on<DB: Dialect>(
         return Err(poisoned_error(&msg));
     }
     let autocommit = depth::<DB>(conn) == 1;
+    // In flight from here: dropped during the savepoint's renewal or the
+    // statement, the next user finds out where the connection stands.
+    *lock(&state.in_flight) = Some(sql.clone());
     if autocommit && !state.fresh.load(Ordering::Relaxed) {
         let renewed = match exec::<DB>(conn, &format!("RELEASE SAVEPOINT {SAVEPOINT}")).await {
             Ok(()) => exec::<DB>(conn, &format!("SAVEPOINT {SAVEPOINT}")).await,
@@ -487,12 +496,12 @@ pub(crate) async fn run_on<DB: Dialect>(
             } else {
                 ended_by_database(&state.label, &e)
             };
+            *lock(&state.in_flight) = None;
             state.poison(why.clone());
             return Err(poisoned_error(&why));
         }
         state.fresh.store(true, Ordering::Relaxed);
     }
-    *lock(&state.in_flight) = Some(sql.clone());
     let result: sqlx::Result<Vec<Step<DB>>> = DB::conn_fetch_many(conn, query).try_collect().await;
     *lock(&state.in_flight) = None;
     let plain_read = autocommit && crate::sqltext::is_plain_read(&sql);

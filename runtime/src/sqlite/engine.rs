@@ -67,13 +67,22 @@ pub(crate) fn dir() -> Result<PathBuf, String> {
     .clone()
 }
 
+/// `DB_TEST_SQLITE_URL`, else `DATABASE_URL` if it is a `sqlite:` URL; an
+/// error if `DATABASE_URL` names another database (even when
+/// `DB_TEST_SQLITE_DIR` is set: a test must not seem to run where it does not).
+pub(crate) fn url() -> Result<Option<(String, String)>, String> {
+    static URL: OnceLock<Result<Option<(String, String)>, String>> = OnceLock::new();
+    URL.get_or_init(|| crate::config::server_url(crate::Backend::Sqlite))
+        .clone()
+}
+
 fn choose_dir() -> Result<PathBuf, String> {
     if let Ok(d) = std::env::var("DB_TEST_SQLITE_DIR")
         && !d.trim().is_empty()
     {
         return Ok(PathBuf::from(d));
     }
-    if let Some((_, url)) = crate::config::server_url(crate::Backend::Sqlite)?
+    if let Some((_, url)) = url()?
         && let Some(dir) = url_dir(&url)
     {
         return Ok(dir);
@@ -153,6 +162,7 @@ pub(crate) async fn template(
     migrations: Migrations,
     manifest_dir: &'static str,
 ) -> Result<Arc<Template>, String> {
+    url()?;
     let key = migrations_key(migrations, manifest_dir)?;
     let cell = templates()
         .lock()
@@ -221,7 +231,7 @@ async fn build(migrator: MigratorRef) -> Result<Template, String> {
         .connect_lazy_with(
             SqliteConnectOptions::from_str("sqlite::memory:")
                 .expect("a valid URL")
-                .foreign_keys(true)
+                .foreign_keys(true),
         );
     Ok(Template { path, bytes, pool })
 }

@@ -48,3 +48,30 @@ impl crate::generic::Dialect for Sqlite {
     crate::generic::dialect_executors!();
 }
 
+/// The test's [`Db`], for a `TestApp::build` (or your own
+/// `FromTestContext` type) on SQLite:
+///
+/// ```no_run
+/// use db_test::{TestApp, TestContext};
+///
+/// struct App;
+///
+/// impl TestApp for App {
+///     const BACKEND: db_test::Backend = db_test::Backend::Sqlite;
+///     async fn build(ctx: &TestContext) -> axum::Router {
+///         let db = db_test::sqlite::db(ctx);
+///         axum::Router::new().with_state(db)
+///     }
+/// }
+/// ```
+///
+/// # Panics
+///
+/// If the test does not run on SQLite.
+#[cfg(feature = "harness")]
+pub fn db(ctx: &crate::TestContext) -> Db {
+    match crate::generic::test_state::<Sqlite>(ctx, "db_test::sqlite::Db") {
+        Ok(state) => state.db.clone(),
+        Err(e) => panic!("{e}"),
+    }
+}

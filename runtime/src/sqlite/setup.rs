@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::Sqlite;
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
-use sqlx::Sqlite;
 
 use super::engine::{self, FileCopy};
 use crate::context::{BoxError, ContextInner, FromTestContext, TestContext};
@@ -15,7 +15,12 @@ use crate::generic::{Db, test_state};
 use crate::run::{Ending, Isolation, Prepared, Resource, TestSpec, Verdict, isolation_of};
 use crate::shared::TEARDOWN_GRACE;
 
-fn inner(spec: &'static TestSpec, database_mode: bool, database: String, state: TestState<Sqlite>) -> ContextInner {
+fn inner(
+    spec: &'static TestSpec,
+    database_mode: bool,
+    database: String,
+    state: TestState<Sqlite>,
+) -> ContextInner {
     ContextInner {
         name: spec.name,
         backend: crate::Backend::Sqlite,
@@ -126,10 +131,16 @@ impl Resource for FileResource {
         })
     }
 
-    fn teardown(self: Box<Self>, ending: Ending) -> futures_util::future::BoxFuture<'static, Verdict> {
+    fn teardown(
+        self: Box<Self>,
+        ending: Ending,
+    ) -> futures_util::future::BoxFuture<'static, Verdict> {
         Box::pin(async move {
             let mut failure = None;
-            if crate::clock::timeout(TEARDOWN_GRACE, self.pool.close()).await.is_err() {
+            if crate::clock::timeout(TEARDOWN_GRACE, self.pool.close())
+                .await
+                .is_err()
+            {
                 failure = Some(format!(
                     "db-test: a task still held a connection to {} {TEARDOWN_GRACE:?} after test \
                      `{}` ended",
@@ -154,14 +165,17 @@ impl Resource for FileResource {
 }
 
 fn own_pool(ctx: &TestContext, what: &str) -> Result<SqlitePool, BoxError> {
-    test_state::<Sqlite>(ctx, what)?.pool.clone().ok_or_else(|| {
-        format!(
-            "`{what}` needs a database of its own, but test `{}` runs in transaction mode; \
+    test_state::<Sqlite>(ctx, what)?
+        .pool
+        .clone()
+        .ok_or_else(|| {
+            format!(
+                "`{what}` needs a database of its own, but test `{}` runs in transaction mode; \
              use `#[db_test(isolation = \"database\")]`",
-            ctx.test_name()
-        )
-        .into()
-    })
+                ctx.test_name()
+            )
+            .into()
+        })
 }
 
 impl FromTestContext for SqlitePool {

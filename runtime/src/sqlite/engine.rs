@@ -44,8 +44,11 @@ pub(crate) struct Template {
     pub(crate) pool: SqlitePool,
 }
 
-fn templates() -> &'static Mutex<HashMap<String, Arc<OnceCell<Arc<Template>>>>> {
-    static T: OnceLock<Mutex<HashMap<String, Arc<OnceCell<Arc<Template>>>>>> = OnceLock::new();
+/// The templates of this process, by migrations source.
+type Templates = Mutex<HashMap<String, Arc<OnceCell<Arc<Template>>>>>;
+
+fn templates() -> &'static Templates {
+    static T: OnceLock<Templates> = OnceLock::new();
     T.get_or_init(Default::default)
 }
 

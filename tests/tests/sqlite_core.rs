@@ -204,6 +204,20 @@ async fn a_statement_dropped_mid_way_is_undone_and_the_connection_stays_usable(d
 }
 
 #[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn foreign_keys_are_on_as_under_sqlx(db: TestDb) {
+    let on: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(on, 1);
+    let err = sqlx::query("INSERT INTO tag (item_id, label) VALUES (999, 'orphan')")
+        .execute(&db)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("FOREIGN KEY"), "{err}");
+}
+
+#[db_test(migrations = "tests/sqlite_core/migrations")]
 async fn statements_are_counted(db: TestDb) {
     let app = db.db();
     db.assert_queries(2, async {

@@ -337,3 +337,23 @@ impl Template {
         self.bytes.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::url_dir;
+    use std::path::PathBuf;
+
+    #[test]
+    fn a_url_names_the_directory_of_the_copies() {
+        assert_eq!(url_dir("sqlite::memory:"), None);
+        assert_eq!(url_dir("sqlite://:memory:"), None);
+        assert_eq!(url_dir("sqlite:file:x?mode=memory&cache=shared"), None);
+        assert_eq!(
+            url_dir("sqlite:///var/data/app.db?mode=rwc"),
+            Some(PathBuf::from("/var/data"))
+        );
+        assert_eq!(url_dir("sqlite:data/app.db"), Some(PathBuf::from("data")));
+        assert_eq!(url_dir("sqlite:app.db"), Some(PathBuf::from(".")));
+        assert_eq!(url_dir("sqlite:///tmp/copies/"), Some(PathBuf::from("/tmp/copies/")));
+    }
+}

@@ -258,6 +258,34 @@ async fn a_plain_db_parameter_is_the_test_transaction(db: Db, test_db: TestDb) {
     assert!(db.pool().is_none());
 }
 
+async fn count_items<'a>(conn: impl sqlx::Acquire<'a, Database = sqlx::Sqlite>) -> i64 {
+    let mut conn = conn.acquire().await.unwrap();
+    sqlx::query_scalar("SELECT count(*) FROM item")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap()
+}
+
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn db_is_an_acquire(db: TestDb) {
+    let app = db.db();
+    assert_eq!(count_items(&app).await, 1);
+    let err = sqlx::Acquire::begin(&app).await.unwrap_err();
+    assert_eq!(
+        db_test::Error::of(&err).map(|e| e.kind()),
+        Some(ErrorKind::Unsupported)
+    );
+    let mut conn = app.acquire().await.unwrap();
+    let mut tx = sqlx::Acquire::begin(&mut *conn).await.unwrap();
+    sqlx::query("INSERT INTO item (name) VALUES ('acquired')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    drop(conn);
+    assert_eq!(names(&db).await, ["seed", "acquired"]);
+}
+
 // ---- TestClient over an axum app on `db_test::sqlite::Db` ----
 
 struct App;

@@ -31,7 +31,7 @@ pub(crate) mod shared;
 #[cfg(feature = "harness")]
 mod testdb;
 
-pub use db::{Db, DbConn, DbConnection, DbTransaction};
+pub use db::{Db, DbAcquired, DbConn, DbConnection, DbTransaction};
 #[cfg(feature = "harness")]
 pub use testdb::TestDb;
 #[cfg(feature = "harness")]

@@ -354,6 +354,9 @@ mod tests {
         );
         assert_eq!(url_dir("sqlite:data/app.db"), Some(PathBuf::from("data")));
         assert_eq!(url_dir("sqlite:app.db"), Some(PathBuf::from(".")));
-        assert_eq!(url_dir("sqlite:///tmp/copies/"), Some(PathBuf::from("/tmp/copies/")));
+        assert_eq!(
+            url_dir("sqlite:///tmp/copies/"),
+            Some(PathBuf::from("/tmp/copies/"))
+        );
     }
 }

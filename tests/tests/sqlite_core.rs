@@ -383,7 +383,69 @@ async fn database_mode_test_db_is_a_pool(db: TestDb, ctx: TestContext) {
     assert_eq!(names(&db).await, ["seed", "raw"]);
 }
 
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn database_mode_pool_connection(mut conn: sqlx::pool::PoolConnection<sqlx::Sqlite>) {
+    sqlx::query("INSERT INTO item (name) VALUES ('conn')")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM item")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+}
+
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn database_mode_options(
+    (pool_options, connect_options): (
+        sqlx::sqlite::SqlitePoolOptions,
+        sqlx::sqlite::SqliteConnectOptions,
+    ),
+) {
+    let pool = pool_options.connect_with(connect_options).await.unwrap();
+    sqlx::query("INSERT INTO item (name) VALUES ('own pool')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let seen: Vec<String> = sqlx::query_scalar("SELECT name FROM item ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(seen, ["seed", "own pool"]);
+    pool.close().await;
+}
+
 // ---- child processes ----
+
+// A test that times out inside a long statement: it fails saying so, and
+// its teardown does not wait for the statement forever.
+#[db_test(migrations = "tests/sqlite_core/migrations", timeout = "300ms")]
+async fn child_timeout_in_a_statement(db: TestDb) {
+    let rows: i64 = if scenario() == "timeout" {
+        1_000_000_000
+    } else {
+        10
+    };
+    let n: i64 = sqlx::query_scalar(
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?) \
+         SELECT count(*) FROM c",
+    )
+    .bind(rows)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(n, rows);
+}
+
+#[test]
+fn a_test_timing_out_in_a_statement_fails_and_ends() {
+    let mut cmd = common::children(&["child_timeout_in_a_statement"]);
+    cmd.env("DB_TEST_SQLITE_CHILD", "timeout");
+    let (out, text) = common::run_until(cmd, Duration::from_secs(300));
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("timed out after 300ms"), "{text}");
+}
 
 static LEFT: Mutex<Option<Db>> = Mutex::new(None);
 

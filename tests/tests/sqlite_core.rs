@@ -438,6 +438,29 @@ async fn child_timeout_in_a_statement(db: TestDb) {
     assert_eq!(n, rows);
 }
 
+// A pragma that outlives the rollback: run one after the other (on the
+// same pooled copy, were it reused), the second must still write.
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn child_pragma_1_query_only(db: TestDb) {
+    sqlx::query("PRAGMA query_only = 1")
+        .execute(&db)
+        .await
+        .unwrap();
+    assert!(insert(&db, "read only").await.is_err());
+}
+
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn child_pragma_2_writes(db: TestDb) {
+    insert(&db, "written").await.unwrap();
+}
+
+#[test]
+fn a_session_pragma_does_not_reach_the_next_test() {
+    let cmd = common::children(&["child_pragma_1_query_only", "child_pragma_2_writes"]);
+    let out = common::run_ok(cmd, "the pragma scenario");
+    assert!(out.contains("2 passed"), "{out}");
+}
+
 #[test]
 fn a_test_timing_out_in_a_statement_fails_and_ends() {
     let mut cmd = common::children(&["child_timeout_in_a_statement"]);

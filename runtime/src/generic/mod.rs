@@ -74,6 +74,15 @@ pub trait Dialect: sqlx::Database + sealed::Sealed {
     #[doc(hidden)]
     const CHECK_CONSTRAINTS: Option<&'static str> = None;
 
+    /// Under test, whether `sql` may leave state on the connection that the
+    /// rollback does not undo (a session setting): the connection is then
+    /// closed when the test ends, rather than handed to the next test.
+    #[doc(hidden)]
+    fn touches_session(sql: &str) -> bool {
+        let _ = sql;
+        false
+    }
+
     #[doc(hidden)]
     fn pool_fetch_many<'e, 'q: 'e, E: 'q + Execute<'q, Self>>(
         pool: &'e Pool<Self>,

@@ -52,6 +52,9 @@ pub(crate) async fn exec<DB: Dialect>(conn: &mut DB::Connection, sql: &str) -> s
 pub(crate) struct State {
     label: String,
     refuse: fn(&str) -> Option<String>,
+    touches_session: fn(&str) -> bool,
+    /// The test may have left session state on the connection.
+    touched: AtomicBool,
     statements: AtomicU64,
     log: Mutex<VecDeque<LoggedStatement>>,
     /// `db_test_auto` marks the current state: nothing changed since it was set.
@@ -188,6 +191,8 @@ impl<DB: Dialect> Shared<DB> {
         let state = Arc::new(State {
             label,
             refuse: DB::refuse,
+            touches_session: DB::touches_session,
+            touched: AtomicBool::new(false),
             statements: AtomicU64::new(0),
             log: Mutex::new(VecDeque::new()),
             fresh: AtomicBool::new(true),
@@ -382,10 +387,11 @@ impl<DB: Dialect> Shared<DB> {
                 healthy = false;
             }
         }
-        if healthy {
+        if healthy && !self.state.touched.load(Ordering::Relaxed) {
             (Some(conn), failure, log)
         } else {
-            // Never hand a connection in an unknown state to the next test.
+            // Never hand a connection in an unknown state (or with session
+            // state the test set) to the next test.
             conn.close_on_drop();
             (None, failure, log)
         }
@@ -490,6 +496,9 @@ pub(crate) async fn run_on<DB: Dialect>(
         state.record(sql, Some("refused by db-test".into()));
         return Err(poisoned_error(&msg));
     }
+    if !state.touched.load(Ordering::Relaxed) && (state.touches_session)(&sql) {
+        state.touched.store(true, Ordering::Relaxed);
+    }
     let autocommit = depth::<DB>(conn) == 1;
     // In flight from here: dropped during the savepoint's renewal or the
     // statement, the next user finds out where the connection stands.
@@ -586,7 +595,11 @@ impl<DB: Dialect> Resource for TxResource<DB> {
                 .shared
                 .finish(ending.reason, ending.spec.check_constraints)
                 .await;
-            drop(conn); // back to the pool, rolled back and healthy
+            // Back to the pool, rolled back and healthy: awaited, so that
+            // the next test finds it idle rather than opening another copy.
+            if let Some(mut conn) = conn {
+                conn.return_to_pool().await;
+            }
             (failure, log)
         })
     }

@@ -74,7 +74,9 @@
 //! - A statement whose future was dropped (a timeout, `select!`) is undone
 //!   before the next one runs.
 //! - `PRAGMA foreign_keys = ...` and other pragmas SQLite ignores inside a
-//!   transaction have no effect.
+//!   transaction have no effect. A test that sends any `PRAGMA` gets its
+//!   in-memory copy closed at its end rather than reused, so that a setting
+//!   that outlives the rollback (`query_only`, ...) never reaches another test.
 //! - `check_constraints = true` runs `PRAGMA foreign_key_check` before the
 //!   rollback and fails the test on any violation (what `COMMIT` would
 //!   reject with `DEFERRABLE INITIALLY DEFERRED` foreign keys).
@@ -125,6 +127,13 @@ impl crate::generic::Dialect for Sqlite {
     }
 
     const CHECK_CONSTRAINTS: Option<&'static str> = Some("PRAGMA foreign_key_check");
+
+    /// A pragma may set connection state that outlives the rollback
+    /// (`query_only`, `recursive_triggers`, `case_sensitive_like`, ...).
+    #[cfg(feature = "harness")]
+    fn touches_session(sql: &str) -> bool {
+        crate::sqltext::contains_ignore_case(sql, "PRAGMA")
+    }
 
     crate::generic::dialect_executors!();
 }

@@ -70,6 +70,19 @@ async fn app_commit_is_a_savepoint(db: TestDb) {
         .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(names(&db).await, ["seed", "committed"]);
+    // A failing statement after it undoes itself, not the committed savepoint.
+    assert!(insert(&db, "seed").await.is_err());
+    assert_eq!(names(&db).await, ["seed", "committed"]);
+    // Nor what was written on the bare connection of a guard.
+    {
+        let mut conn = db.acquire().await.unwrap();
+        let raw: &mut sqlx::SqliteConnection = &mut conn;
+        raw.execute("INSERT INTO item (name) VALUES ('raw')")
+            .await
+            .unwrap();
+    }
+    assert!(insert(&db, "seed").await.is_err());
+    assert_eq!(names(&db).await, ["seed", "committed", "raw"]);
 
     let mut tx = db.begin().await.unwrap();
     sqlx::query("INSERT INTO item (name) VALUES ('rolled back')")
@@ -93,7 +106,7 @@ async fn app_commit_is_a_savepoint(db: TestDb) {
         inner.commit().await.unwrap();
         // `tx` dropped without commit: rolled back, with `inner`.
     }
-    assert_eq!(names(&db).await, ["seed", "committed"]);
+    assert_eq!(names(&db).await, ["seed", "committed", "raw"]);
 }
 
 #[db_test(migrations = "tests/sqlite_core/migrations")]

@@ -133,7 +133,7 @@ impl<DB: Dialect> Db<DB> {
             }),
             #[cfg(feature = "harness")]
             Inner::Test(shared) => Ok(DbConnection {
-                inner: ConnInner::Test(shared.lock().await?),
+                inner: ConnInner::Test(shared.lock_raw().await?),
             }),
         }
     }

@@ -131,6 +131,19 @@ pub(crate) struct Slot<DB: Dialect> {
 /// The lock on the test's connection. Derefs (through `DbConn`) to it.
 pub(crate) struct SlotGuard<DB: Dialect> {
     guard: OwnedMutexGuard<Slot<DB>>,
+    /// Handed to the test or the app (`acquire()`, `begin()`), which may
+    /// write on the bare connection, out of db-test's sight.
+    raw: Option<Arc<State>>,
+}
+
+impl<DB: Dialect> Drop for SlotGuard<DB> {
+    fn drop(&mut self) {
+        // What was written through this guard must not be undone with the
+        // next failing statement: `db_test_auto` is renewed before it.
+        if let Some(state) = &self.raw {
+            state.fresh.store(false, Ordering::Relaxed);
+        }
+    }
 }
 
 impl<DB: Dialect> SlotGuard<DB> {
@@ -293,12 +306,22 @@ impl<DB: Dialect> Shared<DB> {
         }
         let conn = slot.conn.as_mut().expect("present until the test ends");
         recover_dropped::<DB>(&self.state, conn).await?;
-        Ok(SlotGuard { guard: slot })
+        Ok(SlotGuard {
+            guard: slot,
+            raw: None,
+        })
+    }
+
+    /// The test's connection for the test or the app (`acquire()`).
+    pub(crate) async fn lock_raw(&self) -> sqlx::Result<SlotGuard<DB>> {
+        let mut guard = self.lock().await?;
+        guard.raw = Some(self.state.clone());
+        Ok(guard)
     }
 
     /// An app transaction: a savepoint inside the test's transaction.
     pub(crate) async fn begin(&self) -> sqlx::Result<SlotGuard<DB>> {
-        let mut guard = self.lock().await?;
+        let mut guard = self.lock_raw().await?;
         Manager::<DB>::begin(guard.conn_mut(), None).await?;
         Ok(guard)
     }

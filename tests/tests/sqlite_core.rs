@@ -570,6 +570,15 @@ fn no_files_are_left_behind_and_a_failed_database_can_be_kept() {
         common::run_until(cmd, Duration::from_secs(300))
     };
 
+    // What a killed test process left: removed by the next one.
+    let dead = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = dead.id();
+    let mut dead = dead;
+    dead.wait().unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        std::fs::write(dir.join(format!("db-{dead_pid}-0.sqlite{suffix}")), b"").unwrap();
+    }
+
     let (out, text) = run(false);
     assert!(!out.status.success(), "one child test fails:\n{text}");
     assert!(text.contains("failing on purpose"), "{text}");

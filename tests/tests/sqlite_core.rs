@@ -474,6 +474,32 @@ fn a_session_pragma_does_not_reach_the_next_test() {
     assert!(out.contains("2 passed"), "{out}");
 }
 
+// A COMMIT on the bare connection of a guard is out of db-test's sight
+// until the end, where it fails the test.
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn child_raw_commit(db: TestDb) {
+    let mut conn = db.acquire().await.unwrap();
+    let raw: &mut sqlx::SqliteConnection = &mut conn;
+    raw.execute("INSERT INTO item (name) VALUES ('raw')")
+        .await
+        .unwrap();
+    if scenario() == "rawcommit" {
+        raw.execute("COMMIT").await.unwrap();
+    }
+}
+
+#[test]
+fn a_commit_on_a_bare_connection_fails_the_test() {
+    let mut cmd = common::children(&["child_raw_commit"]);
+    cmd.env("DB_TEST_SQLITE_CHILD", "rawcommit");
+    let (out, text) = common::run_until(cmd, Duration::from_secs(300));
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("was ended by a COMMIT or ROLLBACK sent on the bare connection"),
+        "{text}"
+    );
+}
+
 #[test]
 fn a_test_timing_out_in_a_statement_fails_and_ends() {
     let mut cmd = common::children(&["child_timeout_in_a_statement"]);

@@ -406,8 +406,22 @@ impl<DB: Dialect> Shared<DB> {
             }
         }
         while healthy && depth::<DB>(&conn) > 0 {
-            if Manager::<DB>::rollback(&mut conn).await.is_err() {
+            let outer = depth::<DB>(&conn) == 1;
+            if let Err(e) = Manager::<DB>::rollback(&mut conn).await {
                 healthy = false;
+                if outer && !is_broken(&e) && failure.is_none() {
+                    // Nothing to roll back: something sent on the bare
+                    // connection of a guard ended the test's transaction.
+                    failure = Some(format!(
+                        "db-test: the transaction of test `{}` was ended by a COMMIT or \
+                         ROLLBACK sent on the bare connection of a guard (`&mut **conn`), out \
+                         of db-test's sight ({e}). Its writes were not rolled back where they \
+                         went; the connection is closed and no other test sees them. Use \
+                         `db.begin()` and `tx.commit()` (savepoints under test), or \
+                         `isolation = \"database\"` for a test that must really commit.",
+                        self.state.label
+                    ));
+                }
             }
         }
         if healthy && !self.state.touched.load(Ordering::Relaxed) {

@@ -7,5 +7,5 @@ mod naming;
 mod recycle;
 pub(crate) mod signal;
 mod sweep;
-mod template;
+pub(crate) mod template;
 mod working;

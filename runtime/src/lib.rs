@@ -21,6 +21,8 @@ mod db;
 mod duration;
 #[cfg(feature = "harness")]
 mod error;
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+pub mod generic;
 #[cfg(feature = "harness")]
 mod hint;
 #[cfg(feature = "mysql")]

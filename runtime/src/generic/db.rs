@@ -1,0 +1,474 @@
+//! [`Db<DB>`](Db): the app-facing handle, a pool in production and the
+//! test's transaction under `#[db_test]`.
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+#[cfg(feature = "harness")]
+use std::sync::Arc;
+
+#[cfg(feature = "harness")]
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use sqlx::pool::PoolConnection;
+use sqlx::{Execute, Executor, Pool};
+
+use super::{Dialect, Step};
+#[cfg(feature = "harness")]
+use super::{
+    OwnedQuery,
+    shared::{Shared, SlotGuard},
+};
+
+/// A handle to the database that application code stores in its state,
+/// generic over the database (see the backend modules' aliases, such as
+/// `db_test::sqlite::Db`).
+///
+/// Build it from a pool in production with [`Db::from_pool`] (or
+/// `Db::from(pool)`): every call then goes straight to the pool, with no lock
+/// and no extra round trip. Under `#[db_test]` the test hands the app a `Db`
+/// bound to the test's transaction, so the app's writes are rolled back with
+/// the test (see [the module](crate::generic) for what changes under test).
+///
+/// `&Db` is a [`sqlx::Executor`], used exactly like `&Pool`:
+///
+/// ```no_run
+/// # #[cfg(feature = "sqlite")]
+/// # async fn f(pool: sqlx::SqlitePool) -> sqlx::Result<()> {
+/// use db_test::sqlite::Db;
+///
+/// let db = Db::from_pool(pool);
+/// sqlx::query("INSERT INTO users (email) VALUES (?)")
+///     .bind("a@example.com")
+///     .execute(&db)
+///     .await?;
+///
+/// // An app transaction. Under test it becomes a savepoint.
+/// let mut tx = db.begin().await?;
+/// sqlx::query("UPDATE users SET name = 'A'").execute(&mut *tx).await?;
+/// tx.commit().await?;
+/// # Ok(()) }
+/// ```
+pub struct Db<DB: Dialect> {
+    inner: Inner<DB>,
+}
+
+enum Inner<DB: Dialect> {
+    Pool(Pool<DB>),
+    #[cfg(feature = "harness")]
+    Test(Arc<Shared<DB>>),
+}
+
+impl<DB: Dialect> Clone for Db<DB> {
+    fn clone(&self) -> Self {
+        Db {
+            inner: match &self.inner {
+                Inner::Pool(pool) => Inner::Pool(pool.clone()),
+                #[cfg(feature = "harness")]
+                Inner::Test(shared) => Inner::Test(shared.clone()),
+            },
+        }
+    }
+}
+
+impl<DB: Dialect> fmt::Debug for Db<DB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.inner {
+            Inner::Pool(pool) => f.debug_tuple("Db::Pool").field(pool).finish(),
+            #[cfg(feature = "harness")]
+            Inner::Test(shared) => f.debug_tuple("Db::Test").field(&shared.label()).finish(),
+        }
+    }
+}
+
+impl<DB: Dialect> From<Pool<DB>> for Db<DB> {
+    fn from(pool: Pool<DB>) -> Self {
+        Db::from_pool(pool)
+    }
+}
+
+impl<DB: Dialect> Db<DB> {
+    /// Wraps a pool. Every call on the returned `Db` goes straight to the pool.
+    pub fn from_pool(pool: Pool<DB>) -> Self {
+        Db {
+            inner: Inner::Pool(pool),
+        }
+    }
+
+    #[cfg(feature = "harness")]
+    pub(crate) fn from_shared(shared: Arc<Shared<DB>>) -> Self {
+        Db {
+            inner: Inner::Test(shared),
+        }
+    }
+
+    #[cfg(feature = "harness")]
+    pub(crate) fn shared(&self) -> Option<&Arc<Shared<DB>>> {
+        match &self.inner {
+            Inner::Test(shared) => Some(shared),
+            Inner::Pool(_) => None,
+        }
+    }
+
+    /// The pool behind this handle, if it is a pool (production, or a test
+    /// in `isolation = "database"`). `None` under a transaction-mode test.
+    pub fn pool(&self) -> Option<&Pool<DB>> {
+        match &self.inner {
+            Inner::Pool(pool) => Some(pool),
+            #[cfg(feature = "harness")]
+            Inner::Test(_) => None,
+        }
+    }
+
+    /// Takes a connection. It derefs to [`DbConn`], which derefs to the
+    /// database's connection type.
+    ///
+    /// Under a transaction-mode test this is the test's connection: hold the
+    /// guard only as long as needed, because other users of the same `Db`
+    /// wait for it.
+    pub async fn acquire(&self) -> sqlx::Result<DbConnection<DB>> {
+        match &self.inner {
+            Inner::Pool(pool) => Ok(DbConnection {
+                inner: ConnInner::Pool(pool.acquire().await?),
+            }),
+            #[cfg(feature = "harness")]
+            Inner::Test(shared) => Ok(DbConnection {
+                inner: ConnInner::Test(shared.lock().await?),
+            }),
+        }
+    }
+
+    /// Starts a transaction. Under a transaction-mode test it is a
+    /// `SAVEPOINT` inside the test's transaction.
+    ///
+    /// Dropping the guard without [`DbTransaction::commit`] rolls it back.
+    pub async fn begin(&self) -> sqlx::Result<DbTransaction<DB>> {
+        match &self.inner {
+            Inner::Pool(pool) => Ok(DbTransaction {
+                inner: TxInner::Pool(pool.begin().await?),
+            }),
+            #[cfg(feature = "harness")]
+            Inner::Test(shared) => Ok(DbTransaction {
+                inner: TxInner::Test {
+                    guard: shared.begin().await?,
+                    open: true,
+                },
+            }),
+        }
+    }
+}
+
+/// A connection taken from a [`Db`] with [`Db::acquire`]. Derefs to
+/// [`DbConn`], which derefs to the database's connection type:
+/// `.execute(&mut *conn)` works, and so does `&mut **conn` where a
+/// `&mut SqliteConnection` (say) is expected.
+pub struct DbConnection<DB: Dialect> {
+    inner: ConnInner<DB>,
+}
+
+enum ConnInner<DB: Dialect> {
+    Pool(PoolConnection<DB>),
+    #[cfg(feature = "harness")]
+    Test(SlotGuard<DB>),
+}
+
+impl<DB: Dialect> fmt::Debug for DbConnection<DB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DbConnection")
+    }
+}
+
+impl<DB: Dialect> Deref for DbConnection<DB> {
+    type Target = DbConn<DB>;
+    fn deref(&self) -> &DbConn<DB> {
+        DbConn::from_ref(match &self.inner {
+            ConnInner::Pool(c) => &**c,
+            #[cfg(feature = "harness")]
+            ConnInner::Test(g) => g.conn(),
+        })
+    }
+}
+
+impl<DB: Dialect> DerefMut for DbConnection<DB> {
+    fn deref_mut(&mut self) -> &mut DbConn<DB> {
+        DbConn::from_mut(match &mut self.inner {
+            ConnInner::Pool(c) => &mut **c,
+            #[cfg(feature = "harness")]
+            ConnInner::Test(g) => g.conn_mut(),
+        })
+    }
+}
+
+/// A transaction started with [`Db::begin`]. Derefs to [`DbConn`] (and on
+/// to the database's connection type), so queries run on it with
+/// `.execute(&mut *tx)`.
+///
+/// Dropping it without calling [`commit`](DbTransaction::commit) rolls it back.
+pub struct DbTransaction<DB: Dialect> {
+    inner: TxInner<DB>,
+}
+
+enum TxInner<DB: Dialect> {
+    Pool(sqlx::Transaction<'static, DB>),
+    #[cfg(feature = "harness")]
+    Test {
+        guard: SlotGuard<DB>,
+        open: bool,
+    },
+    Taken,
+}
+
+impl<DB: Dialect> fmt::Debug for DbTransaction<DB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DbTransaction")
+    }
+}
+
+impl<DB: Dialect> DbTransaction<DB> {
+    /// Commits the transaction (under test: `RELEASE SAVEPOINT`).
+    pub async fn commit(mut self) -> sqlx::Result<()> {
+        match std::mem::replace(&mut self.inner, TxInner::Taken) {
+            TxInner::Pool(tx) => tx.commit().await,
+            #[cfg(feature = "harness")]
+            TxInner::Test { mut guard, .. } => guard.end_savepoint(true).await,
+            TxInner::Taken => Ok(()),
+        }
+    }
+
+    /// Rolls the transaction back (under test: `ROLLBACK TO SAVEPOINT`).
+    pub async fn rollback(mut self) -> sqlx::Result<()> {
+        match std::mem::replace(&mut self.inner, TxInner::Taken) {
+            TxInner::Pool(tx) => tx.rollback().await,
+            #[cfg(feature = "harness")]
+            TxInner::Test { mut guard, .. } => guard.end_savepoint(false).await,
+            TxInner::Taken => Ok(()),
+        }
+    }
+}
+
+impl<DB: Dialect> Drop for DbTransaction<DB> {
+    fn drop(&mut self) {
+        #[cfg(feature = "harness")]
+        if let TxInner::Test { guard, open: true } = &mut self.inner {
+            guard.start_rollback_savepoint();
+        }
+    }
+}
+
+impl<DB: Dialect> Deref for DbTransaction<DB> {
+    type Target = DbConn<DB>;
+    fn deref(&self) -> &DbConn<DB> {
+        DbConn::from_ref(match &self.inner {
+            TxInner::Pool(tx) => &**tx,
+            #[cfg(feature = "harness")]
+            TxInner::Test { guard, .. } => guard.conn(),
+            TxInner::Taken => unreachable!("transaction used after commit"),
+        })
+    }
+}
+
+impl<DB: Dialect> DerefMut for DbTransaction<DB> {
+    fn deref_mut(&mut self) -> &mut DbConn<DB> {
+        DbConn::from_mut(match &mut self.inner {
+            TxInner::Pool(tx) => &mut **tx,
+            #[cfg(feature = "harness")]
+            TxInner::Test { guard, .. } => guard.conn_mut(),
+            TxInner::Taken => unreachable!("transaction used after commit"),
+        })
+    }
+}
+
+impl<'c, DB: Dialect> Executor<'c> for &'c Db<DB> {
+    type Database = DB;
+
+    fn fetch_many<'e, 'q: 'e, E>(self, query: E) -> BoxStream<'e, sqlx::Result<Step<DB>>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, DB>,
+    {
+        match &self.inner {
+            Inner::Pool(pool) => DB::pool_fetch_many(pool, query),
+            #[cfg(feature = "harness")]
+            Inner::Test(shared) => {
+                let shared = shared.clone();
+                steps_stream::<DB>(async move { shared.run(OwnedQuery::take(query)?).await })
+            }
+        }
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, sqlx::Result<Option<DB::Row>>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, DB>,
+    {
+        match &self.inner {
+            Inner::Pool(pool) => DB::pool_fetch_optional(pool, query),
+            #[cfg(feature = "harness")]
+            Inner::Test(shared) => {
+                let shared = shared.clone();
+                async move {
+                    let steps = shared.run(OwnedQuery::take(query)?).await?;
+                    Ok(steps.into_iter().find_map(|s| s.right()))
+                }
+                .boxed()
+            }
+        }
+    }
+
+    fn prepare_with<'e>(
+        self,
+        sql: sqlx::SqlStr,
+        parameters: &'e [DB::TypeInfo],
+    ) -> BoxFuture<'e, sqlx::Result<DB::Statement>>
+    where
+        'c: 'e,
+    {
+        match &self.inner {
+            Inner::Pool(pool) => DB::pool_prepare_with(pool, sql, parameters),
+            #[cfg(feature = "harness")]
+            Inner::Test(shared) => {
+                let shared = shared.clone();
+                async move {
+                    let mut guard = shared.lock().await?;
+                    DB::conn_prepare_with(guard.conn_mut(), sql, parameters).await
+                }
+                .boxed()
+            }
+        }
+    }
+
+    #[doc(hidden)]
+    fn describe<'e>(self, sql: sqlx::SqlStr) -> BoxFuture<'e, sqlx::Result<sqlx::Describe<DB>>>
+    where
+        'c: 'e,
+    {
+        match &self.inner {
+            Inner::Pool(pool) => DB::pool_describe(pool, sql),
+            #[cfg(feature = "harness")]
+            Inner::Test(shared) => {
+                let shared = shared.clone();
+                async move {
+                    let mut guard = shared.lock().await?;
+                    DB::conn_describe(guard.conn_mut(), sql).await
+                }
+                .boxed()
+            }
+        }
+    }
+}
+
+/// The connection behind a [`DbConnection`] or [`DbTransaction`] guard.
+///
+/// It derefs to the database's connection type, and `&mut DbConn` is itself
+/// a [`sqlx::Executor`]. In production it is the connection, nothing more.
+/// Under `#[db_test]`, statements run through it get what statements
+/// through [`Db`] get: refused if they would end the test's transaction,
+/// counted and logged with the test's others.
+#[repr(transparent)]
+pub struct DbConn<DB: Dialect>(DB::Connection);
+
+impl<DB: Dialect> DbConn<DB> {
+    fn from_ref(conn: &DB::Connection) -> &DbConn<DB> {
+        // SAFETY: `DbConn` is `repr(transparent)` over the connection.
+        unsafe { &*(conn as *const DB::Connection as *const DbConn<DB>) }
+    }
+
+    fn from_mut(conn: &mut DB::Connection) -> &mut DbConn<DB> {
+        // SAFETY: `DbConn` is `repr(transparent)` over the connection.
+        unsafe { &mut *(conn as *mut DB::Connection as *mut DbConn<DB>) }
+    }
+}
+
+impl<DB: Dialect> fmt::Debug for DbConn<DB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DbConn")
+    }
+}
+
+impl<DB: Dialect> Deref for DbConn<DB> {
+    type Target = DB::Connection;
+    fn deref(&self) -> &DB::Connection {
+        &self.0
+    }
+}
+
+impl<DB: Dialect> DerefMut for DbConn<DB> {
+    fn deref_mut(&mut self) -> &mut DB::Connection {
+        &mut self.0
+    }
+}
+
+impl<DB: Dialect> AsMut<DB::Connection> for DbConn<DB> {
+    fn as_mut(&mut self) -> &mut DB::Connection {
+        &mut self.0
+    }
+}
+
+impl<'c, DB: Dialect> Executor<'c> for &'c mut DbConn<DB> {
+    type Database = DB;
+
+    fn fetch_many<'e, 'q: 'e, E>(self, query: E) -> BoxStream<'e, sqlx::Result<Step<DB>>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, DB>,
+    {
+        #[cfg(feature = "harness")]
+        if let Some(state) = super::shared::state_of::<DB>(&self.0) {
+            return steps_stream::<DB>(async move {
+                super::shared::run_on::<DB>(&state, &mut self.0, OwnedQuery::take(query)?).await
+            });
+        }
+        DB::conn_fetch_many(&mut self.0, query)
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, sqlx::Result<Option<DB::Row>>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, DB>,
+    {
+        #[cfg(feature = "harness")]
+        if let Some(state) = super::shared::state_of::<DB>(&self.0) {
+            return async move {
+                let query = OwnedQuery::take(query)?;
+                let steps = super::shared::run_on::<DB>(&state, &mut self.0, query).await?;
+                Ok(steps.into_iter().find_map(|s| s.right()))
+            }
+            .boxed();
+        }
+        DB::conn_fetch_optional(&mut self.0, query)
+    }
+
+    fn prepare_with<'e>(
+        self,
+        sql: sqlx::SqlStr,
+        parameters: &'e [DB::TypeInfo],
+    ) -> BoxFuture<'e, sqlx::Result<DB::Statement>>
+    where
+        'c: 'e,
+    {
+        DB::conn_prepare_with(&mut self.0, sql, parameters)
+    }
+
+    #[doc(hidden)]
+    fn describe<'e>(self, sql: sqlx::SqlStr) -> BoxFuture<'e, sqlx::Result<sqlx::Describe<DB>>>
+    where
+        'c: 'e,
+    {
+        DB::conn_describe(&mut self.0, sql)
+    }
+}
+
+/// The steps of a statement db-test ran to its end (under test, statements
+/// are read whole), as the stream sqlx's `fetch_many` returns.
+#[cfg(feature = "harness")]
+fn steps_stream<'e, DB: Dialect>(
+    run: impl std::future::Future<Output = sqlx::Result<Vec<Step<DB>>>> + Send + 'e,
+) -> BoxStream<'e, sqlx::Result<Step<DB>>> {
+    use futures_util::StreamExt;
+    futures_util::stream::once(run)
+        .flat_map(|result| match result {
+            Ok(steps) => futures_util::stream::iter(steps.into_iter().map(Ok)).left_stream(),
+            Err(e) => futures_util::stream::once(async move { Err(e) }).right_stream(),
+        })
+        .boxed()
+}

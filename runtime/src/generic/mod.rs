@@ -1,0 +1,230 @@
+//! The backend-generic database handle, for the databases other than
+//! PostgreSQL: [`Db<DB>`](Db) and, with the harness, [`TestDb<DB>`](TestDb).
+//!
+//! Each backend module names them for its database, as sqlx does with its
+//! own generic types: `db_test::sqlite::Db` is `generic::Db<Sqlite>`.
+//! (PostgreSQL keeps its own, older handle, [`crate::Db`].)
+//!
+//! In production a `Db<DB>` is a [`sqlx::Pool<DB>`]: every call goes straight
+//! to the pool. Under `#[db_test]` in transaction mode it wraps the test's one
+//! connection, which sits inside a transaction rolled back when the test ends:
+//!
+//! - `db.begin()` is a `SAVEPOINT`, `tx.commit()` a `RELEASE SAVEPOINT`,
+//!   `tx.rollback()` (or dropping `tx`) a `ROLLBACK TO SAVEPOINT`;
+//! - a statement run outside an app transaction runs after a savepoint of
+//!   db-test's, so that a failing statement is undone alone and the test
+//!   goes on, as under autocommit (a plain `SELECT` needs none);
+//! - SQL that would end the test's transaction (`COMMIT`, `ROLLBACK`,
+//!   `BEGIN`, ..., anywhere in a multi-statement string) and what else the
+//!   backend cannot run in it is refused before it is sent, and fails the
+//!   test: every later statement of the test gets the same error;
+//! - a statement whose future is dropped mid-way (a timeout, `select!`) is
+//!   undone before the next statement runs, and the connection stays usable;
+//! - the connection is shared by every clone of the handle behind an async
+//!   lock; a task that waits for it longer than the checkout timeout
+//!   (`DB_TEST_CHECKOUT_TIMEOUT`, 10 s) gets an error naming the likely
+//!   cause, and a task that outlives its test gets "test `..` is over".
+
+mod db;
+#[cfg(feature = "harness")]
+pub(crate) mod shared;
+#[cfg(feature = "harness")]
+mod testdb;
+
+pub use db::{Db, DbConn, DbConnection, DbTransaction};
+#[cfg(feature = "harness")]
+pub use testdb::TestDb;
+#[cfg(feature = "harness")]
+#[allow(unused_imports)]
+pub(crate) use testdb::test_state;
+
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use sqlx::{Either, Execute, Pool};
+
+pub(crate) mod sealed {
+    /// Only db-test's backends are [`super::Dialect`]s.
+    pub trait Sealed {}
+}
+
+/// One step of a statement's results: a result summary or a row.
+pub type Step<DB> = Either<<DB as sqlx::Database>::QueryResult, <DB as sqlx::Database>::Row>;
+
+/// What differs between the databases [`Db`] works on. Sealed: implemented
+/// by db-test for each backend it was built with (`sqlx::Sqlite` with the
+/// `sqlite` feature, `sqlx::MySql` with `mysql`).
+///
+/// The executor methods only forward to sqlx's own executors of the pool
+/// and the connection (so that generic code needs no higher-ranked bounds).
+pub trait Dialect: sqlx::Database + sealed::Sealed {
+    /// The backend, for `FromTestContext::BACKEND`.
+    #[cfg(feature = "harness")]
+    const BACKEND: crate::Backend;
+
+    /// Under test (transaction mode), SQL db-test must not send: it would end
+    /// the test's transaction, or cannot run in one. Returns the message of
+    /// the error, saying what to do instead. Called on every statement sent
+    /// through the test's handle, before it is sent.
+    #[doc(hidden)]
+    fn refuse(sql: &str) -> Option<String>;
+
+    /// Under test, before the rollback, when `check_constraints` is set: a
+    /// statement whose rows are constraint violations that a `COMMIT` would
+    /// report. `None` when the database has no deferred constraints.
+    #[doc(hidden)]
+    const CHECK_CONSTRAINTS: Option<&'static str> = None;
+
+    #[doc(hidden)]
+    fn pool_fetch_many<'e, 'q: 'e, E: 'q + Execute<'q, Self>>(
+        pool: &'e Pool<Self>,
+        query: E,
+    ) -> BoxStream<'e, sqlx::Result<Step<Self>>>;
+    #[doc(hidden)]
+    fn pool_fetch_optional<'e, 'q: 'e, E: 'q + Execute<'q, Self>>(
+        pool: &'e Pool<Self>,
+        query: E,
+    ) -> BoxFuture<'e, sqlx::Result<Option<Self::Row>>>;
+    #[doc(hidden)]
+    fn pool_prepare_with<'e>(
+        pool: &'e Pool<Self>,
+        sql: sqlx::SqlStr,
+        parameters: &'e [Self::TypeInfo],
+    ) -> BoxFuture<'e, sqlx::Result<Self::Statement>>;
+    #[doc(hidden)]
+    fn pool_describe<'e>(
+        pool: &'e Pool<Self>,
+        sql: sqlx::SqlStr,
+    ) -> BoxFuture<'e, sqlx::Result<sqlx::Describe<Self>>>;
+    #[doc(hidden)]
+    fn conn_fetch_many<'e, 'q: 'e, E: 'q + Execute<'q, Self>>(
+        conn: &'e mut Self::Connection,
+        query: E,
+    ) -> BoxStream<'e, sqlx::Result<Step<Self>>>;
+    #[doc(hidden)]
+    fn conn_fetch_optional<'e, 'q: 'e, E: 'q + Execute<'q, Self>>(
+        conn: &'e mut Self::Connection,
+        query: E,
+    ) -> BoxFuture<'e, sqlx::Result<Option<Self::Row>>>;
+    #[doc(hidden)]
+    fn conn_prepare_with<'e>(
+        conn: &'e mut Self::Connection,
+        sql: sqlx::SqlStr,
+        parameters: &'e [Self::TypeInfo],
+    ) -> BoxFuture<'e, sqlx::Result<Self::Statement>>;
+    #[doc(hidden)]
+    fn conn_describe<'e>(
+        conn: &'e mut Self::Connection,
+        sql: sqlx::SqlStr,
+    ) -> BoxFuture<'e, sqlx::Result<sqlx::Describe<Self>>>;
+}
+
+/// The executor methods of a [`Dialect`] impl: they forward to sqlx's
+/// executors of the concrete pool and connection types.
+macro_rules! dialect_executors {
+    () => {
+        fn pool_fetch_many<'e, 'q: 'e, E: 'q + sqlx::Execute<'q, Self>>(
+            pool: &'e sqlx::Pool<Self>,
+            query: E,
+        ) -> futures_util::stream::BoxStream<'e, sqlx::Result<$crate::generic::Step<Self>>> {
+            sqlx::Executor::fetch_many(pool, query)
+        }
+        fn pool_fetch_optional<'e, 'q: 'e, E: 'q + sqlx::Execute<'q, Self>>(
+            pool: &'e sqlx::Pool<Self>,
+            query: E,
+        ) -> futures_util::future::BoxFuture<'e, sqlx::Result<Option<Self::Row>>> {
+            sqlx::Executor::fetch_optional(pool, query)
+        }
+        fn pool_prepare_with<'e>(
+            pool: &'e sqlx::Pool<Self>,
+            sql: sqlx::SqlStr,
+            parameters: &'e [Self::TypeInfo],
+        ) -> futures_util::future::BoxFuture<'e, sqlx::Result<Self::Statement>> {
+            sqlx::Executor::prepare_with(pool, sql, parameters)
+        }
+        fn pool_describe<'e>(
+            pool: &'e sqlx::Pool<Self>,
+            sql: sqlx::SqlStr,
+        ) -> futures_util::future::BoxFuture<'e, sqlx::Result<sqlx::Describe<Self>>> {
+            sqlx::Executor::describe(pool, sql)
+        }
+        fn conn_fetch_many<'e, 'q: 'e, E: 'q + sqlx::Execute<'q, Self>>(
+            conn: &'e mut Self::Connection,
+            query: E,
+        ) -> futures_util::stream::BoxStream<'e, sqlx::Result<$crate::generic::Step<Self>>> {
+            sqlx::Executor::fetch_many(conn, query)
+        }
+        fn conn_fetch_optional<'e, 'q: 'e, E: 'q + sqlx::Execute<'q, Self>>(
+            conn: &'e mut Self::Connection,
+            query: E,
+        ) -> futures_util::future::BoxFuture<'e, sqlx::Result<Option<Self::Row>>> {
+            sqlx::Executor::fetch_optional(conn, query)
+        }
+        fn conn_prepare_with<'e>(
+            conn: &'e mut Self::Connection,
+            sql: sqlx::SqlStr,
+            parameters: &'e [Self::TypeInfo],
+        ) -> futures_util::future::BoxFuture<'e, sqlx::Result<Self::Statement>> {
+            sqlx::Executor::prepare_with(conn, sql, parameters)
+        }
+        fn conn_describe<'e>(
+            conn: &'e mut Self::Connection,
+            sql: sqlx::SqlStr,
+        ) -> futures_util::future::BoxFuture<'e, sqlx::Result<sqlx::Describe<Self>>> {
+            sqlx::Executor::describe(conn, sql)
+        }
+    };
+}
+pub(crate) use dialect_executors;
+
+#[cfg(feature = "harness")]
+/// A query taken apart, so that its SQL can be looked at before it is sent,
+/// then sent as it was.
+pub(crate) struct OwnedQuery<DB: sqlx::Database> {
+    pub(crate) sql: sqlx::SqlStr,
+    statement: Option<DB::Statement>,
+    arguments: Option<DB::Arguments>,
+    persistent: bool,
+}
+
+#[cfg(feature = "harness")]
+impl<DB: sqlx::Database> OwnedQuery<DB> {
+    pub(crate) fn take<'q, E: Execute<'q, DB>>(mut query: E) -> sqlx::Result<Self> {
+        let statement = query.statement().cloned();
+        let arguments = query.take_arguments().map_err(sqlx::Error::Encode)?;
+        let persistent = query.persistent();
+        let sql = query.sql();
+        Ok(OwnedQuery {
+            sql,
+            statement,
+            arguments,
+            persistent,
+        })
+    }
+
+    /// A query of SQL text alone (db-test's own statements).
+    #[cfg(feature = "harness")]
+    pub(crate) fn raw(sql: &str) -> Self {
+        OwnedQuery {
+            sql: sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(sql.to_string())),
+            statement: None,
+            arguments: None,
+            persistent: false,
+        }
+    }
+}
+
+#[cfg(feature = "harness")]
+impl<'q, DB: sqlx::Database> Execute<'q, DB> for OwnedQuery<DB> {
+    fn sql(self) -> sqlx::SqlStr {
+        self.sql
+    }
+    fn statement(&self) -> Option<&DB::Statement> {
+        self.statement.as_ref()
+    }
+    fn take_arguments(&mut self) -> Result<Option<DB::Arguments>, sqlx::error::BoxDynError> {
+        Ok(self.arguments.take())
+    }
+    fn persistent(&self) -> bool {
+        self.persistent
+    }
+}

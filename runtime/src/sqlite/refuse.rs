@@ -1,0 +1,218 @@
+//! What a SQLite test in transaction mode must not send: reading SQLite's
+//! SQL text just enough to find such statements anywhere in a
+//! multi-statement string.
+
+/// The top-level statements of `sql`, comments removed, whitespace
+/// collapsed, quoted text (`'..'`, `".."`, `` `..` ``, `[..]`) kept as
+/// written. A `;` inside the `BEGIN .. END` body of a `CREATE TRIGGER` does
+/// not end the statement.
+pub(crate) fn statements(sql: &str) -> Vec<String> {
+    let b = sql.as_bytes();
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    // Inside a CREATE TRIGGER: how many BEGIN/CASE are open.
+    let mut nest: i32 = 0;
+    let mut i = 0;
+    let push_space = |cur: &mut String| {
+        if !cur.is_empty() && !cur.ends_with(' ') {
+            cur.push(' ');
+        }
+    };
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b';' if nest <= 0 => {
+                let s = cur.trim().to_string();
+                if !s.is_empty() {
+                    out.push(s);
+                }
+                cur.clear();
+                nest = 0;
+                i += 1;
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+                push_space(&mut cur);
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i < b.len() && !(b[i] == b'*' && b.get(i + 1) == Some(&b'/')) {
+                    i += 1;
+                }
+                i = (i + 2).min(b.len());
+                push_space(&mut cur);
+            }
+            b'\'' | b'"' | b'`' | b'[' => {
+                let close = if c == b'[' { b']' } else { c };
+                let start = i;
+                i += 1;
+                while i < b.len() {
+                    if b[i] == close {
+                        if close != b']' && b.get(i + 1) == Some(&close) {
+                            i += 2;
+                            continue;
+                        }
+                        i += 1;
+                        break;
+                    }
+                    i += 1;
+                }
+                cur.push_str(&sql[start..i.min(b.len())]);
+            }
+            c if c.is_ascii_whitespace() => {
+                push_space(&mut cur);
+                i += 1;
+            }
+            c if c.is_ascii_alphabetic() || c == b'_' => {
+                let start = i;
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+                    i += 1;
+                }
+                let word = &sql[start..i];
+                if is_trigger(&cur) {
+                    if word.eq_ignore_ascii_case("BEGIN") || word.eq_ignore_ascii_case("CASE") {
+                        nest += 1;
+                    } else if word.eq_ignore_ascii_case("END") {
+                        nest -= 1;
+                    }
+                }
+                cur.push_str(word);
+            }
+            _ => {
+                let ch = sql[i..].chars().next().expect("in bounds");
+                cur.push(ch);
+                i += ch.len_utf8();
+            }
+        }
+    }
+    let s = cur.trim().to_string();
+    if !s.is_empty() {
+        out.push(s);
+    }
+    out
+}
+
+/// Whether the statement so far is a `CREATE [TEMP] TRIGGER`.
+fn is_trigger(stmt: &str) -> bool {
+    let mut words = stmt.split_whitespace().map(str::to_ascii_uppercase);
+    if words.next().as_deref() != Some("CREATE") {
+        return false;
+    }
+    match words.next().as_deref() {
+        Some("TRIGGER") => true,
+        Some("TEMP") | Some("TEMPORARY") => words.next().as_deref() == Some("TRIGGER"),
+        _ => false,
+    }
+}
+
+/// Why a SQLite test in transaction mode must not run `sql`, if it must not.
+pub(crate) fn refuse(sql: &str) -> Option<String> {
+    // Most statements mention none of these words: no need to read them.
+    if ![
+        "COMMIT", "END", "ROLLBACK", "BEGIN", "RELEASE", "VACUUM", "ATTACH", "DETACH",
+    ]
+    .iter()
+    .any(|w| crate::sqltext::contains_ignore_case(sql, w))
+    {
+        return None;
+    }
+    for stmt in statements(sql) {
+        let upper = stmt.to_ascii_uppercase();
+        let words: Vec<&str> = upper
+            .split(|c: char| c.is_whitespace() || c == '(')
+            .filter(|w| !w.is_empty())
+            .collect();
+        let Some(first) = words.first() else {
+            continue;
+        };
+        let rest = &words[1..];
+        let after_transaction = rest.strip_prefix(&["TRANSACTION"]).unwrap_or(rest);
+        let why = match *first {
+            "COMMIT" | "END" => Some(ENDS),
+            "ROLLBACK" if after_transaction.first() != Some(&"TO") => Some(ENDS),
+            "ROLLBACK" | "RELEASE" if names_ours(after_transaction) => Some(OURS),
+            "BEGIN" => Some(BEGINS),
+            "VACUUM" | "ATTACH" | "DETACH" => Some(OUTSIDE),
+            _ => None,
+        };
+        if let Some(why) = why {
+            return Some(format!("`{stmt}` {why}"));
+        }
+    }
+    None
+}
+
+/// Whether `ROLLBACK TO`/`RELEASE` names a savepoint of db-test or sqlx.
+fn names_ours(words: &[&str]) -> bool {
+    words.iter().any(|w| {
+        let w = w.trim_matches(|c| matches!(c, '"' | '`' | '[' | ']' | '\''));
+        w == "DB_TEST_AUTO" || w.starts_with("_SQLX_SAVEPOINT")
+    })
+}
+
+const ENDS: &str = "would end the test's transaction and commit or discard the test's data. \
+     Use `db.begin()` and `tx.commit()` / `tx.rollback()` instead (they become savepoints \
+     under test), or `isolation = \"database\"` for a test that must really commit.";
+const OURS: &str = "names a savepoint that db-test or sqlx manages in the test's transaction \
+     (`db_test_auto`, `_sqlx_savepoint_N`). Use `db.begin()` and `tx.commit()` / \
+     `tx.rollback()`, or savepoints of your own.";
+const BEGINS: &str = "would start a transaction, but the test already runs in one (SQLite \
+     cannot nest them). Use `db.begin()` (a savepoint under test), or `isolation = \
+     \"database\"` for a test that must control its transactions.";
+const OUTSIDE: &str = "cannot run inside a transaction, and each test in transaction mode \
+     runs in one. Use `isolation = \"database\"` for this test.";
+
+#[cfg(test)]
+mod tests {
+    use super::refuse;
+
+    #[test]
+    fn refuses_what_ends_the_transaction_anywhere() {
+        for sql in [
+            "COMMIT",
+            "commit transaction;",
+            "END",
+            "INSERT INTO t VALUES (1); COMMIT",
+            "ROLLBACK",
+            "rollback transaction",
+            "SELECT 'a;b'; end transaction",
+            "BEGIN IMMEDIATE",
+            "begin; insert into t values (1)",
+            "RELEASE db_test_auto",
+            "ROLLBACK TO SAVEPOINT db_test_auto",
+            "RELEASE SAVEPOINT _sqlx_savepoint_1",
+            "VACUUM",
+            "VACUUM INTO '/tmp/x.db'",
+            "ATTACH DATABASE 'x.db' AS x",
+            "SELECT 1 /* ; */; COMMIT -- done",
+        ] {
+            assert!(refuse(sql).is_some(), "{sql:?}");
+        }
+    }
+
+    #[test]
+    fn leaves_everything_else_alone() {
+        for sql in [
+            "SELECT 1",
+            "SAVEPOINT mine",
+            "RELEASE mine",
+            "ROLLBACK TO mine",
+            "ROLLBACK TRANSACTION TO SAVEPOINT mine",
+            "SELECT 'COMMIT'",
+            "SELECT \"end\" FROM t",
+            "SELECT [end] FROM t",
+            "SELECT 1 -- ; COMMIT",
+            "SELECT 1 /* ; COMMIT */",
+            "INSERT INTO t (note) VALUES ('end; commit')",
+            "SELECT CASE WHEN 1 THEN 2 END",
+            "CREATE TRIGGER tr AFTER INSERT ON t BEGIN UPDATE u SET n = n + 1; END",
+            "CREATE TEMP TRIGGER tr AFTER INSERT ON t BEGIN \
+             UPDATE u SET n = CASE WHEN n > 1 THEN 0 ELSE n END; DELETE FROM v; END; SELECT 1",
+            "UPDATE t SET backend = 1",
+        ] {
+            assert_eq!(refuse(sql), None, "{sql:?}");
+        }
+    }
+}

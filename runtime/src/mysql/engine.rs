@@ -447,7 +447,8 @@ impl Engine {
             return;
         };
         let ids: Vec<u64> = sqlx::query_scalar(
-            "SELECT id FROM information_schema.processlist WHERE db = ? AND id <> CONNECTION_ID()",
+            "SELECT CAST(id AS UNSIGNED) FROM information_schema.processlist \
+             WHERE db = ? AND id <> CONNECTION_ID()",
         )
         .bind(database)
         .fetch_all(&mut *admin)

@@ -24,8 +24,70 @@ mod embedded;
 #[cfg(feature = "harness")]
 pub(crate) mod engine;
 #[cfg(feature = "harness")]
-#[allow(dead_code)] // Used by the dialect.
 mod lexer;
+
+use sqlx::MySql;
+
+/// The app-facing handle on a MySQL/MariaDB database: a
+/// [`sqlx::MySqlPool`] in production (every call goes straight to the pool),
+/// the test's rolled-back transaction under `#[db_test]`, where `begin()` is
+/// a savepoint and statements that would commit implicitly (DDL, `LOCK
+/// TABLES`, `COMMIT`, ...) are refused. See
+/// [`generic::Db`](crate::generic::Db).
+///
+/// ```no_run
+/// # #[cfg(feature = "harness")]
+/// # mod m {
+/// use db_test::db_test;
+/// use db_test::mysql::Db;
+///
+/// #[db_test(migrations = "migrations/mysql")]
+/// async fn counts_users(db: Db) {
+///     let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
+///         .fetch_one(&db)
+///         .await
+///         .unwrap();
+///     assert_eq!(n, 0);
+/// }
+/// # }
+/// ```
+pub type Db = crate::generic::Db<MySql>;
+
+/// A transaction from [`Db::begin`](crate::generic::Db::begin): a savepoint
+/// under test.
+pub type DbTransaction = crate::generic::DbTransaction<MySql>;
+
+/// A connection from [`Db::acquire`](crate::generic::Db::acquire): under a
+/// transaction-mode test, the test's connection.
+pub type DbConnection = crate::generic::DbConnection<MySql>;
+
+/// The test's handle on its MySQL/MariaDB database: the test's transaction
+/// (default), or a pool on its own database (`isolation = "database"`). See
+/// [`generic::TestDb`](crate::generic::TestDb).
+#[cfg(feature = "harness")]
+pub type TestDb = crate::generic::TestDb<MySql>;
+
+impl crate::generic::sealed::Sealed for MySql {}
+
+/// MySQL/MariaDB: under test, statements that commit implicitly are refused
+/// (see the module's docs); `check_constraints` is a no-op, since MySQL has
+/// no deferred constraints (every constraint is checked when its statement
+/// runs).
+impl crate::generic::Dialect for MySql {
+    #[cfg(feature = "harness")]
+    const BACKEND: crate::Backend = crate::Backend::MySql;
+
+    #[cfg(feature = "harness")]
+    fn refuse(sql: &str) -> Option<String> {
+        lexer::implicit_commit(sql).map(|found| lexer::refusal(&found))
+    }
+    #[cfg(not(feature = "harness"))]
+    fn refuse(_sql: &str) -> Option<String> {
+        None
+    }
+
+    crate::generic::dialect_executors!();
+}
 
 #[cfg(feature = "harness")]
 pub(crate) use harness::setup;
@@ -35,79 +97,40 @@ mod harness {
     use std::sync::Arc;
 
     use futures_util::future::BoxFuture;
+    use sqlx::MySql;
     use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 
+    use super::Db;
     use super::engine::{self, Engine, settle_pool};
     use crate::config;
     use crate::context::{Backend, BoxError, ContextInner, FromTestContext, TestContext};
+    use crate::generic::shared::{Shared, TestState, TxResource, apply_fixtures};
     use crate::run::{Ending, Isolation, Prepared, Resource, TestSpec, Verdict, isolation_of};
     use crate::shared::TEARDOWN_GRACE;
 
-    /// What a MySQL test's parameters are built from.
-    pub(crate) struct MySqlState {
-        /// The test's own pool (database mode).
-        pub(crate) pool: Option<MySqlPool>,
-        /// Options to the test's database.
-        pub(crate) options: MySqlConnectOptions,
-    }
-
-    /// Sets up a MySQL test: its database (and fixtures).
+    /// Sets up a MySQL test: its transaction on the working database, or a
+    /// database of its own; then its fixtures.
     pub(crate) async fn setup(spec: &'static TestSpec) -> Result<Prepared, String> {
         let engine = engine::engine().await?;
         let template = engine.template(spec.migrations, spec.manifest_dir).await?;
-        match isolation_of(spec) {
-            Isolation::Database => setup_database(spec, engine, &template).await,
-            Isolation::Transaction => Err(format!(
-                "db-test: test `{}`: transaction mode on MySQL/MariaDB is not available yet; \
-                 use `isolation = \"database\"`",
-                spec.name
-            )),
-        }
-    }
-
-    async fn setup_database(
-        spec: &'static TestSpec,
-        engine: &'static Engine,
-        template: &engine::Template,
-    ) -> Result<Prepared, String> {
-        let name = engine.create_test_database(template).await?;
-        let options = engine.options_for(&name);
-        let pool = MySqlPoolOptions::new()
-            .max_connections(config::database_pool_size())
-            .acquire_timeout(config::acquire_timeout())
-            .test_before_acquire(false)
-            .connect_lazy_with(options.clone());
-        let resource = Box::new(DatabaseResource {
-            engine,
-            name: name.clone(),
-            pool: pool.clone(),
-        });
-        // The first connection opens here, on the shared runtime, so it
-        // outlives a body on a runtime of its own; fixtures run on it.
-        let prepared = async {
-            let mut conn = pool.acquire().await.map_err(|e| {
-                format!(
-                    "db-test: cannot connect to {name} on {}: {e}",
-                    engine.display_url
-                )
-            })?;
-            for fixture in spec.fixtures {
-                sqlx::raw_sql(sqlx::AssertSqlSafe(fixture.sql))
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(|e| {
-                        format!(
-                            "db-test: fixture `{}` failed in test `{}`: {e}",
-                            fixture.path, spec.name
-                        )
-                    })?;
-            }
-            drop(conn);
-            settle_pool(&pool).await;
-            Ok::<(), String>(())
-        }
-        .await;
-        if let Err(msg) = prepared {
+        let (resource, state, database, database_mode): (Box<dyn Resource>, _, _, _) =
+            match isolation_of(spec) {
+                Isolation::Transaction => {
+                    let (resource, state) = setup_transaction(spec, engine, &template).await?;
+                    (resource, state, template.working.clone(), false)
+                }
+                Isolation::Database => {
+                    let (resource, state, name) = setup_database(spec, engine, &template).await?;
+                    (resource, state, name, true)
+                }
+            };
+        let fixtures = match &state.pool {
+            // Database mode: on a connection opened here, on the shared
+            // runtime, so that it outlives a body on a runtime of its own.
+            Some(pool) => prewarm_with_fixtures(spec, pool).await,
+            None => apply_fixtures(spec, &state.db).await,
+        };
+        if let Err(msg) = fixtures {
             let (failure, _) = resource
                 .teardown(Ending {
                     spec,
@@ -125,19 +148,165 @@ mod harness {
         let inner = ContextInner {
             name: spec.name,
             backend: Backend::MySql,
-            database_mode: true,
+            database_mode,
             db: None,
             shared: None,
             pool: None,
             options: None,
-            backend_state: Some(Arc::new(MySqlState {
-                pool: Some(pool),
-                options,
-            })),
-            database: name,
+            backend_state: Some(state),
+            database,
             tasks: Default::default(),
         };
         Ok((resource, inner))
+    }
+
+    async fn prewarm_with_fixtures(
+        spec: &'static TestSpec,
+        pool: &MySqlPool,
+    ) -> Result<(), String> {
+        let mut conn = pool.acquire().await.map_err(|e| {
+            format!(
+                "db-test: cannot connect to the database of test `{}`: {e}",
+                spec.name
+            )
+        })?;
+        for fixture in spec.fixtures {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(fixture.sql))
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| {
+                    format!(
+                        "db-test: fixture `{}` failed in test `{}`: {e}",
+                        fixture.path, spec.name
+                    )
+                })?;
+        }
+        drop(conn);
+        settle_pool(pool).await;
+        Ok(())
+    }
+
+    async fn setup_transaction(
+        spec: &'static TestSpec,
+        engine: &'static Engine,
+        template: &engine::Template,
+    ) -> Result<(Box<dyn Resource>, Arc<TestState<MySql>>), String> {
+        let mut last_err = None;
+        for _ in 0..3 {
+            let mut conn = template.pool.acquire().await.map_err(|e| {
+                format!(
+                    "db-test: cannot get a connection to {} on {} for test `{}`: {e}",
+                    template.working, engine.display_url, spec.name
+                )
+            })?;
+            // To stop its statements when the test times out (`KILL QUERY`).
+            let id: Result<u64, _> = sqlx::query_scalar("SELECT CONNECTION_ID()")
+                .fetch_one(&mut *conn)
+                .await;
+            let id = match id {
+                Ok(id) => id,
+                Err(e) => {
+                    conn.close_on_drop();
+                    last_err = Some(e);
+                    continue;
+                }
+            };
+            match Shared::open(conn, spec.name.to_string()).await {
+                Ok(shared) => {
+                    let state = Arc::new(TestState {
+                        db: Db::from_shared(shared.clone()),
+                        pool: None,
+                        options: engine.options_for(&template.working),
+                    });
+                    let resource = Box::new(MySqlTx {
+                        inner: TxResource { shared },
+                        engine,
+                        connection_id: id,
+                    });
+                    return Ok((resource, state));
+                }
+                Err((e, mut conn)) => {
+                    conn.close_on_drop();
+                    last_err = Some(e);
+                }
+            }
+        }
+        Err(format!(
+            "db-test: cannot begin the transaction of test `{}` on {}: {}",
+            spec.name,
+            engine.display_url,
+            last_err.map(|e| e.to_string()).unwrap_or_default()
+        ))
+    }
+
+    /// A transaction-mode test: the generic core's resource, plus what a
+    /// timed-out test needs on MySQL (its statement stopped on the server).
+    struct MySqlTx {
+        inner: TxResource<MySql>,
+        engine: &'static Engine,
+        connection_id: u64,
+    }
+
+    impl Resource for MySqlTx {
+        fn teardown(self: Box<Self>, ending: Ending) -> BoxFuture<'static, Verdict> {
+            Box::pin(async move {
+                let MySqlTx {
+                    inner,
+                    engine,
+                    connection_id,
+                } = *self;
+                if ending.timed_out {
+                    // The rollback waits for the running statement: stop it.
+                    engine.kill(connection_id, false).await;
+                }
+                let name = ending.spec.name;
+                let inner = Box::new(inner).teardown(ending);
+                match tokio::time::timeout(TEARDOWN_GRACE * 2, inner).await {
+                    Ok(verdict) => verdict,
+                    Err(_) => {
+                        // Never hang: end the session; the pool drops it.
+                        engine.kill(connection_id, true).await;
+                        (
+                            Some(format!(
+                                "db-test: the connection of test `{name}` did not come back \
+                                 within {:?} after the test; it was killed (its transaction \
+                                 is rolled back by the server)",
+                                TEARDOWN_GRACE * 2
+                            )),
+                            Vec::new(),
+                        )
+                    }
+                }
+            })
+        }
+    }
+
+    async fn setup_database(
+        spec: &'static TestSpec,
+        engine: &'static Engine,
+        template: &engine::Template,
+    ) -> Result<(Box<dyn Resource>, Arc<TestState<MySql>>, String), String> {
+        let _ = spec;
+        let name = engine.create_test_database(template).await?;
+        let options = engine.options_for(&name);
+        let pool = MySqlPoolOptions::new()
+            .max_connections(config::database_pool_size())
+            .acquire_timeout(config::acquire_timeout())
+            // An idle connection is handed out without a round trip: the
+            // database is the test's alone.
+            .test_before_acquire(false)
+            .connect_lazy_with(options.clone());
+        let resource = Box::new(DatabaseResource {
+            engine,
+            name: name.clone(),
+            pool: pool.clone(),
+        });
+        let state = Arc::new(TestState {
+            db: Db::from_pool(pool.clone()),
+            pool: Some(pool),
+            options,
+        });
+        Ok((resource, state, name))
     }
 
     /// A per-test database, dropped at the end.
@@ -189,8 +358,8 @@ mod harness {
         }
     }
 
-    fn state(ctx: &TestContext, what: &str) -> Result<Arc<MySqlState>, BoxError> {
-        ctx.backend_state::<MySqlState>(what, Backend::MySql)
+    fn state(ctx: &TestContext, what: &str) -> Result<Arc<TestState<MySql>>, BoxError> {
+        ctx.backend_state::<TestState<MySql>>(what, Backend::MySql)
     }
 
     fn own_pool(ctx: &TestContext, what: &str) -> Result<MySqlPool, BoxError> {
@@ -204,6 +373,8 @@ mod harness {
         })
     }
 
+    /// A pool on the test's own database, as `#[sqlx::test]` gives: the test
+    /// runs in `isolation = "database"`.
     impl FromTestContext for MySqlPool {
         const BACKEND: Backend = Backend::MySql;
         const NEEDS_OWN_DATABASE: bool = true;
@@ -213,7 +384,8 @@ mod harness {
         }
     }
 
-    impl FromTestContext for sqlx::pool::PoolConnection<sqlx::MySql> {
+    /// A connection to the test's own database (`isolation = "database"`).
+    impl FromTestContext for sqlx::pool::PoolConnection<MySql> {
         const BACKEND: Backend = Backend::MySql;
         const NEEDS_OWN_DATABASE: bool = true;
         const SQLX_TEST_TYPE: bool = true;
@@ -222,6 +394,8 @@ mod harness {
         }
     }
 
+    /// Options to build a pool on the test's own database
+    /// (`isolation = "database"`).
     impl FromTestContext for (MySqlPoolOptions, MySqlConnectOptions) {
         const BACKEND: Backend = Backend::MySql;
         const NEEDS_OWN_DATABASE: bool = true;

@@ -426,3 +426,36 @@ async fn a_test_client_over_a_mysql_app(client: TestClient<App>, db: TestDb) {
 async fn the_app_alone_chooses_mysql(client: TestClient<App>) {
     client.get("/users").send().await.assert_text("");
 }
+
+// Session state survives ROLLBACK on MySQL: these two must not inherit each
+// other's temporary table or user variable when they share a connection.
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn child_session_a(db: TestDb) {
+    fresh_session_then_dirty_it(&db).await;
+}
+
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn child_session_b(db: TestDb) {
+    fresh_session_then_dirty_it(&db).await;
+}
+
+async fn fresh_session_then_dirty_it(db: &TestDb) {
+    let v: Option<i64> = sqlx::query_scalar("SELECT @dbtest_v")
+        .fetch_one(db)
+        .await
+        .unwrap();
+    assert_eq!(v, None, "a user variable of an earlier test");
+    sqlx::query("SET @dbtest_v = 1").execute(db).await.unwrap();
+    sqlx::query("CREATE TEMPORARY TABLE leftover (a INT)")
+        .execute(db)
+        .await
+        .unwrap();
+}
+
+#[test]
+fn session_state_does_not_leak_to_the_next_test() {
+    // One connection in the pool: the second test gets the first's.
+    let mut cmd = common::children(&["child_session_a", "child_session_b"]);
+    cmd.env("DB_TEST_POOL_SIZE", "1");
+    common::run_ok(cmd, "two tests on one connection");
+}

@@ -6,6 +6,9 @@
 //! `./migrations` are PostgreSQL's), and the database name sqlx checks for is
 //! sqlx's own (`_sqlx_test_...`); db-test's start with `dbtest_`.
 
+// sqlx's code as written (`.bind(&1)`).
+#![allow(clippy::needless_borrows_for_generic_args)]
+
 use db_test::db_test;
 
 // The no-arg variant is covered by other tests already.

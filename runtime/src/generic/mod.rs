@@ -68,6 +68,17 @@ pub trait Dialect: sqlx::Database + sealed::Sealed {
     #[doc(hidden)]
     fn refuse(sql: &str) -> Option<String>;
 
+    /// Under test, whether `sql` may leave state in the session that a
+    /// rollback does not undo (a temporary table, a user variable, a named
+    /// lock, a prepared statement, a session setting): the test's
+    /// connection is then closed at the end instead of going back to the
+    /// pool, so that the next test does not inherit it.
+    #[doc(hidden)]
+    fn leaves_session_state(sql: &str) -> bool {
+        let _ = sql;
+        false
+    }
+
     /// Under test, before the rollback, when `check_constraints` is set: a
     /// statement whose rows are constraint violations that a `COMMIT` would
     /// report. `None` when the database has no deferred constraints.

@@ -52,6 +52,9 @@ pub(crate) async fn exec<DB: Dialect>(conn: &mut DB::Connection, sql: &str) -> s
 pub(crate) struct State {
     label: String,
     refuse: fn(&str) -> Option<String>,
+    leaves_session_state: fn(&str) -> bool,
+    /// A statement may have left session state a rollback does not undo.
+    dirty: AtomicBool,
     statements: AtomicU64,
     log: Mutex<VecDeque<LoggedStatement>>,
     /// `db_test_auto` marks the current state: nothing changed since it was set.
@@ -188,6 +191,8 @@ impl<DB: Dialect> Shared<DB> {
         let state = Arc::new(State {
             label,
             refuse: DB::refuse,
+            leaves_session_state: DB::leaves_session_state,
+            dirty: AtomicBool::new(false),
             statements: AtomicU64::new(0),
             log: Mutex::new(VecDeque::new()),
             fresh: AtomicBool::new(true),
@@ -373,10 +378,11 @@ impl<DB: Dialect> Shared<DB> {
                 healthy = false;
             }
         }
-        if healthy {
+        if healthy && !self.state.dirty.load(Ordering::Relaxed) {
             (Some(conn), failure, log)
         } else {
-            // Never hand a connection in an unknown state to the next test.
+            // Never hand a connection in an unknown state (or with session
+            // state of this test's) to the next test.
             conn.close_on_drop();
             (None, failure, log)
         }
@@ -474,6 +480,9 @@ pub(crate) async fn run_on<DB: Dialect>(
         state.poison(msg.clone());
         state.record(sql, Some("refused by db-test".into()));
         return Err(poisoned_error(&msg));
+    }
+    if (state.leaves_session_state)(&sql) {
+        state.dirty.store(true, Ordering::Relaxed);
     }
     let autocommit = depth::<DB>(conn) == 1;
     if autocommit && !state.fresh.load(Ordering::Relaxed) {

@@ -266,6 +266,24 @@ fn statement_commits(s: &[Token]) -> Option<String> {
     }
 }
 
+/// Whether `sql` may leave state in the session that `ROLLBACK` does not
+/// undo: a temporary table (`CREATE`, which in transaction mode can only be
+/// `CREATE TEMPORARY`), a user variable (`@name` anywhere), a named lock
+/// (`GET_LOCK`), a prepared statement (`PREPARE`), a `HANDLER`, or a session
+/// setting (`SET`). Errs on the safe side: such a test's connection is
+/// closed at its end rather than handed to the next test.
+pub(crate) fn leaves_session_state(sql: &str) -> bool {
+    let tokens = tokens(sql);
+    tokens.split(|t| *t == Token::End).any(|s| {
+        matches!(word(s.first()), "CREATE" | "SET" | "PREPARE" | "HANDLER")
+            || s.iter().any(|t| match t {
+                Token::Var => true,
+                Token::Word(w) => w == "GET_LOCK",
+                _ => false,
+            })
+    })
+}
+
 /// The error for a refused statement.
 pub(crate) fn refusal(found: &str) -> String {
     format!(
@@ -419,6 +437,32 @@ mod tests {
         assert!(ic("PREPARE s FROM @sql").is_some());
         assert!(ic("EXECUTE IMMEDIATE 'DROP TABLE t'").is_some());
         assert!(ic("EXECUTE IMMEDIATE 'SELECT 1'").is_none());
+    }
+
+    #[test]
+    fn session_state_is_noticed() {
+        use super::leaves_session_state as st;
+        for sql in [
+            "CREATE TEMPORARY TABLE t (a int)",
+            "SET @a = 1",
+            "SELECT @a := 1",
+            "SELECT 1 INTO @a",
+            "SELECT GET_LOCK('x', 0)",
+            "PREPARE s FROM 'SELECT 1'",
+            "SET SESSION sql_mode = ''",
+            "SELECT 1; SET time_zone = '+00:00'",
+        ] {
+            assert!(st(sql), "not noticed: {sql}");
+        }
+        for sql in [
+            "SELECT 1",
+            "INSERT INTO t VALUES ('@a')",
+            "UPDATE t SET a = 1",
+            "SELECT `@a` FROM t",
+            "DELETE FROM t -- SET @a = 1",
+        ] {
+            assert!(!st(sql), "noticed: {sql}");
+        }
     }
 
     #[test]

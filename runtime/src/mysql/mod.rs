@@ -86,6 +86,11 @@ impl crate::generic::Dialect for MySql {
         None
     }
 
+    #[cfg(feature = "harness")]
+    fn leaves_session_state(sql: &str) -> bool {
+        lexer::leaves_session_state(sql)
+    }
+
     crate::generic::dialect_executors!();
 }
 

@@ -345,6 +345,12 @@ async fn per_test_databases_are_dropped(db: TestDb) {
         .await
         .unwrap();
     let name = common::word_after(&text, "DATABASE=").expect("the child names its database");
+    // The child may have kept it as a spare (reset, for its next test) when
+    // it exited: the next process's sweep drops what a gone process left.
+    let cmd = common::children(&["rollback_between_tests_a"]);
+    tokio::task::spawn_blocking(move || common::run_ok(cmd, "a later process"))
+        .await
+        .unwrap();
     let mut other = outsider(&db).await;
     let left: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = ?",
@@ -458,4 +464,67 @@ fn session_state_does_not_leak_to_the_next_test() {
     let mut cmd = common::children(&["child_session_a", "child_session_b"]);
     cmd.env("DB_TEST_POOL_SIZE", "1");
     common::run_ok(cmd, "two tests on one connection");
+}
+
+// Run one after another in one process: each gets the database the one
+// before used, reset (or, after a schema change, a fresh clone).
+#[db_test(migrations = "tests/mysql/migrations", isolation = "database")]
+async fn child_recycled_a(db: TestDb) {
+    first_insert_gets_id_1(&db).await;
+}
+
+#[db_test(migrations = "tests/mysql/migrations", isolation = "database")]
+async fn child_recycled_b(db: TestDb) {
+    first_insert_gets_id_1(&db).await;
+    sqlx::query("ALTER TABLE user ADD COLUMN extra INT")
+        .execute(&db)
+        .await
+        .unwrap();
+}
+
+#[db_test(migrations = "tests/mysql/migrations", isolation = "database")]
+async fn child_recycled_c(db: TestDb) {
+    let extra: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.columns \
+         WHERE table_schema = DATABASE() AND table_name = 'user' AND column_name = 'extra'",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(extra, 0, "a schema change of an earlier test");
+    first_insert_gets_id_1(&db).await;
+}
+
+async fn first_insert_gets_id_1(db: &TestDb) {
+    let name: String = sqlx::query_scalar("SELECT DATABASE()")
+        .fetch_one(db)
+        .await
+        .unwrap();
+    println!("USED {name}");
+    assert_eq!(users(db).await, 0, "rows of an earlier test");
+    let id = sqlx::query("INSERT INTO user (username) VALUES ('mia')")
+        .execute(db)
+        .await
+        .unwrap()
+        .last_insert_id();
+    assert_eq!(id, 1, "AUTO_INCREMENT moved by an earlier test");
+}
+
+#[test]
+fn per_test_databases_are_reset_between_tests() {
+    let text = common::run_ok(
+        common::children(&["child_recycled_a", "child_recycled_b", "child_recycled_c"]),
+        "three database-mode tests in a row",
+    );
+    let used: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split("USED ").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .collect();
+    assert_eq!(used.len(), 3, "{text}");
+    assert_eq!(
+        used[0], used[1],
+        "the second test reuses the first's database"
+    );
+    assert_ne!(used[1], used[2], "a changed schema is not reused");
 }

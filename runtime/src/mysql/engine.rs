@@ -64,6 +64,79 @@ pub(crate) struct Template {
     pub(crate) pool: MySqlPool,
     /// The clone script: [`TARGET`] stands for the new database's name.
     script: String,
+    /// How to reset a used per-test database, if this schema allows it.
+    recycle: Option<Recycle>,
+    /// Used per-test databases reset to the template's state, for the next
+    /// tests of this process.
+    spares: Mutex<Vec<String>>,
+}
+
+/// How to bring a used per-test database back to the template's state
+/// (see [`Engine::recycle_test_database`]).
+struct Recycle {
+    /// The template's schema fingerprint ([`FINGERPRINT_SQL`]).
+    fingerprint: String,
+    /// Empties every table and copies the template's rows back, with
+    /// [`TARGET`] for the database.
+    reset: String,
+    /// Each base table's `AUTO_INCREMENT` in the template.
+    auto_increments: HashMap<String, Option<u64>>,
+}
+
+/// A database's schema, hashed: tables, columns, indexes, constraints,
+/// routines, views, triggers, events, defaults. Names of the database itself
+/// inside definitions are left out, so a clone has its template's
+/// fingerprint. Binds: the database name, 12 times.
+const FINGERPRINT_SQL: &str = "SELECT CONCAT_WS('#', \
+    (SELECT MD5(IFNULL(GROUP_CONCAT(CONCAT_WS(':', table_name, table_type, IFNULL(engine, ''), \
+        IFNULL(table_collation, ''), IFNULL(create_options, '')) ORDER BY table_name SEPARATOR '|'), '')) \
+        FROM information_schema.tables WHERE table_schema = ?), \
+    (SELECT MD5(IFNULL(GROUP_CONCAT(CONCAT_WS(':', table_name, column_name, ordinal_position, column_type, \
+        IFNULL(column_default, '~'), is_nullable, extra, IFNULL(generation_expression, ''), \
+        IFNULL(collation_name, '')) ORDER BY table_name, ordinal_position SEPARATOR '|'), '')) \
+        FROM information_schema.columns WHERE table_schema = ?), \
+    (SELECT MD5(IFNULL(GROUP_CONCAT(CONCAT_WS(':', table_name, index_name, seq_in_index, column_name, \
+        non_unique, IFNULL(sub_part, '')) ORDER BY table_name, index_name, seq_in_index SEPARATOR '|'), '')) \
+        FROM information_schema.statistics WHERE table_schema = ?), \
+    (SELECT MD5(IFNULL(GROUP_CONCAT(CONCAT_WS(':', table_name, constraint_name, constraint_type) \
+        ORDER BY table_name, constraint_name SEPARATOR '|'), '')) \
+        FROM information_schema.table_constraints WHERE table_schema = ?), \
+    (SELECT MD5(IFNULL(GROUP_CONCAT(CONCAT_WS(':', constraint_name, table_name, referenced_table_name, \
+        update_rule, delete_rule) ORDER BY constraint_name SEPARATOR '|'), '')) \
+        FROM information_schema.referential_constraints WHERE constraint_schema = ?), \
+    (SELECT MD5(IFNULL(GROUP_CONCAT(CONCAT_WS(':', routine_name, routine_type, \
+        MD5(REPLACE(IFNULL(routine_definition, ''), ?, ''))) ORDER BY routine_name SEPARATOR '|'), '')) \
+        FROM information_schema.routines WHERE routine_schema = ?), \
+    (SELECT MD5(IFNULL(GROUP_CONCAT(CONCAT_WS(':', table_name, \
+        MD5(REPLACE(IFNULL(view_definition, ''), ?, ''))) ORDER BY table_name SEPARATOR '|'), '')) \
+        FROM information_schema.views WHERE table_schema = ?), \
+    (SELECT COUNT(*) FROM information_schema.triggers WHERE trigger_schema = ?), \
+    (SELECT COUNT(*) FROM information_schema.events WHERE event_schema = ?), \
+    (SELECT CONCAT_WS(':', default_character_set_name, default_collation_name) \
+        FROM information_schema.schemata WHERE schema_name = ?))";
+
+/// A database's fingerprint.
+async fn fingerprint(conn: &mut MySqlConnection, database: &str) -> Result<String, sqlx::Error> {
+    let mut query = sqlx::query_scalar::<_, Option<String>>(FINGERPRINT_SQL);
+    for _ in 0..12 {
+        query = query.bind(database);
+    }
+    Ok(query.fetch_one(conn).await?.unwrap_or_default())
+}
+
+/// Each base table's `AUTO_INCREMENT`.
+async fn auto_increments(
+    conn: &mut MySqlConnection,
+    database: &str,
+) -> Result<HashMap<String, Option<u64>>, sqlx::Error> {
+    let rows: Vec<(String, Option<u64>)> = sqlx::query_as(
+        "SELECT CAST(table_name AS CHAR), CAST(auto_increment AS UNSIGNED) \
+         FROM information_schema.tables WHERE table_schema = ? AND table_type = 'BASE TABLE'",
+    )
+    .bind(database)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().collect())
 }
 
 /// Stands for the clone's name in a clone script.
@@ -145,6 +218,14 @@ impl Engine {
                     // Dropping a database waits for the metadata locks of
                     // sessions still in it: never forever.
                     conn.execute("SET SESSION lock_wait_timeout = 30").await?;
+                    // Fingerprints concatenate a whole schema.
+                    conn.execute("SET SESSION group_concat_max_len = 67108864")
+                        .await?;
+                    // MySQL 8 caches the AUTO_INCREMENT it reports (MariaDB
+                    // has no such setting).
+                    let _ = conn
+                        .execute("SET SESSION information_schema_stats_expiry = 0")
+                        .await;
                     Ok(())
                 })
             })
@@ -261,7 +342,7 @@ impl Engine {
             .bind(&lock)
             .execute(&mut *admin)
             .await;
-        let script = result?;
+        let (script, recycle) = result?;
         drop(admin);
         self.sweep_leftovers().await;
         let pool = MySqlPoolOptions::new()
@@ -274,6 +355,8 @@ impl Engine {
             working,
             pool,
             script,
+            recycle,
+            spares: Mutex::new(Vec::new()),
         })
     }
 
@@ -285,7 +368,7 @@ impl Engine {
         prefix: &str,
         template: &str,
         working: &str,
-    ) -> Result<String, String> {
+    ) -> Result<(String, Option<Recycle>), String> {
         let ctx =
             |what: &str, e: sqlx::Error| format!("db-test: {what} on {}: {e}", self.display_url);
         let existing: Vec<String> = sqlx::query_scalar(
@@ -356,7 +439,10 @@ impl Engine {
                 .await
                 .map_err(|e| ctx("finishing the working database", e))?;
         }
-        Ok(script)
+        let recycle = recycle_plan(admin, template)
+            .await
+            .map_err(|e| ctx("reading the template's tables", e))?;
+        Ok((script, recycle))
     }
 
     /// Drops per-test databases whose owning process is gone (its owner
@@ -409,6 +495,14 @@ impl Engine {
 
     /// A new per-test database, cloned from the template.
     pub(crate) async fn create_test_database(&self, template: &Template) -> Result<String, String> {
+        let spare = template
+            .spares
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop();
+        if let Some(spare) = spare {
+            return Ok(spare);
+        }
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let name = format!("{}_d{:08x}_{n}", template.prefix, self.owner);
         debug_assert!(name.len() <= MAX_NAME_LEN);
@@ -472,6 +566,63 @@ impl Engine {
         let _ = admin
             .execute(sqlx::AssertSqlSafe(format!("KILL {what} {id}")))
             .await;
+    }
+
+    /// Resets a used per-test database to the template's state and keeps it
+    /// as a spare for the next test of this process; `false` when that is
+    /// not possible (the test changed the schema, the template has triggers,
+    /// enough spares), and the caller drops it. Cheaper than a new clone: no
+    /// file is created, only rows are deleted and copied (and
+    /// `AUTO_INCREMENT`s that moved are set back).
+    pub(crate) async fn recycle_test_database(&self, template: &Template, name: &str) -> bool {
+        let Some(plan) = &template.recycle else {
+            return false;
+        };
+        if template
+            .spares
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+            >= config::max_databases()
+        {
+            return false;
+        }
+        let Ok(mut admin) = self.admin().await else {
+            return false;
+        };
+        match fingerprint(&mut admin, name).await {
+            Ok(fp) if fp == plan.fingerprint => {}
+            _ => return false,
+        }
+        let Ok(now) = auto_increments(&mut admin, name).await else {
+            return false;
+        };
+        let target = name.replace('`', "``");
+        let mut sql = plan.reset.replace(TARGET, &target);
+        for (table, value) in &plan.auto_increments {
+            if let Some(value) = value
+                && now.get(table) != Some(&Some(*value))
+            {
+                sql.push_str(&format!(
+                    "ALTER TABLE {}.{} AUTO_INCREMENT = {value};\n",
+                    quote(name),
+                    quote(table)
+                ));
+            }
+        }
+        if sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *admin)
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        template
+            .spares
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(name.to_string());
+        true
     }
 
     /// Drops a per-test database.
@@ -694,6 +845,67 @@ async fn clone_script(admin: &mut MySqlConnection, template: &str) -> Result<Str
     }
     script.push_str("SET FOREIGN_KEY_CHECKS = @dbtest_fk;\n");
     Ok(script)
+}
+
+/// How to recycle clones of `template`, unless it has triggers or events
+/// (deleting and copying rows would fire triggers).
+async fn recycle_plan(
+    admin: &mut MySqlConnection,
+    template: &str,
+) -> Result<Option<Recycle>, sqlx::Error> {
+    let active: i64 = sqlx::query_scalar(
+        "SELECT (SELECT COUNT(*) FROM information_schema.triggers WHERE trigger_schema = ?) \
+         + (SELECT COUNT(*) FROM information_schema.events WHERE event_schema = ?)",
+    )
+    .bind(template)
+    .bind(template)
+    .fetch_one(&mut *admin)
+    .await?;
+    if active > 0 {
+        return Ok(None);
+    }
+    let q = quote(template);
+    let auto_increments = auto_increments(admin, template).await?;
+    let mut tables: Vec<&String> = auto_increments.keys().collect();
+    tables.sort();
+    let mut reset =
+        String::from("SET @dbtest_fk = @@FOREIGN_KEY_CHECKS, FOREIGN_KEY_CHECKS = 0;\n");
+    let mut copies = String::new();
+    for table in tables {
+        let qt = quote(table);
+        reset.push_str(&format!("DELETE FROM `{TARGET}`.{qt};\n"));
+        let has_rows: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT EXISTS(SELECT 1 FROM {q}.{qt})"
+        )))
+        .fetch_one(&mut *admin)
+        .await?;
+        if has_rows {
+            let columns: Vec<String> = sqlx::query_scalar(
+                "SELECT CAST(column_name AS CHAR) FROM information_schema.columns \
+                 WHERE table_schema = ? AND table_name = ? AND extra NOT LIKE '%GENERATED%' \
+                 ORDER BY ordinal_position",
+            )
+            .bind(template)
+            .bind(table)
+            .fetch_all(&mut *admin)
+            .await?;
+            let columns = columns
+                .iter()
+                .map(|c| quote(c))
+                .collect::<Vec<_>>()
+                .join(", ");
+            copies.push_str(&format!(
+                "INSERT INTO `{TARGET}`.{qt} ({columns}) SELECT {columns} FROM {q}.{qt};\n"
+            ));
+        }
+    }
+    reset.push_str(&copies);
+    reset.push_str("SET FOREIGN_KEY_CHECKS = @dbtest_fk;\n");
+    Ok(Some(Recycle {
+        fingerprint: fingerprint(admin, template).await?,
+        reset,
+        auto_increments,
+    }))
 }
 
 /// Waits (briefly, in real time) until every connection of the pool is idle.

@@ -125,7 +125,8 @@ mod harness {
                     (resource, state, template.working.clone(), false)
                 }
                 Isolation::Database => {
-                    let (resource, state, name) = setup_database(spec, engine, &template).await?;
+                    let (resource, state, name) =
+                        setup_database(spec, engine, template.clone()).await?;
                     (resource, state, name, true)
                 }
             };
@@ -289,10 +290,10 @@ mod harness {
     async fn setup_database(
         spec: &'static TestSpec,
         engine: &'static Engine,
-        template: &engine::Template,
+        template: Arc<engine::Template>,
     ) -> Result<(Box<dyn Resource>, Arc<TestState<MySql>>, String), String> {
         let _ = spec;
-        let name = engine.create_test_database(template).await?;
+        let name = engine.create_test_database(&template).await?;
         let options = engine.options_for(&name);
         let pool = MySqlPoolOptions::new()
             .max_connections(config::database_pool_size())
@@ -303,6 +304,7 @@ mod harness {
             .connect_lazy_with(options.clone());
         let resource = Box::new(DatabaseResource {
             engine,
+            template,
             name: name.clone(),
             pool: pool.clone(),
         });
@@ -317,6 +319,7 @@ mod harness {
     /// A per-test database, dropped at the end.
     struct DatabaseResource {
         engine: &'static Engine,
+        template: Arc<engine::Template>,
         name: String,
         pool: MySqlPool,
     }
@@ -328,7 +331,13 @@ mod harness {
 
         fn teardown(self: Box<Self>, ending: Ending) -> BoxFuture<'static, Verdict> {
             Box::pin(async move {
-                let DatabaseResource { engine, name, pool } = *self;
+                let DatabaseResource {
+                    engine,
+                    template,
+                    name,
+                    pool,
+                } = *self;
+                let mut forced = ending.timed_out;
                 if ending.timed_out {
                     // Whatever the test still runs on the server stops now.
                     engine.kill_sessions(&name, true).await;
@@ -344,6 +353,7 @@ mod harness {
                          {TEARDOWN_GRACE:?} after the test ended; its connections were killed"
                     );
                     engine.kill_sessions(&name, true).await;
+                    forced = true;
                 }
                 if ending.failed && config::keep_failed() {
                     return match engine.keep_test_database(&name).await {
@@ -357,6 +367,10 @@ mod harness {
                         }
                         Err(e) => (Some(e), Vec::new()),
                     };
+                }
+                // Reset into a spare for the next test, or dropped.
+                if !forced && engine.recycle_test_database(&template, &name).await {
+                    return (None, Vec::new());
                 }
                 (engine.drop_test_database(&name).await.err(), Vec::new())
             })

@@ -52,6 +52,11 @@ pub(crate) struct Engine {
     owner: u32,
     owner_conn: Mutex<Option<MySqlConnection>>,
     counter: AtomicU64,
+    /// Average costs (µs) of a new clone, a drop and a recycling, to pick
+    /// the cheaper way on this server ([`Engine::recycle_test_database`]).
+    clone_cost: Cost,
+    drop_cost: Cost,
+    recycle_cost: Cost,
     templates: Mutex<HashMap<String, Arc<OnceCell<Arc<Template>>>>>,
 }
 
@@ -265,6 +270,9 @@ impl Engine {
             owner,
             owner_conn: Mutex::new(Some(owner_conn)),
             counter: AtomicU64::new(0),
+            clone_cost: Cost::default(),
+            drop_cost: Cost::default(),
+            recycle_cost: Cost::default(),
             templates: Mutex::new(HashMap::new()),
         })
     }
@@ -519,6 +527,7 @@ impl Engine {
                     self.display_url
                 )
             })?;
+        let t0 = Instant::now();
         if let Err(e) = clone_into(&mut admin, &template.script, &name).await {
             let _ = admin
                 .execute(sqlx::AssertSqlSafe(format!(
@@ -531,6 +540,7 @@ impl Engine {
                 template.template, self.display_url
             ));
         }
+        self.clone_cost.add(t0);
         Ok(name)
     }
 
@@ -587,6 +597,19 @@ impl Engine {
         {
             return false;
         }
+        // Where DDL is cheap (the embedded server keeps its data in memory)
+        // a new clone can cost less than checking and resetting a used one:
+        // recycle only while it is the cheaper way (trying it now and then,
+        // to keep its cost current).
+        let (recycle, replace) = (
+            self.recycle_cost.get(),
+            self.clone_cost.get() + self.drop_cost.get(),
+        );
+        let explore = self.counter.load(Ordering::Relaxed).is_multiple_of(16);
+        if recycle > 0 && replace > 0 && recycle > replace && !explore {
+            return false;
+        }
+        let t0 = Instant::now();
         let Ok(mut admin) = self.admin().await else {
             return false;
         };
@@ -617,6 +640,7 @@ impl Engine {
         {
             return false;
         }
+        self.recycle_cost.add(t0);
         template
             .spares
             .lock()
@@ -633,19 +657,20 @@ impl Engine {
             ));
         }
         let mut admin = self.admin().await?;
-        admin
+        let t0 = Instant::now();
+        let dropped = admin
             .execute(sqlx::AssertSqlSafe(format!(
                 "DROP DATABASE IF EXISTS {}",
                 quote(name)
             )))
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                format!(
-                    "db-test: dropping database {name} on {}: {e}",
-                    self.display_url
-                )
-            })
+            .await;
+        self.drop_cost.add(t0);
+        dropped.map(|_| ()).map_err(|e| {
+            format!(
+                "db-test: dropping database {name} on {}: {e}",
+                self.display_url
+            )
+        })
     }
 
     /// Keeps a failed test's database: marks it so that no sweep drops it.
@@ -671,6 +696,23 @@ impl Engine {
     pub(crate) fn owner_id(&self) -> u32 {
         let _ = &self.owner_conn;
         self.owner
+    }
+}
+
+/// A running average of a duration, in µs; 0 until measured.
+#[derive(Default)]
+struct Cost(AtomicU64);
+
+impl Cost {
+    fn add(&self, since: Instant) {
+        let x = since.elapsed().as_micros().max(1) as u64;
+        let old = self.0.load(Ordering::Relaxed);
+        let new = if old == 0 { x } else { (old * 7 + x) / 8 };
+        self.0.store(new, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
     }
 }
 

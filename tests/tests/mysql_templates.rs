@@ -97,6 +97,36 @@ async fn templates_across_processes(db: TestDb) {
         .unwrap();
     parallel_processes_build_a_template_once(&mut server).await;
     a_template_build_killed_midway_is_redone(&mut server).await;
+    an_outdated_template_is_dropped(&mut server).await;
+}
+
+/// Runs `child_race` with the migrations of `token` to its end; returns
+/// its working database.
+async fn run_race_child(token: &str, outdated_after: &str) -> (String, String) {
+    let mut cmd = common::children(&["child_race"]);
+    cmd.env("DB_TEST_MYSQL_CHILD", "1")
+        .env("DB_TEST_MYSQL_RACE", token)
+        .env("DB_TEST_OUTDATED_AFTER", outdated_after);
+    let text = tokio::task::spawn_blocking(move || common::run_ok(cmd, "a race child"))
+        .await
+        .unwrap();
+    let lines = raced(&text);
+    let working = lines[0].split_whitespace().next().unwrap().to_string();
+    (working, text)
+}
+
+async fn an_outdated_template_is_dropped(server: &mut MySqlConnection) {
+    let (old, _) = run_race_child(&common::unique_token("dbtest_old"), "10m").await;
+    // The migrations change (another token, same source): with
+    // DB_TEST_OUTDATED_AFTER=1ms the old template is outdated at once.
+    let (new, text) = run_race_child(&common::unique_token("dbtest_new"), "1ms").await;
+    let old_prefix = old.strip_suffix("_w").unwrap();
+    assert_eq!(
+        databases_like(server, &format!("{old_prefix}\\_%")).await,
+        Vec::<String>::new(),
+        "the outdated template and its working database are dropped:\n{text}"
+    );
+    drop_run(server, &new).await;
 }
 
 async fn parallel_processes_build_a_template_once(server: &mut MySqlConnection) {

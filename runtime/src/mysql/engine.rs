@@ -353,6 +353,7 @@ impl Engine {
         let (script, recycle) = result?;
         drop(admin);
         self.sweep_leftovers().await;
+        self.sweep_outdated(&prefix).await;
         let pool = MySqlPoolOptions::new()
             .max_connections(config::pool_size())
             .acquire_timeout(config::acquire_timeout())
@@ -455,6 +456,69 @@ impl Engine {
 
     /// Drops per-test databases whose owning process is gone (its owner
     /// lock is free) and that were not kept on purpose.
+    /// Drops the templates (and working databases) of the same migrations
+    /// source with other migrations hashes: outdated once the migrations
+    /// changed. Only those built longer than `DB_TEST_OUTDATED_AFTER` ago
+    /// (10 min) whose working database nobody is connected to, so that two
+    /// checkouts with different migrations can share a server.
+    async fn sweep_outdated(&self, prefix: &str) {
+        // `dbtest_<source>_`: every hash of this source.
+        let Some(source) = prefix.rfind('_').map(|i| &prefix[..=i]) else {
+            return;
+        };
+        let Ok(mut admin) = self.admin().await else {
+            return;
+        };
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT CAST(schema_name AS CHAR) FROM information_schema.schemata \
+             WHERE schema_name LIKE CONCAT(REPLACE(?, '_', '\\_'), '%')",
+        )
+        .bind(source)
+        .fetch_all(&mut *admin)
+        .await
+        .unwrap_or_default();
+        let mut others: Vec<&str> = names
+            .iter()
+            .filter(|n| !n.starts_with(&format!("{prefix}_")))
+            .filter_map(|n| n.strip_suffix("_t"))
+            .collect();
+        others.sort_unstable();
+        others.dedup();
+        let min_age = config::outdated_after().as_secs() as i64;
+        for other in others {
+            let (age, in_use): (Option<i64>, i64) = match sqlx::query_as(
+                "SELECT (SELECT TIMESTAMPDIFF(SECOND, MAX(create_time), NOW()) \
+                         FROM information_schema.tables WHERE table_schema = ?), \
+                        (SELECT COUNT(*) FROM information_schema.processlist \
+                         WHERE db LIKE CONCAT(REPLACE(?, '_', '\\_'), '\\_%'))",
+            )
+            .bind(format!("{other}_t"))
+            .bind(other)
+            .fetch_one(&mut *admin)
+            .await
+            {
+                Ok(row) => row,
+                Err(_) => continue,
+            };
+            // A template without tables has no age to go by: kept.
+            if age.is_none_or(|a| a < min_age) || in_use > 0 {
+                continue;
+            }
+            for kind in ["w", "wb", "t", "tb"] {
+                let name = format!("{other}_{kind}");
+                if names.contains(&name) {
+                    tracing::info!(database = %name, "db-test: dropping an outdated template");
+                    let _ = admin
+                        .execute(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {}",
+                            quote(&name)
+                        )))
+                        .await;
+                }
+            }
+        }
+    }
+
     async fn sweep_leftovers(&self) {
         let Ok(mut admin) = self.admin().await else {
             return;

@@ -528,3 +528,14 @@ fn per_test_databases_are_reset_between_tests() {
     );
     assert_ne!(used[1], used[2], "a changed schema is not reused");
 }
+
+// MySQL has no deferred constraints: every one is checked when its
+// statement runs, so `check_constraints` has nothing to add (a no-op).
+#[db_test(migrations = "tests/mysql/migrations", check_constraints = true)]
+async fn check_constraints_is_a_no_op(db: TestDb) {
+    let orphan = sqlx::query("INSERT INTO post (user_id, content) VALUES (42, 'x')")
+        .execute(&db)
+        .await;
+    assert!(orphan.is_err(), "the foreign key is checked at once");
+    assert_eq!(users(&db).await, 0);
+}

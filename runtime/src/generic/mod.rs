@@ -85,6 +85,11 @@ pub trait Dialect: sqlx::Database + sealed::Sealed {
     #[doc(hidden)]
     const CHECK_CONSTRAINTS: Option<&'static str> = None;
 
+    /// Whether `SAVEPOINT x` replaces an existing savepoint `x` (MySQL), so
+    /// that renewing db-test's savepoint needs no `RELEASE SAVEPOINT` first.
+    #[doc(hidden)]
+    const SAVEPOINT_REPLACES: bool = false;
+
     #[doc(hidden)]
     fn pool_fetch_many<'e, 'q: 'e, E: 'q + Execute<'q, Self>>(
         pool: &'e Pool<Self>,

@@ -486,9 +486,14 @@ pub(crate) async fn run_on<DB: Dialect>(
     }
     let autocommit = depth::<DB>(conn) == 1;
     if autocommit && !state.fresh.load(Ordering::Relaxed) {
-        let renewed = match exec::<DB>(conn, &format!("RELEASE SAVEPOINT {SAVEPOINT}")).await {
-            Ok(()) => exec::<DB>(conn, &format!("SAVEPOINT {SAVEPOINT}")).await,
-            Err(e) => Err(e),
+        let renewed = if DB::SAVEPOINT_REPLACES {
+            // One round trip: the new savepoint replaces the old one.
+            exec::<DB>(conn, &format!("SAVEPOINT {SAVEPOINT}")).await
+        } else {
+            match exec::<DB>(conn, &format!("RELEASE SAVEPOINT {SAVEPOINT}")).await {
+                Ok(()) => exec::<DB>(conn, &format!("SAVEPOINT {SAVEPOINT}")).await,
+                Err(e) => Err(e),
+            }
         };
         if let Err(e) = renewed {
             let why = if is_broken(&e) {

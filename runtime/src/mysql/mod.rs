@@ -91,6 +91,10 @@ impl crate::generic::Dialect for MySql {
         lexer::leaves_session_state(sql)
     }
 
+    // "If the current transaction has a savepoint with the same name, the
+    // old savepoint is deleted and a new one is set." (MySQL manual)
+    const SAVEPOINT_REPLACES: bool = true;
+
     crate::generic::dialect_executors!();
 }
 

@@ -539,3 +539,50 @@ async fn check_constraints_is_a_no_op(db: TestDb) {
     assert!(orphan.is_err(), "the foreign key is checked at once");
     assert_eq!(users(&db).await, 0);
 }
+
+#[db_test(migrations = "tests/mysql/migrations", isolation = "database")]
+async fn child_fails_in_its_own_database(db: TestDb) {
+    if !is_child() {
+        return;
+    }
+    sqlx::query("INSERT INTO user (username) VALUES ('kept')")
+        .execute(&db)
+        .await
+        .unwrap();
+    panic!("deliberately failing");
+}
+
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn a_failed_tests_database_is_kept_on_request(db: TestDb) {
+    let mut cmd = common::children(&["child_fails_in_its_own_database"]);
+    cmd.env("DB_TEST_MYSQL_CHILD", "1")
+        .env("DB_TEST_KEEP_FAILED", "1");
+    let (out, text) =
+        tokio::task::spawn_blocking(move || common::run_until(cmd, Duration::from_secs(60)))
+            .await
+            .unwrap();
+    assert!(!out.status.success(), "{text}");
+    let name = text
+        .split("(DB_TEST_KEEP_FAILED=1): ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no kept database named:\n{text}"))
+        .to_string();
+    // A later process's sweep leaves it alone.
+    let cmd = common::children(&["rollback_between_tests_a"]);
+    tokio::task::spawn_blocking(move || common::run_ok(cmd, "a later process"))
+        .await
+        .unwrap();
+    let mut other = outsider(&db).await;
+    let kept: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(*) FROM `{name}`.user WHERE username = 'kept'"
+    )))
+    .fetch_one(&mut other)
+    .await
+    .unwrap();
+    assert_eq!(kept, 1, "the failed test's rows are there to look at");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE `{name}`")))
+        .execute(&mut other)
+        .await
+        .unwrap();
+}

@@ -150,11 +150,17 @@ const TARGET: &str = "\u{1}dbtest-target\u{1}";
 /// MySQL's limit on a database name.
 const MAX_NAME_LEN: usize = 64;
 
-static ENGINE: OnceCell<Engine> = OnceCell::const_new();
+static ENGINE: OnceCell<Result<Engine, String>> = OnceCell::const_new();
 
-/// The engine, started on first use.
+/// The engine, started on first use. A failure (no binaries, a wrong URL)
+/// is kept: every test of the process reports it at once, instead of each
+/// one searching or waiting for the connect timeout again.
 pub(crate) async fn engine() -> Result<&'static Engine, String> {
-    ENGINE.get_or_try_init(Engine::start).await
+    ENGINE
+        .get_or_init(Engine::start)
+        .await
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
 /// A name in backticks.

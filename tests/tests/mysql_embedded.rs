@@ -87,3 +87,25 @@ fn a_database_url_of_another_database_names_both() {
     assert!(text.contains("MySQL/MariaDB"), "{text}");
     assert!(text.contains("DB_TEST_MYSQL_URL"), "{text}");
 }
+
+#[test]
+fn an_idle_embedded_server_stops() {
+    // A server of its own (another data directory), with a short idle time.
+    let dir = std::env::temp_dir().join(common::unique_token("dbtest-idle"));
+    let mut cmd = child_without_url();
+    cmd.env("DB_TEST_DATA_DIR", &dir)
+        .env("DB_TEST_MYSQL_IDLE_SECS", "1");
+    let text = common::run_ok(cmd, "a child on its own embedded server");
+    let socket = common::word_after(&text, "socket=").expect("the child names its socket");
+    assert!(socket.starts_with("/tmp/dbtm-"), "{text}");
+    // No process uses it any more: the reaper stops it (a hang is a failure).
+    let t0 = std::time::Instant::now();
+    while std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the idle server still runs: {socket}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -133,7 +133,7 @@ impl<DB: Dialect> Db<DB> {
             }),
             #[cfg(feature = "harness")]
             Inner::Test(shared) => Ok(DbConnection {
-                inner: ConnInner::Test(shared.lock().await?),
+                inner: ConnInner::Test(shared.lock_raw().await?),
             }),
         }
     }
@@ -471,4 +471,73 @@ fn steps_stream<'e, DB: Dialect>(
             Err(e) => futures_util::stream::once(async move { Err(e) }).right_stream(),
         })
         .boxed()
+}
+
+impl<'c, DB: Dialect> sqlx::Acquire<'c> for &'c mut DbConn<DB> {
+    type Database = DB;
+    type Connection = &'c mut DB::Connection;
+
+    fn acquire(self) -> BoxFuture<'c, sqlx::Result<Self::Connection>> {
+        Box::pin(futures_util::future::ready(Ok(&mut self.0)))
+    }
+
+    fn begin(self) -> BoxFuture<'c, sqlx::Result<sqlx::Transaction<'c, DB>>> {
+        Box::pin(sqlx::Transaction::begin(&mut self.0, None))
+    }
+}
+
+/// The connection [`sqlx::Acquire`] gives for `&Db`: a [`DbConnection`]
+/// that derefs straight to the database's connection type, as `Acquire`
+/// requires.
+#[derive(Debug)]
+pub struct DbAcquired<DB: Dialect>(DbConnection<DB>);
+
+impl<DB: Dialect> Deref for DbAcquired<DB> {
+    type Target = DB::Connection;
+    fn deref(&self) -> &DB::Connection {
+        &self.0
+    }
+}
+
+impl<DB: Dialect> DerefMut for DbAcquired<DB> {
+    fn deref_mut(&mut self) -> &mut DB::Connection {
+        &mut self.0
+    }
+}
+
+/// `&Db` is an [`sqlx::Acquire`], so functions written as
+/// `async fn f<'a>(conn: impl Acquire<'a, Database = Sqlite>)` take the
+/// app's handle.
+///
+/// `acquire()` works everywhere (under test: the test's connection, like
+/// [`Db::acquire`]). `begin()` works on a pool; under a transaction-mode
+/// test it returns an error of kind `ErrorKind::Unsupported`, because
+/// sqlx's `Transaction` cannot hold the lock on the test's shared
+/// connection: call [`Db::begin`] instead, or pass
+/// `&mut *db.acquire().await?` (an `Acquire` whose `begin()` is a savepoint).
+impl<'c, DB: Dialect> sqlx::Acquire<'c> for &'c Db<DB> {
+    type Database = DB;
+    type Connection = DbAcquired<DB>;
+
+    fn acquire(self) -> BoxFuture<'c, sqlx::Result<DbAcquired<DB>>> {
+        Box::pin(async move { Ok(DbAcquired(Db::acquire(self).await?)) })
+    }
+
+    fn begin(self) -> BoxFuture<'c, sqlx::Result<sqlx::Transaction<'c, DB>>> {
+        match &self.inner {
+            Inner::Pool(pool) => {
+                let pool = pool.clone();
+                Box::pin(async move { pool.begin().await })
+            }
+            #[cfg(feature = "harness")]
+            Inner::Test(_) => Box::pin(futures_util::future::ready(Err(crate::Error::new(
+                crate::ErrorKind::Unsupported,
+                "db-test: `Acquire::begin` on a `&Db` cannot be a savepoint of the test's \
+                 transaction (sqlx's `Transaction` cannot hold db-test's lock on the test's \
+                 connection). Call `db.begin()`, or pass `&mut *db.acquire().await?`, whose \
+                 `begin()` is a savepoint.",
+            )
+            .into()))),
+        }
+    }
 }

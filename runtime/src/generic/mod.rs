@@ -31,7 +31,7 @@ pub(crate) mod shared;
 #[cfg(feature = "harness")]
 mod testdb;
 
-pub use db::{Db, DbConn, DbConnection, DbTransaction};
+pub use db::{Db, DbAcquired, DbConn, DbConnection, DbTransaction};
 #[cfg(feature = "harness")]
 pub use testdb::TestDb;
 #[cfg(feature = "harness")]
@@ -68,17 +68,6 @@ pub trait Dialect: sqlx::Database + sealed::Sealed {
     #[doc(hidden)]
     fn refuse(sql: &str) -> Option<String>;
 
-    /// Under test, whether `sql` may leave state in the session that a
-    /// rollback does not undo (a temporary table, a user variable, a named
-    /// lock, a prepared statement, a session setting): the test's
-    /// connection is then closed at the end instead of going back to the
-    /// pool, so that the next test does not inherit it.
-    #[doc(hidden)]
-    fn leaves_session_state(sql: &str) -> bool {
-        let _ = sql;
-        false
-    }
-
     /// Under test, before the rollback, when `check_constraints` is set: a
     /// statement whose rows are constraint violations that a `COMMIT` would
     /// report. `None` when the database has no deferred constraints.
@@ -89,6 +78,15 @@ pub trait Dialect: sqlx::Database + sealed::Sealed {
     /// that renewing db-test's savepoint needs no `RELEASE SAVEPOINT` first.
     #[doc(hidden)]
     const SAVEPOINT_REPLACES: bool = false;
+
+    /// Under test, whether `sql` may leave state on the connection that the
+    /// rollback does not undo (a session setting): the connection is then
+    /// closed when the test ends, rather than handed to the next test.
+    #[doc(hidden)]
+    fn touches_session(sql: &str) -> bool {
+        let _ = sql;
+        false
+    }
 
     #[doc(hidden)]
     fn pool_fetch_many<'e, 'q: 'e, E: 'q + Execute<'q, Self>>(

@@ -52,9 +52,9 @@ pub(crate) async fn exec<DB: Dialect>(conn: &mut DB::Connection, sql: &str) -> s
 pub(crate) struct State {
     label: String,
     refuse: fn(&str) -> Option<String>,
-    leaves_session_state: fn(&str) -> bool,
-    /// A statement may have left session state a rollback does not undo.
-    dirty: AtomicBool,
+    touches_session: fn(&str) -> bool,
+    /// The test may have left session state on the connection.
+    touched: AtomicBool,
     statements: AtomicU64,
     log: Mutex<VecDeque<LoggedStatement>>,
     /// `db_test_auto` marks the current state: nothing changed since it was set.
@@ -131,6 +131,19 @@ pub(crate) struct Slot<DB: Dialect> {
 /// The lock on the test's connection. Derefs (through `DbConn`) to it.
 pub(crate) struct SlotGuard<DB: Dialect> {
     guard: OwnedMutexGuard<Slot<DB>>,
+    /// Handed to the test or the app (`acquire()`, `begin()`), which may
+    /// write on the bare connection, out of db-test's sight.
+    raw: Option<Arc<State>>,
+}
+
+impl<DB: Dialect> Drop for SlotGuard<DB> {
+    fn drop(&mut self) {
+        // What was written through this guard must not be undone with the
+        // next failing statement: `db_test_auto` is renewed before it.
+        if let Some(state) = &self.raw {
+            state.fresh.store(false, Ordering::Relaxed);
+        }
+    }
 }
 
 impl<DB: Dialect> SlotGuard<DB> {
@@ -191,8 +204,8 @@ impl<DB: Dialect> Shared<DB> {
         let state = Arc::new(State {
             label,
             refuse: DB::refuse,
-            leaves_session_state: DB::leaves_session_state,
-            dirty: AtomicBool::new(false),
+            touches_session: DB::touches_session,
+            touched: AtomicBool::new(false),
             statements: AtomicU64::new(0),
             log: Mutex::new(VecDeque::new()),
             fresh: AtomicBool::new(true),
@@ -293,12 +306,22 @@ impl<DB: Dialect> Shared<DB> {
         }
         let conn = slot.conn.as_mut().expect("present until the test ends");
         recover_dropped::<DB>(&self.state, conn).await?;
-        Ok(SlotGuard { guard: slot })
+        Ok(SlotGuard {
+            guard: slot,
+            raw: None,
+        })
+    }
+
+    /// The test's connection for the test or the app (`acquire()`).
+    pub(crate) async fn lock_raw(&self) -> sqlx::Result<SlotGuard<DB>> {
+        let mut guard = self.lock().await?;
+        guard.raw = Some(self.state.clone());
+        Ok(guard)
     }
 
     /// An app transaction: a savepoint inside the test's transaction.
     pub(crate) async fn begin(&self) -> sqlx::Result<SlotGuard<DB>> {
-        let mut guard = self.lock().await?;
+        let mut guard = self.lock_raw().await?;
         Manager::<DB>::begin(guard.conn_mut(), None).await?;
         Ok(guard)
     }
@@ -345,7 +368,16 @@ impl<DB: Dialect> Shared<DB> {
         };
         unregister(self.conn_addr, &self.state);
         let mut failure = None;
-        let mut healthy = recover_dropped::<DB>(&self.state, &mut conn).await.is_ok();
+        // A statement still running (the test timed out in it) gets a
+        // grace period; then the connection is dropped instead of reused.
+        let mut healthy = matches!(
+            crate::clock::timeout(
+                TEARDOWN_GRACE,
+                recover_dropped::<DB>(&self.state, &mut conn)
+            )
+            .await,
+            Ok(Ok(()))
+        );
         if healthy
             && check_constraints
             && lock(&self.state.poisoned).is_none()
@@ -374,15 +406,29 @@ impl<DB: Dialect> Shared<DB> {
             }
         }
         while healthy && depth::<DB>(&conn) > 0 {
-            if Manager::<DB>::rollback(&mut conn).await.is_err() {
+            let outer = depth::<DB>(&conn) == 1;
+            if let Err(e) = Manager::<DB>::rollback(&mut conn).await {
                 healthy = false;
+                if outer && !is_broken(&e) && failure.is_none() {
+                    // Nothing to roll back: something sent on the bare
+                    // connection of a guard ended the test's transaction.
+                    failure = Some(format!(
+                        "db-test: the transaction of test `{}` was ended by a COMMIT or \
+                         ROLLBACK sent on the bare connection of a guard (`&mut **conn`), out \
+                         of db-test's sight ({e}). Its writes were not rolled back where they \
+                         went; the connection is closed and no other test sees them. Use \
+                         `db.begin()` and `tx.commit()` (savepoints under test), or \
+                         `isolation = \"database\"` for a test that must really commit.",
+                        self.state.label
+                    ));
+                }
             }
         }
-        if healthy && !self.state.dirty.load(Ordering::Relaxed) {
+        if healthy && !self.state.touched.load(Ordering::Relaxed) {
             (Some(conn), failure, log)
         } else {
             // Never hand a connection in an unknown state (or with session
-            // state of this test's) to the next test.
+            // state the test set) to the next test.
             conn.close_on_drop();
             (None, failure, log)
         }
@@ -415,7 +461,13 @@ async fn recover_dropped<DB: Dialect>(
         return Err(poisoned_error(&why));
     }
     if depth::<DB>(conn) == 1 {
-        if let Err(e) = exec::<DB>(conn, &format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}")).await {
+        // Dropped between the release of `db_test_auto` and its renewal,
+        // there is no savepoint to go back to: set it where things stand.
+        let undone = match exec::<DB>(conn, &format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}")).await {
+            Ok(()) => Ok(()),
+            Err(_) => exec::<DB>(conn, &format!("SAVEPOINT {SAVEPOINT}")).await,
+        };
+        if let Err(e) = undone {
             let why = ended_by_database(&state.label, &e);
             state.poison(why.clone());
             state.record(sql, Some(outcome));
@@ -481,10 +533,13 @@ pub(crate) async fn run_on<DB: Dialect>(
         state.record(sql, Some("refused by db-test".into()));
         return Err(poisoned_error(&msg));
     }
-    if (state.leaves_session_state)(&sql) {
-        state.dirty.store(true, Ordering::Relaxed);
+    if !state.touched.load(Ordering::Relaxed) && (state.touches_session)(&sql) {
+        state.touched.store(true, Ordering::Relaxed);
     }
     let autocommit = depth::<DB>(conn) == 1;
+    // In flight from here: dropped during the savepoint's renewal or the
+    // statement, the next user finds out where the connection stands.
+    *lock(&state.in_flight) = Some(sql.clone());
     if autocommit && !state.fresh.load(Ordering::Relaxed) {
         let renewed = if DB::SAVEPOINT_REPLACES {
             // One round trip: the new savepoint replaces the old one.
@@ -501,12 +556,12 @@ pub(crate) async fn run_on<DB: Dialect>(
             } else {
                 ended_by_database(&state.label, &e)
             };
+            *lock(&state.in_flight) = None;
             state.poison(why.clone());
             return Err(poisoned_error(&why));
         }
         state.fresh.store(true, Ordering::Relaxed);
     }
-    *lock(&state.in_flight) = Some(sql.clone());
     let result: sqlx::Result<Vec<Step<DB>>> = DB::conn_fetch_many(conn, query).try_collect().await;
     *lock(&state.in_flight) = None;
     let plain_read = autocommit && crate::sqltext::is_plain_read(&sql);
@@ -582,7 +637,11 @@ impl<DB: Dialect> Resource for TxResource<DB> {
                 .shared
                 .finish(ending.reason, ending.spec.check_constraints)
                 .await;
-            drop(conn); // back to the pool, rolled back and healthy
+            // Back to the pool, rolled back and healthy: awaited, so that
+            // the next test finds it idle rather than opening another copy.
+            if let Some(mut conn) = conn {
+                conn.return_to_pool().await;
+            }
             (failure, log)
         })
     }

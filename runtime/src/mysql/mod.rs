@@ -87,7 +87,7 @@ impl crate::generic::Dialect for MySql {
     }
 
     #[cfg(feature = "harness")]
-    fn leaves_session_state(sql: &str) -> bool {
+    fn touches_session(sql: &str) -> bool {
         lexer::leaves_session_state(sql)
     }
 

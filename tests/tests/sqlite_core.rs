@@ -1,0 +1,744 @@
+//! SQLite: transaction mode (each test in a rolled-back transaction on an
+//! in-memory copy of the template), database mode (a file copy of its own),
+//! and what db-test refuses or recovers from. Real SQLite databases, built
+//! from `tests/sqlite_core/migrations` (one table `item` with a seed row).
+//!
+//! Tests named `child_*` are run by other tests of this file in a child
+//! process, with `DB_TEST_SQLITE_CHILD` naming the scenario; without it
+//! (the normal run) they only do their plain part.
+
+mod common;
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use db_test::sqlite::{Db, TestDb};
+use db_test::{Backend, ErrorKind, TestApp, TestClient, TestContext, db_test};
+use sqlx::{Executor, SqlitePool};
+
+fn scenario() -> String {
+    std::env::var("DB_TEST_SQLITE_CHILD").unwrap_or_default()
+}
+
+async fn names(db: &TestDb) -> Vec<String> {
+    sqlx::query_scalar("SELECT name FROM item ORDER BY id")
+        .fetch_all(db)
+        .await
+        .unwrap()
+}
+
+async fn insert(db: &TestDb, name: &str) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO item (name) VALUES (?)")
+        .bind(name)
+        .execute(db)
+        .await
+        .map(|_| ())
+}
+
+// Rollback between tests: each of these starts from the seed row alone and
+// inserts the same unique name. The in-memory copies are pooled and reused
+// by later tests, so a write that survived its test would show up here.
+macro_rules! starts_clean {
+    ($($name:ident),*) => {$(
+        #[db_test(migrations = "tests/sqlite_core/migrations")]
+        async fn $name(db: TestDb) {
+            assert_eq!(names(&db).await, ["seed"]);
+            insert(&db, "same").await.unwrap();
+            assert_eq!(names(&db).await, ["seed", "same"]);
+        }
+    )*};
+}
+starts_clean!(
+    starts_clean_1,
+    starts_clean_2,
+    starts_clean_3,
+    starts_clean_4,
+    starts_clean_5,
+    starts_clean_6
+);
+
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn app_commit_is_a_savepoint(db: TestDb) {
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query("INSERT INTO item (name) VALUES ('committed')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(names(&db).await, ["seed", "committed"]);
+    // A failing statement after it undoes itself, not the committed savepoint.
+    assert!(insert(&db, "seed").await.is_err());
+    assert_eq!(names(&db).await, ["seed", "committed"]);
+    // Nor what was written on the bare connection of a guard.
+    {
+        let mut conn = db.acquire().await.unwrap();
+        let raw: &mut sqlx::SqliteConnection = &mut conn;
+        raw.execute("INSERT INTO item (name) VALUES ('raw')")
+            .await
+            .unwrap();
+    }
+    assert!(insert(&db, "seed").await.is_err());
+    assert_eq!(names(&db).await, ["seed", "committed", "raw"]);
+
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query("INSERT INTO item (name) VALUES ('rolled back')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+
+    {
+        let mut tx = db.begin().await.unwrap();
+        sqlx::query("INSERT INTO item (name) VALUES ('dropped')")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        // Nested: a savepoint inside the savepoint, through sqlx's own API.
+        let mut inner = sqlx::Connection::begin(&mut **tx).await.unwrap();
+        sqlx::query("INSERT INTO item (name) VALUES ('inner')")
+            .execute(&mut *inner)
+            .await
+            .unwrap();
+        inner.commit().await.unwrap();
+        // `tx` dropped without commit: rolled back, with `inner`.
+    }
+    assert_eq!(names(&db).await, ["seed", "committed", "raw"]);
+}
+
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn a_failing_statement_does_not_poison_the_test(db: TestDb) {
+    insert(&db, "one").await.unwrap();
+    let dup = insert(&db, "one").await.unwrap_err();
+    assert!(dup.to_string().contains("UNIQUE"), "{dup}");
+    // A multi-statement string whose second statement fails is undone whole.
+    let err = sqlx::raw_sql(
+        "INSERT INTO item (name) VALUES ('two'); INSERT INTO item (name) VALUES ('one')",
+    )
+    .execute(&db)
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("UNIQUE"), "{err}");
+    insert(&db, "three").await.unwrap();
+    assert_eq!(names(&db).await, ["seed", "one", "three"]);
+    // Inside an app transaction too.
+    let mut tx = db.begin().await.unwrap();
+    assert!(
+        sqlx::query("INSERT INTO item (name) VALUES ('one')")
+            .execute(&mut *tx)
+            .await
+            .is_err()
+    );
+    sqlx::query("INSERT INTO item (name) VALUES ('four')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(names(&db).await, ["seed", "one", "three", "four"]);
+}
+
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn a_commit_in_a_multi_statement_string_is_refused(db: TestDb) {
+    let err = sqlx::raw_sql("INSERT INTO item (name) VALUES ('x'); COMMIT")
+        .execute(&db)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("refusing to run"), "{err}");
+    assert!(err.to_string().contains("COMMIT"), "{err}");
+    assert_eq!(
+        db_test::Error::of(&err).map(|e| e.kind()),
+        Some(ErrorKind::TransactionEnded)
+    );
+    // The test cannot go on as if it had committed: later statements fail too.
+    let later = sqlx::query("SELECT 1").execute(&db).await.unwrap_err();
+    assert!(later.to_string().contains("refusing to run"), "{later}");
+}
+
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn a_commit_on_a_connection_guard_is_refused(db: TestDb) {
+    let mut conn = db.acquire().await.unwrap();
+    conn.execute("INSERT INTO item (name) VALUES ('guarded')")
+        .await
+        .unwrap();
+    let err = conn.execute("END TRANSACTION").await.unwrap_err();
+    assert!(err.to_string().contains("refusing to run"), "{err}");
+    let err = conn.execute("RELEASE db_test_auto").await.unwrap_err();
+    assert!(err.to_string().contains("refusing to run"), "{err}");
+}
+
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn what_is_not_a_commit_runs(db: TestDb) {
+    // A trigger's body has `;` and `END`; strings and identifiers may say COMMIT.
+    sqlx::raw_sql(
+        "CREATE TRIGGER item_tag AFTER INSERT ON item BEGIN \
+           INSERT INTO tag (item_id, label) VALUES (new.id, CASE WHEN new.name = 'commit' \
+           THEN 'end' ELSE 'begin' END); \
+         END; \
+         INSERT INTO item (name) VALUES ('commit');",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let labels: Vec<String> = sqlx::query_scalar("SELECT label FROM tag")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    assert_eq!(labels, ["end"]);
+    sqlx::raw_sql(
+        "SAVEPOINT mine; INSERT INTO item (name) VALUES ('m'); ROLLBACK TO mine; RELEASE mine",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    assert_eq!(names(&db).await, ["seed", "commit"]);
+}
+
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn a_statement_dropped_mid_way_is_undone_and_the_connection_stays_usable(db: TestDb) {
+    // Long enough that its first poll cannot see it finished: 200 000 rows.
+    let slow = sqlx::query(
+        "INSERT INTO item (name) \
+         WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 200000) \
+         SELECT 'slow-' || x FROM c",
+    );
+    let mut fut = Box::pin(slow.execute(&*db));
+    assert!(futures_util::poll!(&mut fut).is_pending());
+    drop(fut);
+    let slow: i64 = sqlx::query_scalar("SELECT count(*) FROM item WHERE name LIKE 'slow-%'")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(slow, 0);
+    insert(&db, "after").await.unwrap();
+    assert_eq!(names(&db).await, ["seed", "after"]);
+}
+
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn foreign_keys_are_on_as_under_sqlx(db: TestDb) {
+    let on: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(on, 1);
+    let err = sqlx::query("INSERT INTO tag (item_id, label) VALUES (999, 'orphan')")
+        .execute(&db)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("FOREIGN KEY"), "{err}");
+}
+
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn statements_are_counted(db: TestDb) {
+    let app = db.db();
+    db.assert_queries(2, async {
+        sqlx::query("SELECT count(*) FROM item")
+            .fetch_one(&app)
+            .await
+            .unwrap();
+        let mut tx = app.begin().await.unwrap();
+        sqlx::query("INSERT INTO item (name) VALUES ('c')")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    })
+    .await;
+}
+
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn a_busy_connection_times_out_with_a_hint(db: TestDb) {
+    db.set_checkout_timeout(Duration::from_millis(50));
+    let held = db.acquire().await.unwrap();
+    let err = sqlx::query("SELECT 1").execute(&db).await.unwrap_err();
+    assert_eq!(
+        db_test::Error::of(&err).map(|e| e.kind()),
+        Some(ErrorKind::CheckoutTimeout)
+    );
+    drop(held);
+    sqlx::query("SELECT 1").execute(&db).await.unwrap();
+}
+
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn a_plain_db_parameter_is_the_test_transaction(db: Db, test_db: TestDb) {
+    sqlx::query("INSERT INTO item (name) VALUES ('from db')")
+        .execute(&db)
+        .await
+        .unwrap();
+    assert_eq!(names(&test_db).await, ["seed", "from db"]);
+    assert!(db.pool().is_none());
+}
+
+async fn count_items<'a>(conn: impl sqlx::Acquire<'a, Database = sqlx::Sqlite>) -> i64 {
+    let mut conn = conn.acquire().await.unwrap();
+    sqlx::query_scalar("SELECT count(*) FROM item")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap()
+}
+
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn db_is_an_acquire(db: TestDb) {
+    let app = db.db();
+    assert_eq!(count_items(&app).await, 1);
+    let err = sqlx::Acquire::begin(&app).await.unwrap_err();
+    assert_eq!(
+        db_test::Error::of(&err).map(|e| e.kind()),
+        Some(ErrorKind::Unsupported)
+    );
+    let mut conn = app.acquire().await.unwrap();
+    let mut tx = sqlx::Acquire::begin(&mut *conn).await.unwrap();
+    sqlx::query("INSERT INTO item (name) VALUES ('acquired')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    drop(conn);
+    assert_eq!(names(&db).await, ["seed", "acquired"]);
+}
+
+// ---- TestClient over an axum app on `db_test::sqlite::Db` ----
+
+struct App;
+
+impl TestApp for App {
+    const BACKEND: Backend = Backend::Sqlite;
+    async fn build(ctx: &TestContext) -> axum::Router {
+        axum::Router::new()
+            .route("/items", post(create).get(count))
+            .with_state(db_test::sqlite::db(ctx))
+    }
+}
+
+async fn create(State(db): State<Db>, name: String) -> StatusCode {
+    let mut tx = db.begin().await.unwrap();
+    let inserted = sqlx::query("INSERT INTO item (name) VALUES (?)")
+        .bind(name)
+        .execute(&mut *tx)
+        .await;
+    match inserted {
+        Ok(_) => {
+            tx.commit().await.unwrap();
+            StatusCode::CREATED
+        }
+        Err(_) => StatusCode::CONFLICT,
+    }
+}
+
+async fn count(State(db): State<Db>) -> String {
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM item")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    n.to_string()
+}
+
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn the_client_and_the_test_share_the_transaction(client: TestClient<App>, db: TestDb) {
+    client
+        .post("/items")
+        .text("posted")
+        .await
+        .assert_status(StatusCode::CREATED);
+    client
+        .post("/items")
+        .text("posted")
+        .await
+        .assert_status(StatusCode::CONFLICT);
+    assert_eq!(names(&db).await, ["seed", "posted"]);
+    insert(&db, "by the test").await.unwrap();
+    client.get("/items").await.assert_text("3");
+}
+
+// The app's `BACKEND` alone makes this a SQLite test.
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn the_app_chooses_the_backend(client: TestClient<App>, ctx: TestContext) {
+    assert_eq!(ctx.backend(), Backend::Sqlite);
+    client.get("/items").await.assert_text("1");
+}
+
+// ---- database mode ----
+
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn database_mode_commits_are_real(pool: SqlitePool) {
+    let mut a = pool.acquire().await.unwrap();
+    let mut b = pool.acquire().await.unwrap();
+    sqlx::query("INSERT INTO item (name) VALUES ('a')")
+        .execute(&mut *a)
+        .await
+        .unwrap();
+    let mut tx = sqlx::Connection::begin(&mut *a).await.unwrap();
+    sqlx::query("INSERT INTO item (name) VALUES ('in tx')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    // Another connection of the pool sees both: they were committed.
+    let seen: Vec<String> = sqlx::query_scalar("SELECT name FROM item ORDER BY id")
+        .fetch_all(&mut *b)
+        .await
+        .unwrap();
+    assert_eq!(seen, ["seed", "a", "in tx"]);
+}
+
+#[db_test(migrations = "tests/sqlite_core/migrations", isolation = "database")]
+async fn database_mode_test_db_is_a_pool(db: TestDb, ctx: TestContext) {
+    assert!(ctx.is_database_mode());
+    assert!(db.pool().is_some());
+    assert!(ctx.database_name().ends_with(".sqlite"));
+    // A raw COMMIT is the test's own business here.
+    sqlx::raw_sql("BEGIN; INSERT INTO item (name) VALUES ('raw'); COMMIT")
+        .execute(db.pool().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(names(&db).await, ["seed", "raw"]);
+}
+
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn database_mode_pool_connection(mut conn: sqlx::pool::PoolConnection<sqlx::Sqlite>) {
+    sqlx::query("INSERT INTO item (name) VALUES ('conn')")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM item")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+}
+
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn database_mode_options(
+    (pool_options, connect_options): (
+        sqlx::sqlite::SqlitePoolOptions,
+        sqlx::sqlite::SqliteConnectOptions,
+    ),
+) {
+    let pool = pool_options.connect_with(connect_options).await.unwrap();
+    sqlx::query("INSERT INTO item (name) VALUES ('own pool')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let seen: Vec<String> = sqlx::query_scalar("SELECT name FROM item ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(seen, ["seed", "own pool"]);
+    pool.close().await;
+}
+
+// ---- child processes ----
+
+// A test that times out inside a long statement: it fails saying so, and
+// its teardown does not wait for the statement forever.
+#[db_test(migrations = "tests/sqlite_core/migrations", timeout = "300ms")]
+async fn child_timeout_in_a_statement(db: TestDb) {
+    let rows: i64 = if scenario() == "timeout" {
+        1_000_000_000
+    } else {
+        10
+    };
+    let n: i64 = sqlx::query_scalar(
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?) \
+         SELECT count(*) FROM c",
+    )
+    .bind(rows)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(n, rows);
+}
+
+// A pragma that outlives the rollback: run one after the other (on the
+// same pooled copy, were it reused), the second must still write.
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn child_pragma_1_query_only(db: TestDb) {
+    sqlx::query("PRAGMA query_only = 1")
+        .execute(&db)
+        .await
+        .unwrap();
+    assert!(insert(&db, "read only").await.is_err());
+}
+
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn child_pragma_2_writes(db: TestDb) {
+    insert(&db, "written").await.unwrap();
+}
+
+#[test]
+fn a_session_pragma_does_not_reach_the_next_test() {
+    let cmd = common::children(&["child_pragma_1_query_only", "child_pragma_2_writes"]);
+    let out = common::run_ok(cmd, "the pragma scenario");
+    assert!(out.contains("2 passed"), "{out}");
+}
+
+// A COMMIT on the bare connection of a guard is out of db-test's sight
+// until the end, where it fails the test.
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn child_raw_commit(db: TestDb) {
+    let mut conn = db.acquire().await.unwrap();
+    let raw: &mut sqlx::SqliteConnection = &mut conn;
+    raw.execute("INSERT INTO item (name) VALUES ('raw')")
+        .await
+        .unwrap();
+    if scenario() == "rawcommit" {
+        raw.execute("COMMIT").await.unwrap();
+    }
+}
+
+#[test]
+fn a_commit_on_a_bare_connection_fails_the_test() {
+    let mut cmd = common::children(&["child_raw_commit"]);
+    cmd.env("DB_TEST_SQLITE_CHILD", "rawcommit");
+    let (out, text) = common::run_until(cmd, Duration::from_secs(300));
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("was ended by a COMMIT or ROLLBACK sent on the bare connection"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_test_timing_out_in_a_statement_fails_and_ends() {
+    let mut cmd = common::children(&["child_timeout_in_a_statement"]);
+    cmd.env("DB_TEST_SQLITE_CHILD", "timeout");
+    let (out, text) = common::run_until(cmd, Duration::from_secs(300));
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("timed out after 300ms"), "{text}");
+}
+
+static LEFT: Mutex<Option<Db>> = Mutex::new(None);
+
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn child_outlive_1_leaves_its_db(db: TestDb) {
+    insert(&db, "left").await.unwrap();
+    if scenario() == "outlive" {
+        *LEFT.lock().unwrap() = Some(db.db());
+    }
+}
+
+#[test]
+fn child_outlive_2_uses_it() {
+    let Some(db) = LEFT.lock().unwrap().take() else {
+        return;
+    };
+    let err = db_test::runtime()
+        .block_on(sqlx::query("SELECT 1").execute(&db))
+        .unwrap_err();
+    println!("OUTLIVED: {err}");
+    assert_eq!(
+        db_test::Error::of(&err).map(|e| e.kind()),
+        Some(ErrorKind::TestOver)
+    );
+}
+
+#[test]
+fn a_handle_used_after_its_test_gets_test_is_over() {
+    let mut cmd = common::children(&["child_outlive_1_leaves_its_db", "child_outlive_2_uses_it"]);
+    cmd.env("DB_TEST_SQLITE_CHILD", "outlive");
+    let out = common::run_ok(cmd, "the outlive scenario");
+    assert!(out.contains("OUTLIVED: "), "{out}");
+    assert!(
+        out.contains("child_outlive_1_leaves_its_db` is over"),
+        "{out}"
+    );
+    assert!(out.contains("is over"), "{out}");
+}
+
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn child_files_database_mode(pool: SqlitePool) {
+    sqlx::query("INSERT INTO item (name) VALUES ('file')")
+        .execute(&pool)
+        .await
+        .unwrap();
+}
+
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn child_files_failing(pool: SqlitePool) {
+    sqlx::query("INSERT INTO item (name) VALUES ('kept')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert!(scenario() != "files", "failing on purpose");
+}
+
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn child_files_transaction(db: TestDb) {
+    insert(&db, "tx").await.unwrap();
+}
+
+/// The files in `dir` other than the templates and their locks.
+fn leftovers(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with("tmpl-"))
+        .collect()
+}
+
+#[test]
+fn no_files_are_left_behind_and_a_failed_database_can_be_kept() {
+    let dir = std::env::temp_dir().join(format!("db-test-sqlite-files-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let tests = [
+        "child_files_database_mode",
+        "child_files_failing",
+        "child_files_transaction",
+    ];
+    let run = |keep: bool| {
+        let mut cmd = common::children(&tests);
+        cmd.env("DB_TEST_SQLITE_CHILD", "files")
+            .env("DB_TEST_SQLITE_DIR", &dir)
+            .env("DB_TEST_KEEP_FAILED", if keep { "1" } else { "0" });
+        common::run_until(cmd, Duration::from_secs(300))
+    };
+
+    // What a killed test process left: removed by the next one.
+    let dead = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = dead.id();
+    let mut dead = dead;
+    dead.wait().unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        std::fs::write(dir.join(format!("db-{dead_pid}-0.sqlite{suffix}")), b"").unwrap();
+    }
+
+    let (out, text) = run(false);
+    assert!(!out.status.success(), "one child test fails:\n{text}");
+    assert!(text.contains("failing on purpose"), "{text}");
+    assert!(text.contains("2 passed; 1 failed"), "{text}");
+    assert_eq!(leftovers(&dir), Vec::<String>::new(), "{text}");
+
+    let (_, text) = run(true);
+    let kept = text
+        .lines()
+        .find_map(|l| l.split("(DB_TEST_KEEP_FAILED=1): ").nth(1))
+        .unwrap_or_else(|| panic!("no kept database in:\n{text}"))
+        .trim()
+        .to_string();
+    let rows: Vec<String> = db_test::runtime().block_on(async {
+        let pool = SqlitePool::connect(&format!("sqlite:{kept}"))
+            .await
+            .unwrap();
+        let rows = sqlx::query_scalar("SELECT name FROM item ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        rows
+    });
+    assert_eq!(rows, ["seed", "kept"]);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{kept}{suffix}"));
+    }
+    assert_eq!(leftovers(&dir), Vec::<String>::new(), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_database_url_of_another_database_is_a_clear_error() {
+    let mut cmd = common::children(&["child_files_transaction"]);
+    cmd.env("DB_TEST_SQLITE_CHILD", "url")
+        .env("DATABASE_URL", "postgres://app:s3cret@db.example/app")
+        .env_remove("DB_TEST_SQLITE_URL")
+        .env_remove("DB_TEST_SQLITE_DIR");
+    let (out, text) = common::run_until(cmd, Duration::from_secs(300));
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("DATABASE_URL=postgres://"), "{text}");
+    assert!(text.contains("PostgreSQL"), "{text}");
+    assert!(text.contains("SQLite"), "{text}");
+    assert!(text.contains("DB_TEST_SQLITE_URL"), "{text}");
+    assert!(!text.contains("s3cret"), "{text}");
+}
+
+// Two tests hold a write transaction at the same time: on one shared file
+// the second would wait for the first (SQLITE_BUSY); each has its own copy.
+static TX_ARRIVED: AtomicUsize = AtomicUsize::new(0);
+static FILE_ARRIVED: AtomicUsize = AtomicUsize::new(0);
+
+/// In the `parallel` scenario, waits until both tests of a pair are here.
+async fn meet(arrived: &AtomicUsize) {
+    arrived.fetch_add(1, Ordering::SeqCst);
+    if scenario() != "parallel" {
+        return;
+    }
+    // A hang guard, not a speed check.
+    for _ in 0..6000 {
+        if arrived.load(Ordering::SeqCst) >= 2 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the other test never came");
+}
+
+macro_rules! parallel_pair {
+    ($($tx:ident, $file:ident, $name:literal);*) => {$(
+        #[db_test(migrations = "tests/sqlite_core/migrations")]
+        async fn $tx(db: TestDb) {
+            let mut tx = db.begin().await.unwrap();
+            sqlx::query(concat!("INSERT INTO item (name) VALUES ('", $name, "')")).execute(&mut *tx).await.unwrap();
+            drop(tx);
+            insert(&db, $name).await.unwrap();
+            meet(&TX_ARRIVED).await;
+            insert(&db, concat!($name, " again")).await.unwrap();
+            assert_eq!(names(&db).await, ["seed", $name, concat!($name, " again")]);
+        }
+
+        #[db_test(migrations = "tests/sqlite_core/migrations")]
+        async fn $file(pool: SqlitePool) {
+            let mut tx = pool.begin().await.unwrap();
+            sqlx::query(concat!("INSERT INTO item (name) VALUES ('", $name, "')")).execute(&mut *tx).await.unwrap();
+            meet(&FILE_ARRIVED).await;
+            sqlx::query(concat!("INSERT INTO item (name) VALUES ('", $name, " again')"))
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+        }
+    )*};
+}
+parallel_pair!(
+    child_parallel_tx_a, child_parallel_file_a, "a";
+    child_parallel_tx_b, child_parallel_file_b, "b"
+);
+
+#[test]
+fn parallel_tests_do_not_contend() {
+    for pair in ["child_parallel_tx_", "child_parallel_file_"] {
+        let mut cmd = common::child(pair, 2);
+        cmd.env("DB_TEST_SQLITE_CHILD", "parallel");
+        let out = common::run_ok(cmd, pair);
+        assert!(out.contains("2 passed"), "{out}");
+    }
+}
+
+// `check_constraints`: a deferred foreign key that COMMIT would reject.
+#[db_test(migrations = "tests/sqlite_core/migrations", check_constraints = true)]
+async fn child_fk_deferred_violation(db: TestDb) {
+    sqlx::raw_sql(
+        "CREATE TABLE note (id INTEGER PRIMARY KEY, \
+           item_id INTEGER REFERENCES item (id) DEFERRABLE INITIALLY DEFERRED)",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let id = if scenario() == "fk" { 999 } else { 1 };
+    sqlx::query("INSERT INTO note (item_id) VALUES (?)")
+        .bind(id)
+        .execute(&db)
+        .await
+        .unwrap();
+}
+
+#[test]
+fn check_constraints_reports_a_deferred_foreign_key_violation() {
+    let mut cmd = common::children(&["child_fk_deferred_violation"]);
+    cmd.env("DB_TEST_SQLITE_CHILD", "fk");
+    let (out, text) = common::run_until(cmd, Duration::from_secs(300));
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("1 constraint violation(s)"), "{text}");
+    assert!(text.contains("PRAGMA foreign_key_check"), "{text}");
+}

@@ -586,3 +586,34 @@ async fn a_failed_tests_database_is_kept_on_request(db: TestDb) {
         .await
         .unwrap();
 }
+
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn child_waits_for_a_lock(db: TestDb) {
+    if !is_child() {
+        return;
+    }
+    // Another session (another test, say) holds the row this test wants.
+    let mut other = outsider(&db).await;
+    sqlx::raw_sql("BEGIN; INSERT INTO user (username) VALUES ('locked')")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let err = sqlx::query("INSERT INTO user (username) VALUES ('locked')")
+        .execute(&db)
+        .await
+        .unwrap_err();
+    println!("LOCK ERROR {err}");
+    sqlx::raw_sql("ROLLBACK").execute(&mut other).await.unwrap();
+}
+
+#[test]
+fn a_lock_wait_ends_after_the_lock_timeout() {
+    let mut cmd = common::children(&["child_waits_for_a_lock"]);
+    cmd.env("DB_TEST_MYSQL_CHILD", "1")
+        .env("DB_TEST_LOCK_TIMEOUT", "1s");
+    // InnoDB's own default would wait 50s: a hang here is the failure.
+    let (out, text) = common::run_until(cmd, Duration::from_secs(40));
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("LOCK ERROR"), "{text}");
+    assert!(text.contains("Lock wait timeout exceeded"), "{text}");
+}

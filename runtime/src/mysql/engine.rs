@@ -360,9 +360,26 @@ impl Engine {
         drop(admin);
         self.sweep_leftovers().await;
         self.sweep_outdated(&prefix).await;
+        let lock_wait = lock_wait_secs();
         let pool = MySqlPoolOptions::new()
             .max_connections(config::pool_size())
             .acquire_timeout(config::acquire_timeout())
+            // A connection comes back rolled back and healthy; one the server
+            // dropped fails to begin and is replaced (see `setup`).
+            .test_before_acquire(false)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    // Tests share the working database: a test waiting for a
+                    // row another test holds gives up after
+                    // DB_TEST_LOCK_TIMEOUT (5s), not InnoDB's 50s.
+                    conn.execute(sqlx::AssertSqlSafe(format!(
+                        "SET SESSION innodb_lock_wait_timeout = {lock_wait}, \
+                         lock_wait_timeout = {lock_wait}"
+                    )))
+                    .await?;
+                    Ok(())
+                })
+            })
             .connect_lazy_with(self.options_for(&working));
         Ok(Template {
             prefix,
@@ -767,6 +784,15 @@ impl Engine {
         let _ = &self.owner_conn;
         self.owner
     }
+}
+
+/// `DB_TEST_LOCK_TIMEOUT` in whole seconds (MySQL's unit), at least 1.
+fn lock_wait_secs() -> u64 {
+    let ms: u64 = config::lock_timeout()
+        .trim_end_matches("ms")
+        .parse()
+        .unwrap_or(5000);
+    ms.div_ceil(1000).max(1)
 }
 
 /// A running average of a duration, in µs; 0 until measured.

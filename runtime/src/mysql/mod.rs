@@ -71,6 +71,11 @@
 //!   of handing it to the next test.
 //! - `check_constraints` is a no-op: MySQL has no deferred constraints, so
 //!   every constraint is already checked when its statement runs.
+//! - Transaction-mode tests share the working database: two running at once
+//!   that write the same unique value wait for each other (at most
+//!   `DB_TEST_LOCK_TIMEOUT`, 5 s), and with three or more InnoDB may end
+//!   one with a deadlock error (1213). Give parallel tests distinct values,
+//!   or use `isolation = "database"`.
 //! - A timed-out test's running statement is stopped with `KILL QUERY` (its
 //!   connection with `KILL CONNECTION` if it does not come back).
 

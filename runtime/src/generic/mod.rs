@@ -74,6 +74,11 @@ pub trait Dialect: sqlx::Database + sealed::Sealed {
     #[doc(hidden)]
     const CHECK_CONSTRAINTS: Option<&'static str> = None;
 
+    /// Whether `SAVEPOINT x` replaces an existing savepoint `x` (MySQL), so
+    /// that renewing db-test's savepoint needs no `RELEASE SAVEPOINT` first.
+    #[doc(hidden)]
+    const SAVEPOINT_REPLACES: bool = false;
+
     /// Under test, whether `sql` may leave state on the connection that the
     /// rollback does not undo (a session setting): the connection is then
     /// closed when the test ends, rather than handed to the next test.

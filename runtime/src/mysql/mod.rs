@@ -1,1 +1,492 @@
 //! MySQL and MariaDB: `Db`, `TestDb` and the engine behind `#[db_test]` on `MySqlPool`.
+//!
+//! A test runs on MySQL/MariaDB when one of its parameters says so:
+//! [`TestDb`], [`Db`], `sqlx::MySqlPool`, `PoolConnection<MySql>`,
+//! `(MySqlPoolOptions, MySqlConnectOptions)`, or a `TestClient<A>` whose
+//! `A::BACKEND` is `Backend::MySql`.
+//!
+//! ```no_run
+//! use db_test::db_test;
+//! use db_test::mysql::TestDb;
+//!
+//! #[db_test(migrations = "migrations/mysql")]
+//! async fn counts_users(db: TestDb) {
+//!     sqlx::query("INSERT INTO users (email) VALUES ('a@example.com')")
+//!         .execute(&db).await.unwrap();
+//!     let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
+//!         .fetch_one(&db).await.unwrap();
+//!     assert_eq!(n, 1);
+//! }
+//! ```
+//!
+//! # The server
+//!
+//! `DB_TEST_MYSQL_URL`, else a `mysql://`/`mariadb://` `DATABASE_URL`, else
+//! an embedded server started from the system's `mariadbd`/`mysqld`
+//! (`DB_TEST_MYSQL_BIN`, `PATH`, `/usr/sbin`, ...; `scripts/ensure-mariadb.sh`
+//! installs MariaDB's): a private data directory (in memory under
+//! `/dev/shm` when it exists, since MySQL syncs every file a `CREATE TABLE`
+//! makes), a Unix socket and no TCP, tuned for tests (no doublewrite, no
+//! flush at commit, no binary log), shared by every test process and
+//! stopped after `DB_TEST_MYSQL_IDLE_SECS` (600) without one. db-test only
+//! creates, migrates and drops databases of its own there (`dbtest_...`);
+//! the database a URL names is never used.
+//!
+//! # How tests are isolated
+//!
+//! The migrations run once per migrations hash into a template database,
+//! built under `GET_LOCK` so that parallel test processes build it once (a
+//! build killed midway is noticed and redone).
+//!
+//! - **Transaction mode** (the default; [`TestDb`], [`Db`]): the test takes
+//!   a connection to the working database (a copy of the template shared by
+//!   the process's tests) inside a transaction that is rolled back at the
+//!   end; app commits are savepoints (see [`crate::generic`]).
+//! - **Database mode** (`MySqlPool` and friends, or `isolation =
+//!   "database"`): a database of the test's own, with real commits and DDL.
+//!   MySQL has no `CREATE DATABASE ... TEMPLATE`: the template's schema
+//!   (tables, views, routines, triggers) and rows are replayed by one
+//!   multi-statement script, or a database a finished test used is reset
+//!   (rows deleted and copied back) when its schema is unchanged and that
+//!   is cheaper on this server. Measured per test: a clone ~4 ms and a drop
+//!   ~2 ms on the embedded server in memory, where a reset (~11 ms, mostly
+//!   the schema check) loses; on a server on disk a clone ~22 ms plus a
+//!   drop ~20 ms, against ~17 ms for a reset. With `DB_TEST_KEEP_FAILED=1`
+//!   a failed test's database is kept.
+//!
+//! # Traps
+//!
+//! - **Implicit commits.** MySQL commits the current transaction before DDL
+//!   and a few other statements (`CREATE`/`ALTER`/`DROP`/`TRUNCATE`/`RENAME`,
+//!   `LOCK TABLES`, `GRANT`, `COMMIT`, `BEGIN`, `SET autocommit`, ...). In
+//!   transaction mode such a statement would commit the test's writes into
+//!   the shared working database, so db-test refuses it before it is sent,
+//!   anywhere in a multi-statement string and inside `/*! ... */`
+//!   comments, with an error saying to use `isolation = "database"`.
+//!   `CREATE TEMPORARY TABLE` does not commit and is allowed. A stored
+//!   procedure that commits (`CALL`) cannot be seen from its call.
+//! - **Session state survives `ROLLBACK`**: temporary tables, user variables,
+//!   `GET_LOCK` locks, `PREPARE`d statements, `SET` session variables. A test
+//!   that may have left some gets its connection closed at the end instead
+//!   of handing it to the next test.
+//! - `check_constraints` is a no-op: MySQL has no deferred constraints, so
+//!   every constraint is already checked when its statement runs.
+//! - Transaction-mode tests share the working database: two running at once
+//!   that write the same unique value wait for each other (at most
+//!   `DB_TEST_LOCK_TIMEOUT`, 5 s), and with three or more InnoDB may end
+//!   one with a deadlock error (1213). Give parallel tests distinct values,
+//!   or use `isolation = "database"`.
+//! - A timed-out test's running statement is stopped with `KILL QUERY` (its
+//!   connection with `KILL CONNECTION` if it does not come back).
+
+#[cfg(feature = "harness")]
+mod embedded;
+#[cfg(feature = "harness")]
+pub(crate) mod engine;
+#[cfg(feature = "harness")]
+mod lexer;
+
+use sqlx::MySql;
+
+/// The app-facing handle on a MySQL/MariaDB database: a
+/// [`sqlx::MySqlPool`] in production (every call goes straight to the pool),
+/// the test's rolled-back transaction under `#[db_test]`, where `begin()` is
+/// a savepoint and statements that would commit implicitly (DDL, `LOCK
+/// TABLES`, `COMMIT`, ...) are refused. See
+/// [`generic::Db`](crate::generic::Db).
+///
+/// ```no_run
+/// use db_test::db_test;
+/// use db_test::mysql::Db;
+///
+/// #[db_test(migrations = "migrations/mysql")]
+/// async fn counts_users(db: Db) {
+///     let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
+///         .fetch_one(&db)
+///         .await
+///         .unwrap();
+///     assert_eq!(n, 0);
+/// }
+/// ```
+pub type Db = crate::generic::Db<MySql>;
+
+/// A transaction from [`Db::begin`](crate::generic::Db::begin): a savepoint
+/// under test.
+pub type DbTransaction = crate::generic::DbTransaction<MySql>;
+
+/// A connection from [`Db::acquire`](crate::generic::Db::acquire): under a
+/// transaction-mode test, the test's connection.
+pub type DbConnection = crate::generic::DbConnection<MySql>;
+
+/// The test's handle on its MySQL/MariaDB database: the test's transaction
+/// (default), or a pool on its own database (`isolation = "database"`). See
+/// [`generic::TestDb`](crate::generic::TestDb).
+#[cfg(feature = "harness")]
+pub type TestDb = crate::generic::TestDb<MySql>;
+
+impl crate::generic::sealed::Sealed for MySql {}
+
+/// MySQL/MariaDB: under test, statements that commit implicitly are refused
+/// (see the module's docs); `check_constraints` is a no-op, since MySQL has
+/// no deferred constraints (every constraint is checked when its statement
+/// runs).
+impl crate::generic::Dialect for MySql {
+    #[cfg(feature = "harness")]
+    const BACKEND: crate::Backend = crate::Backend::MySql;
+
+    #[cfg(feature = "harness")]
+    fn refuse(sql: &str) -> Option<String> {
+        lexer::implicit_commit(sql).map(|found| lexer::refusal(&found))
+    }
+    #[cfg(not(feature = "harness"))]
+    fn refuse(_sql: &str) -> Option<String> {
+        None
+    }
+
+    #[cfg(feature = "harness")]
+    fn touches_session(sql: &str) -> bool {
+        lexer::leaves_session_state(sql)
+    }
+
+    // "If the current transaction has a savepoint with the same name, the
+    // old savepoint is deleted and a new one is set." (MySQL manual)
+    const SAVEPOINT_REPLACES: bool = true;
+
+    crate::generic::dialect_executors!();
+}
+
+#[cfg(feature = "harness")]
+pub(crate) use harness::setup;
+
+#[cfg(feature = "harness")]
+mod harness {
+    use std::sync::Arc;
+
+    use futures_util::future::BoxFuture;
+    use sqlx::MySql;
+    use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+
+    use super::Db;
+    use super::engine::{self, Engine, settle_pool};
+    use crate::config;
+    use crate::context::{Backend, BoxError, ContextInner, FromTestContext, TestContext};
+    use crate::generic::shared::{Shared, TestState, TxResource, apply_fixtures};
+    use crate::run::{Ending, Isolation, Prepared, Resource, TestSpec, Verdict, isolation_of};
+    use crate::shared::TEARDOWN_GRACE;
+
+    /// Sets up a MySQL test: its transaction on the working database, or a
+    /// database of its own; then its fixtures.
+    pub(crate) async fn setup(spec: &'static TestSpec) -> Result<Prepared, String> {
+        let engine = engine::engine().await?;
+        let template = engine.template(spec.migrations, spec.manifest_dir).await?;
+        let (resource, state, database, database_mode): (Box<dyn Resource>, _, _, _) =
+            match isolation_of(spec) {
+                Isolation::Transaction => {
+                    let (resource, state) = setup_transaction(spec, engine, &template).await?;
+                    (resource, state, template.working.clone(), false)
+                }
+                Isolation::Database => {
+                    let (resource, state, name) =
+                        setup_database(spec, engine, template.clone()).await?;
+                    (resource, state, name, true)
+                }
+            };
+        let fixtures = match &state.pool {
+            // Database mode: on a connection opened here, on the shared
+            // runtime, so that it outlives a body on a runtime of its own.
+            Some(pool) => prewarm_with_fixtures(spec, pool).await,
+            None => apply_fixtures(spec, &state.db).await,
+        };
+        if let Err(msg) = fixtures {
+            let (failure, _) = resource
+                .teardown(Ending {
+                    spec,
+                    reason: "a fixture failed",
+                    failed: true,
+                    timed_out: false,
+                    on_own_runtime: false,
+                })
+                .await;
+            return Err(format!(
+                "{msg}{}",
+                failure.map(|f| format!("\n{f}")).unwrap_or_default()
+            ));
+        }
+        let inner = ContextInner {
+            name: spec.name,
+            backend: Backend::MySql,
+            database_mode,
+            db: None,
+            shared: None,
+            pool: None,
+            options: None,
+            backend_state: Some(state),
+            database,
+            tasks: Default::default(),
+        };
+        Ok((resource, inner))
+    }
+
+    async fn prewarm_with_fixtures(
+        spec: &'static TestSpec,
+        pool: &MySqlPool,
+    ) -> Result<(), String> {
+        let mut conn = pool.acquire().await.map_err(|e| {
+            format!(
+                "db-test: cannot connect to the database of test `{}`: {e}",
+                spec.name
+            )
+        })?;
+        for fixture in spec.fixtures {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(fixture.sql))
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| {
+                    format!(
+                        "db-test: fixture `{}` failed in test `{}`: {e}",
+                        fixture.path, spec.name
+                    )
+                })?;
+        }
+        drop(conn);
+        settle_pool(pool).await;
+        Ok(())
+    }
+
+    async fn setup_transaction(
+        spec: &'static TestSpec,
+        engine: &'static Engine,
+        template: &engine::Template,
+    ) -> Result<(Box<dyn Resource>, Arc<TestState<MySql>>), String> {
+        let mut last_err = None;
+        for _ in 0..3 {
+            let mut conn = template.pool.acquire().await.map_err(|e| {
+                format!(
+                    "db-test: cannot get a connection to {} on {} for test `{}`: {e}",
+                    template.working, engine.display_url, spec.name
+                )
+            })?;
+            // To stop its statements when the test times out (`KILL QUERY`).
+            let id: Result<u64, _> = sqlx::query_scalar("SELECT CONNECTION_ID()")
+                .fetch_one(&mut *conn)
+                .await;
+            let id = match id {
+                Ok(id) => id,
+                Err(e) => {
+                    conn.close_on_drop();
+                    last_err = Some(e);
+                    continue;
+                }
+            };
+            match Shared::open(conn, spec.name.to_string()).await {
+                Ok(shared) => {
+                    let state = Arc::new(TestState {
+                        db: Db::from_shared(shared.clone()),
+                        pool: None,
+                        options: engine.options_for(&template.working),
+                    });
+                    let resource = Box::new(MySqlTx {
+                        inner: TxResource { shared },
+                        engine,
+                        connection_id: id,
+                    });
+                    return Ok((resource, state));
+                }
+                Err((e, mut conn)) => {
+                    conn.close_on_drop();
+                    last_err = Some(e);
+                }
+            }
+        }
+        Err(format!(
+            "db-test: cannot begin the transaction of test `{}` on {}: {}",
+            spec.name,
+            engine.display_url,
+            last_err.map(|e| e.to_string()).unwrap_or_default()
+        ))
+    }
+
+    /// A transaction-mode test: the generic core's resource, plus what a
+    /// timed-out test needs on MySQL (its statement stopped on the server).
+    struct MySqlTx {
+        inner: TxResource<MySql>,
+        engine: &'static Engine,
+        connection_id: u64,
+    }
+
+    impl Resource for MySqlTx {
+        fn teardown(self: Box<Self>, ending: Ending) -> BoxFuture<'static, Verdict> {
+            Box::pin(async move {
+                let MySqlTx {
+                    inner,
+                    engine,
+                    connection_id,
+                } = *self;
+                if ending.timed_out {
+                    // The rollback waits for the running statement: stop it.
+                    engine.kill(connection_id, false).await;
+                }
+                let name = ending.spec.name;
+                let inner = Box::new(inner).teardown(ending);
+                match tokio::time::timeout(TEARDOWN_GRACE * 2, inner).await {
+                    Ok(verdict) => verdict,
+                    Err(_) => {
+                        // Never hang: end the session; the pool drops it.
+                        engine.kill(connection_id, true).await;
+                        (
+                            Some(format!(
+                                "db-test: the connection of test `{name}` did not come back \
+                                 within {:?} after the test; it was killed (its transaction \
+                                 is rolled back by the server)",
+                                TEARDOWN_GRACE * 2
+                            )),
+                            Vec::new(),
+                        )
+                    }
+                }
+            })
+        }
+    }
+
+    async fn setup_database(
+        spec: &'static TestSpec,
+        engine: &'static Engine,
+        template: Arc<engine::Template>,
+    ) -> Result<(Box<dyn Resource>, Arc<TestState<MySql>>, String), String> {
+        let _ = spec;
+        let name = engine.create_test_database(&template).await?;
+        let options = engine.options_for(&name);
+        let pool = MySqlPoolOptions::new()
+            .max_connections(config::database_pool_size())
+            .acquire_timeout(config::acquire_timeout())
+            // An idle connection is handed out without a round trip: the
+            // database is the test's alone.
+            .test_before_acquire(false)
+            .connect_lazy_with(options.clone());
+        let resource = Box::new(DatabaseResource {
+            engine,
+            template,
+            name: name.clone(),
+            pool: pool.clone(),
+        });
+        let state = Arc::new(TestState {
+            db: Db::from_pool(pool.clone()),
+            pool: Some(pool),
+            options,
+        });
+        Ok((resource, state, name))
+    }
+
+    /// A per-test database, dropped at the end.
+    struct DatabaseResource {
+        engine: &'static Engine,
+        template: Arc<engine::Template>,
+        name: String,
+        pool: MySqlPool,
+    }
+
+    impl Resource for DatabaseResource {
+        fn settle(&self) -> BoxFuture<'_, ()> {
+            Box::pin(settle_pool(&self.pool))
+        }
+
+        fn teardown(self: Box<Self>, ending: Ending) -> BoxFuture<'static, Verdict> {
+            Box::pin(async move {
+                let DatabaseResource {
+                    engine,
+                    template,
+                    name,
+                    pool,
+                } = *self;
+                let mut forced = ending.timed_out;
+                if ending.timed_out {
+                    // Whatever the test still runs on the server stops now.
+                    engine.kill_sessions(&name, true).await;
+                }
+                if tokio::time::timeout(TEARDOWN_GRACE, pool.close())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(
+                        test = ending.spec.name,
+                        database = %name,
+                        "db-test: a task still held a connection to the test's database \
+                         {TEARDOWN_GRACE:?} after the test ended; its connections were killed"
+                    );
+                    engine.kill_sessions(&name, true).await;
+                    forced = true;
+                }
+                if ending.failed && config::keep_failed() {
+                    return match engine.keep_test_database(&name).await {
+                        Ok(()) => {
+                            eprintln!(
+                                "db-test: kept the database of failed test `{}` \
+                                 (DB_TEST_KEEP_FAILED=1): {name} on {}",
+                                ending.spec.name, engine.display_url
+                            );
+                            (None, Vec::new())
+                        }
+                        Err(e) => (Some(e), Vec::new()),
+                    };
+                }
+                // Reset into a spare for the next test, or dropped.
+                if !forced && engine.recycle_test_database(&template, &name).await {
+                    return (None, Vec::new());
+                }
+                (engine.drop_test_database(&name).await.err(), Vec::new())
+            })
+        }
+    }
+
+    fn state(ctx: &TestContext, what: &str) -> Result<Arc<TestState<MySql>>, BoxError> {
+        ctx.backend_state::<TestState<MySql>>(what, Backend::MySql)
+    }
+
+    fn own_pool(ctx: &TestContext, what: &str) -> Result<MySqlPool, BoxError> {
+        state(ctx, what)?.pool.clone().ok_or_else(|| {
+            format!(
+                "`{what}` needs a database of its own, but test `{}` runs in transaction mode; \
+                 use `#[db_test(isolation = \"database\")]`",
+                ctx.test_name()
+            )
+            .into()
+        })
+    }
+
+    /// A pool on the test's own database, as `#[sqlx::test]` gives: the test
+    /// runs in `isolation = "database"`.
+    impl FromTestContext for MySqlPool {
+        const BACKEND: Backend = Backend::MySql;
+        const NEEDS_OWN_DATABASE: bool = true;
+        const SQLX_TEST_TYPE: bool = true;
+        async fn from_context(ctx: &TestContext) -> Result<Self, BoxError> {
+            own_pool(ctx, "MySqlPool")
+        }
+    }
+
+    /// A connection to the test's own database (`isolation = "database"`).
+    impl FromTestContext for sqlx::pool::PoolConnection<MySql> {
+        const BACKEND: Backend = Backend::MySql;
+        const NEEDS_OWN_DATABASE: bool = true;
+        const SQLX_TEST_TYPE: bool = true;
+        async fn from_context(ctx: &TestContext) -> Result<Self, BoxError> {
+            Ok(own_pool(ctx, "PoolConnection<MySql>")?.acquire().await?)
+        }
+    }
+
+    /// Options to build a pool on the test's own database
+    /// (`isolation = "database"`).
+    impl FromTestContext for (MySqlPoolOptions, MySqlConnectOptions) {
+        const BACKEND: Backend = Backend::MySql;
+        const NEEDS_OWN_DATABASE: bool = true;
+        const SQLX_TEST_TYPE: bool = true;
+        async fn from_context(ctx: &TestContext) -> Result<Self, BoxError> {
+            let what = "(MySqlPoolOptions, MySqlConnectOptions)";
+            own_pool(ctx, what)?;
+            Ok((
+                MySqlPoolOptions::new().max_connections(config::database_pool_size()),
+                state(ctx, what)?.options.clone(),
+            ))
+        }
+    }
+}

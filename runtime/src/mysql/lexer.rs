@@ -1,0 +1,474 @@
+//! The implicit-commit trap: MySQL and MariaDB commit the current
+//! transaction before (and after) DDL and a few other statements. In a test's
+//! rolled-back transaction such a statement would commit the test's writes
+//! into the shared working database, so db-test refuses it before it reaches
+//! the server.
+//!
+//! [`implicit_commit`] reads a (possibly multi-statement) SQL string the way
+//! the server splits it: string literals (`'..'`, `".."`, with backslash
+//! escapes and doubled quotes), backtick identifiers, comments (`# ..`,
+//! `-- ..`, `/* .. */`) are skipped, while the text of MySQL's executable
+//! comments (`/*! .. */`, `/*!50700 .. */`, MariaDB's `/*M! .. */`) is read
+//! as code, since the server runs it. Each statement is then classified by
+//! its first words.
+//!
+//! Refused (they commit): `CREATE`/`ALTER`/`DROP`/`RENAME`/`TRUNCATE` of
+//! anything (tables, databases, indexes, views, routines, triggers, events,
+//! users, ...) except `CREATE [OR REPLACE] TEMPORARY TABLE` and `DROP
+//! TEMPORARY TABLE`; `LOCK`/`UNLOCK`; `START ..` (`TRANSACTION`, replicas);
+//! `BEGIN` (not `BEGIN NOT ATOMIC`); `COMMIT`; `ROLLBACK` (not `ROLLBACK
+//! [WORK] TO`); any `SET` of `autocommit`; `SET PASSWORD`, `SET DEFAULT
+//! ROLE`; `GRANT`/`REVOKE`; `LOAD DATA`/`LOAD XML`/`LOAD INDEX`; `ANALYZE`,
+//! `OPTIMIZE`, `REPAIR`, `CHECK TABLE`; `FLUSH`, `RESET`, `XA`, `CACHE
+//! INDEX`, `STOP`, `CHANGE MASTER`/`CHANGE REPLICATION`,
+//! `INSTALL`/`UNINSTALL`; `PREPARE .. FROM '..'` and `EXECUTE IMMEDIATE
+//! '..'` of such a statement, and `PREPARE`/`EXECUTE IMMEDIATE` of a
+//! variable (its text cannot be checked).
+//!
+//! Not detected: a stored procedure that commits (`CALL`): its body is on
+//! the server.
+
+/// One token: only what classification needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Token {
+    /// A keyword or unquoted identifier, upper-cased.
+    Word(String),
+    /// A string literal's contents.
+    Str(String),
+    /// A user variable (`@name`); `@@` system variables are words.
+    Var,
+    /// `;`
+    End,
+    /// Any other character.
+    Punct(char),
+}
+
+/// Splits `sql` into tokens, reading executable comments as code.
+fn tokens(sql: &str) -> Vec<Token> {
+    let bytes = sql.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    // Inside `/*! .. */`: its closing `*/` ends it.
+    let mut in_exec_comment = false;
+    while i < bytes.len() {
+        let c = bytes[i];
+        match c {
+            b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c' => i += 1,
+            b'*' if in_exec_comment && bytes.get(i + 1) == Some(&b'/') => {
+                in_exec_comment = false;
+                i += 2;
+            }
+            b'#' => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'-' if bytes.get(i + 1) == Some(&b'-')
+                && bytes
+                    .get(i + 2)
+                    .is_none_or(|b| b.is_ascii_whitespace() || b.is_ascii_control()) =>
+            {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                let exec = match bytes.get(i + 2) {
+                    Some(b'!') => Some(i + 3),
+                    Some(b'M') if bytes.get(i + 3) == Some(&b'!') => Some(i + 4),
+                    _ => None,
+                };
+                match exec {
+                    Some(mut j) if !in_exec_comment => {
+                        // An optional version number: `/*!50700 ...`.
+                        while j < bytes.len() && bytes[j].is_ascii_digit() {
+                            j += 1;
+                        }
+                        in_exec_comment = true;
+                        i = j;
+                    }
+                    _ => {
+                        // A plain comment (or an optimizer hint `/*+ */`).
+                        i += 2;
+                        while i < bytes.len()
+                            && !(bytes[i] == b'*' && bytes.get(i + 1) == Some(&b'/'))
+                        {
+                            i += 1;
+                        }
+                        i = (i + 2).min(bytes.len());
+                    }
+                }
+            }
+            b'\'' | b'"' | b'`' => {
+                let quote = c;
+                let mut text = Vec::new();
+                i += 1;
+                while i < bytes.len() {
+                    let b = bytes[i];
+                    if b == b'\\' && quote != b'`' && i + 1 < bytes.len() {
+                        text.push(bytes[i + 1]);
+                        i += 2;
+                    } else if b == quote {
+                        if bytes.get(i + 1) == Some(&quote) {
+                            text.push(quote);
+                            i += 2;
+                        } else {
+                            i += 1;
+                            break;
+                        }
+                    } else {
+                        text.push(b);
+                        i += 1;
+                    }
+                }
+                let text = String::from_utf8_lossy(&text).into_owned();
+                out.push(if quote == b'`' {
+                    // A quoted identifier is never a keyword.
+                    Token::Punct('`')
+                } else {
+                    Token::Str(text)
+                });
+            }
+            b';' => {
+                out.push(Token::End);
+                i += 1;
+            }
+            b'@' if bytes.get(i + 1) == Some(&b'@') => {
+                // `@@autocommit`, `@@session.autocommit`: the words follow.
+                i += 2;
+            }
+            b'@' => {
+                i += 1;
+                if matches!(bytes.get(i), Some(b'\'' | b'"' | b'`')) {
+                    // `@'quoted name'`: the name is skipped as a token next.
+                    let quote = bytes[i];
+                    i += 1;
+                    while i < bytes.len() && bytes[i] != quote {
+                        i += 1;
+                    }
+                    i += 1;
+                } else {
+                    while i < bytes.len() && is_word_byte(bytes[i]) {
+                        i += 1;
+                    }
+                }
+                out.push(Token::Var);
+            }
+            _ if is_word_byte(c) => {
+                let start = i;
+                while i < bytes.len() && is_word_byte(bytes[i]) {
+                    i += 1;
+                }
+                out.push(Token::Word(sql[start..i].to_ascii_uppercase()));
+            }
+            _ => {
+                // A whole UTF-8 character.
+                let ch = sql[i..].chars().next().unwrap_or('?');
+                out.push(Token::Punct(ch));
+                i += ch.len_utf8();
+            }
+        }
+    }
+    out
+}
+
+fn is_word_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+}
+
+/// The statement of `sql` that would commit the current transaction, as
+/// its first words (`CREATE TABLE`, `COMMIT`, ...), or `None`.
+pub(crate) fn implicit_commit(sql: &str) -> Option<String> {
+    let tokens = tokens(sql);
+    for statement in tokens.split(|t| *t == Token::End) {
+        if let Some(found) = statement_commits(statement) {
+            return Some(found);
+        }
+    }
+    None
+}
+
+fn word(t: Option<&Token>) -> &str {
+    match t {
+        Some(Token::Word(w)) => w,
+        _ => "",
+    }
+}
+
+/// The first words of a statement, for the message.
+fn head(statement: &[Token], n: usize) -> String {
+    statement
+        .iter()
+        .take_while(|t| matches!(t, Token::Word(_)))
+        .take(n)
+        .map(|t| word(Some(t)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn statement_commits(s: &[Token]) -> Option<String> {
+    let w = |i: usize| word(s.get(i));
+    let found = |n: usize| Some(head(s, n));
+    match w(0) {
+        "CREATE" => {
+            let mut i = 1;
+            if w(i) == "OR" && w(i + 1) == "REPLACE" {
+                i += 2;
+            }
+            if w(i) == "TEMPORARY" {
+                return None;
+            }
+            found(i + 1)
+        }
+        "DROP" => {
+            if w(1) == "TEMPORARY" {
+                return None;
+            }
+            found(2)
+        }
+        "ALTER" | "RENAME" | "TRUNCATE" | "GRANT" | "REVOKE" | "FLUSH" | "RESET" | "XA"
+        | "INSTALL" | "UNINSTALL" | "LOCK" | "UNLOCK" | "START" | "STOP" | "COMMIT" | "ANALYZE"
+        | "OPTIMIZE" | "REPAIR" => found(2),
+        "BEGIN" if w(1) == "NOT" && w(2) == "ATOMIC" => None,
+        "BEGIN" => found(2),
+        "ROLLBACK" => {
+            let next = if w(1) == "WORK" { w(2) } else { w(1) };
+            if next == "TO" { None } else { found(2) }
+        }
+        "CHECK" if matches!(w(1), "TABLE" | "TABLES") => found(2),
+        "CACHE" if w(1) == "INDEX" => found(2),
+        "CHANGE" if matches!(w(1), "MASTER" | "REPLICATION") => found(2),
+        "LOAD" if matches!(w(1), "DATA" | "XML" | "INDEX") => found(2),
+        "SET" => {
+            if matches!(w(1), "PASSWORD") || (w(1) == "DEFAULT" && w(2) == "ROLE") {
+                return found(3);
+            }
+            s.iter()
+                .any(|t| *t == Token::Word("AUTOCOMMIT".into()))
+                .then(|| "SET autocommit".to_string())
+        }
+        "PREPARE" => {
+            // PREPARE name FROM 'text' | @var
+            match s.get(3) {
+                Some(Token::Str(text)) => {
+                    implicit_commit(text).map(|f| format!("PREPARE .. FROM '{f} ..'"))
+                }
+                _ => Some("PREPARE .. FROM a variable".to_string()),
+            }
+        }
+        "EXECUTE" if w(1) == "IMMEDIATE" => match s.get(2) {
+            Some(Token::Str(text)) => {
+                implicit_commit(text).map(|f| format!("EXECUTE IMMEDIATE '{f} ..'"))
+            }
+            _ => Some("EXECUTE IMMEDIATE of a variable".to_string()),
+        },
+        _ => None,
+    }
+}
+
+/// Whether `sql` may leave state in the session that `ROLLBACK` does not
+/// undo: a temporary table (`CREATE`, which in transaction mode can only be
+/// `CREATE TEMPORARY`), a user variable (`@name` anywhere), a named lock
+/// (`GET_LOCK`), a prepared statement (`PREPARE`), a `HANDLER`, or a session
+/// setting (`SET`). Errs on the safe side: such a test's connection is
+/// closed at its end rather than handed to the next test.
+pub(crate) fn leaves_session_state(sql: &str) -> bool {
+    let tokens = tokens(sql);
+    tokens.split(|t| *t == Token::End).any(|s| {
+        matches!(word(s.first()), "CREATE" | "SET" | "PREPARE" | "HANDLER")
+            || s.iter().any(|t| match t {
+                Token::Var => true,
+                Token::Word(w) => w == "GET_LOCK",
+                _ => false,
+            })
+    })
+}
+
+/// The error for a refused statement.
+pub(crate) fn refusal(found: &str) -> String {
+    format!(
+        "db-test: `{found}` commits the current transaction implicitly on MySQL/MariaDB: in \
+         this test's rolled-back transaction it would commit the test's writes into the \
+         shared working database, so db-test refused it before it reached the server. Use \
+         `#[db_test(isolation = \"database\")]` for a test that runs DDL or transaction \
+         control (`CREATE TEMPORARY TABLE` is fine in transaction mode)."
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::implicit_commit as ic;
+
+    #[test]
+    fn ddl_is_refused() {
+        for sql in [
+            "CREATE TABLE t (id int)",
+            "create table if not exists t (id int)",
+            "CREATE OR REPLACE VIEW v AS SELECT 1",
+            "CREATE INDEX i ON t (a)",
+            "CREATE UNIQUE INDEX i ON t (a)",
+            "CREATE DATABASE d",
+            "CREATE SCHEMA d",
+            "CREATE PROCEDURE p() BEGIN SELECT 1; END",
+            "CREATE DEFINER = root@localhost FUNCTION f() RETURNS INT RETURN 1",
+            "CREATE TRIGGER tr BEFORE INSERT ON t FOR EACH ROW SET NEW.a = 1",
+            "CREATE EVENT e ON SCHEDULE EVERY 1 DAY DO SELECT 1",
+            "CREATE USER u",
+            "ALTER TABLE t ADD COLUMN b int",
+            "DROP TABLE t",
+            "DROP DATABASE d",
+            "DROP INDEX i ON t",
+            "RENAME TABLE a TO b",
+            "TRUNCATE t",
+            "TRUNCATE TABLE t",
+            "LOCK TABLES t WRITE",
+            "UNLOCK TABLES",
+            "GRANT SELECT ON *.* TO u",
+            "REVOKE SELECT ON *.* FROM u",
+            "LOAD DATA INFILE 'x' INTO TABLE t",
+            "LOAD INDEX INTO CACHE t",
+            "ANALYZE TABLE t",
+            "OPTIMIZE TABLE t",
+            "REPAIR TABLE t",
+            "CHECK TABLE t",
+            "FLUSH PRIVILEGES",
+            "XA START 'x'",
+            "CACHE INDEX t IN hot",
+            "INSTALL PLUGIN p SONAME 'p.so'",
+            "SET PASSWORD = 'x'",
+        ] {
+            assert!(ic(sql).is_some(), "not refused: {sql}");
+        }
+    }
+
+    #[test]
+    fn transaction_control_is_refused() {
+        for sql in [
+            "COMMIT",
+            "commit work",
+            "BEGIN",
+            "begin work",
+            "START TRANSACTION",
+            "START TRANSACTION READ ONLY",
+            "ROLLBACK",
+            "ROLLBACK WORK",
+            "SET autocommit = 1",
+            "SET autocommit=ON",
+            "SET @@autocommit = 1",
+            "SET SESSION autocommit = 1",
+            "set @@session.autocommit=1",
+            "SET @a = 1, autocommit = 1",
+        ] {
+            assert!(ic(sql).is_some(), "not refused: {sql}");
+        }
+    }
+
+    #[test]
+    fn harmless_statements_pass() {
+        for sql in [
+            "SELECT 1",
+            "INSERT INTO t VALUES (1)",
+            "UPDATE t SET a = 1",
+            "DELETE FROM t",
+            "CREATE TEMPORARY TABLE tmp (id int)",
+            "create or replace temporary table tmp (id int)",
+            "DROP TEMPORARY TABLE tmp",
+            "DROP TEMPORARY TABLE IF EXISTS tmp",
+            "SAVEPOINT s",
+            "ROLLBACK TO SAVEPOINT s",
+            "ROLLBACK TO s",
+            "ROLLBACK WORK TO SAVEPOINT s",
+            "RELEASE SAVEPOINT s",
+            "SET @a = 1",
+            "SET NAMES utf8mb4",
+            "SET SESSION sql_mode = 'ANSI'",
+            "SET TRANSACTION ISOLATION LEVEL READ COMMITTED",
+            "SELECT 'COMMIT'",
+            "SELECT \"DROP TABLE t\"",
+            "SELECT `create` FROM `commit`",
+            "SELECT 1; -- COMMIT",
+            "SELECT 1 # ; COMMIT",
+            "SELECT 1 /* ; COMMIT */",
+            "SELECT 1 /*+ MAX_EXECUTION_TIME(1) */",
+            "SELECT 'it''s; COMMIT'",
+            "SELECT 'a\\'; COMMIT'",
+            "INSERT INTO t (autocommit_flag) VALUES (1)",
+            "SELECT @commit",
+            "WITH x AS (SELECT 1) SELECT * FROM x",
+            "BEGIN NOT ATOMIC SELECT 1; END",
+            "PREPARE s FROM 'SELECT 1'",
+            "EXECUTE s",
+            "",
+            "   ;  ;",
+            "CHECKSUM TABLE t",
+            "CALL p()",
+        ] {
+            assert_eq!(ic(sql), None, "refused: {sql}");
+        }
+    }
+
+    #[test]
+    fn a_commit_hidden_in_a_multi_statement_string_is_found() {
+        assert_eq!(
+            ic("INSERT INTO t VALUES (1); COMMIT; SELECT 1").as_deref(),
+            Some("COMMIT")
+        );
+        assert!(ic("SELECT 'x;'; DROP TABLE t").is_some());
+        assert!(ic("SELECT 1;-- comment\nCOMMIT").is_some());
+        assert!(ic("SELECT 1 # comment\n; TRUNCATE t").is_some());
+        assert!(ic("SELECT 1; /* x */ CREATE TABLE t (a int)").is_some());
+        // `--` without a space is an operator, not a comment.
+        assert!(ic("SELECT 1--1; COMMIT").is_some());
+    }
+
+    #[test]
+    fn executable_comments_are_code() {
+        assert!(ic("/*! COMMIT */").is_some());
+        assert!(ic("SELECT 1; /*!50700 DROP TABLE t */").is_some());
+        assert!(ic("/*M! CREATE TABLE t (a int) */").is_some());
+        assert!(ic("/*!40101 SET @saved = @@character_set_client */").is_none());
+        assert!(ic("SELECT 1 /*! , 2 */; COMMIT").is_some());
+    }
+
+    #[test]
+    fn prepared_text_is_checked() {
+        assert!(ic("PREPARE s FROM 'COMMIT'").is_some());
+        assert!(ic("PREPARE s FROM 'CREATE TABLE t (a int)'").is_some());
+        assert!(ic("PREPARE s FROM @sql").is_some());
+        assert!(ic("EXECUTE IMMEDIATE 'DROP TABLE t'").is_some());
+        assert!(ic("EXECUTE IMMEDIATE 'SELECT 1'").is_none());
+    }
+
+    #[test]
+    fn session_state_is_noticed() {
+        use super::leaves_session_state as st;
+        for sql in [
+            "CREATE TEMPORARY TABLE t (a int)",
+            "SET @a = 1",
+            "SELECT @a := 1",
+            "SELECT 1 INTO @a",
+            "SELECT GET_LOCK('x', 0)",
+            "PREPARE s FROM 'SELECT 1'",
+            "SET SESSION sql_mode = ''",
+            "SELECT 1; SET time_zone = '+00:00'",
+        ] {
+            assert!(st(sql), "not noticed: {sql}");
+        }
+        for sql in [
+            "SELECT 1",
+            "INSERT INTO t VALUES ('@a')",
+            "UPDATE t SET a = 1",
+            "SELECT `@a` FROM t",
+            "DELETE FROM t -- SET @a = 1",
+        ] {
+            assert!(!st(sql), "noticed: {sql}");
+        }
+    }
+
+    #[test]
+    fn the_message_says_what_to_do() {
+        let msg = super::refusal(&ic("drop table t").unwrap());
+        assert!(msg.contains("`DROP TABLE`"), "{msg}");
+        assert!(msg.contains("isolation = \"database\""), "{msg}");
+    }
+}

@@ -1,0 +1,619 @@
+//! MySQL/MariaDB: transaction mode and database mode on a real server (the
+//! embedded one, or `DB_TEST_MYSQL_URL`).
+//!
+//! Tests whose names start with `child_` do their real work only when run
+//! as a child process by another test here (`DB_TEST_MYSQL_CHILD=1`).
+
+mod common;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use db_test::mysql::{Db, TestDb};
+use db_test::{Backend, FromTestContext, TestApp, TestClient, TestContext, db_test};
+use sqlx::mysql::MySqlConnection;
+use sqlx::{Connection, MySqlPool};
+
+fn is_child() -> bool {
+    std::env::var_os("DB_TEST_MYSQL_CHILD").is_some()
+}
+
+/// A connection of its own to the test's database: it sees only what is
+/// committed.
+async fn outsider(db: &TestDb) -> MySqlConnection {
+    MySqlConnection::connect_with(&db.connect_options())
+        .await
+        .expect("a second connection")
+}
+
+async fn committed_users(conn: &mut MySqlConnection, name: &str) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM user WHERE username = ?")
+        .bind(name)
+        .fetch_one(conn)
+        .await
+        .unwrap()
+}
+
+async fn users(db: &TestDb) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM user")
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
+
+// Two tests insert the same unique name: both pass only if each one's
+// insert is rolled back before the other runs on the shared database.
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn rollback_between_tests_a(db: TestDb) {
+    assert_eq!(users(&db).await, 0);
+    sqlx::query("INSERT INTO user (username) VALUES ('carol')")
+        .execute(&db)
+        .await
+        .unwrap();
+    assert_eq!(users(&db).await, 1);
+}
+
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn rollback_between_tests_b(db: TestDb) {
+    assert_eq!(users(&db).await, 0);
+    sqlx::query("INSERT INTO user (username) VALUES ('carol')")
+        .execute(&db)
+        .await
+        .unwrap();
+    assert_eq!(users(&db).await, 1);
+}
+
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn an_app_commit_is_a_savepoint(db: TestDb) {
+    let app: Db = db.db();
+    let mut tx = app.begin().await.unwrap();
+    sqlx::query("INSERT INTO user (username) VALUES ('dave')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    // The test sees the app's commit...
+    assert_eq!(users(&db).await, 1);
+    // ...and nobody else does: it was a savepoint.
+    let mut other = outsider(&db).await;
+    assert_eq!(committed_users(&mut other, "dave").await, 0);
+
+    // An app rollback undoes its own writes only.
+    let mut tx = app.begin().await.unwrap();
+    sqlx::query("INSERT INTO user (username) VALUES ('dora')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(users(&db).await, 1);
+}
+
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn a_failing_statement_does_not_poison_the_test(db: TestDb) {
+    sqlx::query("INSERT INTO user (username) VALUES ('erin')")
+        .execute(&db)
+        .await
+        .unwrap();
+    let dup = sqlx::query("INSERT INTO user (username) VALUES ('erin')")
+        .execute(&db)
+        .await;
+    assert!(dup.is_err(), "a duplicate must fail");
+    sqlx::query("INSERT INTO user (username) VALUES ('frank')")
+        .execute(&db)
+        .await
+        .unwrap();
+    assert_eq!(users(&db).await, 2);
+}
+
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn implicit_commit_ddl_is_refused_and_nothing_is_committed(db: TestDb) {
+    sqlx::query("INSERT INTO user (username) VALUES ('gina')")
+        .execute(&db)
+        .await
+        .unwrap();
+    let err = sqlx::query("CREATE TABLE leak (a INT)")
+        .execute(&db)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("CREATE TABLE"), "{err}");
+    assert!(err.contains("isolation = \"database\""), "{err}");
+    // The DDL never reached the server, so it committed nothing.
+    let mut other = outsider(&db).await;
+    assert_eq!(committed_users(&mut other, "gina").await, 0);
+    let leak: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.tables \
+         WHERE table_schema = DATABASE() AND table_name = 'leak'",
+    )
+    .fetch_one(&mut other)
+    .await
+    .unwrap();
+    assert_eq!(leak, 0);
+}
+
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn truncate_on_a_raw_connection_guard_is_refused(db: TestDb) {
+    sqlx::query("INSERT INTO user (username) VALUES ('hana')")
+        .execute(&db)
+        .await
+        .unwrap();
+    let mut conn = db.acquire().await.unwrap();
+    let err = sqlx::query("TRUNCATE TABLE comment")
+        .execute(&mut *conn)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("TRUNCATE"), "{err}");
+    drop(conn);
+    let mut other = outsider(&db).await;
+    assert_eq!(committed_users(&mut other, "hana").await, 0);
+}
+
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn a_commit_hidden_in_a_multi_statement_string_is_refused(db: TestDb) {
+    let err = sqlx::raw_sql(
+        "INSERT INTO user (username) VALUES ('ivan'); /* harmless */ COMMIT; SELECT 1",
+    )
+    .execute(&db)
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("COMMIT"), "{err}");
+    let err = sqlx::raw_sql("INSERT INTO user (username) VALUES ('ivan') /*! ; COMMIT */")
+        .execute(&db)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("COMMIT"), "{err}");
+    let mut other = outsider(&db).await;
+    assert_eq!(committed_users(&mut other, "ivan").await, 0);
+}
+
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn create_temporary_table_is_allowed(db: TestDb) {
+    sqlx::query("CREATE TEMPORARY TABLE scratch (a INT)")
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO scratch VALUES (1), (2)")
+        .execute(&db)
+        .await
+        .unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM scratch")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    sqlx::query("DROP TEMPORARY TABLE scratch")
+        .execute(&db)
+        .await
+        .unwrap();
+}
+
+#[db_test(migrations = "tests/mysql/migrations", fixtures("users"))]
+async fn fixtures_run_in_the_transaction(db: TestDb) {
+    assert_eq!(users(&db).await, 2);
+    let mut other = outsider(&db).await;
+    assert_eq!(committed_users(&mut other, "alice").await, 0);
+}
+
+#[db_test(migrations = "tests/mysql/migrations", isolation = "database")]
+async fn database_mode_commits_for_real(db: TestDb, ctx: TestContext) {
+    assert!(ctx.is_database_mode());
+    assert!(ctx.database_name().starts_with("dbtest_"));
+    sqlx::query("INSERT INTO user (username) VALUES ('jack')")
+        .execute(&db)
+        .await
+        .unwrap();
+    let mut other = outsider(&db).await;
+    assert_eq!(committed_users(&mut other, "jack").await, 1);
+    // DDL is fine on a database of the test's own.
+    sqlx::query("CREATE TABLE extra (a INT)")
+        .execute(&db)
+        .await
+        .unwrap();
+    if is_child() {
+        println!("DATABASE={}", ctx.database_name());
+    }
+}
+
+/// A schema with a view, a trigger, a procedure, a function, a generated
+/// column and seed rows: a per-test database is a faithful copy.
+#[db_test(migrations = "tests/mysql/rich_migrations", isolation = "database")]
+async fn database_mode_copies_views_routines_triggers_and_rows(pool: MySqlPool) {
+    let seeded: Vec<String> = sqlx::query_scalar("SELECT name FROM item ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(seeded, ["seed-a", "seed-b"]);
+    // The copy fired no trigger: the log holds only the migration's rows.
+    let logged: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM item_log")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(logged, 2);
+    sqlx::query("INSERT INTO item (name, price) VALUES ('new', 5)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let logged: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM item_log")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(logged, 3, "the trigger was copied");
+    let doubled: i64 = sqlx::query_scalar("SELECT doubled FROM item WHERE name = 'new'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(doubled, 10, "the generated column was copied");
+    let view: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM cheap_items")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(view, 3, "the view reads this database's rows");
+    let via_view_of_view: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM cheap_item_names")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(via_view_of_view, 3);
+    let total: i64 = sqlx::query_scalar("SELECT total_price()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(total, 1 + 2 + 5);
+    sqlx::query("CALL add_item('called')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM item")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 4);
+    let auto: i64 = sqlx::query_scalar("SELECT MAX(id) FROM item")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(auto, 4, "AUTO_INCREMENT goes on from the template's");
+}
+
+#[db_test(migrations = "tests/mysql/migrations", timeout = "1s")]
+async fn child_transaction_timeout(db: TestDb) {
+    if !is_child() {
+        return;
+    }
+    let _: Option<i64> = sqlx::query_scalar("SELECT SLEEP(30) + 0 * LENGTH('dbtest-tx-sleep')")
+        .fetch_optional(&db)
+        .await
+        .unwrap();
+}
+
+#[db_test(
+    migrations = "tests/mysql/migrations",
+    timeout = "1s",
+    isolation = "database"
+)]
+async fn child_database_timeout(pool: MySqlPool) {
+    if !is_child() {
+        return;
+    }
+    let _: Option<i64> = sqlx::query_scalar("SELECT SLEEP(30) + 0 * LENGTH('dbtest-db-sleep')")
+        .fetch_optional(&pool)
+        .await
+        .unwrap();
+}
+
+async fn running(conn: &mut MySqlConnection, marker: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.processlist \
+         WHERE info LIKE CONCAT('%', ?, '%') AND id <> CONNECTION_ID()",
+    )
+    .bind(marker)
+    .fetch_one(conn)
+    .await
+    .unwrap()
+}
+
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn a_timed_out_test_has_its_statement_cancelled(db: TestDb) {
+    let mut other = outsider(&db).await;
+    for (test, marker) in [
+        ("child_transaction_timeout", "dbtest-tx-sleep"),
+        ("child_database_timeout", "dbtest-db-sleep"),
+    ] {
+        let mut cmd = common::children(&[test]);
+        cmd.env("DB_TEST_MYSQL_CHILD", "1");
+        let (out, text) =
+            tokio::task::spawn_blocking(move || common::run_until(cmd, Duration::from_secs(25)))
+                .await
+                .unwrap();
+        assert!(!out.status.success(), "{text}");
+        assert!(text.contains("timed out after 1s"), "{text}");
+        // The child is gone; its statement must not run on in the server.
+        assert_eq!(running(&mut other, marker).await, 0, "{text}");
+    }
+}
+
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn per_test_databases_are_dropped(db: TestDb) {
+    let mut cmd = common::children(&["database_mode_commits_for_real"]);
+    cmd.env("DB_TEST_MYSQL_CHILD", "1");
+    let text = tokio::task::spawn_blocking(move || common::run_ok(cmd, "database mode child"))
+        .await
+        .unwrap();
+    let name = common::word_after(&text, "DATABASE=").expect("the child names its database");
+    // The child may have kept it as a spare (reset, for its next test) when
+    // it exited: the next process's sweep drops what a gone process left.
+    let cmd = common::children(&["rollback_between_tests_a"]);
+    tokio::task::spawn_blocking(move || common::run_ok(cmd, "a later process"))
+        .await
+        .unwrap();
+    let mut other = outsider(&db).await;
+    let left: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = ?",
+    )
+    .bind(&name)
+    .fetch_one(&mut other)
+    .await
+    .unwrap();
+    assert_eq!(left, 0, "{name} was left behind");
+}
+
+/// An axum app on `db_test::mysql::Db`.
+struct App;
+
+impl TestApp for App {
+    const BACKEND: Backend = Backend::MySql;
+
+    async fn build(ctx: &TestContext) -> Router {
+        let db = Db::from_context(ctx)
+            .await
+            .expect("the test's MySQL handle");
+        Router::new()
+            .route("/users", get(list_users).post(add_user))
+            .with_state(db)
+    }
+}
+
+async fn list_users(State(db): State<Db>) -> String {
+    let names: Vec<String> = sqlx::query_scalar("SELECT username FROM user ORDER BY username")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    names.join(",")
+}
+
+async fn add_user(State(db): State<Db>, name: String) -> StatusCode {
+    let mut tx = db.begin().await.unwrap();
+    let result = sqlx::query("INSERT INTO user (username) VALUES (?)")
+        .bind(&name)
+        .execute(&mut *tx)
+        .await;
+    match result {
+        Ok(_) => {
+            tx.commit().await.unwrap();
+            StatusCode::CREATED
+        }
+        Err(_) => StatusCode::CONFLICT,
+    }
+}
+
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn a_test_client_over_a_mysql_app(client: TestClient<App>, db: TestDb) {
+    client
+        .post("/users")
+        .text("kim")
+        .send()
+        .await
+        .assert_status(201);
+    client
+        .post("/users")
+        .text("lee")
+        .send()
+        .await
+        .assert_status(201);
+    client
+        .post("/users")
+        .text("kim")
+        .send()
+        .await
+        .assert_status(409);
+    client.get("/users").send().await.assert_text("kim,lee");
+    assert_eq!(users(&db).await, 2);
+    let mut other = outsider(&db).await;
+    assert_eq!(committed_users(&mut other, "kim").await, 0);
+}
+
+// Only the app names the backend here.
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn the_app_alone_chooses_mysql(client: TestClient<App>) {
+    client.get("/users").send().await.assert_text("");
+}
+
+// Session state survives ROLLBACK on MySQL: these two must not inherit each
+// other's temporary table or user variable when they share a connection.
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn child_session_a(db: TestDb) {
+    fresh_session_then_dirty_it(&db).await;
+}
+
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn child_session_b(db: TestDb) {
+    fresh_session_then_dirty_it(&db).await;
+}
+
+async fn fresh_session_then_dirty_it(db: &TestDb) {
+    let v: Option<i64> = sqlx::query_scalar("SELECT @dbtest_v")
+        .fetch_one(db)
+        .await
+        .unwrap();
+    assert_eq!(v, None, "a user variable of an earlier test");
+    sqlx::query("SET @dbtest_v = 1").execute(db).await.unwrap();
+    sqlx::query("CREATE TEMPORARY TABLE leftover (a INT)")
+        .execute(db)
+        .await
+        .unwrap();
+}
+
+#[test]
+fn session_state_does_not_leak_to_the_next_test() {
+    // One connection in the pool: the second test gets the first's.
+    let mut cmd = common::children(&["child_session_a", "child_session_b"]);
+    cmd.env("DB_TEST_POOL_SIZE", "1");
+    common::run_ok(cmd, "two tests on one connection");
+}
+
+// Run one after another in one process: each gets the database the one
+// before used, reset (or, after a schema change, a fresh clone).
+#[db_test(migrations = "tests/mysql/migrations", isolation = "database")]
+async fn child_recycled_a(db: TestDb) {
+    first_insert_gets_id_1(&db).await;
+}
+
+#[db_test(migrations = "tests/mysql/migrations", isolation = "database")]
+async fn child_recycled_b(db: TestDb) {
+    first_insert_gets_id_1(&db).await;
+    sqlx::query("ALTER TABLE user ADD COLUMN extra INT")
+        .execute(&db)
+        .await
+        .unwrap();
+}
+
+#[db_test(migrations = "tests/mysql/migrations", isolation = "database")]
+async fn child_recycled_c(db: TestDb) {
+    let extra: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.columns \
+         WHERE table_schema = DATABASE() AND table_name = 'user' AND column_name = 'extra'",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(extra, 0, "a schema change of an earlier test");
+    first_insert_gets_id_1(&db).await;
+}
+
+async fn first_insert_gets_id_1(db: &TestDb) {
+    let name: String = sqlx::query_scalar("SELECT DATABASE()")
+        .fetch_one(db)
+        .await
+        .unwrap();
+    println!("USED {name}");
+    assert_eq!(users(db).await, 0, "rows of an earlier test");
+    let id = sqlx::query("INSERT INTO user (username) VALUES ('mia')")
+        .execute(db)
+        .await
+        .unwrap()
+        .last_insert_id();
+    assert_eq!(id, 1, "AUTO_INCREMENT moved by an earlier test");
+}
+
+#[test]
+fn per_test_databases_are_reset_between_tests() {
+    let text = common::run_ok(
+        common::children(&["child_recycled_a", "child_recycled_b", "child_recycled_c"]),
+        "three database-mode tests in a row",
+    );
+    let used: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split("USED ").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .collect();
+    assert_eq!(used.len(), 3, "{text}");
+    assert_eq!(
+        used[0], used[1],
+        "the second test reuses the first's database"
+    );
+    assert_ne!(used[1], used[2], "a changed schema is not reused");
+}
+
+// MySQL has no deferred constraints: every one is checked when its
+// statement runs, so `check_constraints` has nothing to add (a no-op).
+#[db_test(migrations = "tests/mysql/migrations", check_constraints = true)]
+async fn check_constraints_is_a_no_op(db: TestDb) {
+    let orphan = sqlx::query("INSERT INTO post (user_id, content) VALUES (42, 'x')")
+        .execute(&db)
+        .await;
+    assert!(orphan.is_err(), "the foreign key is checked at once");
+    assert_eq!(users(&db).await, 0);
+}
+
+#[db_test(migrations = "tests/mysql/migrations", isolation = "database")]
+async fn child_fails_in_its_own_database(db: TestDb) {
+    if !is_child() {
+        return;
+    }
+    sqlx::query("INSERT INTO user (username) VALUES ('kept')")
+        .execute(&db)
+        .await
+        .unwrap();
+    panic!("deliberately failing");
+}
+
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn a_failed_tests_database_is_kept_on_request(db: TestDb) {
+    let mut cmd = common::children(&["child_fails_in_its_own_database"]);
+    cmd.env("DB_TEST_MYSQL_CHILD", "1")
+        .env("DB_TEST_KEEP_FAILED", "1");
+    let (out, text) =
+        tokio::task::spawn_blocking(move || common::run_until(cmd, Duration::from_secs(60)))
+            .await
+            .unwrap();
+    assert!(!out.status.success(), "{text}");
+    let name = text
+        .split("(DB_TEST_KEEP_FAILED=1): ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no kept database named:\n{text}"))
+        .to_string();
+    // A later process's sweep leaves it alone.
+    let cmd = common::children(&["rollback_between_tests_a"]);
+    tokio::task::spawn_blocking(move || common::run_ok(cmd, "a later process"))
+        .await
+        .unwrap();
+    let mut other = outsider(&db).await;
+    let kept: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(*) FROM `{name}`.user WHERE username = 'kept'"
+    )))
+    .fetch_one(&mut other)
+    .await
+    .unwrap();
+    assert_eq!(kept, 1, "the failed test's rows are there to look at");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE `{name}`")))
+        .execute(&mut other)
+        .await
+        .unwrap();
+}
+
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn child_waits_for_a_lock(db: TestDb) {
+    if !is_child() {
+        return;
+    }
+    // Another session (another test, say) holds the row this test wants.
+    let mut other = outsider(&db).await;
+    sqlx::raw_sql("BEGIN; INSERT INTO user (username) VALUES ('locked')")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let err = sqlx::query("INSERT INTO user (username) VALUES ('locked')")
+        .execute(&db)
+        .await
+        .unwrap_err();
+    println!("LOCK ERROR {err}");
+    sqlx::raw_sql("ROLLBACK").execute(&mut other).await.unwrap();
+}
+
+#[test]
+fn a_lock_wait_ends_after_the_lock_timeout() {
+    let mut cmd = common::children(&["child_waits_for_a_lock"]);
+    cmd.env("DB_TEST_MYSQL_CHILD", "1")
+        .env("DB_TEST_LOCK_TIMEOUT", "1s");
+    // InnoDB's own default would wait 50s: a hang here is the failure.
+    let (out, text) = common::run_until(cmd, Duration::from_secs(40));
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("LOCK ERROR"), "{text}");
+    assert!(text.contains("Lock wait timeout exceeded"), "{text}");
+}

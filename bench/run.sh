@@ -6,7 +6,7 @@
 # table, writes bench/results.json and bench/chart.svg. See bench/README.md.
 #
 #   bench/run.sh           full run (N = 50, 200, 1000; 5 rounds; compile and nextest comparisons;
-#                          about 25 min on a 2-core VM, most of it B and C at N = 1000)
+#                          30-60 min on a 2-core VM, most of it B and C at N = 1000; --scaling-rounds 1 is shorter)
 #   bench/run.sh --quick   N = 50, 3 rounds, no compile benchmark (about 3 min once built; CI runs it);
 #                          writes target/db-test-bench/quick/ instead of bench/
 #   bench/run.sh --chart-only   redraw bench/chart.svg from bench/results.json

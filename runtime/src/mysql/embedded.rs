@@ -335,7 +335,10 @@ fn layout() -> Result<Layout, String> {
 /// only; lost at reboot, it is initialised again (a few seconds).
 fn server_root(base: &Path) -> PathBuf {
     if let Some(dir) = std::env::var_os("DB_TEST_MYSQL_DATA_DIR") {
-        return PathBuf::from(dir);
+        // Created like the base directory; checked with the server's.
+        let dir = PathBuf::from(dir);
+        let _ = std::fs::create_dir_all(&dir);
+        return dir;
     }
     let shm = Path::new("/dev/shm");
     if shm.is_dir() {

@@ -288,6 +288,19 @@ macro_rules! matrix {
                 panic!("{later}");
             }
 
+            /// The same refusal, its error swallowed and nothing run after
+            /// it: db-test fails the test at its end all the same, so a
+            /// refused COMMIT can never go unnoticed.
+            #[db_test(migrations = $migrations)]
+            #[should_panic(expected = "refusing to run")]
+            async fn a_swallowed_refusal_still_fails_the_test(db: TestDb) {
+                let err = sqlx::raw_sql("INSERT INTO items (name) VALUES ('swallowed'); COMMIT")
+                    .execute(&db)
+                    .await
+                    .expect_err("a raw COMMIT must be refused");
+                assert_eq!(kind(&err), Some(ErrorKind::TransactionEnded));
+            }
+
             #[db_test(migrations = $migrations, fixtures("matrix/fixtures/items.sql"))]
             async fn fixtures_run_in_the_test_transaction(db: TestDb) {
                 assert_eq!(names(&db).await, ["fixture-a", "fixture-b"]);

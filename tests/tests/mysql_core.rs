@@ -55,6 +55,8 @@ async fn rollback_between_tests_a(db: TestDb) {
 }
 
 #[db_test(migrations = "tests/mysql/migrations")]
+// The refusal fails the test at its end, even though the test handled the error.
+#[should_panic(expected = "refusing to run")]
 async fn implicit_commit_ddl_is_refused_and_nothing_is_committed(db: TestDb) {
     sqlx::query("INSERT INTO user (username) VALUES ('gina')")
         .execute(&db)
@@ -81,6 +83,8 @@ async fn implicit_commit_ddl_is_refused_and_nothing_is_committed(db: TestDb) {
 }
 
 #[db_test(migrations = "tests/mysql/migrations")]
+// The refusal fails the test at its end, even though the test handled the error.
+#[should_panic(expected = "refusing to run")]
 async fn truncate_on_a_raw_connection_guard_is_refused(db: TestDb) {
     sqlx::query("INSERT INTO user (username) VALUES ('hana')")
         .execute(&db)
@@ -99,6 +103,8 @@ async fn truncate_on_a_raw_connection_guard_is_refused(db: TestDb) {
 }
 
 #[db_test(migrations = "tests/mysql/migrations")]
+// The refusal fails the test at its end, even though the test handled the error.
+#[should_panic(expected = "refusing to run")]
 async fn a_commit_hidden_in_a_multi_statement_string_is_refused(db: TestDb) {
     let err = sqlx::raw_sql(
         "INSERT INTO user (username) VALUES ('ivan'); /* harmless */ COMMIT; SELECT 1",

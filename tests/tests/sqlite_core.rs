@@ -140,6 +140,8 @@ async fn a_failing_statement_does_not_poison_the_test(db: TestDb) {
 }
 
 #[db_test(migrations = "tests/sqlite_core/migrations")]
+// The refusal fails the test at its end, even though the test handled the error.
+#[should_panic(expected = "refusing to run")]
 async fn a_commit_on_a_connection_guard_is_refused(db: TestDb) {
     let mut conn = db.acquire().await.unwrap();
     conn.execute("INSERT INTO item (name) VALUES ('guarded')")

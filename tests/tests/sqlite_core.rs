@@ -634,3 +634,44 @@ fn check_constraints_reports_a_deferred_foreign_key_violation() {
     assert!(text.contains("1 constraint violation(s)"), "{text}");
     assert!(text.contains("PRAGMA foreign_key_check"), "{text}");
 }
+
+// DDL, then `SELECT *`: the test sees the new column; the next test, on
+// the same pooled copy were it reused, sees the old shape again (sqlx's
+// statement cache must not carry the first test's columns over).
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn child_ddl_1_alters(db: TestDb) {
+    use sqlx::Row;
+    let row = sqlx::query("SELECT * FROM item")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(row.columns().len(), 2);
+    sqlx::query("ALTER TABLE item ADD COLUMN extra TEXT DEFAULT 'x'")
+        .execute(&db)
+        .await
+        .unwrap();
+    let row = sqlx::query("SELECT * FROM item WHERE 1 = 1")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(row.columns().len(), 3);
+    assert_eq!(row.get::<String, _>("extra"), "x");
+}
+
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn child_ddl_2_selects_star(db: TestDb) {
+    use sqlx::Row;
+    let row = sqlx::query("SELECT * FROM item WHERE 1 = 1")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(row.columns().len(), 2);
+    assert_eq!(row.get::<String, _>("name"), "seed");
+}
+
+#[test]
+fn ddl_then_select_star_does_not_reach_the_next_test() {
+    let cmd = common::children(&["child_ddl_1_alters", "child_ddl_2_selects_star"]);
+    let out = common::run_ok(cmd, "the DDL scenario");
+    assert!(out.contains("2 passed"), "{out}");
+}

@@ -301,6 +301,42 @@ macro_rules! matrix {
                 assert_eq!(kind(&err), Some(ErrorKind::TransactionEnded));
             }
 
+            /// A statement whose future is dropped after it was sent (a
+            /// `select!` or a timeout that fired): the next statement works
+            /// and sees what completed before; nothing is committed.
+            #[db_test(migrations = $migrations)]
+            async fn a_statement_dropped_mid_way_leaves_the_test_usable(db: TestDb) {
+                sqlx::query("INSERT INTO items (name) VALUES ('kept')")
+                    .execute(&db)
+                    .await
+                    .unwrap();
+                {
+                    let mut dropped = Box::pin(
+                        sqlx::query("INSERT INTO items (name) VALUES ('dropped')").execute(&db),
+                    );
+                    // Poll until the statement is on its way, then drop it.
+                    for _ in 0..3 {
+                        if futures_util::poll!(dropped.as_mut()).is_ready() {
+                            break;
+                        }
+                    }
+                }
+                sqlx::query("INSERT INTO items (name) VALUES ('after')")
+                    .execute(&db)
+                    .await
+                    .unwrap();
+                let names = names(&db).await;
+                assert!(names.contains(&"kept".to_string()), "{names:?}");
+                assert!(names.contains(&"after".to_string()), "{names:?}");
+                // Undone if it was dropped before the server finished it;
+                // kept if it finished within the polls, as in production.
+                assert!(
+                    names.len() == 2 || names.contains(&"dropped".to_string()),
+                    "{names:?}"
+                );
+                assert_nothing_committed(&db).await;
+            }
+
             #[db_test(migrations = $migrations, fixtures("matrix/fixtures/items.sql"))]
             async fn fixtures_run_in_the_test_transaction(db: TestDb) {
                 assert_eq!(names(&db).await, ["fixture-a", "fixture-b"]);

@@ -1,11 +1,32 @@
 #!/usr/bin/env bash
 # After a run: every database db-test created holds zero rows written by
 # tests, no per-test database is left over, and no connection is left open.
-# Usage: scripts/check-clean.sh [SERVER_URL]  (default: db-test's server)
+# Usage: scripts/check-clean.sh [SERVER_URL [MYSQL_SERVER_URL]]
+# (default: db-test's PostgreSQL server; the MySQL/MariaDB server is checked
+# when its URL is given)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 url=${1:-$(cargo run -q -p db-test --example server_url)}
+my_url=${2:-}
 fail=0
+if [ -n "$my_url" ]; then
+    . scripts/mysql-lib.sh
+    # Every working database of db-test's on the MySQL server holds exactly
+    # the rows of its template (seed rows of migrations), whatever the
+    # tests did.
+    rows() {
+        local count_sql
+        count_sql=$(my "$my_url" -- -N -e "SELECT COALESCE(GROUP_CONCAT(CONCAT('SELECT COUNT(*) AS c FROM \`', table_schema, '\`.\`', table_name, '\`') SEPARATOR ' UNION ALL '), 'SELECT 0 AS c') FROM information_schema.tables WHERE table_schema = '$1' AND table_type = 'BASE TABLE' AND table_name <> '_sqlx_migrations'")
+        my "$my_url" -- -N -e "SELECT COALESCE(SUM(c), 0) FROM ($count_sql) t"
+    }
+    for db in $(my "$my_url" -- -N -e "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE 'dbtest\\_%\\_w' ORDER BY 1"); do
+        tpl=${db%_w}_t
+        real=$(rows "$db")
+        seeded=$(rows "$tpl")
+        echo "check-clean: mysql $db: $real row(s), its template $seeded"
+        [ "$real" = "$seeded" ] || fail=1
+    done
+fi
 dbs=$(psql "$url" -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'dbtest\_%\_w' ORDER BY 1")
 for db in $dbs; do
     db_url=$(python3 -c 'import sys,urllib.parse as u; p=u.urlsplit(sys.argv[1]); print(u.urlunsplit(p._replace(path="/"+sys.argv[2])))' "$url" "$db")

@@ -54,6 +54,16 @@ if [ -n "$own_server" ] && [ ${#ns[@]} -gt 0 ]; then
     DATABASE_URL=$(cargo run -q -p db-test --example server_url)
     export DATABASE_URL
 fi
+if [ -n "${DATABASE_URL:-}" ]; then
+    # A PostgreSQL DATABASE_URL: the MySQL and SQLite tests need URLs of
+    # their own (one of another database is an error, by design).
+    if [ -z "${DB_TEST_MYSQL_URL:-}" ]; then
+        DB_TEST_MYSQL_URL=$(cargo run -q -p db-test --features mysql --example server_url -- --mysql)
+        export DB_TEST_MYSQL_URL
+    fi
+    mkdir -p "$work/sqlite"
+    export DB_TEST_SQLITE_URL=${DB_TEST_SQLITE_URL:-sqlite://$work/sqlite/tests.db}
+fi
 
 # The UI test drives cargo itself, and template_race and outdated_templates
 # replace or drop templates on purpose (so they are built more than once);

@@ -1,31 +1,37 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it. Installs what it needs (PostgreSQL
-# binaries, cargo-nextest) and starts what it needs (db-test's embedded
-# server). Steps:
-#   1. every test of the workspace on the embedded server (DATABASE_URL unset);
-#   2. the same suite through DATABASE_URL, pointed at a database holding
-#      user data (on the embedded server), which must be left unchanged; and
-#      at an external server too when one answers at DB_TEST_EXTERNAL_URL
-#      (default postgres://postgres@127.0.0.1:5432/test), likewise;
-#   3. the suite under cargo-nextest (one process per test);
-#   4. two nextest shards at once against one fresh server;
-#   5. a check that nothing was committed or left behind;
-#   6. the benchmark in its --quick form, so it keeps working.
+# The whole test suite, as CI runs it, on the three databases. Installs what
+# it needs (PostgreSQL's and MariaDB's server binaries, cargo-nextest) and
+# starts what it needs (db-test's embedded servers start themselves). Steps:
+#   1. every test of the workspace on the embedded servers (no URL set):
+#      PostgreSQL, MariaDB, and SQLite files;
+#   2. the same suite through URLs that name databases holding user data
+#      (DATABASE_URL for PostgreSQL, DB_TEST_MYSQL_URL, DB_TEST_SQLITE_URL),
+#      which must be left unchanged; and against the external servers too
+#      when they answer (DB_TEST_EXTERNAL_URL, default
+#      postgres://postgres@127.0.0.1:5432/test; DB_TEST_EXTERNAL_MYSQL_URL,
+#      default mysql://root@127.0.0.1:3306/test), likewise;
+#   3. the MySQL and SQLite suites with their URL in DATABASE_URL itself;
+#   4. the suite under cargo-nextest (one process per test);
+#   5. two nextest shards at once against one fresh server;
+#   6. a check that nothing was committed or left behind;
+#   7. the benchmark in its --quick form, so it keeps working.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n==== %s\n' "$*"; }
+. scripts/mysql-lib.sh
 
 scripts/ensure-postgres.sh
+scripts/ensure-mariadb.sh
 command -v cargo-nextest >/dev/null 2>&1 || cargo install cargo-nextest --locked
-unset DATABASE_URL
+unset DATABASE_URL DB_TEST_POSTGRES_URL DB_TEST_MYSQL_URL DB_TEST_SQLITE_URL
 
-step "1/6 cargo test --workspace (embedded PostgreSQL)"
+step "1/7 cargo test --workspace (embedded PostgreSQL, embedded MariaDB, SQLite)"
 cargo test --workspace
 
-step "2/6 cargo test --workspace with DATABASE_URL naming a database that holds user data"
-# A database of the user's, with a schema and rows, on the embedded server:
-# the whole suite runs with DATABASE_URL pointing at it, and afterwards its
-# schema and data must be exactly as before.
+step "2/7 cargo test --workspace with URLs naming databases that hold user data"
+# A database of the user's on each server, with a schema and rows: the whole
+# suite runs with the URLs pointing at them, and afterwards their schema and
+# data must be exactly as before.
 server=$(cargo run -q -p db-test --example server_url)
 psql "$server" -qc 'DROP DATABASE IF EXISTS user_app_data' -c 'CREATE DATABASE user_app_data'
 user_db=$(cargo run -q -p db-test --example server_url -- user_app_data)
@@ -35,43 +41,81 @@ INSERT INTO customers (email, balance) SELECT 'c' || g || '@example.com', g * 10
 CREATE TABLE users (id bigserial PRIMARY KEY, email text);  -- same name as the test schema's table
 INSERT INTO users (email) VALUES ('real-user@example.com');
 SQL
+my_server=$(cargo run -q -p db-test --features mysql --example server_url -- --mysql)
+my "$my_server" -- -e 'DROP DATABASE IF EXISTS user_app_data; CREATE DATABASE user_app_data'
+my_user_db=$(cargo run -q -p db-test --features mysql --example server_url -- --mysql user_app_data)
+my "$my_user_db" -- <<'SQL'
+CREATE TABLE customers (id INT AUTO_INCREMENT PRIMARY KEY, email VARCHAR(100) UNIQUE NOT NULL, balance DECIMAL(12,2) NOT NULL);
+INSERT INTO customers (email, balance)
+    WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 100)
+    SELECT CONCAT('c', n, '@example.com'), n * 10 FROM g;
+CREATE TABLE users (id BIGINT AUTO_INCREMENT PRIMARY KEY, email TEXT);
+INSERT INTO users (email) VALUES ('real-user@example.com');
+SQL
+sqlite_dir=$(mktemp -d /tmp/db-test-sqlite-user.XXXXXX)
+python3 - "$sqlite_dir/app.db" <<'PY'
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+db.executescript("CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT);"
+                 "INSERT INTO users (email) VALUES ('real-user@example.com');")
+db.close()
+PY
 fingerprint() {
     { pg_dump --schema-only --no-owner "$1" | grep -v '^--' | grep -v '^$' | grep -v '^\\\(un\)\?restrict'
       pg_dump --data-only --no-owner "$1" | grep -v '^--' | grep -v '^$' | grep -v '^\\\(un\)\?restrict'
     } | sha256sum
 }
-# Runs the whole suite with DATABASE_URL=$1, and checks that the database it
-# names is exactly as before and that nothing was left behind on its server.
-suite_leaves_untouched() {
-    local before after
-    before=$(fingerprint "$1")
-    DATABASE_URL="$1" cargo test --workspace
-    after=$(fingerprint "$1")
-    [ "$before" = "$after" ] || { echo "the database named in DATABASE_URL ($1) changed"; exit 1; }
-    echo "safety: the database named in DATABASE_URL ($1) is unchanged after the whole suite"
-    scripts/check-clean.sh "$1"
+my_fingerprint() {
+    local db
+    db=$(python3 -c 'import sys,urllib.parse as u; print(u.urlsplit(sys.argv[1]).path.lstrip("/"))' "$1")
+    my_dump "$1" "$db" | sha256sum
 }
-suite_leaves_untouched "$user_db"
+# Runs the whole suite with the given PostgreSQL, MySQL and SQLite URLs, and
+# checks that the databases they name are exactly as before and that
+# nothing was left behind on the PostgreSQL server.
+suite_leaves_untouched() {
+    local pg=$1 mysql=$2 sqlite=$3 before after my_before my_after sq_before sq_after
+    before=$(fingerprint "$pg")
+    my_before=$(my_fingerprint "$mysql")
+    sq_before=$(sha256sum <"${sqlite#sqlite://}")
+    DATABASE_URL="$pg" DB_TEST_MYSQL_URL="$mysql" DB_TEST_SQLITE_URL="$sqlite" cargo test --workspace
+    after=$(fingerprint "$pg")
+    my_after=$(my_fingerprint "$mysql")
+    sq_after=$(sha256sum <"${sqlite#sqlite://}")
+    [ "$before" = "$after" ] || { echo "the database named in DATABASE_URL ($pg) changed"; exit 1; }
+    [ "$my_before" = "$my_after" ] || { echo "the database named in DB_TEST_MYSQL_URL ($mysql) changed"; exit 1; }
+    [ "$sq_before" = "$sq_after" ] || { echo "the file named in DB_TEST_SQLITE_URL ($sqlite) changed"; exit 1; }
+    echo "safety: $pg, $mysql and $sqlite are unchanged after the whole suite"
+    scripts/check-clean.sh "$pg" "$mysql"
+}
+suite_leaves_untouched "$user_db" "$my_user_db" "sqlite://$sqlite_dir/app.db"
 psql "$server" -qc 'DROP DATABASE user_app_data'
+my "$my_server" -- -e 'DROP DATABASE user_app_data'
 
 external=${DB_TEST_EXTERNAL_URL:-postgres://postgres@127.0.0.1:5432/test}
-if psql "$external" -Atc 'SELECT 1' >/dev/null 2>&1; then
-    suite_leaves_untouched "$external"
+external_my=${DB_TEST_EXTERNAL_MYSQL_URL:-mysql://root@127.0.0.1:3306/test}
+if psql "$external" -Atc 'SELECT 1' >/dev/null 2>&1 && my "$external_my" -- -N -e 'SELECT 1' >/dev/null 2>&1; then
+    suite_leaves_untouched "$external" "$external_my" "sqlite://$sqlite_dir/app.db"
 else
-    echo "(no external server at $external: skipped the external-server run)"
+    echo "(no external servers at $external and $external_my: skipped the external-server run)"
 fi
 
-step "3/6 cargo nextest run --workspace"
+step "3/7 the MySQL and SQLite suites with their URL in DATABASE_URL"
+DATABASE_URL="$my_server" cargo test -p db-test-tests --test mysql_core --test mysql_test_attr
+DATABASE_URL="sqlite://$sqlite_dir/app.db" cargo test -p db-test-tests --test sqlite_core --test sqlite_test_attr
+rm -rf "$sqlite_dir"
+
+step "4/7 cargo nextest run --workspace"
 cargo nextest run --workspace --profile ci
 
-step "4/6 sharded nextest run (hash:1/2 and hash:2/2 at once, one server)"
+step "5/7 sharded nextest run (hash:1/2 and hash:2/2 at once, one server)"
 scripts/sharded-run.sh
 
-step "5/6 nothing committed, nothing left behind"
-scripts/check-clean.sh
+step "6/7 nothing committed, nothing left behind"
+scripts/check-clean.sh "$server" "$my_server"
 
 if [ -x bench/run.sh ]; then
-    step "6/6 benchmark (--quick)"
+    step "7/7 benchmark (--quick)"
     bench/run.sh --quick
 fi
 echo

@@ -327,7 +327,8 @@ impl FromTestContext for TestContext {
     message = "`{Self}` cannot be a `#[db_test]` parameter: it does not implement `FromTestContext`",
     label = "not a test parameter",
     note = "parameters are built by `db_test::FromTestContext`: use `TestDb`, `Db`, `TestClient<App>`, \
-            `TestContext`, `PgPool` (database mode), or implement `FromTestContext` for your type"
+            `TestContext`, `PgPool` (database mode), their MySQL and SQLite versions (`db_test::mysql::TestDb`, \
+            `MySqlPool`, ...), or implement `FromTestContext` for your type"
 )]
 pub trait FromTestContext: Sized + Send {
     /// The database this parameter belongs to. The test runs on the one its

@@ -1,4 +1,6 @@
-//! Core behaviour of #[db_test] in transaction mode (the default).
+//! Core behaviour of #[db_test] in transaction mode (the default), on
+//! PostgreSQL. The core suite every backend shares is the backend matrix,
+//! `matrix.rs`; this file keeps what goes further on PostgreSQL.
 
 use std::time::Duration;
 
@@ -23,19 +25,6 @@ async fn committed_rows(db: &TestDb) -> i64 {
         .unwrap();
     other.close().await.unwrap();
     n
-}
-
-#[db_test]
-async fn inserts_are_visible_inside_the_test(db: TestDb) {
-    sqlx::query("INSERT INTO users (email) VALUES ('a@example.com')")
-        .execute(&db)
-        .await
-        .unwrap();
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
-        .fetch_one(&db)
-        .await
-        .unwrap();
-    assert_eq!(n, 1);
 }
 
 // Twenty tests insert at the same time; each sees only its own row, and a
@@ -78,51 +67,6 @@ async fn nothing_from_a_panicking_test_is_left_behind(db: TestDb) {
         .unwrap();
     assert_eq!(n, 0);
     assert_eq!(committed_rows(&db).await, 0);
-}
-
-#[db_test]
-async fn app_commit_becomes_savepoint(db: TestDb) {
-    let app: Db = db.db();
-    let mut tx = app.begin().await.unwrap();
-    sqlx::query("INSERT INTO users (email) VALUES ('tx@example.com')")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    assert_eq!(count(&db, "users").await, 1);
-    assert_eq!(
-        committed_rows(&db).await,
-        0,
-        "the app's commit was a savepoint"
-    );
-}
-
-#[db_test]
-async fn app_rollback_and_drop_undo_only_the_app_transaction(db: TestDb) {
-    sqlx::query("INSERT INTO users (email) VALUES ('kept@example.com')")
-        .execute(&db)
-        .await
-        .unwrap();
-    let tx = db.begin().await.unwrap();
-    let mut tx = tx;
-    sqlx::query("INSERT INTO users (email) VALUES ('gone1@example.com')")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx.rollback().await.unwrap();
-    {
-        let mut tx = db.begin().await.unwrap();
-        sqlx::query("INSERT INTO users (email) VALUES ('gone2@example.com')")
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-        // dropped without commit
-    }
-    let emails: Vec<String> = sqlx::query_scalar("SELECT email FROM users")
-        .fetch_all(&db)
-        .await
-        .unwrap();
-    assert_eq!(emails, vec!["kept@example.com".to_string()]);
 }
 
 #[db_test]
@@ -184,27 +128,6 @@ async fn sqlx_begin_on_an_acquired_connection_is_a_savepoint(db: TestDb) {
         0,
         "sqlx's commit must not commit the test's data"
     );
-}
-
-#[db_test]
-async fn failed_statement_then_working_one(db: TestDb) {
-    sqlx::query("INSERT INTO users (email) VALUES ('dup@example.com')")
-        .execute(&db)
-        .await
-        .unwrap();
-    let err = sqlx::query("INSERT INTO users (email) VALUES ('dup@example.com')")
-        .execute(&db)
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err.as_database_error().and_then(|e| e.code()).as_deref(),
-        Some("23505")
-    );
-    sqlx::query("INSERT INTO users (email) VALUES ('next@example.com')")
-        .execute(&db)
-        .await
-        .unwrap();
-    assert_eq!(count(&db, "users").await, 2);
 }
 
 #[db_test]

@@ -1,5 +1,7 @@
 //! MySQL/MariaDB: transaction mode and database mode on a real server (the
-//! embedded one, or `DB_TEST_MYSQL_URL`).
+//! embedded one, or `DB_TEST_MYSQL_URL`). The core suite every backend
+//! shares is the backend matrix, `matrix.rs`; this file keeps what is
+//! MySQL's own (implicit commits, session state, copies, timeouts).
 //!
 //! Tests whose names start with `child_` do their real work only when run
 //! as a child process by another test here (`DB_TEST_MYSQL_CHILD=1`).
@@ -8,12 +10,8 @@ mod common;
 
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
-use db_test::mysql::{Db, TestDb};
-use db_test::{Backend, FromTestContext, TestApp, TestClient, TestContext, db_test};
+use db_test::mysql::TestDb;
+use db_test::{TestContext, db_test};
 use sqlx::mysql::MySqlConnection;
 use sqlx::{Connection, MySqlPool};
 
@@ -44,8 +42,8 @@ async fn users(db: &TestDb) -> i64 {
         .unwrap()
 }
 
-// Two tests insert the same unique name: both pass only if each one's
-// insert is rolled back before the other runs on the shared database.
+// A plain transaction-mode test, also run as "a later process" by the
+// child-process tests below.
 #[db_test(migrations = "tests/mysql/migrations")]
 async fn rollback_between_tests_a(db: TestDb) {
     assert_eq!(users(&db).await, 0);
@@ -57,58 +55,8 @@ async fn rollback_between_tests_a(db: TestDb) {
 }
 
 #[db_test(migrations = "tests/mysql/migrations")]
-async fn rollback_between_tests_b(db: TestDb) {
-    assert_eq!(users(&db).await, 0);
-    sqlx::query("INSERT INTO user (username) VALUES ('carol')")
-        .execute(&db)
-        .await
-        .unwrap();
-    assert_eq!(users(&db).await, 1);
-}
-
-#[db_test(migrations = "tests/mysql/migrations")]
-async fn an_app_commit_is_a_savepoint(db: TestDb) {
-    let app: Db = db.db();
-    let mut tx = app.begin().await.unwrap();
-    sqlx::query("INSERT INTO user (username) VALUES ('dave')")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    // The test sees the app's commit...
-    assert_eq!(users(&db).await, 1);
-    // ...and nobody else does: it was a savepoint.
-    let mut other = outsider(&db).await;
-    assert_eq!(committed_users(&mut other, "dave").await, 0);
-
-    // An app rollback undoes its own writes only.
-    let mut tx = app.begin().await.unwrap();
-    sqlx::query("INSERT INTO user (username) VALUES ('dora')")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx.rollback().await.unwrap();
-    assert_eq!(users(&db).await, 1);
-}
-
-#[db_test(migrations = "tests/mysql/migrations")]
-async fn a_failing_statement_does_not_poison_the_test(db: TestDb) {
-    sqlx::query("INSERT INTO user (username) VALUES ('erin')")
-        .execute(&db)
-        .await
-        .unwrap();
-    let dup = sqlx::query("INSERT INTO user (username) VALUES ('erin')")
-        .execute(&db)
-        .await;
-    assert!(dup.is_err(), "a duplicate must fail");
-    sqlx::query("INSERT INTO user (username) VALUES ('frank')")
-        .execute(&db)
-        .await
-        .unwrap();
-    assert_eq!(users(&db).await, 2);
-}
-
-#[db_test(migrations = "tests/mysql/migrations")]
+// The refusal fails the test at its end, even though the test handled the error.
+#[should_panic(expected = "refusing to run")]
 async fn implicit_commit_ddl_is_refused_and_nothing_is_committed(db: TestDb) {
     sqlx::query("INSERT INTO user (username) VALUES ('gina')")
         .execute(&db)
@@ -135,6 +83,8 @@ async fn implicit_commit_ddl_is_refused_and_nothing_is_committed(db: TestDb) {
 }
 
 #[db_test(migrations = "tests/mysql/migrations")]
+// The refusal fails the test at its end, even though the test handled the error.
+#[should_panic(expected = "refusing to run")]
 async fn truncate_on_a_raw_connection_guard_is_refused(db: TestDb) {
     sqlx::query("INSERT INTO user (username) VALUES ('hana')")
         .execute(&db)
@@ -153,6 +103,8 @@ async fn truncate_on_a_raw_connection_guard_is_refused(db: TestDb) {
 }
 
 #[db_test(migrations = "tests/mysql/migrations")]
+// The refusal fails the test at its end, even though the test handled the error.
+#[should_panic(expected = "refusing to run")]
 async fn a_commit_hidden_in_a_multi_statement_string_is_refused(db: TestDb) {
     let err = sqlx::raw_sql(
         "INSERT INTO user (username) VALUES ('ivan'); /* harmless */ COMMIT; SELECT 1",
@@ -191,13 +143,6 @@ async fn create_temporary_table_is_allowed(db: TestDb) {
         .execute(&db)
         .await
         .unwrap();
-}
-
-#[db_test(migrations = "tests/mysql/migrations", fixtures("users"))]
-async fn fixtures_run_in_the_transaction(db: TestDb) {
-    assert_eq!(users(&db).await, 2);
-    let mut other = outsider(&db).await;
-    assert_eq!(committed_users(&mut other, "alice").await, 0);
 }
 
 #[db_test(migrations = "tests/mysql/migrations", isolation = "database")]
@@ -360,77 +305,6 @@ async fn per_test_databases_are_dropped(db: TestDb) {
     .await
     .unwrap();
     assert_eq!(left, 0, "{name} was left behind");
-}
-
-/// An axum app on `db_test::mysql::Db`.
-struct App;
-
-impl TestApp for App {
-    const BACKEND: Backend = Backend::MySql;
-
-    async fn build(ctx: &TestContext) -> Router {
-        let db = Db::from_context(ctx)
-            .await
-            .expect("the test's MySQL handle");
-        Router::new()
-            .route("/users", get(list_users).post(add_user))
-            .with_state(db)
-    }
-}
-
-async fn list_users(State(db): State<Db>) -> String {
-    let names: Vec<String> = sqlx::query_scalar("SELECT username FROM user ORDER BY username")
-        .fetch_all(&db)
-        .await
-        .unwrap();
-    names.join(",")
-}
-
-async fn add_user(State(db): State<Db>, name: String) -> StatusCode {
-    let mut tx = db.begin().await.unwrap();
-    let result = sqlx::query("INSERT INTO user (username) VALUES (?)")
-        .bind(&name)
-        .execute(&mut *tx)
-        .await;
-    match result {
-        Ok(_) => {
-            tx.commit().await.unwrap();
-            StatusCode::CREATED
-        }
-        Err(_) => StatusCode::CONFLICT,
-    }
-}
-
-#[db_test(migrations = "tests/mysql/migrations")]
-async fn a_test_client_over_a_mysql_app(client: TestClient<App>, db: TestDb) {
-    client
-        .post("/users")
-        .text("kim")
-        .send()
-        .await
-        .assert_status(201);
-    client
-        .post("/users")
-        .text("lee")
-        .send()
-        .await
-        .assert_status(201);
-    client
-        .post("/users")
-        .text("kim")
-        .send()
-        .await
-        .assert_status(409);
-    client.get("/users").send().await.assert_text("kim,lee");
-    assert_eq!(users(&db).await, 2);
-    let mut other = outsider(&db).await;
-    assert_eq!(committed_users(&mut other, "kim").await, 0);
-}
-
-// Only the app names the backend here.
-#[db_test(migrations = "tests/mysql/migrations")]
-async fn the_app_alone_chooses_mysql(client: TestClient<App>) {
-    client.get("/users").send().await.assert_text("");
 }
 
 // Session state survives ROLLBACK on MySQL: these two must not inherit each

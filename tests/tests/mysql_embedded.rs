@@ -93,7 +93,7 @@ fn an_idle_embedded_server_stops() {
     // A server of its own (another data directory), with a short idle time.
     let dir = std::env::temp_dir().join(common::unique_token("dbtest-idle"));
     let mut cmd = child_without_url();
-    cmd.env("DB_TEST_DATA_DIR", &dir)
+    cmd.env("DB_TEST_MYSQL_DATA_DIR", &dir)
         .env("DB_TEST_MYSQL_IDLE_SECS", "1");
     let text = common::run_ok(cmd, "a child on its own embedded server");
     let socket = common::word_after(&text, "socket=").expect("the child names its socket");

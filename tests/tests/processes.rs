@@ -290,7 +290,7 @@ async fn wrong_database_urls_fail_fast_with_a_clear_message(ctx: TestContext) {
         ),
         (
             "mysql://root:hunter2secret@127.0.0.1:3306/test".to_string(),
-            "not a PostgreSQL URL",
+            "is a MySQL/MariaDB URL, but this test runs on PostgreSQL",
         ),
     ];
     let children: Vec<(String, &str, Child)> = cases
@@ -298,6 +298,7 @@ async fn wrong_database_urls_fail_fast_with_a_clear_message(ctx: TestContext) {
         .map(|(url, hint)| {
             let c = child("child_probe")
                 .env("DATABASE_URL", &url)
+                .env_remove("DB_TEST_POSTGRES_URL")
                 .env("DB_TEST_CONNECT_TIMEOUT", "5s")
                 .spawn()
                 .unwrap();

@@ -2,6 +2,8 @@
 //! in-memory copy of the template), database mode (a file copy of its own),
 //! and what db-test refuses or recovers from. Real SQLite databases, built
 //! from `tests/sqlite_core/migrations` (one table `item` with a seed row).
+//! The core suite every backend shares is the backend matrix, `matrix.rs`;
+//! this file keeps what goes further on SQLite or is SQLite's own.
 //!
 //! Tests named `child_*` are run by other tests of this file in a child
 //! process, with `DB_TEST_SQLITE_CHILD` naming the scenario; without it
@@ -13,11 +15,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::post;
 use db_test::sqlite::{Db, TestDb};
-use db_test::{Backend, ErrorKind, TestApp, TestClient, TestContext, db_test};
+use db_test::{ErrorKind, TestContext, db_test};
 use sqlx::{Executor, SqlitePool};
 
 fn scenario() -> String {
@@ -141,23 +140,8 @@ async fn a_failing_statement_does_not_poison_the_test(db: TestDb) {
 }
 
 #[db_test(migrations = "tests/sqlite_core/migrations")]
-async fn a_commit_in_a_multi_statement_string_is_refused(db: TestDb) {
-    let err = sqlx::raw_sql("INSERT INTO item (name) VALUES ('x'); COMMIT")
-        .execute(&db)
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("refusing to run"), "{err}");
-    assert!(err.to_string().contains("COMMIT"), "{err}");
-    assert_eq!(
-        db_test::Error::of(&err).map(|e| e.kind()),
-        Some(ErrorKind::TransactionEnded)
-    );
-    // The test cannot go on as if it had committed: later statements fail too.
-    let later = sqlx::query("SELECT 1").execute(&db).await.unwrap_err();
-    assert!(later.to_string().contains("refusing to run"), "{later}");
-}
-
-#[db_test(migrations = "tests/sqlite_core/migrations")]
+// The refusal fails the test at its end, even though the test handled the error.
+#[should_panic(expected = "refusing to run")]
 async fn a_commit_on_a_connection_guard_is_refused(db: TestDb) {
     let mut conn = db.acquire().await.unwrap();
     conn.execute("INSERT INTO item (name) VALUES ('guarded')")
@@ -261,16 +245,6 @@ async fn a_busy_connection_times_out_with_a_hint(db: TestDb) {
     sqlx::query("SELECT 1").execute(&db).await.unwrap();
 }
 
-#[db_test(migrations = "tests/sqlite_core/migrations")]
-async fn a_plain_db_parameter_is_the_test_transaction(db: Db, test_db: TestDb) {
-    sqlx::query("INSERT INTO item (name) VALUES ('from db')")
-        .execute(&db)
-        .await
-        .unwrap();
-    assert_eq!(names(&test_db).await, ["seed", "from db"]);
-    assert!(db.pool().is_none());
-}
-
 async fn count_items<'a>(conn: impl sqlx::Acquire<'a, Database = sqlx::Sqlite>) -> i64 {
     let mut conn = conn.acquire().await.unwrap();
     sqlx::query_scalar("SELECT count(*) FROM item")
@@ -299,89 +273,7 @@ async fn db_is_an_acquire(db: TestDb) {
     assert_eq!(names(&db).await, ["seed", "acquired"]);
 }
 
-// ---- TestClient over an axum app on `db_test::sqlite::Db` ----
-
-struct App;
-
-impl TestApp for App {
-    const BACKEND: Backend = Backend::Sqlite;
-    async fn build(ctx: &TestContext) -> axum::Router {
-        axum::Router::new()
-            .route("/items", post(create).get(count))
-            .with_state(db_test::sqlite::db(ctx))
-    }
-}
-
-async fn create(State(db): State<Db>, name: String) -> StatusCode {
-    let mut tx = db.begin().await.unwrap();
-    let inserted = sqlx::query("INSERT INTO item (name) VALUES (?)")
-        .bind(name)
-        .execute(&mut *tx)
-        .await;
-    match inserted {
-        Ok(_) => {
-            tx.commit().await.unwrap();
-            StatusCode::CREATED
-        }
-        Err(_) => StatusCode::CONFLICT,
-    }
-}
-
-async fn count(State(db): State<Db>) -> String {
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM item")
-        .fetch_one(&db)
-        .await
-        .unwrap();
-    n.to_string()
-}
-
-#[db_test(migrations = "tests/sqlite_core/migrations")]
-async fn the_client_and_the_test_share_the_transaction(client: TestClient<App>, db: TestDb) {
-    client
-        .post("/items")
-        .text("posted")
-        .await
-        .assert_status(StatusCode::CREATED);
-    client
-        .post("/items")
-        .text("posted")
-        .await
-        .assert_status(StatusCode::CONFLICT);
-    assert_eq!(names(&db).await, ["seed", "posted"]);
-    insert(&db, "by the test").await.unwrap();
-    client.get("/items").await.assert_text("3");
-}
-
-// The app's `BACKEND` alone makes this a SQLite test.
-#[db_test(migrations = "tests/sqlite_core/migrations")]
-async fn the_app_chooses_the_backend(client: TestClient<App>, ctx: TestContext) {
-    assert_eq!(ctx.backend(), Backend::Sqlite);
-    client.get("/items").await.assert_text("1");
-}
-
 // ---- database mode ----
-
-#[db_test(migrations = "tests/sqlite_core/migrations")]
-async fn database_mode_commits_are_real(pool: SqlitePool) {
-    let mut a = pool.acquire().await.unwrap();
-    let mut b = pool.acquire().await.unwrap();
-    sqlx::query("INSERT INTO item (name) VALUES ('a')")
-        .execute(&mut *a)
-        .await
-        .unwrap();
-    let mut tx = sqlx::Connection::begin(&mut *a).await.unwrap();
-    sqlx::query("INSERT INTO item (name) VALUES ('in tx')")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    // Another connection of the pool sees both: they were committed.
-    let seen: Vec<String> = sqlx::query_scalar("SELECT name FROM item ORDER BY id")
-        .fetch_all(&mut *b)
-        .await
-        .unwrap();
-    assert_eq!(seen, ["seed", "a", "in tx"]);
-}
 
 #[db_test(migrations = "tests/sqlite_core/migrations", isolation = "database")]
 async fn database_mode_test_db_is_a_pool(db: TestDb, ctx: TestContext) {
@@ -741,4 +633,45 @@ fn check_constraints_reports_a_deferred_foreign_key_violation() {
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("1 constraint violation(s)"), "{text}");
     assert!(text.contains("PRAGMA foreign_key_check"), "{text}");
+}
+
+// DDL, then `SELECT *`: the test sees the new column; the next test, on
+// the same pooled copy were it reused, sees the old shape again (sqlx's
+// statement cache must not carry the first test's columns over).
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn child_ddl_1_alters(db: TestDb) {
+    use sqlx::Row;
+    let row = sqlx::query("SELECT * FROM item")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(row.columns().len(), 2);
+    sqlx::query("ALTER TABLE item ADD COLUMN extra TEXT DEFAULT 'x'")
+        .execute(&db)
+        .await
+        .unwrap();
+    let row = sqlx::query("SELECT * FROM item WHERE 1 = 1")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(row.columns().len(), 3);
+    assert_eq!(row.get::<String, _>("extra"), "x");
+}
+
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn child_ddl_2_selects_star(db: TestDb) {
+    use sqlx::Row;
+    let row = sqlx::query("SELECT * FROM item WHERE 1 = 1")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(row.columns().len(), 2);
+    assert_eq!(row.get::<String, _>("name"), "seed");
+}
+
+#[test]
+fn ddl_then_select_star_does_not_reach_the_next_test() {
+    let cmd = common::children(&["child_ddl_1_alters", "child_ddl_2_selects_star"]);
+    let out = common::run_ok(cmd, "the DDL scenario");
+    assert!(out.contains("2 passed"), "{out}");
 }

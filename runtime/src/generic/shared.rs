@@ -363,11 +363,15 @@ impl<DB: Dialect> Shared<DB> {
                 }
             };
         slot.ended = Some(reason);
+        // A refused statement (a COMMIT, implicit-commit DDL, ...) or a
+        // connection that broke fails the test, even if the test swallowed
+        // the error: as on PostgreSQL.
+        let poisoned = lock(&self.state.poisoned).clone();
         let Some(mut conn) = slot.conn.take() else {
-            return (None, None, log);
+            return (None, poisoned, log);
         };
         unregister(self.conn_addr, &self.state);
-        let mut failure = None;
+        let mut failure = poisoned;
         // A statement still running (the test timed out in it) gets a
         // grace period; then the connection is dropped instead of reused.
         let mut healthy = matches!(

@@ -10,7 +10,7 @@
 //!   directory is initialised with `mariadb-install-db` (MariaDB) or
 //!   `mysqld --initialize-insecure` (MySQL).
 //! - Data: `<root>/mariadb-<version>-v<LAYOUT_VERSION>/data`, where `<root>`
-//!   is `DB_TEST_DATA_DIR` if set, else `/dev/shm/db-test-<uid>` (in memory:
+//!   is `DB_TEST_MYSQL_DATA_DIR` if set, else `/dev/shm/db-test-<uid>` (in memory:
 //!   see [`server_root`]), else the embedded PostgreSQL's base directory
 //!   (the cache directory, or `/var/tmp/db-test-root` as root).
 //! - Unix socket only (`skip-networking`), in a short private directory
@@ -238,7 +238,7 @@ fn ensure_dir(path: &Path, mode: u32, forbidden: u32, what: &str) -> Result<(), 
         None => Ok(()),
         Some(p) => Err(format!(
             "db-test: refusing the {what} {} of the embedded MySQL/MariaDB: {p}. Remove it \
-             (db-test recreates it) or set DB_TEST_DATA_DIR.",
+             (db-test recreates it) or set DB_TEST_MYSQL_DATA_DIR.",
             path.display()
         )),
     }
@@ -330,12 +330,15 @@ fn layout() -> Result<Layout, String> {
 /// Where the server's directory goes. MariaDB/MySQL sync every file of a
 /// `CREATE TABLE`/`DROP DATABASE` to disk (this is no setting), which made a
 /// per-test database cost ~200 ms on a disk and ~20 ms in memory: so, unless
-/// `DB_TEST_DATA_DIR` says where, it goes to `/dev/shm/db-test-<uid>` (a
+/// `DB_TEST_MYSQL_DATA_DIR` says where, it goes to `/dev/shm/db-test-<uid>` (a
 /// private directory on tmpfs) when there is one. Its data is test data
 /// only; lost at reboot, it is initialised again (a few seconds).
 fn server_root(base: &Path) -> PathBuf {
-    if std::env::var_os("DB_TEST_DATA_DIR").is_some() {
-        return base.to_path_buf();
+    if let Some(dir) = std::env::var_os("DB_TEST_MYSQL_DATA_DIR") {
+        // Created like the base directory; checked with the server's.
+        let dir = PathBuf::from(dir);
+        let _ = std::fs::create_dir_all(&dir);
+        return dir;
     }
     let shm = Path::new("/dev/shm");
     if shm.is_dir() {

@@ -46,6 +46,8 @@ pub(crate) struct Engine {
     pub(crate) display_url: String,
     /// Options to the server, without a database.
     server: MySqlConnectOptions,
+    /// A URL for the server, for tools (`mysql`, a benchmark).
+    pub(crate) url: String,
     /// Admin connections (creating, cloning, dropping databases).
     admin: MySqlPool,
     /// This process's owner id (`dbtest_owner_<id>`, held by `owner_conn`).
@@ -194,13 +196,13 @@ fn owner_lock(owner: u32) -> String {
 
 impl Engine {
     async fn start() -> Result<Engine, String> {
-        let (server, display_url) = match config::server_url(crate::Backend::MySql)? {
+        let (server, display_url, url) = match config::server_url(crate::Backend::MySql)? {
             Some((var, url)) => {
                 let display = redact(&url);
                 let options = MySqlConnectOptions::from_str(&url).map_err(|e| {
                     format!("db-test: {var}={display} is not a valid MySQL URL: {e}")
                 })?;
-                (options, format!("{display} (from {var})"))
+                (options, format!("{display} (from {var})"), url)
             }
             None => {
                 let embedded = tokio::task::spawn_blocking(embedded::ensure_started)
@@ -215,7 +217,11 @@ impl Engine {
                     "the embedded MySQL/MariaDB (socket {})",
                     embedded.socket.display()
                 );
-                (options, display)
+                let url = format!(
+                    "mysql://root@localhost/?socket={}",
+                    embedded.socket.display()
+                );
+                (options, display, url)
             }
         };
         // Never run anything in the URL's own database.
@@ -271,6 +277,7 @@ impl Engine {
         }
         Ok(Engine {
             display_url,
+            url,
             server,
             admin,
             owner,

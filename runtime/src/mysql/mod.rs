@@ -25,7 +25,7 @@
 //! an embedded server started from the system's `mariadbd`/`mysqld`
 //! (`DB_TEST_MYSQL_BIN`, `PATH`, `/usr/sbin`, ...; `scripts/ensure-mariadb.sh`
 //! installs MariaDB's): a private data directory (in memory under
-//! `/dev/shm` when it exists, since MySQL syncs every file a `CREATE TABLE`
+//! `/dev/shm` when it exists, or `DB_TEST_MYSQL_DATA_DIR`; MySQL syncs every file a `CREATE TABLE`
 //! makes), a Unix socket and no TCP, tuned for tests (no doublewrite, no
 //! flush at commit, no binary log), shared by every test process and
 //! stopped after `DB_TEST_MYSQL_IDLE_SECS` (600) without one. db-test only
@@ -157,6 +157,21 @@ impl crate::generic::Dialect for MySql {
 
 #[cfg(feature = "harness")]
 pub(crate) use harness::setup;
+
+/// The URL of the MySQL/MariaDB server db-test uses: `DB_TEST_MYSQL_URL`,
+/// else a `mysql:` `DATABASE_URL`, else the embedded server (started by this
+/// call if it is not running), as `mysql://root@localhost/?socket=..`. For
+/// the `mysql` client, sqlx-cli or a benchmark:
+///
+/// ```text
+/// cargo run -q -p db-test --features mysql --example server_url -- --mysql
+/// ```
+///
+/// Tests never run in the database this URL names.
+#[cfg(feature = "harness")]
+pub fn server_url() -> Result<String, String> {
+    crate::runtime().block_on(async { engine::engine().await.map(|e| e.url.clone()) })
+}
 
 #[cfg(feature = "harness")]
 mod harness {

@@ -129,10 +129,13 @@ impl crate::generic::Dialect for Sqlite {
     const CHECK_CONSTRAINTS: Option<&'static str> = Some("PRAGMA foreign_key_check");
 
     /// A pragma may set connection state that outlives the rollback
-    /// (`query_only`, `recursive_triggers`, `case_sensitive_like`, ...).
+    /// (`query_only`, `recursive_triggers`, `case_sensitive_like`, ...);
+    /// DDL (`CREATE`/`ALTER`/`DROP`) leaves sqlx's statement cache with the
+    /// columns of a schema the rollback undid (a `SELECT *` of the next test
+    /// would read the wrong columns).
     #[cfg(feature = "harness")]
     fn touches_session(sql: &str) -> bool {
-        crate::sqltext::contains_ignore_case(sql, "PRAGMA")
+        crate::sqltext::contains_ignore_case(sql, "PRAGMA") || refuse::has_ddl(sql)
     }
 
     crate::generic::dialect_executors!();

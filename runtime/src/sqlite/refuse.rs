@@ -108,6 +108,25 @@ fn is_trigger(stmt: &str) -> bool {
 }
 
 /// Why a SQLite test in transaction mode must not run `sql`, if it must not.
+/// Whether one of the statements of `sql` is DDL (`CREATE`, `ALTER`, `DROP`).
+pub(crate) fn has_ddl(sql: &str) -> bool {
+    if !["CREATE", "ALTER", "DROP"]
+        .iter()
+        .any(|w| crate::sqltext::contains_ignore_case(sql, w))
+    {
+        return false;
+    }
+    statements(sql).iter().any(|stmt| {
+        let first = stmt
+            .split(|c: char| !c.is_ascii_alphabetic())
+            .find(|w| !w.is_empty())
+            .unwrap_or("");
+        ["CREATE", "ALTER", "DROP"]
+            .iter()
+            .any(|k| first.eq_ignore_ascii_case(k))
+    })
+}
+
 pub(crate) fn refuse(sql: &str) -> Option<String> {
     // Most statements mention none of these words: no need to read them.
     if ![
@@ -166,6 +185,19 @@ const OUTSIDE: &str = "cannot run inside a transaction, and each test in transac
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ddl_is_found_by_its_first_word_not_a_column_name() {
+        assert!(super::has_ddl("ALTER TABLE t ADD COLUMN c"));
+        assert!(super::has_ddl(
+            "INSERT INTO t VALUES (1); create index i on t (a)"
+        ));
+        assert!(super::has_ddl("  DROP TABLE t"));
+        assert!(!super::has_ddl(
+            "INSERT INTO t (created_at, dropped) VALUES (1, 2)"
+        ));
+        assert!(!super::has_ddl("SELECT 'CREATE TABLE x'"));
+    }
+
     use super::refuse;
 
     #[test]

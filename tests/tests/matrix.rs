@@ -1,0 +1,538 @@
+//! The backend matrix: the core transaction-mode and database-mode suite,
+//! written once (`matrix!`) and run on PostgreSQL, MySQL/MariaDB and SQLite
+//! (modules `postgres`, `mysql`, `sqlite`).
+//!
+//! The body uses only SQL that every backend runs as it is (no binds, no
+//! `RETURNING`; `COUNT(*)` decodes as `i64` everywhere), so what differs
+//! between backends is only what `matrix!` takes: the backend, its
+//! migrations (`tests/matrix/<backend>/migrations`: the same tables `items`
+//! and `tags` in each dialect), its types, and the one statement with a
+//! bind (`$1` or `?`). Backend-specific behaviour (MySQL's implicit
+//! commits, SQLite's pragmas, PostgreSQL's commit guard, child processes)
+//! stays in `core.rs`, `mysql_core.rs` and `sqlite_core.rs`.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use db_test::{Backend, ErrorKind, FromTestContext, TestApp, TestClient, TestContext, db_test};
+
+/// The kind of a db-test error, if `err` is one.
+fn kind(err: &sqlx::Error) -> Option<ErrorKind> {
+    db_test::Error::of(err).map(|e| e.kind())
+}
+
+macro_rules! matrix {
+    (
+        $module:ident,
+        backend: $backend:expr,
+        migrations: $migrations:tt,
+        db: $Db:ty,
+        test_db: $TestDb:ty,
+        pool: $Pool:ty,
+        connection: $Conn:ty,
+        outsider_in_transaction_mode: $outsider:literal,
+        insert_bound: $insert_bound:literal $(,)?
+    ) => {
+        mod $module {
+            use super::*;
+
+            const BACKEND: Backend = $backend;
+            type Db = $Db;
+            type TestDb = $TestDb;
+            type Pool = $Pool;
+            type Conn = $Conn;
+            const OUTSIDER_IN_TRANSACTION_MODE: bool = $outsider;
+
+            async fn count(db: &TestDb, table: &str) -> i64 {
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+                    .fetch_one(db)
+                    .await
+                    .unwrap()
+            }
+
+            async fn items(db: &TestDb) -> i64 {
+                count(db, "items").await
+            }
+
+            async fn names(db: &TestDb) -> Vec<String> {
+                sqlx::query_scalar("SELECT name FROM items ORDER BY name")
+                    .fetch_all(db)
+                    .await
+                    .unwrap()
+            }
+
+            /// The rows of `items` that a connection of its own sees: only
+            /// what was really committed. `None` where no such connection
+            /// reaches the test's database: in transaction mode on SQLite
+            /// the test runs on a private in-memory copy (a leak would show
+            /// in a later test instead, the copies being reused).
+            async fn committed(db: &TestDb) -> Option<i64> {
+                if !OUTSIDER_IN_TRANSACTION_MODE && db.db().pool().is_none() {
+                    return None;
+                }
+                let mut other = <Conn as sqlx::Connection>::connect_with(&db.connect_options())
+                    .await
+                    .expect("a connection of its own");
+                let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM items")
+                    .fetch_one(&mut other)
+                    .await
+                    .unwrap();
+                sqlx::Connection::close(other).await.unwrap();
+                Some(n)
+            }
+
+            /// Asserts that nobody outside the test sees any of its rows.
+            async fn assert_nothing_committed(db: &TestDb) {
+                if let Some(n) = committed(db).await {
+                    assert_eq!(n, 0, "rows were committed");
+                }
+            }
+
+            // ---- transaction mode ----
+
+            #[db_test(migrations = $migrations)]
+            async fn writes_are_visible_through_test_db_and_app_db(
+                db: TestDb,
+                app: Db,
+                ctx: TestContext,
+            ) {
+                assert_eq!(ctx.backend(), BACKEND);
+                assert!(!ctx.is_database_mode());
+                assert!(
+                    app.pool().is_none(),
+                    "under test, `Db` is the test's transaction"
+                );
+                assert_eq!(items(&db).await, 0, "migrated and empty");
+                sqlx::query("INSERT INTO items (name) VALUES ('via-test-db')")
+                    .execute(&db)
+                    .await
+                    .unwrap();
+                sqlx::query("INSERT INTO items (name) VALUES ('via-app-db')")
+                    .execute(&app)
+                    .await
+                    .unwrap();
+                sqlx::query("INSERT INTO items (name) VALUES ('via-db-db')")
+                    .execute(&db.db())
+                    .await
+                    .unwrap();
+                // The same transaction, whichever handle reads.
+                let seen_by_app: Vec<String> =
+                    sqlx::query_scalar("SELECT name FROM items ORDER BY name")
+                        .fetch_all(&app)
+                        .await
+                        .unwrap();
+                assert_eq!(seen_by_app, ["via-app-db", "via-db-db", "via-test-db"]);
+                assert_eq!(names(&db).await, seen_by_app);
+                assert_nothing_committed(&db).await;
+            }
+
+            /// Each of the pair inserts the same unique name: both pass, in
+            /// any order or in parallel, only if each one's insert is
+            /// rolled back.
+            async fn insert_the_same_name(db: &TestDb) {
+                assert_eq!(items(db).await, 0, "rows of an earlier test");
+                sqlx::query("INSERT INTO items (name) VALUES ('the-same-name')")
+                    .execute(db)
+                    .await
+                    .unwrap();
+                assert_eq!(items(db).await, 1);
+                assert_nothing_committed(&db).await;
+            }
+
+            #[db_test(migrations = $migrations)]
+            async fn rollback_between_tests_a(db: TestDb) {
+                insert_the_same_name(&db).await;
+            }
+
+            #[db_test(migrations = $migrations)]
+            async fn rollback_between_tests_b(db: TestDb) {
+                insert_the_same_name(&db).await;
+            }
+
+            #[db_test(migrations = $migrations)]
+            async fn an_app_commit_is_a_savepoint(db: TestDb) {
+                let app: Db = db.db();
+                let mut tx = app.begin().await.unwrap();
+                sqlx::query("INSERT INTO items (name) VALUES ('app-committed')")
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                sqlx::query(
+                    "INSERT INTO tags (item_id, label) \
+                     SELECT id, 'in-app-tx' FROM items WHERE name = 'app-committed'",
+                )
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+                tx.commit().await.unwrap();
+                // The test sees the app's commit...
+                assert_eq!(names(&db).await, ["app-committed"]);
+                assert_eq!(count(&db, "tags").await, 1);
+                // ...and nobody else does: it was a savepoint.
+                assert_nothing_committed(&db).await;
+            }
+
+            #[db_test(migrations = $migrations)]
+            async fn app_rollback_and_drop_undo_only_the_app_transaction(db: TestDb) {
+                sqlx::query("INSERT INTO items (name) VALUES ('kept')")
+                    .execute(&db)
+                    .await
+                    .unwrap();
+                let mut tx = db.begin().await.unwrap();
+                sqlx::query("INSERT INTO items (name) VALUES ('rolled-back')")
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                tx.rollback().await.unwrap();
+                assert_eq!(names(&db).await, ["kept"]);
+                {
+                    let mut tx = db.begin().await.unwrap();
+                    sqlx::query("INSERT INTO items (name) VALUES ('dropped')")
+                        .execute(&mut *tx)
+                        .await
+                        .unwrap();
+                    // Dropped without commit.
+                }
+                assert_eq!(names(&db).await, ["kept"]);
+                // The test's transaction goes on: a later app commit works.
+                let mut tx = db.begin().await.unwrap();
+                sqlx::query("INSERT INTO items (name) VALUES ('after')")
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+                assert_eq!(names(&db).await, ["after", "kept"]);
+                assert_nothing_committed(&db).await;
+            }
+
+            #[db_test(migrations = $migrations)]
+            async fn a_failing_statement_does_not_poison_the_test(db: TestDb) {
+                sqlx::query("INSERT INTO items (name) VALUES ('unique-once')")
+                    .execute(&db)
+                    .await
+                    .unwrap();
+                let dup = sqlx::query("INSERT INTO items (name) VALUES ('unique-once')")
+                    .execute(&db)
+                    .await
+                    .unwrap_err();
+                assert!(
+                    dup.as_database_error()
+                        .is_some_and(|e| e.is_unique_violation()),
+                    "a unique violation: {dup}"
+                );
+                // The next statement works, and the earlier write is there.
+                sqlx::query("INSERT INTO items (name) VALUES ('after-failure')")
+                    .execute(&db)
+                    .await
+                    .unwrap();
+                assert_eq!(names(&db).await, ["after-failure", "unique-once"]);
+                // A foreign key violation, likewise.
+                let orphan =
+                    sqlx::query("INSERT INTO tags (item_id, label) VALUES (999999, 'orphan')")
+                        .execute(&db)
+                        .await
+                        .unwrap_err();
+                assert!(
+                    orphan
+                        .as_database_error()
+                        .is_some_and(|e| e.is_foreign_key_violation()),
+                    "a foreign key violation: {orphan}"
+                );
+                sqlx::query(
+                    "INSERT INTO tags (item_id, label) \
+                     SELECT id, 'ok' FROM items WHERE name = 'unique-once'",
+                )
+                .execute(&db)
+                .await
+                .unwrap();
+                assert_eq!(count(&db, "tags").await, 1);
+                assert_eq!(items(&db).await, 2);
+                assert_nothing_committed(&db).await;
+            }
+
+            /// A raw COMMIT in a multi-statement string is refused before it
+            /// reaches the server: the test's writes stay uncommitted and
+            /// every later statement gets the same error.
+            #[db_test(migrations = $migrations)]
+            #[should_panic(expected = "refusing to run")]
+            async fn a_commit_hidden_in_a_multi_statement_string_is_refused(db: TestDb) {
+                sqlx::query("INSERT INTO items (name) VALUES ('before-commit')")
+                    .execute(&db)
+                    .await
+                    .unwrap();
+                let err = sqlx::raw_sql(
+                    "INSERT INTO items (name) VALUES ('smuggled'); /* harmless */ COMMIT; SELECT 1",
+                )
+                .execute(&db)
+                .await
+                .expect_err("a raw COMMIT must be refused");
+                let msg = err.to_string();
+                // (The messages below avoid the words `should_panic` expects.)
+                assert!(
+                    msg.contains("refusing to run") && msg.contains("COMMIT"),
+                    "not db-test's refusal: {}",
+                    msg.replace("refusing", "REFUSING")
+                );
+                assert_eq!(kind(&err), Some(ErrorKind::TransactionEnded));
+                // The test cannot go on as if it had committed.
+                let later = sqlx::query("SELECT COUNT(*) FROM items")
+                    .execute(&db)
+                    .await
+                    .expect_err("a statement after the refusal must fail");
+                assert_eq!(kind(&later), Some(ErrorKind::TransactionEnded));
+                // Nothing reached the server: neither the test's earlier
+                // write nor the smuggled one was committed.
+                assert_nothing_committed(&db).await;
+                // A test that does not swallow the error fails with it.
+                panic!("{later}");
+            }
+
+            /// The same refusal, its error swallowed and nothing run after
+            /// it: db-test fails the test at its end all the same, so a
+            /// refused COMMIT can never go unnoticed.
+            #[db_test(migrations = $migrations)]
+            #[should_panic(expected = "refusing to run")]
+            async fn a_swallowed_refusal_still_fails_the_test(db: TestDb) {
+                let err = sqlx::raw_sql("INSERT INTO items (name) VALUES ('swallowed'); COMMIT")
+                    .execute(&db)
+                    .await
+                    .expect_err("a raw COMMIT must be refused");
+                assert_eq!(kind(&err), Some(ErrorKind::TransactionEnded));
+            }
+
+            /// A statement whose future is dropped after it was sent (a
+            /// `select!` or a timeout that fired): the next statement works
+            /// and sees what completed before; nothing is committed.
+            #[db_test(migrations = $migrations)]
+            async fn a_statement_dropped_mid_way_leaves_the_test_usable(db: TestDb) {
+                sqlx::query("INSERT INTO items (name) VALUES ('kept')")
+                    .execute(&db)
+                    .await
+                    .unwrap();
+                {
+                    let mut dropped = Box::pin(
+                        sqlx::query("INSERT INTO items (name) VALUES ('dropped')").execute(&db),
+                    );
+                    // Poll until the statement is on its way, then drop it.
+                    for _ in 0..3 {
+                        if futures_util::poll!(dropped.as_mut()).is_ready() {
+                            break;
+                        }
+                    }
+                }
+                sqlx::query("INSERT INTO items (name) VALUES ('after')")
+                    .execute(&db)
+                    .await
+                    .unwrap();
+                let names = names(&db).await;
+                assert!(names.contains(&"kept".to_string()), "{names:?}");
+                assert!(names.contains(&"after".to_string()), "{names:?}");
+                // Undone if it was dropped before the server finished it;
+                // kept if it finished within the polls, as in production.
+                assert!(
+                    names.len() == 2 || names.contains(&"dropped".to_string()),
+                    "{names:?}"
+                );
+                assert_nothing_committed(&db).await;
+            }
+
+            #[db_test(migrations = $migrations, fixtures("matrix/fixtures/items.sql"))]
+            async fn fixtures_run_in_the_test_transaction(db: TestDb) {
+                assert_eq!(names(&db).await, ["fixture-a", "fixture-b"]);
+                assert_eq!(count(&db, "tags").await, 1);
+                assert_nothing_committed(&db).await;
+                // The test's writes go on top of them.
+                sqlx::query("INSERT INTO items (name) VALUES ('fixture-c')")
+                    .execute(&db)
+                    .await
+                    .unwrap();
+                assert_eq!(items(&db).await, 3);
+            }
+
+            // ---- a TestClient over an axum app on the backend's `Db` ----
+
+            pub struct App;
+
+            impl TestApp for App {
+                const BACKEND: Backend = BACKEND;
+
+                async fn build(ctx: &TestContext) -> Router {
+                    let db = <Db as FromTestContext>::from_context(ctx)
+                        .await
+                        .expect("the test's Db");
+                    Router::new()
+                        .route("/items", get(list_items).post(add_item))
+                        .with_state(db)
+                }
+            }
+
+            async fn list_items(State(db): State<Db>) -> String {
+                let names: Vec<String> = sqlx::query_scalar("SELECT name FROM items ORDER BY name")
+                    .fetch_all(&db)
+                    .await
+                    .unwrap();
+                names.join(",")
+            }
+
+            async fn add_item(State(db): State<Db>, name: String) -> StatusCode {
+                let mut tx = db.begin().await.unwrap();
+                let inserted = sqlx::query($insert_bound)
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await;
+                match inserted {
+                    Ok(_) => {
+                        tx.commit().await.unwrap();
+                        StatusCode::CREATED
+                    }
+                    Err(_) => StatusCode::CONFLICT,
+                }
+            }
+
+            #[db_test(migrations = $migrations)]
+            async fn a_test_client_post_writes_a_row_the_test_sees(
+                client: TestClient<App>,
+                db: TestDb,
+            ) {
+                client
+                    .post("/items")
+                    .text("posted")
+                    .await
+                    .assert_status(StatusCode::CREATED);
+                client
+                    .post("/items")
+                    .text("posted")
+                    .await
+                    .assert_status(StatusCode::CONFLICT);
+                assert_eq!(names(&db).await, ["posted"]);
+                sqlx::query("INSERT INTO items (name) VALUES ('by-the-test')")
+                    .execute(&db)
+                    .await
+                    .unwrap();
+                client.get("/items").await.assert_text("by-the-test,posted");
+                assert_nothing_committed(&db).await;
+            }
+
+            // Only the app names the backend here.
+            #[db_test(migrations = $migrations)]
+            async fn the_app_alone_chooses_the_backend(client: TestClient<App>, ctx: TestContext) {
+                assert_eq!(ctx.backend(), BACKEND);
+                assert!(!ctx.is_database_mode());
+                client.get("/items").await.assert_text("");
+            }
+
+            // ---- database mode ----
+
+            /// Each of the pair commits the same unique name on its pool:
+            /// both pass only if each has a database of its own, migrated
+            /// and empty.
+            async fn commit_the_same_name(pool: &Pool, ctx: &TestContext) {
+                assert_eq!(ctx.backend(), BACKEND);
+                assert!(ctx.is_database_mode(), "a pool selects database mode");
+                let mut a = pool.acquire().await.unwrap();
+                let mut b = pool.acquire().await.unwrap();
+                let tables: (i64, i64) = sqlx::query_as(
+                    "SELECT (SELECT COUNT(*) FROM items), (SELECT COUNT(*) FROM tags)",
+                )
+                .fetch_one(&mut *a)
+                .await
+                .unwrap();
+                assert_eq!(tables, (0, 0), "migrated and empty");
+                sqlx::query("INSERT INTO items (name) VALUES ('committed-name')")
+                    .execute(&mut *a)
+                    .await
+                    .unwrap();
+                let mut tx = sqlx::Connection::begin(&mut *a).await.unwrap();
+                sqlx::query("INSERT INTO items (name) VALUES ('in-a-real-tx')")
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+                // Another connection of the pool sees both: real commits.
+                let seen: Vec<String> = sqlx::query_scalar("SELECT name FROM items ORDER BY name")
+                    .fetch_all(&mut *b)
+                    .await
+                    .unwrap();
+                assert_eq!(seen, ["committed-name", "in-a-real-tx"]);
+            }
+
+            #[db_test(migrations = $migrations)]
+            async fn a_pool_gets_a_database_of_its_own_a(pool: Pool, ctx: TestContext) {
+                commit_the_same_name(&pool, &ctx).await;
+            }
+
+            #[db_test(migrations = $migrations)]
+            async fn a_pool_gets_a_database_of_its_own_b(pool: Pool, ctx: TestContext) {
+                commit_the_same_name(&pool, &ctx).await;
+            }
+
+            #[db_test(migrations = $migrations, isolation = "database")]
+            async fn database_isolation_with_test_db_commits_for_real(
+                db: TestDb,
+                ctx: TestContext,
+            ) {
+                assert_eq!(ctx.backend(), BACKEND);
+                assert!(ctx.is_database_mode());
+                assert!(db.db().pool().is_some(), "in database mode `Db` is a pool");
+                assert_eq!(items(&db).await, 0, "migrated and empty");
+                assert_eq!(count(&db, "tags").await, 0);
+                sqlx::query("INSERT INTO items (name) VALUES ('db-mode')")
+                    .execute(&db)
+                    .await
+                    .unwrap();
+                let mut tx = db.begin().await.unwrap();
+                sqlx::query("INSERT INTO items (name) VALUES ('db-mode-tx')")
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+                // A connection of its own sees both: they were committed.
+                assert_eq!(committed(&db).await, Some(2));
+                // DDL is the test's own business on a database of its own.
+                sqlx::query("CREATE TABLE extra (a INT)")
+                    .execute(&db)
+                    .await
+                    .unwrap();
+                assert_eq!(count(&db, "extra").await, 0);
+            }
+        }
+    };
+}
+
+matrix!(
+    postgres,
+    backend: Backend::Postgres,
+    migrations: "tests/matrix/postgres/migrations",
+    db: db_test::Db,
+    test_db: db_test::TestDb,
+    pool: sqlx::PgPool,
+    connection: sqlx::PgConnection,
+    outsider_in_transaction_mode: true,
+    insert_bound: "INSERT INTO items (name) VALUES ($1)",
+);
+
+matrix!(
+    mysql,
+    backend: Backend::MySql,
+    migrations: "tests/matrix/mysql/migrations",
+    db: db_test::mysql::Db,
+    test_db: db_test::mysql::TestDb,
+    pool: sqlx::MySqlPool,
+    connection: sqlx::MySqlConnection,
+    outsider_in_transaction_mode: true,
+    insert_bound: "INSERT INTO items (name) VALUES (?)",
+);
+
+matrix!(
+    sqlite,
+    backend: Backend::Sqlite,
+    migrations: "tests/matrix/sqlite/migrations",
+    db: db_test::sqlite::Db,
+    test_db: db_test::sqlite::TestDb,
+    pool: sqlx::SqlitePool,
+    connection: sqlx::SqliteConnection,
+    // `TestDb::connect_options()` opens an empty `sqlite::memory:` there.
+    outsider_in_transaction_mode: false,
+    insert_bound: "INSERT INTO items (name) VALUES (?)",
+);

@@ -4,12 +4,25 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-/// The migrations every variant uses, relative to this crate's root.
+/// The migrations every PostgreSQL variant uses, relative to this crate's root.
 const MIGRATIONS: &str = "../../example-app/migrations";
+
+/// The other backends' suites: (file suffix, `workload!` dialect, migrations
+/// (the same schema in the backend's dialect, relative to this crate's root,
+/// with `./` because sqlx refuses a bare directory name), sqlx's pool type).
+const BACKENDS: [(&str, &str, &str, &str); 2] = [
+    ("mysql", "mysql", "./migrations-mysql", "MySqlPool"),
+    ("sqlite", "sqlite", "./migrations-sqlite", "SqlitePool"),
+];
 
 fn main() {
     println!("cargo:rerun-if-env-changed=BENCH_N");
     println!("cargo:rerun-if-changed=build.rs");
+    // The macros embed the migrations at compile time but cannot tell cargo
+    // (on stable): rebuild the suites when a migration changes.
+    for dir in [MIGRATIONS, "migrations-mysql", "migrations-sqlite"] {
+        println!("cargo:rerun-if-changed={dir}");
+    }
     let n: usize = match std::env::var("BENCH_N") {
         Ok(v) => v
             .trim()
@@ -61,6 +74,28 @@ fn main() {
              async fn {name}(db: TestDb) {{\n    workload!(&db, {i});\n}}\n"
         )
     });
+    // A, B and C on MySQL/MariaDB and on SQLite: the same tests, each
+    // backend's own `TestDb` (which chooses the backend) and pool type.
+    for (suffix, dialect, migrations, pool) in BACKENDS {
+        suite(&format!("a_db_test_{suffix}.rs"), &|name, i| {
+            format!(
+                "#[db_test(migrations = \"{migrations}\")]\n\
+                 async fn {name}(db: TestDb) {{\n    workload!({dialect}: &db, {i});\n}}\n"
+            )
+        });
+        suite(&format!("b_db_test_database_{suffix}.rs"), &|name, i| {
+            format!(
+                "#[db_test(isolation = \"database\", migrations = \"{migrations}\")]\n\
+                 async fn {name}(db: TestDb) {{\n    workload!({dialect}: &db, {i});\n}}\n"
+            )
+        });
+        suite(&format!("c_sqlx_test_{suffix}.rs"), &|name, i| {
+            format!(
+                "#[sqlx::test(migrations = \"{migrations}\")]\n\
+                 async fn {name}(pool: {pool}) {{\n    workload!({dialect}: &pool, {i});\n}}\n"
+            )
+        });
+    }
     let mut e = String::new();
     writeln!(
         e,

@@ -6,6 +6,10 @@ use std::fmt::Write as _;
 pub struct Series {
     pub label: String,
     pub color: &'static str,
+    /// `stroke-dasharray` of the line (`None`: solid): one style per database.
+    pub dash: Option<&'static str>,
+    /// The points' shape: one per database too (a single N has no lines).
+    pub marker: Marker,
     /// (N, seconds), in increasing N.
     pub points: Vec<(f64, f64)>,
 }
@@ -29,14 +33,80 @@ fn fmt_secs(s: f64) -> String {
     }
 }
 
+/// The shape of a series' points.
+#[derive(Clone, Copy)]
+pub enum Marker {
+    Circle,
+    Square,
+    Diamond,
+}
+
+/// A marker of `size` (about its radius) centred on (x, y).
+fn marker(m: Marker, x: f64, y: f64, size: f64, color: &str) -> String {
+    match m {
+        Marker::Circle => {
+            format!(r#"<circle cx="{x:.1}" cy="{y:.1}" r="{size}" fill="{color}"/>"#)
+        }
+        Marker::Square => format!(
+            r#"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{color}"/>"#,
+            x - size * 0.9,
+            y - size * 0.9,
+            size * 1.8,
+            size * 1.8
+        ),
+        Marker::Diamond => {
+            let d = size * 1.25;
+            format!(
+                r#"<polygon points="{:.1},{:.1} {:.1},{:.1} {:.1},{:.1} {:.1},{:.1}" fill="{color}"/>"#,
+                x,
+                y - d,
+                x + d,
+                y,
+                x,
+                y + d,
+                x - d,
+                y
+            )
+        }
+    }
+}
+
+/// `text` cut after each ", " or "; " that is outside parentheses.
+fn wrap_points(text: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut depth, mut start) = (0i32, 0);
+    let bytes = text.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'(' => depth += 1,
+            b')' => depth -= 1,
+            b',' | b';' if depth <= 0 && bytes.get(i + 1) == Some(&b' ') => {
+                parts.push(&text[start..i + 2]);
+                start = i + 2;
+            }
+            _ => {}
+        }
+    }
+    if start < text.len() {
+        parts.push(&text[start..]);
+    }
+    parts
+}
+
+fn dash_attr(dash: Option<&str>) -> String {
+    dash.map(|d| format!(r#" stroke-dasharray="{d}""#))
+        .unwrap_or_default()
+}
+
 /// Renders the chart. `title` goes on top, `notes` (the machine, the method)
 /// in small print under it.
 pub fn render(title: &str, notes: &[String], series: &[Series]) -> String {
-    // Wrap long notes at ", " so that they fit the width.
+    // Wrap long notes at ", " or "; " outside parentheses, so that they fit
+    // the width and "15.20 (fsync off, Unix socket)" stays on one line.
     let mut lines: Vec<String> = Vec::new();
     for note in notes {
         let mut line = String::new();
-        for part in note.split_inclusive(", ") {
+        for part in wrap_points(note) {
             if line.chars().count() + part.chars().count() > 140 && !line.is_empty() {
                 lines.push(std::mem::take(&mut line));
                 line.push_str("    ");
@@ -167,26 +237,26 @@ pub fn render(title: &str, notes: &[String], series: &[Series]) -> String {
         if path.len() > 1 {
             let _ = writeln!(
                 svg,
-                r#"<polyline points="{}" fill="none" stroke="{}" stroke-width="2.2"/>"#,
+                r#"<polyline points="{}" fill="none" stroke="{}" stroke-width="2.2"{}/>"#,
                 path.join(" "),
-                s.color
+                s.color,
+                dash_attr(s.dash)
             );
         }
         for &(n, t) in &s.points {
-            let _ = writeln!(
-                svg,
-                r#"<circle cx="{:.1}" cy="{:.1}" r="4" fill="{}"/>"#,
-                x(n),
-                y(t),
-                s.color
-            );
-            let (lx, mut ly) = (x(n) + 6.0, y(t) - 6.0);
-            if placed
-                .iter()
-                .any(|&(px, py)| (px - lx).abs() < 1.0 && (py - ly).abs() < 11.0)
-            {
-                ly = y(t) + 15.0;
-            }
+            let _ = writeln!(svg, "{}", marker(s.marker, x(n), y(t), 4.0, s.color));
+            // Above the point, else below, else further away.
+            let lx = x(n) + 6.0;
+            let free = |ly: f64| {
+                !placed
+                    .iter()
+                    .any(|&(px, py)| (px - lx).abs() < 1.0 && (py - ly).abs() < 11.0)
+            };
+            let ly = [-6.0, 15.0, -17.0, 26.0, -28.0, 37.0]
+                .into_iter()
+                .map(|dy| y(t) + dy)
+                .find(|&ly| free(ly))
+                .unwrap_or(y(t) - 6.0);
             placed.push((lx, ly));
             let _ = writeln!(
                 svg,
@@ -202,10 +272,12 @@ pub fn render(title: &str, notes: &[String], series: &[Series]) -> String {
         let ly = top + 10.0 + 22.0 * i as f64;
         let _ = writeln!(
             svg,
-            r#"<line x1="{lx}" y1="{ly}" x2="{:.1}" y2="{ly}" stroke="{}" stroke-width="3"/>"#,
+            r#"<line x1="{lx}" y1="{ly}" x2="{:.1}" y2="{ly}" stroke="{}" stroke-width="3"{}/>"#,
             lx + 22.0,
-            s.color
+            s.color,
+            dash_attr(s.dash)
         );
+        let _ = writeln!(svg, "{}", marker(s.marker, lx + 11.0, ly, 3.5, s.color));
         let _ = writeln!(
             svg,
             r#"<text x="{:.1}" y="{:.1}">{}</text>"#,

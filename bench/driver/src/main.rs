@@ -1,21 +1,27 @@
 //! The db-test benchmark driver. Run it with `bench/run.sh [--quick]`.
 //!
 //! 1. Finds the server db-test uses (`db_test::server_url()`: `DATABASE_URL`,
-//!    or the embedded server) and creates the databases the hand-rolled
-//!    variants need: `bench_c_<pid>` (where `#[sqlx::test]` keeps its
-//!    bookkeeping), `bench_d_<pid>` and `bench_e_<pid>` (migrated). It drops
-//!    them, and every `_sqlx_test_*` database `#[sqlx::test]` recorded in
-//!    `bench_c_<pid>`, at the end. It touches no other database.
+//!    or the embedded server).
 //! 2. Builds the suites (`bench/suites`) for every N with `BENCH_N=<n>` and
 //!    keeps a copy of each test binary, so that timing never includes cargo.
-//! 3. Runs one untimed warm-up of every suite, then R rounds of all suites
-//!    in turn (A F B C D E A F B C D E ...), timing each process.
-//! 4. Runs every suite once more through a counting proxy for round trips
-//!    and statements per test (see `proxy.rs`).
-//! 5. Times suite A under `cargo test` and under `cargo nextest run`.
-//! 6. Times `cargo build --tests` after a touch of 500 `#[db_test]` tests
+//! 3. Finds the MySQL/MariaDB server (`DB_TEST_MYSQL_URL`, else db-test's
+//!    embedded one, which the `mysql_server_url` suite names; without
+//!    server binaries MySQL is left out with a note) and SQLite's version.
+//! 4. Creates the databases the hand-rolled variants need: `bench_c_<pid>`
+//!    (where `#[sqlx::test]` keeps its bookkeeping) on PostgreSQL and on
+//!    MySQL, `bench_d_<pid>` and `bench_e_<pid>` (migrated) on PostgreSQL,
+//!    and a working directory for SQLite's `#[sqlx::test]` files. It drops
+//!    them, and every `_sqlx_test*` database `#[sqlx::test]` recorded in a
+//!    `bench_c_<pid>`, at the end. It touches no other database.
+//! 5. Runs one untimed warm-up of every suite, then R rounds of all suites
+//!    in turn (A F B C D E, then A B C on MySQL and on SQLite, then again),
+//!    timing each process.
+//! 6. Runs every PostgreSQL suite once more through a counting proxy for
+//!    round trips and statements per test (see `proxy.rs`).
+//! 7. Times suite A under `cargo test` and under `cargo nextest run`.
+//! 8. Times `cargo build --tests` after a touch of 500 `#[db_test]` tests
 //!    and of the same 500 tests under `#[tokio::test]`.
-//! 7. Prints the table, writes `results.json` and `chart.svg`.
+//! 9. Prints the table, writes `results.json` and `chart.svg`.
 
 mod chart;
 mod proxy;
@@ -26,7 +32,7 @@ use std::process::{Command, Stdio};
 use std::time::{Instant, SystemTime};
 
 use serde_json::{Value, json};
-use sqlx::{Connection, Executor, PgConnection};
+use sqlx::{Connection, Executor, MySqlConnection, PgConnection};
 
 type Result<T, E = String> = std::result::Result<T, E>;
 
@@ -55,6 +61,72 @@ enum Variant {
     EspMtThread,
     /// E+sp+mt+thread, but the iteration is a task spawned onto the runtime.
     EspMtThreadSpawn,
+    /// A, B and C on MySQL/MariaDB.
+    MyA,
+    MyB,
+    MyC,
+    /// A, B and C on SQLite.
+    LiA,
+    LiB,
+    LiC,
+}
+
+/// The databases the benchmark runs on. PostgreSQL runs every variant; the
+/// others run A, B and C.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Backend {
+    Postgres,
+    MySql,
+    Sqlite,
+}
+
+impl Backend {
+    /// The key in `results.json` (`"postgres"`, `"mysql"`, `"sqlite"`).
+    fn key(self) -> &'static str {
+        match self {
+            Backend::Postgres => "postgres",
+            Backend::MySql => "mysql",
+            Backend::Sqlite => "sqlite",
+        }
+    }
+    fn from_key(key: &str) -> Option<Backend> {
+        [Backend::Postgres, Backend::MySql, Backend::Sqlite]
+            .into_iter()
+            .find(|b| b.key() == key)
+    }
+    /// The name shown when the server did not say (MySQL: `MariaDB` or
+    /// `MySQL` comes from its version).
+    fn default_name(self) -> &'static str {
+        match self {
+            Backend::Postgres => "PostgreSQL",
+            Backend::MySql => "MySQL/MariaDB",
+            Backend::Sqlite => "SQLite",
+        }
+    }
+    /// The chart's line style: solid, dashed, dotted.
+    fn dash(self) -> Option<&'static str> {
+        match self {
+            Backend::Postgres => None,
+            Backend::MySql => Some("8,4"),
+            Backend::Sqlite => Some("2,3"),
+        }
+    }
+    /// The chart's point shape.
+    fn marker(self) -> chart::Marker {
+        match self {
+            Backend::Postgres => chart::Marker::Circle,
+            Backend::MySql => chart::Marker::Square,
+            Backend::Sqlite => chart::Marker::Diamond,
+        }
+    }
+    /// A, B and C on this backend.
+    fn abc(self) -> [Variant; 3] {
+        match self {
+            Backend::Postgres => [Variant::A, Variant::B, Variant::C],
+            Backend::MySql => [Variant::MyA, Variant::MyB, Variant::MyC],
+            Backend::Sqlite => [Variant::LiA, Variant::LiB, Variant::LiC],
+        }
+    }
 }
 
 /// Every variant, in the order of a round and of the tables.
@@ -74,9 +146,41 @@ const ANATOMY: [Variant; 4] = [
     Variant::EspMtThreadSpawn,
 ];
 
+/// A, B and C on the other backends, in the order of a round.
+const OTHERS: [Variant; 6] = [
+    Variant::MyA,
+    Variant::MyB,
+    Variant::MyC,
+    Variant::LiA,
+    Variant::LiB,
+    Variant::LiC,
+];
+
 impl Variant {
+    fn backend(self) -> Backend {
+        match self {
+            Variant::MyA | Variant::MyB | Variant::MyC => Backend::MySql,
+            Variant::LiA | Variant::LiB | Variant::LiC => Backend::Sqlite,
+            _ => Backend::Postgres,
+        }
+    }
+    /// The PostgreSQL variant this one is the counterpart of (A, B or C).
+    fn kind(self) -> Variant {
+        match self {
+            Variant::MyA | Variant::LiA => Variant::A,
+            Variant::MyB | Variant::LiB => Variant::B,
+            Variant::MyC | Variant::LiC => Variant::C,
+            v => v,
+        }
+    }
     fn key(self) -> &'static str {
         match self {
+            Variant::MyA => "mysql:A",
+            Variant::MyB => "mysql:B",
+            Variant::MyC => "mysql:C",
+            Variant::LiA => "sqlite:A",
+            Variant::LiB => "sqlite:B",
+            Variant::LiC => "sqlite:C",
             Variant::A => "A",
             Variant::F => "F",
             Variant::B => "B",
@@ -116,6 +220,12 @@ impl Variant {
             Variant::B => "b_db_test_database",
             Variant::C => "c_sqlx_test",
             Variant::D => "d_hand_rolled",
+            Variant::MyA => "a_db_test_mysql",
+            Variant::MyB => "b_db_test_database_mysql",
+            Variant::MyC => "c_sqlx_test_mysql",
+            Variant::LiA => "a_db_test_sqlite",
+            Variant::LiB => "b_db_test_database_sqlite",
+            Variant::LiC => "c_sqlx_test_sqlite",
             Variant::E
             | Variant::Esp
             | Variant::EspMt
@@ -135,11 +245,16 @@ impl Variant {
             Variant::EspMt => "  ... + block_on of a multi-thread rt",
             Variant::EspMtThread => "  ... + a new thread per test",
             Variant::EspMtThreadSpawn => "  ... but the body spawned onto the rt",
+            // The table has a section per backend.
+            other => other.kind().label(),
         }
     }
-    /// The chart's legend.
+    /// The chart's legend (other backends: prefixed with the backend's name).
     fn short_label(self) -> &'static str {
         match self {
+            Variant::MyA | Variant::LiA => "A, transaction mode",
+            Variant::MyB | Variant::LiB => "B, database mode",
+            Variant::MyC | Variant::LiC => "C, #[sqlx::test]",
             Variant::A => "A #[db_test], transaction mode",
             Variant::F => "F A, flavor = \"current_thread\"",
             Variant::B => "B #[db_test], database mode",
@@ -156,6 +271,12 @@ impl Variant {
             Variant::B => "#2166ac",
             Variant::C => "#b2182b",
             Variant::D => "#e08214",
+            Variant::MyA
+            | Variant::MyB
+            | Variant::MyC
+            | Variant::LiA
+            | Variant::LiB
+            | Variant::LiC => self.kind().color(),
             _ => "#555555",
         }
     }
@@ -174,13 +295,19 @@ struct Args {
     chart_only: bool,
     count: bool,
     out: PathBuf,
+    /// The backends besides PostgreSQL that run (A, B and C each):
+    /// `--no-mysql` and `--no-sqlite` leave one out, and MySQL/MariaDB is left
+    /// out with a note when there is no server to run it on.
+    others: Vec<Backend>,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: bench/run.sh [--quick] [--rounds R] [--n 50,200,1000] [--main-n 200] \
-         [--scaling-rounds 3] [--compile-rounds 3] [--nextest-rounds 3] [--no-compile] [--no-nextest] [--no-count] [--out DIR] [--chart-only]\n\
-         --quick: N=50 only, 3 rounds, no compile benchmark; results go to target/db-test-bench/quick."
+         [--scaling-rounds 3] [--compile-rounds 3] [--nextest-rounds 3] [--no-compile] [--no-nextest] [--no-count] \
+         [--no-mysql] [--no-sqlite] [--out DIR] [--chart-only]\n\
+         --quick: N=50 only, 3 rounds, no compile benchmark; results go to target/db-test-bench/quick.\n\
+         MySQL/MariaDB: DB_TEST_MYSQL_URL, else db-test's embedded server (skipped with a note without its binaries)."
     );
     std::process::exit(2)
 }
@@ -201,6 +328,7 @@ impl Args {
                 chart_only: false,
                 count: true,
                 out: workspace().join("target/db-test-bench/quick"),
+                others: vec![Backend::MySql, Backend::Sqlite],
             }
         } else {
             Args {
@@ -214,6 +342,7 @@ impl Args {
                 chart_only: false,
                 count: true,
                 out: workspace().join("bench"),
+                others: vec![Backend::MySql, Backend::Sqlite],
             }
         };
         let mut it = raw.into_iter();
@@ -240,6 +369,8 @@ impl Args {
                 "--no-compile" => args.compile_rounds = 0,
                 "--no-nextest" => args.nextest_rounds = 0,
                 "--no-count" => args.count = false,
+                "--no-mysql" => args.others.retain(|b| *b != Backend::MySql),
+                "--no-sqlite" => args.others.retain(|b| *b != Backend::Sqlite),
                 "--out" => args.out = PathBuf::from(it.next().unwrap_or_else(|| usage())),
                 "-h" | "--help" => usage(),
                 _ => usage(),
@@ -257,11 +388,14 @@ impl Args {
     /// N only in the first `scaling_rounds` rounds, so that a full run stays
     /// near a quarter of an hour on a small machine).
     fn runs_in_round(&self, n: usize, v: Variant, round: usize) -> bool {
-        n == self.main_n || !matches!(v, Variant::B | Variant::C) || round < self.scaling_rounds
+        n == self.main_n
+            || !matches!(v.kind(), Variant::B | Variant::C)
+            || round < self.scaling_rounds
     }
 
     /// Which variants run at `n`: all six at the main N; A, F, B, C (and
-    /// the floor E) in the scaling runs.
+    /// the floor E) in the scaling runs; then A, B and C of every other
+    /// backend.
     fn variants(&self, n: usize) -> Vec<Variant> {
         let mut v = if n == self.main_n {
             ALL.to_vec()
@@ -271,6 +405,7 @@ impl Args {
         if Some(&n) == self.ns.last() {
             v.extend(ANATOMY);
         }
+        v.extend(OTHERS.iter().filter(|o| self.others.contains(&o.backend())));
         v
     }
 }
@@ -383,28 +518,205 @@ impl Server {
     }
 }
 
+/// The MySQL/MariaDB server of the MySQL variants.
+#[derive(Clone)]
+struct MySqlServer {
+    url: url::Url,
+    /// Where the URL came from, for the log.
+    origin: String,
+}
+
+impl MySqlServer {
+    /// `DB_TEST_MYSQL_URL` if set (the same variable db-test reads), else
+    /// db-test's embedded server, which this starts if it is not running.
+    /// Check [`mysql_binaries`] first: without them the embedded server
+    /// cannot start, and the MySQL variants are left out with a note.
+    fn find(discovery: Option<&Path>) -> Result<MySqlServer> {
+        match std::env::var("DB_TEST_MYSQL_URL") {
+            Ok(url) if !url.trim().is_empty() => {
+                let url = url::Url::parse(&url)
+                    .map_err(|e| format!("cannot parse DB_TEST_MYSQL_URL: {e}"))?;
+                Ok(MySqlServer {
+                    url,
+                    origin: "DB_TEST_MYSQL_URL".into(),
+                })
+            }
+            _ => Ok(MySqlServer {
+                url: embedded_mysql_url(discovery.ok_or("the discovery test was not built")?)?,
+                origin: "db-test's embedded server".into(),
+            }),
+        }
+    }
+
+    /// The same server, another database (`""`: none).
+    fn database(&self, db: &str) -> String {
+        let mut u = self.url.clone();
+        u.set_path(&format!("/{db}"));
+        u.to_string()
+    }
+
+    fn via(&self) -> &'static str {
+        if self.url.query_pairs().any(|(k, _)| k == "socket") {
+            "Unix socket"
+        } else {
+            "TCP"
+        }
+    }
+
+    /// The URL with any password hidden, for printing (a socket's path
+    /// unescaped).
+    fn display(&self) -> String {
+        let mut u = self.url.clone();
+        if u.password().is_some() {
+            let _ = u.set_password(Some("***"));
+        }
+        u.to_string().replace("%2F", "/")
+    }
+}
+
+/// Whether db-test can start its embedded MySQL/MariaDB: `DB_TEST_MYSQL_URL`
+/// names a server, or the server binary is where db-test looks for it
+/// (`DB_TEST_MYSQL_BIN`, a binary or a directory holding one; else
+/// `mariadbd` or `mysqld` in `PATH` and the usual system directories). Err:
+/// what was searched.
+fn mysql_binaries() -> Result<()> {
+    if std::env::var("DB_TEST_MYSQL_URL").is_ok_and(|u| !u.trim().is_empty()) {
+        return Ok(());
+    }
+    const NAMES: [&str; 2] = ["mariadbd", "mysqld"];
+    let holds = |dir: &Path| NAMES.iter().any(|n| dir.join(n).is_file());
+    if let Some(explicit) = std::env::var_os("DB_TEST_MYSQL_BIN") {
+        let p = PathBuf::from(&explicit);
+        return if p.is_file() || (p.is_dir() && holds(&p)) {
+            Ok(())
+        } else {
+            Err(format!(
+                "DB_TEST_MYSQL_BIN={} is neither a mariadbd/mysqld binary nor a directory holding one",
+                p.display()
+            ))
+        };
+    }
+    let system = [
+        "/usr/sbin",
+        "/usr/libexec",
+        "/usr/local/sbin",
+        "/usr/local/mysql/bin",
+        "/usr/local/bin",
+    ];
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&path)
+        .chain(system.iter().map(PathBuf::from))
+        .any(|d| holds(&d))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "no DB_TEST_MYSQL_URL, and no mariadbd or mysqld in PATH or {}",
+            system.join(", ")
+        ))
+    }
+}
+
+/// The URL of db-test's embedded MySQL/MariaDB server. db-test has no call
+/// for it (PostgreSQL's is `db_test::server_url()`), but a test's connect
+/// options name it: the `mysql_server_url` suite is one `#[db_test]` that
+/// prints them (and starts the server if it is not running). Err: the
+/// reason there is none, such as db-test's message about missing binaries.
+fn embedded_mysql_url(discovery: &Path) -> Result<url::Url> {
+    let out = Command::new(discovery)
+        .current_dir(workspace())
+        .args(["--nocapture", "-q"])
+        // DATABASE_URL names PostgreSQL's server, or is unset and a `.env`
+        // could; DB_TEST_MYSQL_URL is unset, or this is not called.
+        .env("DATABASE_URL", "")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", discovery.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
+            .map(str::to_string)
+    };
+    let (Some(user), Some(host), Some(port)) = (
+        field("BENCH_MYSQL_USER"),
+        field("BENCH_MYSQL_HOST"),
+        field("BENCH_MYSQL_PORT"),
+    ) else {
+        // db-test's own explanation (what it searched, how to fix it).
+        let text = format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        let why = text
+            .lines()
+            .find(|l| l.contains("db-test:"))
+            .map(|l| l.trim().to_string())
+            .unwrap_or_else(|| tail(text.as_bytes(), 5));
+        return Err(why);
+    };
+    let socket = field("BENCH_MYSQL_SOCKET");
+    // Over the socket, the port means nothing.
+    let address = match socket {
+        Some(_) => host,
+        None => format!("{host}:{port}"),
+    };
+    let mut url = url::Url::parse(&format!("mysql://{address}/"))
+        .map_err(|e| format!("the discovery test printed a bad host or port: {e}"))?;
+    url.set_username(&user)
+        .map_err(|()| "the discovery test printed a bad user".to_string())?;
+    if let Some(socket) = socket {
+        url.query_pairs_mut().append_pair("socket", &socket);
+    }
+    Ok(url)
+}
+
 /// The databases this run created, dropped by [`Databases::drop_all`].
+#[derive(Clone)]
 struct Databases {
     admin_url: String,
     c: String,
     d: String,
     e: String,
+    /// MySQL/MariaDB: the server's URL without a database, and
+    /// `bench_c_<pid>` on it, where `#[sqlx::test]` keeps its bookkeeping.
+    mysql: Option<(String, String)>,
+    /// SQLite: the working directory of `#[sqlx::test]`, which writes its
+    /// files under `target/sqlx/test-dbs/` of it.
+    sqlite_c_dir: Option<PathBuf>,
 }
 
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+fn quote_mysql_ident(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
 impl Databases {
     /// The names this process uses (`bench_{c,d,e}_<pid>`).
-    fn for_this_process(server: &Server) -> Databases {
+    fn for_this_process(server: &Server, mysql: Option<&MySqlServer>, sqlite: bool) -> Databases {
         let pid = std::process::id();
         Databases {
             admin_url: server.url.to_string(),
             c: format!("bench_c_{pid}"),
             d: format!("bench_d_{pid}"),
             e: format!("bench_e_{pid}"),
+            mysql: mysql.map(|m| (m.database(""), format!("bench_c_{pid}"))),
+            sqlite_c_dir: sqlite
+                .then(|| workspace().join(format!("target/db-test-bench/sqlite-c-{pid}"))),
         }
+    }
+
+    /// The names, for the log.
+    fn names(&self) -> String {
+        let mut names = vec![self.c.clone(), self.d.clone(), self.e.clone()];
+        if let Some((_, c)) = &self.mysql {
+            names.push(format!("{c} on MySQL/MariaDB"));
+        }
+        if let Some(dir) = &self.sqlite_c_dir {
+            names.push(dir.display().to_string());
+        }
+        names.join(", ")
     }
 
     async fn create(&self, server: &Server) -> Result<()> {
@@ -436,6 +748,23 @@ impl Databases {
             let _ = conn.close().await;
         }
         let _ = admin.close().await;
+        if let Some((admin_url, c)) = &self.mysql {
+            let mut admin = MySqlConnection::connect(admin_url)
+                .await
+                .map_err(|e| format!("cannot connect to the MySQL/MariaDB server: {e}"))?;
+            admin
+                .execute(sqlx::AssertSqlSafe(format!(
+                    "CREATE DATABASE {}",
+                    quote_mysql_ident(c)
+                )))
+                .await
+                .map_err(|e| format!("cannot create database {c} on MySQL/MariaDB: {e}"))?;
+            let _ = admin.close().await;
+        }
+        if let Some(dir) = &self.sqlite_c_dir {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
         Ok(())
     }
 
@@ -443,9 +772,29 @@ impl Databases {
     /// `#[sqlx::test]` made and recorded in `bench_c_<pid>` (it drops its
     /// own after each passing test; a failed test's database stays).
     async fn drop_all(&self) -> Result<()> {
-        let mut admin = PgConnection::connect(&self.admin_url)
-            .await
-            .map_err(|e| format!("cleanup: cannot connect: {e}"))?;
+        let mut errors = self.drop_postgres().await;
+        if let Some((admin_url, c)) = &self.mysql {
+            errors.extend(Self::drop_mysql(admin_url, c).await);
+        }
+        if let Some(dir) = &self.sqlite_c_dir
+            && let Err(e) = std::fs::remove_dir_all(dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            errors.push(format!("{}: {e}", dir.display()));
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("cleanup: could not drop {}", errors.join(", ")))
+        }
+    }
+
+    /// PostgreSQL's part of [`Databases::drop_all`]. Returns what failed.
+    async fn drop_postgres(&self) -> Vec<String> {
+        let mut admin = match PgConnection::connect(&self.admin_url).await {
+            Ok(conn) => conn,
+            Err(e) => return vec![format!("cleanup: cannot connect: {e}")],
+        };
         let mut leftovers: Vec<String> = Vec::new();
         let c_url = {
             let mut u = url::Url::parse(&self.admin_url).expect("a valid URL");
@@ -479,20 +828,93 @@ impl Databases {
             }
         }
         let _ = admin.close().await;
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("cleanup: could not drop {}", errors.join(", ")))
+        errors
+    }
+
+    /// MySQL/MariaDB: the databases `#[sqlx::test]` recorded in
+    /// `bench_c_<pid>`.`_sqlx_test_databases` (it drops its own after each
+    /// passing test), then `bench_c_<pid>` itself. Returns what failed.
+    async fn drop_mysql(admin_url: &str, c: &str) -> Vec<String> {
+        let mut admin = match MySqlConnection::connect(admin_url).await {
+            Ok(conn) => conn,
+            Err(e) => return vec![format!("cleanup: cannot connect to MySQL/MariaDB: {e}")],
+        };
+        // A session still in a database makes DROP DATABASE wait: not forever.
+        let _ = admin.execute("SET SESSION lock_wait_timeout = 30").await;
+        // No table: no test got that far.
+        let recorded: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT db_name FROM {}._sqlx_test_databases",
+            quote_mysql_ident(c)
+        )))
+        .fetch_all(&mut admin)
+        .await
+        .unwrap_or_default();
+        let mut errors = Vec::new();
+        for db in recorded
+            .iter()
+            .filter(|d| d.starts_with("_sqlx_test"))
+            .map(String::as_str)
+            .chain([c])
+        {
+            if let Err(e) = admin
+                .execute(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {}",
+                    quote_mysql_ident(db)
+                )))
+                .await
+            {
+                errors.push(format!("{db} (MySQL/MariaDB): {e}"));
+            }
         }
+        let _ = admin.close().await;
+        errors
     }
 }
 
 // ---------------------------------------------------------------------------
 // Building and running
 
-/// Builds the suites at `n`; returns a private copy of each test binary.
-fn build_suites(n: usize, variants: &[Variant]) -> Result<BTreeMap<Variant, PathBuf>> {
+/// The suites' binaries, by N and variant.
+type Bins = BTreeMap<usize, BTreeMap<Variant, PathBuf>>;
+
+/// Binaries of test targets that are not suites, by target name.
+type Extras = BTreeMap<&'static str, PathBuf>;
+
+/// The test target that prints the MySQL/MariaDB server db-test uses.
+const MYSQL_SERVER_TARGET: &str = "mysql_server_url";
+
+/// Builds the suites at every N (the main N last, so that cargo test /
+/// nextest later find it fresh), and, with the main N, the target that
+/// tells MySQL's server. Returns the suites and that target's binary.
+fn build_all(args: &Args) -> Result<(Bins, Option<PathBuf>)> {
+    let mut order = args.ns.clone();
+    order.retain(|&n| n != args.main_n);
+    order.push(args.main_n);
+    let mut bins = Bins::new();
+    let mut mysql_server = None;
+    for &n in &order {
+        let extra: &[&'static str] = if n == args.main_n && args.others.contains(&Backend::MySql) {
+            &[MYSQL_SERVER_TARGET]
+        } else {
+            &[]
+        };
+        let (suites, mut extras) = build_suites(n, &args.variants(n), extra)?;
+        bins.insert(n, suites);
+        mysql_server = mysql_server.or(extras.remove(MYSQL_SERVER_TARGET));
+    }
+    Ok((bins, mysql_server))
+}
+
+/// Builds the suites at `n`, and the `extra` test targets; returns a private
+/// copy of each test binary.
+fn build_suites(
+    n: usize,
+    variants: &[Variant],
+    extra: &[&'static str],
+) -> Result<(BTreeMap<Variant, PathBuf>, Extras)> {
     let mut targets: Vec<&str> = variants.iter().map(|v| v.target()).collect();
+    targets.extend(extra);
+    targets.sort_unstable();
     targets.dedup();
     let root = workspace();
     let dir = root.join(format!("target/db-test-bench/bin/n{n}"));
@@ -517,7 +939,7 @@ fn build_suites(n: usize, variants: &[Variant]) -> Result<BTreeMap<Variant, Path
     if !out.status.success() {
         return Err(format!("building the suites at N={n} failed"));
     }
-    let mut bins = BTreeMap::new();
+    let (mut bins, mut extras) = (BTreeMap::new(), BTreeMap::new());
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let Ok(msg) = serde_json::from_str::<Value>(line) else {
             continue;
@@ -535,6 +957,9 @@ fn build_suites(n: usize, variants: &[Variant]) -> Result<BTreeMap<Variant, Path
             for v in variants.iter().filter(|v| v.target() == name) {
                 bins.insert(*v, copy.clone());
             }
+            if let Some(t) = extra.iter().find(|t| **t == name) {
+                extras.insert(*t, copy.clone());
+            }
         }
     }
     for v in variants {
@@ -546,7 +971,7 @@ fn build_suites(n: usize, variants: &[Variant]) -> Result<BTreeMap<Variant, Path
         "built suites at N={n} in {:.1} s",
         t0.elapsed().as_secs_f64()
     ));
-    Ok(bins)
+    Ok((bins, extras))
 }
 
 /// Environment of one suite: `Some(v)` sets, `None` removes.
@@ -555,9 +980,26 @@ type Env = Vec<(&'static str, Option<String>)>;
 /// The environment each variant runs in. A, F and B see the user's own
 /// environment (DATABASE_URL unset means db-test's embedded server); the
 /// others get DATABASE_URL for the same server. With `proxy`, everything
-/// goes through the counting proxy.
+/// goes through the counting proxy (PostgreSQL only).
+///
+/// The other backends' A and B get an empty DATABASE_URL (it names the
+/// PostgreSQL server, or is unset and a `.env` could name it) and the user's
+/// own DB_TEST_MYSQL_URL / DB_TEST_SQLITE_URL (unset: db-test's embedded
+/// MariaDB, its default SQLite directory); MySQL's C gets DATABASE_URL for
+/// `bench_c_<pid>` on the MySQL server, SQLite's C needs none.
 fn env_for(v: Variant, server: &Server, dbs: &Databases, proxy: Option<&Path>) -> Env {
     let db = match v {
+        Variant::MyC => {
+            let url = dbs.mysql.as_ref().map(|(admin_url, c)| {
+                let mut u = url::Url::parse(admin_url).expect("a valid URL");
+                u.set_path(&format!("/{c}"));
+                u.to_string()
+            });
+            return vec![("DATABASE_URL", Some(url.unwrap_or_default()))];
+        }
+        Variant::MyA | Variant::MyB | Variant::LiA | Variant::LiB | Variant::LiC => {
+            return vec![("DATABASE_URL", Some(String::new()))];
+        }
         Variant::A | Variant::F | Variant::B => None,
         Variant::C => Some(&dbs.c),
         Variant::D => Some(&dbs.d),
@@ -581,10 +1023,20 @@ fn env_for(v: Variant, server: &Server, dbs: &Databases, proxy: Option<&Path>) -
     env
 }
 
-/// Runs one suite binary; returns its wall time in seconds.
-fn run_suite(bin: &Path, v: Variant, env: &Env) -> Result<f64> {
+/// The working directory of a suite: the workspace, but SQLite's C (which
+/// writes its databases under `target/sqlx/test-dbs/` of it) runs in a
+/// directory of this run's own, removed at the end.
+fn cwd_for(v: Variant, dbs: &Databases) -> PathBuf {
+    match (v, &dbs.sqlite_c_dir) {
+        (Variant::LiC, Some(dir)) => dir.clone(),
+        _ => workspace(),
+    }
+}
+
+/// Runs one suite binary in `cwd`; returns its wall time in seconds.
+fn run_suite(bin: &Path, v: Variant, env: &Env, cwd: &Path) -> Result<f64> {
     let mut cmd = Command::new(bin);
-    cmd.current_dir(workspace());
+    cmd.current_dir(cwd);
     if !v.is_floor_like() {
         cmd.arg("-q");
     }
@@ -657,7 +1109,51 @@ fn command_output(program: &str, args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-fn machine(pg_version: &str) -> Value {
+/// Each backend's name and version line, for the report: PostgreSQL's
+/// `15.20 (fsync off, Unix socket)`, `MariaDB` `10.11.19 (...)`, ...
+type ServerInfo = BTreeMap<Backend, (String, String)>;
+
+/// The MySQL/MariaDB server's name and version line.
+async fn mysql_info(server: &MySqlServer) -> Option<(String, String)> {
+    let mut c = MySqlConnection::connect(&server.database("")).await.ok()?;
+    let (version, flush): (String, String) =
+        sqlx::query_as("SELECT VERSION(), CAST(@@innodb_flush_log_at_trx_commit AS CHAR)")
+            .fetch_one(&mut c)
+            .await
+            .ok()?;
+    let _ = c.close().await;
+    let name = if version.contains("MariaDB") {
+        "MariaDB"
+    } else {
+        "MySQL"
+    };
+    let number = version.split('-').next().unwrap_or(&version);
+    Some((
+        name.to_string(),
+        format!(
+            "{number} (innodb_flush_log_at_trx_commit={flush}, {})",
+            server.via()
+        ),
+    ))
+}
+
+/// The SQLite library's version (sqlx's bundled SQLite, as the suites use).
+async fn sqlite_info() -> Option<(String, String)> {
+    let mut c = sqlx::SqliteConnection::connect("sqlite::memory:")
+        .await
+        .ok()?;
+    let version: String = sqlx::query_scalar("SELECT sqlite_version()")
+        .fetch_one(&mut c)
+        .await
+        .ok()?;
+    let _ = c.close().await;
+    Some((
+        "SQLite".to_string(),
+        format!("{version} (sqlx's bundled library)"),
+    ))
+}
+
+fn machine(servers: &ServerInfo) -> Value {
     let lscpu = command_output("lscpu", &[]).unwrap_or_default();
     let field = |name: &str| {
         lscpu
@@ -683,7 +1179,10 @@ fn machine(pg_version: &str) -> Value {
         "memory_gib": (mem_gib * 10.0).round() / 10.0,
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
         "rustc": command_output("rustc", &["-V"]).unwrap_or_default(),
-        "postgres": pg_version,
+        "postgres": servers.get(&Backend::Postgres).map(|s| s.1.clone()).unwrap_or_default(),
+        "mysql": servers.get(&Backend::MySql).map(|s| s.1.clone()),
+        "sqlite": servers.get(&Backend::Sqlite).map(|s| s.1.clone()),
+        "backend_names": servers.iter().map(|(b, s)| (b.key().to_string(), json!(s.0))).collect::<serde_json::Map<_, _>>(),
         "date": command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default(),
     })
 }
@@ -768,7 +1267,69 @@ fn main() {
             ))
         })
         .unwrap_or_default();
-    let dbs = Databases::for_this_process(&server);
+    let mut servers = ServerInfo::new();
+    servers.insert(Backend::Postgres, ("PostgreSQL".to_string(), pg_version));
+    let mut args = args;
+    // MySQL/MariaDB: DB_TEST_MYSQL_URL or db-test's embedded server; without
+    // either (no server binaries), its variants are left out with a note.
+    if args.others.contains(&Backend::MySql)
+        && let Err(e) = mysql_binaries()
+    {
+        log(format!(
+            "MySQL/MariaDB skipped: {e}. Set DB_TEST_MYSQL_URL, or install the MariaDB server \
+             binaries (scripts/ensure-mariadb.sh) for db-test's embedded server."
+        ));
+        args.others.retain(|b| *b != Backend::MySql);
+    }
+    // Built before anything is created on a server: a failed build leaves
+    // nothing behind.
+    let (bins, mysql_discovery) = match build_all(&args) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+    };
+    let mysql = if args.others.contains(&Backend::MySql) {
+        match MySqlServer::find(mysql_discovery.as_deref()) {
+            Ok(m) => {
+                log(format!("MySQL/MariaDB: {} ({})", m.display(), m.origin));
+                match rt.block_on(mysql_info(&m)) {
+                    Some(info) => {
+                        servers.insert(Backend::MySql, info);
+                        Some(m)
+                    }
+                    None => {
+                        eprintln!("cannot connect to the MySQL/MariaDB server {}", m.display());
+                        std::process::exit(1);
+                    }
+                }
+            }
+            // The binaries are there (or a URL is set): a failure is one.
+            Err(e) => {
+                eprintln!("MySQL/MariaDB: no server: {}", e.trim());
+                std::process::exit(1);
+            }
+        }
+    } else {
+        None
+    };
+    if args.others.contains(&Backend::Sqlite) {
+        match rt.block_on(sqlite_info()) {
+            Some(info) => {
+                servers.insert(Backend::Sqlite, info);
+            }
+            None => {
+                log("SQLite skipped: sqlx's SQLite does not open an in-memory database");
+                args.others.retain(|b| *b != Backend::Sqlite);
+            }
+        }
+    }
+    let dbs = Databases::for_this_process(
+        &server,
+        mysql.as_ref(),
+        args.others.contains(&Backend::Sqlite),
+    );
     if let Err(e) = rt.block_on(dbs.create(&server)) {
         eprintln!("{e}");
         // Drop whatever part of it was made.
@@ -776,18 +1337,16 @@ fn main() {
         std::process::exit(1);
     }
     log(format!(
-        "created databases {}, {}, {} (dropped at the end)",
-        dbs.c, dbs.d, dbs.e
+        "created databases {} (dropped at the end)",
+        dbs.names()
     ));
     // Ctrl-C: the suites die with us; drop our databases, then leave.
     {
-        let admin_url = dbs.admin_url.clone();
-        let (c, d, e) = (dbs.c.clone(), dbs.d.clone(), dbs.e.clone());
+        let dbs = dbs.clone();
         rt.spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
                 eprintln!("\n[bench] interrupted; dropping the benchmark's databases");
                 tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-                let dbs = Databases { admin_url, c, d, e };
                 if let Err(e) = dbs.drop_all().await {
                     eprintln!("{e}");
                 }
@@ -795,12 +1354,12 @@ fn main() {
             }
         });
     }
-    let result = run(&args, &server, &dbs, &rt);
+    let result = run(&args, &server, &dbs, &rt, &bins);
     let cleanup = rt.block_on(dbs.drop_all());
     match (result, cleanup) {
         (Ok(measured), Ok(())) => {
             log("dropped the benchmark's databases");
-            if let Err(e) = report(&args, &measured, &pg_version) {
+            if let Err(e) = report(&args, &measured, &servers) {
                 eprintln!("{e}");
                 std::process::exit(1);
             }
@@ -824,27 +1383,25 @@ fn run(
     server: &Server,
     dbs: &Databases,
     rt: &tokio::runtime::Runtime,
+    bins: &Bins,
 ) -> Result<Measured> {
     let t_start = Instant::now();
-    // Build every N first (the main N last, so that cargo test / nextest
-    // below find it fresh), then measure with the machine otherwise idle.
-    let mut order = args.ns.clone();
-    order.retain(|&n| n != args.main_n);
-    order.push(args.main_n);
-    let mut bins: BTreeMap<usize, BTreeMap<Variant, PathBuf>> = BTreeMap::new();
-    for &n in &order {
-        bins.insert(n, build_suites(n, &args.variants(n))?);
-    }
 
     // Warm-up: builds db-test's template, fills caches, checks that every
     // suite passes. Not timed. Every variant once at the smallest N.
-    // (--quick: A, F and E only, to stay well under two minutes.)
+    // (--quick: A, F and E only, and each other backend's A, to stay well
+    // under two minutes.)
     let n0 = args.ns[0];
     for v in args.variants(n0) {
-        if args.quick && !matches!(v, Variant::A | Variant::F | Variant::E) {
+        if args.quick && !matches!(v.kind(), Variant::A | Variant::F | Variant::E) {
             continue;
         }
-        run_suite(&bins[&n0][&v], v, &env_for(v, server, dbs, None))?;
+        run_suite(
+            &bins[&n0][&v],
+            v,
+            &env_for(v, server, dbs, None),
+            &cwd_for(v, dbs),
+        )?;
     }
     log(format!(
         "warm-up done; timing {} rounds at N = {:?}",
@@ -859,7 +1416,12 @@ fn run(
                 if !args.runs_in_round(n, v, round) {
                     continue;
                 }
-                let secs = run_suite(&bins[&n][&v], v, &env_for(v, server, dbs, None))?;
+                let secs = run_suite(
+                    &bins[&n][&v],
+                    v,
+                    &env_for(v, server, dbs, None),
+                    &cwd_for(v, dbs),
+                )?;
                 samples.entry((n, v)).or_default().push(secs);
                 line.push(format!("{}{n}={secs:.2}s", v.key()));
             }
@@ -882,7 +1444,12 @@ fn run(
         let n = args.main_n;
         for v in args.variants(n).into_iter().filter(|v| ALL.contains(v)) {
             proxy.take();
-            run_suite(&bins[&n][&v], v, &env_for(v, server, dbs, Some(&proxy.dir)))?;
+            run_suite(
+                &bins[&n][&v],
+                v,
+                &env_for(v, server, dbs, Some(&proxy.dir)),
+                &workspace(),
+            )?;
             // Let the last connections finish their goodbyes.
             std::thread::sleep(std::time::Duration::from_millis(300));
             counts.insert(v, proxy.take());
@@ -1016,17 +1583,31 @@ fn chart_from_results(results: &Value) -> String {
     let machine = &results["machine"];
     let method = &results["method"];
     let suites = results["suites"].as_array().cloned().unwrap_or_default();
+    // A backend's name as its server reported it ("MariaDB"), else the default.
+    let name_of = |b: Backend| {
+        machine["backend_names"][b.key()]
+            .as_str()
+            .unwrap_or(b.default_name())
+            .to_string()
+    };
     let series: Vec<chart::Series> = ALL
         .iter()
+        .chain(OTHERS.iter())
         .filter_map(|&v| {
             let points: Vec<(f64, f64)> = suites
                 .iter()
                 .filter(|s| s["variant"] == v.key())
                 .filter_map(|s| Some((s["n"].as_f64()?, s["median_s"].as_f64()?)))
                 .collect();
+            let label = match v.backend() {
+                Backend::Postgres => v.short_label().to_string(),
+                b => format!("{} {}", name_of(b), v.short_label()),
+            };
             (!points.is_empty()).then(|| chart::Series {
-                label: v.short_label().to_string(),
+                label,
                 color: v.color(),
+                dash: v.backend().dash(),
+                marker: v.backend().marker(),
                 points,
             })
         })
@@ -1050,16 +1631,28 @@ fn chart_from_results(results: &Value) -> String {
             let x = r["median"].as_f64().unwrap_or(f64::NAN);
             // Two decimals near 1 (F/A), one above.
             let digits = if x < 10.0 { 2 } else { 1 };
+            let backend = match r["backend"].as_str().and_then(Backend::from_key) {
+                None | Some(Backend::Postgres) => String::new(),
+                Some(b) => format!("{} ", name_of(b)),
+            };
             format!(
-                "{} {x:.digits$}× (N={})",
+                "{backend}{} {x:.digits$}× (N={})",
                 r["ratio"].as_str().unwrap_or("?"),
                 r["n"]
             )
         })
         .collect();
+    // The other backends' servers, after PostgreSQL's.
+    let others: String = [Backend::MySql, Backend::Sqlite]
+        .into_iter()
+        .filter_map(|b| {
+            let version = machine[b.key()].as_str()?;
+            Some(format!("; {} {version}", name_of(b)))
+        })
+        .collect();
     let notes = vec![
         format!(
-            "Machine: {}, {} cores{}, {} GiB RAM; PostgreSQL {}; {}",
+            "Machine: {}, {} cores{}, {} GiB RAM; PostgreSQL {}{others}; {}",
             machine["cpu"].as_str().unwrap_or("?"),
             machine["cores"],
             match machine["hypervisor"].as_str() {
@@ -1084,8 +1677,8 @@ fn chart_from_results(results: &Value) -> String {
     )
 }
 
-fn report(args: &Args, m: &Measured, pg_version: &str) -> Result<()> {
-    let machine = machine(pg_version);
+fn report(args: &Args, m: &Measured, servers: &ServerInfo) -> Result<()> {
+    let machine = machine(servers);
     let s = &m.samples;
     let mut rows = Vec::new();
     let mut table = String::new();
@@ -1097,47 +1690,70 @@ fn report(args: &Args, m: &Measured, pg_version: &str) -> Result<()> {
     table.push('\n');
     table.push_str(&"-".repeat(header.chars().count()));
     table.push('\n');
-    for &n in &args.ns {
-        let e = s.get(&(n, Variant::E));
-        for v in args.variants(n) {
-            let runs = &s[&(n, v)];
-            let med = median(runs);
-            let per_test_ms = med / n as f64 * 1e3;
-            // (suite - E) / N, pair by pair per round.
-            let overhead = e.map(|e| {
-                let per: Vec<f64> = runs
-                    .iter()
-                    .zip(e)
-                    .map(|(x, e)| (x - e) / n as f64 * 1e3)
-                    .collect();
-                median(&per)
-            });
-            let c = (n == args.main_n).then(|| m.counts.get(&v)).flatten();
-            let per = |x: u64| x as f64 / n as f64;
-            let (rt, st, conn) = match c {
-                Some(c) => (
-                    format!("{:.1}", per(c.round_trips)),
-                    format!("{:.1}", per(c.statements)),
-                    format!("{:.2}", per(c.connections)),
-                ),
-                None => ("—".into(), "—".into(), "—".into()),
-            };
+    // A backend's name as its server reported it ("MariaDB").
+    let name_of = |b: Backend| {
+        servers
+            .get(&b)
+            .map(|s| s.0.clone())
+            .unwrap_or_else(|| b.default_name().to_string())
+    };
+    let backends: Vec<Backend> = std::iter::once(Backend::Postgres)
+        .chain(args.others.iter().copied())
+        .collect();
+    for &b in &backends {
+        if b != Backend::Postgres {
+            let version = servers.get(&b).map(|s| s.1.as_str()).unwrap_or("");
             table.push_str(&format!(
-                "{:<42} {:>5} {:>10.3} {:>9} {:>10} {:>8} {:>8} {:>7}\n",
-                v.label(),
-                n,
-                med,
-                fmt_ms(per_test_ms),
-                if v == Variant::E {
-                    "(floor)".to_string()
-                } else {
-                    overhead.map(fmt_ms).unwrap_or_else(|| "—".into())
-                },
-                rt,
-                st,
-                conn
+                "{} {version}: the same tests, in its dialect\n",
+                name_of(b)
             ));
-            let counts = c.map(|c| {
+        }
+        for &n in &args.ns {
+            // The floor E runs on PostgreSQL only.
+            let e = (b == Backend::Postgres)
+                .then(|| s.get(&(n, Variant::E)))
+                .flatten();
+            for v in args.variants(n).into_iter().filter(|v| v.backend() == b) {
+                let Some(runs) = s.get(&(n, v)) else {
+                    continue;
+                };
+                let med = median(runs);
+                let per_test_ms = med / n as f64 * 1e3;
+                // (suite - E) / N, pair by pair per round.
+                let overhead = e.map(|e| {
+                    let per: Vec<f64> = runs
+                        .iter()
+                        .zip(e)
+                        .map(|(x, e)| (x - e) / n as f64 * 1e3)
+                        .collect();
+                    median(&per)
+                });
+                let c = (n == args.main_n).then(|| m.counts.get(&v)).flatten();
+                let per = |x: u64| x as f64 / n as f64;
+                let (rt, st, conn) = match c {
+                    Some(c) => (
+                        format!("{:.1}", per(c.round_trips)),
+                        format!("{:.1}", per(c.statements)),
+                        format!("{:.2}", per(c.connections)),
+                    ),
+                    None => ("—".into(), "—".into(), "—".into()),
+                };
+                table.push_str(&format!(
+                    "{:<42} {:>5} {:>10.3} {:>9} {:>10} {:>8} {:>8} {:>7}\n",
+                    v.label(),
+                    n,
+                    med,
+                    fmt_ms(per_test_ms),
+                    if v == Variant::E {
+                        "(floor)".to_string()
+                    } else {
+                        overhead.map(fmt_ms).unwrap_or_else(|| "—".into())
+                    },
+                    rt,
+                    st,
+                    conn
+                ));
+                let counts = c.map(|c| {
                 let mut top: Vec<(&String, &u64)> = c.by_sql.iter().collect();
                 top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
                 json!({
@@ -1149,50 +1765,64 @@ fn report(args: &Args, m: &Measured, pg_version: &str) -> Result<()> {
                     "top_statements": top.iter().take(14).map(|(sql, x)| json!({"sql": sql, "count": x})).collect::<Vec<_>>(),
                 })
             });
-            rows.push(json!({
-                "variant": v.key(),
-                "label": v.label(),
-                "n": n,
-                "runs_s": runs,
-                "median_s": med,
-                "per_test_ms": per_test_ms,
-                "overhead_per_test_ms": if v == Variant::E { None } else { overhead },
-                "counts": counts,
-                "e_mode": v.e_mode(),
-            }));
+                rows.push(json!({
+                    "variant": v.key(),
+                    "backend": b.key(),
+                    "label": v.label(),
+                    "n": n,
+                    "runs_s": runs,
+                    "median_s": med,
+                    "per_test_ms": per_test_ms,
+                    "overhead_per_test_ms": if v == Variant::E { None } else { overhead },
+                    "counts": counts,
+                    "e_mode": v.e_mode(),
+                }));
+            }
         }
     }
 
     // Ratios, pair by pair in the same round.
     let mut ratios = Vec::new();
-    let mut ratio_line = Vec::new();
     let big = *args.ns.last().unwrap();
+    let pg = Backend::Postgres;
     let mut wanted = vec![
-        ("C/A", args.main_n, Variant::C, Variant::A),
-        ("D/A", args.main_n, Variant::D, Variant::A),
-        ("C/B", args.main_n, Variant::C, Variant::B),
-        ("B/A", args.main_n, Variant::B, Variant::A),
-        ("A/E", args.main_n, Variant::A, Variant::E),
-        ("F/A", args.main_n, Variant::F, Variant::A),
-        ("A/E", big, Variant::A, Variant::E),
-        ("C/A", big, Variant::C, Variant::A),
-        ("C/B", big, Variant::C, Variant::B),
+        (pg, "C/A", args.main_n, Variant::C, Variant::A),
+        (pg, "D/A", args.main_n, Variant::D, Variant::A),
+        (pg, "C/B", args.main_n, Variant::C, Variant::B),
+        (pg, "B/A", args.main_n, Variant::B, Variant::A),
+        (pg, "A/E", args.main_n, Variant::A, Variant::E),
+        (pg, "F/A", args.main_n, Variant::F, Variant::A),
+        (pg, "A/E", big, Variant::A, Variant::E),
+        (pg, "C/A", big, Variant::C, Variant::A),
+        (pg, "C/B", big, Variant::C, Variant::B),
     ];
     // F/A at every N too: F's extra (a runtime built and dropped per test)
     // is paid per test, so this shows whether it stays flat with N.
-    wanted.extend(args.ns.iter().map(|&n| ("F/A", n, Variant::F, Variant::A)));
+    wanted.extend(
+        args.ns
+            .iter()
+            .map(|&n| (pg, "F/A", n, Variant::F, Variant::A)),
+    );
+    // The other backends: C/A, C/B, B/A at the main N and the largest.
+    for &b in &args.others {
+        let [a, bb, c] = b.abc();
+        for n in [args.main_n, big] {
+            wanted.push((b, "C/A", n, c, a));
+            wanted.push((b, "C/B", n, c, bb));
+            wanted.push((b, "B/A", n, bb, a));
+        }
+    }
     let mut ratio_of = BTreeMap::new();
-    for (name, n, x, y) in wanted {
-        if ratio_of.contains_key(&(name, n)) {
+    for (b, name, n, x, y) in wanted {
+        if ratio_of.contains_key(&(b, name, n)) {
             continue;
         }
         if let Some(per) = per_round_ratio(s, (n, x), (n, y)) {
             let med = median(&per);
-            ratio_of.insert((name, n), med);
-            if name != "B/A" {
-                ratio_line.push(format!("{name} {med:.1}× (N={n})"));
-            }
-            ratios.push(json!({"ratio": name, "n": n, "per_round": per, "median": med}));
+            ratio_of.insert((b, name, n), med);
+            ratios.push(json!({
+                "ratio": name, "backend": b.key(), "n": n, "per_round": per, "median": med,
+            }));
         }
     }
 
@@ -1219,39 +1849,91 @@ fn report(args: &Args, m: &Measured, pg_version: &str) -> Result<()> {
     let mut target = |what: String, measured: String, goal: &str, met: Option<bool>| {
         targets.push((what, measured, goal.to_string(), met));
     };
-    let r = |name: &'static str, n: usize| ratio_of.get(&(name, n)).copied();
+    let rb = |b: Backend, name: &'static str, n: usize| ratio_of.get(&(b, name, n)).copied();
+    let r = |name: &'static str, n: usize| rb(Backend::Postgres, name, n);
     // The issue's targets are at fixed N; when a run (--quick) did not
     // measure that N, show the ratio at the N it did measure, unjudged.
-    let ratio_target =
-        |name: &'static str, at: usize, fallback: usize, goal: &str, ok: fn(f64) -> bool| match (
-            r(name, at),
-            r(name, fallback),
-        ) {
+    // Another backend's ratios are named after it ("MariaDB C/A").
+    let ratio_target_on = |b: Backend,
+                           name: &'static str,
+                           at: usize,
+                           fallback: usize,
+                           goal: &str,
+                           ok: fn(f64) -> bool| {
+        let prefix = match b {
+            Backend::Postgres => String::new(),
+            b => format!("{} ", name_of(b)),
+        };
+        match (rb(b, name, at), rb(b, name, fallback)) {
             (Some(x), _) => (
-                format!("{name} at N={at}"),
+                format!("{prefix}{name} at N={at}"),
                 format!("{x:.2}×"),
                 goal.to_string(),
                 Some(ok(x)),
             ),
             (None, Some(x)) => (
-                format!("{name} at N={fallback}"),
+                format!("{prefix}{name} at N={fallback}"),
                 format!("{x:.2}×"),
                 format!("({goal} at N={at})"),
                 None,
             ),
             (None, None) => (
-                format!("{name} at N={at}"),
+                format!("{prefix}{name} at N={at}"),
                 "not measured".into(),
                 goal.to_string(),
                 None,
             ),
+        }
+    };
+    let ratio_target =
+        |name: &'static str, at: usize, fallback: usize, goal: &str, ok: fn(f64) -> bool| {
+            ratio_target_on(Backend::Postgres, name, at, fallback, goal, ok)
         };
-    let target_rows = [
+    let mut target_rows = vec![
         ratio_target("C/A", 200, args.main_n, "≥ 50×", |x| x >= 50.0),
         ratio_target("C/B", 200, args.main_n, "≥ 3×", |x| x >= 3.0),
         ratio_target("A/E", 1000, big, "≤ 2×", |x| x <= 2.0),
         ratio_target("F/A", 200, args.main_n, "≤ 1.3×", |x| x <= 1.3),
     ];
+    // Issue 11: on MySQL/MariaDB C/A ≥ 30× and C/B ≥ 3×; on SQLite C/A ≥ 5×
+    // (its C/B, with no target, for context).
+    for &b in &args.others {
+        match b {
+            Backend::MySql => {
+                target_rows.push(ratio_target_on(
+                    b,
+                    "C/A",
+                    200,
+                    args.main_n,
+                    "≥ 30×",
+                    |x| x >= 30.0,
+                ));
+                target_rows.push(ratio_target_on(
+                    b,
+                    "C/B",
+                    200,
+                    args.main_n,
+                    "≥ 3×",
+                    |x| x >= 3.0,
+                ));
+            }
+            Backend::Sqlite => {
+                target_rows.push(ratio_target_on(
+                    b,
+                    "C/A",
+                    200,
+                    args.main_n,
+                    "≥ 5×",
+                    |x| x >= 5.0,
+                ));
+                let mut context = ratio_target_on(b, "C/B", 200, args.main_n, "", |_| true);
+                context.2 = "(no target)".into();
+                context.3 = None;
+                target_rows.push(context);
+            }
+            Backend::Postgres => {}
+        }
+    }
     for (what, measured, goal, met) in target_rows {
         target(what, measured, &goal, met);
     }
@@ -1345,8 +2027,15 @@ fn report(args: &Args, m: &Measured, pg_version: &str) -> Result<()> {
     } else {
         String::new()
     };
+    // The other backends' servers, after PostgreSQL's.
+    let other_servers: String = args
+        .others
+        .iter()
+        .filter_map(|b| servers.get(b))
+        .map(|(name, version)| format!(", {name} {version}"))
+        .collect();
     let title = format!(
-        "db-test benchmark{}: {} ({} cores{}), PostgreSQL {}, {} — median of {} runs{}",
+        "db-test benchmark{}: {} ({} cores{}), PostgreSQL {}{other_servers}, {} — median of {} runs{}",
         if args.quick { " (--quick)" } else { "" },
         machine["cpu"].as_str().unwrap_or("?"),
         machine["cores"],
@@ -1354,7 +2043,7 @@ fn report(args: &Args, m: &Measured, pg_version: &str) -> Result<()> {
             Some(h) if !h.is_empty() => format!(", {h} VM"),
             _ => String::new(),
         },
-        pg_version,
+        machine["postgres"].as_str().unwrap_or(""),
         machine["date"].as_str().unwrap_or(""),
         args.rounds,
         scaling_note
@@ -1364,7 +2053,7 @@ fn report(args: &Args, m: &Measured, pg_version: &str) -> Result<()> {
     println!(
         "\nsuite s: wall time of the prebuilt test binary. ms/test = suite/N. overhead = (suite − E)/N in ms, per round.\n\
          RT/test, stmt/tst, conn/t: round trips (Query + Sync messages), statements and connections per test, \
-         counted by a proxy at N={}.\n",
+         counted by a proxy at N={} (PostgreSQL's wire protocol only).\n",
         args.main_n
     );
     if !m.counts.is_empty() {
@@ -1437,6 +2126,9 @@ fn report(args: &Args, m: &Measured, pg_version: &str) -> Result<()> {
             "quick": args.quick,
             "timing": "wall time of each prebuilt test binary, variants interleaved per round; medians; ratios per round, then the median",
             "workload": "per test: INSERT a user RETURNING id, SELECT it back, UPDATE it, SELECT count(*); example-app migrations (3 tables, 4 indexes)",
+            "workload_mysql": "the same four statements with ? parameters; the id from the INSERT's LAST_INSERT_ID (MySQL has no RETURNING); bench/suites/migrations-mysql",
+            "workload_sqlite": "the same four statements with ? parameters, RETURNING id; bench/suites/migrations-sqlite",
+            "backends": std::iter::once(Backend::Postgres).chain(args.others.iter().copied()).map(Backend::key).collect::<Vec<_>>(),
             "counting": "a proxy on the wire protocol: round trips = Query + Sync messages, statements = Execute messages + statements of Query messages",
         },
         "suites": rows,

@@ -1,0 +1,8 @@
+//! A on MySQL/MariaDB: `#[db_test]` in transaction mode (the default), with
+//! `db_test::mysql::TestDb`, which chooses the backend. N tests from build.rs.
+
+use db_test::db_test;
+use db_test::mysql::TestDb;
+use db_test_bench_suites::workload;
+
+include!(concat!(env!("OUT_DIR"), "/a_db_test_mysql.rs"));

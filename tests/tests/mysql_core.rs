@@ -403,6 +403,91 @@ fn per_test_databases_are_reset_between_tests() {
     assert_ne!(used[1], used[2], "a changed schema is not reused");
 }
 
+// Every kind of change a database-mode test can make to its own schema.
+// After each, the database must not be handed to another test (it is
+// dropped, not recycled); between two tests that change nothing, it is.
+// Run one after another in one process, so that each gets the database
+// the one before used whenever that one could be reset.
+const SCHEMA_CHANGES: &[(&str, &str)] = &[
+    (
+        "trigger",
+        "CREATE TRIGGER t_user BEFORE INSERT ON user FOR EACH ROW SET NEW.username = UPPER(NEW.username)",
+    ),
+    ("procedure", "CREATE PROCEDURE p_noop() SELECT 1"),
+    (
+        "function",
+        "CREATE FUNCTION f_one() RETURNS INT DETERMINISTIC RETURN 1",
+    ),
+    ("view", "CREATE VIEW v_user AS SELECT user_id FROM user"),
+    ("index", "CREATE INDEX user_name_idx ON user (username)"),
+    (
+        "check",
+        "ALTER TABLE user ADD CONSTRAINT short_name CHECK (CHAR_LENGTH(username) < 5)",
+    ),
+    (
+        "default",
+        "ALTER TABLE post ALTER COLUMN content SET DEFAULT 'x'",
+    ),
+    ("comment", "ALTER TABLE user COMMENT 'changed'"),
+    (
+        "charset",
+        "ALTER DATABASE CHARACTER SET latin1 COLLATE latin1_swedish_ci",
+    ),
+    ("table", "CREATE TABLE extra (a INT)"),
+    ("drop", "DROP TABLE comment"),
+    ("rename", "RENAME TABLE comment TO comment2"),
+    ("sequence", "CREATE SEQUENCE s_extra"),
+    (
+        "event",
+        "CREATE EVENT e_noop ON SCHEDULE EVERY 1 DAY DO SELECT 1",
+    ),
+];
+
+#[db_test(migrations = "tests/mysql/migrations", isolation = "database")]
+async fn child_schema_probe(db: TestDb) {
+    first_insert_gets_id_1(&db).await;
+}
+
+#[db_test(migrations = "tests/mysql/migrations", isolation = "database")]
+async fn child_schema_change(db: TestDb) {
+    first_insert_gets_id_1(&db).await;
+    if !is_child() {
+        return;
+    }
+    let change = std::env::var("DB_TEST_SCHEMA_CHANGE").unwrap();
+    let (_, sql) = SCHEMA_CHANGES.iter().find(|(k, _)| *k == change).unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(*sql))
+        .execute(&db)
+        .await
+        .unwrap_or_else(|e| panic!("{change}: {e}"));
+}
+
+#[test]
+fn a_changed_schema_is_never_recycled() {
+    for (change, _) in SCHEMA_CHANGES {
+        let mut cmd = common::children(&[
+            "child_schema_probe",
+            "child_schema_change",
+            "child_schema_probe",
+        ]);
+        cmd.env("DB_TEST_MYSQL_CHILD", "1")
+            .env("DB_TEST_SCHEMA_CHANGE", change);
+        // libtest runs the named tests in name order, whatever the order
+        // given: change, then probe; the probe runs once only.
+        let text = common::run_ok(cmd, change);
+        let used: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.split("USED ").nth(1))
+            .filter_map(|rest| rest.split_whitespace().next())
+            .collect();
+        assert_eq!(used.len(), 2, "{change}: {text}");
+        assert_ne!(
+            used[0], used[1],
+            "{change}: a changed database was reused\n{text}"
+        );
+    }
+}
+
 // MySQL has no deferred constraints: every one is checked when its
 // statement runs, so `check_constraints` has nothing to add (a no-op).
 #[db_test(migrations = "tests/mysql/migrations", check_constraints = true)]

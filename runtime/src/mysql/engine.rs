@@ -27,15 +27,16 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOptions};
 use sqlx::{Connection, Executor, Row};
-use tokio::sync::OnceCell;
+use tokio::sync::{Notify, OnceCell};
 
 use super::embedded;
+use super::recycle::{self, Recycle};
 use crate::config;
 use crate::postgres::engine::{Migrations, redact};
 use crate::postgres::template::{MigratorRef, migrations_hash, resolve_migrations};
@@ -54,11 +55,6 @@ pub(crate) struct Engine {
     owner: u32,
     owner_conn: Mutex<Option<MySqlConnection>>,
     counter: AtomicU64,
-    /// Average costs (µs) of a new clone, a drop and a recycling, to pick
-    /// the cheaper way on this server ([`Engine::recycle_test_database`]).
-    clone_cost: Cost,
-    drop_cost: Cost,
-    recycle_cost: Cost,
     templates: Mutex<HashMap<String, Arc<OnceCell<Arc<Template>>>>>,
 }
 
@@ -74,80 +70,18 @@ pub(crate) struct Template {
     /// How to reset a used per-test database, if this schema allows it.
     recycle: Option<Recycle>,
     /// Used per-test databases reset to the template's state, for the next
-    /// tests of this process.
-    spares: Mutex<Vec<String>>,
-}
-
-/// How to bring a used per-test database back to the template's state
-/// (see [`Engine::recycle_test_database`]).
-struct Recycle {
-    /// The template's schema fingerprint ([`FINGERPRINT_SQL`]).
-    fingerprint: String,
-    /// Empties every table and copies the template's rows back, with
-    /// [`TARGET`] for the database.
-    reset: String,
-    /// Each base table's `AUTO_INCREMENT` in the template.
-    auto_increments: HashMap<String, Option<u64>>,
-}
-
-/// A database's schema, hashed: tables, columns, indexes, constraints,
-/// routines, views, triggers, events, defaults. Names of the database itself
-/// inside definitions are left out, so a clone has its template's
-/// fingerprint. Binds: the database name, 12 times.
-const FINGERPRINT_SQL: &str = "SELECT CONCAT_WS('#', \
-    (SELECT MD5(IFNULL(GROUP_CONCAT(CONCAT_WS(':', table_name, table_type, IFNULL(engine, ''), \
-        IFNULL(table_collation, ''), IFNULL(create_options, '')) ORDER BY table_name SEPARATOR '|'), '')) \
-        FROM information_schema.tables WHERE table_schema = ?), \
-    (SELECT MD5(IFNULL(GROUP_CONCAT(CONCAT_WS(':', table_name, column_name, ordinal_position, column_type, \
-        IFNULL(column_default, '~'), is_nullable, extra, IFNULL(generation_expression, ''), \
-        IFNULL(collation_name, '')) ORDER BY table_name, ordinal_position SEPARATOR '|'), '')) \
-        FROM information_schema.columns WHERE table_schema = ?), \
-    (SELECT MD5(IFNULL(GROUP_CONCAT(CONCAT_WS(':', table_name, index_name, seq_in_index, column_name, \
-        non_unique, IFNULL(sub_part, '')) ORDER BY table_name, index_name, seq_in_index SEPARATOR '|'), '')) \
-        FROM information_schema.statistics WHERE table_schema = ?), \
-    (SELECT MD5(IFNULL(GROUP_CONCAT(CONCAT_WS(':', table_name, constraint_name, constraint_type) \
-        ORDER BY table_name, constraint_name SEPARATOR '|'), '')) \
-        FROM information_schema.table_constraints WHERE table_schema = ?), \
-    (SELECT MD5(IFNULL(GROUP_CONCAT(CONCAT_WS(':', constraint_name, table_name, referenced_table_name, \
-        update_rule, delete_rule) ORDER BY constraint_name SEPARATOR '|'), '')) \
-        FROM information_schema.referential_constraints WHERE constraint_schema = ?), \
-    (SELECT MD5(IFNULL(GROUP_CONCAT(CONCAT_WS(':', routine_name, routine_type, \
-        MD5(REPLACE(IFNULL(routine_definition, ''), ?, ''))) ORDER BY routine_name SEPARATOR '|'), '')) \
-        FROM information_schema.routines WHERE routine_schema = ?), \
-    (SELECT MD5(IFNULL(GROUP_CONCAT(CONCAT_WS(':', table_name, \
-        MD5(REPLACE(IFNULL(view_definition, ''), ?, ''))) ORDER BY table_name SEPARATOR '|'), '')) \
-        FROM information_schema.views WHERE table_schema = ?), \
-    (SELECT COUNT(*) FROM information_schema.triggers WHERE trigger_schema = ?), \
-    (SELECT COUNT(*) FROM information_schema.events WHERE event_schema = ?), \
-    (SELECT CONCAT_WS(':', default_character_set_name, default_collation_name) \
-        FROM information_schema.schemata WHERE schema_name = ?))";
-
-/// A database's fingerprint.
-async fn fingerprint(conn: &mut MySqlConnection, database: &str) -> Result<String, sqlx::Error> {
-    let mut query = sqlx::query_scalar::<_, Option<String>>(FINGERPRINT_SQL);
-    for _ in 0..12 {
-        query = query.bind(database);
-    }
-    Ok(query.fetch_one(conn).await?.unwrap_or_default())
-}
-
-/// Each base table's `AUTO_INCREMENT`.
-async fn auto_increments(
-    conn: &mut MySqlConnection,
-    database: &str,
-) -> Result<HashMap<String, Option<u64>>, sqlx::Error> {
-    let rows: Vec<(String, Option<u64>)> = sqlx::query_as(
-        "SELECT CAST(table_name AS CHAR), CAST(auto_increment AS UNSIGNED) \
-         FROM information_schema.tables WHERE table_schema = ? AND table_type = 'BASE TABLE'",
-    )
-    .bind(database)
-    .fetch_all(conn)
-    .await?;
-    Ok(rows.into_iter().collect())
+    /// tests of this process, each with a pool already connected to it.
+    spares: Mutex<Vec<(String, MySqlPool)>>,
+    /// Database-mode tests of this process running now.
+    running: AtomicUsize,
+    /// Used databases being recycled (or dropped) in the background.
+    recycling: AtomicUsize,
+    /// Signalled when a recycling ends.
+    recycled: Notify,
 }
 
 /// Stands for the clone's name in a clone script.
-const TARGET: &str = "\u{1}dbtest-target\u{1}";
+pub(super) const TARGET: &str = "\u{1}dbtest-target\u{1}";
 
 /// MySQL's limit on a database name.
 const MAX_NAME_LEN: usize = 64;
@@ -283,9 +217,6 @@ impl Engine {
             owner,
             owner_conn: Mutex::new(Some(owner_conn)),
             counter: AtomicU64::new(0),
-            clone_cost: Cost::default(),
-            drop_cost: Cost::default(),
-            recycle_cost: Cost::default(),
             templates: Mutex::new(HashMap::new()),
         })
     }
@@ -396,6 +327,9 @@ impl Engine {
             script,
             recycle,
             spares: Mutex::new(Vec::new()),
+            running: AtomicUsize::new(0),
+            recycling: AtomicUsize::new(0),
+            recycled: Notify::new(),
         })
     }
 
@@ -478,9 +412,12 @@ impl Engine {
                 .await
                 .map_err(|e| ctx("finishing the working database", e))?;
         }
-        let recycle = recycle_plan(admin, template)
-            .await
-            .map_err(|e| ctx("reading the template's tables", e))?;
+        // Without a plan, per-test databases are cloned afresh: slower, the
+        // same result.
+        let recycle = recycle::plan(admin, template).await.unwrap_or_else(|e| {
+            tracing::warn!(%template, "db-test: per-test databases will not be recycled: {e}");
+            None
+        });
         Ok((script, recycle))
     }
 
@@ -595,15 +532,38 @@ impl Engine {
         }
     }
 
-    /// A new per-test database, cloned from the template.
-    pub(crate) async fn create_test_database(&self, template: &Template) -> Result<String, String> {
-        let spare = template
-            .spares
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop();
-        if let Some(spare) = spare {
-            return Ok(spare);
+    /// A per-test database: a spare (with its pool, connected) if one is
+    /// ready, otherwise a new clone of the template (and no pool yet).
+    pub(crate) async fn create_test_database(
+        &self,
+        template: &Template,
+    ) -> Result<(String, Option<MySqlPool>), String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let recycled = template.recycled.notified();
+            tokio::pin!(recycled);
+            recycled.as_mut().enable();
+            let spare = template
+                .spares
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop();
+            if let Some((name, pool)) = spare {
+                template.running.fetch_add(1, Ordering::Relaxed);
+                return Ok((name, Some(pool)));
+            }
+            // With no other test running, nothing else would use the time:
+            // wait for the database being recycled (a few ms) rather than
+            // clone a new one. With others running, clone: their databases
+            // come back as spares for the tests after this one.
+            if template.recycling.load(Ordering::Relaxed) == 0
+                || template.running.load(Ordering::Relaxed) > 0
+                || tokio::time::timeout_at(deadline.into(), recycled)
+                    .await
+                    .is_err()
+            {
+                break;
+            }
         }
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let name = format!("{}_d{:08x}_{n}", template.prefix, self.owner);
@@ -621,7 +581,6 @@ impl Engine {
                     self.display_url
                 )
             })?;
-        let t0 = Instant::now();
         if let Err(e) = clone_into(&mut admin, &template.script, &name).await {
             let _ = admin
                 .execute(sqlx::AssertSqlSafe(format!(
@@ -634,8 +593,8 @@ impl Engine {
                 template.template, self.display_url
             ));
         }
-        self.clone_cost.add(t0);
-        Ok(name)
+        template.running.fetch_add(1, Ordering::Relaxed);
+        Ok((name, None))
     }
 
     /// Ends every session in `database` (`KILL CONNECTION`), or only their
@@ -672,12 +631,38 @@ impl Engine {
             .await;
     }
 
+    /// The test using `name` is over: recycles the database into a spare
+    /// (or drops it) in the background, on the shared runtime, off the
+    /// test's time. A failure there is the engine's, not the test's: it is
+    /// logged, and a database left behind is this process's, swept by the
+    /// next one.
+    pub(crate) fn release_test_database(&'static self, template: Arc<Template>, name: String) {
+        template.recycling.fetch_add(1, Ordering::Relaxed);
+        template.running.fetch_sub(1, Ordering::Relaxed);
+        crate::run::shared_runtime().spawn(async move {
+            if !self.recycle_test_database(&template, &name).await
+                && let Err(e) = self.drop_test_database(&name).await
+            {
+                tracing::warn!("{e}");
+            }
+            template.recycling.fetch_sub(1, Ordering::Relaxed);
+            template.recycled.notify_waiters();
+        });
+    }
+
+    /// A test's database that is not recycled (dropped or kept) is no
+    /// longer in use.
+    pub(crate) fn end_test_database(&self, template: &Template) {
+        template.running.fetch_sub(1, Ordering::Relaxed);
+    }
+
     /// Resets a used per-test database to the template's state and keeps it
-    /// as a spare for the next test of this process; `false` when that is
-    /// not possible (the test changed the schema, the template has triggers,
-    /// enough spares), and the caller drops it. Cheaper than a new clone: no
-    /// file is created, only rows are deleted and copied (and
-    /// `AUTO_INCREMENT`s that moved are set back).
+    /// as a spare for the next test of this process, with a pool connected
+    /// to it (a new connection: no session state of the test's); `false`
+    /// when that is not possible (the test changed the schema, the template
+    /// has triggers, enough spares), and the caller drops it. No file is
+    /// created or removed: rows are deleted and copied back, and
+    /// `AUTO_INCREMENT`s that moved are set back (see [`recycle`]).
     pub(crate) async fn recycle_test_database(&self, template: &Template, name: &str) -> bool {
         let Some(plan) = &template.recycle else {
             return false;
@@ -691,56 +676,37 @@ impl Engine {
         {
             return false;
         }
-        // Where DDL is cheap (the embedded server keeps its data in memory)
-        // a new clone can cost less than checking and resetting a used one:
-        // recycle only while it is the cheaper way (trying it now and then,
-        // to keep its cost current).
-        let (recycle, replace) = (
-            self.recycle_cost.get(),
-            self.clone_cost.get() + self.drop_cost.get(),
-        );
-        let explore = self.counter.load(Ordering::Relaxed).is_multiple_of(16);
-        if recycle > 0 && replace > 0 && recycle > replace && !explore {
-            return false;
-        }
-        let t0 = Instant::now();
         let Ok(mut admin) = self.admin().await else {
             return false;
         };
-        match fingerprint(&mut admin, name).await {
-            Ok(fp) if fp == plan.fingerprint => {}
-            _ => return false,
-        }
-        let Ok(now) = auto_increments(&mut admin, name).await else {
-            return false;
-        };
-        let target = name.replace('`', "``");
-        let mut sql = plan.reset.replace(TARGET, &target);
-        for (table, value) in &plan.auto_increments {
-            if let Some(value) = value
-                && now.get(table) != Some(&Some(*value))
-            {
-                sql.push_str(&format!(
-                    "ALTER TABLE {}.{} AUTO_INCREMENT = {value};\n",
-                    quote(name),
-                    quote(table)
-                ));
-            }
-        }
-        if sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .execute(&mut *admin)
-            .await
-            .is_err()
-        {
+        if let Err(why) = plan.reset(&mut admin, name).await {
+            tracing::debug!(database = %name, why, "db-test: dropping a test database instead of recycling it");
             return false;
         }
-        self.recycle_cost.add(t0);
+        drop(admin);
+        let pool = self.test_pool(name);
+        if let Err(e) = pool.acquire().await {
+            tracing::debug!(database = %name, "db-test: dropping a test database instead of recycling it: {e}");
+            pool.close().await;
+            return false;
+        }
         template
             .spares
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(name.to_string());
+            .push((name.to_string(), pool));
         true
+    }
+
+    /// The pool of a test's own database (not connected yet).
+    pub(crate) fn test_pool(&self, name: &str) -> MySqlPool {
+        MySqlPoolOptions::new()
+            .max_connections(config::database_pool_size())
+            .acquire_timeout(config::acquire_timeout())
+            // An idle connection is handed out without a round trip: the
+            // database is the test's alone.
+            .test_before_acquire(false)
+            .connect_lazy_with(self.options_for(name))
     }
 
     /// Drops a per-test database.
@@ -751,14 +717,12 @@ impl Engine {
             ));
         }
         let mut admin = self.admin().await?;
-        let t0 = Instant::now();
         let dropped = admin
             .execute(sqlx::AssertSqlSafe(format!(
                 "DROP DATABASE IF EXISTS {}",
                 quote(name)
             )))
             .await;
-        self.drop_cost.add(t0);
         dropped.map(|_| ()).map_err(|e| {
             format!(
                 "db-test: dropping database {name} on {}: {e}",
@@ -800,23 +764,6 @@ fn lock_wait_secs() -> u64 {
         .parse()
         .unwrap_or(5000);
     ms.div_ceil(1000).max(1)
-}
-
-/// A running average of a duration, in µs; 0 until measured.
-#[derive(Default)]
-struct Cost(AtomicU64);
-
-impl Cost {
-    fn add(&self, since: Instant) {
-        let x = since.elapsed().as_micros().max(1) as u64;
-        let old = self.0.load(Ordering::Relaxed);
-        let new = if old == 0 { x } else { (old * 7 + x) / 8 };
-        self.0.store(new, Ordering::Relaxed);
-    }
-
-    fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
 }
 
 /// Connects within the connect timeout.
@@ -990,67 +937,6 @@ async fn clone_script(admin: &mut MySqlConnection, template: &str) -> Result<Str
     }
     script.push_str("SET FOREIGN_KEY_CHECKS = @dbtest_fk;\n");
     Ok(script)
-}
-
-/// How to recycle clones of `template`, unless it has triggers or events
-/// (deleting and copying rows would fire triggers).
-async fn recycle_plan(
-    admin: &mut MySqlConnection,
-    template: &str,
-) -> Result<Option<Recycle>, sqlx::Error> {
-    let active: i64 = sqlx::query_scalar(
-        "SELECT (SELECT COUNT(*) FROM information_schema.triggers WHERE trigger_schema = ?) \
-         + (SELECT COUNT(*) FROM information_schema.events WHERE event_schema = ?)",
-    )
-    .bind(template)
-    .bind(template)
-    .fetch_one(&mut *admin)
-    .await?;
-    if active > 0 {
-        return Ok(None);
-    }
-    let q = quote(template);
-    let auto_increments = auto_increments(admin, template).await?;
-    let mut tables: Vec<&String> = auto_increments.keys().collect();
-    tables.sort();
-    let mut reset =
-        String::from("SET @dbtest_fk = @@FOREIGN_KEY_CHECKS, FOREIGN_KEY_CHECKS = 0;\n");
-    let mut copies = String::new();
-    for table in tables {
-        let qt = quote(table);
-        reset.push_str(&format!("DELETE FROM `{TARGET}`.{qt};\n"));
-        let has_rows: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT EXISTS(SELECT 1 FROM {q}.{qt})"
-        )))
-        .fetch_one(&mut *admin)
-        .await?;
-        if has_rows {
-            let columns: Vec<String> = sqlx::query_scalar(
-                "SELECT CAST(column_name AS CHAR) FROM information_schema.columns \
-                 WHERE table_schema = ? AND table_name = ? AND extra NOT LIKE '%GENERATED%' \
-                 ORDER BY ordinal_position",
-            )
-            .bind(template)
-            .bind(table)
-            .fetch_all(&mut *admin)
-            .await?;
-            let columns = columns
-                .iter()
-                .map(|c| quote(c))
-                .collect::<Vec<_>>()
-                .join(", ");
-            copies.push_str(&format!(
-                "INSERT INTO `{TARGET}`.{qt} ({columns}) SELECT {columns} FROM {q}.{qt};\n"
-            ));
-        }
-    }
-    reset.push_str(&copies);
-    reset.push_str("SET FOREIGN_KEY_CHECKS = @dbtest_fk;\n");
-    Ok(Some(Recycle {
-        fingerprint: fingerprint(admin, template).await?,
-        reset,
-        auto_increments,
-    }))
 }
 
 /// Waits (briefly, in real time) until every connection of the pool is idle.

@@ -85,6 +85,8 @@ mod embedded;
 pub(crate) mod engine;
 #[cfg(feature = "harness")]
 mod lexer;
+#[cfg(feature = "harness")]
+mod recycle;
 
 use sqlx::MySql;
 
@@ -246,6 +248,10 @@ mod harness {
         spec: &'static TestSpec,
         pool: &MySqlPool,
     ) -> Result<(), String> {
+        if spec.fixtures.is_empty() && pool.num_idle() > 0 {
+            // A spare's pool: connected already.
+            return Ok(());
+        }
         let mut conn = pool.acquire().await.map_err(|e| {
             format!(
                 "db-test: cannot connect to the database of test `{}`: {e}",
@@ -369,15 +375,9 @@ mod harness {
         template: Arc<engine::Template>,
     ) -> Result<(Box<dyn Resource>, Arc<TestState<MySql>>, String), String> {
         let _ = spec;
-        let name = engine.create_test_database(&template).await?;
+        let (name, pool) = engine.create_test_database(&template).await?;
         let options = engine.options_for(&name);
-        let pool = MySqlPoolOptions::new()
-            .max_connections(config::database_pool_size())
-            .acquire_timeout(config::acquire_timeout())
-            // An idle connection is handed out without a round trip: the
-            // database is the test's alone.
-            .test_before_acquire(false)
-            .connect_lazy_with(options.clone());
+        let pool = pool.unwrap_or_else(|| engine.test_pool(&name));
         let resource = Box::new(DatabaseResource {
             engine,
             template,
@@ -432,6 +432,7 @@ mod harness {
                     forced = true;
                 }
                 if ending.failed && config::keep_failed() {
+                    engine.end_test_database(&template);
                     return match engine.keep_test_database(&name).await {
                         Ok(()) => {
                             eprintln!(
@@ -444,11 +445,12 @@ mod harness {
                         Err(e) => (Some(e), Vec::new()),
                     };
                 }
-                // Reset into a spare for the next test, or dropped.
-                if !forced && engine.recycle_test_database(&template, &name).await {
-                    return (None, Vec::new());
+                if forced {
+                    engine.end_test_database(&template);
+                    return (engine.drop_test_database(&name).await.err(), Vec::new());
                 }
-                (engine.drop_test_database(&name).await.err(), Vec::new())
+                engine.release_test_database(template, name);
+                (None, Vec::new())
             })
         }
     }

@@ -46,12 +46,13 @@
 //!   "database"`): a database of the test's own, with real commits and DDL.
 //!   MySQL has no `CREATE DATABASE ... TEMPLATE`: the template's schema
 //!   (tables, views, routines, triggers) and rows are replayed by one
-//!   multi-statement script, or a database a finished test used is reset
-//!   (rows deleted and copied back) when its schema is unchanged and that
-//!   is cheaper on this server. Measured per test: a clone ~4 ms and a drop
-//!   ~2 ms on the embedded server in memory, where a reset (~11 ms, mostly
-//!   the schema check) loses; on a server on disk a clone ~22 ms plus a
-//!   drop ~20 ms, against ~17 ms for a reset. With `DB_TEST_KEEP_FAILED=1`
+//!   multi-statement script. After the test, in the background, its
+//!   database is reset into a spare for a later test when its schema is
+//!   still the template's (rows deleted and copied back in one transaction,
+//!   moved `AUTO_INCREMENT`s set back; the schema checked by one round trip
+//!   of `SHOW` statements), with a new connection opened ahead; a test that
+//!   changed its schema has its database dropped. With
+//!   `DB_TEST_KEEP_FAILED=1`
 //!   a failed test's database is kept.
 //!
 //! # Traps

@@ -488,6 +488,52 @@ fn a_changed_schema_is_never_recycled() {
     }
 }
 
+// A task that outlives its test, holding a connection to the test's own
+// database: the test ends at once, the next test gets another database,
+// and the process does not hang on it.
+#[db_test(
+    migrations = "tests/mysql/migrations",
+    isolation = "database",
+    flavor = "multi_thread"
+)]
+async fn child_held_a(pool: MySqlPool) {
+    let name: String = sqlx::query_scalar("SELECT DATABASE()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    println!("USED {name}");
+    let conn = pool.acquire().await.unwrap();
+    if is_child() {
+        tokio::spawn(async move {
+            let _conn = conn;
+            std::future::pending::<()>().await;
+        });
+    }
+}
+
+#[db_test(migrations = "tests/mysql/migrations", isolation = "database")]
+async fn child_held_b(db: TestDb) {
+    first_insert_gets_id_1(&db).await;
+}
+
+#[test]
+fn a_task_holding_a_connection_of_its_database_does_not_hang_or_leak() {
+    let mut cmd = common::children(&["child_held_a", "child_held_b"]);
+    cmd.env("DB_TEST_MYSQL_CHILD", "1");
+    let (out, text) = common::run_until(cmd, Duration::from_secs(60));
+    assert!(out.status.success(), "{text}");
+    let used: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split("USED ").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .collect();
+    assert_eq!(used.len(), 2, "{text}");
+    assert_ne!(
+        used[0], used[1],
+        "a database still in use was handed on\n{text}"
+    );
+}
+
 // MySQL has no deferred constraints: every one is checked when its
 // statement runs, so `check_constraints` has nothing to add (a no-op).
 #[db_test(migrations = "tests/mysql/migrations", check_constraints = true)]

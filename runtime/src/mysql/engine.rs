@@ -40,6 +40,7 @@ use super::recycle::{self, Recycle};
 use crate::config;
 use crate::postgres::engine::{Migrations, redact};
 use crate::postgres::template::{MigratorRef, migrations_hash, resolve_migrations};
+use crate::shared::TEARDOWN_GRACE;
 
 /// The engine of the process: one server.
 pub(crate) struct Engine {
@@ -538,7 +539,7 @@ impl Engine {
         &self,
         template: &Template,
     ) -> Result<(String, Option<MySqlPool>), String> {
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(1);
         loop {
             let recycled = template.recycled.notified();
             tokio::pin!(recycled);
@@ -631,16 +632,23 @@ impl Engine {
             .await;
     }
 
-    /// The test using `name` is over: recycles the database into a spare
-    /// (or drops it) in the background, on the shared runtime, off the
-    /// test's time. A failure there is the engine's, not the test's: it is
+    /// The test using `name` is over: closes its pool, then recycles the
+    /// database into a spare (or drops it), in the background on the shared
+    /// runtime, off the test's time. A failure there is the engine's, not the test's: it is
     /// logged, and a database left behind is this process's, swept by the
     /// next one.
-    pub(crate) fn release_test_database(&'static self, template: Arc<Template>, name: String) {
+    pub(crate) fn release_test_database(
+        &'static self,
+        template: Arc<Template>,
+        name: String,
+        pool: MySqlPool,
+        test: &'static str,
+    ) {
         template.recycling.fetch_add(1, Ordering::Relaxed);
         template.running.fetch_sub(1, Ordering::Relaxed);
         crate::run::shared_runtime().spawn(async move {
-            if !self.recycle_test_database(&template, &name).await
+            let closed = self.close_test_pool(&name, &pool, test).await;
+            if !(closed && self.recycle_test_database(&template, &name).await)
                 && let Err(e) = self.drop_test_database(&name).await
             {
                 tracing::warn!("{e}");
@@ -648,6 +656,25 @@ impl Engine {
             template.recycling.fetch_sub(1, Ordering::Relaxed);
             template.recycled.notify_waiters();
         });
+    }
+
+    /// Closes the pool of a test's database; a connection that a task of
+    /// the test still holds after the grace period is killed (`false`).
+    pub(crate) async fn close_test_pool(&self, name: &str, pool: &MySqlPool, test: &str) -> bool {
+        if tokio::time::timeout(TEARDOWN_GRACE, pool.close())
+            .await
+            .is_ok()
+        {
+            return true;
+        }
+        tracing::warn!(
+            test,
+            database = %name,
+            "db-test: a task still held a connection to the test's database \
+             {TEARDOWN_GRACE:?} after the test ended; its connections were killed"
+        );
+        self.kill_sessions(name, true).await;
+        false
     }
 
     /// A test's database that is not recycled (dropped or kept) is no

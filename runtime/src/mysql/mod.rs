@@ -414,44 +414,33 @@ mod harness {
                     name,
                     pool,
                 } = *self;
-                let mut forced = ending.timed_out;
+                let keep = ending.failed && config::keep_failed();
+                if !ending.timed_out && !keep {
+                    // Closed, then recycled or dropped, in the background:
+                    // the test is over.
+                    engine.release_test_database(template, name, pool, ending.spec.name);
+                    return (None, Vec::new());
+                }
                 if ending.timed_out {
                     // Whatever the test still runs on the server stops now.
                     engine.kill_sessions(&name, true).await;
                 }
-                if tokio::time::timeout(TEARDOWN_GRACE, pool.close())
-                    .await
-                    .is_err()
-                {
-                    tracing::warn!(
-                        test = ending.spec.name,
-                        database = %name,
-                        "db-test: a task still held a connection to the test's database \
-                         {TEARDOWN_GRACE:?} after the test ended; its connections were killed"
-                    );
-                    engine.kill_sessions(&name, true).await;
-                    forced = true;
-                }
-                if ending.failed && config::keep_failed() {
-                    engine.end_test_database(&template);
-                    return match engine.keep_test_database(&name).await {
-                        Ok(()) => {
-                            eprintln!(
-                                "db-test: kept the database of failed test `{}` \
-                                 (DB_TEST_KEEP_FAILED=1): {name} on {}",
-                                ending.spec.name, engine.display_url
-                            );
-                            (None, Vec::new())
-                        }
-                        Err(e) => (Some(e), Vec::new()),
-                    };
-                }
-                if forced {
-                    engine.end_test_database(&template);
+                engine.close_test_pool(&name, &pool, ending.spec.name).await;
+                engine.end_test_database(&template);
+                if !keep {
                     return (engine.drop_test_database(&name).await.err(), Vec::new());
                 }
-                engine.release_test_database(template, name);
-                (None, Vec::new())
+                match engine.keep_test_database(&name).await {
+                    Ok(()) => {
+                        eprintln!(
+                            "db-test: kept the database of failed test `{}` \
+                             (DB_TEST_KEEP_FAILED=1): {name} on {}",
+                            ending.spec.name, engine.display_url
+                        );
+                        (None, Vec::new())
+                    }
+                    Err(e) => (Some(e), Vec::new()),
+                }
             })
         }
     }

@@ -81,6 +81,8 @@
 //!   connection with `KILL CONNECTION` if it does not come back).
 
 #[cfg(feature = "harness")]
+mod databases;
+#[cfg(feature = "harness")]
 mod embedded;
 #[cfg(feature = "harness")]
 pub(crate) mod engine;
@@ -88,6 +90,8 @@ pub(crate) mod engine;
 mod lexer;
 #[cfg(feature = "harness")]
 mod recycle;
+#[cfg(feature = "harness")]
+mod template;
 
 use sqlx::MySql;
 
@@ -186,6 +190,7 @@ mod harness {
 
     use super::Db;
     use super::engine::{self, Engine, settle_pool};
+    use super::template;
     use crate::config;
     use crate::context::{Backend, BoxError, ContextInner, FromTestContext, TestContext};
     use crate::generic::shared::{Shared, TestState, TxResource, apply_fixtures};
@@ -278,7 +283,7 @@ mod harness {
     async fn setup_transaction(
         spec: &'static TestSpec,
         engine: &'static Engine,
-        template: &engine::Template,
+        template: &template::Template,
     ) -> Result<(Box<dyn Resource>, Arc<TestState<MySql>>), String> {
         let mut last_err = None;
         for _ in 0..3 {
@@ -373,7 +378,7 @@ mod harness {
     async fn setup_database(
         spec: &'static TestSpec,
         engine: &'static Engine,
-        template: Arc<engine::Template>,
+        template: Arc<template::Template>,
     ) -> Result<(Box<dyn Resource>, Arc<TestState<MySql>>, String), String> {
         let _ = spec;
         let (name, pool) = engine.create_test_database(&template).await?;
@@ -396,7 +401,7 @@ mod harness {
     /// A per-test database, dropped at the end.
     struct DatabaseResource {
         engine: &'static Engine,
-        template: Arc<engine::Template>,
+        template: Arc<template::Template>,
         name: String,
         pool: MySqlPool,
     }

@@ -35,7 +35,8 @@ use futures_util::TryStreamExt;
 use sqlx::mysql::MySqlConnection;
 use sqlx::{Column, Either, Executor, Row};
 
-use super::engine::{TARGET, quote};
+use super::engine::quote;
+use super::template::TARGET;
 
 /// How to bring a used per-test database back to its template's state.
 pub(super) struct Recycle {

@@ -1,0 +1,515 @@
+//! Templates: the migrated template database of each migrations hash and
+//! its working database (transaction mode), built once per hash, and the
+//! sweeps of outdated templates and of leftovers of gone processes.
+//!
+//! MySQL has no `CREATE DATABASE ... TEMPLATE`. The template is migrated
+//! once per hash, under `GET_LOCK`, so parallel processes build it once; a
+//! marker database (`_tb`) exists from before the build until after it, so
+//! a build killed midway is seen by the next process and redone. A clone is
+//! the template's schema and rows replayed by one multi-statement script
+//! (built once per process from `SHOW CREATE ...`): tables in any order with
+//! `FOREIGN_KEY_CHECKS=0`, their rows (`INSERT ... SELECT`, generated columns
+//! left out), views in dependency order, routines, then triggers (after the
+//! rows, so copying fires none). Events are not copied.
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use sqlx::mysql::{MySqlConnection, MySqlPool, MySqlPoolOptions};
+use sqlx::{Connection, Executor, Row};
+use tokio::sync::Notify;
+
+use super::engine::{Engine, connect, hex8, owner_lock, quote, test_database_owner};
+use super::recycle::{self, Recycle};
+use crate::config;
+use crate::postgres::engine::Migrations;
+use crate::postgres::template::{MigratorRef, migrations_hash, resolve_migrations};
+
+/// A migrated template, its working database and the script that clones it.
+pub(crate) struct Template {
+    pub(crate) prefix: String,
+    pub(crate) template: String,
+    pub(crate) working: String,
+    /// The working database's pool (transaction mode).
+    pub(crate) pool: MySqlPool,
+    /// The clone script: [`TARGET`] stands for the new database's name.
+    pub(super) script: String,
+    /// How to reset a used per-test database, if this schema allows it.
+    pub(super) recycle: Option<Recycle>,
+    /// Used per-test databases reset to the template's state, for the next
+    /// tests of this process, each with a pool already connected to it.
+    pub(super) spares: Mutex<Vec<(String, MySqlPool)>>,
+    /// Database-mode tests of this process running now.
+    pub(super) running: AtomicUsize,
+    /// Used databases being recycled (or dropped) in the background.
+    pub(super) recycling: AtomicUsize,
+    /// Signalled when a recycling ends.
+    pub(super) recycled: Notify,
+}
+
+/// Stands for the clone's name in a clone script.
+pub(super) const TARGET: &str = "\u{1}dbtest-target\u{1}";
+
+impl Engine {
+    /// The template (and working database and pool) for these migrations.
+    pub(crate) async fn template(
+        &'static self,
+        migrations: Migrations,
+        manifest_dir: &'static str,
+    ) -> Result<Arc<Template>, String> {
+        let key = crate::postgres::template::migrations_key(migrations, manifest_dir)?;
+        let cell = {
+            let mut map = self.templates.lock().unwrap_or_else(|e| e.into_inner());
+            map.entry(key).or_default().clone()
+        };
+        cell.get_or_try_init(|| async move {
+            let (source_key, migrator) = resolve_migrations(migrations, manifest_dir).await?;
+            self.build_template(&source_key, migrator)
+                .await
+                .map(Arc::new)
+        })
+        .await
+        .cloned()
+    }
+
+    async fn build_template(
+        &'static self,
+        source_key: &str,
+        migrator: MigratorRef,
+    ) -> Result<Template, String> {
+        let hash = migrations_hash(migrator.get());
+        let prefix = format!(
+            "dbtest_{}_{}",
+            hex8(source_key.as_bytes()),
+            &hash[..hash.len().min(10)]
+        );
+        let template = format!("{prefix}_t");
+        let working = format!("{prefix}_w");
+        let ctx =
+            |what: &str, e: sqlx::Error| format!("db-test: {what} on {}: {e}", self.display_url);
+        let mut admin = self.admin().await?;
+        let lock = format!("{prefix}_lock");
+        let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, 600)")
+            .bind(&lock)
+            .fetch_one(&mut *admin)
+            .await
+            .map_err(|e| ctx("taking the template lock", e))?;
+        if got != Some(1) {
+            return Err(format!(
+                "db-test: waited 600s for the template lock `{lock}` on {}; another test process \
+                 is building the template, or is stuck",
+                self.display_url
+            ));
+        }
+        let result = self
+            .build_locked(&mut admin, migrator.get(), &prefix, &template, &working)
+            .await;
+        let _ = sqlx::query("SELECT RELEASE_LOCK(?)")
+            .bind(&lock)
+            .execute(&mut *admin)
+            .await;
+        let (script, recycle) = result?;
+        drop(admin);
+        self.sweep_leftovers().await;
+        self.sweep_outdated(&prefix).await;
+        let lock_wait = lock_wait_secs();
+        let pool = MySqlPoolOptions::new()
+            .max_connections(config::pool_size())
+            .acquire_timeout(config::acquire_timeout())
+            // A connection comes back rolled back and healthy; one the server
+            // dropped fails to begin and is replaced (see `setup`).
+            .test_before_acquire(false)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    // Tests share the working database: a test waiting for a
+                    // row another test holds gives up after
+                    // DB_TEST_LOCK_TIMEOUT (5s), not InnoDB's 50s.
+                    conn.execute(sqlx::AssertSqlSafe(format!(
+                        "SET SESSION innodb_lock_wait_timeout = {lock_wait}, \
+                         lock_wait_timeout = {lock_wait}"
+                    )))
+                    .await?;
+                    Ok(())
+                })
+            })
+            .connect_lazy_with(self.options_for(&working));
+        Ok(Template {
+            prefix,
+            template,
+            working,
+            pool,
+            script,
+            recycle,
+            spares: Mutex::new(Vec::new()),
+            running: AtomicUsize::new(0),
+            recycling: AtomicUsize::new(0),
+            recycled: Notify::new(),
+        })
+    }
+
+    /// Under the template lock: builds what is missing, returns the clone script.
+    async fn build_locked(
+        &self,
+        admin: &mut MySqlConnection,
+        migrator: &sqlx::migrate::Migrator,
+        prefix: &str,
+        template: &str,
+        working: &str,
+    ) -> Result<(String, Option<Recycle>), String> {
+        let ctx =
+            |what: &str, e: sqlx::Error| format!("db-test: {what} on {}: {e}", self.display_url);
+        let existing: Vec<String> = sqlx::query_scalar(
+            "SELECT CAST(schema_name AS CHAR) FROM information_schema.schemata \
+             WHERE schema_name LIKE CONCAT(?, '\\_%')",
+        )
+        .bind(prefix)
+        .fetch_all(&mut *admin)
+        .await
+        .map_err(|e| ctx("listing databases", e))?;
+        let has = |n: &str| existing.iter().any(|e| e == n);
+        let building = format!("{prefix}_tb");
+        if !has(template) || has(&building) {
+            let t0 = Instant::now();
+            if has(&building) {
+                tracing::info!(database = %template, "db-test: rebuilding a half-built template");
+            }
+            for stmt in [
+                format!("DROP DATABASE IF EXISTS {}", quote(working)),
+                format!("DROP DATABASE IF EXISTS {}", quote(template)),
+                format!("CREATE DATABASE IF NOT EXISTS {}", quote(&building)),
+                format!("CREATE DATABASE {}", quote(template)),
+            ] {
+                admin
+                    .execute(sqlx::AssertSqlSafe(stmt))
+                    .await
+                    .map_err(|e| ctx("creating the template database", e))?;
+            }
+            let mut conn = connect(&self.options_for(template), &self.display_url).await?;
+            if migrator.iter().next().is_some() {
+                migrator.run(&mut conn).await.map_err(|e| {
+                    format!("db-test: migrations failed while building template {template}: {e}")
+                })?;
+            }
+            let _ = conn.close().await;
+            admin
+                .execute(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE {}",
+                    quote(&building)
+                )))
+                .await
+                .map_err(|e| ctx("finishing the template", e))?;
+            tracing::info!(%template, elapsed_ms = t0.elapsed().as_millis() as u64, "db-test: template built");
+        }
+        let script = clone_script(admin, template)
+            .await
+            .map_err(|e| ctx("reading the template's schema", e))?;
+        let cloning = format!("{prefix}_wb");
+        if !has(working) || has(&cloning) {
+            for stmt in [
+                format!("DROP DATABASE IF EXISTS {}", quote(working)),
+                format!("CREATE DATABASE IF NOT EXISTS {}", quote(&cloning)),
+                format!("CREATE DATABASE {}", quote(working)),
+            ] {
+                admin
+                    .execute(sqlx::AssertSqlSafe(stmt))
+                    .await
+                    .map_err(|e| ctx("creating the working database", e))?;
+            }
+            clone_into(admin, &script, working)
+                .await
+                .map_err(|e| ctx("creating the working database", e))?;
+            admin
+                .execute(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE {}",
+                    quote(&cloning)
+                )))
+                .await
+                .map_err(|e| ctx("finishing the working database", e))?;
+        }
+        // Without a plan, per-test databases are cloned afresh: slower, the
+        // same result.
+        let recycle = recycle::plan(admin, template).await.unwrap_or_else(|e| {
+            tracing::warn!(%template, "db-test: per-test databases will not be recycled: {e}");
+            None
+        });
+        Ok((script, recycle))
+    }
+
+    /// Drops per-test databases whose owning process is gone (its owner
+    /// lock is free) and that were not kept on purpose.
+    /// Drops the templates (and working databases) of the same migrations
+    /// source with other migrations hashes: outdated once the migrations
+    /// changed. Only those built longer than `DB_TEST_OUTDATED_AFTER` ago
+    /// (10 min) whose working database nobody is connected to, so that two
+    /// checkouts with different migrations can share a server.
+    async fn sweep_outdated(&self, prefix: &str) {
+        // `dbtest_<source>_`: every hash of this source.
+        let Some(source) = prefix.rfind('_').map(|i| &prefix[..=i]) else {
+            return;
+        };
+        let Ok(mut admin) = self.admin().await else {
+            return;
+        };
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT CAST(schema_name AS CHAR) FROM information_schema.schemata \
+             WHERE schema_name LIKE CONCAT(REPLACE(?, '_', '\\_'), '%')",
+        )
+        .bind(source)
+        .fetch_all(&mut *admin)
+        .await
+        .unwrap_or_default();
+        let mut others: Vec<&str> = names
+            .iter()
+            .filter(|n| !n.starts_with(&format!("{prefix}_")))
+            .filter_map(|n| n.strip_suffix("_t"))
+            .collect();
+        others.sort_unstable();
+        others.dedup();
+        let min_age = config::outdated_after().as_secs() as i64;
+        for other in others {
+            let (age, in_use): (Option<i64>, i64) = match sqlx::query_as(
+                "SELECT (SELECT TIMESTAMPDIFF(SECOND, MAX(create_time), NOW()) \
+                         FROM information_schema.tables WHERE table_schema = ?), \
+                        (SELECT COUNT(*) FROM information_schema.processlist \
+                         WHERE db LIKE CONCAT(REPLACE(?, '_', '\\_'), '\\_%'))",
+            )
+            .bind(format!("{other}_t"))
+            .bind(other)
+            .fetch_one(&mut *admin)
+            .await
+            {
+                Ok(row) => row,
+                Err(_) => continue,
+            };
+            // A template without tables has no age to go by: kept.
+            if age.is_none_or(|a| a < min_age) || in_use > 0 {
+                continue;
+            }
+            for kind in ["w", "wb", "t", "tb"] {
+                let name = format!("{other}_{kind}");
+                if names.contains(&name) {
+                    tracing::info!(database = %name, "db-test: dropping an outdated template");
+                    let _ = admin
+                        .execute(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {}",
+                            quote(&name)
+                        )))
+                        .await;
+                }
+            }
+        }
+    }
+
+    async fn sweep_leftovers(&self) {
+        let Ok(mut admin) = self.admin().await else {
+            return;
+        };
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT CAST(schema_name AS CHAR) FROM information_schema.schemata \
+             WHERE schema_name LIKE 'dbtest\\_%'",
+        )
+        .fetch_all(&mut *admin)
+        .await
+        .unwrap_or_default();
+        for name in names {
+            let Some(owner) = test_database_owner(&name) else {
+                continue;
+            };
+            if owner == self.owner {
+                continue;
+            }
+            let used: Option<i64> = sqlx::query_scalar("SELECT IS_USED_LOCK(?)")
+                .bind(owner_lock(owner))
+                .fetch_one(&mut *admin)
+                .await
+                .unwrap_or(Some(0));
+            if used.is_some() {
+                continue;
+            }
+            let kept: bool = sqlx::query_scalar(
+                "SELECT EXISTS(SELECT 1 FROM information_schema.tables \
+                 WHERE table_schema = ? AND table_name = '_dbtest_kept')",
+            )
+            .bind(&name)
+            .fetch_one(&mut *admin)
+            .await
+            .unwrap_or(true);
+            if !kept {
+                tracing::info!(database = %name, "db-test: dropping a leftover test database");
+                let _ = admin
+                    .execute(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {}",
+                        quote(&name)
+                    )))
+                    .await;
+            }
+        }
+    }
+}
+
+/// `DB_TEST_LOCK_TIMEOUT` in whole seconds (MySQL's unit), at least 1.
+fn lock_wait_secs() -> u64 {
+    let ms: u64 = config::lock_timeout()
+        .trim_end_matches("ms")
+        .parse()
+        .unwrap_or(5000);
+    ms.div_ceil(1000).max(1)
+}
+
+/// Runs a clone script into `target` (which exists and is empty).
+pub(super) async fn clone_into(
+    admin: &mut MySqlConnection,
+    script: &str,
+    target: &str,
+) -> Result<(), sqlx::Error> {
+    let sql = script.replace(TARGET, &target.replace('`', "``"));
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(&mut *admin)
+        .await?;
+    Ok(())
+}
+
+/// The script that clones `template` into [`TARGET`]: one round trip.
+async fn clone_script(admin: &mut MySqlConnection, template: &str) -> Result<String, sqlx::Error> {
+    let q = quote(template);
+    let target = format!("`{TARGET}`");
+    // Whatever the template's text names with its own name names the clone.
+    let retarget = |text: &str| text.replace(&format!("{q}."), &format!("{target}."));
+    let mut script =
+        format!("USE {target};\nSET @dbtest_fk = @@FOREIGN_KEY_CHECKS, FOREIGN_KEY_CHECKS = 0;\n");
+    let objects = sqlx::query(
+        "SELECT CAST(table_name AS CHAR), CAST(table_type AS CHAR) FROM information_schema.tables \
+         WHERE table_schema = ? ORDER BY table_name",
+    )
+    .bind(template)
+    .fetch_all(&mut *admin)
+    .await?;
+    let mut tables = Vec::new();
+    let mut views = Vec::new();
+    for row in objects {
+        let name: String = row.try_get(0)?;
+        let kind: String = row.try_get(1)?;
+        if kind == "VIEW" {
+            views.push(name);
+        } else {
+            tables.push(name);
+        }
+    }
+    let mut copies = String::new();
+    for table in &tables {
+        let qt = quote(table);
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SHOW CREATE TABLE {q}.{qt}")))
+            .fetch_one(&mut *admin)
+            .await?;
+        let create: String = row.try_get(1)?;
+        script.push_str(&create);
+        script.push_str(";\n");
+        let has_rows: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT EXISTS(SELECT 1 FROM {q}.{qt})"
+        )))
+        .fetch_one(&mut *admin)
+        .await?;
+        if has_rows {
+            let columns: Vec<String> = sqlx::query_scalar(
+                "SELECT CAST(column_name AS CHAR) FROM information_schema.columns \
+                 WHERE table_schema = ? AND table_name = ? AND extra NOT LIKE '%GENERATED%' \
+                 ORDER BY ordinal_position",
+            )
+            .bind(template)
+            .bind(table)
+            .fetch_all(&mut *admin)
+            .await?;
+            let columns = columns
+                .iter()
+                .map(|c| quote(c))
+                .collect::<Vec<_>>()
+                .join(", ");
+            copies.push_str(&format!(
+                "INSERT INTO {target}.{qt} ({columns}) SELECT {columns} FROM {q}.{qt};\n"
+            ));
+        }
+    }
+    script.push_str(&copies);
+    // Views after the tables, each after the views it names.
+    let mut view_sql = Vec::new();
+    for view in &views {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SHOW CREATE VIEW {q}.{}",
+            quote(view)
+        )))
+        .fetch_one(&mut *admin)
+        .await?;
+        let create: String = row.try_get(1)?;
+        view_sql.push((view.clone(), retarget(&create)));
+    }
+    let mut done: Vec<String> = Vec::new();
+    while done.len() < view_sql.len() {
+        let before = done.len();
+        for (name, sql) in &view_sql {
+            if done.contains(name) {
+                continue;
+            }
+            let waits = view_sql.iter().any(|(other, _)| {
+                other != name && !done.contains(other) && sql.contains(&quote(other))
+            });
+            if !waits {
+                script.push_str(sql);
+                script.push_str(";\n");
+                done.push(name.clone());
+            }
+        }
+        if done.len() == before {
+            // A cycle of names (or a name in a string): keep the order.
+            for (name, sql) in &view_sql {
+                if !done.contains(name) {
+                    script.push_str(sql);
+                    script.push_str(";\n");
+                    done.push(name.clone());
+                }
+            }
+        }
+    }
+    let routines = sqlx::query(
+        "SELECT CAST(routine_name AS CHAR), CAST(routine_type AS CHAR) \
+         FROM information_schema.routines WHERE routine_schema = ? ORDER BY routine_name",
+    )
+    .bind(template)
+    .fetch_all(&mut *admin)
+    .await?;
+    for row in routines {
+        let name: String = row.try_get(0)?;
+        let kind: String = row.try_get(1)?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SHOW CREATE {kind} {q}.{}",
+            quote(&name)
+        )))
+        .fetch_one(&mut *admin)
+        .await?;
+        let create: Option<String> = row.try_get(2)?;
+        if let Some(create) = create {
+            script.push_str(&retarget(&create));
+            script.push_str(";\n");
+        }
+    }
+    let triggers: Vec<String> = sqlx::query_scalar(
+        "SELECT CAST(trigger_name AS CHAR) FROM information_schema.triggers \
+         WHERE trigger_schema = ? ORDER BY action_order, trigger_name",
+    )
+    .bind(template)
+    .fetch_all(&mut *admin)
+    .await?;
+    for trigger in triggers {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SHOW CREATE TRIGGER {q}.{}",
+            quote(&trigger)
+        )))
+        .fetch_one(&mut *admin)
+        .await?;
+        let create: String = row.try_get(2)?;
+        script.push_str(&retarget(&create));
+        script.push_str(";\n");
+    }
+    script.push_str("SET FOREIGN_KEY_CHECKS = @dbtest_fk;\n");
+    Ok(script)
+}

@@ -2,7 +2,7 @@
 //! system's binaries when no URL names one (`DB_TEST_MYSQL_URL`, or a
 //! `mysql://`/`mariadb://` `DATABASE_URL`).
 //!
-//! It follows the embedded PostgreSQL's rules (see `postgres/embedded.rs`):
+//! It follows the embedded PostgreSQL's rules (see `postgres/embedded/`):
 //!
 //! - Binaries: `DB_TEST_MYSQL_BIN` (the server binary, or a directory
 //!   holding it), else `mariadbd` or `mysqld` in `PATH`, `/usr/sbin`,

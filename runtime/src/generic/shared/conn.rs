@@ -1,0 +1,108 @@
+//! [`Shared`]: the test's one connection, shared by every clone of the
+//! test's `Db`; how it opens the test's transaction, and what it reports.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::pool::PoolConnection;
+use sqlx_core::transaction::TransactionManager;
+
+use super::slot::Slot;
+use super::state::{State, register, unregister};
+use super::{Dialect, Manager, SAVEPOINT, depth, exec, lock};
+use crate::shared::LoggedStatement;
+
+/// The test's connection in its transaction, shared by every clone of the
+/// test's `Db`.
+pub(crate) struct Shared<DB: Dialect> {
+    pub(super) slot: Arc<tokio::sync::Mutex<Slot<DB>>>,
+    pub(super) state: Arc<State>,
+    pub(super) conn_addr: usize,
+    /// Set when the test ends, even if a task still holds the connection.
+    pub(super) over: AtomicBool,
+    checkout_timeout_ms: AtomicU64,
+}
+
+impl<DB: Dialect> Shared<DB> {
+    /// Opens the test's transaction on `conn` and wraps it. On failure the
+    /// connection is handed back, for the caller to close.
+    pub(crate) async fn open(
+        mut conn: PoolConnection<DB>,
+        label: String,
+    ) -> Result<Arc<Self>, (sqlx::Error, PoolConnection<DB>)> {
+        if depth::<DB>(&conn) != 0 {
+            return Err((
+                sqlx::Error::Protocol("the connection came back in a transaction".into()),
+                conn,
+            ));
+        }
+        if let Err(e) = Manager::<DB>::begin(&mut conn, None).await {
+            return Err((e, conn));
+        }
+        if let Err(e) = exec::<DB>(&mut conn, &format!("SAVEPOINT {SAVEPOINT}")).await {
+            return Err((e, conn));
+        }
+        let state = Arc::new(State {
+            label,
+            refuse: DB::refuse,
+            touches_session: DB::touches_session,
+            touched: AtomicBool::new(false),
+            statements: AtomicU64::new(0),
+            log: Mutex::new(VecDeque::new()),
+            fresh: AtomicBool::new(true),
+            in_flight: Mutex::new(None),
+            poisoned: Mutex::new(None),
+        });
+        let slot = Arc::new(tokio::sync::Mutex::new(Slot {
+            conn: Some(conn),
+            ended: None,
+        }));
+        // The connection sits in the slot's heap allocation until `finish`
+        // takes it out (and unregisters it first).
+        let conn_addr = {
+            let slot = slot.try_lock().expect("nobody else has it yet");
+            let conn: &DB::Connection = slot.conn.as_deref().expect("just put there");
+            conn as *const DB::Connection as usize
+        };
+        register(conn_addr, state.clone());
+        Ok(Arc::new(Shared {
+            slot,
+            state,
+            conn_addr,
+            over: AtomicBool::new(false),
+            checkout_timeout_ms: AtomicU64::new(
+                crate::config::checkout_timeout().as_millis() as u64
+            ),
+        }))
+    }
+
+    pub(crate) fn label(&self) -> &str {
+        &self.state.label
+    }
+
+    pub(crate) fn checkout_timeout(&self) -> Duration {
+        Duration::from_millis(self.checkout_timeout_ms.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn set_checkout_timeout(&self, timeout: Duration) {
+        self.checkout_timeout_ms
+            .store(timeout.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn statement_count(&self) -> u64 {
+        self.state.statements.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn recent_statements(&self) -> Vec<LoggedStatement> {
+        lock(&self.state.log).iter().cloned().collect()
+    }
+}
+
+impl<DB: Dialect> Drop for Shared<DB> {
+    fn drop(&mut self) {
+        // Teardown never ran (setup failed): leave the registry.
+        unregister(self.conn_addr, &self.state);
+    }
+}

@@ -1,0 +1,122 @@
+//! The end of a test in transaction mode: constraints checked if asked,
+//! everything rolled back, and the connection handed back (or closed).
+
+use std::sync::atomic::Ordering;
+
+use futures_util::TryStreamExt;
+use sqlx::pool::PoolConnection;
+use sqlx_core::transaction::TransactionManager;
+
+use super::errors::is_broken;
+use super::recover::recover_dropped;
+use super::state::unregister;
+use super::{Dialect, Manager, OwnedQuery, Shared, depth, lock};
+use crate::shared::{LoggedStatement, TEARDOWN_GRACE};
+
+impl<DB: Dialect> Shared<DB> {
+    /// Ends the test: checks constraints if asked, rolls everything back,
+    /// and returns the connection (`None` if it could not be made clean),
+    /// a failure to report, and the last statements.
+    pub(crate) async fn finish(
+        &self,
+        reason: &'static str,
+        check_constraints: bool,
+    ) -> (
+        Option<PoolConnection<DB>>,
+        Option<String>,
+        Vec<LoggedStatement>,
+    ) {
+        self.over.store(true, Ordering::Release);
+        let log = self.recent_statements();
+        let mut slot =
+            match crate::clock::timeout(TEARDOWN_GRACE, self.slot.clone().lock_owned()).await {
+                Ok(slot) => slot,
+                Err(()) => {
+                    return (
+                        None,
+                        Some(format!(
+                            "db-test: a task still held the connection of test `{}` (a guard from \
+                         `db.acquire()` or `db.begin()`) {TEARDOWN_GRACE:?} after the test ended; \
+                         its transaction is rolled back when the task lets go",
+                            self.state.label
+                        )),
+                        log,
+                    );
+                }
+            };
+        slot.ended = Some(reason);
+        // A refused statement (a COMMIT, implicit-commit DDL, ...) or a
+        // connection that broke fails the test, even if the test swallowed
+        // the error: as on PostgreSQL.
+        let poisoned = lock(&self.state.poisoned).clone();
+        let Some(mut conn) = slot.conn.take() else {
+            return (None, poisoned, log);
+        };
+        unregister(self.conn_addr, &self.state);
+        let mut failure = poisoned;
+        // A statement still running (the test timed out in it) gets a
+        // grace period; then the connection is dropped instead of reused.
+        let mut healthy = matches!(
+            crate::clock::timeout(
+                TEARDOWN_GRACE,
+                recover_dropped::<DB>(&self.state, &mut conn)
+            )
+            .await,
+            Ok(Ok(()))
+        );
+        if healthy
+            && check_constraints
+            && lock(&self.state.poisoned).is_none()
+            && let Some(check) = DB::CHECK_CONSTRAINTS
+        {
+            match DB::conn_fetch_many(&mut conn, OwnedQuery::<DB>::raw(check))
+                .try_collect::<Vec<_>>()
+                .await
+            {
+                Ok(steps) => {
+                    let rows = steps.iter().filter(|s| s.is_right()).count();
+                    if rows > 0 {
+                        failure = Some(format!(
+                            "db-test: {rows} constraint violation(s) at the end of test `{}` \
+                             (`{check}` found them): this would fail at COMMIT in production",
+                            self.state.label
+                        ));
+                    }
+                }
+                Err(e) => {
+                    failure = Some(format!(
+                        "db-test: cannot check the constraints of test `{}`: {e}",
+                        self.state.label
+                    ))
+                }
+            }
+        }
+        while healthy && depth::<DB>(&conn) > 0 {
+            let outer = depth::<DB>(&conn) == 1;
+            if let Err(e) = Manager::<DB>::rollback(&mut conn).await {
+                healthy = false;
+                if outer && !is_broken(&e) && failure.is_none() {
+                    // Nothing to roll back: something sent on the bare
+                    // connection of a guard ended the test's transaction.
+                    failure = Some(format!(
+                        "db-test: the transaction of test `{}` was ended by a COMMIT or \
+                         ROLLBACK sent on the bare connection of a guard (`&mut **conn`), out \
+                         of db-test's sight ({e}). Its writes were not rolled back where they \
+                         went; the connection is closed and no other test sees them. Use \
+                         `db.begin()` and `tx.commit()` (savepoints under test), or \
+                         `isolation = \"database\"` for a test that must really commit.",
+                        self.state.label
+                    ));
+                }
+            }
+        }
+        if healthy && !self.state.touched.load(Ordering::Relaxed) {
+            (Some(conn), failure, log)
+        } else {
+            // Never hand a connection in an unknown state (or with session
+            // state the test set) to the next test.
+            conn.close_on_drop();
+            (None, failure, log)
+        }
+    }
+}

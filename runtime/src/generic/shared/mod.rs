@@ -1,0 +1,68 @@
+//! The test's one connection, in its transaction, shared by every clone of
+//! the test's [`Db`](super::Db): the backend-generic part of transaction mode.
+//!
+//! Layout of the test's transaction (sqlx's transaction depth in brackets):
+//! `BEGIN` [1], then db-test's savepoint `db_test_auto`, renewed before a
+//! statement run outside an app transaction whenever the one before it
+//! changed something. An app transaction is a sqlx savepoint on top [2..].
+//! At the end, everything is rolled back and the connection goes back to
+//! its pool as it came.
+//!
+//! Where each part lives:
+//!
+//! - `conn`: [`Shared`] itself, how it opens the test's transaction, and
+//!   what it reports (label, checkout timeout, statements run);
+//! - `state`: what the connection carries besides itself (`State`) and the
+//!   registry that finds it from the bare connection behind a guard;
+//! - `slot`: the lock on the connection ([`SlotGuard`]);
+//! - `recover`: a statement whose future was dropped before it ended;
+//! - `statement`: running one statement under `db_test_auto`;
+//! - `finish`: the end of the test;
+//! - `errors`: the messages and errors of a refused or broken connection;
+//! - `setup`: what a backend's setup builds on: [`TestState`], fixtures,
+//!   [`TxResource`], opening the test's transaction.
+
+mod conn;
+mod errors;
+mod finish;
+mod recover;
+mod setup;
+mod slot;
+mod state;
+mod statement;
+
+use std::sync::Mutex;
+
+use futures_util::TryStreamExt;
+use sqlx_core::transaction::TransactionManager;
+
+use super::{Dialect, OwnedQuery};
+
+pub(crate) use conn::Shared;
+#[cfg(feature = "sqlite")]
+pub(crate) use setup::open_transaction;
+pub(crate) use setup::{TestState, TxResource, apply_fixtures};
+pub(crate) use slot::SlotGuard;
+pub(crate) use state::state_of;
+pub(crate) use statement::run_on;
+
+/// db-test's savepoint in the test's transaction.
+pub(crate) const SAVEPOINT: &str = "db_test_auto";
+
+type Manager<DB> = <DB as sqlx::Database>::TransactionManager;
+
+fn depth<DB: Dialect>(conn: &DB::Connection) -> usize {
+    Manager::<DB>::get_transaction_depth(conn)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs db-test's own SQL on a connection, to its end.
+pub(crate) async fn exec<DB: Dialect>(conn: &mut DB::Connection, sql: &str) -> sqlx::Result<()> {
+    DB::conn_fetch_many(conn, OwnedQuery::<DB>::raw(sql))
+        .try_collect::<Vec<_>>()
+        .await
+        .map(|_| ())
+}

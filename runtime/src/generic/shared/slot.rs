@@ -1,0 +1,135 @@
+//! The lock on the test's connection ([`SlotGuard`]): taken with the
+//! checkout timeout, refused once the test is over or its connection
+//! poisoned, and handed to the test or the app for `acquire()`/`begin()`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use sqlx::pool::PoolConnection;
+use sqlx_core::transaction::TransactionManager;
+use tokio::sync::OwnedMutexGuard;
+
+use super::recover::recover_dropped;
+use super::state::State;
+use super::{Dialect, Manager, Shared};
+use crate::error::{Error, ErrorKind};
+
+pub(crate) struct Slot<DB: Dialect> {
+    pub(super) conn: Option<PoolConnection<DB>>,
+    pub(super) ended: Option<&'static str>,
+}
+
+/// The lock on the test's connection. Derefs (through `DbConn`) to it.
+pub(crate) struct SlotGuard<DB: Dialect> {
+    guard: OwnedMutexGuard<Slot<DB>>,
+    /// Handed to the test or the app (`acquire()`, `begin()`), which may
+    /// write on the bare connection, out of db-test's sight.
+    raw: Option<Arc<State>>,
+}
+
+impl<DB: Dialect> Drop for SlotGuard<DB> {
+    fn drop(&mut self) {
+        // What was written through this guard must not be undone with the
+        // next failing statement: `db_test_auto` is renewed before it.
+        if let Some(state) = &self.raw {
+            state.fresh.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<DB: Dialect> SlotGuard<DB> {
+    pub(crate) fn conn(&self) -> &DB::Connection {
+        self.guard.conn.as_ref().expect("checked at lock time")
+    }
+
+    pub(crate) fn conn_mut(&mut self) -> &mut DB::Connection {
+        self.guard.conn.as_mut().expect("checked at lock time")
+    }
+
+    /// Ends the app transaction this guard began: `RELEASE SAVEPOINT` on
+    /// commit, `ROLLBACK TO SAVEPOINT` otherwise.
+    pub(crate) async fn end_savepoint(&mut self, commit: bool) -> sqlx::Result<()> {
+        let conn = self.conn_mut();
+        if commit {
+            Manager::<DB>::commit(conn).await
+        } else {
+            Manager::<DB>::rollback(conn).await
+        }
+    }
+
+    pub(crate) fn start_rollback_savepoint(&mut self) {
+        Manager::<DB>::start_rollback(self.conn_mut())
+    }
+}
+
+impl<DB: Dialect> Shared<DB> {
+    fn over_error(&self, when: &str) -> sqlx::Error {
+        Error::new(
+            ErrorKind::TestOver,
+            format!(
+                "db-test: test `{}` is over ({when}); its `Db` can no longer be used. \
+                 A task spawned by the test outlived it.",
+                self.state.label
+            ),
+        )
+        .into()
+    }
+
+    /// Takes the test's connection, waiting at most the checkout timeout.
+    pub(crate) async fn lock(&self) -> sqlx::Result<SlotGuard<DB>> {
+        if self.over.load(Ordering::Acquire) {
+            return Err(self.over_error("it ended"));
+        }
+        let mut slot = match self.slot.clone().try_lock_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                match crate::clock::timeout(self.checkout_timeout(), self.slot.clone().lock_owned())
+                    .await
+                {
+                    Ok(slot) => slot,
+                    Err(()) => {
+                        return Err(Error::new(
+                            ErrorKind::CheckoutTimeout,
+                            format!(
+                                "db-test: test `{}` waited {:?} for its database connection, which \
+                                 stayed busy. Likely cause: a guard from `db.acquire()` or \
+                                 `db.begin()` is held across another database call (the test has \
+                                 one connection, shared by every clone of its `Db`); drop the \
+                                 guard first, or raise DB_TEST_CHECKOUT_TIMEOUT.",
+                                self.state.label,
+                                self.checkout_timeout()
+                            ),
+                        )
+                        .into());
+                    }
+                }
+            }
+        };
+        if let Some(when) = slot.ended {
+            return Err(self.over_error(when));
+        }
+        if let Some(e) = self.state.poisoned_error() {
+            return Err(e);
+        }
+        let conn = slot.conn.as_mut().expect("present until the test ends");
+        recover_dropped::<DB>(&self.state, conn).await?;
+        Ok(SlotGuard {
+            guard: slot,
+            raw: None,
+        })
+    }
+
+    /// The test's connection for the test or the app (`acquire()`).
+    pub(crate) async fn lock_raw(&self) -> sqlx::Result<SlotGuard<DB>> {
+        let mut guard = self.lock().await?;
+        guard.raw = Some(self.state.clone());
+        Ok(guard)
+    }
+
+    /// An app transaction: a savepoint inside the test's transaction.
+    pub(crate) async fn begin(&self) -> sqlx::Result<SlotGuard<DB>> {
+        let mut guard = self.lock_raw().await?;
+        Manager::<DB>::begin(guard.conn_mut(), None).await?;
+        Ok(guard)
+    }
+}

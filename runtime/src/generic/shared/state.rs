@@ -1,0 +1,80 @@
+//! What a test's connection carries besides the connection ([`State`]):
+//! the statement log, the test's flags, and the registry that finds them
+//! from the bare connection behind a guard.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::errors::poisoned_error;
+use super::{Dialect, lock};
+use crate::shared::{LoggedStatement, STATEMENT_LOG_LEN};
+
+/// What a test's connection carries besides the connection: shared between
+/// statements through `Db` (under the connection's lock) and statements
+/// sent on a guard holding that lock (`&mut DbConn`, which finds it through
+/// the registry below). Not generic, so that the registry is one.
+pub(crate) struct State {
+    pub(super) label: String,
+    pub(super) refuse: fn(&str) -> Option<String>,
+    pub(super) touches_session: fn(&str) -> bool,
+    /// The test may have left session state on the connection.
+    pub(super) touched: AtomicBool,
+    pub(super) statements: AtomicU64,
+    pub(super) log: Mutex<VecDeque<LoggedStatement>>,
+    /// `db_test_auto` marks the current state: nothing changed since it was set.
+    pub(super) fresh: AtomicBool,
+    /// A statement whose future was dropped before it ended.
+    pub(super) in_flight: Mutex<Option<String>>,
+    /// Set when something refused or broken ended the test's use of its
+    /// connection: every later statement gets this error.
+    pub(super) poisoned: Mutex<Option<String>>,
+}
+
+impl State {
+    pub(super) fn record(&self, sql: String, error: Option<String>) {
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        let mut log = lock(&self.log);
+        if log.len() == STATEMENT_LOG_LEN {
+            log.pop_front();
+        }
+        log.push_back(LoggedStatement { sql, error });
+    }
+
+    pub(super) fn poison(&self, why: String) {
+        lock(&self.poisoned).get_or_insert(why);
+    }
+
+    pub(super) fn poisoned_error(&self) -> Option<sqlx::Error> {
+        lock(&self.poisoned).as_ref().map(|why| poisoned_error(why))
+    }
+}
+
+/// Test connections by address, so that statements sent on a guard (a
+/// `&mut DbConn` over the test's connection) find their test's state.
+/// `ACTIVE` keeps the lookup off the path of connections that are no test's.
+static REGISTRY: std::sync::RwLock<Vec<(usize, Arc<State>)>> = std::sync::RwLock::new(Vec::new());
+static ACTIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+pub(super) fn register(addr: usize, state: Arc<State>) {
+    let mut r = REGISTRY.write().unwrap_or_else(|e| e.into_inner());
+    r.retain(|(a, _)| *a != addr);
+    r.push((addr, state));
+    ACTIVE.store(r.len(), Ordering::Release);
+}
+
+pub(super) fn unregister(addr: usize, state: &Arc<State>) {
+    let mut r = REGISTRY.write().unwrap_or_else(|e| e.into_inner());
+    r.retain(|(a, s)| !(*a == addr && Arc::ptr_eq(s, state)));
+    ACTIVE.store(r.len(), Ordering::Release);
+}
+
+/// The state of the test whose connection this is, if any.
+pub(crate) fn state_of<DB: Dialect>(conn: &DB::Connection) -> Option<Arc<State>> {
+    if ACTIVE.load(Ordering::Acquire) == 0 {
+        return None;
+    }
+    let addr = conn as *const DB::Connection as usize;
+    let r = REGISTRY.read().unwrap_or_else(|e| e.into_inner());
+    r.iter().find(|(a, _)| *a == addr).map(|(_, s)| s.clone())
+}

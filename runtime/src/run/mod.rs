@@ -1,0 +1,263 @@
+//! What a `#[db_test]` expands into calls. Not public API.
+//!
+//! Where each part lives:
+//!
+//! - this module: the entry points the expansion calls ([`run`],
+//!   [`run_unit`], [`extract`]), and the failed test's statement report;
+//! - `spec`: what the macro says about a test ([`TestSpec`] and its parts);
+//! - `runtime`: db-test's shared runtime, and a runtime of the test's own;
+//! - `setup`: what a test runs on (PostgreSQL's transaction or database, or
+//!   what another backend's module set up, a `Resource`), and its fixtures;
+//! - `teardown`: undoing that after the body.
+
+mod runtime;
+mod setup;
+mod spec;
+mod teardown;
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+
+use crate::config;
+use crate::context::{FromTestContext, TestContext};
+use crate::shared::LoggedStatement;
+use runtime::{BodyRuntime, prewarm, settle_pool};
+use setup::{Setup, apply_fixtures, setup};
+use teardown::teardown;
+
+pub use crate::postgres::engine::Migrations;
+pub(crate) use runtime::shared_runtime;
+pub(crate) use spec::isolation_of;
+pub use spec::{AsMigrator, Fixture, Flavor, Isolation, TestSpec};
+// What the MySQL and SQLite modules set a test up with and tear it down by.
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+pub(crate) use setup::{Prepared, Resource};
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+pub(crate) use teardown::{Ending, Verdict};
+
+pub use sqlx;
+
+/// What a test body may return: `()` or `Result<_, E>`.
+pub trait TestResult {
+    /// Whether it reports a failure.
+    fn is_failure(&self) -> bool;
+}
+
+impl TestResult for () {
+    fn is_failure(&self) -> bool {
+        false
+    }
+}
+
+impl<T, E> TestResult for Result<T, E> {
+    fn is_failure(&self) -> bool {
+        self.is_err()
+    }
+}
+
+/// Builds one parameter, failing the test with its type name on error.
+pub async fn extract<T: FromTestContext>(ctx: &TestContext, type_name: &'static str) -> T {
+    match T::from_context(ctx).await {
+        Ok(v) => v,
+        Err(e) => panic!(
+            "db-test: could not build the parameter `{type_name}` of test `{}`: {e}",
+            ctx.test_name()
+        ),
+    }
+}
+
+fn print_statements(name: &str, log: &[LoggedStatement]) {
+    if log.is_empty() {
+        return;
+    }
+    let mut out = format!(
+        "db-test: last {} statement(s) of test `{name}`:\n",
+        log.len()
+    );
+    for s in log {
+        out.push_str("  ");
+        out.push_str(s.sql.trim());
+        if let Some(e) = &s.error {
+            out.push_str("\n    -> error: ");
+            out.push_str(e);
+        }
+        out.push('\n');
+    }
+    eprint!("{out}");
+}
+
+/// A test body, boxed: it runs the test and says whether its result is a failure.
+pub type BoxedBody<'a> =
+    Box<dyn FnOnce(TestContext) -> Pin<Box<dyn Future<Output = bool> + 'a>> + 'a>;
+
+/// Runs one test on the shared runtime, in its transaction or its own database.
+///
+/// This generic part only boxes the body, so that each test instantiates a
+/// few lines and the real work ([`run_boxed`]) is compiled once.
+pub fn run<F, Fut, T>(spec: &'static TestSpec, body: F) -> T
+where
+    F: FnOnce(TestContext) -> Fut,
+    Fut: Future<Output = T>,
+    T: TestResult,
+{
+    let mut value: Option<T> = None;
+    let slot = &mut value;
+    run_boxed(
+        spec,
+        Box::new(move |ctx| {
+            Box::pin(async move {
+                let v = body(ctx).await;
+                let failed = v.is_failure();
+                *slot = Some(v);
+                failed
+            })
+        }),
+    );
+    value.expect("db-test: the test body returned")
+}
+
+/// A test body returning `()`, as a plain function pointer.
+pub type UnitBody = fn(TestContext) -> Pin<Box<dyn Future<Output = ()>>>;
+
+/// Runs a test whose body returns `()`. Not generic: nothing is instantiated
+/// per test but the body itself.
+pub fn run_unit(spec: &'static TestSpec, body: UnitBody) {
+    run_boxed(
+        spec,
+        Box::new(move |ctx| {
+            Box::pin(async move {
+                body(ctx).await;
+                false
+            })
+        }),
+    )
+}
+
+/// The body of [`run`], compiled once for all tests.
+///
+/// Setup and teardown always run on the shared runtime, so that everything
+/// db-test owns (the engine, its pools, the test's connection) belongs to a
+/// runtime that outlives the test. The body runs on the shared runtime too,
+/// or on a runtime of the test's own (`flavor`), which is dropped with every
+/// task still on it before teardown begins.
+pub fn run_boxed(spec: &'static TestSpec, body: BoxedBody<'_>) {
+    let shared = shared_runtime();
+    let body_runtime = spec.body_runtime();
+    let on_own_runtime = matches!(body_runtime, BodyRuntime::Own(_));
+    let (setup, ctx) = crate::clock::as_shared_thread(|| {
+        shared.block_on(async {
+            let (setup, ctx) = match setup(spec).await {
+                Ok(v) => v,
+                Err(msg) => panic!("{msg}"),
+            };
+            // Fixtures run here, on the shared runtime, so that a connection
+            // they open (database mode) outlives a per-test runtime.
+            let fixtures = if matches!(setup, Setup::Other(_)) {
+                // That backend's setup ran them.
+                Ok(())
+            } else if spec.fixtures.is_empty() && on_own_runtime {
+                prewarm(&ctx).await;
+                Ok(())
+            } else {
+                apply_fixtures(spec, &ctx.db()).await
+            };
+            match fixtures {
+                Ok(()) => (setup, ctx),
+                Err(msg) => {
+                    let (failure, log) =
+                        teardown(spec, setup, "a fixture failed", true, false, false).await;
+                    print_statements(spec.name, &log);
+                    panic!(
+                        "{msg}{}",
+                        failure.map(|f| format!("\n{f}")).unwrap_or_default()
+                    )
+                }
+            }
+        })
+    });
+    let timeout = if spec.timeout_ms == 0 {
+        config::default_test_timeout()
+    } else {
+        Duration::from_millis(spec.timeout_ms)
+    };
+    let task_owner = ctx.clone();
+    let pool = ctx.inner.pool.clone();
+    // The test's timeout runs on the shared runtime's clock: a test that
+    // pauses its own clock cannot make it fire early.
+    let guarded = async move {
+        crate::clock::timeout(timeout, AssertUnwindSafe(body(ctx)).catch_unwind()).await
+    };
+    let outcome = match &body_runtime {
+        BodyRuntime::Shared => crate::clock::as_shared_thread(|| shared.block_on(guarded)),
+        BodyRuntime::Own(rt) => rt.block_on(guarded),
+    };
+    task_owner.abort_tasks();
+    if let BodyRuntime::Own(rt) = &body_runtime {
+        // Connections the body released go back to the pool by a task on
+        // its runtime: let those finish before the runtime goes.
+        if let Some(pool) = &pool {
+            rt.block_on(settle_pool(pool));
+        }
+        if let Setup::Other(resource) = &setup {
+            rt.block_on(resource.settle());
+        }
+    }
+    // Dropping the test's own runtime drops every task still on it, as at
+    // the end of a `#[tokio::test]`.
+    drop(body_runtime);
+    drop(task_owner);
+    let (reason, failed, timed_out) = match &outcome {
+        Ok(Ok(failed)) => ("it passed", *failed, false),
+        Ok(Err(_)) => ("it panicked", true, false),
+        Err(()) => ("it timed out", true, true),
+    };
+    let (failure, log) = crate::clock::as_shared_thread(|| {
+        shared.block_on(teardown(
+            spec,
+            setup,
+            reason,
+            failed,
+            timed_out,
+            on_own_runtime,
+        ))
+    });
+    if failed || failure.is_some() {
+        print_statements(spec.name, &log);
+    }
+    match outcome {
+        Ok(Ok(_)) => {
+            if let Some(msg) = failure {
+                panic!("{msg}");
+            }
+        }
+        Ok(Err(payload)) => {
+            let text = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("");
+            if !on_own_runtime && text.contains("current_thread") {
+                // tokio's "`time::pause()` requires the `current_thread`
+                // Tokio runtime", and the like: say how to get one.
+                eprintln!(
+                    "db-test: test `{}` runs on db-test's shared multi-thread runtime; add \
+                     `flavor = \"current_thread\"` (and `start_paused = true` to start with a \
+                     paused clock) to give it a current-thread runtime of its own.",
+                    spec.name
+                );
+            }
+            std::panic::resume_unwind(payload)
+        }
+        Err(()) => panic!(
+            "db-test: test `{}` timed out after {timeout:?} (set `#[db_test(timeout = \"..\")]` \
+             or DB_TEST_TIMEOUT to change it); its statements were cancelled on the server and \
+             everything it wrote was rolled back or dropped.{}",
+            spec.name,
+            failure.map(|f| format!("\n{f}")).unwrap_or_default()
+        ),
+    }
+}

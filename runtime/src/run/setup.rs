@@ -1,0 +1,212 @@
+//! What a test runs on, set up before its body: its transaction on the
+//! shared working database, or a database of its own (PostgreSQL), or what
+//! another backend's module set up ([`Resource`]); then its fixtures.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::teardown::{Ending, Verdict};
+use super::{Isolation, TestSpec, isolation_of};
+use crate::context::{ContextInner, TestContext};
+use crate::postgres::engine::Template;
+use crate::shared::SharedConn;
+use crate::{Db, config};
+
+/// What the test runs on, and what to undo afterwards.
+pub(super) enum Setup {
+    Transaction(Arc<SharedConn>),
+    Database {
+        name: String,
+        pool: sqlx::PgPool,
+        template: Arc<Template>,
+    },
+    /// A test on MySQL or SQLite: that backend's module undoes it.
+    #[allow(dead_code)]
+    Other(Box<dyn Resource>),
+}
+
+/// What a MySQL or SQLite test runs on, set up by that backend's module
+/// (which also ran the fixtures), and undone by it.
+#[allow(dead_code)]
+pub(crate) trait Resource: Send + 'static {
+    /// Runs on the test's own runtime after the body, before that runtime
+    /// is dropped: let connections the body released go back to their pool.
+    fn settle(&self) -> futures_util::future::BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
+    /// Undoes the setup, on the shared runtime.
+    fn teardown(
+        self: Box<Self>,
+        ending: Ending,
+    ) -> futures_util::future::BoxFuture<'static, Verdict>;
+}
+
+/// A backend's setup: what to undo, and the test's context.
+#[allow(dead_code)]
+pub(crate) type Prepared = (Box<dyn Resource>, ContextInner);
+
+#[allow(dead_code)]
+fn backend_not_built(spec: &TestSpec, feature: &str) -> String {
+    format!(
+        "db-test: test `{}` runs on {}, but db-test was built without its `{feature}` feature: \
+         add `features = [\"{feature}\"]` to the db-test dependency",
+        spec.name,
+        spec.backend.name()
+    )
+}
+
+async fn setup_other(spec: &'static TestSpec) -> Result<Prepared, String> {
+    match spec.backend {
+        #[cfg(feature = "mysql")]
+        crate::Backend::MySql => crate::mysql::setup(spec).await,
+        #[cfg(not(feature = "mysql"))]
+        crate::Backend::MySql => Err(backend_not_built(spec, "mysql")),
+        #[cfg(feature = "sqlite")]
+        crate::Backend::Sqlite => crate::sqlite::setup(spec).await,
+        #[cfg(not(feature = "sqlite"))]
+        crate::Backend::Sqlite => Err(backend_not_built(spec, "sqlite")),
+        crate::Backend::Postgres | crate::Backend::Any => {
+            unreachable!("PostgreSQL tests are set up by `setup`")
+        }
+    }
+}
+
+fn pool_exhausted(spec: &TestSpec, what: &str) -> String {
+    format!(
+        "db-test: test `{}` waited {:?} for a connection to {what} and none came free: the pool \
+         ({} connections) is exhausted. Raise DB_TEST_POOL_SIZE or DB_TEST_ACQUIRE_TIMEOUT, \
+         or run fewer tests at once (RUST_TEST_THREADS).",
+        spec.name,
+        config::acquire_timeout(),
+        config::pool_size()
+    )
+}
+
+async fn open_transaction(
+    spec: &'static TestSpec,
+    template: &Template,
+    display_url: &str,
+) -> Result<Arc<SharedConn>, String> {
+    let mut last_err = None;
+    for _ in 0..=config::pool_size() {
+        let asked = std::time::Instant::now();
+        let acquired = template.pool.acquire().await;
+        if asked.elapsed() > Duration::from_secs(1) {
+            tracing::warn!(
+                test = spec.name,
+                waited_ms = asked.elapsed().as_millis() as u64,
+                pool_size = config::pool_size(),
+                "db-test: slow connection acquire; the pool may be too small (DB_TEST_POOL_SIZE)"
+            );
+        }
+        let conn = match acquired {
+            Ok(conn) => conn,
+            Err(sqlx::Error::PoolTimedOut) => return Err(pool_exhausted(spec, &template.working)),
+            Err(e) => {
+                return Err(format!(
+                    "db-test: cannot get a connection to {} on {display_url}: {e}",
+                    template.working
+                ));
+            }
+        };
+        match SharedConn::open(conn, spec.name.to_string(), config::checkout_timeout()).await {
+            Ok(shared) => return Ok(shared),
+            // A connection broken by a server restart or a terminated backend:
+            // close it, and the pool opens a new one.
+            Err((e, mut conn)) => {
+                conn.close_on_drop();
+                last_err = Some(e);
+            }
+        }
+    }
+    Err(format!(
+        "db-test: cannot begin the transaction of test `{}` on {display_url}: {}",
+        spec.name,
+        last_err.map(|e| e.to_string()).unwrap_or_default()
+    ))
+}
+
+pub(super) async fn setup(spec: &'static TestSpec) -> Result<(Setup, TestContext), String> {
+    if !matches!(spec.backend, crate::Backend::Postgres | crate::Backend::Any) {
+        let (resource, inner) = setup_other(spec).await?;
+        return Ok((
+            Setup::Other(resource),
+            TestContext {
+                inner: Arc::new(inner),
+            },
+        ));
+    }
+    let engine = crate::postgres::engine::engine().await?;
+    let template = engine.template(spec.migrations, spec.manifest_dir).await?;
+    let (setup, inner) = match isolation_of(spec) {
+        Isolation::Transaction => {
+            let shared = open_transaction(spec, &template, &engine.display_url).await?;
+            let inner = ContextInner {
+                name: spec.name,
+                backend: crate::Backend::Postgres,
+                database_mode: false,
+                db: Some(Db::from_shared(shared.clone())),
+                shared: Some(shared.clone()),
+                pool: None,
+                options: Some((*template.pool.connect_options()).clone()),
+                backend_state: None,
+                database: template.working.clone(),
+                tasks: Default::default(),
+            };
+            (Setup::Transaction(shared), inner)
+        }
+        Isolation::Database => {
+            let database = engine.create_test_database(&template).await?;
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(config::database_pool_size())
+                .acquire_timeout(config::acquire_timeout())
+                // An idle connection is handed out without a round trip: its
+                // database is the test's alone. (This also lets a test with a
+                // paused clock take one without waiting on a timer.)
+                .test_before_acquire(false)
+                .connect_lazy_with(database.options.clone());
+            let inner = ContextInner {
+                name: spec.name,
+                backend: crate::Backend::Postgres,
+                database_mode: true,
+                db: Some(Db::from_pool(pool.clone())),
+                shared: None,
+                pool: Some(pool.clone()),
+                options: Some(database.options),
+                backend_state: None,
+                database: database.name.clone(),
+                tasks: Default::default(),
+            };
+            (
+                Setup::Database {
+                    name: database.name,
+                    pool,
+                    template,
+                },
+                inner,
+            )
+        }
+    };
+    Ok((
+        setup,
+        TestContext {
+            inner: Arc::new(inner),
+        },
+    ))
+}
+
+pub(super) async fn apply_fixtures(spec: &'static TestSpec, db: &Db) -> Result<(), String> {
+    for fixture in spec.fixtures {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(fixture.sql))
+            .execute(db)
+            .await
+            .map_err(|e| {
+                format!(
+                    "db-test: fixture `{}` failed in test `{}`: {e}",
+                    fixture.path, spec.name
+                )
+            })?;
+    }
+    Ok(())
+}

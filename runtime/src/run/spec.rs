@@ -1,0 +1,94 @@
+//! What the macro knows about one test ([`TestSpec`]): its migrations,
+//! fixtures, isolation, timeout and runtime flavor.
+
+use crate::postgres::engine::Migrations;
+
+/// What `migrator = "PATH"` may name: a `static Migrator` (from
+/// `sqlx::migrate!`), or a `LazyLock<Migrator>` built at run time.
+pub trait AsMigrator: Sync + 'static {
+    /// The migrator.
+    fn as_migrator(&'static self) -> &'static sqlx::migrate::Migrator;
+}
+
+impl AsMigrator for sqlx::migrate::Migrator {
+    fn as_migrator(&'static self) -> &'static sqlx::migrate::Migrator {
+        self
+    }
+}
+
+impl AsMigrator for std::sync::LazyLock<sqlx::migrate::Migrator> {
+    fn as_migrator(&'static self) -> &'static sqlx::migrate::Migrator {
+        self
+    }
+}
+
+/// One SQL fixture, embedded with `include_str!`.
+#[derive(Debug, Clone, Copy)]
+pub struct Fixture {
+    /// The path as written in the attribute.
+    pub path: &'static str,
+    /// The file's contents.
+    pub sql: &'static str,
+}
+
+/// How a test is isolated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// A transaction on the shared working database, rolled back at the end.
+    Transaction,
+    /// A fresh database cloned from the template, dropped at the end.
+    Database,
+}
+
+/// Which tokio runtime a test's body runs on (`flavor = ".."`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// A current-thread runtime of the test's own, on the test's thread, as
+    /// `#[tokio::test]` and `#[sqlx::test]` give: what the body spawns runs
+    /// on that thread and is dropped when the test ends.
+    CurrentThread,
+    /// db-test's shared multi-thread runtime; with `worker_threads`, a
+    /// multi-thread runtime of the test's own.
+    MultiThread,
+}
+
+/// Everything the macro knows about one test.
+#[derive(Debug)]
+pub struct TestSpec {
+    /// `module_path!()::name`.
+    pub name: &'static str,
+    /// `env!("CARGO_MANIFEST_DIR")` of the test's crate.
+    pub manifest_dir: &'static str,
+    /// Where migrations come from.
+    pub migrations: Migrations,
+    /// Fixtures, in order.
+    pub fixtures: &'static [Fixture],
+    /// Explicit isolation, or `None` to choose from the parameters.
+    pub isolation: Option<Isolation>,
+    /// Whether any parameter needs a database of its own.
+    pub wants_database: bool,
+    /// Timeout in milliseconds; 0 means the default.
+    pub timeout_ms: u64,
+    /// Run `SET CONSTRAINTS ALL IMMEDIATE` before the rollback.
+    pub check_constraints: bool,
+    /// Whether every parameter is one of `#[sqlx::test]`'s types (or there
+    /// is none): the test then defaults to `#[sqlx::test]`'s runtime.
+    pub sqlx_style: bool,
+    /// The database the test runs on, from its parameter types.
+    pub backend: crate::Backend,
+    /// Explicit `flavor`, or `None` for the default.
+    pub flavor: Option<Flavor>,
+    /// `worker_threads` (multi-thread only); 0 when not given.
+    pub worker_threads: usize,
+    /// `start_paused = true` (current-thread only).
+    pub start_paused: bool,
+}
+
+/// The isolation a test gets: the explicit one, else from its parameters.
+pub(crate) fn isolation_of(spec: &TestSpec) -> Isolation {
+    spec.isolation.unwrap_or(if spec.wants_database {
+        Isolation::Database
+    } else {
+        Isolation::Transaction
+    })
+}

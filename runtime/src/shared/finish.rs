@@ -1,0 +1,198 @@
+//! The end of a test in transaction mode: deferred constraints checked,
+//! everything rolled back, the session left as a new one would be, and the
+//! connection handed back (or closed).
+
+use std::sync::atomic::Ordering;
+
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::PgTransactionManager;
+use sqlx::{Connection, Executor, Postgres};
+use sqlx_core::transaction::TransactionManager;
+
+use super::errors::{commit_message, constraint_failure};
+use super::session::{GUARD_TABLE, can_force_flush, session_state, session_state_sql};
+use super::state::{LoggedStatement, lock, unregister};
+use super::{SharedConn, TEARDOWN_GRACE};
+use crate::hint::sqlstate;
+use crate::postgres::signal::{Backends, Signal, signal_backends};
+
+impl SharedConn {
+    /// Ends the test: checks deferred constraints, rolls everything back,
+    /// leaves the session as a new one would be (no advisory lock, no SQL
+    /// `PREPARE`d statement, no stale statement cache) and hands the
+    /// connection back. Later use of any clone of the `Db` errors.
+    ///
+    /// A test that timed out has its running statement cancelled on the
+    /// server first. A task that still holds the connection after
+    /// [`TEARDOWN_GRACE`] has the backend terminated under it.
+    ///
+    /// Returns the connection if it is healthy, and a failure message if the
+    /// test's transaction was misused or a deferred constraint fails.
+    pub(crate) async fn finish(
+        &self,
+        reason: &'static str,
+        check_constraints: bool,
+        timed_out: bool,
+    ) -> (
+        Option<PoolConnection<Postgres>>,
+        Option<String>,
+        Vec<LoggedStatement>,
+    ) {
+        self.over.store(true, Ordering::Release);
+        // From now on no statement counts for this test, whatever holds the
+        // connection; and its address may serve another test's connection.
+        unregister(self.conn_addr, &self.state);
+        let log =
+            || -> Vec<LoggedStatement> { lock(&self.state.counters).log.iter().cloned().collect() };
+        if timed_out {
+            signal_backends(Backends::Tagged(self.tag.clone()), Signal::Cancel).await;
+        }
+        let mut slot = match self.slot.clone().try_lock_owned() {
+            Ok(slot) => slot,
+            Err(_) => match crate::clock::timeout(TEARDOWN_GRACE, self.slot.clone().lock_owned())
+                .await
+            {
+                Ok(slot) => slot,
+                Err(()) => {
+                    // A task still holds the connection: end the session under
+                    // it, so that nothing of the test stays running or locked.
+                    signal_backends(Backends::Tagged(self.tag.clone()), Signal::Terminate).await;
+                    return (
+                        None,
+                        Some(format!(
+                            "db-test: test `{}` ended ({reason}) while a task it spawned still held its \
+                             connection {TEARDOWN_GRACE:?} later; the connection's backend was terminated \
+                             and everything the test wrote was rolled back. Stop such tasks before the \
+                             test returns, or start them with `TestContext::spawn`, which aborts them.",
+                            self.label
+                        )),
+                        log(),
+                    );
+                }
+            },
+        };
+        slot.ended = Some(reason);
+        self.recover_dropped(&mut slot).await;
+        let mut failure = self.state.poisoned();
+        let Some(mut conn) = slot.conn.take() else {
+            return (None, failure, log());
+        };
+        if failure.is_none() && slot.unverified {
+            // A guard dropped mid-statement leaves its reply behind.
+            if self.drain(&mut conn).await.is_err() {
+                let _ = conn.detach().close_hard().await;
+                return (None, failure, log());
+            }
+        }
+        let log = log();
+        let mut healthy = true;
+        // Unknown until the state query answers: assume the worst.
+        let mut stale_cache = true;
+        let mut state_known = false;
+        let mut prepared: Vec<String> = Vec::new();
+        let touched = self.state.touched_session.load(Ordering::Relaxed);
+        if failure.is_none() {
+            // The guard's row would fail the check of deferred constraints.
+            let disarm = if self.state.armed.load(Ordering::Relaxed) {
+                format!("DELETE FROM pg_temp.{GUARD_TABLE}; ")
+            } else {
+                String::new()
+            };
+            let constraints = if check_constraints {
+                format!("; {disarm}SET CONSTRAINTS ALL IMMEDIATE")
+            } else {
+                String::new()
+            };
+            // Only a test that may have left session state behind pays for
+            // looking (DISCARD SEQUENCES: its `currval`/`lastval` must not
+            // answer in the next test on this connection).
+            let state_sql = if touched {
+                format!(
+                    "; DISCARD SEQUENCES; {}",
+                    session_state_sql(!can_force_flush(&conn))
+                )
+            } else {
+                String::new()
+            };
+            let check = format!("RELEASE SAVEPOINT dbt_auto{state_sql}{constraints}");
+            match session_state(&mut conn, check).await {
+                (Some((ddl, names)), error) => {
+                    // The same row released the session advisory locks.
+                    state_known = true;
+                    stale_cache = ddl != 0;
+                    prepared = names;
+                    if let Some(e) = error {
+                        failure = constraint_failure(&e, &self.label);
+                        healthy = failure.is_some();
+                    }
+                }
+                (None, None) if !touched => {
+                    // Nothing the test sent could have left session state.
+                    state_known = true;
+                    stale_cache = false;
+                }
+                (None, Some(e)) if !touched && constraint_failure(&e, &self.label).is_some() => {
+                    state_known = true;
+                    stale_cache = false;
+                    failure = constraint_failure(&e, &self.label);
+                }
+                (None, Some(e)) => match sqlstate(&e).as_deref() {
+                    Some("25P02") => {} // test left an aborted transaction; fine, it is rolled back
+                    Some("25P01") | Some("3B001") => failure = Some(commit_message(&self.label)),
+                    _ => healthy = false,
+                },
+                (None, None) => healthy = false,
+            }
+        }
+        // Awaited, not queued for sqlx's release ping: the connection is
+        // then back in the pool before the next test asks for one (a test
+        // that found none idle would open a new connection, which costs far
+        // more than this round trip).
+        while healthy && PgTransactionManager::get_transaction_depth(&conn) > 0 {
+            if PgTransactionManager::rollback(&mut conn).await.is_err() {
+                healthy = false;
+            }
+        }
+        if healthy && failure.is_none() && !state_known {
+            // The state query did not run (an aborted transaction): ask now.
+            match sqlx::query_scalar::<_, String>(
+                "SELECT name::text FROM pg_prepared_statements WHERE from_sql",
+            )
+            .fetch_all(&mut *conn)
+            .await
+            {
+                Ok(names) => prepared = names,
+                Err(_) => healthy = false,
+            }
+        }
+        if healthy && failure.is_none() && (!state_known || !prepared.is_empty()) {
+            // Session state that survives ROLLBACK. (Usually nothing to do:
+            // the state query already released the advisory locks.)
+            let mut cleanup = String::from("SELECT pg_advisory_unlock_all()");
+            for name in &prepared {
+                cleanup.push_str(&format!("; DEALLOCATE \"{}\"", name.replace('"', "\"\"")));
+            }
+            healthy = sqlx::raw_sql(sqlx::AssertSqlSafe(cleanup))
+                .execute(&mut *conn)
+                .await
+                .is_ok();
+        }
+        if healthy && failure.is_none() && stale_cache {
+            healthy = conn.clear_cached_statements().await.is_ok();
+            if healthy && can_force_flush(&conn) {
+                // So that the next test's count starts from zero.
+                healthy = conn
+                    .execute("SELECT pg_stat_force_next_flush()")
+                    .await
+                    .is_ok();
+            }
+        }
+        if healthy && failure.is_none() {
+            (Some(conn), None, log)
+        } else {
+            // Never hand a connection in an unknown state to the next test.
+            let _ = conn.close().await;
+            (None, failure, log)
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! The session a test's connection runs in: the commit guard's tables and
+//! read-only default set up once per connection, the count of catalog writes
+//! that makes sqlx's cached statements stale, and reading the session's
+//! state at the end of a test.
+
+use sqlx::postgres::PgConnection;
+use sqlx::{Either, Executor};
+
+/// The temporary table whose row, inserted when the test's transaction
+/// begins, fails a deferred foreign key at any COMMIT of that transaction:
+/// whoever sends the COMMIT (the app, a multi-statement string, a raw
+/// connection), it fails and the transaction is rolled back. Nothing a test
+/// does in transaction mode can be committed.
+pub(super) const GUARD_TABLE: &str = "db_test_commit_guard";
+/// The constraint's name, which the COMMIT's error names.
+pub(crate) const GUARD_CONSTRAINT: &str = "db_test_refuses_to_commit_a_test_transaction";
+
+/// Sets up a new connection of a working database's pool, once for its
+/// lifetime (temporary objects live as long as the session): the commit
+/// guard's tables, and a session that defaults to read-only transactions, so
+/// that after a COMMIT that got past everything nothing can be written
+/// outside the test's transaction either (db-test's own BEGIN says READ
+/// WRITE). On PostgreSQL 15+ the statistics of these writes are flushed, so
+/// that they do not count as a test's catalog writes.
+pub(crate) async fn prepare_session(conn: &mut PgConnection) -> sqlx::Result<()> {
+    let flush = if can_force_flush(conn) {
+        "; SELECT pg_stat_force_next_flush()"
+    } else {
+        ""
+    };
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "BEGIN READ WRITE; \
+         CREATE TEMP TABLE IF NOT EXISTS {GUARD_TABLE}_key (id int PRIMARY KEY); \
+         CREATE TEMP TABLE IF NOT EXISTS {GUARD_TABLE} (id int CONSTRAINT {GUARD_CONSTRAINT} \
+           REFERENCES pg_temp.{GUARD_TABLE}_key DEFERRABLE INITIALLY DEFERRED); \
+         COMMIT; \
+         SET SESSION default_transaction_read_only = on{flush}"
+    )))
+    .execute(&mut *conn)
+    .await
+    .map(|_| ())
+}
+
+/// Writes to the catalogs that shape a statement's result (columns,
+/// relations, types, views, functions: fixed OIDs in every PostgreSQL), as
+/// the server counts them for this backend. Counted across the test's
+/// transaction, rolled-back savepoints included: DDL, even undone, can make
+/// sqlx's cached statements stale.
+///
+/// These are the backend's pending statistics, which also hold what earlier
+/// transactions of the session wrote until the server flushes them; it
+/// flushes only outside a transaction block, never during a test. On
+/// PostgreSQL 15 and later db-test forces a flush after anything that wrote
+/// to the catalogs (the commit guard's creation, a test's DDL), so the count
+/// at the end of a test is the test's own. Older servers get a baseline,
+/// taken when the test begins.
+pub(super) const CATALOG_WRITES: &str = "(pg_stat_get_xact_tuples_inserted(1249) + pg_stat_get_xact_tuples_updated(1249) \
+     + pg_stat_get_xact_tuples_deleted(1249) + pg_stat_get_xact_tuples_inserted(1259) \
+     + pg_stat_get_xact_tuples_updated(1259) + pg_stat_get_xact_tuples_deleted(1259) \
+     + pg_stat_get_xact_tuples_inserted(1247) + pg_stat_get_xact_tuples_updated(1247) \
+     + pg_stat_get_xact_tuples_deleted(1247) + pg_stat_get_xact_tuples_inserted(2618) \
+     + pg_stat_get_xact_tuples_updated(2618) + pg_stat_get_xact_tuples_deleted(2618) \
+     + pg_stat_get_xact_tuples_inserted(1255) + pg_stat_get_xact_tuples_updated(1255) \
+     + pg_stat_get_xact_tuples_deleted(1255))::int8";
+
+/// Whether the server can be told to flush its pending statistics
+/// (`pg_stat_force_next_flush`, PostgreSQL 15).
+pub(super) fn can_force_flush(conn: &PgConnection) -> bool {
+    conn.server_version_num().unwrap_or(0) >= 150000
+}
+
+/// The end-of-test state: session advisory locks released, catalog writes
+/// during the test (-1 if that is unknown), and the SQL-`PREPARE`d
+/// statements.
+pub(super) fn session_state_sql(baseline: bool) -> String {
+    let writes = if baseline {
+        format!(
+            "coalesce({CATALOG_WRITES} - nullif(current_setting('db_test.catalog_writes', true), '')::int8, -1)"
+        )
+    } else {
+        CATALOG_WRITES.to_string()
+    };
+    format!(
+        "SELECT pg_advisory_unlock_all() AS dbt_unlock, {writes} AS dbt_ddl, \
+         ARRAY(SELECT name FROM pg_prepared_statements WHERE from_sql)::text[] AS dbt_prepared"
+    )
+}
+
+/// Runs the end-of-test check and reads the session's state from its
+/// `dbt_ddl`/`dbt_prepared` row. Returns that state if the row came, and the
+/// error that stopped the check, if any.
+pub(super) async fn session_state(
+    conn: &mut PgConnection,
+    check: String,
+) -> (Option<(i64, Vec<String>)>, Option<sqlx::Error>) {
+    use futures_util::StreamExt;
+    use sqlx::Row;
+    let mut state = None;
+    let mut error = None;
+    {
+        let mut steps = conn.fetch_many(sqlx::raw_sql(sqlx::AssertSqlSafe(check)));
+        while let Some(step) = steps.next().await {
+            match step {
+                Ok(Either::Right(row)) if row.len() == 3 => {
+                    let ddl = row.try_get::<i64, _>("dbt_ddl").unwrap_or(1);
+                    let prepared = row
+                        .try_get::<Vec<String>, _>("dbt_prepared")
+                        .unwrap_or_default();
+                    state = Some((ddl, prepared));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+    }
+    (state, error)
+}

@@ -1,0 +1,128 @@
+//! What a test's connection carries besides the connection ([`ConnState`]):
+//! the statement log, the test's flags, and the registry that finds them
+//! from the bare connection behind a guard.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use sqlx::postgres::PgConnection;
+
+/// How many statements a test keeps for its failure report.
+pub(crate) const STATEMENT_LOG_LEN: usize = 20;
+
+/// The statements that ran on a test's connection: how many, and the last
+/// few, for `assert_queries` and the failure report. Kept apart from the
+/// connection's lock, so that statements sent on a guard holding that lock
+/// (`DbConnection`, `DbTransaction`) are recorded too.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(super) statements: u64,
+    pub(super) log: VecDeque<LoggedStatement>,
+}
+
+impl Counters {
+    pub(crate) fn record(&mut self, sql: String, error: Option<String>) {
+        self.statements += 1;
+        if self.log.len() == STATEMENT_LOG_LEN {
+            self.log.pop_front();
+        }
+        self.log.push_back(LoggedStatement { sql, error });
+    }
+}
+
+/// One statement run on the test's connection, for diagnostics.
+#[derive(Clone, Debug)]
+pub(crate) struct LoggedStatement {
+    pub(crate) sql: String,
+    pub(crate) error: Option<String>,
+}
+
+/// What a test's connection carries besides the connection itself, shared
+/// between the test's `Db` statements (under the connection's lock) and
+/// statements sent on a guard that holds that lock (`&mut DbConn`, which
+/// finds it through the registry below).
+#[derive(Default)]
+pub(crate) struct ConnState {
+    /// The test's name.
+    pub(super) label: String,
+    pub(super) counters: std::sync::Mutex<Counters>,
+    /// `dbt_auto` marks the current state: nothing ran since it was set.
+    pub(super) fresh: AtomicBool,
+    /// A statement whose future was dropped before its reply was read (a
+    /// timeout, a `select!`, an aborted task): the reply is still on the
+    /// connection.
+    pub(super) in_flight: std::sync::Mutex<Option<String>>,
+    /// Set when the test's transaction was ended, or the connection broke.
+    pub(super) poisoned: std::sync::Mutex<Option<String>>,
+    /// The commit guard's row is in the test's transaction. It goes in when
+    /// the test first takes a guard: SQL sent through `Db` or `&mut DbConn`
+    /// is checked by db-test itself, so only the bare connection behind a
+    /// guard can send a COMMIT that only the server can stop.
+    pub(super) armed: AtomicBool,
+    /// The test may have left session state behind (DDL, SQL `PREPARE`,
+    /// advisory locks, sequence state), or used a guard, behind which
+    /// db-test cannot see: teardown then checks and resets the session.
+    pub(super) touched_session: AtomicBool,
+}
+
+/// Whether SQL sent through `Db` or a guard may leave session state that
+/// survives ROLLBACK, or stale cached statements.
+pub(super) fn touches_session(sql: &str) -> bool {
+    [
+        "CREATE", "ALTER", "DROP", "PREPARE", "ADVISORY", "VAL(", "DISCARD", "CALL ", "DO ", "DO$",
+        "IMPORT",
+    ]
+    .iter()
+    .any(|k| crate::sqltext::contains_ignore_case(sql, k))
+}
+
+pub(super) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ConnState {
+    pub(crate) fn record(&self, sql: String, error: Option<String>) {
+        lock(&self.counters).record(sql, error);
+    }
+
+    pub(super) fn poisoned(&self) -> Option<String> {
+        lock(&self.poisoned).clone()
+    }
+
+    pub(super) fn poison(&self, why: String) {
+        lock(&self.poisoned).get_or_insert(why);
+    }
+}
+
+/// Test connections by address, so that statements sent on a guard (a
+/// `&mut DbConn` over the test's `PgConnection`) find their test's state.
+/// `ACTIVE` keeps the lookup off the path of connections that are not a
+/// test's (database mode, or no test running).
+static REGISTRY: std::sync::RwLock<Vec<(usize, Arc<ConnState>)>> =
+    std::sync::RwLock::new(Vec::new());
+static ACTIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+pub(super) fn register(addr: usize, state: Arc<ConnState>) {
+    let mut r = REGISTRY.write().unwrap_or_else(|e| e.into_inner());
+    r.retain(|(a, _)| *a != addr);
+    r.push((addr, state));
+    ACTIVE.store(r.len(), Ordering::Release);
+}
+
+/// Removes this state's entry (and no newer one at the same address).
+pub(super) fn unregister(addr: usize, state: &Arc<ConnState>) {
+    let mut r = REGISTRY.write().unwrap_or_else(|e| e.into_inner());
+    r.retain(|(a, s)| !(*a == addr && Arc::ptr_eq(s, state)));
+    ACTIVE.store(r.len(), Ordering::Release);
+}
+
+/// The state of the test whose connection this is, if any.
+pub(crate) fn state_of(conn: &PgConnection) -> Option<Arc<ConnState>> {
+    if ACTIVE.load(Ordering::Acquire) == 0 {
+        return None;
+    }
+    let addr = conn as *const PgConnection as usize;
+    let r = REGISTRY.read().unwrap_or_else(|e| e.into_inner());
+    r.iter().find(|(a, _)| *a == addr).map(|(_, c)| c.clone())
+}

@@ -1,0 +1,200 @@
+//! Running one statement on the test's connection with production's
+//! autocommit semantics: refused if it would end the test's transaction,
+//! run after a fresh `dbt_auto` savepoint, undone alone if it fails, and
+//! prepared again if DDL made sqlx's cached statement stale.
+
+use std::sync::atomic::Ordering;
+
+use sqlx::postgres::{PgConnection, PgTransactionManager};
+use sqlx::{Connection, Either, Executor};
+use sqlx_core::transaction::TransactionManager;
+
+use super::SharedConn;
+use super::errors::{commit_message, out_of_sync, poisoned_error, refused_commit};
+use super::session::GUARD_TABLE;
+use super::state::{ConnState, lock, touches_session};
+use crate::hint::sqlstate;
+use crate::query::OwnedQuery;
+use crate::sqltext::ends_transaction;
+
+type Step = Either<sqlx::postgres::PgQueryResult, sqlx::postgres::PgRow>;
+
+impl SharedConn {
+    /// Runs one statement through the test's connection, undoing it alone if it fails.
+    pub(crate) async fn run_statement(&self, query: OwnedQuery) -> sqlx::Result<Vec<Step>> {
+        let mut slot = self.lock_slot().await?;
+        if let Some(refused) = refuse_ending(&self.state, query.sql.as_str()) {
+            return Err(refused);
+        }
+        self.make_fresh(&mut slot, false).await?;
+        let conn = slot.conn.as_mut().expect("checked at lock time");
+        let result = run_guarded(&self.state, conn, query).await;
+        if matches!(&result, Err(e) if e.as_database_error().is_none()) {
+            slot.unverified = true;
+        }
+        result
+    }
+}
+
+/// Refuses, before it reaches the server, SQL that would end the test's
+/// transaction (anywhere in a multi-statement string), and fails the test.
+pub(crate) fn refuse_ending(state: &ConnState, sql: &str) -> Option<sqlx::Error> {
+    let stmt = ends_transaction(sql)?;
+    let msg = format!(
+        "db-test: refusing to run `{stmt}` in test `{}`: it would end the test's \
+         transaction and commit or discard the test's data. Use `db.begin()` and \
+         `tx.commit()` / `tx.rollback()` instead (they become savepoints under test), \
+         or `isolation = \"database\"` for a test that must really commit.",
+        state.label
+    );
+    state.poison(msg.clone());
+    state.record(sql.to_string(), Some("refused by db-test".into()));
+    Some(poisoned_error(&msg))
+}
+
+/// Runs one statement on a test's connection (through `Db`, or on a guard
+/// through `&mut DbConn`) with production's autocommit semantics: outside
+/// an app transaction it runs after a fresh `dbt_auto` savepoint and a
+/// failure is undone alone. It is counted and logged; if its future is
+/// dropped, it is marked in flight, for the next user to read its reply.
+/// A statement sqlx had cached that DDL made stale is prepared again.
+pub(crate) async fn run_guarded(
+    state: &ConnState,
+    conn: &mut PgConnection,
+    query: OwnedQuery,
+) -> sqlx::Result<Vec<Step>> {
+    use futures_util::TryStreamExt;
+
+    if let Some(why) = state.poisoned() {
+        return Err(poisoned_error(&why));
+    }
+    let sql = query.sql.as_str().to_owned();
+    if !state.touched_session.load(Ordering::Relaxed) && touches_session(&sql) {
+        state.touched_session.store(true, Ordering::Relaxed);
+    }
+    let autocommit = PgTransactionManager::get_transaction_depth(conn) == 1;
+    if autocommit && !state.fresh.load(Ordering::Relaxed) {
+        refresh_savepoint(state, conn, false, false).await?;
+    }
+    // A copy for one retry, should a cached statement have gone stale.
+    let retry = query.clone();
+    *lock(&state.in_flight) = Some(sql.clone());
+    let mut result: sqlx::Result<Vec<Step>> = conn.fetch_many(query).try_collect().await;
+    if autocommit && result.as_ref().err().is_some_and(is_stale_plan) {
+        // DDL made a statement sqlx had cached (in this test, or before it
+        // on this connection) return other columns: forget the cache and
+        // run it again, as a fresh connection would.
+        if conn.execute("ROLLBACK TO SAVEPOINT dbt_auto").await.is_ok()
+            && conn.clear_cached_statements().await.is_ok()
+        {
+            result = conn.fetch_many(retry).try_collect().await;
+        }
+    }
+    *lock(&state.in_flight) = None;
+    let plain_read = autocommit && crate::sqltext::is_plain_read(&sql);
+    state.record(sql, result.as_ref().err().map(|e| e.to_string()));
+    match result {
+        Ok(steps) => {
+            // After a plain read `dbt_auto` still marks the current state.
+            if autocommit && !plain_read {
+                state.fresh.store(false, Ordering::Relaxed);
+            }
+            Ok(steps)
+        }
+        Err(e) => {
+            if let Some(msg) = refused_commit(&e, &state.label) {
+                state.poison(msg.clone());
+                return Err(poisoned_error(&msg));
+            }
+            if e.as_database_error().is_none() {
+                // The connection broke, or lost step with the server.
+                state.poison(out_of_sync(&state.label, &e));
+                return Err(e);
+            }
+            let e = crate::hint::explain_lock_error(e);
+            // Undo the failed statement alone; `dbt_auto` stays and still
+            // marks the state before it.
+            if autocommit && let Err(e2) = conn.execute("ROLLBACK TO SAVEPOINT dbt_auto").await {
+                state.poison(format!(
+                    "db-test: could not undo a failed statement in test `{}`: {e2}",
+                    state.label
+                ));
+            }
+            Err(e)
+        }
+    }
+}
+
+/// `0A000 cached plan must not change result type`: a statement sqlx
+/// prepared earlier now returns other columns, because of DDL.
+fn is_stale_plan(e: &sqlx::Error) -> bool {
+    sqlstate(e).as_deref() == Some("0A000")
+        && e.as_database_error().is_some_and(|d| {
+            d.message()
+                .contains("cached plan must not change result type")
+        })
+}
+
+/// Moves `dbt_auto` up to the current state (first undoing the block since
+/// it, with `undo`): the one way db-test renews its savepoint. With `arm`,
+/// the commit guard's row goes in at the top level of the test's
+/// transaction, between the two savepoints, so that no rollback to
+/// `dbt_auto` can take it out. A block a failed statement on the raw
+/// connection left aborted is undone too. Any other failure ends the test.
+pub(super) async fn refresh_savepoint(
+    state: &ConnState,
+    conn: &mut PgConnection,
+    undo: bool,
+    arm: bool,
+) -> sqlx::Result<()> {
+    let refresh = format!(
+        "RELEASE SAVEPOINT dbt_auto; {}SAVEPOINT dbt_auto",
+        if arm {
+            format!("INSERT INTO pg_temp.{GUARD_TABLE} VALUES (1); ")
+        } else {
+            String::new()
+        },
+    );
+    let undo_then = format!("ROLLBACK TO SAVEPOINT dbt_auto; {refresh}");
+    let first = if undo { &undo_then } else { &refresh };
+    let mut result = sqlx::raw_sql(sqlx::AssertSqlSafe(first.clone()))
+        .execute(&mut *conn)
+        .await
+        .map(|_| ());
+    if !undo
+        && let Err(e) = &result
+        && sqlstate(e).as_deref() == Some("25P02")
+    {
+        result = sqlx::raw_sql(sqlx::AssertSqlSafe(undo_then))
+            .execute(&mut *conn)
+            .await
+            .map(|_| ());
+    }
+    if let Err(e) = result {
+        let msg = match sqlstate(&e).as_deref() {
+            Some("25P01") | Some("3B001") => commit_message(&state.label),
+            _ if e.as_database_error().is_none() => out_of_sync(&state.label, &e),
+            _ => format!("db-test: the test's connection failed while setting its savepoint: {e}"),
+        };
+        state.poison(msg.clone());
+        return Err(poisoned_error(&msg));
+    }
+    state.fresh.store(true, Ordering::Relaxed);
+    if arm {
+        state.armed.store(true, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// A statement sent on a guard (`&mut DbConn`): refused if it would end the
+/// test's transaction, else run as [`run_guarded`] runs it.
+pub(crate) async fn run_on_guard(
+    state: &ConnState,
+    conn: &mut PgConnection,
+    query: OwnedQuery,
+) -> sqlx::Result<Vec<Step>> {
+    if let Some(refused) = refuse_ending(state, query.sql.as_str()) {
+        return Err(refused);
+    }
+    run_guarded(state, conn, query).await
+}

@@ -138,7 +138,7 @@ impl Engine {
     /// when that is not possible (the test changed the schema, the template
     /// has triggers, enough spares), and the caller drops it. No file is
     /// created or removed: rows are deleted and copied back, and
-    /// `AUTO_INCREMENT`s that moved are set back (see [`recycle`]).
+    /// `AUTO_INCREMENT`s that moved are set back (see [`super::recycle`]).
     pub(crate) async fn recycle_test_database(&self, template: &Template, name: &str) -> bool {
         let Some(plan) = &template.recycle else {
             return false;

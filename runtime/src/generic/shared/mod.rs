@@ -2,9 +2,9 @@
 //! the test's [`Db`](super::Db): the backend-generic part of transaction mode.
 //!
 //! Layout of the test's transaction (sqlx's transaction depth in brackets):
-//! `BEGIN` [1], then db-test's savepoint `db_test_auto`, renewed before a
+//! `BEGIN` (depth 1), then db-test's savepoint `db_test_auto`, renewed before a
 //! statement run outside an app transaction whenever the one before it
-//! changed something. An app transaction is a sqlx savepoint on top [2..].
+//! changed something. An app transaction is a sqlx savepoint on top (depth 2 and up).
 //! At the end, everything is rolled back and the connection goes back to
 //! its pool as it came.
 //!

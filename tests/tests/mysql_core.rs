@@ -534,6 +534,67 @@ fn a_task_holding_a_connection_of_its_database_does_not_hang_or_leak() {
     );
 }
 
+// A template with seed rows: a recycled database has exactly those rows,
+// and its counter where the template's is, whatever the test before did.
+#[db_test(migrations = "tests/mysql/seeded_migrations", isolation = "database")]
+async fn child_seeded_a(db: TestDb) {
+    seeded_is_pristine_then_dirty_it(&db).await;
+}
+
+#[db_test(migrations = "tests/mysql/seeded_migrations", isolation = "database")]
+async fn child_seeded_b(db: TestDb) {
+    seeded_is_pristine_then_dirty_it(&db).await;
+}
+
+async fn seeded_is_pristine_then_dirty_it(db: &TestDb) {
+    let name: String = sqlx::query_scalar("SELECT DATABASE()")
+        .fetch_one(db)
+        .await
+        .unwrap();
+    println!("USED {name}");
+    let roles: Vec<(i32, String)> =
+        sqlx::query_as("SELECT role_id, name FROM role ORDER BY role_id")
+            .fetch_all(db)
+            .await
+            .unwrap();
+    assert_eq!(
+        roles,
+        vec![(1, "admin".to_string()), (2, "user".to_string())]
+    );
+    let id = sqlx::query("INSERT INTO role (name) VALUES ('guest')")
+        .execute(db)
+        .await
+        .unwrap()
+        .last_insert_id();
+    assert_eq!(id, 3, "the counter of an earlier test");
+    sqlx::query("DELETE FROM role WHERE name = 'admin'")
+        .execute(db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE role SET name = 'x' WHERE name = 'user'")
+        .execute(db)
+        .await
+        .unwrap();
+}
+
+#[test]
+fn a_recycled_database_gets_the_templates_rows_back() {
+    let text = common::run_ok(
+        common::children(&["child_seeded_a", "child_seeded_b"]),
+        "two database-mode tests on a seeded template",
+    );
+    let used: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split("USED ").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .collect();
+    assert_eq!(used.len(), 2, "{text}");
+    assert_eq!(
+        used[0], used[1],
+        "the second test reuses the first's database\n{text}"
+    );
+}
+
 // MySQL has no deferred constraints: every one is checked when its
 // statement runs, so `check_constraints` has nothing to add (a no-op).
 #[db_test(migrations = "tests/mysql/migrations", check_constraints = true)]

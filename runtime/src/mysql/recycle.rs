@@ -36,7 +36,7 @@ use sqlx::mysql::MySqlConnection;
 use sqlx::{Column, Either, Executor, Row};
 
 use super::engine::quote;
-use super::template::TARGET;
+use super::template::{TARGET, copy_rows_sql};
 
 /// How to bring a used per-test database back to its template's state.
 pub(super) struct Recycle {
@@ -264,7 +264,6 @@ pub(super) async fn plan(
     if survey.active || survey.stateful {
         return Ok(None);
     }
-    let q = quote(template);
     let mut reset = String::from(
         "SET @dbtest_fk = @@FOREIGN_KEY_CHECKS, FOREIGN_KEY_CHECKS = 0;\nSTART TRANSACTION;\n",
     );
@@ -272,29 +271,8 @@ pub(super) async fn plan(
     for table in &tables {
         let qt = quote(table);
         reset.push_str(&format!("DELETE FROM `{TARGET}`.{qt};\n"));
-        let has_rows: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT EXISTS(SELECT 1 FROM {q}.{qt})"
-        )))
-        .fetch_one(&mut *admin)
-        .await?;
-        if has_rows {
-            let columns: Vec<String> = sqlx::query_scalar(
-                "SELECT CAST(column_name AS CHAR) FROM information_schema.columns \
-                 WHERE table_schema = ? AND table_name = ? AND extra NOT LIKE '%GENERATED%' \
-                 ORDER BY ordinal_position",
-            )
-            .bind(template)
-            .bind(table)
-            .fetch_all(&mut *admin)
-            .await?;
-            let columns = columns
-                .iter()
-                .map(|c| quote(c))
-                .collect::<Vec<_>>()
-                .join(", ");
-            copies.push_str(&format!(
-                "INSERT INTO `{TARGET}`.{qt} ({columns}) SELECT {columns} FROM {q}.{qt};\n"
-            ));
+        if let Some(copy) = copy_rows_sql(admin, template, table).await? {
+            copies.push_str(&copy);
         }
     }
     reset.push_str(&copies);

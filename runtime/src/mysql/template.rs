@@ -370,6 +370,41 @@ pub(super) async fn clone_into(
     Ok(())
 }
 
+/// The statement that copies the rows of `template`.`table` into the same
+/// table of [`TARGET`] (generated columns left out); None if it has none.
+pub(super) async fn copy_rows_sql(
+    admin: &mut MySqlConnection,
+    template: &str,
+    table: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    let (q, qt) = (quote(template), quote(table));
+    let has_rows: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT EXISTS(SELECT 1 FROM {q}.{qt})"
+    )))
+    .fetch_one(&mut *admin)
+    .await?;
+    if !has_rows {
+        return Ok(None);
+    }
+    let columns: Vec<String> = sqlx::query_scalar(
+        "SELECT CAST(column_name AS CHAR) FROM information_schema.columns \
+         WHERE table_schema = ? AND table_name = ? AND extra NOT LIKE '%GENERATED%' \
+         ORDER BY ordinal_position",
+    )
+    .bind(template)
+    .bind(table)
+    .fetch_all(&mut *admin)
+    .await?;
+    let columns = columns
+        .iter()
+        .map(|c| quote(c))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Ok(Some(format!(
+        "INSERT INTO `{TARGET}`.{qt} ({columns}) SELECT {columns} FROM {q}.{qt};\n"
+    )))
+}
+
 /// The script that clones `template` into [`TARGET`]: one round trip.
 async fn clone_script(admin: &mut MySqlConnection, template: &str) -> Result<String, sqlx::Error> {
     let q = quote(template);
@@ -405,29 +440,8 @@ async fn clone_script(admin: &mut MySqlConnection, template: &str) -> Result<Str
         let create: String = row.try_get(1)?;
         script.push_str(&create);
         script.push_str(";\n");
-        let has_rows: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT EXISTS(SELECT 1 FROM {q}.{qt})"
-        )))
-        .fetch_one(&mut *admin)
-        .await?;
-        if has_rows {
-            let columns: Vec<String> = sqlx::query_scalar(
-                "SELECT CAST(column_name AS CHAR) FROM information_schema.columns \
-                 WHERE table_schema = ? AND table_name = ? AND extra NOT LIKE '%GENERATED%' \
-                 ORDER BY ordinal_position",
-            )
-            .bind(template)
-            .bind(table)
-            .fetch_all(&mut *admin)
-            .await?;
-            let columns = columns
-                .iter()
-                .map(|c| quote(c))
-                .collect::<Vec<_>>()
-                .join(", ");
-            copies.push_str(&format!(
-                "INSERT INTO {target}.{qt} ({columns}) SELECT {columns} FROM {q}.{qt};\n"
-            ));
+        if let Some(copy) = copy_rows_sql(admin, template, table).await? {
+            copies.push_str(&copy);
         }
     }
     script.push_str(&copies);

@@ -39,6 +39,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 mod process;
+use crate::postgres::embedded::{errno, euid, flock};
 use process::{ServerId, ensure_reaper};
 
 /// Names the server directory. Bumped when the layout or its rules change.
@@ -89,28 +90,6 @@ impl Layout {
 enum Flavor {
     MariaDb,
     MySql,
-}
-
-fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() }
-}
-
-fn errno() -> Option<i32> {
-    std::io::Error::last_os_error().raw_os_error()
-}
-
-fn flock(file: &File, op: libc::c_int) -> std::io::Result<()> {
-    loop {
-        // SAFETY: flock on a valid, owned file descriptor.
-        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
-            return Ok(());
-        }
-        let err = std::io::Error::last_os_error();
-        if err.kind() != ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
 }
 
 /// The search for the server binary: `explicit` (`DB_TEST_MYSQL_BIN`, a

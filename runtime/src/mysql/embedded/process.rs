@@ -3,6 +3,7 @@
 //! stops it once no test process has used it for the idle time.
 
 use super::*;
+use crate::postgres::embedded::process::read_into;
 
 /// What recognises our server, prepared up front: the reaper uses it in a
 /// forked child, where it must not allocate.
@@ -34,33 +35,6 @@ impl ServerId {
         }
         let pid = text.iter().fold(0i32, |n, &d| n * 10 + i32::from(d - b'0'));
         (pid > 1 && is_our_server(pid, self.uid, &self.data)).then_some(pid)
-    }
-}
-
-/// Reads the start of a file without allocating or following a link.
-fn read_into<'a>(path: &CStr, buf: &'a mut [u8]) -> Option<&'a [u8]> {
-    // SAFETY: plain system calls on a NUL-terminated path and our own buffer.
-    unsafe {
-        let fd = libc::open(
-            path.as_ptr(),
-            libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
-        );
-        if fd < 0 {
-            return None;
-        }
-        let mut n = 0;
-        while n < buf.len() {
-            let r = libc::read(fd, buf[n..].as_mut_ptr().cast(), buf.len() - n);
-            if r < 0 && errno() == Some(libc::EINTR) {
-                continue;
-            }
-            if r <= 0 {
-                break;
-            }
-            n += r as usize;
-        }
-        libc::close(fd);
-        Some(&buf[..n])
     }
 }
 

@@ -50,7 +50,7 @@
 
 mod binaries;
 mod dirs;
-mod process;
+pub(crate) mod process;
 mod reaper;
 
 use std::fs::{self, File};
@@ -79,7 +79,8 @@ pub(crate) struct Embedded {
     pub(crate) started_here: bool,
 }
 
-fn flock(file: &File, op: libc::c_int) -> std::io::Result<()> {
+/// `flock(2)`, retried on `EINTR` (also used by the embedded MariaDB).
+pub(crate) fn flock(file: &File, op: libc::c_int) -> std::io::Result<()> {
     loop {
         // SAFETY: flock on a valid, owned file descriptor.
         let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
@@ -93,7 +94,7 @@ fn flock(file: &File, op: libc::c_int) -> std::io::Result<()> {
     }
 }
 
-fn euid() -> u32 {
+pub(crate) fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() }
 }
@@ -103,7 +104,7 @@ fn egid() -> u32 {
     unsafe { libc::getegid() }
 }
 
-fn errno() -> Option<i32> {
+pub(crate) fn errno() -> Option<i32> {
     std::io::Error::last_os_error().raw_os_error()
 }
 

@@ -66,7 +66,7 @@ fn parse_pid(text: &[u8]) -> Option<libc::pid_t> {
 
 /// Reads the start of a file (up to `buf.len()` bytes) without allocating
 /// and without following a symbolic link.
-fn read_into<'a>(path: &CStr, buf: &'a mut [u8]) -> Option<&'a [u8]> {
+pub(crate) fn read_into<'a>(path: &CStr, buf: &'a mut [u8]) -> Option<&'a [u8]> {
     // SAFETY: plain system calls on a NUL-terminated path and our own buffer.
     unsafe {
         let fd = libc::open(

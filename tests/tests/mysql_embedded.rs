@@ -22,12 +22,13 @@ async fn child_reports_its_server(db: TestDb) {
     if !is_child() {
         return;
     }
-    let (skip_networking, socket, doublewrite): (i64, String, i64) =
-        sqlx::query_as("SELECT @@skip_networking, @@socket, @@innodb_doublewrite")
+    let (skip_networking, socket, doublewrite, tmpdir): (i64, String, i64, String) =
+        sqlx::query_as("SELECT @@skip_networking, @@socket, @@innodb_doublewrite, @@tmpdir")
             .fetch_one(&db)
             .await
             .unwrap();
     println!("SERVER skip_networking={skip_networking} doublewrite={doublewrite} socket={socket}");
+    println!("TMPDIR {tmpdir}");
 }
 
 /// The child test, with no URL for MySQL in its environment.
@@ -46,6 +47,16 @@ fn without_a_url_the_embedded_server_is_used() {
         text.contains("SERVER skip_networking=1 doublewrite=0 socket=/tmp/dbtm-"),
         "{text}"
     );
+    // Its own tmpdir, not the shared /tmp: another server starting deletes
+    // every `#sql*` file in its tmpdir (CI saw "Error on delete of
+    // '/tmp/#sql-temptable-…'" in a schema read while a second server
+    // started).
+    let tmpdir = text
+        .lines()
+        .find_map(|l| l.strip_prefix("TMPDIR "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(tmpdir.ends_with("/tmp"), "{text}");
+    assert!(!tmpdir.starts_with("/tmp"), "{text}");
 }
 
 #[test]

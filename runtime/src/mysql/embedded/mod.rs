@@ -16,6 +16,9 @@
 //! - Unix socket only (`skip-networking`), in a short private directory
 //!   (`/tmp/dbtm-<uid>-<hash>`, mode 0700: root@localhost has no password,
 //!   so only the socket's owner may reach it).
+//! - Its own temporary directory, `<root>/…/tmp`: a starting server deletes
+//!   every `#sql*` file in its tmpdir, which broke the statements of another
+//!   server sharing `/tmp`.
 //! - Tuned for tests: no doublewrite buffer, no flush at commit, no binary
 //!   log, no performance schema, a small buffer pool. `DB_TEST_MYSQL_OPTIONS`
 //!   adds server options (`--name=value ...`).
@@ -43,7 +46,7 @@ use crate::postgres::embedded::{errno, euid, flock};
 use process::{ServerId, ensure_reaper};
 
 /// Names the server directory. Bumped when the layout or its rules change.
-const LAYOUT_VERSION: u32 = 1;
+const LAYOUT_VERSION: u32 = 2;
 
 /// The names of the server binary, in order of preference.
 const SERVER_NAMES: [&str; 2] = ["mariadbd", "mysqld"];
@@ -82,6 +85,15 @@ impl Layout {
 
     fn pid_file(&self) -> PathBuf {
         self.data.join("db-test-server.pid")
+    }
+
+    /// The server's own temporary directory. Not the shared `/tmp`: a
+    /// starting MariaDB/MySQL deletes every `#sql*` file in its tmpdir, so a
+    /// second server (another data directory, another user's run) starting
+    /// while this one sorts or reads `information_schema` made its statement
+    /// fail with "Error on delete of '/tmp/#sql-temptable-…'".
+    fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
     }
 }
 
@@ -378,6 +390,7 @@ pub(crate) fn ensure_started() -> Result<Embedded, String> {
         init_data(&layout)?;
     }
     let _ = fs::remove_file(layout.socket());
+    ensure_dir(&layout.tmp_dir(), 0o700, 0o077, "temporary directory")?;
     let log = layout.root.join("server.log");
     let mut cmd = Command::new(&layout.server);
     cmd.arg("--no-defaults")
@@ -385,6 +398,7 @@ pub(crate) fn ensure_started() -> Result<Embedded, String> {
         .arg(format!("--socket={}", layout.socket().display()))
         .arg(format!("--pid-file={}", layout.pid_file().display()))
         .arg(format!("--log-error={}", log.display()))
+        .arg(format!("--tmpdir={}", layout.tmp_dir().display()))
         .args([
             "--skip-networking",
             "--skip-name-resolve",

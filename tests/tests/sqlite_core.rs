@@ -323,24 +323,87 @@ async fn database_mode_options(
 
 // ---- child processes ----
 
-// A test that times out inside a long statement: it fails saying so, and
-// its teardown does not wait for the statement forever.
-#[db_test(migrations = "tests/sqlite_core/migrations", timeout = "300ms")]
-async fn child_timeout_in_a_statement(db: TestDb) {
-    let rows: i64 = if scenario() == "timeout" {
-        1_000_000_000
+// A test that times out inside a long statement (a query that would run
+// for hours): it fails saying so, and its statement is interrupted, so its
+// teardown neither waits for it nor leaves it running.
+const RUNAWAY: &str = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?) \
+                       SELECT count(*) FROM c";
+
+fn runaway_rows() -> i64 {
+    if scenario() == "timeout" {
+        1_000_000_000_000
     } else {
         10
+    }
+}
+
+#[db_test(migrations = "tests/sqlite_core/migrations", timeout = "300ms")]
+async fn child_timeout_in_a_statement(db: TestDb) {
+    let n: i64 = sqlx::query_scalar(RUNAWAY)
+        .bind(runaway_rows())
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(n, runaway_rows());
+}
+
+#[db_test(
+    migrations = "tests/sqlite_core/migrations",
+    timeout = "300ms",
+    isolation = "database"
+)]
+async fn child_timeout_in_a_statement_database(pool: SqlitePool) {
+    let n: i64 = sqlx::query_scalar(RUNAWAY)
+        .bind(runaway_rows())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n, runaway_rows());
+}
+
+/// Run after the two above in the same process: no SQLite worker thread is
+/// still running a statement (a thread that is runnable in every one of ten
+/// looks, 50 ms apart; an idle worker sleeps on its channel).
+#[test]
+fn child_timeout_then_no_statement_runs_on() {
+    if scenario() != "timeout" {
+        return;
+    }
+    let workers = || -> Vec<(String, String)> {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|task| {
+                let path = task.ok()?.path();
+                let comm = std::fs::read_to_string(path.join("comm")).ok()?;
+                if !comm.starts_with("sqlx-sqlite") {
+                    return None;
+                }
+                let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+                // The state follows the parenthesised name.
+                let state = stat.rsplit(") ").next()?.chars().next()?.to_string();
+                Some((path.display().to_string(), state))
+            })
+            .collect()
     };
-    let n: i64 = sqlx::query_scalar(
-        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?) \
-         SELECT count(*) FROM c",
-    )
-    .bind(rows)
-    .fetch_one(&db)
-    .await
-    .unwrap();
-    assert_eq!(n, rows);
+    let mut always_running: Option<Vec<String>> = None;
+    for _ in 0..10 {
+        let running: Vec<String> = workers()
+            .into_iter()
+            .filter(|(_, state)| state == "R")
+            .map(|(path, _)| path)
+            .collect();
+        always_running = Some(match always_running {
+            None => running,
+            Some(before) => before.into_iter().filter(|p| running.contains(p)).collect(),
+        });
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let always_running = always_running.unwrap_or_default();
+    assert!(
+        always_running.is_empty(),
+        "SQLite worker threads still running a statement: {always_running:?}"
+    );
+    println!("NO RUNAWAY STATEMENT");
 }
 
 // A pragma that outlives the rollback: run one after the other (on the
@@ -394,11 +457,27 @@ fn a_commit_on_a_bare_connection_fails_the_test() {
 
 #[test]
 fn a_test_timing_out_in_a_statement_fails_and_ends() {
-    let mut cmd = common::children(&["child_timeout_in_a_statement"]);
-    cmd.env("DB_TEST_SQLITE_CHILD", "timeout");
+    let dir = std::env::temp_dir().join(format!("db-test-sqlite-timeout-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cmd = common::children(&[
+        "child_timeout_in_a_statement",
+        "child_timeout_in_a_statement_database",
+        "child_timeout_then_no_statement_runs_on",
+    ]);
+    cmd.env("DB_TEST_SQLITE_CHILD", "timeout")
+        .env("DB_TEST_SQLITE_DIR", &dir);
     let (out, text) = common::run_until(cmd, Duration::from_secs(300));
     assert!(!out.status.success(), "{text}");
-    assert!(text.contains("timed out after 300ms"), "{text}");
+    assert!(text.contains("1 passed; 2 failed"), "{text}");
+    assert!(text.contains("NO RUNAWAY STATEMENT"), "{text}");
+    assert_eq!(text.matches("timed out after 300ms").count(), 2, "{text}");
+    // Interrupted: the database-mode pool closed (a statement still running
+    // would have held its connection past the grace period), and the copy
+    // was removed.
+    assert!(!text.contains("still held a connection"), "{text}");
+    assert_eq!(leftovers(&dir), Vec::<String>::new(), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 static LEFT: Mutex<Option<Db>> = Mutex::new(None);

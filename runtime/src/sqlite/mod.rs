@@ -80,8 +80,10 @@
 //! - `check_constraints = true` runs `PRAGMA foreign_key_check` before the
 //!   rollback and fails the test on any violation (what `COMMIT` would
 //!   reject with `DEFERRABLE INITIALLY DEFERRED` foreign keys).
-//! - A statement still running when the test times out is not interrupted:
-//!   teardown waits up to 5 s for it, then drops the connection.
+//! - A statement still running when the test times out is interrupted
+//!   (`SQLITE_INTERRUPT`, from a progress handler db-test puts on the test's
+//!   connections, in both modes; not on a pool the test builds itself from
+//!   `(SqlitePoolOptions, SqliteConnectOptions)`).
 
 #[cfg(feature = "harness")]
 mod engine;

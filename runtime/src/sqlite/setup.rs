@@ -2,15 +2,16 @@
 //! impls of sqlx's SQLite types.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sqlx::Sqlite;
 use sqlx::pool::PoolConnection;
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqlitePool, SqlitePoolOptions};
 
 use super::engine::{self, FileCopy};
 use crate::context::{BoxError, ContextInner, FromTestContext, TestContext};
-use crate::generic::shared::{TestState, TxResource, apply_fixtures, open_transaction};
+use crate::generic::shared::{Shared, TestState, TxResource, apply_fixtures};
 use crate::generic::{Db, test_state};
 use crate::run::{Ending, Isolation, Prepared, Resource, TestSpec, Verdict, isolation_of};
 use crate::shared::TEARDOWN_GRACE;
@@ -35,16 +36,108 @@ fn inner(
     }
 }
 
+/// Stops the statements of a test that timed out. SQLite has no cancel
+/// request, and sqlx runs a connection's statements on a thread of its own:
+/// a progress handler, called every [`Interrupt::EVERY_OPS`] virtual-machine
+/// steps of a statement, interrupts it (`SQLITE_INTERRUPT`) once the flag is
+/// set. Without it a timed-out test's statement ran to its end (minutes, for
+/// a runaway recursive query), holding a core and the test's file.
+#[derive(Clone, Default)]
+struct Interrupt(Arc<AtomicBool>);
+
+impl Interrupt {
+    /// About 10 µs of SQLite's work between two looks at the flag.
+    const EVERY_OPS: i32 = 1000;
+
+    /// Puts this test's handler on `conn` (replacing an earlier test's).
+    async fn install(&self, conn: &mut SqliteConnection) -> sqlx::Result<()> {
+        let flag = self.0.clone();
+        conn.lock_handle()
+            .await?
+            .set_progress_handler(Self::EVERY_OPS, move || !flag.load(Ordering::Relaxed));
+        Ok(())
+    }
+
+    /// Interrupts the running statement, and every later one that runs
+    /// longer than [`Interrupt::EVERY_OPS`] steps.
+    fn fire(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Opens a test's transaction on an in-memory copy from `pool`, with the
+/// test's [`Interrupt`] on it, closing (and replacing) copies that cannot
+/// begin one.
+async fn open_transaction(
+    spec: &'static TestSpec,
+    pool: &SqlitePool,
+    what: &str,
+    interrupt: &Interrupt,
+) -> Result<Arc<Shared<Sqlite>>, String> {
+    let mut last_err = None;
+    for _ in 0..3 {
+        let mut conn = pool.acquire().await.map_err(|e| {
+            format!(
+                "db-test: cannot get a connection to {what} for test `{}`: {e}",
+                spec.name
+            )
+        })?;
+        if let Err(e) = interrupt.install(&mut conn).await {
+            conn.close_on_drop();
+            last_err = Some(e);
+            continue;
+        }
+        match Shared::open(conn, spec.name.to_string()).await {
+            Ok(shared) => return Ok(shared),
+            Err((e, mut conn)) => {
+                conn.close_on_drop();
+                last_err = Some(e);
+            }
+        }
+    }
+    Err(format!(
+        "db-test: cannot begin the transaction of test `{}` on {what}: {}",
+        spec.name,
+        last_err.map(|e| e.to_string()).unwrap_or_default()
+    ))
+}
+
+/// A transaction-mode test: the generic core's resource, and the interrupt
+/// of its statements.
+struct SqliteTx {
+    inner: TxResource<Sqlite>,
+    interrupt: Interrupt,
+}
+
+impl Resource for SqliteTx {
+    fn teardown(
+        self: Box<Self>,
+        ending: Ending,
+    ) -> futures_util::future::BoxFuture<'static, Verdict> {
+        if ending.timed_out {
+            // The rollback waits for the running statement: stop it. The
+            // connection then is not reused (the teardown closes a
+            // connection whose statement it had to wait for).
+            self.interrupt.fire();
+        }
+        Box::new(self.inner).teardown(ending)
+    }
+}
+
 /// Sets up a SQLite test: its transaction on an in-memory copy of the
 /// template, or a file copy of its own; then its fixtures.
 pub(crate) async fn setup(spec: &'static TestSpec) -> Result<Prepared, String> {
     let template = engine::template(spec.migrations, spec.manifest_dir).await?;
+    let interrupt = Interrupt::default();
     match isolation_of(spec) {
         Isolation::Transaction => {
             let what = format!("an in-memory copy of {}", template.path.display());
-            let shared = open_transaction(spec, &template.pool, &what).await?;
+            let shared = open_transaction(spec, &template.pool, &what, &interrupt).await?;
             let db = Db::from_shared(shared.clone());
-            let resource = Box::new(TxResource { shared });
+            let resource = Box::new(SqliteTx {
+                inner: TxResource { shared },
+                interrupt,
+            });
             if let Err(msg) = apply_fixtures(spec, &db).await {
                 let ending = Ending {
                     spec,
@@ -66,14 +159,20 @@ pub(crate) async fn setup(spec: &'static TestSpec) -> Result<Prepared, String> {
         Isolation::Database => {
             let copy = FileCopy::new(&template)?;
             let options = copy.options();
+            let on_connect = interrupt.clone();
             let pool = SqlitePoolOptions::new()
                 .max_connections(crate::config::database_pool_size())
                 .acquire_timeout(crate::config::acquire_timeout())
                 .test_before_acquire(false)
+                .after_connect(move |conn, _| {
+                    let interrupt = on_connect.clone();
+                    Box::pin(async move { interrupt.install(conn).await })
+                })
                 .connect_lazy_with(options.clone());
             let resource = Box::new(FileResource {
                 pool: pool.clone(),
                 copy,
+                interrupt,
             });
             // The first connection opens here, on the shared runtime, so
             // that the pool works before the body's runtime exists.
@@ -110,10 +209,12 @@ pub(crate) async fn setup(spec: &'static TestSpec) -> Result<Prepared, String> {
     }
 }
 
-/// A database-mode test's file copy and its pool.
+/// A database-mode test's file copy, its pool, and the interrupt of the
+/// statements of the pool's connections.
 struct FileResource {
     pool: SqlitePool,
     copy: FileCopy,
+    interrupt: Interrupt,
 }
 
 impl Resource for FileResource {
@@ -136,6 +237,10 @@ impl Resource for FileResource {
         ending: Ending,
     ) -> futures_util::future::BoxFuture<'static, Verdict> {
         Box::pin(async move {
+            if ending.timed_out {
+                // Closing the pool waits for its connections' statements.
+                self.interrupt.fire();
+            }
             let mut failure = None;
             if crate::clock::timeout(TEARDOWN_GRACE, self.pool.close())
                 .await

@@ -40,7 +40,6 @@ use super::{Dialect, OwnedQuery};
 
 pub(crate) use conn::Shared;
 #[cfg(feature = "sqlite")]
-pub(crate) use setup::open_transaction;
 pub(crate) use setup::{TestState, TxResource, apply_fixtures};
 pub(crate) use slot::SlotGuard;
 pub(crate) use state::state_of;

@@ -1,6 +1,6 @@
 //! What a backend's setup builds on in transaction mode and database mode:
 //! the test's context ([`TestState`]), its fixtures, the transaction-mode
-//! resource ([`TxResource`]), and opening the test's transaction.
+//! resource ([`TxResource`]).
 
 use std::sync::Arc;
 
@@ -63,36 +63,4 @@ impl<DB: Dialect> Resource for TxResource<DB> {
             (failure, log)
         })
     }
-}
-
-/// Opens a test's transaction on a connection of `pool`, closing (and
-/// replacing) connections that cannot begin one.
-// MySQL opens its own (it also needs the connection's id).
-#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
-pub(crate) async fn open_transaction<DB: Dialect>(
-    spec: &'static TestSpec,
-    pool: &sqlx::Pool<DB>,
-    what: &str,
-) -> Result<Arc<Shared<DB>>, String> {
-    let mut last_err = None;
-    for _ in 0..3 {
-        let conn = pool.acquire().await.map_err(|e| {
-            format!(
-                "db-test: cannot get a connection to {what} for test `{}`: {e}",
-                spec.name
-            )
-        })?;
-        match Shared::open(conn, spec.name.to_string()).await {
-            Ok(shared) => return Ok(shared),
-            Err((e, mut conn)) => {
-                conn.close_on_drop();
-                last_err = Some(e);
-            }
-        }
-    }
-    Err(format!(
-        "db-test: cannot begin the transaction of test `{}` on {what}: {}",
-        spec.name,
-        last_err.map(|e| e.to_string()).unwrap_or_default()
-    ))
 }

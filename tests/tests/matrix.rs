@@ -422,6 +422,74 @@ macro_rules! matrix {
                 client.get("/items").await.assert_text("");
             }
 
+            // ---- a current-thread runtime of the test's own ----
+
+            std::thread_local! {
+                static MARK: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+            }
+
+            /// What a `#[tokio::test]` suite relies on: spawned tasks run on
+            /// the test's thread (its thread-locals), a paused clock
+            /// auto-advances, and the database still answers through all of it.
+            async fn on_a_paused_current_thread(db: Db) {
+                MARK.with(|m| m.set(7));
+                let t0 = tokio::time::Instant::now();
+                let task = tokio::spawn(async move {
+                    tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                    let mark = MARK.with(|m| m.get());
+                    let names: Vec<String> = futures_util::future::join_all((0..4).map(|i| {
+                        let db = db.clone();
+                        async move {
+                            let name = format!("paused-{i}");
+                            sqlx::query($insert_bound)
+                                .bind(&name)
+                                .execute(&db)
+                                .await
+                                .unwrap();
+                            name
+                        }
+                    }))
+                    .await;
+                    (mark, names)
+                });
+                let (mark, names) = task.await.unwrap();
+                assert_eq!(mark, 7, "the spawned task ran on the test's thread");
+                assert_eq!(names.len(), 4);
+                assert!(t0.elapsed() >= std::time::Duration::from_secs(3600));
+            }
+
+            #[db_test(migrations = $migrations, flavor = "current_thread", start_paused = true)]
+            async fn a_paused_current_thread_test_in_transaction_mode(db: TestDb) {
+                on_a_paused_current_thread(db.db()).await;
+                assert_eq!(items(&db).await, 4);
+            }
+
+            /// Database mode: the body opens pool connections on its own
+            /// runtime (four at once), which is dropped before the teardown;
+            /// the pair passes only if neither the teardown nor the next
+            /// test trips on a connection of a dead runtime.
+            async fn paused_with_its_own_pool(pool: Pool) {
+                on_a_paused_current_thread(Db::from_pool(pool.clone())).await;
+                let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM items")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    n, 4,
+                    "a database of its own, migrated and empty at the start"
+                );
+            }
+
+            #[db_test(migrations = $migrations, flavor = "current_thread", start_paused = true)]
+            async fn a_paused_current_thread_test_with_a_pool_a(pool: Pool) {
+                paused_with_its_own_pool(pool).await;
+            }
+
+            #[db_test(migrations = $migrations, flavor = "current_thread", start_paused = true)]
+            async fn a_paused_current_thread_test_with_a_pool_b(pool: Pool) {
+                paused_with_its_own_pool(pool).await;
+            }
+
             // ---- database mode ----
 
             /// Each of the pair commits the same unique name on its pool:

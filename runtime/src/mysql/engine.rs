@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOptions};
 use sqlx::{Connection, Executor};
@@ -257,15 +257,6 @@ pub(crate) async fn connect(
             "db-test: cannot connect to {display_url}: no answer within {timeout:?} \
              (DB_TEST_CONNECT_TIMEOUT); is the server running and the URL right?"
         )),
-    }
-}
-
-/// Waits (briefly, in real time) until every connection of the pool is idle.
-pub(crate) async fn settle_pool(pool: &MySqlPool) {
-    let deadline = Instant::now() + Duration::from_millis(200);
-    while (pool.num_idle() as u32) < pool.size() && Instant::now() < deadline {
-        tokio::task::yield_now().await;
-        std::thread::sleep(Duration::from_micros(100));
     }
 }
 

@@ -189,12 +189,13 @@ mod harness {
     use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 
     use super::Db;
-    use super::engine::{self, Engine, settle_pool};
+    use super::engine::{self, Engine};
     use super::template;
     use crate::config;
     use crate::context::{Backend, BoxError, ContextInner, FromTestContext, TestContext};
     use crate::generic::shared::{Shared, TestState, TxResource, apply_fixtures};
     use crate::run::{Ending, Isolation, Prepared, Resource, TestSpec, Verdict, isolation_of};
+    use crate::run::{fill_pool, settle_pool};
     use crate::shared::TEARDOWN_GRACE;
 
     /// Sets up a MySQL test: its transaction on the working database, or a
@@ -407,6 +408,10 @@ mod harness {
     }
 
     impl Resource for DatabaseResource {
+        fn prewarm(&self) -> BoxFuture<'_, ()> {
+            Box::pin(fill_pool(&self.pool))
+        }
+
         fn settle(&self) -> BoxFuture<'_, ()> {
             Box::pin(settle_pool(&self.pool))
         }

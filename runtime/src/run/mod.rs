@@ -25,7 +25,8 @@ use futures_util::FutureExt;
 use crate::config;
 use crate::context::{FromTestContext, TestContext};
 use crate::shared::LoggedStatement;
-use runtime::{BodyRuntime, prewarm, settle_pool};
+use runtime::BodyRuntime;
+pub(crate) use runtime::{fill_pool, fill_pool_to, settle_pool};
 use setup::{Setup, apply_fixtures, setup};
 use teardown::teardown;
 
@@ -159,12 +160,26 @@ pub fn run_boxed(spec: &'static TestSpec, body: BoxedBody<'_>) {
             let fixtures = if matches!(setup, Setup::Other(_)) {
                 // That backend's setup ran them.
                 Ok(())
-            } else if spec.fixtures.is_empty() && on_own_runtime {
-                prewarm(&ctx).await;
-                Ok(())
             } else {
                 apply_fixtures(spec, &ctx.db()).await
             };
+            if on_own_runtime && fixtures.is_ok() {
+                // The test's pool gets its first connection here, on the
+                // shared runtime (the other backends' setup opened theirs);
+                // all of them when the body starts with a paused clock.
+                if let Some(pool) = &ctx.inner.pool {
+                    if spec.start_paused {
+                        fill_pool(pool).await;
+                    } else if pool.size() == 0 {
+                        fill_pool_to(pool, 1).await;
+                    }
+                }
+                if let Setup::Other(resource) = &setup
+                    && spec.start_paused
+                {
+                    resource.prewarm().await;
+                }
+            }
             match fixtures {
                 Ok(()) => (setup, ctx),
                 Err(msg) => {

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use super::{Flavor, TestSpec};
 use crate::config;
-use crate::context::TestContext;
 
 /// The process-wide runtime. See [`crate::runtime`].
 pub(crate) fn shared_runtime() -> &'static tokio::runtime::Runtime {
@@ -64,20 +63,30 @@ impl TestSpec {
     }
 }
 
-/// Opens the first connection of a per-test pool on the shared runtime,
-/// before a body on its own runtime would open it there (where it would die
-/// with that runtime, and could not reset the database afterwards).
-pub(super) async fn prewarm(ctx: &TestContext) {
-    if let Some(pool) = &ctx.inner.pool
-        && let Ok(conn) = pool.acquire().await
-    {
-        drop(conn);
-        settle_pool(pool).await;
-    }
+/// Opens every connection a per-test pool may hold, on the shared runtime,
+/// for a body that starts with a paused clock (`start_paused = true`) on a
+/// runtime of its own. Such a runtime's clock jumps ahead whenever it waits
+/// on IO, so the pool's acquire timeout fired at once while the body's
+/// `acquire` opened a connection (`PoolTimedOut`); an idle connection is
+/// handed out without a wait. (A body that calls `time::pause()` itself
+/// gets what it gets under `#[sqlx::test]`.)
+pub(crate) async fn fill_pool<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) {
+    fill_pool_to(pool, pool.options().get_max_connections() as usize).await;
 }
 
-/// Waits (briefly, in real time) until every connection of the pool is idle again.
-pub(super) async fn settle_pool(pool: &sqlx::PgPool) {
+/// Opens `n` connections of a per-test pool on the shared runtime, before a
+/// body on a runtime of its own runs: a connection opened there would die
+/// with that runtime (and could not reset the database afterwards).
+pub(crate) async fn fill_pool_to<DB: sqlx::Database>(pool: &sqlx::Pool<DB>, n: usize) {
+    let held = futures_util::future::join_all((0..n).map(|_| pool.acquire())).await;
+    drop(held);
+    settle_pool(pool).await;
+}
+
+/// Waits (briefly, in real time) until every connection of the pool is idle
+/// again: connections return to their pool through a task on the runtime
+/// that dropped them.
+pub(crate) async fn settle_pool<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) {
     let deadline = std::time::Instant::now() + Duration::from_millis(200);
     while (pool.num_idle() as u32) < pool.size() && std::time::Instant::now() < deadline {
         tokio::task::yield_now().await;

@@ -29,6 +29,13 @@ pub(super) enum Setup {
 /// (which also ran the fixtures), and undone by it.
 #[allow(dead_code)]
 pub(crate) trait Resource: Send + 'static {
+    /// Runs on the shared runtime before a body that starts with a paused
+    /// clock on a runtime of its own: opens every connection of the test's
+    /// own pool there (see [`fill_pool`](crate::run::fill_pool)).
+    fn prewarm(&self) -> futures_util::future::BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
     /// Runs on the test's own runtime after the body, before that runtime
     /// is dropped: let connections the body released go back to their pool.
     fn settle(&self) -> futures_util::future::BoxFuture<'_, ()> {

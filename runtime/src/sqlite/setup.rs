@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use sqlx::Sqlite;
 use sqlx::pool::PoolConnection;
@@ -13,7 +12,9 @@ use super::engine::{self, FileCopy};
 use crate::context::{BoxError, ContextInner, FromTestContext, TestContext};
 use crate::generic::shared::{Shared, TestState, TxResource, apply_fixtures};
 use crate::generic::{Db, test_state};
-use crate::run::{Ending, Isolation, Prepared, Resource, TestSpec, Verdict, isolation_of};
+use crate::run::{
+    Ending, Isolation, Prepared, Resource, TestSpec, Verdict, fill_pool, isolation_of, settle_pool,
+};
 use crate::shared::TEARDOWN_GRACE;
 
 fn inner(
@@ -218,18 +219,12 @@ struct FileResource {
 }
 
 impl Resource for FileResource {
+    fn prewarm(&self) -> futures_util::future::BoxFuture<'_, ()> {
+        Box::pin(fill_pool(&self.pool))
+    }
+
     fn settle(&self) -> futures_util::future::BoxFuture<'_, ()> {
-        Box::pin(async move {
-            // Connections the body released return to the pool through a
-            // task on the body's runtime: let those run.
-            let deadline = std::time::Instant::now() + Duration::from_millis(200);
-            while (self.pool.num_idle() as u32) < self.pool.size()
-                && std::time::Instant::now() < deadline
-            {
-                tokio::task::yield_now().await;
-                std::thread::sleep(Duration::from_micros(100));
-            }
-        })
+        Box::pin(settle_pool(&self.pool))
     }
 
     fn teardown(

@@ -11,7 +11,7 @@ mod common;
 use std::time::Duration;
 
 use db_test::mysql::TestDb;
-use db_test::{TestContext, db_test};
+use db_test::{FromTestContext, TestContext, db_test};
 use sqlx::mysql::MySqlConnection;
 use sqlx::{Connection, MySqlPool};
 
@@ -682,4 +682,79 @@ fn a_lock_wait_ends_after_the_lock_timeout() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("LOCK ERROR"), "{text}");
     assert!(text.contains("Lock wait timeout exceeded"), "{text}");
+}
+
+// A named lock (`GET_LOCK`) a test leaves held: the next test, right after
+// it, gets it from another session, as after a `#[sqlx::test]`, whose pool
+// is closed before the next test starts. Locks are server-wide, so the two
+// run one after the other, each trying the lock from a session of its own.
+async fn lock_is_free_then_leave_it_held(db: &TestDb, pool: Option<&MySqlPool>) {
+    let mut other = outsider(db).await;
+    let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK('dbtest_left_held', 0)")
+        .fetch_one(&mut other)
+        .await
+        .unwrap();
+    assert_eq!(
+        got,
+        Some(1),
+        "an earlier test's session still holds the lock"
+    );
+    let _: Option<i64> = sqlx::query_scalar("SELECT RELEASE_LOCK('dbtest_left_held')")
+        .fetch_one(&mut other)
+        .await
+        .unwrap();
+    other.close().await.unwrap();
+    let got: Option<i64> = match pool {
+        Some(pool) => sqlx::query_scalar("SELECT GET_LOCK('dbtest_left_held', 0)")
+            .fetch_one(pool)
+            .await
+            .unwrap(),
+        None => sqlx::query_scalar("SELECT GET_LOCK('dbtest_left_held', 0)")
+            .fetch_one(db)
+            .await
+            .unwrap(),
+    };
+    assert_eq!(got, Some(1));
+}
+
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn child_lock_1_transaction(db: TestDb) {
+    lock_is_free_then_leave_it_held(&db, None).await;
+}
+
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn child_lock_2_transaction(db: TestDb) {
+    lock_is_free_then_leave_it_held(&db, None).await;
+}
+
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn child_lock_3_pool(pool: MySqlPool, ctx: TestContext) {
+    let db = TestDb::from_context(&ctx).await.unwrap();
+    lock_is_free_then_leave_it_held(&db, Some(&pool)).await;
+}
+
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn child_lock_4_pool(pool: MySqlPool, ctx: TestContext) {
+    let db = TestDb::from_context(&ctx).await.unwrap();
+    lock_is_free_then_leave_it_held(&db, Some(&pool)).await;
+}
+
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn child_lock_5_transaction(db: TestDb) {
+    lock_is_free_then_leave_it_held(&db, None).await;
+}
+
+#[test]
+fn a_named_lock_left_held_is_free_for_the_next_test() {
+    for _ in 0..5 {
+        let cmd = common::children(&[
+            "child_lock_1_transaction",
+            "child_lock_2_transaction",
+            "child_lock_3_pool",
+            "child_lock_4_pool",
+            "child_lock_5_transaction",
+        ]);
+        let out = common::run_ok(cmd, "named locks left held");
+        assert!(out.contains("5 passed"), "{out}");
+    }
 }

@@ -79,6 +79,13 @@ pub trait Dialect: sqlx::Database + sealed::Sealed {
     #[doc(hidden)]
     const SAVEPOINT_REPLACES: bool = false;
 
+    /// Under test, a statement that releases the session's named locks,
+    /// sent before a connection whose session the test touched is closed:
+    /// the server releases them only once it has processed the disconnect,
+    /// which the next test could beat to the lock.
+    #[doc(hidden)]
+    const RELEASE_SESSION_LOCKS: Option<&'static str> = None;
+
     /// Under test, whether `sql` may leave state on the connection that the
     /// rollback does not undo (a session setting): the connection is then
     /// closed when the test ends, rather than handed to the next test.

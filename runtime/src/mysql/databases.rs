@@ -107,6 +107,22 @@ impl Engine {
         });
     }
 
+    /// Releases the named locks (`GET_LOCK`) the idle sessions of a test's
+    /// pool hold. Its pool is closed in the background, and the server
+    /// releases a session's locks only once it has processed the
+    /// disconnect: the next test could otherwise find a lock still held
+    /// that a `#[sqlx::test]` would find free.
+    pub(crate) async fn release_session_locks(pool: &MySqlPool) {
+        let mut idle = Vec::new();
+        while let Some(conn) = pool.try_acquire() {
+            idle.push(conn);
+        }
+        let release = idle
+            .iter_mut()
+            .map(|conn| conn.execute("DO RELEASE_ALL_LOCKS()"));
+        let _ = tokio::time::timeout(TEARDOWN_GRACE, futures_util::future::join_all(release)).await;
+    }
+
     /// Closes the pool of a test's database; a connection that a task of
     /// the test still holds after the grace period is killed (`false`).
     pub(crate) async fn close_test_pool(&self, name: &str, pool: &MySqlPool, test: &str) -> bool {

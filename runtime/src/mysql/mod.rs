@@ -69,7 +69,10 @@
 //! - **Session state survives `ROLLBACK`**: temporary tables, user variables,
 //!   `GET_LOCK` locks, `PREPARE`d statements, `SET` session variables. A test
 //!   that may have left some gets its connection closed at the end instead
-//!   of handing it to the next test.
+//!   of handing it to the next test, its named locks released first (the
+//!   server frees them only once it has processed the disconnect, which the
+//!   next test could beat). In database mode the locks of the test's idle
+//!   connections are released before its pool is closed.
 //! - `check_constraints` is a no-op: MySQL has no deferred constraints, so
 //!   every constraint is already checked when its statement runs.
 //! - Transaction-mode tests share the working database: two running at once
@@ -154,6 +157,9 @@ impl crate::generic::Dialect for MySql {
     fn touches_session(sql: &str) -> bool {
         lexer::leaves_session_state(sql)
     }
+
+    // MariaDB 10.5+, MySQL 5.7+ (an older server's error is ignored).
+    const RELEASE_SESSION_LOCKS: Option<&'static str> = Some("DO RELEASE_ALL_LOCKS()");
 
     // "If the current transaction has a savepoint with the same name, the
     // old savepoint is deleted and a new one is set." (MySQL manual)
@@ -426,6 +432,7 @@ mod harness {
                 } = *self;
                 let keep = ending.failed && config::keep_failed();
                 if !ending.timed_out && !keep {
+                    Engine::release_session_locks(&pool).await;
                     // Closed, then recycled or dropped, in the background:
                     // the test is over.
                     engine.release_test_database(template, name, pool, ending.spec.name);

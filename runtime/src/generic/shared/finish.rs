@@ -110,9 +110,21 @@ impl<DB: Dialect> Shared<DB> {
                 }
             }
         }
-        if healthy && !self.state.touched.load(Ordering::Relaxed) {
+        let touched = self.state.touched.load(Ordering::Relaxed);
+        if healthy && !touched {
             (Some(conn), failure, log)
         } else {
+            if healthy
+                && touched
+                && let Some(release) = DB::RELEASE_SESSION_LOCKS
+            {
+                let _ = crate::clock::timeout(
+                    TEARDOWN_GRACE,
+                    DB::conn_fetch_many(&mut conn, OwnedQuery::<DB>::raw(release))
+                        .try_collect::<Vec<_>>(),
+                )
+                .await;
+            }
             // Never hand a connection in an unknown state (or with session
             // state the test set) to the next test.
             conn.close_on_drop();

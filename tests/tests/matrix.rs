@@ -535,6 +535,33 @@ macro_rules! matrix {
                 commit_the_same_name(&pool, &ctx).await;
             }
 
+            /// Suites written for `#[sqlx::test]` often end with
+            /// `pool.close().await`: the teardown copes, and the next test
+            /// still gets a database of its own, migrated and empty.
+            async fn write_then_close(pool: Pool) {
+                let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM items")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                assert_eq!(n, 0, "migrated and empty");
+                sqlx::query("INSERT INTO items (name) VALUES ('closed-by-the-test')")
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                pool.close().await;
+                assert!(pool.is_closed());
+            }
+
+            #[db_test(migrations = $migrations)]
+            async fn a_pool_the_test_closes_a(pool: Pool) {
+                write_then_close(pool).await;
+            }
+
+            #[db_test(migrations = $migrations)]
+            async fn a_pool_the_test_closes_b(pool: Pool) {
+                write_then_close(pool).await;
+            }
+
             #[db_test(migrations = $migrations, isolation = "database")]
             async fn database_isolation_with_test_db_commits_for_real(
                 db: TestDb,

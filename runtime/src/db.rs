@@ -505,12 +505,33 @@ impl DerefMut for DbAcquired {
 /// `async fn f<'a>(conn: impl Acquire<'a, Database = Postgres>)` take the
 /// app's handle.
 ///
-/// `acquire()` works everywhere (under test: the test's connection, like
-/// [`Db::acquire`]). `begin()` works on a pool; under a transaction-mode
-/// test it returns an error of kind `ErrorKind::Unsupported`
-/// (with the harness), because sqlx's `Transaction` cannot hold the lock on
-/// the test's shared connection: call [`Db::begin`] instead, or pass
-/// `&mut *db.acquire().await?` (an `Acquire` whose `begin()` is a savepoint).
+/// In production both methods are the pool's. Under a transaction-mode
+/// test, `acquire()` is the test's connection (like [`Db::acquire`]), and
+/// `begin()` is sqlx's own [`sqlx::Transaction`] on it, nested in the test's
+/// transaction: a savepoint that its `commit()` releases and its `rollback()`
+/// (or drop) rolls back, all of it undone with the test. Until it ends, the
+/// test's other database calls wait for the connection, as for a guard from
+/// [`Db::begin`]. Statements sent through it bypass db-test's statement
+/// handling (a raw `COMMIT` still fails the test at its end, and
+/// `assert_queries` does not count them); prefer [`Db::begin`] in code
+/// written for db-test.
+///
+/// ```no_run
+/// # async fn f(db: db_test::Db) -> sqlx::Result<()> {
+/// use sqlx::{Acquire, Postgres};
+///
+/// async fn add_user<'a>(conn: impl Acquire<'a, Database = Postgres>) -> sqlx::Result<()> {
+///     let mut tx = conn.begin().await?;
+///     sqlx::query("INSERT INTO users (email) VALUES ('a@example.com')")
+///         .execute(&mut *tx)
+///         .await?;
+///     tx.commit().await
+/// }
+///
+/// add_user(&db).await?;
+/// # Ok(())
+/// # }
+/// ```
 impl<'c> sqlx::Acquire<'c> for &'c Db {
     type Database = Postgres;
     type Connection = DbAcquired;
@@ -526,15 +547,10 @@ impl<'c> sqlx::Acquire<'c> for &'c Db {
                 async move { pool.begin().await }.boxed()
             }
             #[cfg(feature = "harness")]
-            Inner::Test(_) => futures_util::future::ready(Err(crate::Error::new(
-                crate::ErrorKind::Unsupported,
-                "db-test: `Acquire::begin` on a `&Db` cannot be a savepoint of the test's \
-                 transaction (sqlx's `Transaction` cannot hold db-test's lock on the test's \
-                 connection). Call `db.begin()`, or pass `&mut *db.acquire().await?`, whose \
-                 `begin()` is a savepoint.",
-            )
-            .into()))
-            .boxed(),
+            Inner::Test(shared) => {
+                let shared = shared.clone();
+                async move { sqlx::Transaction::begin(shared.lend().await?, None).await }.boxed()
+            }
         }
     }
 }

@@ -33,6 +33,8 @@ mod postgres;
 mod query;
 #[cfg(feature = "harness")]
 mod shared;
+#[cfg(feature = "harness")]
+mod slots;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 #[cfg(feature = "harness")]

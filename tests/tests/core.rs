@@ -398,17 +398,95 @@ async fn db_and_test_db_are_acquire(db: TestDb) {
         .await
         .unwrap();
     drop(conn);
-    // begin() on &Db itself cannot be a savepoint: a clear, typed error.
-    let err = insert_in_a_transaction(&db.db(), "x@example.com")
+    // begin() on &Db and &TestDb: sqlx's Transaction, a savepoint.
+    insert_in_a_transaction(&db.db(), "acquire-begin-db@example.com")
         .await
-        .unwrap_err();
-    assert_eq!(
-        db_test::Error::of(&err).map(|e| e.kind()),
-        Some(db_test::ErrorKind::Unsupported),
-        "{err}"
-    );
-    assert_eq!(count(&db, "users").await, 3);
+        .unwrap();
+    insert_in_a_transaction(&db, "acquire-begin-testdb@example.com")
+        .await
+        .unwrap();
+    assert_eq!(count(&db, "users").await, 5);
     assert_eq!(committed_rows(&db).await, 0);
+}
+
+/// `Acquire::begin` on `&Db`: a savepoint of the test's transaction, which
+/// commits, rolls back and nests as sqlx's transactions do, leaves the test
+/// usable after each, and commits nothing.
+#[db_test]
+async fn acquire_begin_on_db_is_a_savepoint(db: TestDb) {
+    let app = db.db();
+    // Committed: seen by the test.
+    let mut tx = Acquire::begin(&app).await.unwrap();
+    sqlx::query("INSERT INTO users (email) VALUES ('kept@example.com')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(count(&db, "users").await, 1);
+    // Rolled back, explicitly and by drop: gone, the rest stays.
+    let mut tx = Acquire::begin(&app).await.unwrap();
+    sqlx::query("INSERT INTO users (email) VALUES ('undone@example.com')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    let mut tx = Acquire::begin(&app).await.unwrap();
+    sqlx::query("INSERT INTO users (email) VALUES ('dropped@example.com')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    drop(tx);
+    assert_eq!(count(&db, "users").await, 1);
+    // A failing statement in it: the app rolls back, the test goes on.
+    let mut tx = Acquire::begin(&app).await.unwrap();
+    let dup = sqlx::query("INSERT INTO users (email) VALUES ('kept@example.com')")
+        .execute(&mut *tx)
+        .await;
+    assert!(dup.is_err());
+    drop(tx);
+    // Nested: an inner rollback keeps the outer's rows.
+    let mut outer = Acquire::begin(&app).await.unwrap();
+    sqlx::query("INSERT INTO users (email) VALUES ('outer@example.com')")
+        .execute(&mut *outer)
+        .await
+        .unwrap();
+    let mut inner = Acquire::begin(&mut *outer).await.unwrap();
+    sqlx::query("INSERT INTO users (email) VALUES ('inner@example.com')")
+        .execute(&mut *inner)
+        .await
+        .unwrap();
+    inner.rollback().await.unwrap();
+    outer.commit().await.unwrap();
+    let emails: Vec<String> = sqlx::query_scalar("SELECT email FROM users ORDER BY email")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    assert_eq!(emails, ["kept@example.com", "outer@example.com"]);
+    assert_eq!(committed_rows(&db).await, 0);
+}
+
+/// While a transaction from `Acquire::begin` is open, the test's other
+/// calls wait for it (one connection); another task's call goes through
+/// once it commits.
+#[db_test]
+async fn acquire_begin_holds_the_connection_until_it_ends(db: TestDb) {
+    let app = db.db();
+    let mut tx = Acquire::begin(&app).await.unwrap();
+    sqlx::query("INSERT INTO users (email) VALUES ('first@example.com')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let other = app.clone();
+    let waiting = tokio::spawn(async move {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM users")
+            .fetch_one(&other)
+            .await
+            .unwrap()
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(!waiting.is_finished(), "it waits for the transaction");
+    tx.commit().await.unwrap();
+    assert_eq!(waiting.await.unwrap(), 1, "and sees its row once it ends");
 }
 
 #[db_test(isolation = "database")]

@@ -607,3 +607,85 @@ async fn a_long_statement_dropped_in_an_app_transaction_is_cancelled(db: TestDb)
     let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&db).await.unwrap();
     assert_eq!(one, 1);
 }
+
+// A transaction from `Acquire::begin` on `&Db` misused: left open past the
+// end of the test by a task, or ended by a raw COMMIT sent through it. The
+// test fails saying so, nothing is committed, and the next test (`_3`, on
+// the same process's connections) runs as usual.
+
+static LEFT_OPEN: std::sync::Mutex<Option<sqlx::Transaction<'static, sqlx::Postgres>>> =
+    std::sync::Mutex::new(None);
+
+#[db_test]
+async fn child_lent_1_left_open(db: TestDb) {
+    let app: &'static db_test::Db = Box::leak(Box::new(db.db()));
+    let mut tx = sqlx::Acquire::begin(app).await.unwrap();
+    sqlx::query("INSERT INTO users (email) VALUES ('left-open@example.com')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    if misbehave() {
+        *LEFT_OPEN.lock().unwrap() = Some(tx);
+    }
+}
+
+#[db_test]
+async fn child_lent_2_raw_commit(db: TestDb) {
+    let app = db.db();
+    let mut tx = sqlx::Acquire::begin(&app).await.unwrap();
+    sqlx::query("INSERT INTO users (email) VALUES ('raw-commit@example.com')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    if misbehave() {
+        let _ = (&mut *tx).execute("COMMIT").await;
+    }
+}
+
+#[db_test]
+async fn child_lent_3_next_test(db: TestDb, ctx: TestContext) {
+    let app = db.db();
+    let mut tx = sqlx::Acquire::begin(&app).await.unwrap();
+    sqlx::query("INSERT INTO users (email) VALUES ('next@example.com')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "only this test's row");
+    let mut other = outside(&ctx).await;
+    let committed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM users WHERE email IN \
+         ('left-open@example.com', 'raw-commit@example.com', 'next@example.com')",
+    )
+    .fetch_one(&mut other)
+    .await
+    .unwrap();
+    assert_eq!(committed, 0, "nothing was committed");
+}
+
+#[test]
+fn a_misused_acquire_begin_transaction_fails_its_test_and_commits_nothing() {
+    let (out, text) = run(child(&[
+        "child_lent_1_left_open",
+        "child_lent_2_raw_commit",
+        "child_lent_3_next_test",
+    ]));
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("1 passed; 2 failed"), "{text}");
+    assert!(
+        text.contains("while a transaction from `Acquire::begin` on its `Db` was still open"),
+        "{text}"
+    );
+    assert!(
+        text.contains("a COMMIT or ROLLBACK sent through it ended that transaction"),
+        "{text}"
+    );
+    assert!(
+        text.contains("test child_lent_3_next_test ... ok"),
+        "{text}"
+    );
+}

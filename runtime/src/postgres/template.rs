@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sqlx::migrate::Migrator;
-use sqlx::{ConnectOptions, Connection, PgPool};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, Postgres};
 use tokio::sync::OnceCell;
 
 use super::embedded;
@@ -21,6 +22,7 @@ use super::engine::{
 };
 use super::naming::{self, Kind};
 use super::recycle::Recycle;
+use crate::slots::Slots;
 
 /// Where a test's migrations come from (built by the macro).
 #[doc(hidden)]
@@ -43,7 +45,11 @@ pub(crate) struct Template {
     pub(crate) prefix: String,
     pub(crate) template: String,
     pub(crate) working: String,
-    pub(crate) pool: PgPool,
+    /// The process's connections to the working database, a pool of one
+    /// each (see [`crate::slots`]).
+    pub(crate) slots: Slots<Postgres>,
+    /// Options to connect to the working database.
+    pub(crate) options: PgConnectOptions,
     /// `dbtest_<base>_<source>` and `<hash>`, to rebuild the template.
     pub(super) source: String,
     pub(super) hash: String,
@@ -211,14 +217,15 @@ impl Engine {
         self.hold_hash(AdvisoryLock::hash(&prefix)).await?;
 
         let working = naming::name(&prefix, Kind::Working);
-        let pool = self
-            .working_pool(&working, migrator.get(), &source, &hash)
+        let slots = self
+            .working_slots(&working, migrator.get(), &source, &hash)
             .await?;
         Ok(Template {
             template: naming::name(&prefix, Kind::Template),
             prefix,
+            options: self.options_for(&working),
             working,
-            pool,
+            slots,
             source,
             hash,
             migrator,

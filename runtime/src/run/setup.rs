@@ -98,7 +98,10 @@ async fn open_transaction(
     let mut last_err = None;
     for _ in 0..=config::pool_size() {
         let asked = std::time::Instant::now();
-        let acquired = template.pool.acquire().await;
+        let acquired = match template.slots.checkout().await {
+            Ok(home) => home.acquire().await.map(|conn| (conn, home)),
+            Err(e) => Err(e),
+        };
         if asked.elapsed() > Duration::from_secs(1) {
             tracing::warn!(
                 test = spec.name,
@@ -107,8 +110,8 @@ async fn open_transaction(
                 "db-test: slow connection acquire; the pool may be too small (DB_TEST_POOL_SIZE)"
             );
         }
-        let conn = match acquired {
-            Ok(conn) => conn,
+        let (conn, home) = match acquired {
+            Ok(acquired) => acquired,
             Err(sqlx::Error::PoolTimedOut) => return Err(pool_exhausted(spec, &template.working)),
             Err(e) => {
                 return Err(format!(
@@ -117,12 +120,21 @@ async fn open_transaction(
                 ));
             }
         };
-        match SharedConn::open(conn, spec.name.to_string(), config::checkout_timeout()).await {
+        match SharedConn::open(
+            conn,
+            home,
+            spec.name.to_string(),
+            config::checkout_timeout(),
+        )
+        .await
+        {
             Ok(shared) => return Ok(shared),
             // A connection broken by a server restart or a terminated backend:
-            // close it, and the pool opens a new one.
-            Err((e, mut conn)) => {
+            // close it, and its slot opens a new one.
+            Err((e, mut conn, home)) => {
                 conn.close_on_drop();
+                drop(conn);
+                home.give_back(true);
                 last_err = Some(e);
             }
         }
@@ -156,7 +168,7 @@ pub(super) async fn setup(spec: &'static TestSpec) -> Result<(Setup, TestContext
                 db: Some(Db::from_shared(shared.clone())),
                 shared: Some(shared.clone()),
                 pool: None,
-                options: Some((*template.pool.connect_options()).clone()),
+                options: Some(template.options.clone()),
                 backend_state: None,
                 database: template.working.clone(),
                 tasks: Default::default(),

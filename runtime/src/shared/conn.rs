@@ -14,9 +14,13 @@ use tokio::sync::Mutex;
 use super::session::{CATALOG_WRITES, can_force_flush};
 use super::slot::Slot;
 use super::state::{ConnState, LoggedStatement, lock, register, unregister};
+use crate::slots::Home;
 
 pub(crate) struct SharedConn {
     pub(super) slot: Arc<Mutex<Slot>>,
+    /// The pool of one the connection came from, and goes back to (also
+    /// from a `Transaction` it was lent to); `None` once given back.
+    pub(super) home: std::sync::Mutex<Option<Home<Postgres>>>,
     pub(super) state: Arc<ConnState>,
     /// The connection's address while it is registered (see `REGISTRY`).
     pub(super) conn_addr: usize,
@@ -53,9 +57,10 @@ impl SharedConn {
     /// Opens the test's transaction on `conn` and wraps it.
     pub(crate) async fn open(
         mut conn: PoolConnection<Postgres>,
+        home: Home<Postgres>,
         label: String,
         checkout_timeout: Duration,
-    ) -> Result<Arc<Self>, (sqlx::Error, PoolConnection<Postgres>)> {
+    ) -> Result<Arc<Self>, (sqlx::Error, PoolConnection<Postgres>, Home<Postgres>)> {
         let tag = next_tag();
         // The test's name follows the tag, for `pg_stat_activity` readers;
         // the server may truncate it.
@@ -76,7 +81,7 @@ impl SharedConn {
         // sqlx counts this as depth 1, so a nested sqlx `begin()` sends SAVEPOINT.
         let begin = sqlx::AssertSqlSafe(begin).into_sql_str();
         if let Err(e) = PgTransactionManager::begin(&mut conn, Some(begin)).await {
-            return Err((e, conn));
+            return Err((e, conn, home));
         }
         let state = Arc::new(ConnState {
             label: label.clone(),
@@ -86,6 +91,7 @@ impl SharedConn {
         let slot = Arc::new(Mutex::new(Slot {
             conn: Some(conn),
             unverified: false,
+            lent: false,
             ended: None,
         }));
         // The connection sits in the slot's heap allocation until `finish`
@@ -98,6 +104,7 @@ impl SharedConn {
         register(conn_addr, state.clone());
         let shared = Arc::new(SharedConn {
             slot,
+            home: std::sync::Mutex::new(Some(home)),
             state,
             conn_addr,
             label,
@@ -106,6 +113,19 @@ impl SharedConn {
             checkout_timeout_ms: AtomicU64::new(checkout_timeout.as_millis() as u64),
         });
         Ok(shared)
+    }
+
+    /// The pool the connection comes back to.
+    pub(super) fn home_pool(&self) -> Option<sqlx::PgPool> {
+        lock(&self.home).as_ref().map(|home| home.pool.clone())
+    }
+
+    /// Gives the connection's slot back for the next test (see
+    /// [`Home::give_back`]), once: at the end of the test.
+    pub(super) fn release_home(&self, reusable: bool) {
+        if let Some(home) = lock(&self.home).take() {
+            home.give_back(reusable);
+        }
     }
 
     pub(crate) fn label(&self) -> &str {

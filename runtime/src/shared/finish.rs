@@ -11,6 +11,7 @@ use sqlx_core::transaction::TransactionManager;
 
 use super::errors::{commit_message, constraint_failure};
 use super::session::{GUARD_TABLE, can_force_flush, session_state, session_state_sql};
+use super::slot::Reclaim;
 use super::state::{LoggedStatement, lock, unregister};
 use super::{SharedConn, TEARDOWN_GRACE};
 use crate::hint::sqlstate;
@@ -37,6 +38,27 @@ impl SharedConn {
         Option<PoolConnection<Postgres>>,
         Option<String>,
         Vec<LoggedStatement>,
+    ) {
+        let (conn, failure, log, reusable) = self
+            .finish_inner(reason, check_constraints, timed_out)
+            .await;
+        // The connection, if any, goes back to this slot when dropped.
+        self.release_home(reusable);
+        (conn, failure, log)
+    }
+
+    /// [`SharedConn::finish`], and whether the connection's slot can serve
+    /// the next test (not while a task of this test may still hold it).
+    async fn finish_inner(
+        &self,
+        reason: &'static str,
+        check_constraints: bool,
+        timed_out: bool,
+    ) -> (
+        Option<PoolConnection<Postgres>>,
+        Option<String>,
+        Vec<LoggedStatement>,
+        bool,
     ) {
         self.over.store(true, Ordering::Release);
         // From now on no statement counts for this test, whatever holds the
@@ -67,21 +89,39 @@ impl SharedConn {
                             self.label
                         )),
                         log(),
+                        false,
                     );
                 }
             },
         };
         slot.ended = Some(reason);
+        if slot.lent && matches!(self.reclaim(&mut slot, TEARDOWN_GRACE).await, Reclaim::Busy) {
+            // A transaction from `Acquire::begin` is still open: end the
+            // session under it, as for a task that holds a guard.
+            signal_backends(Backends::Tagged(self.tag.clone()), Signal::Terminate).await;
+            return (
+                None,
+                Some(format!(
+                    "db-test: test `{}` ended ({reason}) while a transaction from `Acquire::begin` on \
+                     its `Db` was still open {TEARDOWN_GRACE:?} later; the connection's backend was \
+                     terminated and everything the test wrote was rolled back. Commit or drop the \
+                     transaction before the test returns.",
+                    self.label
+                )),
+                log(),
+                false,
+            );
+        }
         self.recover_dropped(&mut slot).await;
         let mut failure = self.state.poisoned();
         let Some(mut conn) = slot.conn.take() else {
-            return (None, failure, log());
+            return (None, failure, log(), true);
         };
         if failure.is_none() && slot.unverified {
             // A guard dropped mid-statement leaves its reply behind.
             if self.drain(&mut conn).await.is_err() {
                 let _ = conn.detach().close_hard().await;
-                return (None, failure, log());
+                return (None, failure, log(), true);
             }
         }
         let log = log();
@@ -188,11 +228,11 @@ impl SharedConn {
             }
         }
         if healthy && failure.is_none() {
-            (Some(conn), None, log)
+            (Some(conn), None, log, true)
         } else {
             // Never hand a connection in an unknown state to the next test.
             let _ = conn.close().await;
-            (None, failure, log)
+            (None, failure, log, true)
         }
     }
 }

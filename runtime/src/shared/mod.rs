@@ -40,7 +40,7 @@ pub(crate) use session::prepare_session;
 pub(crate) use slot::SlotGuard;
 #[cfg(any(feature = "mysql", feature = "sqlite"))]
 pub(crate) use state::STATEMENT_LOG_LEN;
-pub(crate) use state::{LoggedStatement, state_of};
+pub(crate) use state::{LoggedStatement, lock, state_of};
 pub(crate) use statement::run_on_guard;
 
 /// How long teardown waits for a task that still holds the test's

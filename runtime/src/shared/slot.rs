@@ -17,11 +17,24 @@ use super::state::{ConnState, lock};
 use super::statement::refresh_savepoint;
 use crate::error::{Error, ErrorKind};
 
+/// What [`SharedConn::reclaim`] found.
+pub(super) enum Reclaim {
+    /// The connection is back in the slot.
+    Back,
+    /// Still out after the wait.
+    Busy,
+    /// It came back broken, or not at all: the test is poisoned.
+    Broken,
+}
+
 pub(crate) struct Slot {
     pub(super) conn: Option<PoolConnection<Postgres>>,
     /// A guard was used since the last check: something sent on the raw
     /// connection may have left a reply behind, or an aborted block.
     pub(super) unverified: bool,
+    /// `conn` is lent to a `Transaction` (`Acquire::begin` on `&Db`): it
+    /// comes back through the test's pool of one.
+    pub(super) lent: bool,
     pub(crate) ended: Option<&'static str>,
 }
 
@@ -107,6 +120,19 @@ impl SharedConn {
         if let Some(when) = slot.ended {
             return Err(self.over_error(when));
         }
+        if slot.lent {
+            match self.reclaim(&mut slot, self.checkout_timeout()).await {
+                Reclaim::Back | Reclaim::Broken => {}
+                Reclaim::Busy => {
+                    return Err(Error::new(ErrorKind::CheckoutTimeout, format!(
+                        "db-test: test `{}` waited {:?} for its database connection, which a                          transaction from `Acquire::begin` on its `Db` still holds. Commit or drop                          that transaction before the next database call (the test has one                          connection, shared by every clone of its `Db`), or raise                          DB_TEST_CHECKOUT_TIMEOUT.",
+                        self.label,
+                        self.checkout_timeout()
+                    ))
+                    .into());
+                }
+            }
+        }
         if let Some(why) = self.state.poisoned() {
             return Err(poisoned_error(&why));
         }
@@ -117,6 +143,66 @@ impl SharedConn {
             }
         }
         Ok(slot)
+    }
+
+    /// Gets the connection back from the `Transaction` it was lent to
+    /// ([`SharedConn::lend`]), waiting up to `wait` for that transaction to
+    /// end (committed, rolled back or dropped) and the connection to return
+    /// to the test's pool of one. A connection that comes back outside the
+    /// test's transaction (the lent one broke, and the pool opened another)
+    /// poisons the test.
+    pub(super) async fn reclaim(&self, slot: &mut Slot, wait: std::time::Duration) -> Reclaim {
+        let Some(pool) = self.home_pool() else {
+            self.state
+                .poison(out_of_sync(&self.label, &sqlx::Error::PoolClosed));
+            slot.lent = false;
+            return Reclaim::Broken;
+        };
+        let mut conn = match crate::clock::timeout(wait, pool.acquire()).await {
+            Err(()) => return Reclaim::Busy,
+            Ok(Err(e)) => {
+                self.state.poison(out_of_sync(&self.label, &e));
+                slot.lent = false;
+                return Reclaim::Broken;
+            }
+            Ok(Ok(conn)) => conn,
+        };
+        slot.lent = false;
+        if PgTransactionManager::get_transaction_depth(&conn) != 1 {
+            // Not the test's session (sqlx replaced a connection that failed
+            // its release check): close it, and fail the test.
+            conn.close_on_drop();
+            self.state.poison(format!(
+                "db-test: the connection that a transaction from `Acquire::begin` on the `Db` of \
+                 test `{}` used did not come back inside the test's transaction: a COMMIT or \
+                 ROLLBACK sent through it ended that transaction, or the connection broke. \
+                 Nothing the test wrote was committed (db-test's guard makes a COMMIT of the \
+                 test's transaction fail); the test cannot go on. End such a transaction with \
+                 `tx.commit()` or `tx.rollback()`, which release or roll back its savepoint.",
+                self.label
+            ));
+            return Reclaim::Broken;
+        }
+        slot.conn = Some(conn);
+        // What the transaction sent is unknown: read the connection to its
+        // end and renew `dbt_auto` before the next statement.
+        slot.unverified = true;
+        Reclaim::Back
+    }
+
+    /// Lends the test's connection to a `Transaction` for
+    /// `Acquire::begin` on `&Db`: the connection leaves the slot (the next
+    /// user waits for it, as for a guard), and sqlx's `begin()` on it is a
+    /// savepoint of the test's transaction. When the transaction ends, the
+    /// connection returns to the test's pool of one, where
+    /// [`SharedConn::reclaim`] finds it.
+    pub(crate) async fn lend(&self) -> sqlx::Result<PoolConnection<Postgres>> {
+        let mut slot = self.lock_slot().await?;
+        self.make_fresh(&mut slot, true).await?;
+        self.state.fresh.store(false, Ordering::Relaxed);
+        let conn = slot.conn.take().expect("checked at lock time");
+        slot.lent = true;
+        Ok(conn)
     }
 
     /// Brings `dbt_auto` up to date so that it marks the current state,

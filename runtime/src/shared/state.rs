@@ -77,7 +77,7 @@ pub(super) fn touches_session(sql: &str) -> bool {
     .any(|k| crate::sqltext::contains_ignore_case(sql, k))
 }
 
-pub(super) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 

@@ -1,0 +1,93 @@
+//! A process's connections to a shared working database, each in a pool of
+//! its own ("slots"), handed to transaction-mode tests one at a time.
+//!
+//! Why not one pool of N connections: a test's connection must be lendable
+//! to sqlx's own `Transaction` (what `Acquire::begin` on `&Db` returns),
+//! which owns a `PoolConnection` and gives it back to its pool when it is
+//! dropped. From a shared pool, another test could take it there, mid-way
+//! through this test's transaction; from a pool of one, it comes back to
+//! this test alone (see `shared::slot` and `generic::shared::slot`).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::pool::PoolConnection;
+use sqlx::{Database, Pool};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Builds one slot: a pool of at most one connection.
+type MakeSlot<DB> = Box<dyn Fn() -> Pool<DB> + Send + Sync>;
+
+/// The slots of one working database.
+pub(crate) struct Slots<DB: Database> {
+    make: MakeSlot<DB>,
+    free: Arc<Mutex<Vec<Pool<DB>>>>,
+    /// One permit per connection the process may hold at once.
+    permits: Arc<Semaphore>,
+    acquire_timeout: Duration,
+}
+
+/// A test's slot: its pool of one, for as long as the test holds it.
+pub(crate) struct Home<DB: Database> {
+    pub(crate) pool: Pool<DB>,
+    free: Arc<Mutex<Vec<Pool<DB>>>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<DB: Database> Slots<DB> {
+    /// `size` slots at most, each built by `make` (which must give a pool
+    /// of `max_connections(1)`); a checkout waits `acquire_timeout` at most.
+    pub(crate) fn new(
+        size: u32,
+        acquire_timeout: Duration,
+        make: impl Fn() -> Pool<DB> + Send + Sync + 'static,
+    ) -> Self {
+        Slots {
+            make: Box::new(make),
+            free: Arc::default(),
+            permits: Arc::new(Semaphore::new(size.max(1) as usize)),
+            acquire_timeout,
+        }
+    }
+
+    /// Takes a slot (`PoolTimedOut` when every slot stays taken for the
+    /// acquire timeout).
+    pub(crate) async fn checkout(&self) -> Result<Home<DB>, sqlx::Error> {
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                crate::clock::timeout(self.acquire_timeout, self.permits.clone().acquire_owned())
+                    .await
+                    .map_err(|()| sqlx::Error::PoolTimedOut)?
+                    .map_err(|_| sqlx::Error::PoolClosed)?
+            }
+        };
+        let pool = crate::shared::lock(&self.free)
+            .pop()
+            .unwrap_or_else(|| (self.make)());
+        Ok(Home {
+            pool,
+            free: self.free.clone(),
+            _permit: permit,
+        })
+    }
+}
+
+impl<DB: Database> Home<DB> {
+    /// The slot's connection (opened if it has none).
+    pub(crate) async fn acquire(&self) -> Result<PoolConnection<DB>, sqlx::Error> {
+        self.pool.acquire().await
+    }
+
+    /// Gives the slot back for the next test; `reusable` is false when its
+    /// connection may still be out (a task of the test holds it): the slot
+    /// is closed then, and its connection with it when it comes back.
+    pub(crate) fn give_back(self, reusable: bool) {
+        if reusable && !self.pool.is_closed() {
+            crate::shared::lock(&self.free).push(self.pool.clone());
+        } else {
+            // Marks it closed at once; the rest needs no waiting for.
+            drop(self.pool.close());
+        }
+    }
+}

@@ -17,6 +17,15 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use db_test::{Backend, ErrorKind, FromTestContext, TestApp, TestClient, TestContext, db_test};
 
+/// The database of a pool type (`Pool<DB>`), for the matrix's `Acquire` test.
+trait PoolDatabase {
+    type Database: sqlx::Database;
+}
+
+impl<DB: sqlx::Database> PoolDatabase for sqlx::Pool<DB> {
+    type Database = DB;
+}
+
 /// The kind of a db-test error, if `err` is one.
 fn kind(err: &sqlx::Error) -> Option<ErrorKind> {
     db_test::Error::of(err).map(|e| e.kind())
@@ -420,6 +429,43 @@ macro_rules! matrix {
                 assert_eq!(ctx.backend(), BACKEND);
                 assert!(!ctx.is_database_mode());
                 client.get("/items").await.assert_text("");
+            }
+
+            // ---- `Acquire` on the app's handle ----
+
+            /// Written the common sqlx way, to take a pool, a connection or
+            /// the app's `&Db`.
+            async fn add_in_a_transaction<'a>(
+                conn: impl sqlx::Acquire<'a, Database = <Pool as PoolDatabase>::Database>,
+                name: &str,
+                commit: bool,
+            ) {
+                let mut tx = conn.begin().await.unwrap();
+                sqlx::query($insert_bound)
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                if commit {
+                    tx.commit().await.unwrap();
+                }
+            }
+
+            /// `Acquire::begin` on `&Db` is sqlx's transaction, a savepoint
+            /// of the test's: committed, it stays for the test; dropped, it
+            /// is undone; nothing is committed for real; the test's other
+            /// calls work again once it ends.
+            #[db_test(migrations = $migrations)]
+            async fn acquire_begin_on_the_app_handle_is_a_savepoint(db: TestDb) {
+                let app: Db = db.db();
+                add_in_a_transaction(&app, "begun-and-committed", true).await;
+                add_in_a_transaction(&app, "begun-and-dropped", false).await;
+                add_in_a_transaction(&db, "begun-on-test-db", true).await;
+                assert_eq!(
+                    names(&db).await,
+                    ["begun-and-committed", "begun-on-test-db"]
+                );
+                assert_nothing_committed(&db).await;
             }
 
             // ---- a current-thread runtime of the test's own ----

@@ -758,3 +758,50 @@ fn a_named_lock_left_held_is_free_for_the_next_test() {
         assert!(out.contains("5 passed"), "{out}");
     }
 }
+
+// A transaction from `Acquire::begin` on `&Db` that a task keeps past the
+// end of its test: the test fails saying so, and its session is ended, so
+// the next test neither sees its row nor waits on its row lock.
+static LEFT_OPEN: std::sync::Mutex<Option<sqlx::Transaction<'static, sqlx::MySql>>> =
+    std::sync::Mutex::new(None);
+
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn child_lent_1_left_open(db: TestDb) {
+    let app: &'static db_test::mysql::Db = Box::leak(Box::new(db.db()));
+    let mut tx = sqlx::Acquire::begin(app).await.unwrap();
+    sqlx::query("INSERT INTO user (username) VALUES ('lent-open')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    if is_child() {
+        *LEFT_OPEN.lock().unwrap() = Some(tx);
+    }
+}
+
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn child_lent_2_next_test(db: TestDb) {
+    // The same unique name: it would wait for the left-open row's lock.
+    sqlx::query("INSERT INTO user (username) VALUES ('lent-open')")
+        .execute(&db)
+        .await
+        .unwrap();
+    let mut other = outsider(&db).await;
+    assert_eq!(committed_users(&mut other, "lent-open").await, 0);
+}
+
+#[test]
+fn an_acquire_begin_transaction_left_open_fails_its_test_and_ends_its_session() {
+    let mut cmd = common::children(&["child_lent_1_left_open", "child_lent_2_next_test"]);
+    cmd.env("DB_TEST_MYSQL_CHILD", "1");
+    let (out, text) = common::run_until(cmd, Duration::from_secs(120));
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("1 passed; 1 failed"), "{text}");
+    assert!(
+        text.contains("while a transaction from `Acquire::begin` on its `Db` was still open"),
+        "{text}"
+    );
+    assert!(
+        text.contains("test child_lent_2_next_test ... ok"),
+        "{text}"
+    );
+}

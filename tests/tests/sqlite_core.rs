@@ -257,11 +257,12 @@ async fn count_items<'a>(conn: impl sqlx::Acquire<'a, Database = sqlx::Sqlite>) 
 async fn db_is_an_acquire(db: TestDb) {
     let app = db.db();
     assert_eq!(count_items(&app).await, 1);
-    let err = sqlx::Acquire::begin(&app).await.unwrap_err();
-    assert_eq!(
-        db_test::Error::of(&err).map(|e| e.kind()),
-        Some(ErrorKind::Unsupported)
-    );
+    let mut tx = sqlx::Acquire::begin(&app).await.unwrap();
+    sqlx::query("INSERT INTO item (name) VALUES ('through begin')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
     let mut conn = app.acquire().await.unwrap();
     let mut tx = sqlx::Acquire::begin(&mut *conn).await.unwrap();
     sqlx::query("INSERT INTO item (name) VALUES ('acquired')")
@@ -270,7 +271,7 @@ async fn db_is_an_acquire(db: TestDb) {
         .unwrap();
     tx.commit().await.unwrap();
     drop(conn);
-    assert_eq!(names(&db).await, ["seed", "acquired"]);
+    assert_eq!(names(&db).await, ["seed", "through begin", "acquired"]);
 }
 
 // ---- database mode ----

@@ -509,12 +509,17 @@ impl<DB: Dialect> DerefMut for DbAcquired<DB> {
 /// `async fn f<'a>(conn: impl Acquire<'a, Database = Sqlite>)` take the
 /// app's handle.
 ///
-/// `acquire()` works everywhere (under test: the test's connection, like
-/// [`Db::acquire`]). `begin()` works on a pool; under a transaction-mode
-/// test it returns an error of kind `ErrorKind::Unsupported`, because
-/// sqlx's `Transaction` cannot hold the lock on the test's shared
-/// connection: call [`Db::begin`] instead, or pass
-/// `&mut *db.acquire().await?` (an `Acquire` whose `begin()` is a savepoint).
+/// In production both methods are the pool's. Under a transaction-mode
+/// test, `acquire()` is the test's connection (like [`Db::acquire`]), and
+/// `begin()` is sqlx's own [`sqlx::Transaction`] on it, nested in the test's
+/// transaction: a savepoint that its `commit()` releases and its `rollback()`
+/// (or drop) rolls back, all of it undone with the test. Until it ends, the
+/// test's other database calls wait for the connection, as for a guard from
+/// [`Db::begin`]. Statements sent through it bypass db-test's statement
+/// handling, as on a guard's bare connection: MySQL's implicit-commit DDL is
+/// not refused there, and a raw `COMMIT` is reported at the end of the test
+/// (after it reached the server). Prefer [`Db::begin`] in code written for
+/// db-test.
 impl<'c, DB: Dialect> sqlx::Acquire<'c> for &'c Db<DB> {
     type Database = DB;
     type Connection = DbAcquired<DB>;
@@ -530,14 +535,10 @@ impl<'c, DB: Dialect> sqlx::Acquire<'c> for &'c Db<DB> {
                 Box::pin(async move { pool.begin().await })
             }
             #[cfg(feature = "harness")]
-            Inner::Test(_) => Box::pin(futures_util::future::ready(Err(crate::Error::new(
-                crate::ErrorKind::Unsupported,
-                "db-test: `Acquire::begin` on a `&Db` cannot be a savepoint of the test's \
-                 transaction (sqlx's `Transaction` cannot hold db-test's lock on the test's \
-                 connection). Call `db.begin()`, or pass `&mut *db.acquire().await?`, whose \
-                 `begin()` is a savepoint.",
-            )
-            .into()))),
+            Inner::Test(shared) => {
+                let shared = shared.clone();
+                Box::pin(async move { sqlx::Transaction::begin(shared.lend().await?, None).await })
+            }
         }
     }
 }

@@ -214,3 +214,17 @@ impl<'c, DB: Dialect> Executor<'c> for &'c TestDb<DB> {
         (&self.state.db).describe(sql)
     }
 }
+
+/// `&TestDb` is an [`sqlx::Acquire`], as [`Db`] is (see its impl).
+impl<'c, DB: Dialect> sqlx::Acquire<'c> for &'c TestDb<DB> {
+    type Database = DB;
+    type Connection = super::db::DbAcquired<DB>;
+
+    fn acquire(self) -> BoxFuture<'c, sqlx::Result<Self::Connection>> {
+        sqlx::Acquire::acquire(&self.state.db)
+    }
+
+    fn begin(self) -> BoxFuture<'c, sqlx::Result<sqlx::Transaction<'c, DB>>> {
+        sqlx::Acquire::begin(&self.state.db)
+    }
+}

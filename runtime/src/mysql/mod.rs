@@ -294,7 +294,11 @@ mod harness {
     ) -> Result<(Box<dyn Resource>, Arc<TestState<MySql>>), String> {
         let mut last_err = None;
         for _ in 0..3 {
-            let mut conn = template.pool.acquire().await.map_err(|e| {
+            let acquired = match template.slots.checkout().await {
+                Ok(home) => home.acquire().await.map(|conn| (conn, home)),
+                Err(e) => Err(e),
+            };
+            let (mut conn, home) = acquired.map_err(|e| {
                 format!(
                     "db-test: cannot get a connection to {} on {} for test `{}`: {e}",
                     template.working, engine.display_url, spec.name
@@ -308,11 +312,13 @@ mod harness {
                 Ok(id) => id,
                 Err(e) => {
                     conn.close_on_drop();
+                    drop(conn);
+                    home.give_back(true);
                     last_err = Some(e);
                     continue;
                 }
             };
-            match Shared::open(conn, spec.name.to_string()).await {
+            match Shared::open(conn, home, spec.name.to_string()).await {
                 Ok(shared) => {
                     let state = Arc::new(TestState {
                         db: Db::from_shared(shared.clone()),
@@ -326,8 +332,10 @@ mod harness {
                     });
                     return Ok((resource, state));
                 }
-                Err((e, mut conn)) => {
+                Err((e, mut conn, home)) => {
                     conn.close_on_drop();
+                    drop(conn);
+                    home.give_back(true);
                     last_err = Some(e);
                 }
             }
@@ -361,9 +369,17 @@ mod harness {
                     engine.kill(connection_id, false).await;
                 }
                 let name = ending.spec.name;
+                let shared = inner.shared.clone();
                 let inner = Box::new(inner).teardown(ending);
                 match tokio::time::timeout(TEARDOWN_GRACE * 2, inner).await {
-                    Ok(verdict) => verdict,
+                    Ok(verdict) => {
+                        if shared.lent_at_end() {
+                            // A transaction from `Acquire::begin` outlived
+                            // the test: end its session (a rollback).
+                            engine.kill(connection_id, true).await;
+                        }
+                        verdict
+                    }
                     Err(_) => {
                         // Never hang: end the session; the pool drops it.
                         engine.kill(connection_id, true).await;

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use sqlx::mysql::{MySqlConnection, MySqlPool, MySqlPoolOptions};
-use sqlx::{Connection, Executor, Row};
+use sqlx::{Connection, Executor, MySql, Row};
 use tokio::sync::Notify;
 
 use super::engine::{Engine, connect, hex8, owner_lock, quote, test_database_owner};
@@ -25,14 +25,16 @@ use super::recycle::{self, Recycle};
 use crate::config;
 use crate::postgres::engine::Migrations;
 use crate::postgres::template::{MigratorRef, migrations_hash, resolve_migrations};
+use crate::slots::Slots;
 
 /// A migrated template, its working database and the script that clones it.
 pub(crate) struct Template {
     pub(crate) prefix: String,
     pub(crate) template: String,
     pub(crate) working: String,
-    /// The working database's pool (transaction mode).
-    pub(crate) pool: MySqlPool,
+    /// The process's connections to the working database (transaction
+    /// mode), a pool of one each (see [`crate::slots`]).
+    pub(crate) slots: Slots<MySql>,
     /// The clone script: [`TARGET`] stands for the new database's name.
     pub(super) script: String,
     /// How to reset a used per-test database, if this schema allows it.
@@ -114,31 +116,34 @@ impl Engine {
         self.sweep_leftovers().await;
         self.sweep_outdated(&prefix).await;
         let lock_wait = lock_wait_secs();
-        let pool = MySqlPoolOptions::new()
-            .max_connections(config::pool_size())
-            .acquire_timeout(config::acquire_timeout())
-            // A connection comes back rolled back and healthy; one the server
-            // dropped fails to begin and is replaced (see `setup`).
-            .test_before_acquire(false)
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    // Tests share the working database: a test waiting for a
-                    // row another test holds gives up after
-                    // DB_TEST_LOCK_TIMEOUT (5s), not InnoDB's 50s.
-                    conn.execute(sqlx::AssertSqlSafe(format!(
-                        "SET SESSION innodb_lock_wait_timeout = {lock_wait}, \
-                         lock_wait_timeout = {lock_wait}"
-                    )))
-                    .await?;
-                    Ok(())
+        let options = self.options_for(&working);
+        let slots = Slots::new(config::pool_size(), config::acquire_timeout(), move || {
+            MySqlPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(config::acquire_timeout())
+                // A connection comes back rolled back and healthy; one the
+                // server dropped fails to begin and is replaced (see `setup`).
+                .test_before_acquire(false)
+                .after_connect(move |conn, _| {
+                    Box::pin(async move {
+                        // Tests share the working database: a test waiting for
+                        // a row another test holds gives up after
+                        // DB_TEST_LOCK_TIMEOUT (5s), not InnoDB's 50s.
+                        conn.execute(sqlx::AssertSqlSafe(format!(
+                            "SET SESSION innodb_lock_wait_timeout = {lock_wait}, \
+                             lock_wait_timeout = {lock_wait}"
+                        )))
+                        .await?;
+                        Ok(())
+                    })
                 })
-            })
-            .connect_lazy_with(self.options_for(&working));
+                .connect_lazy_with(options.clone())
+        });
         Ok(Template {
             prefix,
             template,
             working,
-            pool,
+            slots,
             script,
             recycle,
             spares: Mutex::new(Vec::new()),

@@ -25,14 +25,13 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqliteOwnedBuf, SqlitePool, SqlitePoolOptions,
-};
-use sqlx::{ConnectOptions, Connection};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteOwnedBuf, SqlitePoolOptions};
+use sqlx::{ConnectOptions, Connection, Sqlite};
 use tokio::sync::OnceCell;
 
 use crate::postgres::template::{MigratorRef, migrations_hash, migrations_key, resolve_migrations};
 use crate::run::Migrations;
+use crate::slots::Slots;
 
 /// A migrated template file, and the pool of in-memory copies of it.
 pub(crate) struct Template {
@@ -40,8 +39,11 @@ pub(crate) struct Template {
     pub(crate) path: PathBuf,
     /// Its bytes, what each in-memory copy starts from.
     bytes: Arc<Vec<u8>>,
-    /// Connections to in-memory copies (transaction mode).
-    pub(crate) pool: SqlitePool,
+    /// Connections to in-memory copies (transaction mode), a pool of one
+    /// each (see [`crate::slots`]).
+    pub(crate) slots: Slots<Sqlite>,
+    /// Options to open another connection to an in-memory database.
+    pub(crate) options: SqliteConnectOptions,
 }
 
 /// The templates of this process, by migrations source.
@@ -216,27 +218,38 @@ async fn build(migrator: MigratorRef) -> Result<Template, String> {
         )
     })?;
     let bytes = Arc::new(bytes);
-    let for_copies = bytes.clone();
-    let pool = SqlitePoolOptions::new()
-        .max_connections(crate::config::pool_size())
-        .min_connections(0)
-        .idle_timeout(None)
-        .max_lifetime(None)
-        .acquire_timeout(crate::config::acquire_timeout())
-        .test_before_acquire(false)
-        .after_connect(move |conn, _| {
-            let bytes = for_copies.clone();
-            Box::pin(async move {
-                let buf = SqliteOwnedBuf::try_from(&bytes[..])?;
-                conn.deserialize(None, buf, false).await
-            })
-        })
-        .connect_lazy_with(
-            SqliteConnectOptions::from_str("sqlite::memory:")
-                .expect("a valid URL")
-                .foreign_keys(true),
-        );
-    Ok(Template { path, bytes, pool })
+    let options = SqliteConnectOptions::from_str("sqlite::memory:")
+        .expect("a valid URL")
+        .foreign_keys(true);
+    let (for_copies, for_slots) = (bytes.clone(), options.clone());
+    let slots = Slots::new(
+        crate::config::pool_size(),
+        crate::config::acquire_timeout(),
+        move || {
+            let for_copies = for_copies.clone();
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(0)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .acquire_timeout(crate::config::acquire_timeout())
+                .test_before_acquire(false)
+                .after_connect(move |conn, _| {
+                    let bytes = for_copies.clone();
+                    Box::pin(async move {
+                        let buf = SqliteOwnedBuf::try_from(&bytes[..])?;
+                        conn.deserialize(None, buf, false).await
+                    })
+                })
+                .connect_lazy_with(for_slots.clone())
+        },
+    );
+    Ok(Template {
+        path,
+        bytes,
+        slots,
+        options,
+    })
 }
 
 /// Holds an exclusive `flock` on `path` until dropped.

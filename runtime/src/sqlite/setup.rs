@@ -16,6 +16,7 @@ use crate::run::{
     Ending, Isolation, Prepared, Resource, TestSpec, Verdict, fill_pool, isolation_of, settle_pool,
 };
 use crate::shared::TEARDOWN_GRACE;
+use crate::slots::Slots;
 
 fn inner(
     spec: &'static TestSpec,
@@ -71,13 +72,17 @@ impl Interrupt {
 /// begin one.
 async fn open_transaction(
     spec: &'static TestSpec,
-    pool: &SqlitePool,
+    slots: &Slots<Sqlite>,
     what: &str,
     interrupt: &Interrupt,
 ) -> Result<Arc<Shared<Sqlite>>, String> {
     let mut last_err = None;
     for _ in 0..3 {
-        let mut conn = pool.acquire().await.map_err(|e| {
+        let acquired = match slots.checkout().await {
+            Ok(home) => home.acquire().await.map(|conn| (conn, home)),
+            Err(e) => Err(e),
+        };
+        let (mut conn, home) = acquired.map_err(|e| {
             format!(
                 "db-test: cannot get a connection to {what} for test `{}`: {e}",
                 spec.name
@@ -85,13 +90,17 @@ async fn open_transaction(
         })?;
         if let Err(e) = interrupt.install(&mut conn).await {
             conn.close_on_drop();
+            drop(conn);
+            home.give_back(true);
             last_err = Some(e);
             continue;
         }
-        match Shared::open(conn, spec.name.to_string()).await {
+        match Shared::open(conn, home, spec.name.to_string()).await {
             Ok(shared) => return Ok(shared),
-            Err((e, mut conn)) => {
+            Err((e, mut conn, home)) => {
                 conn.close_on_drop();
+                drop(conn);
+                home.give_back(true);
                 last_err = Some(e);
             }
         }
@@ -133,7 +142,7 @@ pub(crate) async fn setup(spec: &'static TestSpec) -> Result<Prepared, String> {
     match isolation_of(spec) {
         Isolation::Transaction => {
             let what = format!("an in-memory copy of {}", template.path.display());
-            let shared = open_transaction(spec, &template.pool, &what, &interrupt).await?;
+            let shared = open_transaction(spec, &template.slots, &what, &interrupt).await?;
             let db = Db::from_shared(shared.clone());
             let resource = Box::new(SqliteTx {
                 inner: TxResource { shared },
@@ -153,7 +162,7 @@ pub(crate) async fn setup(spec: &'static TestSpec) -> Result<Prepared, String> {
             let state = TestState {
                 db,
                 pool: None,
-                options: (*template.pool.connect_options()).clone(),
+                options: template.options.clone(),
             };
             Ok((resource, inner(spec, false, what, state)))
         }

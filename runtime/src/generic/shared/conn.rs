@@ -13,11 +13,15 @@ use super::slot::Slot;
 use super::state::{State, register, unregister};
 use super::{Dialect, Manager, SAVEPOINT, depth, exec, lock};
 use crate::shared::LoggedStatement;
+use crate::slots::Home;
 
 /// The test's connection in its transaction, shared by every clone of the
 /// test's `Db`.
 pub(crate) struct Shared<DB: Dialect> {
     pub(super) slot: Arc<tokio::sync::Mutex<Slot<DB>>>,
+    /// The pool of one the connection came from, and goes back to (also
+    /// from a `Transaction` it was lent to); `None` once given back.
+    pub(super) home: Mutex<Option<Home<DB>>>,
     pub(super) state: Arc<State>,
     pub(super) conn_addr: usize,
     /// Set when the test ends, even if a task still holds the connection.
@@ -28,21 +32,24 @@ pub(crate) struct Shared<DB: Dialect> {
 impl<DB: Dialect> Shared<DB> {
     /// Opens the test's transaction on `conn` and wraps it. On failure the
     /// connection is handed back, for the caller to close.
+    #[allow(clippy::type_complexity)]
     pub(crate) async fn open(
         mut conn: PoolConnection<DB>,
+        home: Home<DB>,
         label: String,
-    ) -> Result<Arc<Self>, (sqlx::Error, PoolConnection<DB>)> {
+    ) -> Result<Arc<Self>, (sqlx::Error, PoolConnection<DB>, Home<DB>)> {
         if depth::<DB>(&conn) != 0 {
             return Err((
                 sqlx::Error::Protocol("the connection came back in a transaction".into()),
                 conn,
+                home,
             ));
         }
         if let Err(e) = Manager::<DB>::begin(&mut conn, None).await {
-            return Err((e, conn));
+            return Err((e, conn, home));
         }
         if let Err(e) = exec::<DB>(&mut conn, &format!("SAVEPOINT {SAVEPOINT}")).await {
-            return Err((e, conn));
+            return Err((e, conn, home));
         }
         let state = Arc::new(State {
             label,
@@ -57,6 +64,7 @@ impl<DB: Dialect> Shared<DB> {
         });
         let slot = Arc::new(tokio::sync::Mutex::new(Slot {
             conn: Some(conn),
+            lent: false,
             ended: None,
         }));
         // The connection sits in the slot's heap allocation until `finish`
@@ -69,6 +77,7 @@ impl<DB: Dialect> Shared<DB> {
         register(conn_addr, state.clone());
         Ok(Arc::new(Shared {
             slot,
+            home: Mutex::new(Some(home)),
             state,
             conn_addr,
             over: AtomicBool::new(false),
@@ -76,6 +85,19 @@ impl<DB: Dialect> Shared<DB> {
                 crate::config::checkout_timeout().as_millis() as u64
             ),
         }))
+    }
+
+    /// The pool the connection comes back to.
+    pub(super) fn home_pool(&self) -> Option<sqlx::Pool<DB>> {
+        lock(&self.home).as_ref().map(|home| home.pool.clone())
+    }
+
+    /// Gives the connection's slot back for the next test (see
+    /// [`Home::give_back`]), once: at the end of the test.
+    pub(super) fn release_home(&self, reusable: bool) {
+        if let Some(home) = lock(&self.home).take() {
+            home.give_back(reusable);
+        }
     }
 
     pub(crate) fn label(&self) -> &str {

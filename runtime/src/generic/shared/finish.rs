@@ -9,6 +9,7 @@ use sqlx_core::transaction::TransactionManager;
 
 use super::errors::is_broken;
 use super::recover::recover_dropped;
+use super::slot::Reclaim;
 use super::state::unregister;
 use super::{Dialect, Manager, OwnedQuery, Shared, depth, lock};
 use crate::shared::{LoggedStatement, TEARDOWN_GRACE};
@@ -26,6 +27,32 @@ impl<DB: Dialect> Shared<DB> {
         Option<String>,
         Vec<LoggedStatement>,
     ) {
+        let (conn, failure, log, reusable) = self.finish_inner(reason, check_constraints).await;
+        // The connection, if any, goes back to this slot when returned.
+        self.release_home(reusable);
+        (conn, failure, log)
+    }
+
+    /// Whether a transaction from `Acquire::begin` still held the test's
+    /// connection when the test ended (its session is to be ended).
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+    pub(crate) fn lent_at_end(&self) -> bool {
+        self.slot.try_lock().map(|slot| slot.lent).unwrap_or(false)
+    }
+
+    /// [`Shared::finish`], and whether the connection's slot can serve the
+    /// next test (not while a task of this test may still hold it).
+    #[allow(clippy::type_complexity)]
+    async fn finish_inner(
+        &self,
+        reason: &'static str,
+        check_constraints: bool,
+    ) -> (
+        Option<PoolConnection<DB>>,
+        Option<String>,
+        Vec<LoggedStatement>,
+        bool,
+    ) {
         self.over.store(true, Ordering::Release);
         let log = self.recent_statements();
         let mut slot =
@@ -41,16 +68,32 @@ impl<DB: Dialect> Shared<DB> {
                             self.state.label
                         )),
                         log,
+                        false,
                     );
                 }
             };
         slot.ended = Some(reason);
+        if slot.lent && matches!(self.reclaim(&mut slot, TEARDOWN_GRACE).await, Reclaim::Busy) {
+            // Still lent: `lent_at_end` tells the backend to end the session.
+            return (
+                None,
+                Some(format!(
+                    "db-test: test `{}` ended ({reason}) while a transaction from `Acquire::begin` \
+                     on its `Db` was still open {TEARDOWN_GRACE:?} later; its session is ended and \
+                     everything the test wrote is rolled back. Commit or drop the transaction \
+                     before the test returns.",
+                    self.state.label
+                )),
+                log,
+                false,
+            );
+        }
         // A refused statement (a COMMIT, implicit-commit DDL, ...) or a
         // connection that broke fails the test, even if the test swallowed
         // the error: as on PostgreSQL.
         let poisoned = lock(&self.state.poisoned).clone();
         let Some(mut conn) = slot.conn.take() else {
-            return (None, poisoned, log);
+            return (None, poisoned, log, true);
         };
         unregister(self.conn_addr, &self.state);
         let mut failure = poisoned;
@@ -112,7 +155,7 @@ impl<DB: Dialect> Shared<DB> {
         }
         let touched = self.state.touched.load(Ordering::Relaxed);
         if healthy && !touched {
-            (Some(conn), failure, log)
+            (Some(conn), failure, log, true)
         } else {
             if healthy
                 && touched
@@ -128,7 +171,7 @@ impl<DB: Dialect> Shared<DB> {
             // Never hand a connection in an unknown state (or with session
             // state the test set) to the next test.
             conn.close_on_drop();
-            (None, failure, log)
+            (None, failure, log, true)
         }
     }
 }

@@ -39,7 +39,6 @@ use sqlx_core::transaction::TransactionManager;
 use super::{Dialect, OwnedQuery};
 
 pub(crate) use conn::Shared;
-#[cfg(feature = "sqlite")]
 pub(crate) use setup::{TestState, TxResource, apply_fixtures};
 pub(crate) use slot::SlotGuard;
 pub(crate) use state::state_of;

@@ -11,12 +11,25 @@ use tokio::sync::OwnedMutexGuard;
 
 use super::recover::recover_dropped;
 use super::state::State;
-use super::{Dialect, Manager, Shared};
+use super::{Dialect, Manager, Shared, depth};
 use crate::error::{Error, ErrorKind};
 
 pub(crate) struct Slot<DB: Dialect> {
     pub(super) conn: Option<PoolConnection<DB>>,
+    /// `conn` is lent to a `Transaction` (`Acquire::begin` on `&Db`): it
+    /// comes back through the test's pool of one.
+    pub(super) lent: bool,
     pub(super) ended: Option<&'static str>,
+}
+
+/// What [`Shared::reclaim`] found.
+pub(super) enum Reclaim {
+    /// The connection is back in the slot.
+    Back,
+    /// Still out after the wait.
+    Busy,
+    /// It came back broken, or not at all: the test is poisoned.
+    Broken,
 }
 
 /// The lock on the test's connection. Derefs (through `DbConn`) to it.
@@ -108,6 +121,26 @@ impl<DB: Dialect> Shared<DB> {
         if let Some(when) = slot.ended {
             return Err(self.over_error(when));
         }
+        if slot.lent
+            && matches!(
+                self.reclaim(&mut slot, self.checkout_timeout()).await,
+                Reclaim::Busy
+            )
+        {
+            return Err(Error::new(
+                ErrorKind::CheckoutTimeout,
+                format!(
+                    "db-test: test `{}` waited {:?} for its database connection, which a \
+                     transaction from `Acquire::begin` on its `Db` still holds. Commit or drop \
+                     that transaction before the next database call (the test has one \
+                     connection, shared by every clone of its `Db`), or raise \
+                     DB_TEST_CHECKOUT_TIMEOUT.",
+                    self.state.label,
+                    self.checkout_timeout()
+                ),
+            )
+            .into());
+        }
         if let Some(e) = self.state.poisoned_error() {
             return Err(e);
         }
@@ -117,6 +150,63 @@ impl<DB: Dialect> Shared<DB> {
             guard: slot,
             raw: None,
         })
+    }
+
+    /// Gets the connection back from the `Transaction` it was lent to
+    /// ([`Shared::lend`]), waiting up to `wait` for that transaction to end
+    /// (committed, rolled back or dropped) and the connection to return to
+    /// the test's pool of one. A connection that comes back outside the
+    /// test's transaction (ended through it, or replaced by sqlx after it
+    /// broke) poisons the test.
+    pub(super) async fn reclaim(&self, slot: &mut Slot<DB>, wait: std::time::Duration) -> Reclaim {
+        let Some(pool) = self.home_pool() else {
+            slot.lent = false;
+            self.state.poison(self.not_back_message());
+            return Reclaim::Broken;
+        };
+        let mut conn = match crate::clock::timeout(wait, pool.acquire()).await {
+            Err(()) => return Reclaim::Busy,
+            Ok(Err(_)) => {
+                slot.lent = false;
+                self.state.poison(self.not_back_message());
+                return Reclaim::Broken;
+            }
+            Ok(Ok(conn)) => conn,
+        };
+        slot.lent = false;
+        if depth::<DB>(&conn) != 1 {
+            conn.close_on_drop();
+            self.state.poison(self.not_back_message());
+            return Reclaim::Broken;
+        }
+        slot.conn = Some(conn);
+        // What the transaction wrote must not be undone with the next
+        // failing statement: `db_test_auto` is renewed before it.
+        self.state.fresh.store(false, Ordering::Relaxed);
+        Reclaim::Back
+    }
+
+    fn not_back_message(&self) -> String {
+        format!(
+            "db-test: the connection that a transaction from `Acquire::begin` on the `Db` of test \
+             `{}` used did not come back inside the test's transaction: a COMMIT or ROLLBACK \
+             sent through it ended that transaction, or the connection broke. The test cannot \
+             go on. End such a transaction with `tx.commit()` or `tx.rollback()`, which release \
+             or roll back its savepoint.",
+            self.state.label
+        )
+    }
+
+    /// Lends the test's connection to a `Transaction` for `Acquire::begin`
+    /// on `&Db`: the connection leaves the slot (the next user waits for it,
+    /// as for a guard), and sqlx's `begin()` on it is a savepoint of the
+    /// test's transaction. When the transaction ends, the connection returns
+    /// to the test's pool of one, where [`Shared::reclaim`] finds it.
+    pub(crate) async fn lend(&self) -> sqlx::Result<PoolConnection<DB>> {
+        let mut guard = self.lock_raw().await?;
+        let conn = guard.guard.conn.take().expect("checked at lock time");
+        guard.guard.lent = true;
+        Ok(conn)
     }
 
     /// The test's connection for the test or the app (`acquire()`).

@@ -468,6 +468,17 @@ macro_rules! matrix {
                 assert_nothing_committed(&db).await;
             }
 
+            /// The same as the last statement of a test on a runtime of its
+            /// own: the transaction's connection returns to its pool through
+            /// a task on that runtime, which must run before it is dropped.
+            #[db_test(migrations = $migrations, flavor = "current_thread")]
+            async fn acquire_begin_as_the_last_call_of_a_current_thread_test(db: TestDb) {
+                let app: Db = db.db();
+                add_in_a_transaction(&app, "first", true).await;
+                assert_eq!(items(&db).await, 1);
+                add_in_a_transaction(&app, "last", true).await;
+            }
+
             // ---- a current-thread runtime of the test's own ----
 
             std::thread_local! {

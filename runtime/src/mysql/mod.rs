@@ -357,6 +357,10 @@ mod harness {
     }
 
     impl Resource for MySqlTx {
+        fn settle(&self) -> BoxFuture<'_, ()> {
+            self.inner.settle()
+        }
+
         fn teardown(self: Box<Self>, ending: Ending) -> BoxFuture<'static, Verdict> {
             Box::pin(async move {
                 let MySqlTx {

@@ -217,8 +217,11 @@ pub fn run_boxed(spec: &'static TestSpec, body: BoxedBody<'_>) {
         if let Some(pool) = &pool {
             rt.block_on(settle_pool(pool));
         }
-        if let Setup::Other(resource) = &setup {
-            rt.block_on(resource.settle());
+        match &setup {
+            Setup::Other(resource) => rt.block_on(resource.settle()),
+            // Also a connection lent to `Acquire::begin` that came back.
+            Setup::Transaction(shared) => rt.block_on(shared.settle_lent()),
+            Setup::Database { .. } => {}
         }
     }
     // Dropping the test's own runtime drops every task still on it, as at

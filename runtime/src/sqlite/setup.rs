@@ -120,6 +120,10 @@ struct SqliteTx {
 }
 
 impl Resource for SqliteTx {
+    fn settle(&self) -> futures_util::future::BoxFuture<'_, ()> {
+        self.inner.settle()
+    }
+
     fn teardown(
         self: Box<Self>,
         ending: Ending,

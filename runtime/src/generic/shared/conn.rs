@@ -100,6 +100,16 @@ impl<DB: Dialect> Shared<DB> {
         }
     }
 
+    /// On the body's own runtime, before it is dropped: lets a connection
+    /// lent to `Acquire::begin` whose transaction ended finish returning to
+    /// its pool (through a task on that runtime, lost with it otherwise).
+    pub(crate) async fn settle_lent(&self) {
+        let lent = self.slot.try_lock().map(|slot| slot.lent).unwrap_or(false);
+        if lent && let Some(pool) = self.home_pool() {
+            crate::run::settle_pool(&pool).await;
+        }
+    }
+
     pub(crate) fn label(&self) -> &str {
         &self.state.label
     }

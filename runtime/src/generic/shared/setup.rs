@@ -46,6 +46,10 @@ pub(crate) struct TxResource<DB: Dialect> {
 }
 
 impl<DB: Dialect> Resource for TxResource<DB> {
+    fn settle(&self) -> futures_util::future::BoxFuture<'_, ()> {
+        Box::pin(self.shared.settle_lent())
+    }
+
     fn teardown(
         self: Box<Self>,
         ending: Ending,

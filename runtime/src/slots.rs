@@ -50,6 +50,15 @@ impl<DB: Database> Slots<DB> {
         }
     }
 
+    /// Takes a slot and its connection (see [`Slots::checkout`]).
+    pub(crate) async fn checkout_connection(
+        &self,
+    ) -> Result<(PoolConnection<DB>, Home<DB>), sqlx::Error> {
+        let home = self.checkout().await?;
+        let conn = home.acquire().await?;
+        Ok((conn, home))
+    }
+
     /// Takes a slot (`PoolTimedOut` when every slot stays taken for the
     /// acquire timeout).
     pub(crate) async fn checkout(&self) -> Result<Home<DB>, sqlx::Error> {
@@ -79,6 +88,14 @@ impl<DB: Database> Home<DB> {
         self.pool.acquire().await
     }
 
+    /// Closes `conn` (it could not begin a test: a server restart, a
+    /// terminated session) and gives the slot back; it opens a new one.
+    pub(crate) fn discard(self, mut conn: PoolConnection<DB>) {
+        conn.close_on_drop();
+        drop(conn);
+        self.give_back(true);
+    }
+
     /// Gives the slot back for the next test; `reusable` is false when its
     /// connection may still be out (a task of the test holds it): the slot
     /// is closed then, and its connection with it when it comes back.
@@ -88,6 +105,39 @@ impl<DB: Database> Home<DB> {
         } else {
             // Marks it closed at once; the rest needs no waiting for.
             drop(self.pool.close());
+        }
+    }
+}
+
+/// A test's [`Home`], from the start of its transaction until [`HomeCell::release`]
+/// at its end (the test's handle may live on, in a task that outlived it).
+pub(crate) struct HomeCell<DB: Database>(Mutex<Option<Home<DB>>>);
+
+impl<DB: Database> HomeCell<DB> {
+    pub(crate) fn new(home: Home<DB>) -> Self {
+        HomeCell(Mutex::new(Some(home)))
+    }
+
+    /// The pool the test's connection comes back to.
+    pub(crate) fn pool(&self) -> Option<Pool<DB>> {
+        crate::shared::lock(&self.0)
+            .as_ref()
+            .map(|home| home.pool.clone())
+    }
+
+    /// Gives the slot back (see [`Home::give_back`]), once.
+    pub(crate) fn release(&self, reusable: bool) {
+        if let Some(home) = crate::shared::lock(&self.0).take() {
+            home.give_back(reusable);
+        }
+    }
+
+    /// On the body's own runtime, before it is dropped: lets a connection
+    /// that is on its way back to the pool (through a task on that runtime,
+    /// lost with it otherwise) arrive.
+    pub(crate) async fn settle(&self) {
+        if let Some(pool) = self.pool() {
+            crate::run::settle_pool(&pool).await;
         }
     }
 }

@@ -294,11 +294,7 @@ mod harness {
     ) -> Result<(Box<dyn Resource>, Arc<TestState<MySql>>), String> {
         let mut last_err = None;
         for _ in 0..3 {
-            let acquired = match template.slots.checkout().await {
-                Ok(home) => home.acquire().await.map(|conn| (conn, home)),
-                Err(e) => Err(e),
-            };
-            let (mut conn, home) = acquired.map_err(|e| {
+            let (mut conn, home) = template.slots.checkout_connection().await.map_err(|e| {
                 format!(
                     "db-test: cannot get a connection to {} on {} for test `{}`: {e}",
                     template.working, engine.display_url, spec.name
@@ -311,9 +307,7 @@ mod harness {
             let id = match id {
                 Ok(id) => id,
                 Err(e) => {
-                    conn.close_on_drop();
-                    drop(conn);
-                    home.give_back(true);
+                    home.discard(conn);
                     last_err = Some(e);
                     continue;
                 }
@@ -332,10 +326,8 @@ mod harness {
                     });
                     return Ok((resource, state));
                 }
-                Err((e, mut conn, home)) => {
-                    conn.close_on_drop();
-                    drop(conn);
-                    home.give_back(true);
+                Err((e, conn, home)) => {
+                    home.discard(conn);
                     last_err = Some(e);
                 }
             }

@@ -98,10 +98,7 @@ async fn open_transaction(
     let mut last_err = None;
     for _ in 0..=config::pool_size() {
         let asked = std::time::Instant::now();
-        let acquired = match template.slots.checkout().await {
-            Ok(home) => home.acquire().await.map(|conn| (conn, home)),
-            Err(e) => Err(e),
-        };
+        let acquired = template.slots.checkout_connection().await;
         if asked.elapsed() > Duration::from_secs(1) {
             tracing::warn!(
                 test = spec.name,
@@ -131,10 +128,8 @@ async fn open_transaction(
             Ok(shared) => return Ok(shared),
             // A connection broken by a server restart or a terminated backend:
             // close it, and its slot opens a new one.
-            Err((e, mut conn, home)) => {
-                conn.close_on_drop();
-                drop(conn);
-                home.give_back(true);
+            Err((e, conn, home)) => {
+                home.discard(conn);
                 last_err = Some(e);
             }
         }

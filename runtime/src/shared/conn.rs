@@ -14,13 +14,13 @@ use tokio::sync::Mutex;
 use super::session::{CATALOG_WRITES, can_force_flush};
 use super::slot::Slot;
 use super::state::{ConnState, LoggedStatement, lock, register, unregister};
-use crate::slots::Home;
+use crate::slots::{Home, HomeCell};
 
 pub(crate) struct SharedConn {
     pub(super) slot: Arc<Mutex<Slot>>,
     /// The pool of one the connection came from, and goes back to (also
     /// from a `Transaction` it was lent to); `None` once given back.
-    pub(super) home: std::sync::Mutex<Option<Home<Postgres>>>,
+    pub(super) home: HomeCell<Postgres>,
     pub(super) state: Arc<ConnState>,
     /// The connection's address while it is registered (see `REGISTRY`).
     pub(super) conn_addr: usize,
@@ -104,7 +104,7 @@ impl SharedConn {
         register(conn_addr, state.clone());
         let shared = Arc::new(SharedConn {
             slot,
-            home: std::sync::Mutex::new(Some(home)),
+            home: HomeCell::new(home),
             state,
             conn_addr,
             label,
@@ -115,26 +115,12 @@ impl SharedConn {
         Ok(shared)
     }
 
-    /// The pool the connection comes back to.
-    pub(super) fn home_pool(&self) -> Option<sqlx::PgPool> {
-        lock(&self.home).as_ref().map(|home| home.pool.clone())
-    }
-
-    /// Gives the connection's slot back for the next test (see
-    /// [`Home::give_back`]), once: at the end of the test.
-    pub(super) fn release_home(&self, reusable: bool) {
-        if let Some(home) = lock(&self.home).take() {
-            home.give_back(reusable);
-        }
-    }
-
-    /// On the body's own runtime, before it is dropped: lets a connection
-    /// lent to `Acquire::begin` whose transaction ended finish returning to
-    /// its pool (through a task on that runtime, lost with it otherwise).
+    /// On the body's own runtime, before it is dropped: a connection lent
+    /// to `Acquire::begin` whose transaction ended finishes returning to its
+    /// pool (see [`HomeCell::settle`]).
     pub(crate) async fn settle_lent(&self) {
-        let lent = self.slot.try_lock().map(|slot| slot.lent).unwrap_or(false);
-        if lent && let Some(pool) = self.home_pool() {
-            crate::run::settle_pool(&pool).await;
+        if self.slot.try_lock().map(|slot| slot.lent).unwrap_or(false) {
+            self.home.settle().await;
         }
     }
 

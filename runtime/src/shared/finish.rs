@@ -43,7 +43,7 @@ impl SharedConn {
             .finish_inner(reason, check_constraints, timed_out)
             .await;
         // The connection, if any, goes back to this slot when dropped.
-        self.release_home(reusable);
+        self.home.release(reusable);
         (conn, failure, log)
     }
 

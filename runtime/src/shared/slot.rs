@@ -152,7 +152,7 @@ impl SharedConn {
     /// test's transaction (the lent one broke, and the pool opened another)
     /// poisons the test.
     pub(super) async fn reclaim(&self, slot: &mut Slot, wait: std::time::Duration) -> Reclaim {
-        let Some(pool) = self.home_pool() else {
+        let Some(pool) = self.home.pool() else {
             self.state
                 .poison(out_of_sync(&self.label, &sqlx::Error::PoolClosed));
             slot.lent = false;

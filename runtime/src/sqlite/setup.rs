@@ -78,29 +78,21 @@ async fn open_transaction(
 ) -> Result<Arc<Shared<Sqlite>>, String> {
     let mut last_err = None;
     for _ in 0..3 {
-        let acquired = match slots.checkout().await {
-            Ok(home) => home.acquire().await.map(|conn| (conn, home)),
-            Err(e) => Err(e),
-        };
-        let (mut conn, home) = acquired.map_err(|e| {
+        let (mut conn, home) = slots.checkout_connection().await.map_err(|e| {
             format!(
                 "db-test: cannot get a connection to {what} for test `{}`: {e}",
                 spec.name
             )
         })?;
         if let Err(e) = interrupt.install(&mut conn).await {
-            conn.close_on_drop();
-            drop(conn);
-            home.give_back(true);
+            home.discard(conn);
             last_err = Some(e);
             continue;
         }
         match Shared::open(conn, home, spec.name.to_string()).await {
             Ok(shared) => return Ok(shared),
-            Err((e, mut conn, home)) => {
-                conn.close_on_drop();
-                drop(conn);
-                home.give_back(true);
+            Err((e, conn, home)) => {
+                home.discard(conn);
                 last_err = Some(e);
             }
         }

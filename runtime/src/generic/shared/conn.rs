@@ -13,7 +13,7 @@ use super::slot::Slot;
 use super::state::{State, register, unregister};
 use super::{Dialect, Manager, SAVEPOINT, depth, exec, lock};
 use crate::shared::LoggedStatement;
-use crate::slots::Home;
+use crate::slots::{Home, HomeCell};
 
 /// The test's connection in its transaction, shared by every clone of the
 /// test's `Db`.
@@ -21,7 +21,7 @@ pub(crate) struct Shared<DB: Dialect> {
     pub(super) slot: Arc<tokio::sync::Mutex<Slot<DB>>>,
     /// The pool of one the connection came from, and goes back to (also
     /// from a `Transaction` it was lent to); `None` once given back.
-    pub(super) home: Mutex<Option<Home<DB>>>,
+    pub(super) home: HomeCell<DB>,
     pub(super) state: Arc<State>,
     pub(super) conn_addr: usize,
     /// Set when the test ends, even if a task still holds the connection.
@@ -77,7 +77,7 @@ impl<DB: Dialect> Shared<DB> {
         register(conn_addr, state.clone());
         Ok(Arc::new(Shared {
             slot,
-            home: Mutex::new(Some(home)),
+            home: HomeCell::new(home),
             state,
             conn_addr,
             over: AtomicBool::new(false),
@@ -87,26 +87,12 @@ impl<DB: Dialect> Shared<DB> {
         }))
     }
 
-    /// The pool the connection comes back to.
-    pub(super) fn home_pool(&self) -> Option<sqlx::Pool<DB>> {
-        lock(&self.home).as_ref().map(|home| home.pool.clone())
-    }
-
-    /// Gives the connection's slot back for the next test (see
-    /// [`Home::give_back`]), once: at the end of the test.
-    pub(super) fn release_home(&self, reusable: bool) {
-        if let Some(home) = lock(&self.home).take() {
-            home.give_back(reusable);
-        }
-    }
-
-    /// On the body's own runtime, before it is dropped: lets a connection
-    /// lent to `Acquire::begin` whose transaction ended finish returning to
-    /// its pool (through a task on that runtime, lost with it otherwise).
+    /// On the body's own runtime, before it is dropped: a connection lent
+    /// to `Acquire::begin` whose transaction ended finishes returning to its
+    /// pool (see [`HomeCell::settle`]).
     pub(crate) async fn settle_lent(&self) {
-        let lent = self.slot.try_lock().map(|slot| slot.lent).unwrap_or(false);
-        if lent && let Some(pool) = self.home_pool() {
-            crate::run::settle_pool(&pool).await;
+        if self.slot.try_lock().map(|slot| slot.lent).unwrap_or(false) {
+            self.home.settle().await;
         }
     }
 

@@ -29,7 +29,7 @@ impl<DB: Dialect> Shared<DB> {
     ) {
         let (conn, failure, log, reusable) = self.finish_inner(reason, check_constraints).await;
         // The connection, if any, goes back to this slot when returned.
-        self.release_home(reusable);
+        self.home.release(reusable);
         (conn, failure, log)
     }
 

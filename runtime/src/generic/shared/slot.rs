@@ -159,7 +159,7 @@ impl<DB: Dialect> Shared<DB> {
     /// test's transaction (ended through it, or replaced by sqlx after it
     /// broke) poisons the test.
     pub(super) async fn reclaim(&self, slot: &mut Slot<DB>, wait: std::time::Duration) -> Reclaim {
-        let Some(pool) = self.home_pool() else {
+        let Some(pool) = self.home.pool() else {
             slot.lent = false;
             self.state.poison(self.not_back_message());
             return Reclaim::Broken;

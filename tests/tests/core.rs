@@ -500,3 +500,32 @@ async fn acquire_begin_on_a_pool_backed_db_is_a_transaction(db: Db) {
         .unwrap();
     assert_eq!(n, 1);
 }
+
+/// A statement dropped mid-way inside a transaction from `Acquire::begin`
+/// (a timeout around it): the transaction is dropped too, its connection
+/// comes back to the test, and the test goes on with its own rows only.
+#[db_test]
+async fn a_statement_dropped_inside_an_acquire_begin_transaction(db: TestDb) {
+    let app = db.db();
+    sqlx::query("INSERT INTO users (email) VALUES ('before@example.com')")
+        .execute(&db)
+        .await
+        .unwrap();
+    let mut tx = Acquire::begin(&app).await.unwrap();
+    sqlx::query("INSERT INTO users (email) VALUES ('in-tx@example.com')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let cut = tokio::time::timeout(
+        std::time::Duration::from_millis(50),
+        sqlx::query("SELECT pg_sleep(2)").execute(&mut *tx),
+    )
+    .await;
+    assert!(cut.is_err(), "the timeout cut the statement");
+    drop(tx);
+    let emails: Vec<String> = sqlx::query_scalar("SELECT email FROM users ORDER BY email")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    assert_eq!(emails, ["before@example.com"]);
+}

@@ -384,17 +384,22 @@ async fn first_insert_gets_id_1(db: &TestDb) {
     assert_eq!(id, 1, "AUTO_INCREMENT moved by an earlier test");
 }
 
+/// The databases the `child_*` tests of a run printed as `USED <name>`, in
+/// order.
+fn used_databases(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter_map(|l| l.split("USED ").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .collect()
+}
+
 #[test]
 fn per_test_databases_are_reset_between_tests() {
     let text = common::run_ok(
         common::children(&["child_recycled_a", "child_recycled_b", "child_recycled_c"]),
         "three database-mode tests in a row",
     );
-    let used: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.split("USED ").nth(1))
-        .filter_map(|rest| rest.split_whitespace().next())
-        .collect();
+    let used = used_databases(&text);
     assert_eq!(used.len(), 3, "{text}");
     assert_eq!(
         used[0], used[1],
@@ -475,11 +480,7 @@ fn a_changed_schema_is_never_recycled() {
         // libtest runs the named tests in name order, whatever the order
         // given: change, then probe; the probe runs once only.
         let text = common::run_ok(cmd, change);
-        let used: Vec<&str> = text
-            .lines()
-            .filter_map(|l| l.split("USED ").nth(1))
-            .filter_map(|rest| rest.split_whitespace().next())
-            .collect();
+        let used = used_databases(&text);
         assert_eq!(used.len(), 2, "{change}: {text}");
         assert_ne!(
             used[0], used[1],
@@ -522,11 +523,7 @@ fn a_task_holding_a_connection_of_its_database_does_not_hang_or_leak() {
     cmd.env("DB_TEST_MYSQL_CHILD", "1");
     let (out, text) = common::run_until(cmd, Duration::from_secs(60));
     assert!(out.status.success(), "{text}");
-    let used: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.split("USED ").nth(1))
-        .filter_map(|rest| rest.split_whitespace().next())
-        .collect();
+    let used = used_databases(&text);
     assert_eq!(used.len(), 2, "{text}");
     assert_ne!(
         used[0], used[1],
@@ -583,11 +580,7 @@ fn a_recycled_database_gets_the_templates_rows_back() {
         common::children(&["child_seeded_a", "child_seeded_b"]),
         "two database-mode tests on a seeded template",
     );
-    let used: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.split("USED ").nth(1))
-        .filter_map(|rest| rest.split_whitespace().next())
-        .collect();
+    let used = used_databases(&text);
     assert_eq!(used.len(), 2, "{text}");
     assert_eq!(
         used[0], used[1],
@@ -811,4 +804,29 @@ fn an_acquire_begin_transaction_left_open_fails_its_test_and_ends_its_session() 
         text.contains("test child_lent_2_next_test ... ok"),
         "{text}"
     );
+}
+
+/// A statement dropped mid-way inside a transaction from `Acquire::begin`:
+/// the transaction is dropped too, and the test goes on without its rows.
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn a_statement_dropped_inside_an_acquire_begin_transaction(db: TestDb) {
+    let app = db.db();
+    let mut tx = sqlx::Acquire::begin(&app).await.unwrap();
+    sqlx::query("INSERT INTO user (username) VALUES ('dropped-in-tx')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let cut = tokio::time::timeout(
+        Duration::from_millis(50),
+        sqlx::query("SELECT SLEEP(1)").execute(&mut *tx),
+    )
+    .await;
+    assert!(cut.is_err(), "the timeout cut the statement");
+    drop(tx);
+    assert_eq!(users(&db).await, 0);
+    sqlx::query("INSERT INTO user (username) VALUES ('after-the-cut')")
+        .execute(&db)
+        .await
+        .unwrap();
+    assert_eq!(users(&db).await, 1);
 }

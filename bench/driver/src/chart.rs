@@ -39,6 +39,8 @@ pub enum Marker {
     Circle,
     Square,
     Diamond,
+    /// Hollow square (a second server of one backend).
+    SquareOutline,
 }
 
 /// A marker of `size` (about its radius) centred on (x, y).
@@ -53,6 +55,13 @@ fn marker(m: Marker, x: f64, y: f64, size: f64, color: &str) -> String {
             y - size * 0.9,
             size * 1.8,
             size * 1.8
+        ),
+        Marker::SquareOutline => format!(
+            r#"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="white" stroke="{color}" stroke-width="1.5"/>"#,
+            x - size * 0.8,
+            y - size * 0.8,
+            size * 1.6,
+            size * 1.6
         ),
         Marker::Diamond => {
             let d = size * 1.25;

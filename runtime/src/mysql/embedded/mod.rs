@@ -11,8 +11,9 @@
 //!   `mysqld --initialize-insecure` (MySQL).
 //! - Data: `<root>/mariadb-<version>-v<LAYOUT_VERSION>/data`, where `<root>`
 //!   is `DB_TEST_MYSQL_DATA_DIR` if set, else `/dev/shm/db-test-<uid>` (in memory:
-//!   see [`server_root`]), else the embedded PostgreSQL's base directory
-//!   (the cache directory, or `/var/tmp/db-test-root` as root).
+//!   see [`server_root`]) if `/dev/shm` has 1 GiB free, else the embedded
+//!   PostgreSQL's base directory (the cache directory, or
+//!   `/var/tmp/db-test-root` as root).
 //! - Unix socket only (`skip-networking`), in a short private directory
 //!   (`/tmp/dbtm-<uid>-<hash>`, mode 0700: root@localhost has no password,
 //!   so only the socket's owner may reach it).
@@ -310,7 +311,7 @@ fn layout() -> Result<Layout, String> {
     let base_mode = if euid() == 0 { 0o755 } else { 0o700 };
     ensure_dir(&base, base_mode, 0o022, "base directory")?;
     let (server, flavor, version) = binaries(&base)?;
-    let root = server_root(&base).join(format!("{version}-v{LAYOUT_VERSION}"));
+    let root = server_root(&base, &format!("{version}-v{LAYOUT_VERSION}"));
     let tag = short_hash(root.as_os_str().as_bytes());
     Ok(Layout {
         server,
@@ -321,27 +322,55 @@ fn layout() -> Result<Layout, String> {
     })
 }
 
-/// Where the server's directory goes. MariaDB/MySQL sync every file of a
-/// `CREATE TABLE`/`DROP DATABASE` to disk (this is no setting), which made a
-/// per-test database cost ~200 ms on a disk and ~20 ms in memory: so, unless
-/// `DB_TEST_MYSQL_DATA_DIR` says where, it goes to `/dev/shm/db-test-<uid>` (a
-/// private directory on tmpfs) when there is one. Its data is test data
-/// only; lost at reboot, it is initialised again (a few seconds).
-fn server_root(base: &Path) -> PathBuf {
+/// Where the server's directory (`name`) goes. MariaDB/MySQL sync every
+/// file of a `CREATE TABLE`/`DROP DATABASE` to disk (this is no setting),
+/// which made a per-test database cost ~200 ms on a disk and ~20 ms in
+/// memory: so, unless `DB_TEST_MYSQL_DATA_DIR` says where, it goes to
+/// `/dev/shm/db-test-<uid>` (a private directory on tmpfs) when there is one
+/// with room for it ([`SHM_MIN_FREE`]; a container's `/dev/shm` is often
+/// 64 MiB, less than a server's files), else next to the embedded
+/// PostgreSQL's. A server already made in memory stays there. Its data is
+/// test data only; lost at reboot, it is initialised again (a few seconds).
+fn server_root(base: &Path, name: &str) -> PathBuf {
     if let Some(dir) = std::env::var_os("DB_TEST_MYSQL_DATA_DIR") {
         // Created like the base directory; checked with the server's.
         let dir = PathBuf::from(dir);
         let _ = std::fs::create_dir_all(&dir);
-        return dir;
+        return dir.join(name);
     }
     let shm = Path::new("/dev/shm");
     if shm.is_dir() {
         let dir = shm.join(format!("db-test-{}", euid()));
-        if ensure_dir(&dir, 0o700, 0o077, "memory directory").is_ok() {
-            return dir;
+        let made = dir.join(name).join("data").is_dir();
+        if use_memory(made, free_bytes(shm))
+            && ensure_dir(&dir, 0o700, 0o077, "memory directory").is_ok()
+        {
+            return dir.join(name);
         }
     }
-    base.to_path_buf()
+    base.join(name)
+}
+
+/// The free space `/dev/shm` needs for a new server to be put there: the
+/// server's own files take about 50 MiB, and each database of a test run a
+/// few MiB more.
+const SHM_MIN_FREE: u64 = 1 << 30;
+
+/// Whether the server goes to `/dev/shm`: it is there already, or there is
+/// room for it.
+fn use_memory(made: bool, free: Option<u64>) -> bool {
+    made || free.is_some_and(|free| free >= SHM_MIN_FREE)
+}
+
+/// The bytes free to this user on the file system holding `path`.
+fn free_bytes(path: &Path) -> Option<u64> {
+    let path = CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: a valid C string and a zeroed struct for statvfs to fill.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return None;
+    }
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 /// Whether a server answers on the socket: it sends its handshake first.
@@ -556,6 +585,23 @@ fn init_data(layout: &Layout) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_small_dev_shm_is_not_used_for_a_new_server() {
+        // Docker's default /dev/shm: 64 MiB.
+        assert!(!use_memory(false, Some(64 << 20)));
+        assert!(!use_memory(false, None));
+        assert!(use_memory(false, Some(8 << 30)));
+        // A server already there stays there, whatever is free now.
+        assert!(use_memory(true, Some(0)));
+        // statvfs on a real file system: what df shows, never more than its size.
+        let dir = std::env::temp_dir();
+        let free = free_bytes(&dir).expect("statvfs of the temporary directory");
+        let c = CString::new(dir.as_os_str().as_bytes()).unwrap();
+        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut stat) }, 0);
+        assert!(free <= stat.f_blocks * stat.f_frsize);
+    }
 
     #[test]
     fn no_binary_names_what_was_searched_and_the_fixes() {

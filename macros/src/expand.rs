@@ -42,7 +42,46 @@ pub(crate) fn db_test(args: TokenStream, item: TokenStream) -> TokenStream {
             FnArg::Receiver(_) => None,
         })
         .collect();
-    expand(func, config, params)
+    expand(func, config, sqlx_options_pair(params))
+}
+
+/// `#[sqlx::test]`'s two-parameter form, `async fn t(pool_opts:
+/// PgPoolOptions, connect_opts: PgConnectOptions)`, becomes the one tuple
+/// parameter db-test's `FromTestContext` gives: `(pool_opts, connect_opts):
+/// (PgPoolOptions, PgConnectOptions)`. Recognised by the types' last names
+/// (`...PoolOptions`, then `...ConnectOptions`), as a type alias of either
+/// cannot be seen here: write the tuple for those.
+fn sqlx_options_pair(params: Vec<syn::PatType>) -> Vec<syn::PatType> {
+    fn last_name(ty: &syn::Type) -> String {
+        match ty {
+            syn::Type::Path(p) => p
+                .path
+                .segments
+                .last()
+                .map(|s| s.ident.to_string())
+                .unwrap_or_default(),
+            _ => String::new(),
+        }
+    }
+    let [first, second] = &params[..] else {
+        return params;
+    };
+    if !(last_name(&first.ty).ends_with("PoolOptions")
+        && last_name(&second.ty).ends_with("ConnectOptions"))
+    {
+        return params;
+    }
+    let (p0, p1, t0, t1) = (&first.pat, &second.pat, &first.ty, &second.ty);
+    let mut attrs = first.attrs.clone();
+    attrs.extend(second.attrs.iter().cloned());
+    let pat: syn::Pat = syn::parse_quote!((#p0, #p1));
+    let ty: syn::Type = syn::parse_quote_spanned!(t0.span()=> (#t0, #t1));
+    vec![syn::PatType {
+        attrs,
+        pat: Box::new(pat),
+        colon_token: first.colon_token,
+        ty: Box::new(ty),
+    }]
 }
 
 fn expand(func: ItemFn, config: Config, params: Vec<syn::PatType>) -> TokenStream {

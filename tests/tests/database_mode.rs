@@ -119,6 +119,25 @@ async fn pool_options_parameter((opts, connect): (PgPoolOptions, PgConnectOption
     pool.close().await;
 }
 
+// `#[sqlx::test]`'s own form: two parameters rather than a tuple.
+#[db_test]
+async fn pool_options_and_connect_options_as_two_parameters(
+    mut opts: PgPoolOptions,
+    connect: PgConnectOptions,
+) -> sqlx::Result<()> {
+    opts = opts.max_connections(2);
+    let pool = opts.connect_with(connect).await?;
+    sqlx::query("INSERT INTO users (email) VALUES ('two@example.com')")
+        .execute(&pool)
+        .await?;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(n, 1, "a database of its own");
+    pool.close().await;
+    Ok(())
+}
+
 #[db_test(isolation = "database")]
 async fn test_db_wraps_the_pool_and_nothing_is_rolled_back(db: TestDb, ctx: TestContext) {
     sqlx::query("INSERT INTO users (email) VALUES ('t@example.com')")

@@ -340,6 +340,79 @@ fn session_state_does_not_leak_to_the_next_test() {
     common::run_ok(cmd, "two tests on one connection");
 }
 
+// The same through the bare connection of a guard, which db-test does not
+// read: a test that took one gets a connection closed at its end.
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn child_bare_session_a(db: TestDb) {
+    fresh_session_then_dirty_it_bare(&db).await;
+}
+
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn child_bare_session_b(db: TestDb) {
+    fresh_session_then_dirty_it_bare(&db).await;
+}
+
+async fn fresh_session_then_dirty_it_bare(db: &TestDb) {
+    let mut conn = db.acquire().await.unwrap();
+    let bare: &mut MySqlConnection = &mut conn;
+    let (fk, tz, v): (i64, String, Option<i64>) =
+        sqlx::query_as("SELECT @@foreign_key_checks, @@time_zone, @dbtest_bare")
+            .fetch_one(&mut *bare)
+            .await
+            .unwrap();
+    assert_eq!(fk, 1, "FOREIGN_KEY_CHECKS=0 of an earlier test");
+    assert_ne!(tz, "+05:00", "the time zone of an earlier test");
+    assert_eq!(v, None, "a user variable of an earlier test");
+    sqlx::raw_sql(
+        "SET SESSION foreign_key_checks = 0; SET SESSION time_zone = '+05:00'; \
+         SET @dbtest_bare = 1; CREATE TEMPORARY TABLE bare_leftover (a INT)",
+    )
+    .execute(&mut *bare)
+    .await
+    .unwrap();
+}
+
+#[test]
+fn session_state_set_on_a_bare_connection_does_not_leak_to_the_next_test() {
+    let mut cmd = common::children(&["child_bare_session_a", "child_bare_session_b"]);
+    cmd.env("DB_TEST_POOL_SIZE", "1");
+    common::run_ok(cmd, "two tests on one connection slot");
+}
+
+#[db_test(migrations = "tests/mysql/migrations")]
+// The refusal fails the test at its end, even though the test handled the error.
+#[should_panic(expected = "refusing to run")]
+async fn a_commit_in_a_compound_statement_is_refused(db: TestDb) {
+    let err = sqlx::raw_sql(
+        "INSERT INTO user (username) VALUES ('compound'); BEGIN NOT ATOMIC COMMIT; END",
+    )
+    .execute(&db)
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("compound statement"), "{err}");
+    let mut other = outsider(&db).await;
+    assert_eq!(committed_users(&mut other, "compound").await, 0);
+}
+
+#[db_test(migrations = "tests/mysql/migrations")]
+// The refusal fails the test at its end, even though the test handled the error.
+#[should_panic(expected = "refusing to run")]
+async fn a_commit_after_a_string_ended_by_no_backslash_escapes_is_refused(db: TestDb) {
+    sqlx::query("SET SESSION sql_mode = CONCAT(@@sql_mode, ',NO_BACKSLASH_ESCAPES')")
+        .execute(&db)
+        .await
+        .unwrap();
+    let err = sqlx::raw_sql("INSERT INTO user (username) VALUES ('nbe\\'); COMMIT; -- ')")
+        .execute(&db)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("COMMIT"), "{err}");
+    let mut other = outsider(&db).await;
+    assert_eq!(committed_users(&mut other, "nbe\\").await, 0);
+}
+
 // Run one after another in one process: each gets the database the one
 // before used, reset (or, after a schema change, a fresh clone).
 #[db_test(migrations = "tests/mysql/migrations", isolation = "database")]

@@ -89,6 +89,118 @@ async fn drop_run(conn: &mut MySqlConnection, working: &str) {
     }
 }
 
+fn leak_token() -> String {
+    std::env::var("DB_TEST_MYSQL_LEAK").unwrap_or_else(|_| "noleak".into())
+}
+
+/// A template of each run's own (the token is in the migration), for the
+/// working database a test commits into.
+static LEAK: LazyLock<Migrator> = LazyLock::new(|| {
+    let sql = format!(
+        "CREATE TABLE leaky (id INT PRIMARY KEY AUTO_INCREMENT, note VARCHAR(50));\n\
+         -- {}\n",
+        leak_token()
+    );
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        "leak".into(),
+        MigrationType::Simple,
+        sqlx::AssertSqlSafe(sql).into_sql_str(),
+        false,
+    )])
+});
+
+/// A COMMIT on the bare connection of a guard, out of db-test's sight:
+/// the row before it is committed into the working database.
+#[db_test(migrator = "LEAK")]
+async fn child_leak_commit(db: TestDb) {
+    if std::env::var_os("DB_TEST_MYSQL_CHILD").is_none() {
+        return;
+    }
+    sqlx::query("INSERT INTO leaky (note) VALUES ('before')")
+        .execute(&db)
+        .await
+        .unwrap();
+    let working: String = sqlx::query_scalar("SELECT DATABASE()")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    println!("LEAKED {working}");
+    let mut conn = db.acquire().await.unwrap();
+    let bare: &mut MySqlConnection = &mut conn;
+    sqlx::raw_sql("COMMIT").execute(bare).await.unwrap();
+}
+
+/// The next process: the working database holds none of those rows.
+#[db_test(migrator = "LEAK")]
+async fn child_leak_check(db: TestDb) {
+    if std::env::var_os("DB_TEST_MYSQL_CHILD").is_none() {
+        return;
+    }
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM leaky")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    println!("ROWS {n}");
+}
+
+fn leak_child(test: &str, token: &str) -> std::process::Command {
+    let mut cmd = common::children(&[test]);
+    cmd.env("DB_TEST_MYSQL_CHILD", "1")
+        .env("DB_TEST_MYSQL_LEAK", token);
+    cmd
+}
+
+#[db_test(migrations = false)]
+async fn a_commit_on_a_bare_connection_fails_its_test_and_the_working_database_is_rebuilt(
+    db: TestDb,
+) {
+    let mut server = MySqlConnection::connect_with(&db.connect_options())
+        .await
+        .unwrap();
+    let token = common::unique_token("dbtest_leak");
+    let cmd = leak_child("child_leak_commit", &token);
+    let (out, text) =
+        tokio::task::spawn_blocking(move || common::run_until(cmd, Duration::from_secs(120)))
+            .await
+            .unwrap();
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("COMMITTED into the shared working database"),
+        "{text}"
+    );
+    let working = text
+        .lines()
+        .find_map(|l| l.split("LEAKED ").nth(1))
+        .expect("the child's working database")
+        .trim()
+        .to_string();
+    let prefix = working.strip_suffix("_w").unwrap().to_string();
+    // Said as it is: the row reached the working database, which is marked.
+    let committed: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(*) FROM `{working}`.leaky"
+    )))
+    .fetch_one(&mut server)
+    .await
+    .unwrap();
+    assert_eq!(committed, 1, "{text}");
+    assert_eq!(
+        databases_like(&mut server, &format!("{prefix}\\_wd")).await,
+        vec![format!("{prefix}_wd")]
+    );
+    // The next process, with nobody else on it, clones it again.
+    let cmd = leak_child("child_leak_check", &token);
+    let text = tokio::task::spawn_blocking(move || common::run_ok(cmd, "the next process"))
+        .await
+        .unwrap();
+    assert!(text.contains("ROWS 0"), "{text}");
+    assert_eq!(
+        databases_like(&mut server, &format!("{prefix}\\_wd")).await,
+        Vec::<String>::new()
+    );
+    drop_run(&mut server, &working).await;
+}
+
 // One test for both, so that no other test builds a template meanwhile.
 #[db_test(migrations = false)]
 async fn templates_across_processes(db: TestDb) {

@@ -322,6 +322,21 @@ async fn database_mode_options(
     pool.close().await;
 }
 
+// `#[sqlx::test]`'s own form: two parameters rather than a tuple.
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn database_mode_options_as_two_parameters(
+    pool_options: sqlx::sqlite::SqlitePoolOptions,
+    connect_options: sqlx::sqlite::SqliteConnectOptions,
+) {
+    let pool = pool_options.connect_with(connect_options).await.unwrap();
+    let seen: Vec<String> = sqlx::query_scalar("SELECT name FROM item ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(seen, ["seed"]);
+    pool.close().await;
+}
+
 // ---- child processes ----
 
 // A test that times out inside a long statement (a query that would run
@@ -427,6 +442,34 @@ async fn child_pragma_2_writes(db: TestDb) {
 fn a_session_pragma_does_not_reach_the_next_test() {
     let cmd = common::children(&["child_pragma_1_query_only", "child_pragma_2_writes"]);
     let out = common::run_ok(cmd, "the pragma scenario");
+    assert!(out.contains("2 passed"), "{out}");
+}
+
+// The same pragma on the bare connection of a guard, which db-test does not
+// read: the test's connection is closed at its end.
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn child_bare_pragma_1_query_only(db: TestDb) {
+    let mut conn = db.acquire().await.unwrap();
+    let bare: &mut sqlx::SqliteConnection = &mut conn;
+    sqlx::query("PRAGMA query_only = 1")
+        .execute(bare)
+        .await
+        .unwrap();
+}
+
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn child_bare_pragma_2_writes(db: TestDb) {
+    insert(&db, "written").await.unwrap();
+}
+
+#[test]
+fn a_pragma_set_on_a_bare_connection_does_not_reach_the_next_test() {
+    let mut cmd = common::children(&[
+        "child_bare_pragma_1_query_only",
+        "child_bare_pragma_2_writes",
+    ]);
+    cmd.env("DB_TEST_POOL_SIZE", "1");
+    let out = common::run_ok(cmd, "the bare pragma scenario");
     assert!(out.contains("2 passed"), "{out}");
 }
 

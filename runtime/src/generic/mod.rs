@@ -86,6 +86,20 @@ pub trait Dialect: sqlx::Database + sealed::Sealed {
     #[doc(hidden)]
     const RELEASE_SESSION_LOCKS: Option<&'static str> = None;
 
+    /// Under test, at the end of a test whose connection went out of
+    /// db-test's sight (a guard, an app transaction, `Acquire::begin`): a
+    /// statement that fails if the test's transaction is no longer open.
+    /// `None` where the final `ROLLBACK` fails then by itself (SQLite);
+    /// MySQL's succeeds outside a transaction.
+    #[doc(hidden)]
+    const VERIFY_TRANSACTION: Option<&'static str> = None;
+
+    /// Whether what a test commits on its connection in transaction mode
+    /// reaches other tests (MySQL: one working database for the process's
+    /// tests), rather than a copy of the connection's own (SQLite).
+    #[doc(hidden)]
+    const SHARED_WORKING_DATABASE: bool = false;
+
     /// Under test, whether `sql` may leave state on the connection that the
     /// rollback does not undo (a session setting): the connection is then
     /// closed when the test ends, rather than handed to the next test.

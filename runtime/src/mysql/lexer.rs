@@ -10,14 +10,19 @@
 //! `-- ..`, `/* .. */`) are skipped, while the text of MySQL's executable
 //! comments (`/*! .. */`, `/*!50700 .. */`, MariaDB's `/*M! .. */`) is read
 //! as code, since the server runs it. Each statement is then classified by
-//! its first words.
+//! its first words. A string holding a backslash is read twice, with and
+//! without backslash escapes (`NO_BACKSLASH_ESCAPES` in the session's
+//! `sql_mode` changes where it ends), and refused if either reading is.
 //!
 //! Refused (they commit): `CREATE`/`ALTER`/`DROP`/`RENAME`/`TRUNCATE` of
 //! anything (tables, databases, indexes, views, routines, triggers, events,
 //! users, ...) except `CREATE [OR REPLACE] TEMPORARY TABLE` and `DROP
 //! TEMPORARY TABLE`; `LOCK`/`UNLOCK`; `START ..` (`TRANSACTION`, replicas);
-//! `BEGIN` (not `BEGIN NOT ATOMIC`); `COMMIT`; `ROLLBACK` (not `ROLLBACK
-//! [WORK] TO`); any `SET` of `autocommit`; `SET PASSWORD`, `SET DEFAULT
+//! `BEGIN`; `COMMIT`; `ROLLBACK` (not `ROLLBACK [WORK] TO`); MariaDB's
+//! compound statements outside stored programs (`BEGIN NOT ATOMIC`, `IF`,
+//! `CASE`, `WHILE`, `LOOP`, `REPEAT`, `FOR`, a labelled block), whose
+//! bodies are not read; any `SET` of `autocommit` (backticks or not); `SET
+//! STATEMENT .. FOR` of a refused statement; `SET PASSWORD`, `SET DEFAULT
 //! ROLE`; `GRANT`/`REVOKE`; `LOAD DATA`/`LOAD XML`/`LOAD INDEX`; `ANALYZE`,
 //! `OPTIMIZE`, `REPAIR`, `CHECK TABLE`; `FLUSH`, `RESET`, `XA`, `CACHE
 //! INDEX`, `STOP`, `CHANGE MASTER`/`CHANGE REPLICATION`,
@@ -35,6 +40,9 @@ enum Token {
     Word(String),
     /// A string literal's contents.
     Str(String),
+    /// A backtick-quoted identifier, upper-cased: never a keyword, but
+    /// `SET \`autocommit\` = 0` names the variable.
+    Ident(String),
     /// A user variable (`@name`); `@@` system variables are words.
     Var,
     /// `;`
@@ -43,8 +51,11 @@ enum Token {
     Punct(char),
 }
 
-/// Splits `sql` into tokens, reading executable comments as code.
-fn tokens(sql: &str) -> Vec<Token> {
+/// Splits `sql` into tokens, reading executable comments as code. With
+/// `backslash`, a backslash escapes the next character in a string (the
+/// default); without, it is an ordinary character (`NO_BACKSLASH_ESCAPES`
+/// in `sql_mode`).
+fn tokens(sql: &str, backslash: bool) -> Vec<Token> {
     let bytes = sql.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -105,7 +116,7 @@ fn tokens(sql: &str) -> Vec<Token> {
                 i += 1;
                 while i < bytes.len() {
                     let b = bytes[i];
-                    if b == b'\\' && quote != b'`' && i + 1 < bytes.len() {
+                    if backslash && b == b'\\' && quote != b'`' && i + 1 < bytes.len() {
                         text.push(bytes[i + 1]);
                         i += 2;
                     } else if b == quote {
@@ -123,8 +134,7 @@ fn tokens(sql: &str) -> Vec<Token> {
                 }
                 let text = String::from_utf8_lossy(&text).into_owned();
                 out.push(if quote == b'`' {
-                    // A quoted identifier is never a keyword.
-                    Token::Punct('`')
+                    Token::Ident(text.to_ascii_uppercase())
                 } else {
                     Token::Str(text)
                 });
@@ -177,15 +187,20 @@ fn is_word_byte(b: u8) -> bool {
 }
 
 /// The statement of `sql` that would commit the current transaction, as
-/// its first words (`CREATE TABLE`, `COMMIT`, ...), or `None`.
+/// its first words (`CREATE TABLE`, `COMMIT`, ...), or `None`. A string
+/// with a backslash is read both ways, with and without backslash escapes:
+/// the session's `sql_mode` decides which one the server uses.
 pub(crate) fn implicit_commit(sql: &str) -> Option<String> {
-    let tokens = tokens(sql);
-    for statement in tokens.split(|t| *t == Token::End) {
-        if let Some(found) = statement_commits(statement) {
-            return Some(found);
-        }
-    }
-    None
+    let modes: &[bool] = if sql.contains('\\') {
+        &[true, false]
+    } else {
+        &[true]
+    };
+    modes.iter().find_map(|&backslash| {
+        tokens(sql, backslash)
+            .split(|t| *t == Token::End)
+            .find_map(statement_commits)
+    })
 }
 
 fn word(t: Option<&Token>) -> &str {
@@ -229,12 +244,28 @@ fn statement_commits(s: &[Token]) -> Option<String> {
         "ALTER" | "RENAME" | "TRUNCATE" | "GRANT" | "REVOKE" | "FLUSH" | "RESET" | "XA"
         | "INSTALL" | "UNINSTALL" | "LOCK" | "UNLOCK" | "START" | "STOP" | "COMMIT" | "ANALYZE"
         | "OPTIMIZE" | "REPAIR" => found(2),
-        "BEGIN" if w(1) == "NOT" && w(2) == "ATOMIC" => None,
+        // MariaDB runs compound statements outside stored programs; their
+        // bodies (a COMMIT, DDL) are not read here: refused whole.
+        "BEGIN" if w(1) == "NOT" && w(2) == "ATOMIC" => {
+            Some("BEGIN NOT ATOMIC (a compound statement)".to_string())
+        }
+        "IF" | "CASE" | "WHILE" | "LOOP" | "REPEAT" | "FOR" | "DECLARE" => {
+            Some(format!("{} (a compound statement)", w(0)))
+        }
+        // A labelled compound statement: `label: BEGIN ..`.
+        _ if s.get(1) == Some(&Token::Punct(':')) && !w(0).is_empty() => {
+            Some(format!("{}: (a labelled compound statement)", w(0)))
+        }
         "BEGIN" => found(2),
         "ROLLBACK" => {
             let next = if w(1) == "WORK" { w(2) } else { w(1) };
-            if next == "TO" { None } else { found(2) }
+            if next != "TO" {
+                found(2)
+            } else {
+                names_ours(s).then(|| format!("ROLLBACK TO {OURS}"))
+            }
         }
+        "RELEASE" => names_ours(s).then(|| format!("RELEASE {OURS}")),
         "CHECK" if matches!(w(1), "TABLE" | "TABLES") => found(2),
         "CACHE" if w(1) == "INDEX" => found(2),
         "CHANGE" if matches!(w(1), "MASTER" | "REPLICATION") => found(2),
@@ -243,8 +274,27 @@ fn statement_commits(s: &[Token]) -> Option<String> {
             if matches!(w(1), "PASSWORD") || (w(1) == "DEFAULT" && w(2) == "ROLE") {
                 return found(3);
             }
+            let autocommit = |t: &Token| match t {
+                Token::Word(w) | Token::Ident(w) => w == "AUTOCOMMIT",
+                _ => false,
+            };
+            if w(1) == "STATEMENT" {
+                // MariaDB's `SET STATEMENT var = value, .. FOR statement`:
+                // the statement after the first FOR is what runs.
+                let settings_end = s
+                    .iter()
+                    .position(|t| *t == Token::Word("FOR".into()))
+                    .unwrap_or(s.len());
+                if s[..settings_end].iter().any(autocommit) {
+                    return Some("SET STATEMENT autocommit".to_string());
+                }
+                return s
+                    .get(settings_end + 1..)
+                    .and_then(statement_commits)
+                    .map(|f| format!("SET STATEMENT .. FOR {f}"));
+            }
             s.iter()
-                .any(|t| *t == Token::Word("AUTOCOMMIT".into()))
+                .any(autocommit)
                 .then(|| "SET autocommit".to_string())
         }
         "PREPARE" => {
@@ -266,6 +316,18 @@ fn statement_commits(s: &[Token]) -> Option<String> {
     }
 }
 
+/// Names a savepoint of db-test's or sqlx's, in a refused statement.
+const OURS: &str = "of a savepoint db-test or sqlx manages (`db_test_auto`, `_sqlx_savepoint_N`)";
+
+/// Whether a `ROLLBACK TO`/`RELEASE` statement names a savepoint db-test or
+/// sqlx manages in the test's transaction.
+fn names_ours(s: &[Token]) -> bool {
+    s.iter().any(|t| match t {
+        Token::Word(w) | Token::Ident(w) => w == "DB_TEST_AUTO" || w.starts_with("_SQLX_SAVEPOINT"),
+        _ => false,
+    })
+}
+
 /// Whether `sql` may leave state in the session that `ROLLBACK` does not
 /// undo: a temporary table (`CREATE`, which in transaction mode can only be
 /// `CREATE TEMPORARY`), a user variable (`@name` anywhere), a named lock
@@ -273,7 +335,17 @@ fn statement_commits(s: &[Token]) -> Option<String> {
 /// setting (`SET`). Errs on the safe side: such a test's connection is
 /// closed at its end rather than handed to the next test.
 pub(crate) fn leaves_session_state(sql: &str) -> bool {
-    let tokens = tokens(sql);
+    let modes: &[bool] = if sql.contains('\\') {
+        &[true, false]
+    } else {
+        &[true]
+    };
+    modes
+        .iter()
+        .any(|&backslash| leaves_session_state_in(&tokens(sql, backslash)))
+}
+
+fn leaves_session_state_in(tokens: &[Token]) -> bool {
     tokens.split(|t| *t == Token::End).any(|s| {
         matches!(word(s.first()), "CREATE" | "SET" | "PREPARE" | "HANDLER")
             || s.iter().any(|t| match t {
@@ -286,6 +358,22 @@ pub(crate) fn leaves_session_state(sql: &str) -> bool {
 
 /// The error for a refused statement.
 pub(crate) fn refusal(found: &str) -> String {
+    if found.contains(OURS) {
+        return format!(
+            "db-test: `{found}` is refused in a transaction-mode test: db-test and sqlx keep \
+             their savepoints in the test's transaction, and the end of the test checks them. \
+             Use `db.begin()` and `tx.commit()` / `tx.rollback()`, or savepoints of your own."
+        );
+    }
+    if found.contains("compound statement") {
+        return format!(
+            "db-test: `{found}` is refused in a transaction-mode test on MySQL/MariaDB: its \
+             body can commit the current transaction (a COMMIT, DDL) where db-test does not \
+             read it, which would commit the test's writes into the shared working database. \
+             Use `#[db_test(isolation = \"database\")]` for a test that runs compound \
+             statements."
+        );
+    }
     format!(
         "db-test: `{found}` commits the current transaction implicitly on MySQL/MariaDB: in \
          this test's rolled-back transaction it would commit the test's writes into the \
@@ -358,9 +446,41 @@ mod tests {
             "SET SESSION autocommit = 1",
             "set @@session.autocommit=1",
             "SET @a = 1, autocommit = 1",
+            "SET `autocommit` = 0",
+            "SET @@session.`autocommit` = 1",
+            "SET STATEMENT max_statement_time = 100 FOR CREATE TABLE t (a INT)",
+            "set statement sql_mode = '' for commit",
+            "SET STATEMENT autocommit = 1 FOR INSERT INTO t VALUES (1)",
+            // Compound statements (MariaDB): a COMMIT in the body.
+            "BEGIN NOT ATOMIC COMMIT; END",
+            "BEGIN NOT ATOMIC SELECT 1; END",
+            "IF 1=1 THEN COMMIT; END IF",
+            "WHILE 0 DO SELECT 1; END WHILE",
+            "CASE WHEN 1 THEN COMMIT; END CASE",
+            "lbl: BEGIN NOT ATOMIC COMMIT; END",
+            "FOR i IN 1..2 DO COMMIT; END FOR",
+            // db-test's and sqlx's own savepoints.
+            "RELEASE SAVEPOINT db_test_auto",
+            "ROLLBACK TO SAVEPOINT `db_test_auto`",
+            "rollback work to _sqlx_savepoint_2",
         ] {
             assert!(ic(sql).is_some(), "not refused: {sql}");
         }
+    }
+
+    #[test]
+    fn a_string_with_a_backslash_is_read_both_ways() {
+        // With NO_BACKSLASH_ESCAPES in sql_mode, 'a\' ends at its second
+        // quote and the COMMIT is code: refused, whatever the session's mode.
+        for sql in [
+            "SELECT 'a\\'; COMMIT'",
+            "INSERT INTO user (username) VALUES ('nbe\\'); COMMIT; -- ')",
+        ] {
+            assert!(ic(sql).is_some(), "not refused: {sql}");
+        }
+        // Either way, no statement to refuse.
+        assert_eq!(ic("SELECT 'a\\\\', 'COMMIT'"), None);
+        assert_eq!(ic("SELECT 'C:\\dir'"), None);
     }
 
     #[test]
@@ -391,11 +511,9 @@ mod tests {
             "SELECT 1 /* ; COMMIT */",
             "SELECT 1 /*+ MAX_EXECUTION_TIME(1) */",
             "SELECT 'it''s; COMMIT'",
-            "SELECT 'a\\'; COMMIT'",
             "INSERT INTO t (autocommit_flag) VALUES (1)",
             "SELECT @commit",
             "WITH x AS (SELECT 1) SELECT * FROM x",
-            "BEGIN NOT ATOMIC SELECT 1; END",
             "PREPARE s FROM 'SELECT 1'",
             "EXECUTE s",
             "",

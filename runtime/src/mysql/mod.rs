@@ -165,6 +165,11 @@ impl crate::generic::Dialect for MySql {
     // old savepoint is deleted and a new one is set." (MySQL manual)
     const SAVEPOINT_REPLACES: bool = true;
 
+    // Outside a transaction: "SAVEPOINT db_test_auto does not exist".
+    const VERIFY_TRANSACTION: Option<&'static str> = Some("ROLLBACK TO SAVEPOINT db_test_auto");
+
+    const SHARED_WORKING_DATABASE: bool = true;
+
     crate::generic::dialect_executors!();
 }
 
@@ -323,6 +328,7 @@ mod harness {
                         inner: TxResource { shared },
                         engine,
                         connection_id: id,
+                        prefix: template.prefix.clone(),
                     });
                     return Ok((resource, state));
                 }
@@ -346,6 +352,9 @@ mod harness {
         inner: TxResource<MySql>,
         engine: &'static Engine,
         connection_id: u64,
+        /// The template's prefix: its working database is marked dirty when
+        /// the test committed into it.
+        prefix: String,
     }
 
     impl Resource for MySqlTx {
@@ -359,6 +368,7 @@ mod harness {
                     inner,
                     engine,
                     connection_id,
+                    prefix,
                 } = *self;
                 if ending.timed_out {
                     // The rollback waits for the running statement: stop it.
@@ -373,6 +383,9 @@ mod harness {
                             // A transaction from `Acquire::begin` outlived
                             // the test: end its session (a rollback).
                             engine.kill(connection_id, true).await;
+                        }
+                        if shared.ended_out_of_sight() {
+                            engine.mark_working_dirty(&prefix).await;
                         }
                         verdict
                     }

@@ -50,6 +50,28 @@ pub(crate) struct Template {
     pub(super) recycled: Notify,
 }
 
+/// The database whose existence says that the working database of
+/// `prefix` holds rows a test committed and must be cloned again.
+pub(super) fn working_dirty_marker(prefix: &str) -> String {
+    format!("{prefix}_wd")
+}
+
+impl Engine {
+    /// Marks the working database of `prefix` dirty (see
+    /// [`working_dirty_marker`]). Best effort: the test fails anyway.
+    pub(crate) async fn mark_working_dirty(&self, prefix: &str) {
+        if let Ok(mut admin) = self.admin().await {
+            let marker = working_dirty_marker(prefix);
+            let _ = admin
+                .execute(sqlx::AssertSqlSafe(format!(
+                    "CREATE DATABASE IF NOT EXISTS {}",
+                    quote(&marker)
+                )))
+                .await;
+        }
+    }
+}
+
 /// Stands for the clone's name in a clone script.
 pub(super) const TARGET: &str = "\u{1}dbtest-target\u{1}";
 
@@ -210,7 +232,26 @@ impl Engine {
             .await
             .map_err(|e| ctx("reading the template's schema", e))?;
         let cloning = format!("{prefix}_wb");
-        if !has(working) || has(&cloning) {
+        // Marked dirty by a test whose bare connection committed into it
+        // (`mark_working_dirty`): cloned again once nobody uses it.
+        let dirty = working_dirty_marker(prefix);
+        let mut rebuild_dirty = false;
+        if has(&dirty) {
+            let in_use: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM information_schema.processlist WHERE db = ?",
+            )
+            .bind(working)
+            .fetch_one(&mut *admin)
+            .await
+            .map_err(|e| ctx("checking the working database", e))?;
+            if in_use == 0 {
+                tracing::info!(database = %working, "db-test: rebuilding a working database a test committed into");
+                rebuild_dirty = true;
+            } else {
+                tracing::warn!(database = %working, "db-test: the working database holds rows a test committed; it is rebuilt when no other process uses it");
+            }
+        }
+        if !has(working) || has(&cloning) || rebuild_dirty {
             for stmt in [
                 format!("DROP DATABASE IF EXISTS {}", quote(working)),
                 format!("CREATE DATABASE IF NOT EXISTS {}", quote(&cloning)),
@@ -231,6 +272,15 @@ impl Engine {
                 )))
                 .await
                 .map_err(|e| ctx("finishing the working database", e))?;
+            if has(&dirty) {
+                admin
+                    .execute(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {}",
+                        quote(&dirty)
+                    )))
+                    .await
+                    .map_err(|e| ctx("finishing the working database", e))?;
+            }
         }
         // Without a plan, per-test databases are cloned afresh: slower, the
         // same result.
@@ -291,7 +341,7 @@ impl Engine {
             if age.is_none_or(|a| a < min_age) || in_use > 0 {
                 continue;
             }
-            for kind in ["w", "wb", "t", "tb"] {
+            for kind in ["w", "wb", "wd", "t", "tb"] {
                 let name = format!("{other}_{kind}");
                 if names.contains(&name) {
                     tracing::info!(database = %name, "db-test: dropping an outdated template");

@@ -57,6 +57,15 @@ pub(super) fn out_of_sync(label: &str, e: &sqlx::Error) -> String {
 
 /// The error every later use of a test's connection gets once something
 /// ended its transaction or broke it.
+/// The error of a statement sent after the test's use of its connection
+/// ended (`why`): it was not run, and the message says so before the cause.
+pub(super) fn not_run_error(why: &str) -> sqlx::Error {
+    poisoned_error(&format!(
+        "db-test: statement not run: an earlier statement ended this test's use of its \
+         connection. {why}"
+    ))
+}
+
 pub(super) fn poisoned_error(why: &str) -> sqlx::Error {
     let kind = if why.contains("COMMIT") || why.contains("refusing to run") {
         ErrorKind::TransactionEnded

@@ -12,7 +12,7 @@ use sqlx_core::transaction::TransactionManager;
 use tokio::sync::OwnedMutexGuard;
 
 use super::SharedConn;
-use super::errors::{out_of_sync, poisoned_error};
+use super::errors::{not_run_error, out_of_sync, poisoned_error};
 use super::state::{ConnState, lock};
 use super::statement::refresh_savepoint;
 use crate::error::{Error, ErrorKind};
@@ -134,7 +134,7 @@ impl SharedConn {
             }
         }
         if let Some(why) = self.state.poisoned() {
-            return Err(poisoned_error(&why));
+            return Err(not_run_error(&why));
         }
         if lock(&self.state.in_flight).is_some() {
             self.recover_dropped(&mut slot).await;

@@ -10,7 +10,7 @@ use sqlx::{Connection, Either, Executor};
 use sqlx_core::transaction::TransactionManager;
 
 use super::SharedConn;
-use super::errors::{commit_message, out_of_sync, poisoned_error, refused_commit};
+use super::errors::{commit_message, not_run_error, out_of_sync, poisoned_error, refused_commit};
 use super::session::GUARD_TABLE;
 use super::state::{ConnState, lock, touches_session};
 use crate::hint::sqlstate;
@@ -66,7 +66,7 @@ pub(crate) async fn run_guarded(
     use futures_util::TryStreamExt;
 
     if let Some(why) = state.poisoned() {
-        return Err(poisoned_error(&why));
+        return Err(not_run_error(&why));
     }
     let sql = query.sql.as_str().to_owned();
     if !state.touched_session.load(Ordering::Relaxed) && touches_session(&sql) {

@@ -56,6 +56,8 @@ impl<DB: Dialect> Shared<DB> {
             refuse: DB::refuse,
             touches_session: DB::touches_session,
             touched: AtomicBool::new(false),
+            out_of_sight: AtomicBool::new(false),
+            ended_out_of_sight: AtomicBool::new(false),
             statements: AtomicU64::new(0),
             log: Mutex::new(VecDeque::new()),
             fresh: AtomicBool::new(true),

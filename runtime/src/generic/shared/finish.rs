@@ -15,6 +15,41 @@ use super::{Dialect, Manager, OwnedQuery, Shared, depth, lock};
 use crate::shared::{LoggedStatement, TEARDOWN_GRACE};
 
 impl<DB: Dialect> Shared<DB> {
+    /// Whether the test's transaction was found ended at its end (see
+    /// [`Dialect::VERIFY_TRANSACTION`]): what the test wrote before that was
+    /// committed, into the shared working database on MySQL.
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+    pub(crate) fn ended_out_of_sight(&self) -> bool {
+        self.state.ended_out_of_sight.load(Ordering::Relaxed)
+    }
+
+    fn ended_out_of_sight_message(&self, e: &sqlx::Error) -> String {
+        let label = &self.state.label;
+        let what = "a COMMIT or ROLLBACK, or a statement that commits implicitly (DDL, `LOCK \
+                    TABLES`, `SET autocommit`, `START TRANSACTION`, ...)";
+        if DB::SHARED_WORKING_DATABASE {
+            format!(
+                "db-test: the transaction of test `{label}` was ended on the bare connection of \
+                 a guard or transaction (`&mut **conn`, or a `&mut` connection parameter it was \
+                 passed to), out of db-test's sight, by {what} ({e}). What the test wrote before \
+                 it was COMMITTED into the shared working database: tests of this run that \
+                 come later may see it, and db-test rebuilds that database from the template \
+                 when the next test process starts (once no other process uses it). Send such \
+                 statements through the test's `Db`/`TestDb` (db-test refuses them there), use \
+                 `db.begin()` and `tx.commit()` (savepoints under test), or `isolation = \
+                 \"database\"` for a test that must really commit."
+            )
+        } else {
+            format!(
+                "db-test: the transaction of test `{label}` was ended by a COMMIT or ROLLBACK \
+                 sent on the bare connection of a guard (`&mut **conn`), out of db-test's sight ({e}). Its \
+                 writes were not rolled back where they went; the connection is closed and no \
+                 other test sees them. Use `db.begin()` and `tx.commit()` (savepoints under \
+                 test), or `isolation = \"database\"` for a test that must really commit."
+            )
+        }
+    }
+
     /// Ends the test: checks constraints if asked, rolls everything back,
     /// and returns the connection (`None` if it could not be made clean),
     /// a failure to report, and the last statements.
@@ -136,20 +171,34 @@ impl<DB: Dialect> Shared<DB> {
         }
         while healthy && depth::<DB>(&conn) > 0 {
             let outer = depth::<DB>(&conn) == 1;
-            if let Err(e) = Manager::<DB>::rollback(&mut conn).await {
+            // Where the final ROLLBACK would succeed outside a transaction
+            // (MySQL), check first that the test's is still open.
+            let ended = if outer && self.state.out_of_sight.load(Ordering::Relaxed) {
+                match DB::VERIFY_TRANSACTION {
+                    Some(verify) => DB::conn_fetch_many(&mut conn, OwnedQuery::<DB>::raw(verify))
+                        .try_collect::<Vec<_>>()
+                        .await
+                        .err(),
+                    None => None,
+                }
+            } else {
+                None
+            };
+            let ended = match ended {
+                Some(e) => Some(e),
+                None => Manager::<DB>::rollback(&mut conn).await.err(),
+            };
+            if let Some(e) = ended {
                 healthy = false;
-                if outer && !is_broken(&e) && failure.is_none() {
+                if outer && !is_broken(&e) {
                     // Nothing to roll back: something sent on the bare
                     // connection of a guard ended the test's transaction.
-                    failure = Some(format!(
-                        "db-test: the transaction of test `{}` was ended by a COMMIT or \
-                         ROLLBACK sent on the bare connection of a guard (`&mut **conn`), out \
-                         of db-test's sight ({e}). Its writes were not rolled back where they \
-                         went; the connection is closed and no other test sees them. Use \
-                         `db.begin()` and `tx.commit()` (savepoints under test), or \
-                         `isolation = \"database\"` for a test that must really commit.",
-                        self.state.label
-                    ));
+                    self.state.ended_out_of_sight.store(true, Ordering::Relaxed);
+                    let why = self.ended_out_of_sight_message(&e);
+                    failure = Some(match failure {
+                        Some(other) => format!("{why}\n(also: {other})"),
+                        None => why,
+                    });
                 }
             }
         }

@@ -203,22 +203,35 @@ impl<DB: Dialect> Shared<DB> {
     /// test's transaction. When the transaction ends, the connection returns
     /// to the test's pool of one, where [`Shared::reclaim`] finds it.
     pub(crate) async fn lend(&self) -> sqlx::Result<PoolConnection<DB>> {
-        let mut guard = self.lock_raw().await?;
+        let mut guard = self.lock_app().await?;
         let conn = guard.guard.conn.take().expect("checked at lock time");
         guard.guard.lent = true;
         Ok(conn)
     }
 
-    /// The test's connection for the test or the app (`acquire()`).
+    /// The test's connection for the test or the app (`acquire()`). Its
+    /// bare connection (`&mut **conn`, or any `&mut` connection parameter it
+    /// is passed to) may be given session state db-test does not see (a
+    /// setting, a pragma, a temporary table): the connection is closed at
+    /// the end of the test rather than handed to the next one.
     pub(crate) async fn lock_raw(&self) -> sqlx::Result<SlotGuard<DB>> {
+        let guard = self.lock_app().await?;
+        self.state.touched.store(true, Ordering::Relaxed);
+        Ok(guard)
+    }
+
+    /// The test's connection, out of db-test's sight: the test's
+    /// transaction is checked at the end ([`Dialect::VERIFY_TRANSACTION`]).
+    async fn lock_app(&self) -> sqlx::Result<SlotGuard<DB>> {
         let mut guard = self.lock().await?;
         guard.raw = Some(self.state.clone());
+        self.state.out_of_sight.store(true, Ordering::Relaxed);
         Ok(guard)
     }
 
     /// An app transaction: a savepoint inside the test's transaction.
     pub(crate) async fn begin(&self) -> sqlx::Result<SlotGuard<DB>> {
-        let mut guard = self.lock_raw().await?;
+        let mut guard = self.lock_app().await?;
         Manager::<DB>::begin(guard.conn_mut(), None).await?;
         Ok(guard)
     }

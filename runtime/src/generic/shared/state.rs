@@ -20,6 +20,13 @@ pub(crate) struct State {
     pub(super) touches_session: fn(&str) -> bool,
     /// The test may have left session state on the connection.
     pub(super) touched: AtomicBool,
+    /// The connection went out of db-test's sight (a guard from `acquire()`
+    /// or `begin()`, or a transaction from `Acquire::begin`): whether the
+    /// test's transaction is still open is checked at the end.
+    pub(super) out_of_sight: AtomicBool,
+    /// The test's transaction was found ended at the end of the test: what
+    /// the test wrote before that was committed.
+    pub(super) ended_out_of_sight: AtomicBool,
     pub(super) statements: AtomicU64,
     pub(super) log: Mutex<VecDeque<LoggedStatement>>,
     /// `db_test_auto` marks the current state: nothing changed since it was set.
@@ -46,7 +53,12 @@ impl State {
     }
 
     pub(super) fn poisoned_error(&self) -> Option<sqlx::Error> {
-        lock(&self.poisoned).as_ref().map(|why| poisoned_error(why))
+        lock(&self.poisoned).as_ref().map(|why| {
+            poisoned_error(&format!(
+                "db-test: statement not run: an earlier statement ended this test's use of its \
+                 connection. {why}"
+            ))
+        })
     }
 }
 

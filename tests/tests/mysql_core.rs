@@ -413,6 +413,117 @@ async fn a_commit_after_a_string_ended_by_no_backslash_escapes_is_refused(db: Te
     assert_eq!(committed_users(&mut other, "nbe\\").await, 0);
 }
 
+/// A statement whose future is dropped while it runs (a `tokio::time::timeout`
+/// around it, an HTTP request given up): it is stopped on the server (`KILL
+/// QUERY`), as PostgreSQL's cancel request does, so the test's next
+/// statement does not wait for it to end.
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn a_dropped_long_statement_is_stopped(db: TestDb) {
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(200),
+        sqlx::query("SELECT SLEEP(60)").execute(&db),
+    )
+    .await;
+    assert!(dropped.is_err());
+    let t0 = std::time::Instant::now();
+    let one: i64 = sqlx::query_scalar("SELECT 1").fetch_one(&db).await.unwrap();
+    assert_eq!(one, 1);
+    // A hang check, not a speed check: without the stop it waits 60 s.
+    assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+    let running: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.processlist WHERE info = 'SELECT SLEEP(60)'",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(running, 0);
+}
+
+/// A test that took a guard, dropped a statement and then timed out in
+/// another: it fails for its timeout, and the stopped statement's late error
+/// is not read as a commit of its transaction.
+#[db_test(migrations = "tests/mysql/migrations", timeout = "2s")]
+async fn child_timeout_after_a_dropped_statement(db: TestDb) {
+    drop(db.acquire().await.unwrap());
+    sqlx::query("INSERT INTO user (username) VALUES ('drop-timeout')")
+        .execute(&db)
+        .await
+        .unwrap();
+    if !is_child() {
+        return;
+    }
+    let _ = tokio::time::timeout(
+        Duration::from_millis(200),
+        sqlx::query("SELECT SLEEP(3600)").execute(&db),
+    )
+    .await;
+    sqlx::query("SELECT SLEEP(30)").execute(&db).await.unwrap();
+}
+
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn a_timeout_after_a_dropped_statement_is_reported_as_a_timeout(db: TestDb) {
+    let cmd = {
+        let mut cmd = common::children(&["child_timeout_after_a_dropped_statement"]);
+        cmd.env("DB_TEST_MYSQL_CHILD", "1");
+        cmd
+    };
+    let (out, text) =
+        tokio::task::spawn_blocking(move || common::run_until(cmd, Duration::from_secs(120)))
+            .await
+            .unwrap();
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("timed out"), "{text}");
+    assert!(!text.contains("COMMITTED"), "{text}");
+    let mut other = outsider(&db).await;
+    assert_eq!(committed_users(&mut other, "drop-timeout").await, 0);
+}
+
+// Concurrent inserts of the unique values an earlier test wrote into the
+// same (recycled) database: as in a fresh clone, they do not deadlock.
+// Deleted rows would stay in the unique index until purged, and inserts of
+// the same values take shared locks on them.
+async fn insert_concurrently(pool: &MySqlPool) {
+    let inserts = (0..16).map(|i| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query("INSERT INTO user (username) VALUES (?)")
+                .bind(format!("same-{i}"))
+                .execute(&pool)
+                .await
+        }
+    });
+    for result in futures_util::future::join_all(inserts).await {
+        result.expect("an insert into a recycled database");
+    }
+}
+
+#[db_test(migrations = "tests/mysql/migrations", isolation = "database")]
+async fn child_same_values_a(pool: MySqlPool) {
+    insert_concurrently(&pool).await;
+}
+
+#[db_test(migrations = "tests/mysql/migrations", isolation = "database")]
+async fn child_same_values_b(pool: MySqlPool) {
+    insert_concurrently(&pool).await;
+}
+
+#[db_test(migrations = "tests/mysql/migrations", isolation = "database")]
+async fn child_same_values_c(pool: MySqlPool) {
+    insert_concurrently(&pool).await;
+}
+
+#[test]
+fn concurrent_inserts_of_an_earlier_tests_values_do_not_deadlock() {
+    for _ in 0..3 {
+        let cmd = common::children(&[
+            "child_same_values_a",
+            "child_same_values_b",
+            "child_same_values_c",
+        ]);
+        common::run_ok(cmd, "three tests on one recycled database");
+    }
+}
+
 // Run one after another in one process: each gets the database the one
 // before used, reset (or, after a schema change, a fresh clone).
 #[db_test(migrations = "tests/mysql/migrations", isolation = "database")]

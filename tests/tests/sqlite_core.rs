@@ -337,6 +337,31 @@ async fn database_mode_options_as_two_parameters(
     pool.close().await;
 }
 
+/// A statement whose future is dropped while it runs: it is interrupted,
+/// so the test's next statement does not wait for it to end.
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn a_dropped_long_statement_is_interrupted(db: TestDb) {
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(200),
+        sqlx::query_scalar::<_, i64>(RUNAWAY)
+            .bind(1_000_000_000_000_i64)
+            .fetch_one(&db),
+    )
+    .await;
+    assert!(dropped.is_err());
+    let t0 = std::time::Instant::now();
+    assert_eq!(names(&db).await, ["seed"]);
+    // A hang check, not a speed check: without the interrupt it runs for hours.
+    assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+    // And the next long-ish statement is not interrupted any more.
+    let n: i64 = sqlx::query_scalar(RUNAWAY)
+        .bind(100_000_i64)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(n, 100_000);
+}
+
 // ---- child processes ----
 
 // A test that times out inside a long statement (a query that would run

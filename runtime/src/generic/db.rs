@@ -125,7 +125,12 @@ impl<DB: Dialect> Db<DB> {
     ///
     /// Under a transaction-mode test this is the test's connection: hold the
     /// guard only as long as needed, because other users of the same `Db`
-    /// wait for it.
+    /// wait for it. Statements through the guard ([`DbConn`]) are checked as
+    /// through the `Db`; its bare connection (`&mut **conn`, or a `&mut`
+    /// connection parameter it is passed to) is out of db-test's sight: the
+    /// test's transaction is checked at the end, and the connection is
+    /// closed rather than handed to the next test (session state set there
+    /// would survive the rollback).
     pub async fn acquire(&self) -> sqlx::Result<DbConnection<DB>> {
         match &self.inner {
             Inner::Pool(pool) => Ok(DbConnection {
@@ -517,9 +522,10 @@ impl<DB: Dialect> DerefMut for DbAcquired<DB> {
 /// test's other database calls wait for the connection, as for a guard from
 /// [`Db::begin`]. Statements sent through it bypass db-test's statement
 /// handling, as on a guard's bare connection: MySQL's implicit-commit DDL is
-/// not refused there, and a raw `COMMIT` is reported at the end of the test
-/// (after it reached the server). Prefer [`Db::begin`] in code written for
-/// db-test.
+/// not refused there, and a raw `COMMIT` (or such DDL) fails the test at its
+/// end, after it reached the server (on MySQL what the test wrote before it
+/// is then in the shared working database, which the next test process
+/// clones again). Prefer [`Db::begin`] in code written for db-test.
 impl<'c, DB: Dialect> sqlx::Acquire<'c> for &'c Db<DB> {
     type Database = DB;
     type Connection = DbAcquired<DB>;

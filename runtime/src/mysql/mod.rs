@@ -170,6 +170,14 @@ impl crate::generic::Dialect for MySql {
 
     const SHARED_WORKING_DATABASE: bool = true;
 
+    #[cfg(feature = "harness")]
+    fn transaction_gone(e: &sqlx::Error) -> bool {
+        // ER_SP_DOES_NOT_EXIST: "SAVEPOINT db_test_auto does not exist".
+        e.as_database_error()
+            .and_then(|d| d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>())
+            .is_some_and(|d| d.number() == 1305)
+    }
+
     crate::generic::dialect_executors!();
 }
 
@@ -204,7 +212,7 @@ mod harness {
     use super::template;
     use crate::config;
     use crate::context::{Backend, BoxError, ContextInner, FromTestContext, TestContext};
-    use crate::generic::shared::{Shared, TestState, TxResource, apply_fixtures};
+    use crate::generic::shared::{Canceller, Shared, TestState, TxResource, apply_fixtures};
     use crate::run::{Ending, Isolation, Prepared, Resource, TestSpec, Verdict, isolation_of};
     use crate::run::{fill_pool, settle_pool};
     use crate::shared::TEARDOWN_GRACE;
@@ -319,6 +327,7 @@ mod harness {
             };
             match Shared::open(conn, home, spec.name.to_string()).await {
                 Ok(shared) => {
+                    shared.set_canceller(Arc::new(KillQuery { engine, id }));
                     let state = Arc::new(TestState {
                         db: Db::from_shared(shared.clone()),
                         pool: None,
@@ -344,6 +353,19 @@ mod harness {
             engine.display_url,
             last_err.map(|e| e.to_string()).unwrap_or_default()
         ))
+    }
+
+    /// Stops a dropped statement still running on a test's connection.
+    struct KillQuery {
+        engine: &'static Engine,
+        id: u64,
+    }
+
+    impl Canceller for KillQuery {
+        fn cancel(&self) -> BoxFuture<'static, ()> {
+            let (engine, id) = (self.engine, self.id);
+            Box::pin(async move { engine.kill(id, false).await })
+        }
     }
 
     /// A transaction-mode test: the generic core's resource, plus what a

@@ -5,10 +5,13 @@
 //! A fresh clone costs a `CREATE DATABASE` and a `CREATE TABLE` per table,
 //! each a few ms of the server's time even in memory, and `DROP DATABASE`
 //! after the test. A used database whose schema is still the template's
-//! only needs its rows: one transaction deletes them and copies the
-//! template's own rows back, and an `ALTER TABLE … AUTO_INCREMENT` sets back
-//! the counters the test moved (so the next test's first id is the one a
-//! fresh clone gives).
+//! only needs its rows: the tables holding rows are emptied with `TRUNCATE`
+//! (not `DELETE`, whose deleted rows stay in unique indexes until purged,
+//! where concurrent inserts of the same values take locks on them and can
+//! deadlock, which they never do in a fresh clone), one transaction copies
+//! the template's own rows back, and an `ALTER TABLE … AUTO_INCREMENT` sets
+//! back the counters (so the next test's first id is the one a fresh clone
+//! gives).
 //!
 //! Whether the schema is still the template's is asked in one round trip of
 //! `SHOW` statements, which read each table's definition directly:
@@ -49,9 +52,9 @@ pub(super) struct Recycle {
     auto_increments: HashMap<String, u64>,
     /// The routines and events queries of this server ([`Catalog`]).
     catalog: Catalog,
-    /// Empties every table and copies the template's rows back, in one
-    /// transaction, with [`TARGET`] for the database.
-    reset: String,
+    /// Copies the template's rows back into emptied tables, with
+    /// [`TARGET`] for the database.
+    copies: String,
 }
 
 /// Where this server keeps routines and events: MariaDB (and MySQL 5.7)
@@ -264,26 +267,19 @@ pub(super) async fn plan(
     if survey.active || survey.stateful {
         return Ok(None);
     }
-    let mut reset = String::from(
-        "SET @dbtest_fk = @@FOREIGN_KEY_CHECKS, FOREIGN_KEY_CHECKS = 0;\nSTART TRANSACTION;\n",
-    );
     let mut copies = String::new();
     for table in &tables {
-        let qt = quote(table);
-        reset.push_str(&format!("DELETE FROM `{TARGET}`.{qt};\n"));
         if let Some(copy) = copy_rows_sql(admin, template, table).await? {
             copies.push_str(&copy);
         }
     }
-    reset.push_str(&copies);
-    reset.push_str("COMMIT;\nSET FOREIGN_KEY_CHECKS = @dbtest_fk;\n");
     Ok(Some(Recycle {
         signature: survey.signature,
         tables,
         views,
         auto_increments: survey.auto_increments,
         catalog,
-        reset,
+        copies,
     }))
 }
 
@@ -301,10 +297,29 @@ impl Recycle {
         if now.signature != self.signature || now.active || now.stateful {
             return Err("the test changed its schema".into());
         }
+        // Emptied with TRUNCATE, not DELETE: deleted rows stay in InnoDB's
+        // indexes, marked, until purged, and an insert of the same unique
+        // value then takes shared locks on them, with which concurrent
+        // inserts of the next test deadlock (a fresh clone has none).
+        // Tables already empty are left alone.
+        let filled = self.filled_tables(admin, name).await?;
         let target = name.replace('`', "``");
-        let mut sql = self.reset.replace(TARGET, &target);
+        let mut sql =
+            String::from("SET @dbtest_fk = @@FOREIGN_KEY_CHECKS, FOREIGN_KEY_CHECKS = 0;\n");
+        for table in &filled {
+            sql.push_str(&format!(
+                "TRUNCATE TABLE {}.{};\n",
+                quote(name),
+                quote(table)
+            ));
+        }
+        sql.push_str("START TRANSACTION;\n");
+        sql.push_str(&self.copies.replace(TARGET, &target));
+        sql.push_str("COMMIT;\nSET FOREIGN_KEY_CHECKS = @dbtest_fk;\n");
         for (table, value) in &self.auto_increments {
-            if now.auto_increments.get(table) != Some(value) {
+            // TRUNCATE set the counter back to 1; the copy, past its rows.
+            let truncated = filled.contains(table) && *value > 1;
+            if truncated || now.auto_increments.get(table) != Some(value) {
                 sql.push_str(&format!(
                     "ALTER TABLE {}.{} AUTO_INCREMENT = {value};\n",
                     quote(name),
@@ -322,6 +337,40 @@ impl Recycle {
             return Err(format!("resetting its rows: {e}"));
         }
         Ok(())
+    }
+
+    /// The base tables of `name` that hold rows, in one round trip.
+    async fn filled_tables(
+        &self,
+        admin: &mut MySqlConnection,
+        name: &str,
+    ) -> Result<Vec<String>, String> {
+        if self.tables.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = self
+            .tables
+            .iter()
+            .map(|t| {
+                format!(
+                    "SELECT {} AS t, EXISTS (SELECT 1 FROM {}.{}) AS filled",
+                    literal(t),
+                    quote(name),
+                    quote(t)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ");
+        let rows: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .persistent(false)
+            .fetch_all(&mut *admin)
+            .await
+            .map_err(|e| format!("reading which tables hold rows: {e}"))?;
+        Ok(rows
+            .into_iter()
+            .filter(|(_, filled)| *filled != 0)
+            .map(|(t, _)| t)
+            .collect())
     }
 }
 

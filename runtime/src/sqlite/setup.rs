@@ -10,7 +10,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqlitePool, SqlitePoo
 
 use super::engine::{self, FileCopy};
 use crate::context::{BoxError, ContextInner, FromTestContext, TestContext};
-use crate::generic::shared::{Shared, TestState, TxResource, apply_fixtures};
+use crate::generic::shared::{Canceller, Shared, TestState, TxResource, apply_fixtures};
 use crate::generic::{Db, test_state};
 use crate::run::{
     Ending, Isolation, Prepared, Resource, TestSpec, Verdict, fill_pool, isolation_of, settle_pool,
@@ -67,6 +67,29 @@ impl Interrupt {
     }
 }
 
+/// A dropped statement still running: interrupted, then the flag is
+/// cleared for the test's next statements. Reads only: SQLite rolls back
+/// the whole transaction of an interrupted `INSERT`, `UPDATE` or `DELETE`
+/// (the test's earlier writes with it), so a dropped write runs to its end
+/// and is undone alone.
+impl Canceller for Interrupt {
+    fn can_cancel(&self, sql: &str) -> bool {
+        // Errs on the side of waiting: any mention of a write.
+        !["INSERT", "UPDATE", "DELETE", "REPLACE"]
+            .iter()
+            .any(|w| crate::sqltext::contains_ignore_case(sql, w))
+    }
+
+    fn cancel(&self) -> futures_util::future::BoxFuture<'static, ()> {
+        self.fire();
+        Box::pin(std::future::ready(()))
+    }
+
+    fn done(&self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+}
+
 /// Opens a test's transaction on an in-memory copy from `pool`, with the
 /// test's [`Interrupt`] on it, closing (and replacing) copies that cannot
 /// begin one.
@@ -90,7 +113,10 @@ async fn open_transaction(
             continue;
         }
         match Shared::open(conn, home, spec.name.to_string()).await {
-            Ok(shared) => return Ok(shared),
+            Ok(shared) => {
+                shared.set_canceller(Arc::new(interrupt.clone()));
+                return Ok(shared);
+            }
             Err((e, conn, home)) => {
                 home.discard(conn);
                 last_err = Some(e);

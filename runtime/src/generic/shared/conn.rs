@@ -10,7 +10,7 @@ use sqlx::pool::PoolConnection;
 use sqlx_core::transaction::TransactionManager;
 
 use super::slot::Slot;
-use super::state::{State, register, unregister};
+use super::state::{Canceller, State, register, unregister};
 use super::{Dialect, Manager, SAVEPOINT, depth, exec, lock};
 use crate::shared::LoggedStatement;
 use crate::slots::{Home, HomeCell};
@@ -58,6 +58,7 @@ impl<DB: Dialect> Shared<DB> {
             touched: AtomicBool::new(false),
             out_of_sight: AtomicBool::new(false),
             ended_out_of_sight: AtomicBool::new(false),
+            canceller: Mutex::new(None),
             statements: AtomicU64::new(0),
             log: Mutex::new(VecDeque::new()),
             fresh: AtomicBool::new(true),
@@ -100,6 +101,11 @@ impl<DB: Dialect> Shared<DB> {
 
     pub(crate) fn label(&self) -> &str {
         &self.state.label
+    }
+
+    /// How a dropped statement that goes on is stopped (see [`Canceller`]).
+    pub(crate) fn set_canceller(&self, canceller: Arc<dyn Canceller>) {
+        *lock(&self.state.canceller) = Some(canceller);
     }
 
     pub(crate) fn checkout_timeout(&self) -> Duration {

@@ -190,7 +190,7 @@ impl<DB: Dialect> Shared<DB> {
             };
             if let Some(e) = ended {
                 healthy = false;
-                if outer && !is_broken(&e) {
+                if outer && !is_broken(&e) && DB::transaction_gone(&e) {
                     // Nothing to roll back: something sent on the bare
                     // connection of a guard ended the test's transaction.
                     self.state.ended_out_of_sight.store(true, Ordering::Relaxed);

@@ -41,7 +41,7 @@ use super::{Dialect, OwnedQuery};
 pub(crate) use conn::Shared;
 pub(crate) use setup::{TestState, TxResource, apply_fixtures};
 pub(crate) use slot::SlotGuard;
-pub(crate) use state::state_of;
+pub(crate) use state::{Canceller, state_of};
 pub(crate) use statement::run_on;
 
 /// db-test's savepoint in the test's transaction.

@@ -36,6 +36,25 @@ pub(crate) struct State {
     /// Set when something refused or broken ended the test's use of its
     /// connection: every later statement gets this error.
     pub(super) poisoned: Mutex<Option<String>>,
+    /// Stops a statement still running on the connection (see
+    /// [`Canceller`]), set by the backend's setup.
+    pub(super) canceller: Mutex<Option<Arc<dyn Canceller>>>,
+}
+
+/// Stops the statement running on a test's connection, for a statement
+/// whose future was dropped and that does not end by itself (MySQL: `KILL
+/// QUERY` from another connection; SQLite: an interrupt).
+pub(crate) trait Canceller: Send + Sync {
+    /// Whether `sql`, running, may be stopped without losing more than its
+    /// own work.
+    fn can_cancel(&self, sql: &str) -> bool {
+        let _ = sql;
+        true
+    }
+    /// Asks the server (or the library) to stop the running statement.
+    fn cancel(&self) -> futures_util::future::BoxFuture<'static, ()>;
+    /// The connection is ready again: undo what `cancel` left set.
+    fn done(&self) {}
 }
 
 impl State {

@@ -317,9 +317,14 @@ impl Recycle {
         sql.push_str(&self.copies.replace(TARGET, &target));
         sql.push_str("COMMIT;\nSET FOREIGN_KEY_CHECKS = @dbtest_fk;\n");
         for (table, value) in &self.auto_increments {
-            // TRUNCATE set the counter back to 1; the copy, past its rows.
-            let truncated = filled.contains(table) && *value > 1;
-            if truncated || now.auto_increments.get(table) != Some(value) {
+            // TRUNCATE set the counter back to 1 (the copy, past its rows);
+            // a table left alone has the counter the test left.
+            let wrong = if filled.contains(table) {
+                *value > 1
+            } else {
+                now.auto_increments.get(table) != Some(value)
+            };
+            if wrong {
                 sql.push_str(&format!(
                     "ALTER TABLE {}.{} AUTO_INCREMENT = {value};\n",
                     quote(name),

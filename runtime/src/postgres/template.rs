@@ -136,9 +136,14 @@ pub(crate) fn migrations_key(
         Migrations::Path(p) => {
             let dir = PathBuf::from(manifest_dir).join(p);
             if !dir.is_dir() {
+                let what = if dir.exists() {
+                    "is not a directory"
+                } else {
+                    "does not exist"
+                };
                 return Err(format!(
-                    "db-test: migrations directory {} does not exist (from `migrations = \"{p}\"`, \
-                     relative to {manifest_dir})",
+                    "db-test: migrations directory {} {what} (from `migrations = \"{p}\"`, \
+                     relative to {manifest_dir}); it names a directory of migration files",
                     dir.display()
                 ));
             }

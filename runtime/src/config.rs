@@ -167,7 +167,7 @@ fn check_scheme(
     let schemes = backend
         .schemes()
         .iter()
-        .map(|s| format!("`{s}://`"))
+        .map(|s| format!("`{s}:`"))
         .collect::<Vec<_>>()
         .join(" or ");
     Err(format!(

@@ -149,6 +149,27 @@ pub(crate) fn ends_transaction(sql: &str) -> Option<String> {
     })
 }
 
+/// The statement of `sql` that releases or rolls back to a savepoint db-test
+/// (`dbt_auto`) or sqlx (`_sqlx_savepoint_N`) manages in the test's
+/// transaction, if any.
+pub(crate) fn names_managed_savepoint(sql: &str) -> Option<String> {
+    if !["DBT_AUTO", "_SQLX_SAVEPOINT"]
+        .iter()
+        .any(|w| contains_ignore_case(sql, w))
+    {
+        return None;
+    }
+    statements(sql).into_iter().find(|stmt| {
+        let upper = stmt.to_ascii_uppercase();
+        let words: Vec<&str> = upper.split_whitespace().collect();
+        matches!(words.first(), Some(&"RELEASE") | Some(&"ROLLBACK"))
+            && words.iter().any(|w| {
+                let w = w.trim_matches(|c| matches!(c, '"' | ';'));
+                w == "DBT_AUTO" || w.starts_with("_SQLX_SAVEPOINT")
+            })
+    })
+}
+
 /// Whether `haystack` contains `needle` (upper-case ASCII), in any case.
 pub(crate) fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
     let (h, n) = (haystack.as_bytes(), needle.as_bytes());
@@ -171,6 +192,20 @@ pub(crate) fn is_plain_read(sql: &str) -> bool {
         && ![" FOR ", " INTO ", "VAL(", "ADVISORY", ";"]
             .iter()
             .any(|w| contains_ignore_case(head, w))
+}
+
+#[cfg(test)]
+mod managed_savepoint_tests {
+    use super::names_managed_savepoint as n;
+
+    #[test]
+    fn releasing_db_tests_or_sqlxs_savepoint_is_found() {
+        assert!(n("RELEASE SAVEPOINT dbt_auto").is_some());
+        assert!(n("release \"dbt_auto\"").is_some());
+        assert!(n("SELECT 1; ROLLBACK TO SAVEPOINT _sqlx_savepoint_2").is_some());
+        assert!(n("RELEASE SAVEPOINT mine").is_none());
+        assert!(n("SELECT 'RELEASE dbt_auto'").is_none());
+    }
 }
 
 #[cfg(test)]

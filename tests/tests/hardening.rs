@@ -689,3 +689,27 @@ fn a_misused_acquire_begin_transaction_fails_its_test_and_commits_nothing() {
         "{text}"
     );
 }
+
+/// Releasing db-test's own savepoint through the test's handle is refused
+/// with a message naming it (it used to fail the test later, blaming a
+/// COMMIT); savepoints of the test's own are fine.
+#[db_test]
+#[should_panic(expected = "names a savepoint that db-test or sqlx manages")]
+async fn releasing_db_tests_savepoint_is_refused_by_name(db: TestDb) {
+    sqlx::raw_sql("SAVEPOINT mine; RELEASE SAVEPOINT mine")
+        .execute(&db)
+        .await
+        .unwrap();
+    let err = sqlx::query("RELEASE SAVEPOINT dbt_auto")
+        .execute(&db)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("dbt_auto"), "{err}");
+    let later = sqlx::query("SELECT 1")
+        .execute(&db)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(later.contains("statement not run"), "{later}");
+}

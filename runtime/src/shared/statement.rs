@@ -39,6 +39,17 @@ impl SharedConn {
 /// Refuses, before it reaches the server, SQL that would end the test's
 /// transaction (anywhere in a multi-statement string), and fails the test.
 pub(crate) fn refuse_ending(state: &ConnState, sql: &str) -> Option<sqlx::Error> {
+    if let Some(stmt) = crate::sqltext::names_managed_savepoint(sql) {
+        let msg = format!(
+            "db-test: refusing to run `{stmt}` in test `{}`: it names a savepoint that db-test \
+             or sqlx manages in the test's transaction (`dbt_auto`, `_sqlx_savepoint_N`). Use \
+             `db.begin()` and `tx.commit()` / `tx.rollback()`, or savepoints of your own.",
+            state.label
+        );
+        state.poison(msg.clone());
+        state.record(sql.to_string(), Some("refused by db-test".into()));
+        return Some(poisoned_error(&msg));
+    }
     let stmt = ends_transaction(sql)?;
     let msg = format!(
         "db-test: refusing to run `{stmt}` in test `{}`: it would end the test's \

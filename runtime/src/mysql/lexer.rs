@@ -186,17 +186,23 @@ fn is_word_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
 }
 
+/// How to read `sql`'s strings: with backslash escapes, and also without
+/// when it holds a backslash (`NO_BACKSLASH_ESCAPES` in the session's
+/// `sql_mode` moves where such a string ends).
+fn readings(sql: &str) -> &'static [bool] {
+    if sql.contains('\\') {
+        &[true, false]
+    } else {
+        &[true]
+    }
+}
+
 /// The statement of `sql` that would commit the current transaction, as
 /// its first words (`CREATE TABLE`, `COMMIT`, ...), or `None`. A string
 /// with a backslash is read both ways, with and without backslash escapes:
 /// the session's `sql_mode` decides which one the server uses.
 pub(crate) fn implicit_commit(sql: &str) -> Option<String> {
-    let modes: &[bool] = if sql.contains('\\') {
-        &[true, false]
-    } else {
-        &[true]
-    };
-    modes.iter().find_map(|&backslash| {
+    readings(sql).iter().find_map(|&backslash| {
         tokens(sql, backslash)
             .split(|t| *t == Token::End)
             .find_map(statement_commits)
@@ -335,12 +341,7 @@ fn names_ours(s: &[Token]) -> bool {
 /// setting (`SET`). Errs on the safe side: such a test's connection is
 /// closed at its end rather than handed to the next test.
 pub(crate) fn leaves_session_state(sql: &str) -> bool {
-    let modes: &[bool] = if sql.contains('\\') {
-        &[true, false]
-    } else {
-        &[true]
-    };
-    modes
+    readings(sql)
         .iter()
         .any(|&backslash| leaves_session_state_in(&tokens(sql, backslash)))
 }

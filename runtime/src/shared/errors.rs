@@ -60,10 +60,15 @@ pub(super) fn out_of_sync(label: &str, e: &sqlx::Error) -> String {
 /// The error of a statement sent after the test's use of its connection
 /// ended (`why`): it was not run, and the message says so before the cause.
 pub(super) fn not_run_error(why: &str) -> sqlx::Error {
-    poisoned_error(&format!(
+    poisoned_error(&not_run_message(why))
+}
+
+/// The message of [`not_run_error`], for every backend.
+pub(crate) fn not_run_message(why: &str) -> String {
+    format!(
         "db-test: statement not run: an earlier statement ended this test's use of its \
          connection. {why}"
-    ))
+    )
 }
 
 pub(super) fn poisoned_error(why: &str) -> sqlx::Error {

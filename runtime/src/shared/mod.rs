@@ -26,6 +26,8 @@
 
 mod conn;
 mod errors;
+#[cfg_attr(not(any(feature = "mysql", feature = "sqlite")), allow(unused_imports))]
+pub(crate) use errors::not_run_message;
 mod finish;
 mod recover;
 mod session;

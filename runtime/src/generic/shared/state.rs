@@ -72,12 +72,9 @@ impl State {
     }
 
     pub(super) fn poisoned_error(&self) -> Option<sqlx::Error> {
-        lock(&self.poisoned).as_ref().map(|why| {
-            poisoned_error(&format!(
-                "db-test: statement not run: an earlier statement ended this test's use of its \
-                 connection. {why}"
-            ))
-        })
+        lock(&self.poisoned)
+            .as_ref()
+            .map(|why| poisoned_error(&crate::shared::not_run_message(why)))
     }
 }
 

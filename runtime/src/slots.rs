@@ -8,6 +8,7 @@
 //! through this test's transaction; from a pool of one, it comes back to
 //! this test alone (see `shared::slot` and `generic::shared::slot`).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,13 +16,23 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Database, Pool};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Builds one slot: a pool of at most one connection.
-type MakeSlot<DB> = Box<dyn Fn() -> Pool<DB> + Send + Sync>;
+/// Builds one slot: a pool of at most one connection, given the cell its
+/// `after_connect` may keep the connection's server-side id in.
+type MakeSlot<DB> = Box<dyn Fn(&SessionId) -> Pool<DB> + Send + Sync>;
+
+/// A slot's cell for its connection's server-side id (MySQL's
+/// `CONNECTION_ID()`), written by the pool's `after_connect` each time the
+/// slot opens a connection: a pool of one has one connection at a time, so
+/// it is the id of the connection a checkout hands out. 0 where unused.
+pub(crate) type SessionId = Arc<AtomicU64>;
+
+/// One slot: its pool and its [`SessionId`].
+type Slot<DB> = (Pool<DB>, SessionId);
 
 /// The slots of one working database.
 pub(crate) struct Slots<DB: Database> {
     make: MakeSlot<DB>,
-    free: Arc<Mutex<Vec<Pool<DB>>>>,
+    free: Arc<Mutex<Vec<Slot<DB>>>>,
     /// One permit per connection the process may hold at once.
     permits: Arc<Semaphore>,
     acquire_timeout: Duration,
@@ -30,7 +41,8 @@ pub(crate) struct Slots<DB: Database> {
 /// A test's slot: its pool of one, for as long as the test holds it.
 pub(crate) struct Home<DB: Database> {
     pub(crate) pool: Pool<DB>,
-    free: Arc<Mutex<Vec<Pool<DB>>>>,
+    session: SessionId,
+    free: Arc<Mutex<Vec<Slot<DB>>>>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -40,7 +52,7 @@ impl<DB: Database> Slots<DB> {
     pub(crate) fn new(
         size: u32,
         acquire_timeout: Duration,
-        make: impl Fn() -> Pool<DB> + Send + Sync + 'static,
+        make: impl Fn(&SessionId) -> Pool<DB> + Send + Sync + 'static,
     ) -> Self {
         Slots {
             make: Box::new(make),
@@ -71,11 +83,13 @@ impl<DB: Database> Slots<DB> {
                     .map_err(|_| sqlx::Error::PoolClosed)?
             }
         };
-        let pool = crate::shared::lock(&self.free)
-            .pop()
-            .unwrap_or_else(|| (self.make)());
+        let (pool, session) = crate::shared::lock(&self.free).pop().unwrap_or_else(|| {
+            let session = SessionId::default();
+            ((self.make)(&session), session)
+        });
         Ok(Home {
             pool,
+            session,
             free: self.free.clone(),
             _permit: permit,
         })
@@ -86,6 +100,13 @@ impl<DB: Database> Home<DB> {
     /// The slot's connection (opened if it has none).
     pub(crate) async fn acquire(&self) -> Result<PoolConnection<DB>, sqlx::Error> {
         self.pool.acquire().await
+    }
+
+    /// The server-side id of the connection [`Home::acquire`] gave (see
+    /// [`SessionId`]).
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+    pub(crate) fn session_id(&self) -> u64 {
+        self.session.load(Ordering::Acquire)
     }
 
     /// Closes `conn` (it could not begin a test: a server restart, a
@@ -101,7 +122,7 @@ impl<DB: Database> Home<DB> {
     /// is closed then, and its connection with it when it comes back.
     pub(crate) fn give_back(self, reusable: bool) {
         if reusable && !self.pool.is_closed() {
-            crate::shared::lock(&self.free).push(self.pool.clone());
+            crate::shared::lock(&self.free).push((self.pool.clone(), self.session.clone()));
         } else {
             // Marks it closed at once; the rest needs no waiting for.
             drop(self.pool.close());

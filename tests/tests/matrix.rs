@@ -346,6 +346,75 @@ macro_rules! matrix {
                 assert_nothing_committed(&db).await;
             }
 
+            /// A read that fails, or whose future is dropped, after the
+            /// test wrote: the write stays (a read has nothing to undo, and
+            /// undoing the read must not undo what came before it), and the
+            /// test goes on.
+            #[db_test(migrations = $migrations)]
+            async fn a_failing_or_dropped_read_after_a_write_keeps_the_write(db: TestDb) {
+                sqlx::query("INSERT INTO items (name) VALUES ('written')")
+                    .execute(&db)
+                    .await
+                    .unwrap();
+                let err = sqlx::query("SELECT no_such_column FROM items")
+                    .fetch_all(&db)
+                    .await
+                    .unwrap_err();
+                assert!(err.as_database_error().is_some(), "{err}");
+                assert_eq!(names(&db).await, ["written"]);
+                sqlx::query("INSERT INTO items (name) VALUES ('second')")
+                    .execute(&db)
+                    .await
+                    .unwrap();
+                {
+                    let mut dropped =
+                        Box::pin(sqlx::query("SELECT name FROM items").fetch_all(&db));
+                    for _ in 0..3 {
+                        if futures_util::poll!(dropped.as_mut()).is_ready() {
+                            break;
+                        }
+                    }
+                }
+                assert_eq!(names(&db).await, ["second", "written"]);
+                // A failing write after them is still undone alone.
+                sqlx::query("INSERT INTO items (name) VALUES ('written')")
+                    .execute(&db)
+                    .await
+                    .unwrap_err();
+                sqlx::query("INSERT INTO items (name) VALUES ('third')")
+                    .execute(&db)
+                    .await
+                    .unwrap();
+                assert_eq!(names(&db).await, ["second", "third", "written"]);
+                assert_nothing_committed(&db).await;
+            }
+
+            /// A multi-statement string whose second statement fails keeps
+            /// what production keeps: MySQL and SQLite commit each statement
+            /// of a string on its own, so the first one stays; PostgreSQL
+            /// runs the string in one implicit transaction, so nothing stays.
+            #[db_test(migrations = $migrations)]
+            async fn a_failing_multi_statement_string_keeps_what_production_keeps(db: TestDb) {
+                sqlx::query("INSERT INTO items (name) VALUES ('taken')")
+                    .execute(&db)
+                    .await
+                    .unwrap();
+                sqlx::raw_sql(
+                    "INSERT INTO items (name) VALUES ('first-of-two'); \
+                     INSERT INTO items (name) VALUES ('taken')",
+                )
+                .execute(&db)
+                .await
+                .unwrap_err();
+                let expected: &[&str] = if BACKEND == Backend::Postgres {
+                    &["taken"]
+                } else {
+                    &["first-of-two", "taken"]
+                };
+                assert_eq!(names(&db).await, expected);
+                assert_nothing_committed(&db).await;
+            }
+
             #[db_test(migrations = $migrations, fixtures("matrix/fixtures/items.sql"))]
             async fn fixtures_run_in_the_test_transaction(db: TestDb) {
                 assert_eq!(names(&db).await, ["fixture-a", "fixture-b"]);

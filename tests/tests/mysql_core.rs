@@ -439,6 +439,32 @@ async fn a_dropped_long_statement_is_stopped(db: TestDb) {
     assert_eq!(running, 0);
 }
 
+/// The same, after the test wrote: the stopped read's error ("query
+/// execution was interrupted") does not undo the write before it, nor end
+/// the transaction.
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn a_read_stopped_after_a_write_keeps_the_write(db: TestDb) {
+    sqlx::query("INSERT INTO user (username) VALUES ('pre-stop')")
+        .execute(&db)
+        .await
+        .unwrap();
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(200),
+        sqlx::query("SELECT SLEEP(60) FROM user").fetch_all(&db),
+    )
+    .await;
+    assert!(dropped.is_err());
+    let kept: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM user WHERE username = 'pre-stop'")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(kept, 1);
+    sqlx::query("INSERT INTO user (username) VALUES ('post-stop')")
+        .execute(&db)
+        .await
+        .unwrap();
+}
+
 /// A test that took a guard, dropped a statement and then timed out in
 /// another: it fails for its timeout, and the stopped statement's late error
 /// is not read as a commit of its transaction.

@@ -74,10 +74,26 @@ pub trait Dialect: sqlx::Database + sealed::Sealed {
     #[doc(hidden)]
     const CHECK_CONSTRAINTS: Option<&'static str> = None;
 
-    /// Whether `SAVEPOINT x` replaces an existing savepoint `x` (MySQL), so
-    /// that renewing db-test's savepoint needs no `RELEASE SAVEPOINT` first.
+    /// Under test, whether a statement sent through `Db` runs in a task of
+    /// its own, to its end, even if its caller drops it: for a connection
+    /// whose reply sqlx cannot skip from every point where a dropped future
+    /// may leave it (MySQL: partway through a result set's column
+    /// definitions, it reads the next one as a new result and the
+    /// connection is lost, with the test's transaction).
     #[doc(hidden)]
-    const SAVEPOINT_REPLACES: bool = false;
+    const DETACH_STATEMENTS: bool = false;
+
+    /// Under test, one round trip, after a statement of the test failed,
+    /// that fails if the failure ended the test's transaction (a deadlock
+    /// does on MySQL, `INSERT OR ROLLBACK` on SQLite) and otherwise leaves
+    /// the transaction as it is, with db-test's savepoint set where it
+    /// stands. (The failed statement itself needs no undoing: MySQL and
+    /// SQLite undo a failed statement alone, keeping what came before it in
+    /// the transaction, as production's autocommit keeps what committed
+    /// before it.) SQLite: releasing a savepoint fails outside a transaction.
+    #[doc(hidden)]
+    const CHECK_TRANSACTION: &'static str =
+        "RELEASE SAVEPOINT db_test_auto; SAVEPOINT db_test_auto";
 
     /// Under test, a statement that releases the session's named locks,
     /// sent before a connection whose session the test touched is closed:

@@ -162,13 +162,18 @@ impl crate::generic::Dialect for MySql {
     const RELEASE_SESSION_LOCKS: Option<&'static str> = Some("DO RELEASE_ALL_LOCKS()");
 
     // "If the current transaction has a savepoint with the same name, the
-    // old savepoint is deleted and a new one is set." (MySQL manual)
-    const SAVEPOINT_REPLACES: bool = true;
+    // old savepoint is deleted and a new one is set." (MySQL manual) Outside
+    // a transaction (autocommit) `SAVEPOINT` succeeds, and is gone by the
+    // next statement: "SAVEPOINT db_test_auto does not exist".
+    const CHECK_TRANSACTION: &'static str =
+        "SAVEPOINT db_test_auto; ROLLBACK TO SAVEPOINT db_test_auto";
 
     // Outside a transaction: "SAVEPOINT db_test_auto does not exist".
     const VERIFY_TRANSACTION: Option<&'static str> = Some("ROLLBACK TO SAVEPOINT db_test_auto");
 
     const SHARED_WORKING_DATABASE: bool = true;
+
+    const DETACH_STATEMENTS: bool = true;
 
     #[cfg(feature = "harness")]
     fn transaction_gone(e: &sqlx::Error) -> bool {
@@ -307,24 +312,14 @@ mod harness {
     ) -> Result<(Box<dyn Resource>, Arc<TestState<MySql>>), String> {
         let mut last_err = None;
         for _ in 0..3 {
-            let (mut conn, home) = template.slots.checkout_connection().await.map_err(|e| {
+            let (conn, home) = template.slots.checkout_connection().await.map_err(|e| {
                 format!(
                     "db-test: cannot get a connection to {} on {} for test `{}`: {e}",
                     template.working, engine.display_url, spec.name
                 )
             })?;
             // To stop its statements when the test times out (`KILL QUERY`).
-            let id: Result<u64, _> = sqlx::query_scalar("SELECT CONNECTION_ID()")
-                .fetch_one(&mut *conn)
-                .await;
-            let id = match id {
-                Ok(id) => id,
-                Err(e) => {
-                    home.discard(conn);
-                    last_err = Some(e);
-                    continue;
-                }
-            };
+            let id = home.session_id();
             match Shared::open(conn, home, spec.name.to_string()).await {
                 Ok(shared) => {
                     shared.set_canceller(Arc::new(KillQuery { engine, id }));

@@ -139,7 +139,8 @@ impl Engine {
         self.sweep_outdated(&prefix).await;
         let lock_wait = lock_wait_secs();
         let options = self.options_for(&working);
-        let slots = Slots::new(config::pool_size(), config::acquire_timeout(), move || {
+        let slots = Slots::new(config::pool_size(), config::acquire_timeout(), move |id| {
+            let id = id.clone();
             MySqlPoolOptions::new()
                 .max_connections(1)
                 .acquire_timeout(config::acquire_timeout())
@@ -147,6 +148,7 @@ impl Engine {
                 // server dropped fails to begin and is replaced (see `setup`).
                 .test_before_acquire(false)
                 .after_connect(move |conn, _| {
+                    let id = id.clone();
                     Box::pin(async move {
                         // Tests share the working database: a test waiting for
                         // a row another test holds gives up after
@@ -156,6 +158,12 @@ impl Engine {
                              lock_wait_timeout = {lock_wait}"
                         )))
                         .await?;
+                        // Once per connection, not per test: to stop its
+                        // statements (`KILL QUERY`) and end its session.
+                        let session: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
+                            .fetch_one(&mut *conn)
+                            .await?;
+                        id.store(session, std::sync::atomic::Ordering::Release);
                         Ok(())
                     })
                 })

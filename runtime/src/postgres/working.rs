@@ -57,7 +57,7 @@ impl Engine {
 
     async fn connect_slots(&self, database: &str) -> Result<Slots<Postgres>, sqlx::Error> {
         let opts = self.options_for(database);
-        let slots = Slots::new(config::pool_size(), config::acquire_timeout(), move || {
+        let slots = Slots::new(config::pool_size(), config::acquire_timeout(), move |_| {
             PgPoolOptions::new()
                 .max_connections(1)
                 .min_connections(0)

@@ -225,7 +225,7 @@ async fn build(migrator: MigratorRef) -> Result<Template, String> {
     let slots = Slots::new(
         crate::config::pool_size(),
         crate::config::acquire_timeout(),
-        move || {
+        move |_| {
             let for_copies = for_copies.clone();
             SqlitePoolOptions::new()
                 .max_connections(1)

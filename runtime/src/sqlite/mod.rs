@@ -68,11 +68,10 @@
 //!   savepoints, anywhere in a multi-statement string (a trigger's `BEGIN ..
 //!   END` body is not mistaken for them); and `VACUUM`, `ATTACH`, `DETACH`,
 //!   which cannot run in a transaction. Use `isolation = "database"` for them.
-//! - A failing call is undone whole: the statements of a multi-statement
-//!   string before the one that failed are undone with it (production
-//!   SQLite would keep them).
-//! - A statement whose future was dropped (a timeout, `select!`) is undone
-//!   before the next one runs.
+//! - A statement whose future was dropped (a timeout, `select!`) is
+//!   waited for before the next one runs; a read still running after 250 ms
+//!   is interrupted (a write runs to its end, as it would in production:
+//!   SQLite would roll back the whole transaction of an interrupted write).
 //! - `PRAGMA foreign_keys = ...` and other pragmas SQLite ignores inside a
 //!   transaction have no effect. A test that sends any `PRAGMA` gets its
 //!   in-memory copy closed at its end rather than reused, so that a setting

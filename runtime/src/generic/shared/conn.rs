@@ -11,7 +11,7 @@ use sqlx_core::transaction::TransactionManager;
 
 use super::slot::Slot;
 use super::state::{Canceller, State, register, unregister};
-use super::{Dialect, Manager, SAVEPOINT, depth, exec, lock};
+use super::{BEGIN_WITH_SAVEPOINT, Dialect, Manager, depth, lock};
 use crate::shared::LoggedStatement;
 use crate::slots::{Home, HomeCell};
 
@@ -45,10 +45,9 @@ impl<DB: Dialect> Shared<DB> {
                 home,
             ));
         }
-        if let Err(e) = Manager::<DB>::begin(&mut conn, None).await {
-            return Err((e, conn, home));
-        }
-        if let Err(e) = exec::<DB>(&mut conn, &format!("SAVEPOINT {SAVEPOINT}")).await {
+        // One round trip: the transaction and db-test's savepoint in it.
+        let begin = sqlx_core::sql_str::SqlStr::from_static(BEGIN_WITH_SAVEPOINT);
+        if let Err(e) = Manager::<DB>::begin(&mut conn, Some(begin)).await {
             return Err((e, conn, home));
         }
         let state = Arc::new(State {
@@ -61,7 +60,6 @@ impl<DB: Dialect> Shared<DB> {
             canceller: Mutex::new(None),
             statements: AtomicU64::new(0),
             log: Mutex::new(VecDeque::new()),
-            fresh: AtomicBool::new(true),
             in_flight: Mutex::new(None),
             poisoned: Mutex::new(None),
         });

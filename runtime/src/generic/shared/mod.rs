@@ -2,9 +2,10 @@
 //! the test's [`Db`](super::Db): the backend-generic part of transaction mode.
 //!
 //! Layout of the test's transaction (sqlx's transaction depth in brackets):
-//! `BEGIN` (depth 1), then db-test's savepoint `db_test_auto`, renewed before a
-//! statement run outside an app transaction whenever the one before it
-//! changed something. An app transaction is a sqlx savepoint on top (depth 2 and up).
+//! `BEGIN` (depth 1) and db-test's savepoint `db_test_auto` in one round
+//! trip; no savepoint per statement (MySQL and SQLite undo a failed
+//! statement alone: see `statement`). An app transaction is a sqlx
+//! savepoint on top (depth 2 and up).
 //! At the end, everything is rolled back and the connection goes back to
 //! its pool as it came.
 //!
@@ -16,7 +17,7 @@
 //!   registry that finds it from the bare connection behind a guard;
 //! - `slot`: the lock on the connection ([`SlotGuard`]);
 //! - `recover`: a statement whose future was dropped before it ended;
-//! - `statement`: running one statement under `db_test_auto`;
+//! - `statement`: running one statement with production's autocommit semantics;
 //! - `finish`: the end of the test;
 //! - `errors`: the messages and errors of a refused or broken connection;
 //! - `setup`: what a backend's setup builds on: [`TestState`], fixtures,
@@ -44,8 +45,11 @@ pub(crate) use slot::SlotGuard;
 pub(crate) use state::{Canceller, state_of};
 pub(crate) use statement::run_on;
 
-/// db-test's savepoint in the test's transaction.
-pub(crate) const SAVEPOINT: &str = "db_test_auto";
+/// The test's transaction and db-test's savepoint in it, `db_test_auto`
+/// (what [`Dialect::CHECK_TRANSACTION`] and
+/// [`Dialect::VERIFY_TRANSACTION`] look for), in one round trip (MySQL's
+/// text protocol and SQLite's `exec` both run several statements).
+const BEGIN_WITH_SAVEPOINT: &str = "BEGIN; SAVEPOINT db_test_auto";
 
 type Manager<DB> = <DB as sqlx::Database>::TransactionManager;
 

@@ -1,21 +1,20 @@
 //! A statement of the test whose future was dropped before it ended:
-//! waiting until the connection is ready again, and undoing it.
-
-use std::sync::atomic::Ordering;
+//! waiting until the connection is ready again (stopping it if it goes on).
 
 use sqlx::Connection;
 
 use super::errors::{ended_by_database, out_of_sync, poisoned_error};
 use super::state::State;
-use super::{Dialect, SAVEPOINT, depth, exec, lock};
+use super::{Dialect, depth, lock};
 
 /// How long a dropped statement may go on before it is stopped.
-const CANCEL_AFTER: std::time::Duration = std::time::Duration::from_millis(250);
+pub(super) const CANCEL_AFTER: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// A statement of the test was dropped before it ended: wait until the
-/// connection is ready again, and undo what it did if it ran outside an
-/// app transaction (as if it had been cancelled). Inside an app transaction
-/// it cannot be undone alone; the app's rollback undoes it.
+/// connection is ready again, stopping it if it runs on for
+/// [`CANCEL_AFTER`]. Stopped (or failed), the server undoes it alone;
+/// completed, its effects stay, as in production (where it would have
+/// committed).
 pub(super) async fn recover_dropped<DB: Dialect>(
     state: &State,
     conn: &mut DB::Connection,
@@ -50,9 +49,9 @@ pub(super) async fn recover_dropped<DB: Dialect>(
     };
     // The dropped statement's own error (its stop, a constraint) comes back
     // first: the connection is fine, and ready once it answers again.
-    let ready = match ready {
-        Err(e) if e.as_database_error().is_some() => conn.ping().await,
-        ready => ready,
+    let (ready, failed) = match ready {
+        Err(e) if e.as_database_error().is_some() => (conn.ping().await, true),
+        ready => (ready, false),
     };
     *lock(&state.in_flight) = None;
     if let Err(e) = ready {
@@ -61,21 +60,18 @@ pub(super) async fn recover_dropped<DB: Dialect>(
         state.record(sql, Some(outcome));
         return Err(poisoned_error(&why));
     }
-    if depth::<DB>(conn) == 1 {
-        // Dropped between the release of `db_test_auto` and its renewal,
-        // there is no savepoint to go back to: set it where things stand.
-        let undone = match exec::<DB>(conn, &format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}")).await {
-            Ok(()) => Ok(()),
-            Err(_) => exec::<DB>(conn, &format!("SAVEPOINT {SAVEPOINT}")).await,
-        };
-        if let Err(e) = undone {
+    if failed {
+        // It failed or was stopped: the server undid it alone (see
+        // `statement`), unless its error ended the transaction.
+        outcome.push_str("; it failed, and the server undid it");
+        if depth::<DB>(conn) == 1
+            && let Err(e) = super::statement::check_transaction::<DB>(conn).await
+        {
             let why = ended_by_database(&state.label, &e);
             state.poison(why.clone());
             state.record(sql, Some(outcome));
             return Err(poisoned_error(&why));
         }
-        state.fresh.store(true, Ordering::Relaxed);
-        outcome.push_str("; it was undone");
     }
     state.record(sql, Some(outcome));
     Ok(())

@@ -2,7 +2,6 @@
 //! checkout timeout, refused once the test is over or its connection
 //! poisoned, and handed to the test or the app for `acquire()`/`begin()`.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use sqlx::pool::PoolConnection;
@@ -10,7 +9,6 @@ use sqlx_core::transaction::TransactionManager;
 use tokio::sync::OwnedMutexGuard;
 
 use super::recover::recover_dropped;
-use super::state::State;
 use super::{Dialect, Manager, Shared, depth};
 use crate::error::{Error, ErrorKind};
 
@@ -35,19 +33,6 @@ pub(super) enum Reclaim {
 /// The lock on the test's connection. Derefs (through `DbConn`) to it.
 pub(crate) struct SlotGuard<DB: Dialect> {
     guard: OwnedMutexGuard<Slot<DB>>,
-    /// Handed to the test or the app (`acquire()`, `begin()`), which may
-    /// write on the bare connection, out of db-test's sight.
-    raw: Option<Arc<State>>,
-}
-
-impl<DB: Dialect> Drop for SlotGuard<DB> {
-    fn drop(&mut self) {
-        // What was written through this guard must not be undone with the
-        // next failing statement: `db_test_auto` is renewed before it.
-        if let Some(state) = &self.raw {
-            state.fresh.store(false, Ordering::Relaxed);
-        }
-    }
 }
 
 impl<DB: Dialect> SlotGuard<DB> {
@@ -146,10 +131,7 @@ impl<DB: Dialect> Shared<DB> {
         }
         let conn = slot.conn.as_mut().expect("present until the test ends");
         recover_dropped::<DB>(&self.state, conn).await?;
-        Ok(SlotGuard {
-            guard: slot,
-            raw: None,
-        })
+        Ok(SlotGuard { guard: slot })
     }
 
     /// Gets the connection back from the `Transaction` it was lent to
@@ -180,9 +162,6 @@ impl<DB: Dialect> Shared<DB> {
             return Reclaim::Broken;
         }
         slot.conn = Some(conn);
-        // What the transaction wrote must not be undone with the next
-        // failing statement: `db_test_auto` is renewed before it.
-        self.state.fresh.store(false, Ordering::Relaxed);
         Reclaim::Back
     }
 
@@ -223,8 +202,7 @@ impl<DB: Dialect> Shared<DB> {
     /// The test's connection, out of db-test's sight: the test's
     /// transaction is checked at the end ([`Dialect::VERIFY_TRANSACTION`]).
     async fn lock_app(&self) -> sqlx::Result<SlotGuard<DB>> {
-        let mut guard = self.lock().await?;
-        guard.raw = Some(self.state.clone());
+        let guard = self.lock().await?;
         self.state.out_of_sight.store(true, Ordering::Relaxed);
         Ok(guard)
     }

@@ -29,8 +29,6 @@ pub(crate) struct State {
     pub(super) ended_out_of_sight: AtomicBool,
     pub(super) statements: AtomicU64,
     pub(super) log: Mutex<VecDeque<LoggedStatement>>,
-    /// `db_test_auto` marks the current state: nothing changed since it was set.
-    pub(super) fresh: AtomicBool,
     /// A statement whose future was dropped before it ended.
     pub(super) in_flight: Mutex<Option<String>>,
     /// Set when something refused or broken ended the test's use of its

@@ -1,30 +1,96 @@
 //! Running one statement on the test's connection with production's
-//! autocommit semantics: refused if the backend says so, else run after a
-//! fresh `db_test_auto` savepoint and undone alone if it fails.
+//! autocommit semantics: refused if the backend says so, else run in the
+//! test's transaction, where a failure undoes that statement alone.
+//!
+//! MySQL and SQLite undo a failed statement alone and keep what came before
+//! it in the transaction (PostgreSQL aborts the whole transaction, which is
+//! why its core sets a savepoint before every statement). So no savepoint
+//! is set per statement here: after a failure, one round trip checks that
+//! the error did not end the test's transaction
+//! ([`Dialect::CHECK_TRANSACTION`]); a statement that succeeds costs
+//! nothing more than in production. A failing multi-statement string keeps
+//! its statements before the failing one, as production's autocommit does.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use futures_util::TryStreamExt;
 
 use super::errors::{ended_by_database, is_broken, out_of_sync, poisoned_error};
-use super::recover::recover_dropped;
+use super::recover::{CANCEL_AFTER, recover_dropped};
 use super::state::State;
-use super::{Dialect, OwnedQuery, SAVEPOINT, Shared, depth, exec, lock};
+use super::{Dialect, OwnedQuery, Shared, depth, exec, lock};
 use crate::generic::Step;
 
 impl<DB: Dialect> Shared<DB> {
     /// Runs one statement of `Db` on the test's connection.
     pub(crate) async fn run(&self, query: OwnedQuery<DB>) -> sqlx::Result<Vec<Step<DB>>> {
         let mut guard = self.lock().await?;
-        run_on::<DB>(&self.state, guard.conn_mut(), query).await
+        if !DB::DETACH_STATEMENTS {
+            return run_on::<DB>(&self.state, guard.conn_mut(), query).await;
+        }
+        // The statement runs to its end in a task that holds the
+        // connection's lock (see `Dialect::DETACH_STATEMENTS`); a caller
+        // that drops it leaves it running, stopped if it goes on.
+        let state = self.state.clone();
+        let task = async move { run_on::<DB>(&state, guard.conn_mut(), query).await };
+        let mut detached = Detached::<DB> {
+            task: Some(
+                crate::run::shared_runtime().spawn(tracing::Instrument::instrument(
+                    task,
+                    tracing::Span::current(),
+                )),
+            ),
+            state: self.state.clone(),
+        };
+        let out = detached.task.as_mut().expect("set above").await;
+        detached.task = None;
+        match out {
+            Ok(out) => out,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => panic!("db-test: a statement's task was cancelled: {e}"),
+        }
+    }
+}
+
+/// A statement running in a task of its own; dropped before the task
+/// ended (its caller gave up on it), the statement is stopped if it is
+/// still running [`CANCEL_AFTER`] later, as a dropped statement is.
+struct Detached<DB: Dialect> {
+    task: Option<tokio::task::JoinHandle<sqlx::Result<Vec<Step<DB>>>>>,
+    state: Arc<State>,
+}
+
+impl<DB: Dialect> Drop for Detached<DB> {
+    fn drop(&mut self) {
+        let Some(mut task) = self.task.take() else {
+            return;
+        };
+        if task.is_finished() {
+            return;
+        }
+        let state = self.state.clone();
+        crate::run::shared_runtime().spawn(async move {
+            if tokio::time::timeout(CANCEL_AFTER, &mut task).await.is_ok() {
+                return;
+            }
+            let sql = lock(&state.in_flight).clone();
+            let canceller = lock(&state.canceller)
+                .clone()
+                .filter(|c| sql.as_deref().is_some_and(|sql| c.can_cancel(sql)));
+            if let Some(canceller) = canceller {
+                canceller.cancel().await;
+                let _ = task.await;
+                canceller.done();
+            }
+        });
     }
 }
 
 /// Runs one statement on the test's connection (through `Db`, or on a
 /// guard through `&mut DbConn`): refused if the backend says so, else run
-/// with production's autocommit semantics (outside an app transaction, after
-/// a fresh `db_test_auto` savepoint, and a failure undone alone), counted and
-/// logged, and marked in flight while it runs.
+/// with production's autocommit semantics (a failure undone alone), counted
+/// and logged, and marked in flight while it runs.
 pub(crate) async fn run_on<DB: Dialect>(
     state: &State,
     conn: &mut DB::Connection,
@@ -49,57 +115,32 @@ pub(crate) async fn run_on<DB: Dialect>(
         state.touched.store(true, Ordering::Relaxed);
     }
     let autocommit = depth::<DB>(conn) == 1;
-    // In flight from here: dropped during the savepoint's renewal or the
-    // statement, the next user finds out where the connection stands.
+    // In flight from here: dropped during the statement, the next user
+    // finds out where the connection stands.
     *lock(&state.in_flight) = Some(sql.clone());
-    if autocommit && !state.fresh.load(Ordering::Relaxed) {
-        let renewed = if DB::SAVEPOINT_REPLACES {
-            // One round trip: the new savepoint replaces the old one.
-            exec::<DB>(conn, &format!("SAVEPOINT {SAVEPOINT}")).await
-        } else {
-            match exec::<DB>(conn, &format!("RELEASE SAVEPOINT {SAVEPOINT}")).await {
-                Ok(()) => exec::<DB>(conn, &format!("SAVEPOINT {SAVEPOINT}")).await,
-                Err(e) => Err(e),
-            }
-        };
-        if let Err(e) = renewed {
-            let why = if is_broken(&e) {
-                out_of_sync(&state.label, &e)
-            } else {
-                ended_by_database(&state.label, &e)
-            };
-            *lock(&state.in_flight) = None;
-            state.poison(why.clone());
-            return Err(poisoned_error(&why));
-        }
-        state.fresh.store(true, Ordering::Relaxed);
-    }
     let result: sqlx::Result<Vec<Step<DB>>> = DB::conn_fetch_many(conn, query).try_collect().await;
     *lock(&state.in_flight) = None;
-    let plain_read = autocommit && crate::sqltext::is_plain_read(&sql);
     state.record(sql, result.as_ref().err().map(|e| e.to_string()));
     match result {
-        Ok(steps) => {
-            // After a plain read `db_test_auto` still marks the current state.
-            if autocommit && !plain_read {
-                state.fresh.store(false, Ordering::Relaxed);
-            }
-            Ok(steps)
-        }
+        Ok(steps) => Ok(steps),
         Err(e) if is_broken(&e) => {
             state.poison(out_of_sync(&state.label, &e));
             Err(e)
         }
         Err(e) => {
-            // Undo the failed statement alone; `db_test_auto` stays and
-            // still marks the state before it.
-            if autocommit {
-                match exec::<DB>(conn, &format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}")).await {
-                    Ok(()) => state.fresh.store(true, Ordering::Relaxed),
-                    Err(e2) => state.poison(ended_by_database(&state.label, &e2)),
-                }
+            // The server undid the statement alone; unless its error ended
+            // the test's transaction (then every later statement would run
+            // outside it, and commit).
+            if autocommit && let Err(e2) = check_transaction::<DB>(conn).await {
+                state.poison(ended_by_database(&state.label, &e2));
             }
             Err(e)
         }
     }
+}
+
+/// Fails if the test's transaction is no longer open (see
+/// [`Dialect::CHECK_TRANSACTION`]).
+pub(super) async fn check_transaction<DB: Dialect>(conn: &mut DB::Connection) -> sqlx::Result<()> {
+    exec::<DB>(conn, DB::CHECK_TRANSACTION).await
 }

@@ -29,58 +29,75 @@ impl<DB: Dialect> Shared<DB> {
         if !DB::DETACH_STATEMENTS {
             return run_on::<DB>(&self.state, guard.conn_mut(), query).await;
         }
-        // The statement runs to its end in a task that holds the
-        // connection's lock (see `Dialect::DETACH_STATEMENTS`); a caller
-        // that drops it leaves it running, stopped if it goes on.
+        // The statement owns the connection's lock, so that a caller that
+        // drops it midway can leave it to a task that reads its reply to
+        // the end (see `Dialect::DETACH_STATEMENTS`); polled here otherwise,
+        // at no cost.
         let state = self.state.clone();
-        let task = async move { run_on::<DB>(&state, guard.conn_mut(), query).await };
-        let mut detached = Detached::<DB> {
-            task: Some(
-                crate::run::shared_runtime().spawn(tracing::Instrument::instrument(
-                    task,
-                    tracing::Span::current(),
-                )),
-            ),
+        Detached::<DB> {
+            statement: Some(Box::pin(async move {
+                run_on::<DB>(&state, guard.conn_mut(), query).await
+            })),
+            polled: false,
             state: self.state.clone(),
-        };
-        let out = detached.task.as_mut().expect("set above").await;
-        detached.task = None;
-        match out {
-            Ok(out) => out,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => panic!("db-test: a statement's task was cancelled: {e}"),
         }
+        .await
     }
 }
 
-/// A statement running in a task of its own; dropped before the task
-/// ended (its caller gave up on it), the statement is stopped if it is
-/// still running [`CANCEL_AFTER`] later, as a dropped statement is.
+type Statement<DB> = futures_util::future::BoxFuture<'static, sqlx::Result<Vec<Step<DB>>>>;
+
+/// A statement that owns the connection's lock. Dropped after it started
+/// and before it ended (its caller gave up on it), the rest of it runs in a
+/// task of the shared runtime, and is stopped if it still runs
+/// [`CANCEL_AFTER`] later, as a dropped statement is.
 struct Detached<DB: Dialect> {
-    task: Option<tokio::task::JoinHandle<sqlx::Result<Vec<Step<DB>>>>>,
+    statement: Option<Statement<DB>>,
+    polled: bool,
     state: Arc<State>,
+}
+
+impl<DB: Dialect> std::future::Future for Detached<DB> {
+    type Output = sqlx::Result<Vec<Step<DB>>>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        self.polled = true;
+        let statement = self.statement.as_mut().expect("polled after it ended");
+        let out = std::task::ready!(statement.as_mut().poll(cx));
+        self.statement = None;
+        std::task::Poll::Ready(out)
+    }
 }
 
 impl<DB: Dialect> Drop for Detached<DB> {
     fn drop(&mut self) {
-        let Some(mut task) = self.task.take() else {
+        let Some(mut statement) = self.statement.take() else {
             return;
         };
-        if task.is_finished() {
+        if !self.polled {
+            // Never started: nothing was sent.
             return;
         }
         let state = self.state.clone();
         crate::run::shared_runtime().spawn(async move {
-            if tokio::time::timeout(CANCEL_AFTER, &mut task).await.is_ok() {
+            if tokio::time::timeout(CANCEL_AFTER, &mut statement)
+                .await
+                .is_ok()
+            {
                 return;
             }
             let sql = lock(&state.in_flight).clone();
             let canceller = lock(&state.canceller)
                 .clone()
                 .filter(|c| sql.as_deref().is_some_and(|sql| c.can_cancel(sql)));
-            if let Some(canceller) = canceller {
+            if let Some(canceller) = &canceller {
                 canceller.cancel().await;
-                let _ = task.await;
+            }
+            let _ = statement.await;
+            if let Some(canceller) = canceller {
                 canceller.done();
             }
         });

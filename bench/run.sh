@@ -2,7 +2,7 @@
 # The db-test benchmark: A #[db_test], B #[db_test(isolation = "database")],
 # C #[sqlx::test], D hand-rolled #[tokio::test] + pool + TRUNCATE, E a bare
 # BEGIN/ROLLBACK loop, F #[db_test(flavor = "current_thread")] on PostgreSQL,
-# and A, B, C on MySQL/MariaDB and SQLite, all in the same rounds. Prints one
+# and A, B, C on MySQL/MariaDB (with E) and SQLite, all in the same rounds. Prints one
 # table, writes bench/results.json and bench/chart.svg. See bench/README.md.
 #
 #   bench/run.sh           full run (N = 50, 200, 1000; 5 rounds; compile and nextest comparisons;

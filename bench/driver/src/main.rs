@@ -9,12 +9,13 @@
 //!    server binaries MySQL is left out with a note) and SQLite's version.
 //! 4. Creates the databases the hand-rolled variants need: `bench_c_<pid>`
 //!    (where `#[sqlx::test]` keeps its bookkeeping) on PostgreSQL and on
-//!    MySQL, `bench_d_<pid>` and `bench_e_<pid>` (migrated) on PostgreSQL,
-//!    and a working directory for SQLite's `#[sqlx::test]` files. It drops
-//!    them, and every `_sqlx_test*` database `#[sqlx::test]` recorded in a
-//!    `bench_c_<pid>`, at the end. It touches no other database.
+//!    MySQL, `bench_d_<pid>` on PostgreSQL, `bench_e_<pid>` (migrated) on
+//!    PostgreSQL and on MySQL, and a working directory for SQLite's
+//!    `#[sqlx::test]` files. It drops them, and every `_sqlx_test*` database
+//!    `#[sqlx::test]` recorded in a `bench_c_<pid>`, at the end. It touches
+//!    no other database.
 //! 5. Runs one untimed warm-up of every suite, then R rounds of all suites
-//!    in turn (A F B C D E, then A B C on MySQL and on SQLite, then again),
+//!    in turn (A F B C D E, then A B C E on MySQL, A B C on SQLite, then again),
 //!    timing each process.
 //! 6. Runs every PostgreSQL suite once more through a counting proxy for
 //!    round trips and statements per test (see `proxy.rs`).
@@ -66,11 +67,17 @@ enum Variant {
     MyA,
     MyB,
     MyC,
-    /// A, B and C on a MariaDB/MySQL server with stock settings, which this
-    /// run starts from the same binaries ([`StockServer`]).
+    /// E on MySQL/MariaDB (`e_floor_mysql`), and E with each iteration on a
+    /// new thread in `block_on` of a multi-thread runtime (A's shape).
+    MyE,
+    MyEThread,
+    /// A, B, C and the two E on a MariaDB/MySQL server with stock settings,
+    /// which this run starts from the same binaries ([`StockServer`]).
     StA,
     StB,
     StC,
+    StE,
+    StEThread,
     /// A, B and C on SQLite.
     LiA,
     LiB,
@@ -138,6 +145,15 @@ impl Backend {
             Backend::Sqlite => chart::Marker::Diamond,
         }
     }
+    /// The floor E on this backend, if it has one (not SQLite).
+    fn floor(self) -> Option<Variant> {
+        match self {
+            Backend::Postgres => Some(Variant::E),
+            Backend::MySql => Some(Variant::MyE),
+            Backend::MySqlStock => Some(Variant::StE),
+            Backend::Sqlite => None,
+        }
+    }
     /// A, B and C on this backend.
     fn abc(self) -> [Variant; 3] {
         match self {
@@ -166,14 +182,19 @@ const ANATOMY: [Variant; 4] = [
     Variant::EspMtThreadSpawn,
 ];
 
-/// A, B and C on the other backends, in the order of a round.
-const OTHERS: [Variant; 9] = [
+/// A, B and C on the other backends (and E, E + thread on MySQL), in the
+/// order of a round.
+const OTHERS: [Variant; 13] = [
     Variant::MyA,
     Variant::MyB,
     Variant::MyC,
+    Variant::MyE,
+    Variant::MyEThread,
     Variant::StA,
     Variant::StB,
     Variant::StC,
+    Variant::StE,
+    Variant::StEThread,
     Variant::LiA,
     Variant::LiB,
     Variant::LiC,
@@ -182,18 +203,23 @@ const OTHERS: [Variant; 9] = [
 impl Variant {
     fn backend(self) -> Backend {
         match self {
-            Variant::MyA | Variant::MyB | Variant::MyC => Backend::MySql,
-            Variant::StA | Variant::StB | Variant::StC => Backend::MySqlStock,
+            Variant::MyA | Variant::MyB | Variant::MyC | Variant::MyE | Variant::MyEThread => {
+                Backend::MySql
+            }
+            Variant::StA | Variant::StB | Variant::StC | Variant::StE | Variant::StEThread => {
+                Backend::MySqlStock
+            }
             Variant::LiA | Variant::LiB | Variant::LiC => Backend::Sqlite,
             _ => Backend::Postgres,
         }
     }
-    /// The PostgreSQL variant this one is the counterpart of (A, B or C).
+    /// The PostgreSQL variant this one is the counterpart of (A, B, C or E).
     fn kind(self) -> Variant {
         match self {
             Variant::MyA | Variant::StA | Variant::LiA => Variant::A,
             Variant::MyB | Variant::StB | Variant::LiB => Variant::B,
             Variant::MyC | Variant::StC | Variant::LiC => Variant::C,
+            Variant::MyE | Variant::StE => Variant::E,
             v => v,
         }
     }
@@ -202,9 +228,13 @@ impl Variant {
             Variant::MyA => "mysql:A",
             Variant::MyB => "mysql:B",
             Variant::MyC => "mysql:C",
+            Variant::MyE => "mysql:E",
+            Variant::MyEThread => "mysql:E+mt+thread",
             Variant::StA => "mysql-stock:A",
             Variant::StB => "mysql-stock:B",
             Variant::StC => "mysql-stock:C",
+            Variant::StE => "mysql-stock:E",
+            Variant::StEThread => "mysql-stock:E+mt+thread",
             Variant::LiA => "sqlite:A",
             Variant::LiB => "sqlite:B",
             Variant::LiC => "sqlite:C",
@@ -227,6 +257,7 @@ impl Variant {
             Variant::EspMt => Some("savepoints-mt"),
             Variant::EspMtThread => Some("savepoints-mt-thread"),
             Variant::EspMtThreadSpawn => Some("savepoints-mt-thread-spawn"),
+            Variant::MyEThread | Variant::StEThread => Some("mt-thread"),
             _ => None,
         }
     }
@@ -238,6 +269,10 @@ impl Variant {
                 | Variant::EspMt
                 | Variant::EspMtThread
                 | Variant::EspMtThreadSpawn
+                | Variant::MyE
+                | Variant::MyEThread
+                | Variant::StE
+                | Variant::StEThread
         )
     }
     fn target(self) -> &'static str {
@@ -253,6 +288,9 @@ impl Variant {
             Variant::LiA => "a_db_test_sqlite",
             Variant::LiB => "b_db_test_database_sqlite",
             Variant::LiC => "c_sqlx_test_sqlite",
+            Variant::MyE | Variant::MyEThread | Variant::StE | Variant::StEThread => {
+                "e_floor_mysql"
+            }
             Variant::E
             | Variant::Esp
             | Variant::EspMt
@@ -272,6 +310,7 @@ impl Variant {
             Variant::EspMt => "  ... + block_on of a multi-thread rt",
             Variant::EspMtThread => "  ... + a new thread per test",
             Variant::EspMtThreadSpawn => "  ... but the body spawned onto the rt",
+            Variant::MyEThread | Variant::StEThread => "  E + a new thread per test, block_on",
             // The table has a section per backend.
             other => other.kind().label(),
         }
@@ -716,9 +755,10 @@ struct Databases {
     d: String,
     e: String,
     /// MySQL/MariaDB (db-test's server, and the stock-settings one): the
-    /// server's URL without a database, and `bench_c_<pid>` on it, where
-    /// `#[sqlx::test]` keeps its bookkeeping.
-    mysql: Vec<(Backend, String, String)>,
+    /// server's URL without a database, `bench_c_<pid>` on it, where
+    /// `#[sqlx::test]` keeps its bookkeeping, and `bench_e_<pid>` (migrated),
+    /// where E runs.
+    mysql: Vec<(Backend, String, String, String)>,
     /// SQLite: the working directory of `#[sqlx::test]`, which writes its
     /// files under `target/sqlx/test-dbs/` of it.
     sqlite_c_dir: Option<PathBuf>,
@@ -730,6 +770,13 @@ fn quote_ident(name: &str) -> String {
 
 fn quote_mysql_ident(name: &str) -> String {
     format!("`{}`", name.replace('`', "``"))
+}
+
+/// A MySQL server's URL without a database, with database `db`.
+fn mysql_database_url(admin_url: &str, db: &str) -> String {
+    let mut u = url::Url::parse(admin_url).expect("a valid URL");
+    u.set_path(&format!("/{db}"));
+    u.to_string()
 }
 
 impl Databases {
@@ -747,7 +794,14 @@ impl Databases {
             e: format!("bench_e_{pid}"),
             mysql: mysql
                 .iter()
-                .map(|(b, m)| (*b, m.database(""), format!("bench_c_{pid}")))
+                .map(|(b, m)| {
+                    (
+                        *b,
+                        m.database(""),
+                        format!("bench_c_{pid}"),
+                        format!("bench_e_{pid}"),
+                    )
+                })
                 .collect(),
             sqlite_c_dir: sqlite
                 .then(|| workspace().join(format!("target/db-test-bench/sqlite-c-{pid}"))),
@@ -757,8 +811,8 @@ impl Databases {
     /// The names, for the log.
     fn names(&self) -> String {
         let mut names = vec![self.c.clone(), self.d.clone(), self.e.clone()];
-        for (b, _, c) in &self.mysql {
-            names.push(format!("{c} on {}", b.default_name()));
+        for (b, _, c, e) in &self.mysql {
+            names.push(format!("{c} and {e} on {}", b.default_name()));
         }
         if let Some(dir) = &self.sqlite_c_dir {
             names.push(dir.display().to_string());
@@ -795,19 +849,33 @@ impl Databases {
             let _ = conn.close().await;
         }
         let _ = admin.close().await;
-        for (b, admin_url, c) in &self.mysql {
+        let migrations = workspace().join("bench/suites/migrations-mysql");
+        let migrator = sqlx::migrate::Migrator::new(migrations.clone())
+            .await
+            .map_err(|e| format!("cannot read {}: {e}", migrations.display()))?;
+        for (b, admin_url, c, floor) in &self.mysql {
             let what = b.default_name();
             let mut admin = MySqlConnection::connect(admin_url)
                 .await
                 .map_err(|e| format!("cannot connect to the {what} server: {e}"))?;
-            admin
-                .execute(sqlx::AssertSqlSafe(format!(
-                    "CREATE DATABASE {}",
-                    quote_mysql_ident(c)
-                )))
-                .await
-                .map_err(|e| format!("cannot create database {c} on {what}: {e}"))?;
+            for db in [c, floor] {
+                admin
+                    .execute(sqlx::AssertSqlSafe(format!(
+                        "CREATE DATABASE {}",
+                        quote_mysql_ident(db)
+                    )))
+                    .await
+                    .map_err(|e| format!("cannot create database {db} on {what}: {e}"))?;
+            }
             let _ = admin.close().await;
+            let mut conn = MySqlConnection::connect(&mysql_database_url(admin_url, floor))
+                .await
+                .map_err(|e| format!("cannot connect to {floor} on {what}: {e}"))?;
+            migrator
+                .run(&mut conn)
+                .await
+                .map_err(|e| format!("migrating {floor} on {what}: {e}"))?;
+            let _ = conn.close().await;
         }
         if let Some(dir) = &self.sqlite_c_dir {
             std::fs::create_dir_all(dir)
@@ -821,8 +889,8 @@ impl Databases {
     /// own after each passing test; a failed test's database stays).
     async fn drop_all(&self) -> Result<()> {
         let mut errors = self.drop_postgres().await;
-        for (b, admin_url, c) in &self.mysql {
-            errors.extend(Self::drop_mysql(*b, admin_url, c).await);
+        for (b, admin_url, c, floor) in &self.mysql {
+            errors.extend(Self::drop_mysql(*b, admin_url, c, floor).await);
         }
         if let Some(dir) = &self.sqlite_c_dir
             && let Err(e) = std::fs::remove_dir_all(dir)
@@ -881,8 +949,9 @@ impl Databases {
 
     /// MySQL/MariaDB: the databases `#[sqlx::test]` recorded in
     /// `bench_c_<pid>`.`_sqlx_test_databases` (it drops its own after each
-    /// passing test), then `bench_c_<pid>` itself. Returns what failed.
-    async fn drop_mysql(b: Backend, admin_url: &str, c: &str) -> Vec<String> {
+    /// passing test), then `bench_c_<pid>` and `bench_e_<pid>`. Returns what
+    /// failed.
+    async fn drop_mysql(b: Backend, admin_url: &str, c: &str, floor: &str) -> Vec<String> {
         let what = b.default_name();
         let mut admin = match MySqlConnection::connect(admin_url).await {
             Ok(conn) => conn,
@@ -903,7 +972,7 @@ impl Databases {
             .iter()
             .filter(|d| d.starts_with("_sqlx_test"))
             .map(String::as_str)
-            .chain([c])
+            .chain([c, floor])
         {
             if let Err(e) = admin
                 .execute(sqlx::AssertSqlSafe(format!(
@@ -1037,17 +1106,23 @@ type Env = Vec<(&'static str, Option<String>)>;
 /// MariaDB, its default SQLite directory); MySQL's C gets DATABASE_URL for
 /// `bench_c_<pid>` on the MySQL server, SQLite's C needs none. The
 /// stock-settings server's A and B get DB_TEST_MYSQL_URL for it, its C
-/// DATABASE_URL for its `bench_c_<pid>`.
+/// DATABASE_URL for its `bench_c_<pid>`. Each MySQL server's E gets
+/// DATABASE_URL for its `bench_e_<pid>`.
 fn env_for(v: Variant, server: &Server, dbs: &Databases, proxy: Option<&Path>) -> Env {
     let mysql = |b: Backend| dbs.mysql.iter().find(|m| m.0 == b);
     let db = match v {
         Variant::MyC | Variant::StC => {
-            let url = mysql(v.backend()).map(|(_, admin_url, c)| {
-                let mut u = url::Url::parse(admin_url).expect("a valid URL");
-                u.set_path(&format!("/{c}"));
-                u.to_string()
-            });
+            let url =
+                mysql(v.backend()).map(|(_, admin_url, c, _)| mysql_database_url(admin_url, c));
             return vec![("DATABASE_URL", Some(url.unwrap_or_default()))];
+        }
+        Variant::MyE | Variant::MyEThread | Variant::StE | Variant::StEThread => {
+            let url = mysql(v.backend())
+                .map(|(_, admin_url, _, floor)| mysql_database_url(admin_url, floor));
+            return vec![
+                ("DATABASE_URL", Some(url.unwrap_or_default())),
+                ("BENCH_E_MODE", v.e_mode().map(str::to_string)),
+            ];
         }
         Variant::StA | Variant::StB => {
             let url = mysql(Backend::MySqlStock).map(|m| m.1.clone());
@@ -1703,9 +1778,11 @@ fn chart_from_results(results: &Value) -> String {
             .unwrap_or(b.default_name())
             .to_string()
     };
+    // MySQL's floors are left out, like PostgreSQL's E steps: the legend
+    // has room for about 15 lines.
     let series: Vec<chart::Series> = ALL
         .iter()
-        .chain(OTHERS.iter())
+        .chain(OTHERS.iter().filter(|v| !v.is_floor_like()))
         .filter_map(|&v| {
             let points: Vec<(f64, f64)> = suites
                 .iter()
@@ -1822,10 +1899,9 @@ fn report(args: &Args, m: &Measured, servers: &ServerInfo) -> Result<()> {
             ));
         }
         for &n in &args.ns {
-            // The floor E runs on PostgreSQL only.
-            let e = (b == Backend::Postgres)
-                .then(|| s.get(&(n, Variant::E)))
-                .flatten();
+            // The backend's floor E (PostgreSQL's, MySQL's; SQLite has none).
+            let floor = b.floor();
+            let e = floor.and_then(|f| s.get(&(n, f)));
             for v in args.variants(n).into_iter().filter(|v| v.backend() == b) {
                 let Some(runs) = s.get(&(n, v)) else {
                     continue;
@@ -1857,7 +1933,7 @@ fn report(args: &Args, m: &Measured, servers: &ServerInfo) -> Result<()> {
                     n,
                     med,
                     fmt_ms(per_test_ms),
-                    if v == Variant::E {
+                    if Some(v) == floor {
                         "(floor)".to_string()
                     } else {
                         overhead.map(fmt_ms).unwrap_or_else(|| "—".into())
@@ -1886,7 +1962,7 @@ fn report(args: &Args, m: &Measured, servers: &ServerInfo) -> Result<()> {
                     "runs_s": runs,
                     "median_s": med,
                     "per_test_ms": per_test_ms,
-                    "overhead_per_test_ms": if v == Variant::E { None } else { overhead },
+                    "overhead_per_test_ms": if Some(v) == floor { None } else { overhead },
                     "counts": counts,
                     "e_mode": v.e_mode(),
                 }));
@@ -1916,13 +1992,18 @@ fn report(args: &Args, m: &Measured, servers: &ServerInfo) -> Result<()> {
             .iter()
             .map(|&n| (pg, "F/A", n, Variant::F, Variant::A)),
     );
-    // The other backends: C/A, C/B, B/A at the main N and the largest.
+    // The other backends: C/A, C/B, B/A at the main N and the largest;
+    // with a floor (MySQL), C/E and A/E too.
     for &b in &args.others {
         let [a, bb, c] = b.abc();
         for n in [args.main_n, big] {
             wanted.push((b, "C/A", n, c, a));
             wanted.push((b, "C/B", n, c, bb));
             wanted.push((b, "B/A", n, bb, a));
+            if let Some(e) = b.floor() {
+                wanted.push((b, "C/E", n, c, e));
+                wanted.push((b, "A/E", n, a, e));
+            }
         }
     }
     let mut ratio_of = BTreeMap::new();
@@ -2010,7 +2091,9 @@ fn report(args: &Args, m: &Measured, servers: &ServerInfo) -> Result<()> {
     ];
     // Issue 11: on MySQL/MariaDB C/A ≥ 30× and C/B ≥ 3×; on SQLite C/A ≥ 5×
     // (its C/B, with no target, for context). Both MySQL servers are judged:
-    // db-test's embedded one and the stock-settings one.
+    // db-test's embedded one and the stock-settings one. Their C/E (the most
+    // any per-test-transaction framework could reach against #[sqlx::test]
+    // there) and A/E are context.
     for &b in &args.others {
         match b {
             Backend::MySql | Backend::MySqlStock => {
@@ -2024,6 +2107,12 @@ fn report(args: &Args, m: &Measured, servers: &ServerInfo) -> Result<()> {
                     "≥ 3×",
                     |x| x >= 3.0,
                 ));
+                for name in ["C/E", "A/E"] {
+                    let mut context = ratio_target_on(b, name, 200, args.main_n, "", |_| true);
+                    context.2 = "(no target)".into();
+                    context.3 = None;
+                    target_rows.push(context);
+                }
             }
             Backend::Sqlite => {
                 target_rows.push(ratio_target_on(
@@ -2159,7 +2248,8 @@ fn report(args: &Args, m: &Measured, servers: &ServerInfo) -> Result<()> {
     println!("\n{title}\n");
     print!("{table}");
     println!(
-        "\nsuite s: wall time of the prebuilt test binary. ms/test = suite/N. overhead = (suite − E)/N in ms, per round.\n\
+        "\nsuite s: wall time of the prebuilt test binary. ms/test = suite/N. overhead = (suite − E)/N in ms, per round, \
+         against that database's own floor E (SQLite has none).\n\
          RT/test, stmt/tst, conn/t: round trips (Query + Sync messages), statements and connections per test, \
          counted by a proxy at N={} (PostgreSQL's wire protocol only).\n",
         args.main_n

@@ -1040,3 +1040,149 @@ async fn a_statement_dropped_inside_an_acquire_begin_transaction(db: TestDb) {
         .unwrap();
     assert_eq!(users(&db).await, 1);
 }
+
+// Deadlocks. Transaction-mode tests share the working database, so two of
+// them (or a test and a session of its own) can deadlock; InnoDB then rolls
+// back the victim's whole transaction, app savepoints and all. An app that
+// swallows the error and retries, as apps do after a deadlock, would then
+// write outside the test's transaction: committed, into the database every
+// test of the run shares. db-test finds the transaction gone at the failure
+// and fails the test before anything else runs.
+
+/// Another session (another test, say) writes six rows and `{tag}_a`,
+/// uncommitted: heavier than the test's transaction, so that InnoDB picks
+/// the test's as the deadlock's victim.
+async fn deadlock_partner(db: &TestDb, tag: &str) -> MySqlConnection {
+    let mut other = outsider(db).await;
+    let rows: Vec<String> = (1..=6)
+        .map(|i| format!("('{tag}_o{i}')"))
+        .chain([format!("('{tag}_a')")])
+        .collect();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "BEGIN; INSERT INTO user (username) VALUES {}",
+        rows.join(", ")
+    )))
+    .execute(&mut other)
+    .await
+    .unwrap();
+    other
+}
+
+/// The partner then waits for `{tag}_b`, which the test wrote: the test's
+/// next write of `{tag}_a` closes the cycle.
+async fn partner_waits_for_b(mut other: MySqlConnection, tag: &str) -> tokio::task::JoinHandle<()> {
+    let name = format!("{tag}_b");
+    let waiting = tokio::spawn(async move {
+        let _ = insert_user(&mut other, &name).await;
+        sqlx::raw_sql("ROLLBACK").execute(&mut other).await.unwrap();
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    waiting
+}
+
+async fn insert_user<'e>(
+    conn: impl sqlx::Executor<'e, Database = sqlx::MySql>,
+    name: &str,
+) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO user (username) VALUES (?)")
+        .bind(name)
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+fn assert_deadlock(err: &sqlx::Error) {
+    let code = err
+        .as_database_error()
+        .and_then(|e| e.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>())
+        .map(|e| e.number());
+    assert_eq!(code, Some(1213), "not a deadlock: {err}");
+}
+
+/// The app retries after a deadlock: the retry fails and nothing commits.
+async fn retry_commits_nothing(db: &TestDb, name: &str) {
+    let retry = async {
+        let mut tx = sqlx::Acquire::begin(db).await?;
+        insert_user(&mut *tx, name).await?;
+        tx.commit().await
+    }
+    .await;
+    assert!(
+        retry.is_err(),
+        "the retry ran outside the test's transaction"
+    );
+    let mut check = outsider(db).await;
+    assert_eq!(
+        committed_users(&mut check, name).await,
+        0,
+        "the retry committed"
+    );
+}
+
+#[db_test(migrations = "tests/mysql/migrations")]
+#[should_panic(expected = "ended the transaction of test")]
+async fn a_deadlock_in_an_app_transaction_fails_the_test_and_a_retry_commits_nothing(db: TestDb) {
+    let other = deadlock_partner(&db, "dl1").await;
+    let mut tx = db.begin().await.unwrap();
+    insert_user(&mut *tx, "dl1_b").await.unwrap();
+    let waiting = partner_waits_for_b(other, "dl1").await;
+    assert_deadlock(&insert_user(&mut *tx, "dl1_a").await.unwrap_err());
+    waiting.await.unwrap();
+    let _ = tx.rollback().await;
+    // Through the test's own `Db`, as the app's next request would.
+    let after = sqlx::query("INSERT INTO user (username) VALUES ('dl1_after')")
+        .execute(&db)
+        .await;
+    assert!(after.is_err(), "a write ran outside the test's transaction");
+    retry_commits_nothing(&db, "dl1_retry").await;
+}
+
+/// The same through `Acquire::begin` (generic app code taking `impl
+/// Acquire`), whose statements db-test does not see: found when the
+/// connection comes back.
+#[db_test(migrations = "tests/mysql/migrations")]
+#[should_panic(expected = "the database ended it (a deadlock does on MySQL")]
+async fn a_deadlock_in_an_acquire_begin_transaction_fails_the_test_and_a_retry_commits_nothing(
+    db: TestDb,
+) {
+    let other = deadlock_partner(&db, "dl2").await;
+    let mut tx = sqlx::Acquire::begin(&db).await.unwrap();
+    insert_user(&mut *tx, "dl2_b").await.unwrap();
+    let waiting = partner_waits_for_b(other, "dl2").await;
+    assert_deadlock(&insert_user(&mut *tx, "dl2_a").await.unwrap_err());
+    waiting.await.unwrap();
+    let _ = tx.rollback().await;
+    retry_commits_nothing(&db, "dl2_retry").await;
+}
+
+/// A deadlock outside any app transaction (the app's autocommit write).
+#[db_test(migrations = "tests/mysql/migrations")]
+#[should_panic(expected = "ended the transaction of test")]
+async fn a_deadlock_of_an_autocommit_write_fails_the_test_and_nothing_after_commits(db: TestDb) {
+    let other = deadlock_partner(&db, "dl3").await;
+    let mut conn = db.acquire().await.unwrap();
+    insert_user(&mut *conn, "dl3_b").await.unwrap();
+    let waiting = partner_waits_for_b(other, "dl3").await;
+    assert_deadlock(&insert_user(&mut *conn, "dl3_a").await.unwrap_err());
+    waiting.await.unwrap();
+    drop(conn);
+    retry_commits_nothing(&db, "dl3_retry").await;
+}
+
+/// Releasing db-test's own savepoint on a bare connection does not end the
+/// test's transaction: nothing is committed, and the test is not failed for
+/// a commit that did not happen.
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn releasing_db_tests_savepoint_on_a_bare_connection_ends_nothing(db: TestDb) {
+    let mut conn = db.acquire().await.unwrap();
+    let bare: &mut MySqlConnection = &mut conn;
+    insert_user(&mut *bare, "released").await.unwrap();
+    sqlx::raw_sql("RELEASE SAVEPOINT db_test_auto")
+        .execute(&mut *bare)
+        .await
+        .unwrap();
+    drop(conn);
+    let mut check = outsider(&db).await;
+    assert_eq!(committed_users(&mut check, "released").await, 0);
+    assert_eq!(users(&db).await, 1);
+}

@@ -86,14 +86,26 @@ pub trait Dialect: sqlx::Database + sealed::Sealed {
     /// Under test, one round trip, after a statement of the test failed,
     /// that fails if the failure ended the test's transaction (a deadlock
     /// does on MySQL, `INSERT OR ROLLBACK` on SQLite) and otherwise leaves
-    /// the transaction as it is, with db-test's savepoint set where it
-    /// stands. (The failed statement itself needs no undoing: MySQL and
+    /// the transaction as it is (SQLite: with db-test's savepoint set where
+    /// it stands). Run in the test's own transaction (sqlx's depth 1);
+    /// inside an app's, [`Dialect::PROBE_TRANSACTION`]. (The failed statement itself needs no undoing: MySQL and
     /// SQLite undo a failed statement alone, keeping what came before it in
     /// the transaction, as production's autocommit keeps what committed
     /// before it.) SQLite: releasing a savepoint fails outside a transaction.
     #[doc(hidden)]
     const CHECK_TRANSACTION: &'static str =
         "RELEASE SAVEPOINT db_test_auto; SAVEPOINT db_test_auto";
+
+    /// Under test, one round trip that fails if the test's transaction is
+    /// no longer open and changes nothing otherwise, at any depth (inside
+    /// an app's savepoints too): run after a statement failed inside an app
+    /// transaction, and when a connection lent to `Acquire::begin` comes
+    /// back. A deadlock ends the whole transaction on MySQL, app savepoints
+    /// and all; the app's retry would then commit into the shared working
+    /// database. `None`: not checked there (SQLite, where each test has a
+    /// database of its own, so nothing reaches another test).
+    #[doc(hidden)]
+    const PROBE_TRANSACTION: Option<&'static str> = None;
 
     /// Under test, a statement that releases the session's named locks,
     /// sent before a connection whose session the test touched is closed:

@@ -136,6 +136,11 @@ pub type TestDb = crate::generic::TestDb<MySql>;
 
 impl crate::generic::sealed::Sealed for MySql {}
 
+/// The probe of [`crate::generic::Dialect::CHECK_TRANSACTION`] and its
+/// kin on MySQL: fails ("SAVEPOINT db_test_probe does not exist") only
+/// outside a transaction.
+const MYSQL_PROBE: &str = "SAVEPOINT db_test_probe; RELEASE SAVEPOINT db_test_probe";
+
 /// MySQL/MariaDB: under test, statements that commit implicitly are refused
 /// (see the module's docs); `check_constraints` is a no-op, since MySQL has
 /// no deferred constraints (every constraint is checked when its statement
@@ -161,15 +166,18 @@ impl crate::generic::Dialect for MySql {
     // MariaDB 10.5+, MySQL 5.7+ (an older server's error is ignored).
     const RELEASE_SESSION_LOCKS: Option<&'static str> = Some("DO RELEASE_ALL_LOCKS()");
 
-    // "If the current transaction has a savepoint with the same name, the
-    // old savepoint is deleted and a new one is set." (MySQL manual) Outside
-    // a transaction (autocommit) `SAVEPOINT` succeeds, and is gone by the
-    // next statement: "SAVEPOINT db_test_auto does not exist".
-    const CHECK_TRANSACTION: &'static str =
-        "SAVEPOINT db_test_auto; ROLLBACK TO SAVEPOINT db_test_auto";
+    // Every check that the test's transaction is open is the same probe: a
+    // savepoint of db-test's own, set and released, so nothing else moves
+    // (setting `db_test_auto` again inside an app's savepoint would move it
+    // after that one, and a test that released `db_test_auto` on a bare
+    // connection did not end its transaction). Outside a transaction
+    // (autocommit) `SAVEPOINT` succeeds, and is gone by the next statement:
+    // "SAVEPOINT db_test_probe does not exist".
+    const CHECK_TRANSACTION: &'static str = MYSQL_PROBE;
 
-    // Outside a transaction: "SAVEPOINT db_test_auto does not exist".
-    const VERIFY_TRANSACTION: Option<&'static str> = Some("ROLLBACK TO SAVEPOINT db_test_auto");
+    const PROBE_TRANSACTION: Option<&'static str> = Some(MYSQL_PROBE);
+
+    const VERIFY_TRANSACTION: Option<&'static str> = Some(MYSQL_PROBE);
 
     const SHARED_WORKING_DATABASE: bool = true;
 
@@ -177,7 +185,7 @@ impl crate::generic::Dialect for MySql {
 
     #[cfg(feature = "harness")]
     fn transaction_gone(e: &sqlx::Error) -> bool {
-        // ER_SP_DOES_NOT_EXIST: "SAVEPOINT db_test_auto does not exist".
+        // ER_SP_DOES_NOT_EXIST: "SAVEPOINT db_test_probe does not exist".
         e.as_database_error()
             .and_then(|d| d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>())
             .is_some_and(|d| d.number() == 1305)

@@ -4,7 +4,7 @@
 use crate::error::{Error, ErrorKind};
 
 pub(super) fn poisoned_error(why: &str) -> sqlx::Error {
-    let kind = if why.contains("refusing to run") || why.contains("ended the test's transaction") {
+    let kind = if why.contains("refusing to run") || why.contains("ended the transaction of test") {
         ErrorKind::TransactionEnded
     } else {
         ErrorKind::ConnectionBroken
@@ -19,11 +19,20 @@ pub(super) fn out_of_sync(label: &str, e: &sqlx::Error) -> String {
     )
 }
 
-pub(super) fn ended_by_database(label: &str, e: &sqlx::Error) -> String {
+/// `failure`: what failed; `check`: how db-test found the transaction gone.
+pub(super) fn ended_by_database(
+    label: &str,
+    failure: &dyn std::fmt::Display,
+    check: &sqlx::Error,
+) -> String {
     format!(
-        "db-test: the database ended the test's transaction in test `{label}` ({e}); for \
-         example a constraint with `ON CONFLICT ROLLBACK`, or a full disk. What the test \
-         wrote before is gone; the test cannot go on."
+        "db-test: the database ended the transaction of test `{label}` when a statement \
+         failed ({failure}; then: {check}). A deadlock does on MySQL (InnoDB rolls back the \
+         whole transaction, app savepoints and all), as does a constraint with `ON CONFLICT \
+         ROLLBACK` on SQLite, or a full disk. What the test wrote before is gone, and what it \
+         wrote after would be committed, so the test cannot go on. Transaction-mode tests \
+         share one working database on MySQL: a test that deadlocks with parallel tests, or \
+         retries after a deadlock, needs `isolation = \"database\"`."
     )
 }
 

@@ -190,7 +190,23 @@ impl<DB: Dialect> Shared<DB> {
             };
             if let Some(e) = ended {
                 healthy = false;
-                if outer && !is_broken(&e) && DB::transaction_gone(&e) {
+                // An app savepoint that cannot be rolled back: is the test's
+                // transaction itself gone (a deadlock on the bare connection
+                // of a guard, say)?
+                let gone = if outer {
+                    Some(e)
+                } else if is_broken(&e) {
+                    None
+                } else {
+                    match DB::PROBE_TRANSACTION {
+                        Some(probe) => super::exec::<DB>(&mut conn, probe).await.err(),
+                        None => None,
+                    }
+                };
+                if let Some(e) = gone
+                    && !is_broken(&e)
+                    && DB::transaction_gone(&e)
+                {
                     // Nothing to roll back: something sent on the bare
                     // connection of a guard ended the test's transaction.
                     self.state.ended_out_of_sight.store(true, Ordering::Relaxed);

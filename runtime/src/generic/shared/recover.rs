@@ -5,7 +5,8 @@ use sqlx::Connection;
 
 use super::errors::{ended_by_database, out_of_sync, poisoned_error};
 use super::state::State;
-use super::{Dialect, depth, lock};
+use super::statement::check_after_failure;
+use super::{Dialect, exec, lock};
 
 /// How long a dropped statement may go on before it is stopped.
 pub(super) const CANCEL_AFTER: std::time::Duration = std::time::Duration::from_millis(250);
@@ -64,10 +65,10 @@ pub(super) async fn recover_dropped<DB: Dialect>(
         // It failed or was stopped: the server undid it alone (see
         // `statement`), unless its error ended the transaction.
         outcome.push_str("; it failed, and the server undid it");
-        if depth::<DB>(conn) == 1
-            && let Err(e) = super::statement::check_transaction::<DB>(conn).await
+        if let Some(check) = check_after_failure::<DB>(conn)
+            && let Err(e) = exec::<DB>(conn, check).await
         {
-            let why = ended_by_database(&state.label, &e);
+            let why = ended_by_database(&state.label, &format!("`{}` failed", sql.trim()), &e);
             state.poison(why.clone());
             state.record(sql, Some(outcome));
             return Err(poisoned_error(&why));

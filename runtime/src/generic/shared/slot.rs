@@ -9,7 +9,7 @@ use sqlx_core::transaction::TransactionManager;
 use tokio::sync::OwnedMutexGuard;
 
 use super::recover::recover_dropped;
-use super::{Dialect, Manager, Shared, depth};
+use super::{Dialect, Manager, Shared, depth, exec};
 use crate::error::{Error, ErrorKind};
 
 pub(crate) struct Slot<DB: Dialect> {
@@ -156,7 +156,16 @@ impl<DB: Dialect> Shared<DB> {
             Ok(Ok(conn)) => conn,
         };
         slot.lent = false;
-        if depth::<DB>(&conn) != 1 {
+        // sqlx's depth says whether the app ended its savepoint; the probe
+        // (MySQL), whether the server still has the test's transaction (a
+        // deadlock in the app's transaction ended it, and sqlx's depth
+        // does not know).
+        let open = depth::<DB>(&conn) == 1
+            && match DB::PROBE_TRANSACTION {
+                Some(probe) => exec::<DB>(&mut *conn, probe).await.is_ok(),
+                None => true,
+            };
+        if !open {
             conn.close_on_drop();
             self.state.poison(self.not_back_message());
             return Reclaim::Broken;
@@ -169,9 +178,12 @@ impl<DB: Dialect> Shared<DB> {
         format!(
             "db-test: the connection that a transaction from `Acquire::begin` on the `Db` of test \
              `{}` used did not come back inside the test's transaction: a COMMIT or ROLLBACK \
-             sent through it ended that transaction, or the connection broke. The test cannot \
-             go on. End such a transaction with `tx.commit()` or `tx.rollback()`, which release \
-             or roll back its savepoint.",
+             sent through it ended that transaction, the database ended it (a deadlock does on \
+             MySQL; transaction-mode tests share one working database there, so a test that \
+             deadlocks with parallel tests, or retries after a deadlock, needs `isolation = \
+             \"database\"`), or the connection broke. The test cannot go on. End such a \
+             transaction with `tx.commit()` or `tx.rollback()`, which release or roll back its \
+             savepoint.",
             self.state.label
         )
     }

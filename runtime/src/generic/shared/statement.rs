@@ -131,7 +131,7 @@ pub(crate) async fn run_on<DB: Dialect>(
     if !state.touched.load(Ordering::Relaxed) && (state.touches_session)(&sql) {
         state.touched.store(true, Ordering::Relaxed);
     }
-    let autocommit = depth::<DB>(conn) == 1;
+    let check = check_after_failure::<DB>(conn);
     // In flight from here: dropped during the statement, the next user
     // finds out where the connection stands.
     *lock(&state.in_flight) = Some(sql.clone());
@@ -146,18 +146,27 @@ pub(crate) async fn run_on<DB: Dialect>(
         }
         Err(e) => {
             // The server undid the statement alone; unless its error ended
-            // the test's transaction (then every later statement would run
-            // outside it, and commit).
-            if autocommit && let Err(e2) = check_transaction::<DB>(conn).await {
-                state.poison(ended_by_database(&state.label, &e2));
+            // the test's transaction (a deadlock does, app savepoints and
+            // all: then every later statement would run outside it, and
+            // commit).
+            if let Some(check) = check
+                && let Err(e2) = exec::<DB>(conn, check).await
+            {
+                state.poison(ended_by_database(&state.label, &e, &e2));
             }
             Err(e)
         }
     }
 }
 
-/// Fails if the test's transaction is no longer open (see
-/// [`Dialect::CHECK_TRANSACTION`]).
-pub(super) async fn check_transaction<DB: Dialect>(conn: &mut DB::Connection) -> sqlx::Result<()> {
-    exec::<DB>(conn, DB::CHECK_TRANSACTION).await
+/// What checks, after a statement failed, that the test's transaction is
+/// still open: [`Dialect::CHECK_TRANSACTION`] in the test's own
+/// transaction, [`Dialect::PROBE_TRANSACTION`] inside an app's savepoint.
+/// Taken before the statement: sqlx's depth is what the app believes.
+pub(super) fn check_after_failure<DB: Dialect>(conn: &DB::Connection) -> Option<&'static str> {
+    if depth::<DB>(conn) == 1 {
+        Some(DB::CHECK_TRANSACTION)
+    } else {
+        DB::PROBE_TRANSACTION
+    }
 }

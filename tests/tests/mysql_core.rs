@@ -1049,6 +1049,12 @@ async fn a_statement_dropped_inside_an_acquire_begin_transaction(db: TestDb) {
 // test of the run shares. db-test finds the transaction gone at the failure
 // and fails the test before anything else runs.
 
+/// A tag for the names a deadlock test writes, of this process alone: they
+/// also run in a child process, alongside the same tests here.
+fn tag(base: &str) -> String {
+    format!("{base}p{}", std::process::id() % 10000)
+}
+
 /// Another session (another test, say) writes six rows and `{tag}_a`,
 /// uncommitted: heavier than the test's transaction, so that InnoDB picks
 /// the test's as the deadlock's victim.
@@ -1122,19 +1128,22 @@ async fn retry_commits_nothing(db: &TestDb, name: &str) {
 #[db_test(migrations = "tests/mysql/migrations")]
 #[should_panic(expected = "ended the transaction of test")]
 async fn a_deadlock_in_an_app_transaction_fails_the_test_and_a_retry_commits_nothing(db: TestDb) {
-    let other = deadlock_partner(&db, "dl1").await;
+    let t = tag("dl1");
+    let other = deadlock_partner(&db, &t).await;
     let mut tx = db.begin().await.unwrap();
-    insert_user(&mut *tx, "dl1_b").await.unwrap();
-    let waiting = partner_waits_for_b(other, "dl1").await;
-    assert_deadlock(&insert_user(&mut *tx, "dl1_a").await.unwrap_err());
+    insert_user(&mut *tx, &format!("{t}_b")).await.unwrap();
+    let waiting = partner_waits_for_b(other, &t).await;
+    assert_deadlock(&insert_user(&mut *tx, &format!("{t}_a")).await.unwrap_err());
     waiting.await.unwrap();
     let _ = tx.rollback().await;
     // Through the test's own `Db`, as the app's next request would.
-    let after = sqlx::query("INSERT INTO user (username) VALUES ('dl1_after')")
-        .execute(&db)
-        .await;
+    let after = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO user (username) VALUES ('{t}_after')"
+    )))
+    .execute(&db)
+    .await;
     assert!(after.is_err(), "a write ran outside the test's transaction");
-    retry_commits_nothing(&db, "dl1_retry").await;
+    retry_commits_nothing(&db, &format!("{t}_retry")).await;
 }
 
 /// The same through `Acquire::begin` (generic app code taking `impl
@@ -1145,28 +1154,34 @@ async fn a_deadlock_in_an_app_transaction_fails_the_test_and_a_retry_commits_not
 async fn a_deadlock_in_an_acquire_begin_transaction_fails_the_test_and_a_retry_commits_nothing(
     db: TestDb,
 ) {
-    let other = deadlock_partner(&db, "dl2").await;
+    let t = tag("dl2");
+    let other = deadlock_partner(&db, &t).await;
     let mut tx = sqlx::Acquire::begin(&db).await.unwrap();
-    insert_user(&mut *tx, "dl2_b").await.unwrap();
-    let waiting = partner_waits_for_b(other, "dl2").await;
-    assert_deadlock(&insert_user(&mut *tx, "dl2_a").await.unwrap_err());
+    insert_user(&mut *tx, &format!("{t}_b")).await.unwrap();
+    let waiting = partner_waits_for_b(other, &t).await;
+    assert_deadlock(&insert_user(&mut *tx, &format!("{t}_a")).await.unwrap_err());
     waiting.await.unwrap();
     let _ = tx.rollback().await;
-    retry_commits_nothing(&db, "dl2_retry").await;
+    retry_commits_nothing(&db, &format!("{t}_retry")).await;
 }
 
 /// A deadlock outside any app transaction (the app's autocommit write).
 #[db_test(migrations = "tests/mysql/migrations")]
 #[should_panic(expected = "ended the transaction of test")]
 async fn a_deadlock_of_an_autocommit_write_fails_the_test_and_nothing_after_commits(db: TestDb) {
-    let other = deadlock_partner(&db, "dl3").await;
+    let t = tag("dl3");
+    let other = deadlock_partner(&db, &t).await;
     let mut conn = db.acquire().await.unwrap();
-    insert_user(&mut *conn, "dl3_b").await.unwrap();
-    let waiting = partner_waits_for_b(other, "dl3").await;
-    assert_deadlock(&insert_user(&mut *conn, "dl3_a").await.unwrap_err());
+    insert_user(&mut *conn, &format!("{t}_b")).await.unwrap();
+    let waiting = partner_waits_for_b(other, &t).await;
+    assert_deadlock(
+        &insert_user(&mut *conn, &format!("{t}_a"))
+            .await
+            .unwrap_err(),
+    );
     waiting.await.unwrap();
     drop(conn);
-    retry_commits_nothing(&db, "dl3_retry").await;
+    retry_commits_nothing(&db, &format!("{t}_retry")).await;
 }
 
 /// Releasing db-test's own savepoint on a bare connection does not end the
@@ -1185,4 +1200,70 @@ async fn releasing_db_tests_savepoint_on_a_bare_connection_ends_nothing(db: Test
     let mut check = outsider(&db).await;
     assert_eq!(committed_users(&mut check, "released").await, 0);
     assert_eq!(users(&db).await, 1);
+}
+
+/// The app gave up on its transaction while a write of it waited for a
+/// lock (a timeout around the whole transaction), and the deadlock closed
+/// after that: the next statement says it was a deadlock (not "the
+/// connection broke", from the `ROLLBACK TO` sqlx queued behind it).
+#[db_test(migrations = "tests/mysql/migrations")]
+#[should_panic(expected = "Deadlock found")]
+async fn an_app_transaction_dropped_while_it_waits_then_deadlocked_is_reported_as_a_deadlock(
+    db: TestDb,
+) {
+    let t = tag("dl4");
+    let other = deadlock_partner(&db, &t).await;
+    let gave_up = tokio::time::timeout(Duration::from_millis(300), async {
+        let mut tx = db.begin().await?;
+        insert_user(&mut *tx, &format!("{t}_b")).await?;
+        // Waits for the partner's row.
+        insert_user(&mut *tx, &format!("{t}_a")).await?;
+        tx.commit().await
+    })
+    .await;
+    assert!(gave_up.is_err(), "{gave_up:?}");
+    partner_waits_for_b(other, &t).await.await.unwrap();
+    let err = insert_user(&db, &format!("{t}_after")).await.unwrap_err();
+    assert!(err.to_string().contains("Deadlock found"), "{err}");
+    retry_commits_nothing(&db, &format!("{t}_retry")).await;
+}
+
+/// A deadlock inside `db.begin()` (a guard, out of db-test's sight at the
+/// end) is reported as what it was, not as a commit on a bare connection.
+#[test]
+fn a_deadlock_is_reported_as_a_deadlock_not_as_a_commit() {
+    let cmd = common::children(&[
+        "a_deadlock_in_an_app_transaction_fails_the_test_and_a_retry_commits_nothing",
+        "an_app_transaction_dropped_while_it_waits_then_deadlocked_is_reported_as_a_deadlock",
+    ]);
+    let (out, text) = common::run_until(cmd, Duration::from_secs(60));
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("2 passed"), "{text}");
+    assert!(!text.contains("COMMITTED"), "{text}");
+    assert!(!text.contains("broke"), "{text}");
+}
+
+/// The same on MySQL: the probe after a failure sets and releases a
+/// savepoint of its own, and the test's stay.
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn a_failure_leaves_the_tests_own_savepoints_alone(db: TestDb) {
+    sqlx::query("SAVEPOINT mine").execute(&db).await.unwrap();
+    insert_user(&db, "sp_a").await.unwrap();
+    assert!(insert_user(&db, "sp_a").await.is_err());
+    sqlx::query("ROLLBACK TO SAVEPOINT mine")
+        .execute(&db)
+        .await
+        .unwrap();
+    assert_eq!(users(&db).await, 0);
+}
+
+#[db_test(migrations = "tests/mysql/migrations")]
+#[should_panic(expected = "refusing to run")]
+async fn a_commit_after_a_quoted_user_variable_name_is_refused(db: TestDb) {
+    insert_user(&db, "quoted_var").await.unwrap();
+    let _ = sqlx::raw_sql(r"SET @'a\'b' = 1; COMMIT; SELECT 'c'")
+        .execute(&db)
+        .await;
+    let mut check = outsider(&db).await;
+    assert_eq!(committed_users(&mut check, "quoted_var").await, 0);
 }

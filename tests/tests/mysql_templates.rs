@@ -201,6 +201,101 @@ async fn a_commit_on_a_bare_connection_fails_its_test_and_the_working_database_i
     drop_run(&mut server, &working).await;
 }
 
+/// A template with a stored procedure that commits.
+static CALL_LEAK: LazyLock<Migrator> = LazyLock::new(|| {
+    let sql = format!(
+        "CREATE TABLE leaky (id INT PRIMARY KEY AUTO_INCREMENT, note VARCHAR(50));\n\
+         CREATE PROCEDURE commit_it() COMMIT;\n\
+         -- {}\n",
+        leak_token()
+    );
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        "call leak".into(),
+        MigrationType::Simple,
+        sqlx::AssertSqlSafe(sql).into_sql_str(),
+        false,
+    )])
+});
+
+/// A procedure that commits, called through the test's `Db`: db-test
+/// cannot read its body, so it checks the transaction after the `CALL`.
+#[db_test(migrator = "CALL_LEAK")]
+async fn child_call_commit(db: TestDb) {
+    if std::env::var_os("DB_TEST_MYSQL_CHILD").is_none() {
+        return;
+    }
+    sqlx::query("INSERT INTO leaky (note) VALUES ('before')")
+        .execute(&db)
+        .await
+        .unwrap();
+    let working: String = sqlx::query_scalar("SELECT DATABASE()")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    println!("LEAKED {working}");
+    sqlx::query("CALL commit_it()").execute(&db).await.unwrap();
+    // Anything after it would commit: refused.
+    let after = sqlx::query("INSERT INTO leaky (note) VALUES ('after')")
+        .execute(&db)
+        .await;
+    println!("AFTER {}", if after.is_err() { "refused" } else { "ran" });
+}
+
+#[db_test(migrator = "CALL_LEAK")]
+async fn child_call_check(db: TestDb) {
+    if std::env::var_os("DB_TEST_MYSQL_CHILD").is_none() {
+        return;
+    }
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM leaky")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    println!("ROWS {n}");
+}
+
+/// The `CALL` fails its test, nothing after it runs, and the next process
+/// gets a working database without the committed row.
+#[db_test(migrations = false)]
+async fn a_procedure_that_commits_fails_its_test_and_the_working_database_is_rebuilt(db: TestDb) {
+    let mut server = MySqlConnection::connect_with(&db.connect_options())
+        .await
+        .unwrap();
+    let token = common::unique_token("dbtest_call");
+    let cmd = leak_child("child_call_commit", &token);
+    let (out, text) =
+        tokio::task::spawn_blocking(move || common::run_until(cmd, Duration::from_secs(120)))
+            .await
+            .unwrap();
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("a procedure it CALLed"), "{text}");
+    assert!(text.contains("AFTER refused"), "{text}");
+    let working = text
+        .lines()
+        .find_map(|l| l.split("LEAKED ").nth(1))
+        .expect("the child's working database")
+        .trim()
+        .to_string();
+    let prefix = working.strip_suffix("_w").unwrap().to_string();
+    let committed: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT note FROM `{working}`.leaky"
+    )))
+    .fetch_all(&mut server)
+    .await
+    .unwrap();
+    assert_eq!(committed, ["before"], "{text}");
+    assert_eq!(
+        databases_like(&mut server, &format!("{prefix}\\_wd")).await,
+        vec![format!("{prefix}_wd")]
+    );
+    let cmd = leak_child("child_call_check", &token);
+    let text = tokio::task::spawn_blocking(move || common::run_ok(cmd, "the next process"))
+        .await
+        .unwrap();
+    assert!(text.contains("ROWS 0"), "{text}");
+    drop_run(&mut server, &working).await;
+}
+
 // One test for both, so that no other test builds a template meanwhile.
 #[db_test(migrations = false)]
 async fn templates_across_processes(db: TestDb) {

@@ -831,3 +831,51 @@ fn ddl_then_select_star_does_not_reach_the_next_test() {
     let out = common::run_ok(cmd, "the DDL scenario");
     assert!(out.contains("2 passed"), "{out}");
 }
+
+// The database ending the test's transaction: `INSERT OR ROLLBACK` (or a
+// trigger's `RAISE(ROLLBACK)`) rolls back the whole transaction, the test's
+// own included, at any depth. The test fails, rather than going on with its
+// earlier writes gone and its later ones outside any transaction. SQLite's
+// library says whether a transaction is open (`sqlite3_get_autocommit`).
+
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+#[should_panic(expected = "ended the transaction of test")]
+async fn insert_or_rollback_of_an_autocommit_write_fails_the_test(db: TestDb) {
+    insert(&db, "before").await.unwrap();
+    let err = sqlx::query("INSERT OR ROLLBACK INTO item (name) VALUES ('before')")
+        .execute(&db)
+        .await;
+    assert!(err.is_err());
+    assert!(
+        insert(&db, "after").await.is_err(),
+        "ran outside a transaction"
+    );
+}
+
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+#[should_panic(expected = "ended the transaction of test")]
+async fn insert_or_rollback_inside_an_app_transaction_fails_the_test(db: TestDb) {
+    insert(&db, "before").await.unwrap();
+    let mut tx = db.begin().await.unwrap();
+    let err = sqlx::query("INSERT OR ROLLBACK INTO item (name) VALUES ('before')")
+        .execute(&mut *tx)
+        .await;
+    assert!(err.is_err());
+    drop(tx);
+    assert!(
+        insert(&db, "after").await.is_err(),
+        "ran outside a transaction"
+    );
+}
+
+/// The check after a failed statement leaves the test's own savepoints
+/// alone: `ROLLBACK TO` one set before the failure works, as in production.
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn a_failure_leaves_the_tests_own_savepoints_alone(db: TestDb) {
+    sqlx::query("SAVEPOINT mine").execute(&db).await.unwrap();
+    insert(&db, "a").await.unwrap();
+    assert!(insert(&db, "a").await.is_err());
+    sqlx::query("ROLLBACK TO mine").execute(&db).await.unwrap();
+    sqlx::query("RELEASE mine").execute(&db).await.unwrap();
+    assert_eq!(names(&db).await, ["seed"]);
+}

@@ -83,29 +83,28 @@ pub trait Dialect: sqlx::Database + sealed::Sealed {
     #[doc(hidden)]
     const DETACH_STATEMENTS: bool = false;
 
-    /// Under test, one round trip, after a statement of the test failed,
-    /// that fails if the failure ended the test's transaction (a deadlock
-    /// does on MySQL, `INSERT OR ROLLBACK` on SQLite) and otherwise leaves
-    /// the transaction as it is (SQLite: with db-test's savepoint set where
-    /// it stands). Run in the test's own transaction (sqlx's depth 1);
-    /// inside an app's, [`Dialect::PROBE_TRANSACTION`]. (The failed statement itself needs no undoing: MySQL and
-    /// SQLite undo a failed statement alone, keeping what came before it in
-    /// the transaction, as production's autocommit keeps what committed
-    /// before it.) SQLite: releasing a savepoint fails outside a transaction.
-    #[doc(hidden)]
-    const CHECK_TRANSACTION: &'static str =
-        "RELEASE SAVEPOINT db_test_auto; SAVEPOINT db_test_auto";
-
     /// Under test, one round trip that fails if the test's transaction is
     /// no longer open and changes nothing otherwise, at any depth (inside
-    /// an app's savepoints too): run after a statement failed inside an app
-    /// transaction, and when a connection lent to `Acquire::begin` comes
-    /// back. A deadlock ends the whole transaction on MySQL, app savepoints
+    /// an app's savepoints too): run after a statement of the test failed
+    /// (the failed statement itself needs no undoing: MySQL and SQLite undo
+    /// a failed statement alone, keeping what came before it in the
+    /// transaction, as production's autocommit keeps what committed before
+    /// it), and when a connection lent to `Acquire::begin` comes back. A deadlock ends the whole transaction on MySQL, app savepoints
     /// and all; the app's retry would then commit into the shared working
-    /// database. `None`: not checked there (SQLite, where each test has a
-    /// database of its own, so nothing reaches another test).
+    /// database. `None`: not checked there (SQLite asks its library
+    /// instead: [`Dialect::in_transaction`]).
     #[doc(hidden)]
     const PROBE_TRANSACTION: Option<&'static str> = None;
+
+    /// Under test, whether the connection is in a transaction, asked of the
+    /// database library where it can tell without a statement (SQLite:
+    /// `sqlite3_get_autocommit`), at any depth and with nothing changed;
+    /// `None` to use [`Dialect::PROBE_TRANSACTION`] instead.
+    #[doc(hidden)]
+    fn in_transaction(conn: &mut Self::Connection) -> Option<BoxFuture<'_, sqlx::Result<bool>>> {
+        let _ = conn;
+        None
+    }
 
     /// Under test, a statement that releases the session's named locks,
     /// sent before a connection whose session the test touched is closed:
@@ -129,6 +128,15 @@ pub trait Dialect: sqlx::Database + sealed::Sealed {
     fn transaction_gone(e: &sqlx::Error) -> bool {
         let _ = e;
         true
+    }
+
+    /// Under test, whether `sql` may end the test's transaction where
+    /// db-test cannot read it (MySQL: a `CALL` of a procedure that
+    /// commits): the transaction is checked after it.
+    #[doc(hidden)]
+    fn may_commit_unseen(sql: &str) -> bool {
+        let _ = sql;
+        false
     }
 
     /// Whether what a test commits on its connection in transaction mode

@@ -30,8 +30,9 @@
 //! '..'` of such a statement, and `PREPARE`/`EXECUTE IMMEDIATE` of a
 //! variable (its text cannot be checked).
 //!
-//! Not detected: a stored procedure that commits (`CALL`): its body is on
-//! the server.
+//! Not detected here: a stored procedure that commits (`CALL`): its body
+//! is on the server. A `CALL` is followed by a check of the test's
+//! transaction instead ([`calls_procedure`]).
 
 /// One token: only what classification needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +56,35 @@ enum Token {
 /// `backslash`, a backslash escapes the next character in a string (the
 /// default); without, it is an ordinary character (`NO_BACKSLASH_ESCAPES`
 /// in `sql_mode`).
+/// The text of the quoted string, identifier or name starting at `start`
+/// (its opening quote), and where it ends: a doubled quote stands for one,
+/// and with `backslash` a backslash escapes the next byte (not in a
+/// backtick-quoted identifier).
+fn quoted(bytes: &[u8], start: usize, backslash: bool) -> (String, usize) {
+    let quote = bytes[start];
+    let mut text = Vec::new();
+    let mut i = start + 1;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if backslash && b == b'\\' && quote != b'`' && i + 1 < bytes.len() {
+            text.push(bytes[i + 1]);
+            i += 2;
+        } else if b == quote {
+            if bytes.get(i + 1) == Some(&quote) {
+                text.push(quote);
+                i += 2;
+            } else {
+                i += 1;
+                break;
+            }
+        } else {
+            text.push(b);
+            i += 1;
+        }
+    }
+    (String::from_utf8_lossy(&text).into_owned(), i)
+}
+
 fn tokens(sql: &str, backslash: bool) -> Vec<Token> {
     let bytes = sql.as_bytes();
     let mut out = Vec::new();
@@ -112,27 +142,8 @@ fn tokens(sql: &str, backslash: bool) -> Vec<Token> {
             }
             b'\'' | b'"' | b'`' => {
                 let quote = c;
-                let mut text = Vec::new();
-                i += 1;
-                while i < bytes.len() {
-                    let b = bytes[i];
-                    if backslash && b == b'\\' && quote != b'`' && i + 1 < bytes.len() {
-                        text.push(bytes[i + 1]);
-                        i += 2;
-                    } else if b == quote {
-                        if bytes.get(i + 1) == Some(&quote) {
-                            text.push(quote);
-                            i += 2;
-                        } else {
-                            i += 1;
-                            break;
-                        }
-                    } else {
-                        text.push(b);
-                        i += 1;
-                    }
-                }
-                let text = String::from_utf8_lossy(&text).into_owned();
+                let text;
+                (text, i) = quoted(bytes, i, backslash);
                 out.push(if quote == b'`' {
                     Token::Ident(text.to_ascii_uppercase())
                 } else {
@@ -150,13 +161,9 @@ fn tokens(sql: &str, backslash: bool) -> Vec<Token> {
             b'@' => {
                 i += 1;
                 if matches!(bytes.get(i), Some(b'\'' | b'"' | b'`')) {
-                    // `@'quoted name'`: the name is skipped as a token next.
-                    let quote = bytes[i];
-                    i += 1;
-                    while i < bytes.len() && bytes[i] != quote {
-                        i += 1;
-                    }
-                    i += 1;
+                    // `@'quoted name'`, read as the server reads a string
+                    // (`@'a\'b'` is one name).
+                    (_, i) = quoted(bytes, i, backslash);
                 } else {
                     while i < bytes.len() && is_word_byte(bytes[i]) {
                         i += 1;
@@ -236,17 +243,22 @@ fn statement_commits(s: &[Token]) -> Option<String> {
             if w(i) == "OR" && w(i + 1) == "REPLACE" {
                 i += 2;
             }
-            if w(i) == "TEMPORARY" {
+            // Only a temporary *table* does not commit (MariaDB's
+            // `CREATE TEMPORARY SEQUENCE` does).
+            if w(i) == "TEMPORARY" && w(i + 1) == "TABLE" {
                 return None;
             }
             found(i + 1)
         }
         "DROP" => {
-            if w(1) == "TEMPORARY" {
+            if w(1) == "TEMPORARY" && w(2) == "TABLE" {
                 return None;
             }
             found(2)
         }
+        // MariaDB's `BACKUP LOCK`/`BACKUP STAGE`: they commit, and leave the
+        // session holding a lock that fails the next test on it.
+        "BACKUP" => found(2),
         "ALTER" | "RENAME" | "TRUNCATE" | "GRANT" | "REVOKE" | "FLUSH" | "RESET" | "XA"
         | "INSTALL" | "UNINSTALL" | "LOCK" | "UNLOCK" | "START" | "STOP" | "COMMIT" | "ANALYZE"
         | "OPTIMIZE" | "REPAIR" => found(2),
@@ -340,6 +352,16 @@ fn names_ours(s: &[Token]) -> bool {
 /// (`GET_LOCK`), a prepared statement (`PREPARE`), a `HANDLER`, or a session
 /// setting (`SET`). Errs on the safe side: such a test's connection is
 /// closed at its end rather than handed to the next test.
+/// Whether `sql` calls a stored procedure (`CALL`), whose body may commit
+/// where db-test cannot read it.
+pub(crate) fn calls_procedure(sql: &str) -> bool {
+    readings(sql).iter().any(|&backslash| {
+        tokens(sql, backslash)
+            .split(|t| *t == Token::End)
+            .any(|s| word(s.first()) == "CALL")
+    })
+}
+
 pub(crate) fn leaves_session_state(sql: &str) -> bool {
     readings(sql)
         .iter()
@@ -425,9 +447,28 @@ mod tests {
             "CACHE INDEX t IN hot",
             "INSTALL PLUGIN p SONAME 'p.so'",
             "SET PASSWORD = 'x'",
+            // MariaDB: only a temporary *table* does not commit.
+            "CREATE TEMPORARY SEQUENCE s",
+            "CREATE OR REPLACE TEMPORARY SEQUENCE s",
+            "DROP TEMPORARY SEQUENCE s",
+            "BACKUP LOCK t",
+            "BACKUP STAGE START",
         ] {
             assert!(ic(sql).is_some(), "not refused: {sql}");
         }
+    }
+
+    #[test]
+    fn a_quoted_user_variable_name_is_read_as_the_server_reads_it() {
+        // The server reads `@'a\'b'` as one name: the COMMIT is code.
+        for sql in [
+            "SET @'a\\'b' = 1; COMMIT; SELECT 'c'",
+            "SET @\"a\\\"b\" = 1; COMMIT; SELECT \"c\"",
+            "SET @'a''b' = 1; COMMIT; SELECT 'c'",
+        ] {
+            assert!(ic(sql).is_some(), "not refused: {sql}");
+        }
+        assert_eq!(ic("SET @'a''b' = 'COMMIT'"), None);
     }
 
     #[test]
@@ -524,6 +565,15 @@ mod tests {
         ] {
             assert_eq!(ic(sql), None, "refused: {sql}");
         }
+    }
+
+    #[test]
+    fn a_call_is_found() {
+        use super::calls_procedure as calls;
+        assert!(calls("CALL p()"));
+        assert!(calls("SELECT 1; call p"));
+        assert!(!calls("SELECT 'CALL p()'"));
+        assert!(!calls("SELECT callback FROM t"));
     }
 
     #[test]

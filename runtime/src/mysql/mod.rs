@@ -65,7 +65,10 @@
 //!   anywhere in a multi-statement string and inside `/*! ... */`
 //!   comments, with an error saying to use `isolation = "database"`.
 //!   `CREATE TEMPORARY TABLE` does not commit and is allowed. A stored
-//!   procedure that commits (`CALL`) cannot be seen from its call.
+//!   procedure that commits cannot be seen from its call: after a `CALL`,
+//!   one round trip checks the test's transaction, and the test fails if
+//!   the procedure ended it (its writes before were committed; the
+//!   working database is rebuilt by the next test process).
 //! - **Session state survives `ROLLBACK`**: temporary tables, user variables,
 //!   `GET_LOCK` locks, `PREPARE`d statements, `SET` session variables. A test
 //!   that may have left some gets its connection closed at the end instead
@@ -136,8 +139,8 @@ pub type TestDb = crate::generic::TestDb<MySql>;
 
 impl crate::generic::sealed::Sealed for MySql {}
 
-/// The probe of [`crate::generic::Dialect::CHECK_TRANSACTION`] and its
-/// kin on MySQL: fails ("SAVEPOINT db_test_probe does not exist") only
+/// The probe of [`crate::generic::Dialect::PROBE_TRANSACTION`] and
+/// [`crate::generic::Dialect::VERIFY_TRANSACTION`] on MySQL: fails ("SAVEPOINT db_test_probe does not exist") only
 /// outside a transaction.
 const MYSQL_PROBE: &str = "SAVEPOINT db_test_probe; RELEASE SAVEPOINT db_test_probe";
 
@@ -163,6 +166,11 @@ impl crate::generic::Dialect for MySql {
         lexer::leaves_session_state(sql)
     }
 
+    #[cfg(feature = "harness")]
+    fn may_commit_unseen(sql: &str) -> bool {
+        lexer::calls_procedure(sql)
+    }
+
     // MariaDB 10.5+, MySQL 5.7+ (an older server's error is ignored).
     const RELEASE_SESSION_LOCKS: Option<&'static str> = Some("DO RELEASE_ALL_LOCKS()");
 
@@ -173,8 +181,6 @@ impl crate::generic::Dialect for MySql {
     // connection did not end its transaction). Outside a transaction
     // (autocommit) `SAVEPOINT` succeeds, and is gone by the next statement:
     // "SAVEPOINT db_test_probe does not exist".
-    const CHECK_TRANSACTION: &'static str = MYSQL_PROBE;
-
     const PROBE_TRANSACTION: Option<&'static str> = Some(MYSQL_PROBE);
 
     const VERIFY_TRANSACTION: Option<&'static str> = Some(MYSQL_PROBE);

@@ -139,7 +139,29 @@ impl crate::generic::Dialect for Sqlite {
         crate::sqltext::contains_ignore_case(sql, "PRAGMA") || refuse::has_ddl(sql)
     }
 
+    /// SQLite's own answer, at any depth: SQL cannot ask it without
+    /// changing something (releasing db-test's savepoint releases every
+    /// savepoint after it, the app's own included).
+    fn in_transaction(
+        conn: &mut sqlx::SqliteConnection,
+    ) -> Option<futures_util::future::BoxFuture<'_, sqlx::Result<bool>>> {
+        Some(Box::pin(async move {
+            let mut handle = conn.lock_handle().await?;
+            let raw = handle.as_raw_handle().as_ptr().cast::<std::ffi::c_void>();
+            // SAFETY: `raw` is the connection's open handle, locked away
+            // from sqlx's worker thread while `handle` lives;
+            // `sqlite3_get_autocommit` only reads its state.
+            Ok(unsafe { sqlite3_get_autocommit(raw) } == 0)
+        }))
+    }
+
     crate::generic::dialect_executors!();
+}
+
+// The SQLite library sqlx links (libsqlite3-sys), which sqlx calls the same
+// way (`ConnectionHandle::in_transaction`).
+unsafe extern "C" {
+    fn sqlite3_get_autocommit(db: *mut std::ffi::c_void) -> std::ffi::c_int;
 }
 
 /// The test's [`Db`], for a `TestApp::build` (or your own

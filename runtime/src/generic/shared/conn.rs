@@ -57,6 +57,7 @@ impl<DB: Dialect> Shared<DB> {
             touched: AtomicBool::new(false),
             out_of_sight: AtomicBool::new(false),
             ended_out_of_sight: AtomicBool::new(false),
+            ended_by_database: AtomicBool::new(false),
             canceller: Mutex::new(None),
             statements: AtomicU64::new(0),
             log: Mutex::new(VecDeque::new()),

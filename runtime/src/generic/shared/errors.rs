@@ -36,6 +36,19 @@ pub(super) fn ended_by_database(
     )
 }
 
+/// A statement whose inside db-test cannot read (a `CALL`) ended the
+/// test's transaction.
+pub(super) fn committed_unseen(label: &str, check: &sqlx::Error) -> String {
+    format!(
+        "db-test: a statement of test `{label}` ended the transaction of test `{label}` where \
+         db-test cannot read it: a procedure it CALLed ran a COMMIT or a statement that \
+         commits ({check}). What the test wrote before it was COMMITTED into the shared \
+         working database: tests of this run that come later may see it, and db-test rebuilds \
+         that database from the template when the next test process starts. A test that \
+         calls such a procedure needs `isolation = \"database\"`."
+    )
+}
+
 /// Whether an error leaves the connection unusable (rather than being a
 /// statement's failure that the server reported).
 pub(super) fn is_broken(e: &sqlx::Error) -> bool {

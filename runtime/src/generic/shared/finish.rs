@@ -169,11 +169,20 @@ impl<DB: Dialect> Shared<DB> {
                 }
             }
         }
+        // The test already fails because the database ended its transaction
+        // (a deadlock): that is the reason to report. Something sent on a
+        // bare connection after it may have committed, though, so the
+        // working database is still rebuilt (see `ended_out_of_sight`).
+        let by_database = self.state.ended_by_database.load(Ordering::Relaxed);
+        let out_of_sight = self.state.out_of_sight.load(Ordering::Relaxed);
+        if by_database && out_of_sight {
+            self.state.ended_out_of_sight.store(true, Ordering::Relaxed);
+        }
         while healthy && depth::<DB>(&conn) > 0 {
             let outer = depth::<DB>(&conn) == 1;
             // Where the final ROLLBACK would succeed outside a transaction
             // (MySQL), check first that the test's is still open.
-            let ended = if outer && self.state.out_of_sight.load(Ordering::Relaxed) {
+            let ended = if outer && out_of_sight && !by_database {
                 match DB::VERIFY_TRANSACTION {
                     Some(verify) => DB::conn_fetch_many(&mut conn, OwnedQuery::<DB>::raw(verify))
                         .try_collect::<Vec<_>>()
@@ -193,15 +202,14 @@ impl<DB: Dialect> Shared<DB> {
                 // An app savepoint that cannot be rolled back: is the test's
                 // transaction itself gone (a deadlock on the bare connection
                 // of a guard, say)?
-                let gone = if outer {
+                let gone = if by_database {
+                    None
+                } else if outer {
                     Some(e)
                 } else if is_broken(&e) {
                     None
                 } else {
-                    match DB::PROBE_TRANSACTION {
-                        Some(probe) => super::exec::<DB>(&mut conn, probe).await.err(),
-                        None => None,
-                    }
+                    super::check_open::<DB>(&mut conn).await.err()
                 };
                 if let Some(e) = gone
                     && !is_broken(&e)

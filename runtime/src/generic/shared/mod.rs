@@ -45,9 +45,8 @@ pub(crate) use slot::SlotGuard;
 pub(crate) use state::{Canceller, state_of};
 pub(crate) use statement::run_on;
 
-/// The test's transaction and db-test's savepoint in it, `db_test_auto`
-/// (what [`Dialect::CHECK_TRANSACTION`] and
-/// [`Dialect::VERIFY_TRANSACTION`] look for), in one round trip (MySQL's
+/// The test's transaction and db-test's savepoint in it, `db_test_auto`,
+/// in one round trip (MySQL's
 /// text protocol and SQLite's `exec` both run several statements).
 const BEGIN_WITH_SAVEPOINT: &str = "BEGIN; SAVEPOINT db_test_auto";
 
@@ -67,4 +66,26 @@ pub(crate) async fn exec<DB: Dialect>(conn: &mut DB::Connection, sql: &str) -> s
         .try_collect::<Vec<_>>()
         .await
         .map(|_| ())
+}
+
+/// Whether the test's transaction is still open, asked after something
+/// failed: the library's answer ([`Dialect::in_transaction`]) or the probe
+/// ([`Dialect::PROBE_TRANSACTION`]), at any depth; `Ok` when neither can
+/// tell.
+pub(super) async fn check_open<DB: Dialect>(conn: &mut DB::Connection) -> sqlx::Result<()> {
+    if let Some(open) = DB::in_transaction(conn) {
+        return if open.await? {
+            Ok(())
+        } else {
+            Err(crate::error::Error::new(
+                crate::error::ErrorKind::TransactionEnded,
+                "no transaction is open on the connection any more",
+            )
+            .into())
+        };
+    }
+    match DB::PROBE_TRANSACTION {
+        Some(probe) => exec::<DB>(conn, probe).await,
+        None => Ok(()),
+    }
 }

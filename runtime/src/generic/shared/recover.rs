@@ -5,8 +5,7 @@ use sqlx::Connection;
 
 use super::errors::{ended_by_database, out_of_sync, poisoned_error};
 use super::state::State;
-use super::statement::check_after_failure;
-use super::{Dialect, exec, lock};
+use super::{Dialect, check_open, lock};
 
 /// How long a dropped statement may go on before it is stopped.
 pub(super) const CANCEL_AFTER: std::time::Duration = std::time::Duration::from_millis(250);
@@ -48,12 +47,22 @@ pub(super) async fn recover_dropped<DB: Dialect>(
             }
         }
     };
-    // The dropped statement's own error (its stop, a constraint) comes back
-    // first: the connection is fine, and ready once it answers again.
-    let (ready, failed) = match ready {
-        Err(e) if e.as_database_error().is_some() => (conn.ping().await, true),
-        ready => (ready, false),
-    };
+    // The dropped statement's own error (its stop, a constraint, a
+    // deadlock) comes back first, then maybe the errors of what sqlx queued
+    // behind it (the `ROLLBACK TO` of an app transaction dropped with it):
+    // the connection is fine, and ready once it answers again.
+    let mut ready = ready;
+    let mut first_error = None;
+    for _ in 0..4 {
+        match ready {
+            Err(e) if e.as_database_error().is_some() => {
+                first_error.get_or_insert(e);
+                ready = conn.ping().await;
+            }
+            _ => break,
+        }
+    }
+    let failed = first_error.is_some();
     *lock(&state.in_flight) = None;
     if let Err(e) = ready {
         let why = out_of_sync(&state.label, &e);
@@ -65,11 +74,13 @@ pub(super) async fn recover_dropped<DB: Dialect>(
         // It failed or was stopped: the server undid it alone (see
         // `statement`), unless its error ended the transaction.
         outcome.push_str("; it failed, and the server undid it");
-        if let Some(check) = check_after_failure::<DB>(conn)
-            && let Err(e) = exec::<DB>(conn, check).await
-        {
-            let why = ended_by_database(&state.label, &format!("`{}` failed", sql.trim()), &e);
-            state.poison(why.clone());
+        if let Err(e) = check_open::<DB>(conn).await {
+            let failure = match &first_error {
+                Some(first) => format!("`{}`: {first}", sql.trim()),
+                None => format!("`{}` failed", sql.trim()),
+            };
+            let why = ended_by_database(&state.label, &failure, &e);
+            state.ended_by_database(why.clone());
             state.record(sql, Some(outcome));
             return Err(poisoned_error(&why));
         }

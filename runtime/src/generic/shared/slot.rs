@@ -9,7 +9,7 @@ use sqlx_core::transaction::TransactionManager;
 use tokio::sync::OwnedMutexGuard;
 
 use super::recover::recover_dropped;
-use super::{Dialect, Manager, Shared, depth, exec};
+use super::{Dialect, Manager, Shared, check_open, depth};
 use crate::error::{Error, ErrorKind};
 
 pub(crate) struct Slot<DB: Dialect> {
@@ -156,15 +156,11 @@ impl<DB: Dialect> Shared<DB> {
             Ok(Ok(conn)) => conn,
         };
         slot.lent = false;
-        // sqlx's depth says whether the app ended its savepoint; the probe
-        // (MySQL), whether the server still has the test's transaction (a
+        // sqlx's depth says whether the app ended its savepoint; the check,
+        // whether the database still has the test's transaction (a
         // deadlock in the app's transaction ended it, and sqlx's depth
         // does not know).
-        let open = depth::<DB>(&conn) == 1
-            && match DB::PROBE_TRANSACTION {
-                Some(probe) => exec::<DB>(&mut *conn, probe).await.is_ok(),
-                None => true,
-            };
+        let open = depth::<DB>(&conn) == 1 && check_open::<DB>(&mut conn).await.is_ok();
         if !open {
             conn.close_on_drop();
             self.state.poison(self.not_back_message());

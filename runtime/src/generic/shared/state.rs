@@ -27,6 +27,9 @@ pub(crate) struct State {
     /// The test's transaction was found ended at the end of the test: what
     /// the test wrote before that was committed.
     pub(super) ended_out_of_sight: AtomicBool,
+    /// The database ended the test's transaction when a statement failed
+    /// (a deadlock): the test is poisoned with that reason.
+    pub(super) ended_by_database: AtomicBool,
     pub(super) statements: AtomicU64,
     pub(super) log: Mutex<VecDeque<LoggedStatement>>,
     /// A statement whose future was dropped before it ended.
@@ -67,6 +70,12 @@ impl State {
 
     pub(super) fn poison(&self, why: String) {
         lock(&self.poisoned).get_or_insert(why);
+    }
+
+    /// The database ended the test's transaction: `why` fails the test.
+    pub(super) fn ended_by_database(&self, why: String) {
+        self.ended_by_database.store(true, Ordering::Relaxed);
+        self.poison(why);
     }
 
     pub(super) fn poisoned_error(&self) -> Option<sqlx::Error> {

@@ -7,7 +7,7 @@
 //! why its core sets a savepoint before every statement). So no savepoint
 //! is set per statement here: after a failure, one round trip checks that
 //! the error did not end the test's transaction
-//! ([`Dialect::CHECK_TRANSACTION`]); a statement that succeeds costs
+//! ([`check_open`](super::check_open)); a statement that succeeds costs
 //! nothing more than in production. A failing multi-statement string keeps
 //! its statements before the failing one, as production's autocommit does.
 
@@ -16,10 +16,10 @@ use std::sync::atomic::Ordering;
 
 use futures_util::TryStreamExt;
 
-use super::errors::{ended_by_database, is_broken, out_of_sync, poisoned_error};
+use super::errors::{committed_unseen, ended_by_database, is_broken, out_of_sync, poisoned_error};
 use super::recover::{CANCEL_AFTER, recover_dropped};
 use super::state::State;
-use super::{Dialect, OwnedQuery, Shared, depth, exec, lock};
+use super::{Dialect, OwnedQuery, Shared, check_open, lock};
 use crate::generic::Step;
 
 impl<DB: Dialect> Shared<DB> {
@@ -131,7 +131,7 @@ pub(crate) async fn run_on<DB: Dialect>(
     if !state.touched.load(Ordering::Relaxed) && (state.touches_session)(&sql) {
         state.touched.store(true, Ordering::Relaxed);
     }
-    let check = check_after_failure::<DB>(conn);
+    let unseen = DB::may_commit_unseen(&sql);
     // In flight from here: dropped during the statement, the next user
     // finds out where the connection stands.
     *lock(&state.in_flight) = Some(sql.clone());
@@ -139,7 +139,14 @@ pub(crate) async fn run_on<DB: Dialect>(
     *lock(&state.in_flight) = None;
     state.record(sql, result.as_ref().err().map(|e| e.to_string()));
     match result {
-        Ok(steps) => Ok(steps),
+        Ok(steps) => {
+            if unseen && let Err(e) = check_open::<DB>(conn).await {
+                // Committed: the working database is rebuilt.
+                state.ended_out_of_sight.store(true, Ordering::Relaxed);
+                state.ended_by_database(committed_unseen(&state.label, &e));
+            }
+            Ok(steps)
+        }
         Err(e) if is_broken(&e) => {
             state.poison(out_of_sync(&state.label, &e));
             Err(e)
@@ -149,24 +156,10 @@ pub(crate) async fn run_on<DB: Dialect>(
             // the test's transaction (a deadlock does, app savepoints and
             // all: then every later statement would run outside it, and
             // commit).
-            if let Some(check) = check
-                && let Err(e2) = exec::<DB>(conn, check).await
-            {
-                state.poison(ended_by_database(&state.label, &e, &e2));
+            if let Err(e2) = check_open::<DB>(conn).await {
+                state.ended_by_database(ended_by_database(&state.label, &e, &e2));
             }
             Err(e)
         }
-    }
-}
-
-/// What checks, after a statement failed, that the test's transaction is
-/// still open: [`Dialect::CHECK_TRANSACTION`] in the test's own
-/// transaction, [`Dialect::PROBE_TRANSACTION`] inside an app's savepoint.
-/// Taken before the statement: sqlx's depth is what the app believes.
-pub(super) fn check_after_failure<DB: Dialect>(conn: &DB::Connection) -> Option<&'static str> {
-    if depth::<DB>(conn) == 1 {
-        Some(DB::CHECK_TRANSACTION)
-    } else {
-        DB::PROBE_TRANSACTION
     }
 }

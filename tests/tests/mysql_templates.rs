@@ -206,6 +206,7 @@ static CALL_LEAK: LazyLock<Migrator> = LazyLock::new(|| {
     let sql = format!(
         "CREATE TABLE leaky (id INT PRIMARY KEY AUTO_INCREMENT, note VARCHAR(50));\n\
          CREATE PROCEDURE commit_it() COMMIT;\n\
+         CREATE PROCEDURE commit_then_fail() BEGIN COMMIT; SIGNAL SQLSTATE '45000'; END;\n\
          -- {}\n",
         leak_token()
     );
@@ -234,7 +235,13 @@ async fn child_call_commit(db: TestDb) {
         .await
         .unwrap();
     println!("LEAKED {working}");
-    sqlx::query("CALL commit_it()").execute(&db).await.unwrap();
+    if std::env::var_os("DB_TEST_CALL_FAILS").is_some() {
+        // It commits, then fails: the same.
+        let failed = sqlx::query("CALL commit_then_fail()").execute(&db).await;
+        assert!(failed.is_err());
+    } else {
+        sqlx::query("CALL commit_it()").execute(&db).await.unwrap();
+    }
     // Anything after it would commit: refused.
     let after = sqlx::query("INSERT INTO leaky (note) VALUES ('after')")
         .execute(&db)
@@ -258,11 +265,20 @@ async fn child_call_check(db: TestDb) {
 /// gets a working database without the committed row.
 #[db_test(migrations = false)]
 async fn a_procedure_that_commits_fails_its_test_and_the_working_database_is_rebuilt(db: TestDb) {
+    for fails in [false, true] {
+        call_commit(&db, fails).await;
+    }
+}
+
+async fn call_commit(db: &TestDb, fails: bool) {
     let mut server = MySqlConnection::connect_with(&db.connect_options())
         .await
         .unwrap();
     let token = common::unique_token("dbtest_call");
-    let cmd = leak_child("child_call_commit", &token);
+    let mut cmd = leak_child("child_call_commit", &token);
+    if fails {
+        cmd.env("DB_TEST_CALL_FAILS", "1");
+    }
     let (out, text) =
         tokio::task::spawn_blocking(move || common::run_until(cmd, Duration::from_secs(120)))
             .await

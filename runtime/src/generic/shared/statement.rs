@@ -157,7 +157,13 @@ pub(crate) async fn run_on<DB: Dialect>(
             // all: then every later statement would run outside it, and
             // commit).
             if let Err(e2) = check_open::<DB>(conn).await {
-                state.ended_by_database(ended_by_database(&state.label, &e, &e2));
+                if unseen {
+                    // A procedure may have committed before it failed.
+                    state.ended_out_of_sight.store(true, Ordering::Relaxed);
+                    state.ended_by_database(committed_unseen(&state.label, &e2));
+                } else {
+                    state.ended_by_database(ended_by_database(&state.label, &e, &e2));
+                }
             }
             Err(e)
         }

@@ -133,19 +133,23 @@ pub(crate) fn ends_transaction(sql: &str) -> Option<String> {
     {
         return None;
     }
+    find_statement(sql, |words| match words {
+        ["PREPARE", "TRANSACTION", ..] => true,
+        [first, rest @ ..] if matches!(*first, "COMMIT" | "ROLLBACK" | "END" | "ABORT") => {
+            !matches!(rest.first(), Some(&"TO") | Some(&"PREPARED"))
+                && rest
+                    .iter()
+                    .all(|w| matches!(*w, "WORK" | "TRANSACTION" | "AND" | "NO" | "CHAIN"))
+        }
+        _ => false,
+    })
+}
+
+/// The first statement of `sql` whose upper-cased words `matches`.
+fn find_statement(sql: &str, matches: impl Fn(&[&str]) -> bool) -> Option<String> {
     statements(sql).into_iter().find(|stmt| {
         let upper = stmt.to_ascii_uppercase();
-        let words: Vec<&str> = upper.split_whitespace().collect();
-        match words.as_slice() {
-            ["PREPARE", "TRANSACTION", ..] => true,
-            [first, rest @ ..] if matches!(*first, "COMMIT" | "ROLLBACK" | "END" | "ABORT") => {
-                !matches!(rest.first(), Some(&"TO") | Some(&"PREPARED"))
-                    && rest
-                        .iter()
-                        .all(|w| matches!(*w, "WORK" | "TRANSACTION" | "AND" | "NO" | "CHAIN"))
-            }
-            _ => false,
-        }
+        matches(&upper.split_whitespace().collect::<Vec<_>>())
     })
 }
 
@@ -159,9 +163,7 @@ pub(crate) fn names_managed_savepoint(sql: &str) -> Option<String> {
     {
         return None;
     }
-    statements(sql).into_iter().find(|stmt| {
-        let upper = stmt.to_ascii_uppercase();
-        let words: Vec<&str> = upper.split_whitespace().collect();
+    find_statement(sql, |words| {
         matches!(words.first(), Some(&"RELEASE") | Some(&"ROLLBACK"))
             && words.iter().any(|w| {
                 let w = w.trim_matches(|c| matches!(c, '"' | ';'));

@@ -94,10 +94,13 @@ fn leak_token() -> String {
 }
 
 /// A template of each run's own (the token is in the migration), for the
-/// working database a test commits into.
+/// working database a test commits into; with stored procedures that
+/// commit.
 static LEAK: LazyLock<Migrator> = LazyLock::new(|| {
     let sql = format!(
         "CREATE TABLE leaky (id INT PRIMARY KEY AUTO_INCREMENT, note VARCHAR(50));\n\
+         CREATE PROCEDURE commit_it() COMMIT;\n\
+         CREATE PROCEDURE commit_then_fail() BEGIN COMMIT; SIGNAL SQLSTATE '45000'; END;\n\
          -- {}\n",
         leak_token()
     );
@@ -110,6 +113,20 @@ static LEAK: LazyLock<Migrator> = LazyLock::new(|| {
     )])
 });
 
+/// The first write of a leaking child, and the name of its working
+/// database for the parent.
+async fn write_before(db: &TestDb) {
+    sqlx::query("INSERT INTO leaky (note) VALUES ('before')")
+        .execute(db)
+        .await
+        .unwrap();
+    let working: String = sqlx::query_scalar("SELECT DATABASE()")
+        .fetch_one(db)
+        .await
+        .unwrap();
+    println!("LEAKED {working}");
+}
+
 /// A COMMIT on the bare connection of a guard, out of db-test's sight:
 /// the row before it is committed into the working database.
 #[db_test(migrator = "LEAK")]
@@ -117,18 +134,32 @@ async fn child_leak_commit(db: TestDb) {
     if std::env::var_os("DB_TEST_MYSQL_CHILD").is_none() {
         return;
     }
-    sqlx::query("INSERT INTO leaky (note) VALUES ('before')")
-        .execute(&db)
-        .await
-        .unwrap();
-    let working: String = sqlx::query_scalar("SELECT DATABASE()")
-        .fetch_one(&db)
-        .await
-        .unwrap();
-    println!("LEAKED {working}");
+    write_before(&db).await;
     let mut conn = db.acquire().await.unwrap();
     let bare: &mut MySqlConnection = &mut conn;
     sqlx::raw_sql("COMMIT").execute(bare).await.unwrap();
+}
+
+/// A procedure that commits, called through the test's `Db`: db-test
+/// cannot read its body, so it checks the transaction after the `CALL`.
+#[db_test(migrator = "LEAK")]
+async fn child_call_commit(db: TestDb) {
+    if std::env::var_os("DB_TEST_MYSQL_CHILD").is_none() {
+        return;
+    }
+    write_before(&db).await;
+    if std::env::var_os("DB_TEST_CALL_FAILS").is_some() {
+        // It commits, then fails: the same.
+        let failed = sqlx::query("CALL commit_then_fail()").execute(&db).await;
+        assert!(failed.is_err());
+    } else {
+        sqlx::query("CALL commit_it()").execute(&db).await.unwrap();
+    }
+    // Anything after it would commit: refused.
+    let after = sqlx::query("INSERT INTO leaky (note) VALUES ('after')")
+        .execute(&db)
+        .await;
+    println!("AFTER {}", if after.is_err() { "refused" } else { "ran" });
 }
 
 /// The next process: the working database holds none of those rows.
@@ -151,24 +182,25 @@ fn leak_child(test: &str, token: &str) -> std::process::Command {
     cmd
 }
 
-#[db_test(migrations = false)]
-async fn a_commit_on_a_bare_connection_fails_its_test_and_the_working_database_is_rebuilt(
-    db: TestDb,
-) {
+/// Runs `child` (with `env` set) on a template of its own: it fails saying
+/// everything of `says`; the row before its commit reached the working
+/// database, which is marked, and the next process, with nobody else on
+/// it, clones it again.
+async fn committed_and_rebuilt(db: &TestDb, child: &str, env: &[(&str, &str)], says: &[&str]) {
     let mut server = MySqlConnection::connect_with(&db.connect_options())
         .await
         .unwrap();
     let token = common::unique_token("dbtest_leak");
-    let cmd = leak_child("child_leak_commit", &token);
+    let mut cmd = leak_child(child, &token);
+    cmd.envs(env.iter().copied());
     let (out, text) =
         tokio::task::spawn_blocking(move || common::run_until(cmd, Duration::from_secs(120)))
             .await
             .unwrap();
     assert!(!out.status.success(), "{text}");
-    assert!(
-        text.contains("COMMITTED into the shared working database"),
-        "{text}"
-    );
+    for said in says {
+        assert!(text.contains(said), "{said:?} not in: {text}");
+    }
     let working = text
         .lines()
         .find_map(|l| l.split("LEAKED ").nth(1))
@@ -177,18 +209,17 @@ async fn a_commit_on_a_bare_connection_fails_its_test_and_the_working_database_i
         .to_string();
     let prefix = working.strip_suffix("_w").unwrap().to_string();
     // Said as it is: the row reached the working database, which is marked.
-    let committed: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT COUNT(*) FROM `{working}`.leaky"
+    let committed: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT note FROM `{working}`.leaky"
     )))
-    .fetch_one(&mut server)
+    .fetch_all(&mut server)
     .await
     .unwrap();
-    assert_eq!(committed, 1, "{text}");
+    assert_eq!(committed, ["before"], "{text}");
     assert_eq!(
         databases_like(&mut server, &format!("{prefix}\\_wd")).await,
         vec![format!("{prefix}_wd")]
     );
-    // The next process, with nobody else on it, clones it again.
     let cmd = leak_child("child_leak_check", &token);
     let text = tokio::task::spawn_blocking(move || common::run_ok(cmd, "the next process"))
         .await
@@ -201,115 +232,33 @@ async fn a_commit_on_a_bare_connection_fails_its_test_and_the_working_database_i
     drop_run(&mut server, &working).await;
 }
 
-/// A template with a stored procedure that commits.
-static CALL_LEAK: LazyLock<Migrator> = LazyLock::new(|| {
-    let sql = format!(
-        "CREATE TABLE leaky (id INT PRIMARY KEY AUTO_INCREMENT, note VARCHAR(50));\n\
-         CREATE PROCEDURE commit_it() COMMIT;\n\
-         CREATE PROCEDURE commit_then_fail() BEGIN COMMIT; SIGNAL SQLSTATE '45000'; END;\n\
-         -- {}\n",
-        leak_token()
-    );
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        "call leak".into(),
-        MigrationType::Simple,
-        sqlx::AssertSqlSafe(sql).into_sql_str(),
-        false,
-    )])
-});
-
-/// A procedure that commits, called through the test's `Db`: db-test
-/// cannot read its body, so it checks the transaction after the `CALL`.
-#[db_test(migrator = "CALL_LEAK")]
-async fn child_call_commit(db: TestDb) {
-    if std::env::var_os("DB_TEST_MYSQL_CHILD").is_none() {
-        return;
-    }
-    sqlx::query("INSERT INTO leaky (note) VALUES ('before')")
-        .execute(&db)
-        .await
-        .unwrap();
-    let working: String = sqlx::query_scalar("SELECT DATABASE()")
-        .fetch_one(&db)
-        .await
-        .unwrap();
-    println!("LEAKED {working}");
-    if std::env::var_os("DB_TEST_CALL_FAILS").is_some() {
-        // It commits, then fails: the same.
-        let failed = sqlx::query("CALL commit_then_fail()").execute(&db).await;
-        assert!(failed.is_err());
-    } else {
-        sqlx::query("CALL commit_it()").execute(&db).await.unwrap();
-    }
-    // Anything after it would commit: refused.
-    let after = sqlx::query("INSERT INTO leaky (note) VALUES ('after')")
-        .execute(&db)
-        .await;
-    println!("AFTER {}", if after.is_err() { "refused" } else { "ran" });
-}
-
-#[db_test(migrator = "CALL_LEAK")]
-async fn child_call_check(db: TestDb) {
-    if std::env::var_os("DB_TEST_MYSQL_CHILD").is_none() {
-        return;
-    }
-    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM leaky")
-        .fetch_one(&db)
-        .await
-        .unwrap();
-    println!("ROWS {n}");
+#[db_test(migrations = false)]
+async fn a_commit_on_a_bare_connection_fails_its_test_and_the_working_database_is_rebuilt(
+    db: TestDb,
+) {
+    committed_and_rebuilt(
+        &db,
+        "child_leak_commit",
+        &[],
+        &["COMMITTED into the shared working database"],
+    )
+    .await;
 }
 
 /// The `CALL` fails its test, nothing after it runs, and the next process
-/// gets a working database without the committed row.
+/// gets a working database without the committed row; also when the
+/// procedure fails after its commit.
 #[db_test(migrations = false)]
 async fn a_procedure_that_commits_fails_its_test_and_the_working_database_is_rebuilt(db: TestDb) {
-    for fails in [false, true] {
-        call_commit(&db, fails).await;
-    }
-}
-
-async fn call_commit(db: &TestDb, fails: bool) {
-    let mut server = MySqlConnection::connect_with(&db.connect_options())
-        .await
-        .unwrap();
-    let token = common::unique_token("dbtest_call");
-    let mut cmd = leak_child("child_call_commit", &token);
-    if fails {
-        cmd.env("DB_TEST_CALL_FAILS", "1");
-    }
-    let (out, text) =
-        tokio::task::spawn_blocking(move || common::run_until(cmd, Duration::from_secs(120)))
-            .await
-            .unwrap();
-    assert!(!out.status.success(), "{text}");
-    assert!(text.contains("a procedure it CALLed"), "{text}");
-    assert!(text.contains("AFTER refused"), "{text}");
-    let working = text
-        .lines()
-        .find_map(|l| l.split("LEAKED ").nth(1))
-        .expect("the child's working database")
-        .trim()
-        .to_string();
-    let prefix = working.strip_suffix("_w").unwrap().to_string();
-    let committed: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT note FROM `{working}`.leaky"
-    )))
-    .fetch_all(&mut server)
-    .await
-    .unwrap();
-    assert_eq!(committed, ["before"], "{text}");
-    assert_eq!(
-        databases_like(&mut server, &format!("{prefix}\\_wd")).await,
-        vec![format!("{prefix}_wd")]
-    );
-    let cmd = leak_child("child_call_check", &token);
-    let text = tokio::task::spawn_blocking(move || common::run_ok(cmd, "the next process"))
-        .await
-        .unwrap();
-    assert!(text.contains("ROWS 0"), "{text}");
-    drop_run(&mut server, &working).await;
+    let says = ["a procedure it CALLed", "AFTER refused"];
+    committed_and_rebuilt(&db, "child_call_commit", &[], &says).await;
+    committed_and_rebuilt(
+        &db,
+        "child_call_commit",
+        &[("DB_TEST_CALL_FAILS", "1")],
+        &says,
+    )
+    .await;
 }
 
 // One test for both, so that no other test builds a template meanwhile.

@@ -135,6 +135,19 @@ pub fn database_url() -> String {
     })
 }
 
+/// The floor's runtime (E): a current-thread one, or with `multi_thread`
+/// a 2-worker multi-thread one, the shape of db-test's shared runtime.
+pub fn floor_runtime(multi_thread: bool) -> tokio::runtime::Runtime {
+    let mut builder = if multi_thread {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(2);
+        b
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    builder.enable_all().build().expect("build a tokio runtime")
+}
+
 /// The hand-rolled way: a brand-new pool for every test.
 pub async fn fresh_pool() -> sqlx::PgPool {
     sqlx::postgres::PgPoolOptions::new()

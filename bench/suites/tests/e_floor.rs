@@ -18,7 +18,7 @@
 //!   above, but the iteration runs as a task spawned onto the runtime and
 //!   the caller only waits for it, so IO wake-ups stay on the worker threads.
 
-use db_test_bench_suites::{database_url, workload};
+use db_test_bench_suites::{database_url, floor_runtime, workload};
 use sqlx::{Connection, Executor, PgConnection};
 
 include!(concat!(env!("OUT_DIR"), "/e_floor.rs"));
@@ -57,21 +57,14 @@ fn main() {
         return;
     }
     let mode = std::env::var("BENCH_E_MODE").unwrap_or_else(|_| "floor".into());
-    let rt = match mode.as_str() {
-        "floor" | "savepoints" => tokio::runtime::Builder::new_current_thread(),
+    let rt = floor_runtime(match mode.as_str() {
+        "floor" | "savepoints" => false,
         "savepoints-mt"
         | "savepoints-mt-thread"
         | "savepoints-mt-spawn"
-        | "savepoints-mt-thread-spawn" => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(2);
-            b
-        }
+        | "savepoints-mt-thread-spawn" => true,
         other => panic!("unknown BENCH_E_MODE {other:?}"),
-    }
-    .enable_all()
-    .build()
-    .expect("build a tokio runtime");
+    });
     let mut conn = rt
         .block_on(PgConnection::connect(&database_url()))
         .expect("connect to DATABASE_URL");

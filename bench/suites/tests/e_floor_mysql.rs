@@ -10,7 +10,7 @@
 //!   (its shared runtime) give a test, with nothing else of theirs. What A
 //!   pays at least on top of the statements.
 
-use db_test_bench_suites::{database_url, workload};
+use db_test_bench_suites::{database_url, floor_runtime, workload};
 use sqlx::{Connection, MySqlConnection};
 
 // N: the same generated constant as PostgreSQL's floor.
@@ -28,18 +28,11 @@ fn main() {
         return;
     }
     let mode = std::env::var("BENCH_E_MODE").unwrap_or_else(|_| "floor".into());
-    let rt = match mode.as_str() {
-        "floor" => tokio::runtime::Builder::new_current_thread(),
-        "mt-thread" => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(2);
-            b
-        }
+    let rt = floor_runtime(match mode.as_str() {
+        "floor" => false,
+        "mt-thread" => true,
         other => panic!("unknown BENCH_E_MODE {other:?}"),
-    }
-    .enable_all()
-    .build()
-    .expect("build a tokio runtime");
+    });
     let mut conn = rt
         .block_on(MySqlConnection::connect(&database_url()))
         .expect("connect to DATABASE_URL");

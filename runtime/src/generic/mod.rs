@@ -89,10 +89,14 @@ pub trait Dialect: sqlx::Database + sealed::Sealed {
     /// (the failed statement itself needs no undoing: MySQL and SQLite undo
     /// a failed statement alone, keeping what came before it in the
     /// transaction, as production's autocommit keeps what committed before
-    /// it), and when a connection lent to `Acquire::begin` comes back. A deadlock ends the whole transaction on MySQL, app savepoints
-    /// and all; the app's retry would then commit into the shared working
-    /// database. `None`: not checked there (SQLite asks its library
-    /// instead: [`Dialect::in_transaction`]).
+    /// it), when a connection lent to `Acquire::begin` comes back, and at
+    /// the end of a test whose connection went out of db-test's sight (a
+    /// guard, an app transaction) before the final `ROLLBACK`, which
+    /// succeeds outside a transaction on MySQL. A deadlock ends the whole
+    /// transaction on MySQL, app savepoints and all; the app's retry would
+    /// then commit into the shared working database. `None`: not checked
+    /// there (SQLite asks its library instead, [`Dialect::in_transaction`],
+    /// and its final `ROLLBACK` fails by itself outside a transaction).
     #[doc(hidden)]
     const PROBE_TRANSACTION: Option<&'static str> = None;
 
@@ -113,15 +117,7 @@ pub trait Dialect: sqlx::Database + sealed::Sealed {
     #[doc(hidden)]
     const RELEASE_SESSION_LOCKS: Option<&'static str> = None;
 
-    /// Under test, at the end of a test whose connection went out of
-    /// db-test's sight (a guard, an app transaction, `Acquire::begin`): a
-    /// statement that fails if the test's transaction is no longer open.
-    /// `None` where the final `ROLLBACK` fails then by itself (SQLite);
-    /// MySQL's succeeds outside a transaction.
-    #[doc(hidden)]
-    const VERIFY_TRANSACTION: Option<&'static str> = None;
-
-    /// Whether `e`, from [`Dialect::VERIFY_TRANSACTION`] or the final
+    /// Whether `e`, from [`Dialect::PROBE_TRANSACTION`] or the final
     /// `ROLLBACK`, says the test's transaction is no longer open (rather
     /// than, say, that a stopped statement's error arrived late).
     #[doc(hidden)]

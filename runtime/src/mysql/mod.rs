@@ -139,11 +139,6 @@ pub type TestDb = crate::generic::TestDb<MySql>;
 
 impl crate::generic::sealed::Sealed for MySql {}
 
-/// The probe of [`crate::generic::Dialect::PROBE_TRANSACTION`] and
-/// [`crate::generic::Dialect::VERIFY_TRANSACTION`] on MySQL: fails ("SAVEPOINT db_test_probe does not exist") only
-/// outside a transaction.
-const MYSQL_PROBE: &str = "SAVEPOINT db_test_probe; RELEASE SAVEPOINT db_test_probe";
-
 /// MySQL/MariaDB: under test, statements that commit implicitly are refused
 /// (see the module's docs); `check_constraints` is a no-op, since MySQL has
 /// no deferred constraints (every constraint is checked when its statement
@@ -181,9 +176,8 @@ impl crate::generic::Dialect for MySql {
     // connection did not end its transaction). Outside a transaction
     // (autocommit) `SAVEPOINT` succeeds, and is gone by the next statement:
     // "SAVEPOINT db_test_probe does not exist".
-    const PROBE_TRANSACTION: Option<&'static str> = Some(MYSQL_PROBE);
-
-    const VERIFY_TRANSACTION: Option<&'static str> = Some(MYSQL_PROBE);
+    const PROBE_TRANSACTION: Option<&'static str> =
+        Some("SAVEPOINT db_test_probe; RELEASE SAVEPOINT db_test_probe");
 
     const SHARED_WORKING_DATABASE: bool = true;
 

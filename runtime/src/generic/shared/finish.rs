@@ -16,7 +16,7 @@ use crate::shared::{LoggedStatement, TEARDOWN_GRACE};
 
 impl<DB: Dialect> Shared<DB> {
     /// Whether the test's transaction was found ended at its end (see
-    /// [`Dialect::VERIFY_TRANSACTION`]): what the test wrote before that was
+    /// [`Dialect::PROBE_TRANSACTION`]): what the test wrote before that was
     /// committed, into the shared working database on MySQL.
     #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
     pub(crate) fn ended_out_of_sight(&self) -> bool {
@@ -183,11 +183,9 @@ impl<DB: Dialect> Shared<DB> {
             // Where the final ROLLBACK would succeed outside a transaction
             // (MySQL), check first that the test's is still open.
             let ended = if outer && out_of_sight && !by_database {
-                match DB::VERIFY_TRANSACTION {
-                    Some(verify) => DB::conn_fetch_many(&mut conn, OwnedQuery::<DB>::raw(verify))
-                        .try_collect::<Vec<_>>()
-                        .await
-                        .err(),
+                // (SQLite has no probe: its ROLLBACK fails by itself.)
+                match DB::PROBE_TRANSACTION {
+                    Some(probe) => super::exec::<DB>(&mut conn, probe).await.err(),
                     None => None,
                 }
             } else {

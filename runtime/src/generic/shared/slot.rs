@@ -208,7 +208,7 @@ impl<DB: Dialect> Shared<DB> {
     }
 
     /// The test's connection, out of db-test's sight: the test's
-    /// transaction is checked at the end ([`Dialect::VERIFY_TRANSACTION`]).
+    /// transaction is checked at the end ([`Dialect::PROBE_TRANSACTION`]).
     async fn lock_app(&self) -> sqlx::Result<SlotGuard<DB>> {
         let guard = self.lock().await?;
         self.state.out_of_sight.store(true, Ordering::Relaxed);

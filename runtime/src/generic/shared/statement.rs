@@ -138,34 +138,29 @@ pub(crate) async fn run_on<DB: Dialect>(
     let result: sqlx::Result<Vec<Step<DB>>> = DB::conn_fetch_many(conn, query).try_collect().await;
     *lock(&state.in_flight) = None;
     state.record(sql, result.as_ref().err().map(|e| e.to_string()));
-    match result {
-        Ok(steps) => {
-            if unseen && let Err(e) = check_open::<DB>(conn).await {
+    if let Err(e) = &result
+        && is_broken(e)
+    {
+        state.poison(out_of_sync(&state.label, e));
+        return result;
+    }
+    // A failed statement was undone by the server alone, unless its error
+    // ended the test's transaction (a deadlock does, app savepoints and
+    // all: every later statement would then run outside it, and commit).
+    // A `CALL` may have committed inside the procedure, failed or not.
+    if (unseen || result.is_err())
+        && let Err(gone) = check_open::<DB>(conn).await
+    {
+        match &result {
+            Err(e) if !unseen => {
+                state.ended_by_database(ended_by_database(&state.label, e, &gone));
+            }
+            _ => {
                 // Committed: the working database is rebuilt.
                 state.ended_out_of_sight.store(true, Ordering::Relaxed);
-                state.ended_by_database(committed_unseen(&state.label, &e));
+                state.ended_by_database(committed_unseen(&state.label, &gone));
             }
-            Ok(steps)
-        }
-        Err(e) if is_broken(&e) => {
-            state.poison(out_of_sync(&state.label, &e));
-            Err(e)
-        }
-        Err(e) => {
-            // The server undid the statement alone; unless its error ended
-            // the test's transaction (a deadlock does, app savepoints and
-            // all: then every later statement would run outside it, and
-            // commit).
-            if let Err(e2) = check_open::<DB>(conn).await {
-                if unseen {
-                    // A procedure may have committed before it failed.
-                    state.ended_out_of_sight.store(true, Ordering::Relaxed);
-                    state.ended_by_database(committed_unseen(&state.label, &e2));
-                } else {
-                    state.ended_by_database(ended_by_database(&state.label, &e, &e2));
-                }
-            }
-            Err(e)
         }
     }
+    result
 }

@@ -11,7 +11,11 @@
 //! deadlock, which they never do in a fresh clone), one transaction copies
 //! the template's own rows back, and an `ALTER TABLE … AUTO_INCREMENT` sets
 //! back the counters (so the next test's first id is the one a fresh clone
-//! gives).
+//! gives). A table whose template has rows (`_sqlx_migrations`, seed data)
+//! is left alone when its `CHECKSUM TABLE` still equals the template's (of
+//! the rows' bytes: a change of case that the collation calls equal still
+//! counts): a `TRUNCATE` recreates the table and is the dearest statement
+//! of a reset.
 //!
 //! Whether the schema is still the template's is asked in one round trip of
 //! `SHOW` statements, which read each table's definition directly:
@@ -24,7 +28,7 @@
 //! | a table or view created, dropped, renamed | `SHOW FULL TABLES` |
 //! | columns, indexes, keys, checks, engine, options, partitions | `SHOW CREATE TABLE` |
 //! | a view's definition | `SHOW CREATE VIEW` |
-//! | triggers | `SHOW TRIGGERS` (any: not recycled) |
+//! | triggers | `information_schema.triggers` (any: not recycled) |
 //! | procedures, functions | `mysql.proc` (MariaDB) or `information_schema.routines` |
 //! | events | `mysql.event` or `information_schema.events` (any: not recycled) |
 //! | the database's character set and collation | `SHOW CREATE DATABASE` |
@@ -52,9 +56,17 @@ pub(super) struct Recycle {
     auto_increments: HashMap<String, u64>,
     /// The routines and events queries of this server ([`Catalog`]).
     catalog: Catalog,
-    /// Copies the template's rows back into emptied tables, with
-    /// [`TARGET`] for the database.
-    copies: String,
+    /// The tables holding rows in the template: each one's statements
+    /// copying them back into it once emptied (with [`TARGET`] for the
+    /// database), and its `CHECKSUM TABLE` in the template.
+    seeded: Vec<Seeded>,
+}
+
+/// A table holding rows in the template (see [`Recycle::seeded`]).
+struct Seeded {
+    table: String,
+    copy: String,
+    checksum: Option<i64>,
 }
 
 /// Where this server keeps routines and events: MariaDB (and MySQL 5.7)
@@ -80,6 +92,9 @@ struct Survey {
     /// A table kind whose state a row reset does not restore (a MariaDB
     /// `SEQUENCE`, a system-versioned table keeping deleted rows).
     stateful: bool,
+    /// `CHECKSUM TABLE` of the tables asked for, in their order (`None`
+    /// for a table that is gone).
+    checksums: Vec<Option<i64>>,
 }
 
 /// Stands for the surveyed database's name in a signature.
@@ -90,12 +105,14 @@ fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
 }
 
-/// Survey the schema of `database` (its tables and views as named).
+/// Survey the schema of `database` (its tables and views as named), and
+/// the rows of the tables `checksummed` (`CHECKSUM TABLE`).
 async fn survey(
     conn: &mut MySqlConnection,
     database: &str,
     tables: &[String],
     views: &[String],
+    checksummed: &[&str],
     catalog: Catalog,
 ) -> Result<Survey, sqlx::Error> {
     let q = quote(database);
@@ -107,7 +124,12 @@ async fn survey(
     for view in views {
         script.push_str(&format!("SHOW CREATE VIEW {q}.{};\n", quote(view)));
     }
-    script.push_str(&format!("SHOW TRIGGERS FROM {q};\n"));
+    // Not `SHOW TRIGGERS`, which builds every trigger's row in a temporary
+    // table with text columns and costs twice as much on MariaDB; any
+    // trigger at all means "not recycled".
+    script.push_str(&format!(
+        "SELECT COUNT(*) FROM information_schema.triggers WHERE event_object_schema = {l};\n"
+    ));
     script.push_str(&match catalog {
         Catalog::Tables => format!(
             "SELECT CAST(name AS CHAR), CAST(type AS CHAR), MD5(body), MD5(param_list), \
@@ -123,6 +145,14 @@ async fn survey(
         ),
     });
     script.push_str(&format!("SHOW CREATE DATABASE {q};\n"));
+    if !checksummed.is_empty() {
+        let list = checksummed
+            .iter()
+            .map(|t| format!("{q}.{}", quote(t)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        script.push_str(&format!("CHECKSUM TABLE {list};\n"));
+    }
 
     // Result sets, in the script's order: the rows of each.
     let mut sets: Vec<Vec<Vec<Option<String>>>> = vec![Vec::new()];
@@ -140,7 +170,7 @@ async fn survey(
     }
     drop(steps);
     // One set per statement (each ends with its result), then an empty one.
-    let statements = tables.len() + views.len() + 5;
+    let statements = tables.len() + views.len() + 5 + usize::from(!checksummed.is_empty());
     if sets.len() != statements + 1 {
         return Err(sqlx::Error::Protocol(format!(
             "db-test: a survey of {statements} statements returned {} results",
@@ -152,7 +182,27 @@ async fn survey(
     let mut signature = String::new();
     let mut auto_increments = HashMap::new();
     let mut stateful = false;
+    let checksums_at = events_at + 2;
+    let mut checksums = Vec::new();
+    if !checksummed.is_empty() {
+        // One row per table, in order: (name, checksum or NULL).
+        for row in &sets[checksums_at] {
+            let value = row.get(1).cloned().flatten();
+            checksums.push(value.and_then(|v| v.parse().ok()));
+        }
+        if checksums.len() != checksummed.len() {
+            return Err(sqlx::Error::Protocol(format!(
+                "db-test: CHECKSUM TABLE of {} tables returned {} rows",
+                checksummed.len(),
+                checksums.len()
+            )));
+        }
+    }
     for (i, set) in sets.iter().enumerate() {
+        if i == checksums_at && !checksummed.is_empty() {
+            // Rows, not schema: compared table by table.
+            continue;
+        }
         for row in set {
             let mut values: Vec<String> = row
                 .iter()
@@ -183,15 +233,19 @@ async fn survey(
         }
         signature.push('\u{1d}');
     }
-    let events = sets[events_at]
-        .first()
-        .and_then(|row| row.first().cloned().flatten());
-    let active = !sets[triggers_at].is_empty() || events.as_deref() != Some("0");
+    let count = |at: usize| {
+        sets[at]
+            .first()
+            .and_then(|row| row.first().cloned().flatten())
+    };
+    let active =
+        count(triggers_at).as_deref() != Some("0") || count(events_at).as_deref() != Some("0");
     Ok(Survey {
         signature,
         auto_increments,
         active,
         stateful,
+        checksums,
     })
 }
 
@@ -207,7 +261,7 @@ fn text(row: &sqlx::mysql::MySqlRow, i: usize) -> Result<Option<String>, sqlx::E
     if let Ok(v) = row.try_get::<Option<Vec<u8>>, _>(i) {
         return Ok(v.map(|b| String::from_utf8_lossy(&b).into_owned()));
     }
-    // A date (`SHOW TRIGGERS`' `Created`): its type stands for it.
+    // Another type (a date): its type stands for it.
     Ok(Some(format!("\u{3}{}", row.column(i).type_info())))
 }
 
@@ -263,23 +317,33 @@ pub(super) async fn plan(
             _ => return Ok(None),
         }
     }
-    let survey = survey(admin, template, &tables, &views, catalog).await?;
+    let mut copies = Vec::new();
+    for table in &tables {
+        if let Some(copy) = copy_rows_sql(admin, template, table).await? {
+            copies.push((table.clone(), copy));
+        }
+    }
+    let names: Vec<&str> = copies.iter().map(|(t, _)| t.as_str()).collect();
+    let survey = survey(admin, template, &tables, &views, &names, catalog).await?;
     if survey.active || survey.stateful {
         return Ok(None);
     }
-    let mut copies = String::new();
-    for table in &tables {
-        if let Some(copy) = copy_rows_sql(admin, template, table).await? {
-            copies.push_str(&copy);
-        }
-    }
+    let seeded = copies
+        .into_iter()
+        .zip(survey.checksums)
+        .map(|((table, copy), checksum)| Seeded {
+            table,
+            copy,
+            checksum,
+        })
+        .collect();
     Ok(Some(Recycle {
         signature: survey.signature,
         tables,
         views,
         auto_increments: survey.auto_increments,
         catalog,
-        copies,
+        seeded,
     }))
 }
 
@@ -291,9 +355,17 @@ impl Recycle {
         admin: &mut MySqlConnection,
         name: &str,
     ) -> Result<(), String> {
-        let now = survey(admin, name, &self.tables, &self.views, self.catalog)
-            .await
-            .map_err(|e| format!("surveying its schema: {e}"))?;
+        let seeded: Vec<&str> = self.seeded.iter().map(|s| s.table.as_str()).collect();
+        let now = survey(
+            admin,
+            name,
+            &self.tables,
+            &self.views,
+            &seeded,
+            self.catalog,
+        )
+        .await
+        .map_err(|e| format!("surveying its schema: {e}"))?;
         if now.signature != self.signature || now.active || now.stateful {
             return Err("the test changed its schema".into());
         }
@@ -301,9 +373,21 @@ impl Recycle {
         // indexes, marked, until purged, and an insert of the same unique
         // value then takes shared locks on them, with which concurrent
         // inserts of the next test deadlock (a fresh clone has none).
-        // Tables already empty are left alone.
-        let filled = self.filled_tables(admin, name).await?;
+        // Tables already empty are left alone, and so are tables whose rows
+        // are still the template's (their checksums are equal): a TRUNCATE
+        // recreates the table, the dearest statement of a reset.
+        let mut filled = self.filled_tables(admin, name).await?;
+        let mut copies = String::new();
         let target = name.replace('`', "``");
+        for (seed, now) in self.seeded.iter().zip(&now.checksums) {
+            if seed.checksum.is_some() && *now == seed.checksum {
+                continue;
+            }
+            if !filled.contains(&seed.table) {
+                filled.push(seed.table.clone());
+            }
+            copies.push_str(&seed.copy.replace(TARGET, &target));
+        }
         let mut sql =
             String::from("SET @dbtest_fk = @@FOREIGN_KEY_CHECKS, FOREIGN_KEY_CHECKS = 0;\n");
         for table in &filled {
@@ -313,9 +397,12 @@ impl Recycle {
                 quote(table)
             ));
         }
-        sql.push_str("START TRANSACTION;\n");
-        sql.push_str(&self.copies.replace(TARGET, &target));
-        sql.push_str("COMMIT;\nSET FOREIGN_KEY_CHECKS = @dbtest_fk;\n");
+        if !copies.is_empty() {
+            sql.push_str("START TRANSACTION;\n");
+            sql.push_str(&copies);
+            sql.push_str("COMMIT;\n");
+        }
+        sql.push_str("SET FOREIGN_KEY_CHECKS = @dbtest_fk;\n");
         for (table, value) in &self.auto_increments {
             // TRUNCATE set the counter back to 1 (the copy, past its rows);
             // a table left alone has the counter the test left.
@@ -344,17 +431,22 @@ impl Recycle {
         Ok(())
     }
 
-    /// The base tables of `name` that hold rows, in one round trip.
+    /// The base tables of `name` that hold rows and are empty in the
+    /// template, in one round trip.
     async fn filled_tables(
         &self,
         admin: &mut MySqlConnection,
         name: &str,
     ) -> Result<Vec<String>, String> {
-        if self.tables.is_empty() {
+        let empty: Vec<&String> = self
+            .tables
+            .iter()
+            .filter(|t| !self.seeded.iter().any(|s| &s.table == *t))
+            .collect();
+        if empty.is_empty() {
             return Ok(Vec::new());
         }
-        let sql = self
-            .tables
+        let sql = empty
             .iter()
             .map(|t| {
                 format!(

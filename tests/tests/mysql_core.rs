@@ -1298,3 +1298,30 @@ async fn a_commit_after_a_quoted_user_variable_name_is_refused(db: TestDb) {
     let mut check = outsider(&db).await;
     assert_eq!(committed_users(&mut check, "quoted_var").await, 0);
 }
+
+/// The project's own name for its pool: the backend comes from the type
+/// behind the alias, as `#[sqlx::test]` (which sees only the name) cannot.
+type AppPool = MySqlPool;
+
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn an_alias_of_mysql_pool_gets_a_database_of_its_own(pool: AppPool) {
+    let name: String = sqlx::query_scalar("SELECT DATABASE()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(name.contains("_d"), "a per-test database, not {name}");
+    // DDL and real commits: the database is the test's alone.
+    sqlx::query("CREATE TABLE alias_t (a INT)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO user (username) VALUES ('alias')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM user")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+}

@@ -879,3 +879,24 @@ async fn a_failure_leaves_the_tests_own_savepoints_alone(db: TestDb) {
     sqlx::query("RELEASE mine").execute(&db).await.unwrap();
     assert_eq!(names(&db).await, ["seed"]);
 }
+
+/// The project's own name for its pool: the backend comes from the type
+/// behind the alias.
+type AppPool = SqlitePool;
+
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn an_alias_of_sqlite_pool_gets_a_database_of_its_own(pool: AppPool) {
+    sqlx::query("CREATE TABLE alias_t (a INT)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO item (name) VALUES ('alias')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let names: Vec<String> = sqlx::query_scalar("SELECT name FROM item ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(names.last().map(String::as_str), Some("alias"));
+}

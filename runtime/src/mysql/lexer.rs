@@ -34,6 +34,9 @@
 //! is on the server. A `CALL` is followed by a check of the test's
 //! transaction instead ([`calls_procedure`]).
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
 /// One token: only what classification needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Token {
@@ -85,7 +88,31 @@ fn quoted(bytes: &[u8], start: usize, backslash: bool) -> (String, usize) {
     (String::from_utf8_lossy(&text).into_owned(), i)
 }
 
-fn tokens(sql: &str, backslash: bool) -> Vec<Token> {
+/// `sql`'s tokens. Each statement is classified three times in a row
+/// (refused? session state? a `CALL`?), on one thread: the last string's
+/// tokens are kept per thread and per reading, not lexed again.
+fn tokens(sql: &str, backslash: bool) -> Rc<Vec<Token>> {
+    type Last = RefCell<[Option<(String, Rc<Vec<Token>>)>; 2]>;
+    thread_local! {
+        static LAST: Last = const { RefCell::new([None, None]) };
+    }
+    // Not kept: a long script (a fixture) is classified once.
+    const KEPT_UP_TO: usize = 16 * 1024;
+    LAST.with(|last| {
+        let slot = usize::from(backslash);
+        if let Some((kept, tokens)) = &last.borrow()[slot]
+            && kept == sql
+        {
+            return tokens.clone();
+        }
+        let tokens = Rc::new(lex(sql, backslash));
+        last.borrow_mut()[slot] =
+            (sql.len() <= KEPT_UP_TO).then(|| (sql.to_owned(), tokens.clone()));
+        tokens
+    })
+}
+
+fn lex(sql: &str, backslash: bool) -> Vec<Token> {
     let bytes = sql.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -346,12 +373,6 @@ fn names_ours(s: &[Token]) -> bool {
     })
 }
 
-/// Whether `sql` may leave state in the session that `ROLLBACK` does not
-/// undo: a temporary table (`CREATE`, which in transaction mode can only be
-/// `CREATE TEMPORARY`), a user variable (`@name` anywhere), a named lock
-/// (`GET_LOCK`), a prepared statement (`PREPARE`), a `HANDLER`, or a session
-/// setting (`SET`). Errs on the safe side: such a test's connection is
-/// closed at its end rather than handed to the next test.
 /// Whether `sql` calls a stored procedure (`CALL`), whose body may commit
 /// where db-test cannot read it.
 pub(crate) fn calls_procedure(sql: &str) -> bool {
@@ -362,6 +383,12 @@ pub(crate) fn calls_procedure(sql: &str) -> bool {
     })
 }
 
+/// Whether `sql` may leave state in the session that `ROLLBACK` does not
+/// undo: a temporary table (`CREATE`, which in transaction mode can only be
+/// `CREATE TEMPORARY`), a user variable (`@name` anywhere), a named lock
+/// (`GET_LOCK`), a prepared statement (`PREPARE`), a `HANDLER`, or a session
+/// setting (`SET`). Errs on the safe side: such a test's connection is
+/// closed at its end rather than handed to the next test.
 pub(crate) fn leaves_session_state(sql: &str) -> bool {
     readings(sql)
         .iter()

@@ -124,6 +124,43 @@ pub(crate) fn migrations_key(
     migrations: Migrations,
     manifest_dir: &'static str,
 ) -> Result<String, String> {
+    // Asked by every test, and a directory's `stat` costs more than the
+    // rest of the lookup: each attribute's strings (static, so their
+    // addresses name them) are looked up once per process.
+    type Seen = std::collections::HashMap<(usize, usize, usize, usize), String>;
+    static SEEN: std::sync::LazyLock<std::sync::Mutex<Seen>> =
+        std::sync::LazyLock::new(Default::default);
+    let path = match migrations {
+        Migrations::Default => Some(""),
+        Migrations::Path(p) => Some(p),
+        Migrations::None | Migrations::Migrator(..) => None,
+    };
+    let Some(path) = path else {
+        return migrations_key_uncached(migrations, manifest_dir);
+    };
+    let id = (
+        manifest_dir.as_ptr() as usize,
+        manifest_dir.len(),
+        path.as_ptr() as usize,
+        // The default's `""` may share its address with a path's end.
+        if matches!(migrations, Migrations::Default) {
+            usize::MAX
+        } else {
+            path.len()
+        },
+    );
+    if let Some(key) = crate::shared::lock(&SEEN).get(&id) {
+        return Ok(key.clone());
+    }
+    let key = migrations_key_uncached(migrations, manifest_dir)?;
+    crate::shared::lock(&SEEN).insert(id, key.clone());
+    Ok(key)
+}
+
+fn migrations_key_uncached(
+    migrations: Migrations,
+    manifest_dir: &'static str,
+) -> Result<String, String> {
     Ok(match migrations {
         Migrations::Default => {
             let dir = PathBuf::from(manifest_dir).join("migrations");

@@ -41,6 +41,8 @@ pub mod sqlite;
 mod sqltext;
 #[cfg(feature = "harness")]
 mod testdb;
+#[cfg(feature = "harness")]
+mod unix_clients;
 
 pub use db::{Db, DbAcquired, DbConn, DbConnection, DbTransaction};
 

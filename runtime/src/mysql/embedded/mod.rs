@@ -28,7 +28,8 @@
 //! - Shared by every test process: `start.lock` serialises start-up, and each
 //!   test process holds a shared lock on `users.lock` while it lives. A
 //!   detached reaper (a fork of the process that started it) stops the
-//!   server after `DB_TEST_MYSQL_IDLE_SECS` (default 600) without users.
+//!   server after `DB_TEST_MYSQL_IDLE_SECS` (default 600) without users
+//!   (test processes, or, on Linux, clients connected to its socket).
 
 use std::ffi::{CStr, CString};
 use std::fs::{self, DirBuilder, File, OpenOptions};

@@ -1,9 +1,11 @@
 //! Recognising our own server process (through `/proc`, allocation-free so
 //! that a forked child may do it), stopping it, and the detached reaper that
-//! stops it once no test process has used it for the idle time.
+//! stops it once neither a test process nor a client connected to its socket
+//! has used it for the idle time.
 
 use super::*;
 use crate::postgres::embedded::process::read_into;
+use crate::unix_clients::clients_connected;
 
 /// What recognises our server, prepared up front: the reaper uses it in a
 /// forked child, where it must not allocate.
@@ -146,6 +148,8 @@ struct ReaperPlan<'a> {
     root: CString,
     users: CString,
     start: CString,
+    /// The server's socket (`--socket`).
+    socket: CString,
     idle: Duration,
     /// `reaper.lock`, locked for the reaper's whole life.
     lock_fd: RawFd,
@@ -185,6 +189,7 @@ fn try_ensure_reaper(layout: &Layout, id: &ServerId) -> Result<(), String> {
         root: cstring(layout.root.clone())?,
         users: cstring(layout.root.join("users.lock"))?,
         start: cstring(layout.root.join("start.lock"))?,
+        socket: cstring(layout.socket())?,
         idle: Duration::from_secs(idle),
         lock_fd: lock.as_raw_fd(),
     };
@@ -259,7 +264,10 @@ fn reaper_main(plan: &ReaperPlan) -> ! {
 }
 
 /// Waits until the server is gone (then exits), or has had no user for
-/// `plan.idle` (then stops it, holding the start lock, and exits).
+/// `plan.idle` (then stops it, holding the start lock, and exits). A user
+/// is a test process holding `users.lock`, or a client connected to the
+/// server's socket (say through the URL of `server_url`), which takes no
+/// lock.
 fn reap(plan: &ReaperPlan, users: libc::c_int, start: libc::c_int) -> ! {
     let lock = |fd: libc::c_int, op: libc::c_int| loop {
         // SAFETY: flock on a descriptor we opened.
@@ -295,13 +303,20 @@ fn reap(plan: &ReaperPlan, users: libc::c_int, start: libc::c_int) -> ! {
             continue;
         }
         lock(users, libc::LOCK_UN);
+        if clients_connected(&plan.socket) {
+            idle_since = None;
+            continue;
+        }
         if idle_since.get_or_insert_with(Instant::now).elapsed() < plan.idle {
             continue;
         }
         lock(start, libc::LOCK_EX);
         if lock(users, libc::LOCK_EX | libc::LOCK_NB) {
-            stop_server(plan.id);
-            exit();
+            if !clients_connected(&plan.socket) {
+                stop_server(plan.id);
+                exit();
+            }
+            lock(users, libc::LOCK_UN);
         }
         lock(start, libc::LOCK_UN);
         idle_since = None;

@@ -12,7 +12,8 @@
 //! - Shared by every test process: a lock file serialises start-up, and each
 //!   test process holds a shared lock on `users.lock` while it lives. A small
 //!   detached reaper (a fork of the process that started it) stops the server
-//!   after `DB_TEST_PG_IDLE_SECS` (default 600) without users.
+//!   after `DB_TEST_PG_IDLE_SECS` (default 600) without users (test
+//!   processes, or, on Linux, clients connected to its socket).
 //!
 //! # Who may reach the server
 //!

@@ -1,6 +1,9 @@
 //! The idle reaper: a detached process, forked from the process that
 //! started the server, that stops the server once it has had no user for
-//! `DB_TEST_PG_IDLE_SECS`, and exits when the server is gone.
+//! `DB_TEST_PG_IDLE_SECS`, and exits when the server is gone. A user is a
+//! test process (it holds a shared lock on `users.lock`) or, on Linux, a
+//! client connected to the server's socket: one that reaches the server
+//! through its URL (`server_url`, `DATABASE_URL`) takes no lock.
 
 use std::ffi::CString;
 use std::io::ErrorKind;
@@ -11,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use super::dirs::{Layout, open_private_file};
 use super::process::{CAN_VERIFY, ServerId, stop_server};
-use super::{errno, flock};
+use super::{PORT, errno, flock};
+use crate::unix_clients::clients_connected;
 
 /// Everything the reaper needs, prepared before the fork.
 struct ReaperPlan {
@@ -19,6 +23,8 @@ struct ReaperPlan {
     root: CString,
     users: CString,
     start: CString,
+    /// The server's socket, as the postmaster bound it (`-k` dir and `-p`).
+    socket: CString,
     /// As root: the server user (uid, gid) the reaper becomes.
     drop_to: Option<(u32, u32)>,
     idle: Duration,
@@ -63,6 +69,7 @@ fn try_ensure_reaper(layout: &Layout) -> Result<(), String> {
         root: cstring(layout.root.clone())?,
         users: cstring(layout.root.join("users.lock"))?,
         start: cstring(layout.root.join("start.lock"))?,
+        socket: cstring(layout.socket.join(format!(".s.PGSQL.{PORT}")))?,
         drop_to: layout.run_as,
         idle: Duration::from_secs(idle),
         lock_fd: lock.as_raw_fd(),
@@ -187,7 +194,9 @@ fn reaper_main(plan: &ReaperPlan) -> ! {
 }
 
 /// Waits until the server is gone (then exits), or has had no user for
-/// `plan.idle` (then stops it and exits).
+/// `plan.idle` (then stops it and exits). A user is a test process holding
+/// `users.lock`, or a client connected to the server's socket (say through
+/// the URL of `server_url`), which takes no lock.
 fn reap(plan: &ReaperPlan, users: libc::c_int, start: libc::c_int) -> ! {
     let lock = |fd: libc::c_int, op: libc::c_int| loop {
         // SAFETY: flock on a descriptor we opened.
@@ -228,6 +237,10 @@ fn reap(plan: &ReaperPlan, users: libc::c_int, start: libc::c_int) -> ! {
             continue;
         }
         lock(users, libc::LOCK_UN);
+        if clients_connected(&plan.socket) {
+            idle_since = None;
+            continue;
+        }
         if idle_since.get_or_insert_with(Instant::now).elapsed() < plan.idle {
             continue;
         }
@@ -235,9 +248,14 @@ fn reap(plan: &ReaperPlan, users: libc::c_int, start: libc::c_int) -> ! {
         // Still no user: stop the server and wait until it is gone, holding
         // both locks, so that a process arriving meanwhile waits and then
         // starts a new server instead of reaching one that is shutting down.
+        // (A client that connects through the URL takes no lock: one that
+        // connects between this check and the stop loses its connection.)
         if lock(users, libc::LOCK_EX | libc::LOCK_NB) {
-            stop_server(&plan.id);
-            exit();
+            if !clients_connected(&plan.socket) {
+                stop_server(&plan.id);
+                exit();
+            }
+            lock(users, libc::LOCK_UN);
         }
         lock(start, libc::LOCK_UN);
         idle_since = None;

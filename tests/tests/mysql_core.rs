@@ -35,7 +35,7 @@ async fn committed_users(conn: &mut MySqlConnection, name: &str) -> i64 {
         .unwrap()
 }
 
-async fn users(db: &TestDb) -> i64 {
+async fn users<'e>(db: impl sqlx::Executor<'e, Database = sqlx::MySql>) -> i64 {
     sqlx::query_scalar("SELECT COUNT(*) FROM user")
         .fetch_one(db)
         .await
@@ -1319,9 +1319,5 @@ async fn an_alias_of_mysql_pool_gets_a_database_of_its_own(pool: AppPool) {
         .execute(&pool)
         .await
         .unwrap();
-    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM user")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(n, 1);
+    assert_eq!(users(&pool).await, 1);
 }

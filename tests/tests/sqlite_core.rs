@@ -23,7 +23,7 @@ fn scenario() -> String {
     std::env::var("DB_TEST_SQLITE_CHILD").unwrap_or_default()
 }
 
-async fn names(db: &TestDb) -> Vec<String> {
+async fn names<'e>(db: impl sqlx::Executor<'e, Database = sqlx::Sqlite>) -> Vec<String> {
     sqlx::query_scalar("SELECT name FROM item ORDER BY id")
         .fetch_all(db)
         .await
@@ -894,9 +894,6 @@ async fn an_alias_of_sqlite_pool_gets_a_database_of_its_own(pool: AppPool) {
         .execute(&pool)
         .await
         .unwrap();
-    let names: Vec<String> = sqlx::query_scalar("SELECT name FROM item ORDER BY id")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
+    let names = names(&pool).await;
     assert_eq!(names.last().map(String::as_str), Some("alias"));
 }

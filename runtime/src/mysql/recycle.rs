@@ -383,9 +383,8 @@ impl Recycle {
             if seed.checksum.is_some() && *now == seed.checksum {
                 continue;
             }
-            if !filled.contains(&seed.table) {
-                filled.push(seed.table.clone());
-            }
+            // Not among `filled`: that query skips seeded tables.
+            filled.push(seed.table.clone());
             copies.push_str(&seed.copy.replace(TARGET, &target));
         }
         let mut sql =

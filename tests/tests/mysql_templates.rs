@@ -232,6 +232,129 @@ async fn committed_and_rebuilt(db: &TestDb, child: &str, env: &[(&str, &str)], s
     drop_run(&mut server, &working).await;
 }
 
+/// A database-mode child: it has the working database's name (every
+/// process of a template has) and no test connection to it. Holds until
+/// the parent removes the file named in `DB_TEST_MYSQL_HOLD`, which it
+/// creates once it is running.
+#[db_test(migrator = "LEAK", isolation = "database")]
+async fn child_leak_hold(db: TestDb) {
+    let (Some(_), Some(flag)) = (
+        std::env::var_os("DB_TEST_MYSQL_CHILD"),
+        std::env::var_os("DB_TEST_MYSQL_HOLD"),
+    ) else {
+        return;
+    };
+    let _ = &db;
+    std::fs::write(&flag, b"").unwrap();
+    let t0 = std::time::Instant::now();
+    while std::path::Path::new(&flag).exists() && t0.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until nobody is connected to `database` (a child that exited is
+/// seen by the server a moment later).
+async fn until_unused(server: &mut MySqlConnection, database: &str) {
+    for _ in 0..200 {
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM information_schema.processlist WHERE db = ?")
+                .bind(database)
+                .fetch_one(&mut *server)
+                .await
+                .unwrap();
+        if n == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{database} is still in use 10 s after its processes ended");
+}
+
+/// A working database a test committed into is cloned again only when no
+/// process uses it, and a process uses it from the moment it has its name,
+/// also while none of its tests is connected to it (a database-mode test;
+/// a transaction-mode process between two tests whose sessions were ended,
+/// as after a deadlock). Before, the next process dropped and cloned it
+/// under such a process, whose next test found tables missing halfway
+/// through the clone (seen in CI: "Table '..._w.user' doesn't exist").
+#[db_test(migrations = false)]
+async fn a_dirty_working_database_is_not_rebuilt_under_a_process_that_has_its_name(db: TestDb) {
+    let mut server = MySqlConnection::connect_with(&db.connect_options())
+        .await
+        .unwrap();
+    let token = common::unique_token("dbtest_hold");
+    let check = || leak_child("child_leak_check", &token);
+    // The template and working database are built first, by another
+    // process: the holder then has nothing to build, and no connection of
+    // db-test's own (its admin connection stays in the last database it
+    // cloned) in the working database.
+    let cmd = check();
+    let text = tokio::task::spawn_blocking(move || common::run_ok(cmd, "the first process"))
+        .await
+        .unwrap();
+    assert!(text.contains("ROWS 0"), "{text}");
+    let flag = std::env::temp_dir().join(format!("{token}.hold"));
+    let mut hold = leak_child("child_leak_hold", &token);
+    hold.env("DB_TEST_MYSQL_HOLD", &flag);
+    let holder = hold.spawn().unwrap();
+    let t0 = std::time::Instant::now();
+    while !flag.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the holder never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The holder runs, with no test connection to the working database;
+    // another process commits into it.
+    let cmd = leak_child("child_leak_commit", &token);
+    let (out, text) =
+        tokio::task::spawn_blocking(move || common::run_until(cmd, Duration::from_secs(120)))
+            .await
+            .unwrap();
+    assert!(!out.status.success(), "{text}");
+    let working = common::word_after(&text, "LEAKED ").expect("the child's working database");
+    let prefix = working.strip_suffix("_w").unwrap().to_string();
+    let marker = vec![format!("{prefix}_wd")];
+    assert_eq!(
+        databases_like(&mut server, &format!("{prefix}\\_wd")).await,
+        marker
+    );
+    let pl: Vec<(i64, Option<String>, String)> = sqlx::query_as(
+        "SELECT CAST(id AS SIGNED), db, command FROM information_schema.processlist",
+    )
+    .fetch_all(&mut server)
+    .await
+    .unwrap();
+    eprintln!("DEBUGPL {pl:?}");
+    let cmd = check();
+    let text = tokio::task::spawn_blocking(move || common::run_ok(cmd, "a process beside it"))
+        .await
+        .unwrap();
+    assert!(text.contains("ROWS 1"), "rebuilt under the holder: {text}");
+    assert_eq!(
+        databases_like(&mut server, &format!("{prefix}\\_wd")).await,
+        marker
+    );
+
+    std::fs::remove_file(&flag).unwrap();
+    let out = tokio::task::spawn_blocking(move || common::wait(holder, Duration::from_secs(120)))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", common::text(&out));
+    until_unused(&mut server, &working).await;
+    let cmd = check();
+    let text = tokio::task::spawn_blocking(move || common::run_ok(cmd, "the next process"))
+        .await
+        .unwrap();
+    assert!(text.contains("ROWS 0"), "{text}");
+    assert_eq!(
+        databases_like(&mut server, &format!("{prefix}\\_wd")).await,
+        Vec::<String>::new()
+    );
+    drop_run(&mut server, &working).await;
+}
+
 #[db_test(migrations = false)]
 async fn a_commit_on_a_bare_connection_fails_its_test_and_the_working_database_is_rebuilt(
     db: TestDb,

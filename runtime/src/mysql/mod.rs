@@ -68,7 +68,8 @@
 //!   procedure that commits cannot be seen from its call: after a `CALL`,
 //!   one round trip checks the test's transaction, and the test fails if
 //!   the procedure ended it (its writes before were committed; the
-//!   working database is rebuilt by the next test process).
+//!   working database is cloned again by the next test process started
+//!   once no other process has it).
 //! - **Session state survives `ROLLBACK`**: temporary tables, user variables,
 //!   `GET_LOCK` locks, `PREPARE`d statements, `SET` session variables. A test
 //!   that may have left some gets its connection closed at the end instead

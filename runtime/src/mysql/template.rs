@@ -48,6 +48,13 @@ pub(crate) struct Template {
     pub(super) recycling: AtomicUsize,
     /// Signalled when a recycling ends.
     pub(super) recycled: Notify,
+    /// A connection to the working database, opened under the template lock
+    /// and held for the life of the process: another process rebuilds a
+    /// working database marked dirty only when nobody is connected to it,
+    /// and this process is a user of it from the moment it has the name,
+    /// even between tests when none of its slots is connected (a slot's
+    /// session ended after a deadlock, say). Never read.
+    _keeper: Mutex<MySqlConnection>,
 }
 
 /// The database whose existence says that the working database of
@@ -126,14 +133,21 @@ impl Engine {
                 self.display_url
             ));
         }
-        let result = self
+        let result = match self
             .build_locked(&mut admin, migrator.get(), &prefix, &template, &working)
-            .await;
+            .await
+        {
+            // Connected before the lock is released: see `Template::_keeper`.
+            Ok(built) => connect(&self.options_for(&working), &self.display_url)
+                .await
+                .map(|keeper| (built, keeper)),
+            Err(e) => Err(e),
+        };
         let _ = sqlx::query("SELECT RELEASE_LOCK(?)")
             .bind(&lock)
             .execute(&mut *admin)
             .await;
-        let (script, recycle) = result?;
+        let ((script, recycle), keeper) = result?;
         drop(admin);
         self.sweep_leftovers().await;
         self.sweep_outdated(&prefix).await;
@@ -180,6 +194,7 @@ impl Engine {
             running: AtomicUsize::new(0),
             recycling: AtomicUsize::new(0),
             recycled: Notify::new(),
+            _keeper: Mutex::new(keeper),
         })
     }
 

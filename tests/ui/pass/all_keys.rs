@@ -1,4 +1,4 @@
-use db_test::{db_test, Db, TestDb};
+use db_test::{Db, TestDb, db_test};
 
 #[db_test(
     timeout = "30s",
@@ -9,12 +9,29 @@ use db_test::{db_test, Db, TestDb};
     fixtures(path = "fixtures", scripts("some"))
 )]
 async fn all_keys(db: TestDb, other: Db) {
-    let _ = (db, other);
+    // No migrations; the one fixture, applied once for each attribute.
+    let notes: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM fixture_notes")
+        .fetch_one(&other)
+        .await
+        .unwrap();
+    assert_eq!(notes, 2);
+    let migrated: bool = sqlx::query_scalar("SELECT to_regclass('users') IS NOT NULL")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert!(!migrated);
 }
 
-#[db_test(migrations = "../../migrations", isolation = "transaction", timeout = "250ms")]
+#[db_test(
+    migrations = "../example-app/migrations",
+    isolation = "transaction",
+    timeout = "2500ms"
+)]
 async fn path_migrations(db: Db) {
-    let _ = db;
+    // The example app's schema, not this crate's (`migrations/`).
+    let tokens: bool = sqlx::query_scalar("SELECT to_regclass('api_tokens') IS NOT NULL")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert!(tokens);
 }
-
-fn main() {}

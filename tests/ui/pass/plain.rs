@@ -1,8 +1,7 @@
-use db_test::{db_test, TestDb};
+use db_test::{TestDb, db_test};
 
 #[db_test]
 async fn plain(db: TestDb) {
-    let _ = db;
+    let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&db).await.unwrap();
+    assert_eq!(one, 1);
 }
-
-fn main() {}

@@ -1,9 +1,11 @@
-use db_test::{db_test, TestDb};
+use db_test::{TestDb, db_test};
 
 #[db_test]
 async fn returns_result(db: TestDb) -> Result<(), String> {
-    let _ = db;
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&db)
+        .await
+        .map_err(|e| e.to_string())?;
+    assert_eq!(one, 1);
     Ok(())
 }
-
-fn main() {}

@@ -678,6 +678,14 @@ fn no_files_are_left_behind_and_a_failed_database_can_be_kept() {
         rows
     });
     assert_eq!(rows, ["seed", "kept"]);
+    // The next test processes sweep the files of processes that are gone
+    // (the one that kept it among them), never a kept one.
+    assert!(kept.contains("kept-db-"), "{kept}");
+    let (_, text) = run(false);
+    assert!(
+        std::path::Path::new(&kept).exists(),
+        "the next process removed the kept database:\n{text}"
+    );
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{kept}{suffix}"));
     }

@@ -140,9 +140,11 @@ fn sweep(dir: &Path) {
                     .and_then(|r| r.rsplit('.').next())
                     .and_then(|p| p.parse::<i32>().ok())
             });
+        // This process's own pid too: `dir()` sweeps before this process
+        // makes any file, so one with its pid is a dead process's that had
+        // the same pid (a container restarted with the same `target/`).
         if let Some(pid) = pid
-            && pid != std::process::id() as i32
-            && !alive(pid)
+            && (pid == std::process::id() as i32 || !alive(pid))
         {
             let _ = std::fs::remove_file(entry.path());
         }
@@ -340,6 +342,39 @@ impl FileCopy {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Keeps the file of a failed test (`DB_TEST_KEEP_FAILED`) under a
+    /// name that no sweep removes (`kept-db-<pid>-<n>.sqlite`): the next
+    /// test process sweeps the files of processes that are gone, this one
+    /// included once it exits. Returns the path it is kept at.
+    pub(crate) fn keep(&self) -> Result<PathBuf, String> {
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let kept = self.path.with_file_name(format!("kept-{name}"));
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let (mut from, mut to) = (
+                self.path.clone().into_os_string(),
+                kept.clone().into_os_string(),
+            );
+            from.push(suffix);
+            to.push(suffix);
+            match std::fs::rename(&from, &to) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !suffix.is_empty() => {}
+                Err(e) => {
+                    return Err(format!(
+                        "db-test: cannot keep {} as {}: {e}",
+                        PathBuf::from(from).display(),
+                        PathBuf::from(to).display()
+                    ));
+                }
+            }
+        }
+        Ok(kept)
     }
 }
 

@@ -280,11 +280,16 @@ impl Resource for FileResource {
                 ));
             }
             if ending.failed && crate::config::keep_failed() {
-                eprintln!(
-                    "db-test: kept the database of failed test `{}` (DB_TEST_KEEP_FAILED=1): {}",
-                    ending.spec.name,
-                    self.copy.path.display()
-                );
+                match self.copy.keep() {
+                    Ok(kept) => eprintln!(
+                        "db-test: kept the database of failed test `{}` (DB_TEST_KEEP_FAILED=1): {}",
+                        ending.spec.name,
+                        kept.display()
+                    ),
+                    Err(e) => {
+                        failure.get_or_insert(e);
+                    }
+                }
                 return (failure, Vec::new());
             }
             if let Err(e) = self.copy.remove() {

@@ -121,9 +121,16 @@ fn is_hex(text: &str) -> bool {
 }
 
 /// The `base` part: the URL's database name, lower case, with anything but
-/// ASCII letters and digits replaced by `_`, and cut to 16 characters.
+/// ASCII letters and digits replaced by `_`, within 16 characters. A name
+/// that this changes (cut, another case, other characters) keeps its first
+/// 11 characters and a hash of the whole name: the template lock is an
+/// advisory lock, which PostgreSQL scopes to the database the admin
+/// connection is in (the URL's), so two URL databases must never share
+/// names (`app_integration_1` and `app_integration_2`, two CI shards on one
+/// server, would otherwise build one template each under locks that do not
+/// see each other).
 pub(super) fn base(url_database: &str) -> String {
-    let s: String = url_database
+    let clean: String = url_database
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() {
@@ -132,9 +139,16 @@ pub(super) fn base(url_database: &str) -> String {
                 '_'
             }
         })
-        .take(BASE_LEN)
         .collect();
-    if s.is_empty() { "db".into() } else { s }
+    if clean.is_empty() {
+        return "db".into();
+    }
+    if clean == url_database && clean.len() <= BASE_LEN {
+        return clean;
+    }
+    const KEPT: usize = BASE_LEN - 5;
+    let head: String = clean.chars().take(KEPT).collect();
+    format!("{head}_{}", &short_hash(url_database.as_bytes())[..4])
 }
 
 /// The source, `dbtest_<base>_<source>`: `source_key` is the migrations'
@@ -398,6 +412,26 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a.len(), ROOT.len() + 2 + SOURCE_LEN);
         assert_eq!(base(""), "db");
-        assert_eq!(base("My-App.Test"), "my_app_test");
+        assert_eq!(base("my_app_test"), "my_app_test");
+        let changed = base("My-App.Test");
+        assert!(changed.starts_with("my_app_test_"), "{changed}");
+        assert_ne!(changed, base("my_app_test"));
+    }
+
+    #[test]
+    fn two_url_databases_never_share_a_base() {
+        let names = [
+            "app_integration_1",
+            "app_integration_2",
+            "App_integration_1",
+            "app-integration-1",
+            "a_very_long_database_name_indeed",
+            "a_very_long_database_name_indeed_2",
+        ];
+        let bases: std::collections::HashSet<String> = names.iter().map(|n| base(n)).collect();
+        assert_eq!(bases.len(), names.len(), "{bases:?}");
+        for b in &bases {
+            assert!(b.len() <= BASE_LEN, "{b}");
+        }
     }
 }

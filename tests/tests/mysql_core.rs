@@ -594,6 +594,55 @@ async fn first_insert_gets_id_1(db: &TestDb) {
     assert_eq!(id, 1, "AUTO_INCREMENT moved by an earlier test");
 }
 
+// A connection the test opened itself, on a thread of its own (out of
+// db-test's sight: not its pool, not a task of the test's runtime), writes
+// after the test ended. Its database must not go to the next test.
+#[db_test(migrations = "tests/mysql/migrations", isolation = "database")]
+async fn child_straggler_a(db: TestDb) {
+    first_insert_gets_id_1(&db).await;
+    let options = db.connect_options();
+    let (connected, ready) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut conn = MySqlConnection::connect_with(&options).await.unwrap();
+            connected.send(()).unwrap();
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            // Fails once the database is dropped: what it must not do is
+            // land in the next test's database.
+            let _ = sqlx::query("INSERT INTO user (username) VALUES ('late')")
+                .execute(&mut conn)
+                .await;
+        });
+    });
+    ready.recv().unwrap();
+}
+
+#[db_test(migrations = "tests/mysql/migrations", isolation = "database")]
+async fn child_straggler_b(db: TestDb) {
+    first_insert_gets_id_1(&db).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let late: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM user WHERE username = 'late'")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(late, 0, "a row written by an earlier test's own connection");
+}
+
+#[test]
+fn a_database_with_a_session_the_test_opened_itself_is_not_recycled() {
+    let text = common::run_ok(
+        common::children(&["child_straggler_a", "child_straggler_b"]),
+        "a test leaving a connection of its own, then another",
+    );
+    let used = used_databases(&text);
+    assert_eq!(used.len(), 2, "{text}");
+    assert_ne!(used[0], used[1], "{text}");
+}
+
 /// The databases the `child_*` tests of a run printed as `USED <name>`, in
 /// order.
 fn used_databases(text: &str) -> Vec<&str> {

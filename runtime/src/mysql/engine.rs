@@ -148,32 +148,35 @@ impl Engine {
             .connect_lazy_with(server.clone());
         // A wrong URL: a clear error within the connect timeout.
         let mut owner_conn = connect(&server, &display_url).await?;
-        let mut owner = 0u32;
-        for _ in 0..16 {
-            let candidate = u32::from_le_bytes(
-                hex8(
-                    format!(
-                        "{}:{:?}:{}",
-                        std::process::id(),
-                        Instant::now(),
-                        owner.wrapping_add(1)
-                    )
-                    .as_bytes(),
-                )
-                .as_bytes()[..4]
-                    .try_into()
-                    .unwrap_or_default(),
-            ) ^ std::process::id();
+        // The owner lock lives as long as this session: a server's short
+        // `wait_timeout` must not end it while the process is idle (another
+        // process would then take this one's databases for a dead one's).
+        owner_conn
+            .execute("SET SESSION wait_timeout = 31536000")
+            .await
+            .map_err(|e| format!("db-test: setting up the owner session on {display_url}: {e}"))?;
+        let mut owner = None;
+        for attempt in 0..16u32 {
+            // 32 bits of a digest of the pid, the time and the attempt.
+            let digest =
+                hex8(format!("{}:{:?}:{attempt}", std::process::id(), Instant::now()).as_bytes());
+            let candidate = u32::from_str_radix(&digest, 16).unwrap_or(attempt);
             let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, 0)")
                 .bind(owner_lock(candidate))
                 .fetch_one(&mut owner_conn)
                 .await
                 .map_err(|e| format!("db-test: taking the owner lock on {display_url}: {e}"))?;
-            owner = candidate;
             if got == Some(1) {
+                owner = Some(candidate);
                 break;
             }
         }
+        let Some(owner) = owner else {
+            return Err(format!(
+                "db-test: no free owner lock on {display_url} after 16 tries; \
+                 another process holds every one tried (is something holding db-test's locks?)"
+            ));
+        };
         Ok(Engine {
             display_url,
             url,

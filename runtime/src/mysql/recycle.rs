@@ -95,6 +95,21 @@ struct Survey {
     /// `CHECKSUM TABLE` of the tables asked for, in their order (`None`
     /// for a table that is gone).
     checksums: Vec<Option<i64>>,
+    /// Of the tables asked to probe, those holding rows.
+    filled: Vec<String>,
+    /// Sessions in the database other than the surveying one (when asked).
+    others: i64,
+}
+
+/// What a survey asks of the rows besides the schema.
+#[derive(Clone, Copy, Default)]
+struct Rows<'a> {
+    /// Tables whose `CHECKSUM TABLE` is wanted.
+    checksummed: &'a [&'a str],
+    /// Tables to ask whether they hold rows.
+    probed: &'a [&'a str],
+    /// Whether to count the other sessions in the database.
+    count_others: bool,
 }
 
 /// Stands for the surveyed database's name in a signature.
@@ -105,16 +120,22 @@ fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
 }
 
-/// Survey the schema of `database` (its tables and views as named), and
-/// the rows of the tables `checksummed` (`CHECKSUM TABLE`).
+/// Survey the schema of `database` (its tables and views as named), the
+/// rows of the tables `checksummed` (`CHECKSUM TABLE`), and which of the
+/// tables `probed` hold rows; in one round trip.
 async fn survey(
     conn: &mut MySqlConnection,
     database: &str,
     tables: &[String],
     views: &[String],
-    checksummed: &[&str],
+    rows: Rows<'_>,
     catalog: Catalog,
 ) -> Result<Survey, sqlx::Error> {
+    let Rows {
+        checksummed,
+        probed,
+        count_others,
+    } = rows;
     let q = quote(database);
     let l = literal(database);
     let mut script = format!("SHOW FULL TABLES FROM {q};\n");
@@ -153,6 +174,27 @@ async fn survey(
             .join(", ");
         script.push_str(&format!("CHECKSUM TABLE {list};\n"));
     }
+    if !probed.is_empty() {
+        let probes = probed
+            .iter()
+            .map(|t| {
+                format!(
+                    "SELECT {} AS t, EXISTS (SELECT 1 FROM {q}.{}) AS filled",
+                    literal(t),
+                    quote(t)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ");
+        script.push_str(&probes);
+        script.push_str(";\n");
+    }
+    if count_others {
+        script.push_str(&format!(
+            "SELECT COUNT(*) FROM information_schema.processlist \
+             WHERE db = {l} AND id <> CONNECTION_ID();\n"
+        ));
+    }
 
     // Result sets, in the script's order: the rows of each.
     let mut sets: Vec<Vec<Vec<Option<String>>>> = vec![Vec::new()];
@@ -170,7 +212,12 @@ async fn survey(
     }
     drop(steps);
     // One set per statement (each ends with its result), then an empty one.
-    let statements = tables.len() + views.len() + 5 + usize::from(!checksummed.is_empty());
+    let statements = tables.len()
+        + views.len()
+        + 5
+        + usize::from(!checksummed.is_empty())
+        + usize::from(!probed.is_empty())
+        + usize::from(count_others);
     if sets.len() != statements + 1 {
         return Err(sqlx::Error::Protocol(format!(
             "db-test: a survey of {statements} statements returned {} results",
@@ -183,7 +230,20 @@ async fn survey(
     let mut auto_increments = HashMap::new();
     let mut stateful = false;
     let checksums_at = events_at + 2;
+    let probes_at = checksums_at + usize::from(!checksummed.is_empty());
+    let others_at = probes_at + usize::from(!probed.is_empty());
     let mut checksums = Vec::new();
+    let mut filled = Vec::new();
+    if !probed.is_empty() {
+        // One row per table: (name, 0 or 1).
+        for row in &sets[probes_at] {
+            if let [Some(table), Some(flag)] = row.as_slice()
+                && flag != "0"
+            {
+                filled.push(table.clone());
+            }
+        }
+    }
     if !checksummed.is_empty() {
         // One row per table, in order: (name, checksum or NULL).
         for row in &sets[checksums_at] {
@@ -199,7 +259,10 @@ async fn survey(
         }
     }
     for (i, set) in sets.iter().enumerate() {
-        if i == checksums_at && !checksummed.is_empty() {
+        if (i == checksums_at && !checksummed.is_empty())
+            || (i == probes_at && !probed.is_empty())
+            || (i == others_at && count_others)
+        {
             // Rows, not schema: compared table by table.
             continue;
         }
@@ -240,12 +303,21 @@ async fn survey(
     };
     let active =
         count(triggers_at).as_deref() != Some("0") || count(events_at).as_deref() != Some("0");
+    let others = if count_others {
+        count(others_at)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(i64::MAX)
+    } else {
+        0
+    };
     Ok(Survey {
         signature,
         auto_increments,
         active,
         stateful,
         checksums,
+        filled,
+        others,
     })
 }
 
@@ -324,7 +396,18 @@ pub(super) async fn plan(
         }
     }
     let names: Vec<&str> = copies.iter().map(|(t, _)| t.as_str()).collect();
-    let survey = survey(admin, template, &tables, &views, &names, catalog).await?;
+    let survey = survey(
+        admin,
+        template,
+        &tables,
+        &views,
+        Rows {
+            checksummed: &names,
+            ..Rows::default()
+        },
+        catalog,
+    )
+    .await?;
     if survey.active || survey.stateful {
         return Ok(None);
     }
@@ -356,16 +439,36 @@ impl Recycle {
         name: &str,
     ) -> Result<(), String> {
         let seeded: Vec<&str> = self.seeded.iter().map(|s| s.table.as_str()).collect();
+        // The tables empty in the template: a test that filled one gets it
+        // emptied.
+        let empty: Vec<&str> = self
+            .tables
+            .iter()
+            .map(String::as_str)
+            .filter(|t| !seeded.contains(t))
+            .collect();
         let now = survey(
             admin,
             name,
             &self.tables,
             &self.views,
-            &seeded,
+            Rows {
+                checksummed: &seeded,
+                probed: &empty,
+                count_others: true,
+            },
             self.catalog,
         )
         .await
         .map_err(|e| format!("surveying its schema: {e}"))?;
+        // A session the test opened itself (a pool of its own built from the
+        // options it was given, a task's connection) could write after the
+        // reset: such a database is dropped, not handed to the next test.
+        // Its pool was closed just before, and the server may not have
+        // processed those disconnects yet: counted again for a moment.
+        if now.others > 0 && !self.alone(admin, name).await {
+            return Err("another session is still connected to it".into());
+        }
         if now.signature != self.signature || now.active || now.stateful {
             return Err("the test changed its schema".into());
         }
@@ -376,14 +479,14 @@ impl Recycle {
         // Tables already empty are left alone, and so are tables whose rows
         // are still the template's (their checksums are equal): a TRUNCATE
         // recreates the table, the dearest statement of a reset.
-        let mut filled = self.filled_tables(admin, name).await?;
+        let mut filled = now.filled.clone();
         let mut copies = String::new();
         let target = name.replace('`', "``");
         for (seed, now) in self.seeded.iter().zip(&now.checksums) {
             if seed.checksum.is_some() && *now == seed.checksum {
                 continue;
             }
-            // Not among `filled`: that query skips seeded tables.
+            // Not among `filled`: only the template's empty tables are probed.
             filled.push(seed.table.clone());
             copies.push_str(&seed.copy.replace(TARGET, &target));
         }
@@ -430,43 +533,24 @@ impl Recycle {
         Ok(())
     }
 
-    /// The base tables of `name` that hold rows and are empty in the
-    /// template, in one round trip.
-    async fn filled_tables(
-        &self,
-        admin: &mut MySqlConnection,
-        name: &str,
-    ) -> Result<Vec<String>, String> {
-        let empty: Vec<&String> = self
-            .tables
-            .iter()
-            .filter(|t| !self.seeded.iter().any(|s| &s.table == *t))
-            .collect();
-        if empty.is_empty() {
-            return Ok(Vec::new());
+    /// Whether no session but `admin` is in `name`, within 200 ms.
+    async fn alone(&self, admin: &mut MySqlConnection, name: &str) -> bool {
+        for _ in 0..10 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            let others: Result<i64, _> = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM information_schema.processlist \
+                 WHERE db = ? AND id <> CONNECTION_ID()",
+            )
+            .bind(name)
+            .fetch_one(&mut *admin)
+            .await;
+            match others {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
         }
-        let sql = empty
-            .iter()
-            .map(|t| {
-                format!(
-                    "SELECT {} AS t, EXISTS (SELECT 1 FROM {}.{}) AS filled",
-                    literal(t),
-                    quote(name),
-                    quote(t)
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(" UNION ALL ");
-        let rows: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .persistent(false)
-            .fetch_all(&mut *admin)
-            .await
-            .map_err(|e| format!("reading which tables hold rows: {e}"))?;
-        Ok(rows
-            .into_iter()
-            .filter(|(_, filled)| *filled != 0)
-            .map(|(t, _)| t)
-            .collect())
+        false
     }
 }
 

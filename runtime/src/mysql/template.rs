@@ -138,9 +138,16 @@ impl Engine {
             .await
         {
             // Connected before the lock is released: see `Template::_keeper`.
-            Ok(built) => connect(&self.options_for(&working), &self.display_url)
-                .await
-                .map(|keeper| (built, keeper)),
+            Ok(built) => match connect(&self.options_for(&working), &self.display_url).await {
+                // Idle for the whole run: a server's short `wait_timeout`
+                // must not end it.
+                Ok(mut keeper) => keeper
+                    .execute("SET SESSION wait_timeout = 31536000")
+                    .await
+                    .map(|_| (built, keeper))
+                    .map_err(|e| ctx("setting up the working database's keeper", e)),
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         let _ = sqlx::query("SELECT RELEASE_LOCK(?)")
@@ -603,5 +610,8 @@ async fn clone_script(admin: &mut MySqlConnection, template: &str) -> Result<Str
         script.push_str(";\n");
     }
     script.push_str("SET FOREIGN_KEY_CHECKS = @dbtest_fk;\n");
+    // Out of the clone: an idle admin connection left in it would count as
+    // a session of its (`processlist.db`), which must mean a test's.
+    script.push_str("USE information_schema;\n");
     Ok(script)
 }

@@ -103,16 +103,18 @@ external_my=${DB_TEST_EXTERNAL_MYSQL_URL:-mysql://root@127.0.0.1:3306/test}
 if psql "$external" -Atc 'SELECT 1' >/dev/null 2>&1 && my "$external_my" -- -N -e 'SELECT 1' >/dev/null 2>&1; then
     # The servers' own databases: the core suites and the example app (the
     # whole workspace ran above; this keeps CI well under 20 minutes).
+    # `--workspace`, not `-p`: the features of the whole workspace, so the
+    # build of step 1 serves (with `-p` cargo built everything again, 2 min).
     suite_leaves_untouched "$external" "$external_my" "sqlite://$sqlite_dir/app.db" \
-        -p example-app -p db-test-tests --test api --test core --test matrix --test mysql_core \
+        --workspace --test api --test core --test matrix --test mysql_core \
         --test sqlite_core --test database_mode --test hardening --test sqlx_compat
 else
     echo "(no external servers at $external and $external_my: skipped the external-server run)"
 fi
 
 step "3/7 the MySQL and SQLite suites with their URL in DATABASE_URL"
-DATABASE_URL="$my_server" cargo test -p db-test-tests --test mysql_core --test mysql_test_attr
-DATABASE_URL="sqlite://$sqlite_dir/app.db" cargo test -p db-test-tests --test sqlite_core --test sqlite_test_attr
+DATABASE_URL="$my_server" cargo test --workspace --test mysql_core --test mysql_test_attr
+DATABASE_URL="sqlite://$sqlite_dir/app.db" cargo test --workspace --test sqlite_core --test sqlite_test_attr
 rm -rf "$sqlite_dir"
 
 step "4/7 cargo nextest run --workspace"

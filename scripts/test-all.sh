@@ -10,7 +10,8 @@
 #      when they answer (DB_TEST_EXTERNAL_URL, default
 #      postgres://postgres@127.0.0.1:5432/test; DB_TEST_EXTERNAL_MYSQL_URL,
 #      default mysql://root@127.0.0.1:3306/test), likewise;
-#   3. the MySQL and SQLite suites with their URL in DATABASE_URL itself;
+#   3. the MySQL and SQLite suites with their URL in DATABASE_URL itself
+#      (under nextest, as the external-server run of step 2);
 #   4. the suite under cargo-nextest (one process per test);
 #   5. two nextest shards at once against one fresh server;
 #   6. a check that nothing was committed or left behind;
@@ -80,7 +81,7 @@ suite_leaves_untouched() {
     before=$(fingerprint "$pg")
     my_before=$(my_fingerprint "$mysql")
     sq_before=$(sha256sum <"${sqlite#sqlite://}")
-    DATABASE_URL="$pg" DB_TEST_MYSQL_URL="$mysql" DB_TEST_SQLITE_URL="$sqlite" cargo test "$@"
+    DATABASE_URL="$pg" DB_TEST_MYSQL_URL="$mysql" DB_TEST_SQLITE_URL="$sqlite" cargo "$@"
     after=$(fingerprint "$pg")
     my_after=$(my_fingerprint "$mysql")
     sq_after=$(sha256sum <"${sqlite#sqlite://}")
@@ -94,27 +95,28 @@ suite_leaves_untouched() {
 # doctests (none runs a test; a minute to compile) ran in step 1 and are
 # left out here; nextest leaves out the UI test as well.
 suite_leaves_untouched "$user_db" "$my_user_db" "sqlite://$sqlite_dir/app.db" \
-    --workspace --lib --bins --tests -- --skip ui --exact
+    test --workspace --lib --bins --tests -- --skip ui --exact
 psql "$server" -qc 'DROP DATABASE user_app_data'
 my "$my_server" -- -e 'DROP DATABASE user_app_data'
 
 external=${DB_TEST_EXTERNAL_URL:-postgres://postgres@127.0.0.1:5432/test}
 external_my=${DB_TEST_EXTERNAL_MYSQL_URL:-mysql://root@127.0.0.1:3306/test}
+external_suites='binary(api) | binary(core) | binary(matrix) | binary(mysql_core) | binary(sqlite_core) | binary(database_mode) | binary(hardening) | binary(sqlx_compat)'
 if psql "$external" -Atc 'SELECT 1' >/dev/null 2>&1 && my "$external_my" -- -N -e 'SELECT 1' >/dev/null 2>&1; then
     # The servers' own databases: the core suites and the example app (the
     # whole workspace ran above; this keeps CI well under 20 minutes).
-    # `--workspace`, not `-p`: the features of the whole workspace, so the
-    # build of step 1 serves (with `-p` cargo built everything again, 2 min).
+    # Under nextest, which builds every test target as step 1 did: cargo
+    # test with a few `--test`s resolves features otherwise and built the
+    # whole dependency tree again (2 min).
     suite_leaves_untouched "$external" "$external_my" "sqlite://$sqlite_dir/app.db" \
-        --workspace --test api --test core --test matrix --test mysql_core \
-        --test sqlite_core --test database_mode --test hardening --test sqlx_compat
+        nextest run --workspace --profile ci -E "$external_suites"
 else
     echo "(no external servers at $external and $external_my: skipped the external-server run)"
 fi
 
 step "3/7 the MySQL and SQLite suites with their URL in DATABASE_URL"
-DATABASE_URL="$my_server" cargo test --workspace --test mysql_core --test mysql_test_attr
-DATABASE_URL="sqlite://$sqlite_dir/app.db" cargo test --workspace --test sqlite_core --test sqlite_test_attr
+DATABASE_URL="$my_server" cargo nextest run --workspace --profile ci -E 'binary(mysql_core) | binary(mysql_test_attr)'
+DATABASE_URL="sqlite://$sqlite_dir/app.db" cargo nextest run --workspace --profile ci -E 'binary(sqlite_core) | binary(sqlite_test_attr)'
 rm -rf "$sqlite_dir"
 
 step "4/7 cargo nextest run --workspace"

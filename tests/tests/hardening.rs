@@ -72,19 +72,24 @@ async fn a_dropped_statement_does_not_break_the_next_one(db: TestDb) {
 async fn a_dropped_statement_that_succeeds_keeps_its_effects(ctx: TestContext) {
     let db = ctx.db();
     let mut other = outside(&ctx).await;
-    let statement = sqlx::query(
+    // An address of this process's own: another test process (nextest, a
+    // shard) running a statement with a common one must not be mistaken for
+    // this one, which would then be dropped before it ran.
+    let email = format!("dropped-but-done-{}@example.com", std::process::id());
+    let statement = sqlx::query(sqlx::AssertSqlSafe(format!(
         "WITH s AS (SELECT pg_sleep(0.1)) \
-         INSERT INTO users (email) SELECT 'slow@example.com' FROM s",
-    )
+         INSERT INTO users (email) SELECT '{email}' FROM s"
+    )))
     .execute(&db);
     // Dropped once the server is seen running it.
     let running = async {
         loop {
             let n: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM pg_stat_activity \
-                 WHERE state = 'active' AND query LIKE '%slow@example.com%' \
+                 WHERE state = 'active' AND query LIKE '%' || $1 || '%' \
                  AND pid <> pg_backend_pid()",
             )
+            .bind(&email)
             .fetch_one(&mut other)
             .await
             .unwrap();

@@ -127,10 +127,7 @@ fn statements(sql: &str) -> Vec<String> {
 /// `COMMIT PREPARED` do not (the latter cannot run in a transaction anyway).
 pub(crate) fn ends_transaction(sql: &str) -> Option<String> {
     // Most statements mention none of these words: no need to read them.
-    if !["COMMIT", "END", "ROLLBACK", "ABORT", "PREPARE"]
-        .iter()
-        .any(|w| contains_ignore_case(sql, w))
-    {
+    if !contains_any_ignore_case(sql, &["COMMIT", "END", "ROLLBACK", "ABORT", "PREPARE"]) {
         return None;
     }
     find_statement(sql, |words| match words {
@@ -157,10 +154,7 @@ fn find_statement(sql: &str, matches: impl Fn(&[&str]) -> bool) -> Option<String
 /// (`dbt_auto`) or sqlx (`_sqlx_savepoint_N`) manages in the test's
 /// transaction, if any.
 pub(crate) fn names_managed_savepoint(sql: &str) -> Option<String> {
-    if !["DBT_AUTO", "_SQLX_SAVEPOINT"]
-        .iter()
-        .any(|w| contains_ignore_case(sql, w))
-    {
+    if !contains_any_ignore_case(sql, &["DBT_AUTO", "_SQLX_SAVEPOINT"]) {
         return None;
     }
     find_statement(sql, |words| {
@@ -172,12 +166,49 @@ pub(crate) fn names_managed_savepoint(sql: &str) -> Option<String> {
     })
 }
 
-/// Whether `haystack` contains `needle` (upper-case ASCII), in any case.
-pub(crate) fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
-    let (h, n) = (haystack.as_bytes(), needle.as_bytes());
-    h.len() >= n.len()
-        && h.windows(n.len())
-            .any(|w| w.iter().zip(n).all(|(a, b)| a.to_ascii_uppercase() == *b))
+/// Whether `haystack` contains any of `needles` (upper-case ASCII), in any
+/// case. One pass over `haystack`, written with plain loops: it runs on
+/// every statement a test sends, in the test's own (unoptimised) build,
+/// where iterator adapters cost a function call per byte.
+pub(crate) fn contains_any_ignore_case(haystack: &str, needles: &[&str]) -> bool {
+    let h = haystack.as_bytes();
+    // The bytes a needle starts with.
+    let mut starts = [false; 256];
+    for needle in needles {
+        debug_assert!(!needle.bytes().any(|b| b.is_ascii_lowercase()));
+        match needle.as_bytes().first() {
+            Some(&b) => starts[b as usize] = true,
+            None => return true,
+        }
+    }
+    let mut i = 0;
+    while i < h.len() {
+        let c = upper(h[i]);
+        if starts[c as usize] {
+            let mut k = 0;
+            while k < needles.len() {
+                let n = needles[k].as_bytes();
+                if n[0] == c && i + n.len() <= h.len() {
+                    let mut j = 1;
+                    while j < n.len() && upper(h[i + j]) == n[j] {
+                        j += 1;
+                    }
+                    if j == n.len() {
+                        return true;
+                    }
+                }
+                k += 1;
+            }
+        }
+        i += 1;
+    }
+    false
+}
+
+#[inline(always)]
+fn upper(c: u8) -> u8 {
+    // One comparison (no call in an unoptimised build): `a..=z`.
+    if c.wrapping_sub(b'a') < 26 { c - 32 } else { c }
 }
 
 /// Whether a statement is a plain read: it starts with `SELECT` (or
@@ -191,9 +222,34 @@ pub(crate) fn is_plain_read(sql: &str) -> bool {
         head.len() >= w.len() && head.as_bytes()[..w.len()].eq_ignore_ascii_case(w.as_bytes())
     };
     (starts("SELECT") || starts("VALUES") || starts("SHOW") || starts("TABLE"))
-        && ![" FOR ", " INTO ", "VAL(", "ADVISORY", ";"]
-            .iter()
-            .any(|w| contains_ignore_case(head, w))
+        && !contains_any_ignore_case(head, &[" FOR ", " INTO ", "VAL(", "ADVISORY", ";"])
+}
+
+#[cfg(test)]
+mod contains_tests {
+    use super::contains_any_ignore_case as c;
+
+    #[test]
+    fn finds_any_needle_in_any_case_anywhere() {
+        assert!(c("select nextval('s')", &["VAL("]));
+        assert!(c("DROP TABLE t", &["CREATE", "DROP"]));
+        assert!(c("x; commit", &["COMMIT"]));
+        assert!(c("CoMmIt", &["COMMIT"]));
+        // Needles that share a first byte, the second one matching.
+        assert!(c("do $$ begin end $$", &["DO ", "DISCARD"]));
+        assert!(c("discard all", &["DO ", "DISCARD"]));
+        assert!(c("é; DROP", &["DROP"]));
+        assert!(c("anything", &[""]));
+    }
+
+    #[test]
+    fn misses_what_is_not_there() {
+        assert!(!c("SELECT 1", &["COMMIT", "END"]));
+        assert!(!c("COMMI", &["COMMIT"]));
+        assert!(!c("", &["X"]));
+        assert!(!c("ÉND", &["END"]));
+        assert!(!c("anything", &[]));
+    }
 }
 
 #[cfg(test)]

@@ -69,12 +69,13 @@ pub(crate) struct ConnState {
 /// Whether SQL sent through `Db` or a guard may leave session state that
 /// survives ROLLBACK, or stale cached statements.
 pub(super) fn touches_session(sql: &str) -> bool {
-    [
-        "CREATE", "ALTER", "DROP", "PREPARE", "ADVISORY", "VAL(", "DISCARD", "CALL ", "DO ", "DO$",
-        "IMPORT",
-    ]
-    .iter()
-    .any(|k| crate::sqltext::contains_ignore_case(sql, k))
+    crate::sqltext::contains_any_ignore_case(
+        sql,
+        &[
+            "CREATE", "ALTER", "DROP", "PREPARE", "ADVISORY", "VAL(", "DISCARD", "CALL ", "DO ",
+            "DO$", "IMPORT",
+        ],
+    )
 }
 
 pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -136,7 +136,7 @@ impl crate::generic::Dialect for Sqlite {
     /// would read the wrong columns).
     #[cfg(feature = "harness")]
     fn touches_session(sql: &str) -> bool {
-        crate::sqltext::contains_ignore_case(sql, "PRAGMA") || refuse::has_ddl(sql)
+        crate::sqltext::contains_any_ignore_case(sql, &["PRAGMA"]) || refuse::has_ddl(sql)
     }
 
     /// SQLite's own answer, at any depth: SQL cannot ask it without

@@ -110,10 +110,7 @@ fn is_trigger(stmt: &str) -> bool {
 /// Why a SQLite test in transaction mode must not run `sql`, if it must not.
 /// Whether one of the statements of `sql` is DDL (`CREATE`, `ALTER`, `DROP`).
 pub(crate) fn has_ddl(sql: &str) -> bool {
-    if !["CREATE", "ALTER", "DROP"]
-        .iter()
-        .any(|w| crate::sqltext::contains_ignore_case(sql, w))
-    {
+    if !crate::sqltext::contains_any_ignore_case(sql, &["CREATE", "ALTER", "DROP"]) {
         return false;
     }
     statements(sql).iter().any(|stmt| {
@@ -129,12 +126,12 @@ pub(crate) fn has_ddl(sql: &str) -> bool {
 
 pub(crate) fn refuse(sql: &str) -> Option<String> {
     // Most statements mention none of these words: no need to read them.
-    if ![
-        "COMMIT", "END", "ROLLBACK", "BEGIN", "RELEASE", "VACUUM", "ATTACH", "DETACH",
-    ]
-    .iter()
-    .any(|w| crate::sqltext::contains_ignore_case(sql, w))
-    {
+    if !crate::sqltext::contains_any_ignore_case(
+        sql,
+        &[
+            "COMMIT", "END", "ROLLBACK", "BEGIN", "RELEASE", "VACUUM", "ATTACH", "DETACH",
+        ],
+    ) {
         return None;
     }
     for stmt in statements(sql) {

@@ -75,9 +75,7 @@ impl Interrupt {
 impl Canceller for Interrupt {
     fn can_cancel(&self, sql: &str) -> bool {
         // Errs on the side of waiting: any mention of a write.
-        !["INSERT", "UPDATE", "DELETE", "REPLACE"]
-            .iter()
-            .any(|w| crate::sqltext::contains_ignore_case(sql, w))
+        !crate::sqltext::contains_any_ignore_case(sql, &["INSERT", "UPDATE", "DELETE", "REPLACE"])
     }
 
     fn cancel(&self) -> futures_util::future::BoxFuture<'static, ()> {

@@ -26,8 +26,10 @@ type MakeSlot<DB> = Box<dyn Fn(&SessionId) -> Pool<DB> + Send + Sync>;
 /// it is the id of the connection a checkout hands out. 0 where unused.
 pub(crate) type SessionId = Arc<AtomicU64>;
 
-/// One slot: its pool and its [`SessionId`].
-type Slot<DB> = (Pool<DB>, SessionId);
+/// One free slot: its pool, its [`SessionId`], and the connection the last
+/// test left healthy, if any, parked here rather than in the pool (see
+/// [`Home::park`]).
+type Slot<DB> = (Pool<DB>, SessionId, Option<PoolConnection<DB>>);
 
 /// The slots of one working database.
 pub(crate) struct Slots<DB: Database> {
@@ -62,18 +64,30 @@ impl<DB: Database> Slots<DB> {
         }
     }
 
-    /// Takes a slot and its connection (see [`Slots::checkout`]).
+    /// Takes a slot and its connection (see [`Slots::checkout`]): the one
+    /// parked in it, or one from its pool (opened if it has none).
     pub(crate) async fn checkout_connection(
         &self,
     ) -> Result<(PoolConnection<DB>, Home<DB>), sqlx::Error> {
-        let home = self.checkout().await?;
-        let conn = home.acquire().await?;
+        let (home, parked) = self.take().await?;
+        let conn = match parked {
+            Some(conn) => conn,
+            None => home.acquire().await?,
+        };
         Ok((conn, home))
     }
 
     /// Takes a slot (`PoolTimedOut` when every slot stays taken for the
     /// acquire timeout).
     pub(crate) async fn checkout(&self) -> Result<Home<DB>, sqlx::Error> {
+        let (home, parked) = self.take().await?;
+        // Back to the pool, for the caller's `Home::acquire`.
+        drop(parked);
+        Ok(home)
+    }
+
+    /// Takes a slot, and the connection parked in it.
+    async fn take(&self) -> Result<(Home<DB>, Option<PoolConnection<DB>>), sqlx::Error> {
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
@@ -83,16 +97,17 @@ impl<DB: Database> Slots<DB> {
                     .map_err(|_| sqlx::Error::PoolClosed)?
             }
         };
-        let (pool, session) = crate::shared::lock(&self.free).pop().unwrap_or_else(|| {
+        let (pool, session, parked) = crate::shared::lock(&self.free).pop().unwrap_or_else(|| {
             let session = SessionId::default();
-            ((self.make)(&session), session)
+            ((self.make)(&session), session, None)
         });
-        Ok(Home {
+        let home = Home {
             pool,
             session,
             free: self.free.clone(),
             _permit: permit,
-        })
+        };
+        Ok((home, parked))
     }
 }
 
@@ -122,11 +137,26 @@ impl<DB: Database> Home<DB> {
     /// is closed then, and its connection with it when it comes back.
     pub(crate) fn give_back(self, reusable: bool) {
         if reusable && !self.pool.is_closed() {
-            crate::shared::lock(&self.free).push((self.pool.clone(), self.session.clone()));
+            crate::shared::lock(&self.free).push((self.pool.clone(), self.session.clone(), None));
         } else {
             // Marks it closed at once; the rest needs no waiting for.
             drop(self.pool.close());
         }
+    }
+
+    /// Gives the slot back with `conn`, its connection, which the test left
+    /// rolled back and healthy: the next test takes it from here. Going back
+    /// through the pool would cost a round trip (sqlx pings a connection
+    /// that comes back, in a task of its own, and the next test's acquire
+    /// waits for it), and a task's wake-ups, per test. A connection that
+    /// broke while parked (a server restart) fails the next test's BEGIN,
+    /// which then discards it and opens another (see `setup`).
+    pub(crate) fn park(self, conn: PoolConnection<DB>) {
+        if self.pool.is_closed() {
+            drop(conn);
+            return;
+        }
+        crate::shared::lock(&self.free).push((self.pool.clone(), self.session.clone(), Some(conn)));
     }
 }
 
@@ -150,6 +180,16 @@ impl<DB: Database> HomeCell<DB> {
     pub(crate) fn release(&self, reusable: bool) {
         if let Some(home) = crate::shared::lock(&self.0).take() {
             home.give_back(reusable);
+        }
+    }
+
+    /// Gives the slot back with its healthy connection parked in it (see
+    /// [`Home::park`]), once; a slot already given back lets `conn` return
+    /// to its pool.
+    pub(crate) fn park(&self, conn: PoolConnection<DB>) {
+        match crate::shared::lock(&self.0).take() {
+            Some(home) => home.park(conn),
+            None => drop(conn),
         }
     }
 

@@ -71,11 +71,11 @@ impl Engine {
         // Connect once now, so that a missing database is reported here.
         let home = slots.checkout().await?;
         match tokio::time::timeout(config::connect_timeout(), home.acquire()).await {
-            Ok(Ok(conn)) => drop(conn),
+            // The first test takes it from the slot.
+            Ok(Ok(conn)) => home.park(conn),
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err(sqlx::Error::PoolTimedOut),
         }
-        home.give_back(true);
         Ok(slots)
     }
 }

@@ -68,11 +68,9 @@ pub(super) async fn teardown(
                 .await
         }
         Setup::Transaction(shared) => {
-            let (conn, failure, log) = shared
+            shared
                 .finish(reason, spec.check_constraints, timed_out)
-                .await;
-            drop(conn); // back to the pool, rolled back and healthy
-            (failure, log)
+                .await
         }
         Setup::Database {
             name,

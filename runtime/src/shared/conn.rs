@@ -79,8 +79,19 @@ impl SharedConn {
              SAVEPOINT dbt_auto"
         );
         // sqlx counts this as depth 1, so a nested sqlx `begin()` sends SAVEPOINT.
-        let begin = sqlx::AssertSqlSafe(begin).into_sql_str();
-        if let Err(e) = PgTransactionManager::begin(&mut conn, Some(begin)).await {
+        let begun = if PgTransactionManager::get_transaction_depth(&conn) == 0 {
+            let begin = sqlx::AssertSqlSafe(begin).into_sql_str();
+            PgTransactionManager::begin(&mut conn, Some(begin)).await
+        } else {
+            // Parked by the last test's end, which rolled back in its own
+            // round trip (see `finish`): sqlx still counts depth 1, and no
+            // transaction is open on the server.
+            sqlx::raw_sql(sqlx::AssertSqlSafe(begin))
+                .execute(&mut *conn)
+                .await
+                .map(|_| ())
+        };
+        if let Err(e) = begun {
             return Err((e, conn, home));
         }
         let state = Arc::new(ConnState {

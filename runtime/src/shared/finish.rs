@@ -27,24 +27,24 @@ impl SharedConn {
     /// server first. A task that still holds the connection after
     /// [`TEARDOWN_GRACE`] has the backend terminated under it.
     ///
-    /// Returns the connection if it is healthy, and a failure message if the
-    /// test's transaction was misused or a deferred constraint fails.
+    /// A healthy connection stays in its slot for the next test (see
+    /// `Home::park`). Returns a failure message if the test's transaction
+    /// was misused or a deferred constraint fails.
     pub(crate) async fn finish(
         &self,
         reason: &'static str,
         check_constraints: bool,
         timed_out: bool,
-    ) -> (
-        Option<PoolConnection<Postgres>>,
-        Option<String>,
-        Vec<LoggedStatement>,
-    ) {
+    ) -> (Option<String>, Vec<LoggedStatement>) {
         let (conn, failure, log, reusable) = self
             .finish_inner(reason, check_constraints, timed_out)
             .await;
-        // The connection, if any, goes back to this slot when dropped.
-        self.home.release(reusable);
-        (conn, failure, log)
+        match conn {
+            Some(conn) if reusable => self.home.park(conn),
+            // Back to the slot's pool when dropped.
+            _ => self.home.release(reusable),
+        }
+        (failure, log)
     }
 
     /// [`SharedConn::finish`], and whether the connection's slot can serve
@@ -131,6 +131,7 @@ impl SharedConn {
         let mut state_known = false;
         let mut prepared: Vec<String> = Vec::new();
         let touched = self.state.touched_session.load(Ordering::Relaxed);
+        let mut rolled_back = false;
         if failure.is_none() {
             // The guard's row would fail the check of deferred constraints.
             let disarm = if self.state.armed.load(Ordering::Relaxed) {
@@ -154,8 +155,18 @@ impl SharedConn {
             } else {
                 String::new()
             };
-            let check = format!("RELEASE SAVEPOINT dbt_auto{state_sql}{constraints}");
-            match session_state(&mut conn, check).await {
+            // With no app transaction left open, the rollback rides in the
+            // same round trip; the server skips it if anything before it
+            // fails, and the rollback below runs instead.
+            let rollback = PgTransactionManager::get_transaction_depth(&conn) == 1;
+            let end = if rollback { "; ROLLBACK" } else { "" };
+            let check = format!("RELEASE SAVEPOINT dbt_auto{state_sql}{constraints}{end}");
+            let (state, error) = session_state(&mut conn, check).await;
+            // sqlx still counts the transaction (depth 1), with none open on
+            // the server: the connection is parked that way, and the next
+            // test's BEGIN knows it (see `SharedConn::open`).
+            rolled_back = rollback && error.is_none();
+            match (state, error) {
                 (Some((ddl, names)), error) => {
                     // The same row released the session advisory locks.
                     state_known = true;
@@ -188,7 +199,7 @@ impl SharedConn {
         // then back in the pool before the next test asks for one (a test
         // that found none idle would open a new connection, which costs far
         // more than this round trip).
-        while healthy && PgTransactionManager::get_transaction_depth(&conn) > 0 {
+        while healthy && !rolled_back && PgTransactionManager::get_transaction_depth(&conn) > 0 {
             if PgTransactionManager::rollback(&mut conn).await.is_err() {
                 healthy = false;
             }

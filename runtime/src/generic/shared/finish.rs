@@ -51,21 +51,21 @@ impl<DB: Dialect> Shared<DB> {
     }
 
     /// Ends the test: checks constraints if asked, rolls everything back,
-    /// and returns the connection (`None` if it could not be made clean),
-    /// a failure to report, and the last statements.
+    /// and leaves the connection in its slot for the next test (closed if
+    /// it could not be made clean, see `Home::park`); returns a failure to
+    /// report, and the last statements.
     pub(crate) async fn finish(
         &self,
         reason: &'static str,
         check_constraints: bool,
-    ) -> (
-        Option<PoolConnection<DB>>,
-        Option<String>,
-        Vec<LoggedStatement>,
-    ) {
+    ) -> (Option<String>, Vec<LoggedStatement>) {
         let (conn, failure, log, reusable) = self.finish_inner(reason, check_constraints).await;
-        // The connection, if any, goes back to this slot when returned.
-        self.home.release(reusable);
-        (conn, failure, log)
+        match conn {
+            Some(conn) if reusable => self.home.park(conn),
+            // Back to the slot's pool when dropped.
+            _ => self.home.release(reusable),
+        }
+        (failure, log)
     }
 
     /// Whether a transaction from `Acquire::begin` still held the test's

@@ -55,16 +55,10 @@ impl<DB: Dialect> Resource for TxResource<DB> {
         ending: Ending,
     ) -> futures_util::future::BoxFuture<'static, Verdict> {
         Box::pin(async move {
-            let (conn, failure, log) = self
-                .shared
+            // A healthy connection stays in its slot for the next test.
+            self.shared
                 .finish(ending.reason, ending.spec.check_constraints)
-                .await;
-            // Back to the pool, rolled back and healthy: awaited, so that
-            // the next test finds it idle rather than opening another copy.
-            if let Some(mut conn) = conn {
-                conn.return_to_pool().await;
-            }
-            (failure, log)
+                .await
         })
     }
 }

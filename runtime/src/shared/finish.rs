@@ -145,15 +145,17 @@ impl SharedConn {
                 String::new()
             };
             // Only a test that may have left session state behind pays for
-            // looking (DISCARD SEQUENCES: its `currval`/`lastval` must not
-            // answer in the next test on this connection).
+            // looking. DISCARD SEQUENCES for every test: its `currval` and
+            // `lastval` must not answer in the next test on this connection,
+            // and an INSERT into a serial or identity column calls nextval()
+            // without the test's SQL saying so.
             let state_sql = if touched {
                 format!(
                     "; DISCARD SEQUENCES; {}",
                     session_state_sql(!can_force_flush(&conn))
                 )
             } else {
-                String::new()
+                String::from("; DISCARD SEQUENCES")
             };
             // With no app transaction left open, the rollback rides in the
             // same round trip; the server skips it if anything before it
@@ -219,7 +221,7 @@ impl SharedConn {
         if healthy && failure.is_none() && (!state_known || !prepared.is_empty()) {
             // Session state that survives ROLLBACK. (Usually nothing to do:
             // the state query already released the advisory locks.)
-            let mut cleanup = String::from("SELECT pg_advisory_unlock_all()");
+            let mut cleanup = String::from("SELECT pg_advisory_unlock_all(); DISCARD SEQUENCES");
             for name in &prepared {
                 cleanup.push_str(&format!("; DEALLOCATE \"{}\"", name.replace('"', "\"\"")));
             }

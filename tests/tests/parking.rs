@@ -658,11 +658,14 @@ async fn child_mysql_2_next_test(db: db_test::mysql::TestDb) {
 
 #[db_test(migrations = "tests/mysql/migrations")]
 async fn child_mysql_3_next_test(db: db_test::mysql::TestDb) {
-    let (id, users): (u64, i64) =
-        sqlx::query_as("SELECT CONNECTION_ID(), (SELECT COUNT(*) FROM user)")
+    let (id, users, last_id): (u64, i64, u64) =
+        sqlx::query_as("SELECT CONNECTION_ID(), (SELECT COUNT(*) FROM user), LAST_INSERT_ID()")
             .fetch_one(&db)
             .await
             .unwrap();
+    // The last test inserted on this connection; a new connection (what
+    // `#[sqlx::test]` gives each test) answers 0.
+    assert_eq!(last_id, 0, "the last test's LAST_INSERT_ID() survived");
     if scenario() == "mysql" {
         assert_eq!(
             id,

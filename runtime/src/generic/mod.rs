@@ -110,6 +110,13 @@ pub trait Dialect: sqlx::Database + sealed::Sealed {
         None
     }
 
+    /// Under test, what opens a test's transaction, with db-test's savepoint
+    /// `db_test_auto` in it, in one round trip. MySQL's also forgets the
+    /// last test's `LAST_INSERT_ID()` on the same connection (a new
+    /// connection, as `#[sqlx::test]` gives each test, answers 0).
+    #[doc(hidden)]
+    const BEGIN_TEST: &'static str = "BEGIN; SAVEPOINT db_test_auto";
+
     /// Under test, a statement that releases the session's named locks,
     /// sent before a connection whose session the test touched is closed:
     /// the server releases them only once it has processed the disconnect,

@@ -180,6 +180,8 @@ impl crate::generic::Dialect for MySql {
     const PROBE_TRANSACTION: Option<&'static str> =
         Some("SAVEPOINT db_test_probe; RELEASE SAVEPOINT db_test_probe");
 
+    const BEGIN_TEST: &'static str = "BEGIN; DO LAST_INSERT_ID(0); SAVEPOINT db_test_auto";
+
     const SHARED_WORKING_DATABASE: bool = true;
 
     const DETACH_STATEMENTS: bool = true;

@@ -11,7 +11,7 @@ use sqlx_core::transaction::TransactionManager;
 
 use super::slot::Slot;
 use super::state::{Canceller, State, register, unregister};
-use super::{BEGIN_WITH_SAVEPOINT, Dialect, Manager, depth, lock};
+use super::{Dialect, Manager, depth, lock};
 use crate::shared::LoggedStatement;
 use crate::slots::{Home, HomeCell};
 
@@ -45,8 +45,9 @@ impl<DB: Dialect> Shared<DB> {
                 home,
             ));
         }
-        // One round trip: the transaction and db-test's savepoint in it.
-        let begin = sqlx_core::sql_str::SqlStr::from_static(BEGIN_WITH_SAVEPOINT);
+        // One round trip: the transaction and db-test's savepoint in it
+        // (MySQL's text protocol and SQLite's `exec` run several statements).
+        let begin = sqlx_core::sql_str::SqlStr::from_static(DB::BEGIN_TEST);
         if let Err(e) = Manager::<DB>::begin(&mut conn, Some(begin)).await {
             return Err((e, conn, home));
         }

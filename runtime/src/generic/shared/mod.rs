@@ -45,11 +45,6 @@ pub(crate) use slot::SlotGuard;
 pub(crate) use state::{Canceller, state_of};
 pub(crate) use statement::run_on;
 
-/// The test's transaction and db-test's savepoint in it, `db_test_auto`,
-/// in one round trip (MySQL's
-/// text protocol and SQLite's `exec` both run several statements).
-const BEGIN_WITH_SAVEPOINT: &str = "BEGIN; SAVEPOINT db_test_auto";
-
 type Manager<DB> = <DB as sqlx::Database>::TransactionManager;
 
 fn depth<DB: Dialect>(conn: &DB::Connection) -> usize {

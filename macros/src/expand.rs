@@ -141,9 +141,17 @@ fn expand(func: ItemFn, config: Config, params: Vec<syn::PatType>) -> TokenStrea
     let wants_database = quote!(false #(|| <#tys as #krate::FromTestContext>::NEEDS_OWN_DATABASE)*);
     let sqlx_style = quote!(true #(&& <#tys as #krate::FromTestContext>::SQLX_TEST_TYPE)*);
     let backend = quote!(#krate::Backend::of(&[#(<#tys as #krate::FromTestContext>::BACKEND),*]));
-    // Parameters of two databases stop the build in every build, `cargo
-    // check` included (the spec below is compiled in test builds only).
-    // With one parameter there is nothing to mix.
+    // One parameter (most tests): the same, as a constant of a generic
+    // item that the compiler evaluates once per type rather than once per
+    // test.
+    let params_spec = match tys.as_slice() {
+        [ty] => quote!(#krate::__private::Param::<#ty>::SPEC),
+        _ => quote!(#krate::__private::ParamSpec {
+            wants_database: #wants_database,
+            sqlx_style: #sqlx_style,
+            backend: #backend,
+        }),
+    };
     let backend_check = (tys.len() > 1).then(|| quote!(const _: #krate::Backend = #backend;));
     // Parameters whose needs no isolation can meet together are a compile
     // error at the parameter, not a failure at run time.
@@ -295,9 +303,7 @@ fn expand(func: ItemFn, config: Config, params: Vec<syn::PatType>) -> TokenStrea
                 migrations: #migrations,
                 fixtures: &[#(#fixtures),*],
                 isolation: #isolation,
-                wants_database: #wants_database,
-                sqlx_style: #sqlx_style,
-                backend: #backend,
+                params: #params_spec,
                 flavor: #flavor,
                 worker_threads: #worker_threads,
                 start_paused: #start_paused,

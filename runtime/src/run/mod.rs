@@ -33,7 +33,7 @@ use teardown::teardown;
 pub use crate::postgres::engine::Migrations;
 pub(crate) use runtime::shared_runtime;
 pub(crate) use spec::isolation_of;
-pub use spec::{AsMigrator, Fixture, Flavor, Isolation, TestSpec};
+pub use spec::{AsMigrator, Fixture, Flavor, Isolation, Param, ParamSpec, TestSpec};
 // What the MySQL and SQLite modules set a test up with and tear it down by.
 #[cfg(any(feature = "mysql", feature = "sqlite"))]
 pub(crate) use setup::{Prepared, Resource};

@@ -34,7 +34,7 @@ pub(super) enum BodyRuntime {
 
 impl TestSpec {
     pub(super) fn body_runtime(&self) -> BodyRuntime {
-        let flavor = self.flavor.unwrap_or(if self.sqlx_style {
+        let flavor = self.flavor.unwrap_or(if self.params.sqlx_style {
             Flavor::CurrentThread
         } else {
             Flavor::MultiThread

@@ -59,12 +59,12 @@ fn backend_not_built(spec: &TestSpec, feature: &str) -> String {
         "db-test: test `{}` runs on {}, but db-test was built without its `{feature}` feature: \
          add `features = [\"{feature}\"]` to the db-test dependency",
         spec.name,
-        spec.backend.name()
+        spec.params.backend.name()
     )
 }
 
 async fn setup_other(spec: &'static TestSpec) -> Result<Prepared, String> {
-    match spec.backend {
+    match spec.params.backend {
         #[cfg(feature = "mysql")]
         crate::Backend::MySql => crate::mysql::setup(spec).await,
         #[cfg(not(feature = "mysql"))]
@@ -142,7 +142,10 @@ async fn open_transaction(
 }
 
 pub(super) async fn setup(spec: &'static TestSpec) -> Result<(Setup, TestContext), String> {
-    if !matches!(spec.backend, crate::Backend::Postgres | crate::Backend::Any) {
+    if !matches!(
+        spec.params.backend,
+        crate::Backend::Postgres | crate::Backend::Any
+    ) {
         let (resource, inner) = setup_other(spec).await?;
         return Ok((
             Setup::Other(resource),

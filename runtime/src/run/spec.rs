@@ -65,17 +65,12 @@ pub struct TestSpec {
     pub fixtures: &'static [Fixture],
     /// Explicit isolation, or `None` to choose from the parameters.
     pub isolation: Option<Isolation>,
-    /// Whether any parameter needs a database of its own.
-    pub wants_database: bool,
+    /// What the parameters need, from their types.
+    pub params: ParamSpec,
     /// Timeout in milliseconds; 0 means the default.
     pub timeout_ms: u64,
     /// Run `SET CONSTRAINTS ALL IMMEDIATE` before the rollback.
     pub check_constraints: bool,
-    /// Whether every parameter is one of `#[sqlx::test]`'s types (or there
-    /// is none): the test then defaults to `#[sqlx::test]`'s runtime.
-    pub sqlx_style: bool,
-    /// The database the test runs on, from its parameter types.
-    pub backend: crate::Backend,
     /// Explicit `flavor`, or `None` for the default.
     pub flavor: Option<Flavor>,
     /// `worker_threads` (multi-thread only); 0 when not given.
@@ -86,9 +81,38 @@ pub struct TestSpec {
 
 /// The isolation a test gets: the explicit one, else from its parameters.
 pub(crate) fn isolation_of(spec: &TestSpec) -> Isolation {
-    spec.isolation.unwrap_or(if spec.wants_database {
+    spec.isolation.unwrap_or(if spec.params.wants_database {
         Isolation::Database
     } else {
         Isolation::Transaction
     })
+}
+
+/// What a test's parameters need, from their types.
+#[derive(Debug, Clone, Copy)]
+pub struct ParamSpec {
+    /// Whether any parameter needs a database of its own.
+    pub wants_database: bool,
+    /// Whether every parameter is one of `#[sqlx::test]`'s types (or there
+    /// is none): the test then defaults to `#[sqlx::test]`'s runtime.
+    pub sqlx_style: bool,
+    /// The database the test runs on.
+    pub backend: crate::Backend,
+}
+
+/// The [`ParamSpec`] of a test with one parameter of type `T`, as a
+/// constant of one generic item: evaluated once per parameter type, however
+/// many tests use it. (Written out in each test's spec, the same expressions
+/// were type-checked and evaluated again for every test: 0.1 s of a
+/// 500-test build.)
+#[doc(hidden)]
+pub struct Param<T>(std::marker::PhantomData<T>);
+
+impl<T: crate::FromTestContext> Param<T> {
+    /// What `T` needs.
+    pub const SPEC: ParamSpec = ParamSpec {
+        wants_database: T::NEEDS_OWN_DATABASE,
+        sqlx_style: T::SQLX_TEST_TYPE,
+        backend: crate::Backend::of(&[T::BACKEND]),
+    };
 }

@@ -85,8 +85,14 @@ async fn check_fresh(db: &TestDb, label: &str, same_backend: Option<bool>) {
     .unwrap();
     assert_eq!(rows, 0, "{label}: rows of the last test are visible");
     // The session is inside a transaction block on the server, and what
-    // the test writes is not seen outside.
-    sqlx::query("INSERT INTO users (email) VALUES ('parking-check@example.com')")
+    // the test writes is not seen outside. (An address of this session's
+    // own: two tests inserting the same one wait on each other's unique
+    // key, and with another scenario's ALTER TABLE in between, deadlock.)
+    sqlx::query("INSERT INTO users (email) VALUES ($1)")
+        .bind(format!(
+            "parking-check-{}-{pid}@example.com",
+            std::process::id()
+        ))
         .execute(db)
         .await
         .unwrap();
@@ -513,15 +519,19 @@ async fn child_row_2(db: TestDb) {
 async fn child_row_3(db: TestDb) {
     let parked = scenario() == "row";
     check_fresh(&db, "third", parked.then_some(true)).await;
-    // DDL in the test: sqlx's cache is cleared after it.
-    sqlx::query("ALTER TABLE users ADD COLUMN parking_extra int")
-        .execute(&db)
-        .await
-        .unwrap();
-    sqlx::query("SELECT * FROM users")
-        .fetch_all(&db)
-        .await
-        .unwrap();
+    // DDL in the test: sqlx's cache is cleared after it. Only where the
+    // next test is on this connection: the ALTER locks the shared table
+    // against every other test until this one ends.
+    if parked {
+        sqlx::query("ALTER TABLE users ADD COLUMN parking_extra int")
+            .execute(&db)
+            .await
+            .unwrap();
+        sqlx::query("SELECT * FROM users")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    }
 }
 
 #[db_test]

@@ -64,7 +64,7 @@ impl<DB: Database> Slots<DB> {
         }
     }
 
-    /// Takes a slot and its connection (see [`Slots::checkout`]): the one
+    /// Takes a slot and its connection (see [`Slots::take`]): the one
     /// parked in it, or one from its pool (opened if it has none).
     pub(crate) async fn checkout_connection(
         &self,
@@ -77,16 +77,8 @@ impl<DB: Database> Slots<DB> {
         Ok((conn, home))
     }
 
-    /// Takes a slot (`PoolTimedOut` when every slot stays taken for the
-    /// acquire timeout).
-    pub(crate) async fn checkout(&self) -> Result<Home<DB>, sqlx::Error> {
-        let (home, parked) = self.take().await?;
-        // Back to the pool, for the caller's `Home::acquire`.
-        drop(parked);
-        Ok(home)
-    }
-
-    /// Takes a slot, and the connection parked in it.
+    /// Takes a slot, and the connection parked in it (`PoolTimedOut` when
+    /// every slot stays taken for the acquire timeout).
     async fn take(&self) -> Result<(Home<DB>, Option<PoolConnection<DB>>), sqlx::Error> {
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(permit) => permit,
@@ -113,7 +105,7 @@ impl<DB: Database> Slots<DB> {
 
 impl<DB: Database> Home<DB> {
     /// The slot's connection (opened if it has none).
-    pub(crate) async fn acquire(&self) -> Result<PoolConnection<DB>, sqlx::Error> {
+    async fn acquire(&self) -> Result<PoolConnection<DB>, sqlx::Error> {
         self.pool.acquire().await
     }
 

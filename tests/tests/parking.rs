@@ -88,14 +88,7 @@ async fn check_fresh(db: &TestDb, label: &str, same_backend: Option<bool>) {
     // the test writes is not seen outside. (An address of this session's
     // own: two tests inserting the same one wait on each other's unique
     // key, and with another scenario's ALTER TABLE in between, deadlock.)
-    sqlx::query("INSERT INTO users (email) VALUES ($1)")
-        .bind(format!(
-            "parking-check-{}-{pid}@example.com",
-            std::process::id()
-        ))
-        .execute(db)
-        .await
-        .unwrap();
+    insert_user(db, &format!("parking-check-{pid}")).await;
     let mut other = outside(&db.connect_options()).await;
     let state: String = sqlx::query_scalar("SELECT state FROM pg_stat_activity WHERE pid = $1")
         .bind(pid)
@@ -110,6 +103,18 @@ async fn check_fresh(db: &TestDb, label: &str, same_backend: Option<bool>) {
     assert_eq!(seen, 0, "{label}: a test's write is visible outside");
     other.close().await.unwrap();
     remember(db).await;
+}
+
+/// Inserts a user whose address is this process's own (`tag-<pid>`): the
+/// same test runs in the normal run and in its scenario's child process at
+/// once, and two sessions inserting one address wait on each other's
+/// unique key.
+async fn insert_user<'e, E: sqlx::Executor<'e, Database = sqlx::Postgres>>(ex: E, tag: &str) {
+    sqlx::query("INSERT INTO users (email) VALUES ($1)")
+        .bind(format!("{tag}-{}@example.com", std::process::id()))
+        .execute(ex)
+        .await
+        .unwrap();
 }
 
 /// Nothing of the run's tests was committed.
@@ -149,10 +154,7 @@ fn run_scenario(name: &str, tests: &[&str]) -> String {
 #[should_panic(expected = "parking: boom")]
 async fn child_panic_1_panics_after_writing(db: TestDb) {
     remember(&db).await;
-    sqlx::query("INSERT INTO users (email) VALUES ('panic@example.com')")
-        .execute(&db)
-        .await
-        .unwrap();
+    insert_user(&db, "panic").await;
     panic!("parking: boom");
 }
 
@@ -187,10 +189,7 @@ fn parking_after_a_panic() {
 #[should_panic(expected = "timed out after 500ms")]
 async fn child_timeout_1_times_out(db: TestDb) {
     remember(&db).await;
-    sqlx::query("INSERT INTO users (email) VALUES ('timeout@example.com')")
-        .execute(&db)
-        .await
-        .unwrap();
+    insert_user(&db, "timeout").await;
     if scenario() == "timeout_in_statement" {
         sqlx::query("SELECT pg_sleep(5)")
             .execute(&db)
@@ -272,15 +271,9 @@ fn parking_after_a_failed_deferred_constraint() {
 async fn child_opentx_1_db_begin_never_committed(db: TestDb) {
     remember(&db).await;
     let mut tx = db.begin().await.unwrap();
-    sqlx::query("INSERT INTO users (email) VALUES ('open-tx@example.com')")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    insert_user(&mut *tx, "open-tx").await;
     let mut inner = tx.begin().await.unwrap();
-    sqlx::query("INSERT INTO users (email) VALUES ('open-inner@example.com')")
-        .execute(&mut *inner)
-        .await
-        .unwrap();
+    insert_user(&mut *inner, "open-inner").await;
     inner.commit().await.unwrap();
     // Dropped, never committed.
     drop(tx);
@@ -292,16 +285,10 @@ async fn child_opentx_2_acquire_begin_never_committed(db: TestDb) {
     check_fresh(&db, "after db.begin() left open", parked.then_some(true)).await;
     let app = db.db();
     let mut tx = Acquire::begin(&app).await.unwrap();
-    sqlx::query("INSERT INTO users (email) VALUES ('acquire-open@example.com')")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    insert_user(&mut *tx, "acquire-open").await;
     drop(tx);
     let mut tx = Acquire::begin(&app).await.unwrap();
-    sqlx::query("INSERT INTO users (email) VALUES ('acquire-committed@example.com')")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    insert_user(&mut *tx, "acquire-committed").await;
     tx.commit().await.unwrap();
     // The last one ends with the test (committed into the test's transaction).
     let tx = Acquire::begin(&app).await.unwrap();
@@ -396,10 +383,7 @@ fn parking_after_session_changes() {
 #[db_test]
 async fn child_killed_1_a_plain_test(db: TestDb) {
     remember(&db).await;
-    sqlx::query("INSERT INTO users (email) VALUES ('killed@example.com')")
-        .execute(&db)
-        .await
-        .unwrap();
+    insert_user(&db, "killed").await;
 }
 
 /// Not a `db_test`: it holds no slot, so the parked connection is idle.
@@ -458,10 +442,7 @@ async fn child_idle_1_session_ended_by_the_server(db: TestDb) {
         .execute(&db)
         .await
         .unwrap();
-    sqlx::query("INSERT INTO users (email) VALUES ('idle@example.com')")
-        .execute(&db)
-        .await
-        .unwrap();
+    insert_user(&db, "idle").await;
     if scenario() == "idle" {
         tokio::time::sleep(Duration::from_millis(800)).await;
     }
@@ -503,10 +484,7 @@ fn parking_after_the_server_ended_an_idle_session() {
 #[db_test]
 async fn child_row_1(db: TestDb) {
     remember(&db).await;
-    sqlx::query("INSERT INTO users (email) VALUES ('row@example.com')")
-        .execute(&db)
-        .await
-        .unwrap();
+    insert_user(&db, "row").await;
 }
 
 #[db_test]
@@ -566,10 +544,7 @@ fn parking_plain_tests_in_a_row() {
 #[db_test]
 async fn child_seq_1_inserts_a_serial_row(db: TestDb) {
     remember(&db).await;
-    sqlx::query("INSERT INTO users (email) VALUES ('seq@example.com')")
-        .execute(&db)
-        .await
-        .unwrap();
+    insert_user(&db, "seq").await;
 }
 
 #[db_test]
@@ -756,10 +731,7 @@ fn parking_sqlite_after_a_panic() {
 async fn child_tmo_1_in_app_tx(db: TestDb) {
     remember(&db).await;
     let mut tx = db.begin().await.unwrap();
-    sqlx::query("INSERT INTO users (email) VALUES ('tmo-tx@example.com')")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    insert_user(&mut *tx, "tmo-tx").await;
     sqlx::query("SELECT pg_sleep(5)")
         .execute(&mut *tx)
         .await
@@ -771,10 +743,7 @@ async fn child_tmo_1_in_app_tx(db: TestDb) {
 async fn child_tmo_1_in_guard(db: TestDb) {
     remember(&db).await;
     let mut conn = db.acquire().await.unwrap();
-    sqlx::query("INSERT INTO users (email) VALUES ('tmo-guard@example.com')")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
+    insert_user(&mut *conn, "tmo-guard").await;
     sqlx::query("SELECT pg_sleep(5)")
         .execute(&mut *conn)
         .await
@@ -787,10 +756,7 @@ async fn child_tmo_1_in_lent_tx(db: TestDb) {
     remember(&db).await;
     let app = db.db();
     let mut tx = Acquire::begin(&app).await.unwrap();
-    sqlx::query("INSERT INTO users (email) VALUES ('tmo-lent@example.com')")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    insert_user(&mut *tx, "tmo-lent").await;
     sqlx::query("SELECT pg_sleep(5)")
         .execute(&mut *tx)
         .await
@@ -803,10 +769,7 @@ async fn child_tmo_1_lent_tx_sleeping(db: TestDb) {
     remember(&db).await;
     let app = db.db();
     let mut tx = Acquire::begin(&app).await.unwrap();
-    sqlx::query("INSERT INTO users (email) VALUES ('tmo-lent-sleep@example.com')")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    insert_user(&mut *tx, "tmo-lent-sleep").await;
     tokio::time::sleep(Duration::from_secs(5)).await;
 }
 
@@ -877,16 +840,10 @@ async fn child_own_1_lends_and_panics(db: TestDb) {
     remember(&db).await;
     let app = db.db();
     let mut tx = Acquire::begin(&app).await.unwrap();
-    sqlx::query("INSERT INTO users (email) VALUES ('own-committed@example.com')")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    insert_user(&mut *tx, "own-committed").await;
     tx.commit().await.unwrap();
     let mut tx = Acquire::begin(&app).await.unwrap();
-    sqlx::query("INSERT INTO users (email) VALUES ('own-open@example.com')")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    insert_user(&mut *tx, "own-open").await;
     // Still lent when the test panics: it goes back through the body's runtime.
     let _keep = tx;
     panic!("parking: own runtime");

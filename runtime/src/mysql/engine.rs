@@ -51,6 +51,11 @@ pub(crate) struct Engine {
 /// MySQL's limit on a database name.
 pub(super) const MAX_NAME_LEN: usize = 64;
 
+/// Keeps an idle session of the engine's open for the process's life: a
+/// server's short `wait_timeout` must not end it (the owner lock, the
+/// working database's keeper).
+pub(super) const LIFELONG_SESSION: &str = "SET SESSION wait_timeout = 31536000";
+
 static ENGINE: OnceCell<Result<Engine, String>> = OnceCell::const_new();
 
 /// The engine, started on first use. A failure (no binaries, a wrong URL)
@@ -152,7 +157,7 @@ impl Engine {
         // `wait_timeout` must not end it while the process is idle (another
         // process would then take this one's databases for a dead one's).
         owner_conn
-            .execute("SET SESSION wait_timeout = 31536000")
+            .execute(LIFELONG_SESSION)
             .await
             .map_err(|e| format!("db-test: setting up the owner session on {display_url}: {e}"))?;
         let mut owner = None;

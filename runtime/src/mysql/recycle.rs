@@ -120,6 +120,15 @@ fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
 }
 
+/// The count of sessions in the database named by the SQL literal `db`,
+/// other than the asking one.
+fn other_sessions_sql(db: &str) -> String {
+    format!(
+        "SELECT COUNT(*) FROM information_schema.processlist \
+         WHERE db = {db} AND id <> CONNECTION_ID()"
+    )
+}
+
 /// Survey the schema of `database` (its tables and views as named), the
 /// rows of the tables `checksummed` (`CHECKSUM TABLE`), and which of the
 /// tables `probed` hold rows; in one round trip.
@@ -190,10 +199,8 @@ async fn survey(
         script.push_str(";\n");
     }
     if count_others {
-        script.push_str(&format!(
-            "SELECT COUNT(*) FROM information_schema.processlist \
-             WHERE db = {l} AND id <> CONNECTION_ID();\n"
-        ));
+        script.push_str(&other_sessions_sql(&l));
+        script.push_str(";\n");
     }
 
     // Result sets, in the script's order: the rows of each.
@@ -537,13 +544,11 @@ impl Recycle {
     async fn alone(&self, admin: &mut MySqlConnection, name: &str) -> bool {
         for _ in 0..10 {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            let others: Result<i64, _> = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM information_schema.processlist \
-                 WHERE db = ? AND id <> CONNECTION_ID()",
-            )
-            .bind(name)
-            .fetch_one(&mut *admin)
-            .await;
+            let others: Result<i64, _> =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(other_sessions_sql(&literal(name))))
+                    .persistent(false)
+                    .fetch_one(&mut *admin)
+                    .await;
             match others {
                 Ok(0) => return true,
                 Ok(_) => {}

@@ -142,7 +142,7 @@ impl Engine {
                 // Idle for the whole run: a server's short `wait_timeout`
                 // must not end it.
                 Ok(mut keeper) => keeper
-                    .execute("SET SESSION wait_timeout = 31536000")
+                    .execute(super::engine::LIFELONG_SESSION)
                     .await
                     .map(|_| (built, keeper))
                     .map_err(|e| ctx("setting up the working database's keeper", e)),

@@ -69,10 +69,9 @@ impl Engine {
                 .connect_lazy_with(opts.clone())
         });
         // Connect once now, so that a missing database is reported here.
-        let home = slots.checkout().await?;
-        match tokio::time::timeout(config::connect_timeout(), home.acquire()).await {
+        match tokio::time::timeout(config::connect_timeout(), slots.checkout_connection()).await {
             // The first test takes it from the slot.
-            Ok(Ok(conn)) => home.park(conn),
+            Ok(Ok((conn, home))) => home.park(conn),
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err(sqlx::Error::PoolTimedOut),
         }

@@ -62,8 +62,9 @@ impl DatabaseError for Explained {
     }
 }
 
-/// Adds the likely cause to a lock timeout or a deadlock.
-pub(crate) fn explain_lock_error(err: sqlx::Error) -> sqlx::Error {
+/// Adds the likely cause to a lock timeout or a deadlock, and the way out
+/// to an isolation level the test's transaction cannot take.
+pub(crate) fn explain_error(err: sqlx::Error) -> sqlx::Error {
     let sqlx::Error::Database(inner) = err else {
         return err;
     };
@@ -77,6 +78,13 @@ pub(crate) fn explain_lock_error(err: sqlx::Error) -> sqlx::Error {
             "db-test: a real deadlock (40P01): two transactions each waited for a lock the other \
              held. If they are two tests, they touch the same rows in opposite orders; use unique \
              test data, or `isolation = \"database\"`."
+        }
+        // `SET TRANSACTION ISOLATION LEVEL` in a savepoint or after a
+        // query, `BEGIN ISOLATION LEVEL` inside the test's transaction.
+        Some("25001") if inner.message().contains("ISOLATION LEVEL") => {
+            "db-test: in transaction mode the test runs inside db-test's own transaction, which \
+             already began, so its isolation level cannot change. A test that sets one (or needs \
+             `SERIALIZABLE`) runs in a database of its own: `isolation = \"database\"`."
         }
         _ => return sqlx::Error::Database(inner),
     };

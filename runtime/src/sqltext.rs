@@ -77,11 +77,17 @@ fn statements(sql: &str) -> Vec<String> {
                 }
                 cur.push_str(&sql[start..i.min(b.len())]);
             }
+            // `$` inside a name (`a$x$`, PostgreSQL allows it after the
+            // first character) starts no quote.
+            b'$' if i > 0 && is_name_byte(b[i - 1]) => {
+                cur.push('$');
+                i += 1;
+            }
             b'$' => {
                 // `$tag$ .. $tag$` (not `$1`, a parameter).
                 let tag_end = b[i + 1..]
                     .iter()
-                    .position(|&x| !(x.is_ascii_alphanumeric() || x == b'_'))
+                    .position(|&x| !(x.is_ascii_alphanumeric() || x == b'_' || x >= 0x80))
                     .map(|p| i + 1 + p);
                 match tag_end {
                     Some(e)
@@ -205,6 +211,12 @@ pub(crate) fn contains_any_ignore_case(haystack: &str, needles: &[&str]) -> bool
     false
 }
 
+/// A byte of an unquoted name: a letter, a digit, `_`, `$`, or part of a
+/// non-ASCII character.
+fn is_name_byte(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
+}
+
 #[inline(always)]
 fn upper(c: u8) -> u8 {
     // One comparison (no call in an unoptimised build): `a..=z`.
@@ -222,7 +234,74 @@ pub(crate) fn is_plain_read(sql: &str) -> bool {
         head.len() >= w.len() && head.as_bytes()[..w.len()].eq_ignore_ascii_case(w.as_bytes())
     };
     (starts("SELECT") || starts("VALUES") || starts("SHOW") || starts("TABLE"))
-        && !contains_any_ignore_case(head, &[" FOR ", " INTO ", "VAL(", "ADVISORY", ";"])
+        && !contains_any_ignore_case(head, &["VAL(", "ADVISORY", ";"])
+        && !contains_any_word_ignore_case(head, &["FOR", "INTO"])
+}
+
+/// Whether `sql` may create a table with `SELECT .. INTO`: the word `INTO`
+/// after anything but `INSERT` or `MERGE`. (DDL without a DDL keyword: its
+/// temporary table can shadow a table a cached statement reads.)
+pub(crate) fn may_select_into(sql: &str) -> bool {
+    if !contains_any_ignore_case(sql, &["INTO"]) {
+        return false;
+    }
+    let h = sql.as_bytes();
+    let mut previous: &[u8] = &[];
+    let mut i = 0;
+    while i < h.len() {
+        if is_name_byte(h[i]) {
+            let start = i;
+            while i < h.len() && is_name_byte(h[i]) {
+                i += 1;
+            }
+            let word = &h[start..i];
+            if word.eq_ignore_ascii_case(b"INTO")
+                && !previous.eq_ignore_ascii_case(b"INSERT")
+                && !previous.eq_ignore_ascii_case(b"MERGE")
+            {
+                return true;
+            }
+            previous = word;
+        } else {
+            i += 1;
+        }
+    }
+    false
+}
+
+/// Whether `haystack` contains any of `needles` (upper-case ASCII) as a
+/// whole word, in any case: not next to a letter, digit, `_` or `$`
+/// (whitespace of any kind, a comment or a quote may border it).
+pub(crate) fn contains_any_word_ignore_case(haystack: &str, needles: &[&str]) -> bool {
+    let h = haystack.as_bytes();
+    let mut i = 0;
+    while i < h.len() {
+        // Only at the start of a word.
+        if is_name_byte(h[i]) && (i == 0 || !is_name_byte(h[i - 1])) {
+            let mut end = i;
+            while end < h.len() && is_name_byte(h[end]) {
+                end += 1;
+            }
+            let mut k = 0;
+            while k < needles.len() {
+                let n = needles[k].as_bytes();
+                if n.len() == end - i {
+                    let mut j = 0;
+                    while j < n.len() && upper(h[i + j]) == n[j] {
+                        j += 1;
+                    }
+                    if j == n.len() {
+                        return true;
+                    }
+                }
+                k += 1;
+            }
+            i = end;
+        } else {
+            i += 1;
+        }
+    }
+    false
 }
 
 #[cfg(test)]
@@ -301,6 +380,34 @@ mod tests {
         assert!(!r("SELECT 1; DELETE FROM users"));
         assert!(!r("INSERT INTO users (email) VALUES ('a')"));
         assert!(!r("WITH d AS (DELETE FROM t RETURNING 1) SELECT * FROM d"));
+        // Any whitespace around the words.
+        assert!(!r("SELECT 1 AS x INTO\nTEMP t"));
+        assert!(!r("SELECT id FROM users\n\tFOR\tUPDATE"));
+        assert!(!r("SELECT 1 INTO/**/t"));
+        assert!(r("SELECT fortune, into_x FROM t"));
+    }
+
+    #[test]
+    fn select_into_is_told_from_insert_into() {
+        use super::may_select_into as m;
+        assert!(m("SELECT 1 AS only_col INTO TEMP users"));
+        assert!(m("select *\ninto t2 from t"));
+        assert!(m("WITH a AS (SELECT 1) SELECT * INTO t FROM a"));
+        assert!(!m("INSERT INTO users (email) VALUES ('a')"));
+        assert!(!m(
+            "merge into t USING s ON true WHEN MATCHED THEN DO NOTHING"
+        ));
+        assert!(!m("SELECT into_x FROM t"));
+    }
+
+    #[test]
+    fn a_dollar_in_a_name_starts_no_quote() {
+        assert!(ends("SELECT 1 AS a$x$; COMMIT; SELECT 2 AS b$x$").is_some());
+        assert!(ends("SELECT 1 AS é$x$; COMMIT; SELECT 2 AS b$x$").is_some());
+        assert!(ends("SELECT a_1$x$; COMMIT; SELECT $x$").is_some());
+        // A quote after other punctuation is still a quote.
+        assert_eq!(ends("SELECT ($x$; COMMIT; $x$)"), None);
+        assert_eq!(ends("SELECT 1,$x$; COMMIT; $x$"), None);
     }
 
     #[test]

@@ -399,6 +399,11 @@ async fn child_session_1_leaves_state_behind(db: TestDb) {
         .execute(&db)
         .await
         .unwrap();
+    // `setval` is not undone by ROLLBACK.
+    sqlx::query("SELECT setval(pg_get_serial_sequence('posts', 'id'), 1000000000)")
+        .execute(&db)
+        .await
+        .unwrap();
 }
 
 #[db_test]
@@ -427,6 +432,16 @@ async fn child_session_2_starts_fresh(ctx: TestContext) {
         .fetch_one(&db)
         .await;
     assert!(lastval.is_err(), "lastval() answered {lastval:?}");
+    let posts_seq: Option<i64> = sqlx::query_scalar(
+        "SELECT pg_sequence_last_value(pg_get_serial_sequence('posts', 'id')::regclass)",
+    )
+    .fetch_one(&mut other)
+    .await
+    .unwrap();
+    assert!(
+        posts_seq.unwrap_or(0) < 1000000000,
+        "the last test's setval stayed: {posts_seq:?}"
+    );
 }
 
 #[test]
@@ -437,6 +452,90 @@ fn session_state_does_not_leak_into_the_next_test() {
     ]));
     assert!(out.status.success(), "{text}");
     assert!(text.contains("2 passed"), "{text}");
+}
+
+// The `child_shadow_*` pair: DDL that no DDL keyword announces.
+
+#[db_test]
+async fn child_shadow_1_select_into(db: TestDb) {
+    // DDL without a DDL keyword: a temporary table that shadows `users`,
+    // read through a statement sqlx caches.
+    sqlx::query("SELECT 1::int AS only_col INTO TEMP users")
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::query("SELECT * FROM users")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+}
+
+#[db_test]
+async fn child_shadow_2_starts_fresh(ctx: TestContext) {
+    let db = ctx.db();
+    // In an app transaction, where db-test does not retry a stale statement.
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query("SELECT * FROM users")
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+    drop(tx);
+}
+
+#[test]
+fn a_shadowing_temp_table_does_not_reach_the_next_test() {
+    let (out, text) = run(child(&[
+        "child_shadow_1_select_into",
+        "child_shadow_2_starts_fresh",
+    ]));
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("2 passed"), "{text}");
+}
+
+/// Row-level security tests switch roles before their first app
+/// transaction: db-test's commit guard works for any role.
+#[db_test]
+async fn set_role_before_the_first_app_transaction(db: TestDb) {
+    sqlx::raw_sql(
+        "CREATE ROLE dbt_hardening_reader; \
+         GRANT SELECT, INSERT ON users TO dbt_hardening_reader; \
+         GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO dbt_hardening_reader; \
+         SET ROLE dbt_hardening_reader",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query("INSERT INTO users (email) VALUES ('role@example.com')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let who: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(who, "dbt_hardening_reader");
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM users WHERE email = 'role@example.com'"
+        )
+        .await,
+        1
+    );
+}
+
+/// An isolation level cannot be set inside the test's transaction: the
+/// error says where such a test belongs.
+#[db_test]
+async fn set_transaction_isolation_says_to_use_database_mode(db: TestDb) {
+    let mut tx = db.begin().await.unwrap();
+    let e = sqlx::query("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+        .execute(&mut *tx)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("isolation = \"database\""), "{e}");
 }
 
 /// A statement sqlx cached before the test becomes stale after DDL in the

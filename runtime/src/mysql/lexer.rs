@@ -12,7 +12,12 @@
 //! as code, since the server runs it. Each statement is then classified by
 //! its first words. A string holding a backslash is read twice, with and
 //! without backslash escapes (`NO_BACKSLASH_ESCAPES` in the session's
-//! `sql_mode` changes where it ends), and refused if either reading is.
+//! `sql_mode` changes where it ends), and a third time with `".."` as an
+//! identifier, in which a backslash escapes nothing (`ANSI_QUOTES`) if it
+//! also holds a `"`; it is refused if any reading is. A client character
+//! set in which a backslash can be the second byte of a character (`big5`,
+//! `cp932`, `gbk`, `gb18030`, `sjis`) moves where strings end in yet
+//! another way: a `SET` that names one of them is refused.
 //!
 //! Refused (they commit): `CREATE`/`ALTER`/`DROP`/`RENAME`/`TRUNCATE` of
 //! anything (tables, databases, indexes, views, routines, triggers, events,
@@ -55,21 +60,36 @@ enum Token {
     Punct(char),
 }
 
-/// Splits `sql` into tokens, reading executable comments as code. With
-/// `backslash`, a backslash escapes the next character in a string (the
-/// default); without, it is an ordinary character (`NO_BACKSLASH_ESCAPES`
-/// in `sql_mode`).
+/// How the server may read quoted text, depending on the session's
+/// `sql_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// A backslash escapes the next character in `'..'` and `".."` strings
+    /// (the default).
+    Escapes,
+    /// A backslash is an ordinary character (`NO_BACKSLASH_ESCAPES`).
+    NoEscapes,
+    /// `".."` is an identifier, in which a backslash is an ordinary
+    /// character; it escapes in `'..'` strings (`ANSI_QUOTES`).
+    AnsiQuotes,
+}
+
 /// The text of the quoted string, identifier or name starting at `start`
 /// (its opening quote), and where it ends: a doubled quote stands for one,
-/// and with `backslash` a backslash escapes the next byte (not in a
-/// backtick-quoted identifier).
-fn quoted(bytes: &[u8], start: usize, backslash: bool) -> (String, usize) {
+/// and a backslash escapes the next byte where `reading` says so (never in
+/// a backtick-quoted identifier).
+fn quoted(bytes: &[u8], start: usize, reading: Reading) -> (String, usize) {
     let quote = bytes[start];
+    let escapes = match reading {
+        Reading::Escapes => quote != b'`',
+        Reading::NoEscapes => false,
+        Reading::AnsiQuotes => quote == b'\'',
+    };
     let mut text = Vec::new();
     let mut i = start + 1;
     while i < bytes.len() {
         let b = bytes[i];
-        if backslash && b == b'\\' && quote != b'`' && i + 1 < bytes.len() {
+        if escapes && b == b'\\' && i + 1 < bytes.len() {
             text.push(bytes[i + 1]);
             i += 2;
         } else if b == quote {
@@ -91,28 +111,30 @@ fn quoted(bytes: &[u8], start: usize, backslash: bool) -> (String, usize) {
 /// `sql`'s tokens. Each statement is classified three times in a row
 /// (refused? session state? a `CALL`?), on one thread: the last string's
 /// tokens are kept per thread and per reading, not lexed again.
-fn tokens(sql: &str, backslash: bool) -> Rc<Vec<Token>> {
-    type Last = RefCell<[Option<(String, Rc<Vec<Token>>)>; 2]>;
+fn tokens(sql: &str, reading: Reading) -> Rc<Vec<Token>> {
+    type Last = RefCell<[Option<(String, Rc<Vec<Token>>)>; 3]>;
     thread_local! {
-        static LAST: Last = const { RefCell::new([None, None]) };
+        static LAST: Last = const { RefCell::new([None, None, None]) };
     }
     // Not kept: a long script (a fixture) is classified once.
     const KEPT_UP_TO: usize = 16 * 1024;
     LAST.with(|last| {
-        let slot = usize::from(backslash);
+        let slot = reading as usize;
         if let Some((kept, tokens)) = &last.borrow()[slot]
             && kept == sql
         {
             return tokens.clone();
         }
-        let tokens = Rc::new(lex(sql, backslash));
+        let tokens = Rc::new(lex(sql, reading));
         last.borrow_mut()[slot] =
             (sql.len() <= KEPT_UP_TO).then(|| (sql.to_owned(), tokens.clone()));
         tokens
     })
 }
 
-fn lex(sql: &str, backslash: bool) -> Vec<Token> {
+/// Splits `sql` into tokens, reading executable comments as code and
+/// quoted text as `reading` says.
+fn lex(sql: &str, reading: Reading) -> Vec<Token> {
     let bytes = sql.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -170,12 +192,14 @@ fn lex(sql: &str, backslash: bool) -> Vec<Token> {
             b'\'' | b'"' | b'`' => {
                 let quote = c;
                 let text;
-                (text, i) = quoted(bytes, i, backslash);
-                out.push(if quote == b'`' {
-                    Token::Ident(text.to_ascii_uppercase())
-                } else {
-                    Token::Str(text)
-                });
+                (text, i) = quoted(bytes, i, reading);
+                out.push(
+                    if quote == b'`' || (quote == b'"' && reading == Reading::AnsiQuotes) {
+                        Token::Ident(text.to_ascii_uppercase())
+                    } else {
+                        Token::Str(text)
+                    },
+                );
             }
             b';' => {
                 out.push(Token::End);
@@ -190,7 +214,7 @@ fn lex(sql: &str, backslash: bool) -> Vec<Token> {
                 if matches!(bytes.get(i), Some(b'\'' | b'"' | b'`')) {
                     // `@'quoted name'`, read as the server reads a string
                     // (`@'a\'b'` is one name).
-                    (_, i) = quoted(bytes, i, backslash);
+                    (_, i) = quoted(bytes, i, reading);
                 } else {
                     while i < bytes.len() && is_word_byte(bytes[i]) {
                         i += 1;
@@ -222,12 +246,16 @@ fn is_word_byte(b: u8) -> bool {
 
 /// How to read `sql`'s strings: with backslash escapes, and also without
 /// when it holds a backslash (`NO_BACKSLASH_ESCAPES` in the session's
-/// `sql_mode` moves where such a string ends).
-fn readings(sql: &str) -> &'static [bool] {
-    if sql.contains('\\') {
-        &[true, false]
+/// `sql_mode` moves where such a string ends), and with `".."` as an
+/// identifier when it also holds a `"` (`ANSI_QUOTES`).
+fn readings(sql: &str) -> &'static [Reading] {
+    use Reading::*;
+    if !sql.contains('\\') {
+        &[Escapes]
+    } else if sql.contains('"') {
+        &[Escapes, NoEscapes, AnsiQuotes]
     } else {
-        &[true]
+        &[Escapes, NoEscapes]
     }
 }
 
@@ -236,8 +264,8 @@ fn readings(sql: &str) -> &'static [bool] {
 /// with a backslash is read both ways, with and without backslash escapes:
 /// the session's `sql_mode` decides which one the server uses.
 pub(crate) fn implicit_commit(sql: &str) -> Option<String> {
-    readings(sql).iter().find_map(|&backslash| {
-        tokens(sql, backslash)
+    readings(sql).iter().find_map(|&reading| {
+        tokens(sql, reading)
             .split(|t| *t == Token::End)
             .find_map(statement_commits)
     })
@@ -319,6 +347,9 @@ fn statement_commits(s: &[Token]) -> Option<String> {
             if matches!(w(1), "PASSWORD") || (w(1) == "DEFAULT" && w(2) == "ROLE") {
                 return found(3);
             }
+            if let Some(set) = sets_unreadable_charset(s) {
+                return Some(set);
+            }
             let autocommit = |t: &Token| match t {
                 Token::Word(w) | Token::Ident(w) => w == "AUTOCOMMIT",
                 _ => false,
@@ -361,6 +392,27 @@ fn statement_commits(s: &[Token]) -> Option<String> {
     }
 }
 
+/// A `SET` that names a client character set in which a backslash can be
+/// the second byte of a character (`SET NAMES gbk`, `SET CHARACTER SET
+/// sjis`, `SET character_set_client = 'big5'`, or a user variable set to
+/// one, for a later `SET character_set_client = @v`): the server would
+/// then end strings where this reader does not, and could run DDL it did
+/// not see. (A variable's value is not known here: restoring a saved
+/// character set, as a `mysqldump` file does, stays possible.)
+fn sets_unreadable_charset(s: &[Token]) -> Option<String> {
+    const UNREADABLE: [&str; 5] = ["BIG5", "CP932", "GBK", "GB18030", "SJIS"];
+    s.iter()
+        .find_map(|t| match t {
+            Token::Word(w) | Token::Ident(w) => UNREADABLE.contains(&w.as_str()).then(|| w.clone()),
+            Token::Str(text) => {
+                let up = text.to_ascii_uppercase();
+                UNREADABLE.contains(&up.as_str()).then_some(up)
+            }
+            _ => None,
+        })
+        .map(|charset| format!("SET .. {charset} (a client character set)"))
+}
+
 /// Names a savepoint of db-test's or sqlx's, in a refused statement.
 const OURS: &str = "of a savepoint db-test or sqlx manages (`db_test_auto`, `_sqlx_savepoint_N`)";
 
@@ -373,36 +425,41 @@ fn names_ours(s: &[Token]) -> bool {
     })
 }
 
-/// Whether `sql` calls a stored procedure (`CALL`), whose body may commit
-/// where db-test cannot read it.
+/// Whether `sql` may call a stored procedure, whose body may commit where
+/// db-test cannot read it: a `CALL`, an `EXECUTE` (of a statement prepared
+/// from any text, `IMMEDIATE` or not), or the word `CALL` anywhere, even in
+/// a string (`SET STATEMENT .. FOR CALL`, `PREPARE s FROM 'CALL p()'`).
 pub(crate) fn calls_procedure(sql: &str) -> bool {
-    readings(sql).iter().any(|&backslash| {
-        tokens(sql, backslash)
+    readings(sql).iter().any(|&reading| {
+        tokens(sql, reading)
             .split(|t| *t == Token::End)
-            .any(|s| word(s.first()) == "CALL")
-    })
+            .any(|s| matches!(word(s.first()), "CALL" | "EXECUTE"))
+    }) || crate::sqltext::contains_any_word_ignore_case(sql, &["CALL"])
 }
 
 /// Whether `sql` may leave state in the session that `ROLLBACK` does not
 /// undo: a temporary table (`CREATE`, which in transaction mode can only be
 /// `CREATE TEMPORARY`), a user variable (`@name` anywhere), a named lock
-/// (`GET_LOCK`), a prepared statement (`PREPARE`), a `HANDLER`, or a session
-/// setting (`SET`). Errs on the safe side: such a test's connection is
+/// (`GET_LOCK`), a prepared statement (`PREPARE`), a `HANDLER`, a session
+/// setting (`SET`), or any of these in a procedure (`CALL`) or in text run
+/// by `EXECUTE`. Errs on the safe side: such a test's connection is
 /// closed at its end rather than handed to the next test.
 pub(crate) fn leaves_session_state(sql: &str) -> bool {
     readings(sql)
         .iter()
-        .any(|&backslash| leaves_session_state_in(&tokens(sql, backslash)))
+        .any(|&reading| leaves_session_state_in(&tokens(sql, reading)))
 }
 
 fn leaves_session_state_in(tokens: &[Token]) -> bool {
     tokens.split(|t| *t == Token::End).any(|s| {
-        matches!(word(s.first()), "CREATE" | "SET" | "PREPARE" | "HANDLER")
-            || s.iter().any(|t| match t {
-                Token::Var => true,
-                Token::Word(w) => w == "GET_LOCK",
-                _ => false,
-            })
+        matches!(
+            word(s.first()),
+            "CREATE" | "SET" | "PREPARE" | "HANDLER" | "CALL" | "EXECUTE"
+        ) || s.iter().any(|t| match t {
+            Token::Var => true,
+            Token::Word(w) => w == "GET_LOCK",
+            _ => false,
+        })
     })
 }
 
@@ -413,6 +470,15 @@ pub(crate) fn refusal(found: &str) -> String {
             "db-test: `{found}` is refused in a transaction-mode test: db-test and sqlx keep \
              their savepoints in the test's transaction, and the end of the test checks them. \
              Use `db.begin()` and `tx.commit()` / `tx.rollback()`, or savepoints of your own."
+        );
+    }
+    if found.contains("(a client character set)") {
+        return format!(
+            "db-test: `{found}` is refused in a transaction-mode test on MySQL/MariaDB: in that \
+             character set a backslash can end a multi-byte character, so the server would split \
+             the test's SQL where db-test does not, and could run DDL (which commits) that \
+             db-test never saw. Use a character set such as utf8mb4, or \
+             `#[db_test(isolation = \"database\")]`."
         );
     }
     if found.contains("compound statement") {
@@ -599,8 +665,48 @@ mod tests {
         use super::calls_procedure as calls;
         assert!(calls("CALL p()"));
         assert!(calls("SELECT 1; call p"));
-        assert!(!calls("SELECT 'CALL p()'"));
+        // Text that may run a CALL: checked after it too.
+        assert!(calls("EXECUTE IMMEDIATE 'CALL p_commit()'"));
+        assert!(calls("PREPARE s FROM 'CALL p()'"));
+        assert!(calls("EXECUTE s"));
+        assert!(calls("SET STATEMENT max_statement_time=100 FOR CALL p()"));
+        assert!(calls("SELECT 'CALL p()'"));
         assert!(!calls("SELECT callback FROM t"));
+    }
+
+    #[test]
+    fn ansi_quotes_are_a_third_reading() {
+        // With ANSI_QUOTES, "\" is an identifier holding a backslash, and
+        // '\'' a string: the CREATE is code.
+        assert!(ic(r#"SELECT 1 AS "\", '\''; CREATE TABLE leak (a INT); -- "#).is_some());
+        assert_eq!(ic(r#"SELECT "a\"b", 'c'"#), None);
+    }
+
+    #[test]
+    fn a_client_charset_that_hides_backslashes_is_refused() {
+        for sql in [
+            "SET NAMES gbk",
+            "set names 'sjis'",
+            "SET CHARACTER SET big5",
+            "SET CHARSET cp932",
+            "SET character_set_client = gb18030",
+            "SET @@session.character_set_client = 'GBK'",
+            "SET @cs = 'gbk'",
+        ] {
+            let found = ic(sql).unwrap_or_else(|| panic!("not refused: {sql}"));
+            assert!(super::refusal(&found).contains("character set"), "{sql}");
+        }
+        assert_eq!(ic("SET NAMES utf8mb4 COLLATE utf8mb4_unicode_ci"), None);
+        assert_eq!(ic("SET character_set_results = NULL"), None);
+        // mysqldump's save and restore.
+        assert_eq!(
+            ic("/*!40101 SET @saved_cs_client = @@character_set_client */"),
+            None
+        );
+        assert_eq!(
+            ic("/*!40101 SET character_set_client = @saved_cs_client */"),
+            None
+        );
     }
 
     #[test]
@@ -647,6 +753,9 @@ mod tests {
             "PREPARE s FROM 'SELECT 1'",
             "SET SESSION sql_mode = ''",
             "SELECT 1; SET time_zone = '+00:00'",
+            "CALL p_session()",
+            "EXECUTE IMMEDIATE 'SET SESSION time_zone = ''+05:00'''",
+            "EXECUTE s",
         ] {
             assert!(st(sql), "not noticed: {sql}");
         }

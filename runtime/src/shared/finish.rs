@@ -206,6 +206,10 @@ impl SharedConn {
                 healthy = false;
             }
         }
+        let sequences = lock(&self.state.sequences).take();
+        if healthy && let Some(values) = sequences {
+            healthy = super::statement::restore_sequences(&values, &mut conn).await;
+        }
         if healthy && failure.is_none() && !state_known {
             // The state query did not run (an aborted transaction): ask now.
             match sqlx::query_scalar::<_, String>(

@@ -17,7 +17,8 @@ pub(crate) const GUARD_CONSTRAINT: &str = "db_test_refuses_to_commit_a_test_tran
 
 /// Sets up a new connection of a working database's pool, once for its
 /// lifetime (temporary objects live as long as the session): the commit
-/// guard's tables, and a session that defaults to read-only transactions, so
+/// guard's tables (open to every role: a test may `SET ROLE` before its
+/// first guard arms them), and a session that defaults to read-only transactions, so
 /// that after a COMMIT that got past everything nothing can be written
 /// outside the test's transaction either (db-test's own BEGIN says READ
 /// WRITE). On PostgreSQL 15+ the statistics of these writes are flushed, so
@@ -33,6 +34,7 @@ pub(crate) async fn prepare_session(conn: &mut PgConnection) -> sqlx::Result<()>
          CREATE TEMP TABLE IF NOT EXISTS {GUARD_TABLE}_key (id int PRIMARY KEY); \
          CREATE TEMP TABLE IF NOT EXISTS {GUARD_TABLE} (id int CONSTRAINT {GUARD_CONSTRAINT} \
            REFERENCES pg_temp.{GUARD_TABLE}_key DEFERRABLE INITIALLY DEFERRED); \
+         GRANT ALL ON pg_temp.{GUARD_TABLE}, pg_temp.{GUARD_TABLE}_key TO PUBLIC; \
          COMMIT; \
          SET SESSION default_transaction_read_only = on{flush}"
     )))

@@ -64,6 +64,10 @@ pub(crate) struct ConnState {
     /// advisory locks, sequence state), or used a guard, behind which
     /// db-test cannot see: teardown then checks and resets the session.
     pub(super) touched_session: AtomicBool,
+    /// The working database's sequences as they were before the test's
+    /// first `setval` (`(oid, value, is_called)` rows of a `VALUES` list):
+    /// `setval` is not undone by a rollback, so teardown puts them back.
+    pub(super) sequences: std::sync::Mutex<Option<String>>,
 }
 
 /// Whether SQL sent through `Db` or a guard may leave session state that
@@ -75,7 +79,7 @@ pub(super) fn touches_session(sql: &str) -> bool {
             "CREATE", "ALTER", "DROP", "PREPARE", "ADVISORY", "VAL(", "DISCARD", "CALL ", "DO ",
             "DO$", "IMPORT",
         ],
-    )
+    ) || crate::sqltext::may_select_into(sql)
 }
 
 pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

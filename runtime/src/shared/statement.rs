@@ -87,6 +87,11 @@ pub(crate) async fn run_guarded(
     if autocommit && !state.fresh.load(Ordering::Relaxed) {
         refresh_savepoint(state, conn, false, false).await?;
     }
+    if crate::sqltext::contains_any_ignore_case(&sql, &["SETVAL"])
+        && lock(&state.sequences).is_none()
+    {
+        save_sequences(state, conn).await;
+    }
     // A copy for one retry, should a cached statement have gone stale.
     let retry = query.clone();
     *lock(&state.in_flight) = Some(sql.clone());
@@ -122,7 +127,7 @@ pub(crate) async fn run_guarded(
                 state.poison(out_of_sync(&state.label, &e));
                 return Err(e);
             }
-            let e = crate::hint::explain_lock_error(e);
+            let e = crate::hint::explain_error(e);
             // Undo the failed statement alone; `dbt_auto` stays and still
             // marks the state before it.
             if autocommit && let Err(e2) = conn.execute("ROLLBACK TO SAVEPOINT dbt_auto").await {
@@ -134,6 +139,65 @@ pub(crate) async fn run_guarded(
             Err(e)
         }
     }
+}
+
+/// The sequences of the working database that the test's role can read,
+/// as `(oid, value, is_called)` rows: what [`restore_sequences`] sets back.
+const SAVE_SEQUENCES: &str = "SAVEPOINT dbt_seq; \
+     SELECT coalesce(string_agg(format('(%s::oid, %s::int8, %s)', c.oid, \
+       coalesce(pg_sequence_last_value(c.oid), s.seqstart), \
+       (pg_sequence_last_value(c.oid) IS NOT NULL)::text), ', '), '') \
+     FROM pg_sequence s JOIN pg_class c ON c.oid = s.seqrelid \
+     WHERE c.relpersistence <> 't' \
+       AND CASE WHEN c.relkind = 'S' THEN has_sequence_privilege(c.oid, 'SELECT, USAGE') END; \
+     RELEASE SAVEPOINT dbt_seq";
+
+/// Before the test's first `setval`: notes where the sequences stand, in a
+/// savepoint of its own, so that a failure here changes nothing for the
+/// test (its statement then runs as it would have).
+async fn save_sequences(state: &ConnState, conn: &mut PgConnection) {
+    use futures_util::TryStreamExt;
+    use sqlx::Row;
+    let rows: sqlx::Result<Vec<Step>> = conn
+        .fetch_many(sqlx::raw_sql(SAVE_SEQUENCES))
+        .try_collect()
+        .await;
+    match rows {
+        Ok(steps) => {
+            let values = steps.iter().find_map(|step| match step {
+                Either::Right(row) => row.try_get::<String, _>(0).ok(),
+                Either::Left(_) => None,
+            });
+            *lock(&state.sequences) = values;
+        }
+        // Already aborted before: the SAVEPOINT did not run either.
+        Err(e) if sqlstate(&e).as_deref() == Some("25P02") => {}
+        Err(_) => {
+            let _ = conn
+                .execute("ROLLBACK TO SAVEPOINT dbt_seq; RELEASE SAVEPOINT dbt_seq")
+                .await;
+        }
+    }
+}
+
+/// After the test's transaction: the sequences that a `setval` moved are
+/// set back to where [`save_sequences`] found them (no later test, in this
+/// process or another, starts from a value the test chose). In a
+/// transaction of its own that is rolled back: `setval` outlives it, and
+/// the session defaults to read-only ones.
+pub(super) async fn restore_sequences(values: &str, conn: &mut PgConnection) -> bool {
+    if values.is_empty() {
+        return true;
+    }
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "BEGIN READ WRITE; \
+         SELECT setval(v.id, v.value, v.called) FROM (VALUES {values}) AS v(id, value, called) \
+         WHERE pg_sequence_last_value(v.id) IS DISTINCT FROM CASE WHEN v.called THEN v.value END; \
+         ROLLBACK"
+    )))
+    .execute(conn)
+    .await
+    .is_ok()
 }
 
 /// `0A000 cached plan must not change result type`: a statement sqlx

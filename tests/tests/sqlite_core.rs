@@ -905,3 +905,24 @@ async fn an_alias_of_sqlite_pool_gets_a_database_of_its_own(pool: AppPool) {
     let names = names(&pool).await;
     assert_eq!(names.last().map(String::as_str), Some("alias"));
 }
+
+/// `migrations = false`: an empty database, as under `#[sqlx::test]`
+/// (no `_sqlx_migrations` either), in both modes.
+async fn schema_objects<'e>(e: impl sqlx::Executor<'e, Database = sqlx::Sqlite>) -> Vec<String> {
+    sqlx::query_scalar("SELECT name FROM sqlite_master ORDER BY name")
+        .fetch_all(e)
+        .await
+        .unwrap()
+}
+
+#[db_test(migrations = false)]
+async fn no_migrations_is_an_empty_database(pool: SqlitePool) {
+    assert_eq!(schema_objects(&pool).await, Vec::<String>::new());
+}
+
+#[db_test(migrations = false)]
+async fn no_migrations_is_an_empty_database_in_transaction_mode(db: TestDb) {
+    assert_eq!(schema_objects(&db).await, Vec::<String>::new());
+    db.execute("CREATE TABLE t (a INTEGER)").await.unwrap();
+    assert_eq!(schema_objects(&db).await, vec!["t".to_string()]);
+}

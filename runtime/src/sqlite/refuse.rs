@@ -5,13 +5,16 @@
 /// The top-level statements of `sql`, comments removed, whitespace
 /// collapsed, quoted text (`'..'`, `".."`, `` `..` ``, `[..]`) kept as
 /// written. A `;` inside the `BEGIN .. END` body of a `CREATE TRIGGER` does
-/// not end the statement.
+/// not end the statement. The body ends at the first `END` right after a
+/// `;` (its statements end with one; a `CASE .. END` never follows one, and
+/// `begin`, `case` or `end` may be names in it).
 pub(crate) fn statements(sql: &str) -> Vec<String> {
     let b = sql.as_bytes();
     let mut out = Vec::new();
     let mut cur = String::new();
-    // Inside a CREATE TRIGGER: how many BEGIN/CASE are open.
-    let mut nest: i32 = 0;
+    // Inside the body of a CREATE TRIGGER; right after a `;` in it.
+    let mut body = false;
+    let mut after_semicolon = false;
     let mut i = 0;
     let push_space = |cur: &mut String| {
         if !cur.is_empty() && !cur.ends_with(' ') {
@@ -21,13 +24,17 @@ pub(crate) fn statements(sql: &str) -> Vec<String> {
     while i < b.len() {
         let c = b[i];
         match c {
-            b';' if nest <= 0 => {
+            b';' if body => {
+                cur.push(';');
+                after_semicolon = true;
+                i += 1;
+            }
+            b';' => {
                 let s = cur.trim().to_string();
                 if !s.is_empty() {
                     out.push(s);
                 }
                 cur.clear();
-                nest = 0;
                 i += 1;
             }
             b'-' if b.get(i + 1) == Some(&b'-') => {
@@ -71,16 +78,16 @@ pub(crate) fn statements(sql: &str) -> Vec<String> {
                     i += 1;
                 }
                 let word = &sql[start..i];
-                if is_trigger(&cur) {
-                    if word.eq_ignore_ascii_case("BEGIN") || word.eq_ignore_ascii_case("CASE") {
-                        nest += 1;
-                    } else if word.eq_ignore_ascii_case("END") {
-                        nest -= 1;
-                    }
+                if body {
+                    body = !(after_semicolon && word.eq_ignore_ascii_case("END"));
+                } else if word.eq_ignore_ascii_case("BEGIN") && is_trigger(&cur) {
+                    body = true;
                 }
+                after_semicolon = false;
                 cur.push_str(word);
             }
             _ => {
+                after_semicolon = false;
                 let ch = sql[i..].chars().next().expect("in bounds");
                 cur.push(ch);
                 i += ch.len_utf8();
@@ -216,6 +223,11 @@ mod tests {
             "VACUUM INTO '/tmp/x.db'",
             "ATTACH DATABASE 'x.db' AS x",
             "SELECT 1 /* ; */; COMMIT -- done",
+            // `begin`, `case` and `end` as names in a trigger's body.
+            "CREATE TEMP TRIGGER tr AFTER INSERT ON t BEGIN SELECT 1 AS begin; END; COMMIT",
+            "CREATE TRIGGER tr AFTER INSERT ON t BEGIN SELECT 3 AS begin; END; END TRANSACTION",
+            "CREATE TRIGGER tr AFTER INSERT ON t WHEN NEW.begin > 0 BEGIN SELECT 1; END; COMMIT",
+            "CREATE TRIGGER tr AFTER INSERT ON t BEGIN SELECT 1 AS \"end\", x AS case_; END; COMMIT",
         ] {
             assert!(refuse(sql).is_some(), "{sql:?}");
         }

@@ -1370,3 +1370,39 @@ async fn an_alias_of_mysql_pool_gets_a_database_of_its_own(pool: AppPool) {
         .unwrap();
     assert_eq!(users(&pool).await, 1);
 }
+
+/// A table whose engine ignores transactions (MyISAM, MEMORY): a write to
+/// it would outlive the test's rollback, so transaction mode refuses it,
+/// saying where such a test belongs.
+#[db_test(migrations = "tests/mysql/engines")]
+// The refusal fails the test at its end, even though the test handled the error.
+#[should_panic(expected = "cannot roll back")]
+async fn writes_to_a_table_that_cannot_roll_back_are_refused(db: TestDb) {
+    let e = sqlx::query("INSERT INTO hits (page, n) VALUES ('home', 1)")
+        .execute(&db)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("isolation = \"database\""), "{e}");
+    let mut other = outsider(&db).await;
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM hits")
+        .fetch_one(&mut other)
+        .await
+        .unwrap();
+    assert_eq!(n, 0, "the write reached the server");
+}
+
+#[db_test(migrations = "tests/mysql/engines")]
+async fn the_transactional_tables_beside_it_are_written_as_usual(db: TestDb) {
+    sqlx::query("INSERT INTO pages (name) VALUES ('home')")
+        .execute(&db)
+        .await
+        .unwrap();
+}
+
+#[db_test(migrations = "tests/mysql/engines", isolation = "database")]
+async fn database_mode_writes_it(pool: MySqlPool) {
+    sqlx::query("INSERT INTO hits (page, n) VALUES ('home', 1)")
+        .execute(&pool)
+        .await
+        .unwrap();
+}

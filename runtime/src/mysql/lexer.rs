@@ -267,7 +267,59 @@ pub(crate) fn implicit_commit(sql: &str) -> Option<String> {
     readings(sql).iter().find_map(|&reading| {
         tokens(sql, reading)
             .split(|t| *t == Token::End)
-            .find_map(statement_commits)
+            .find_map(|s| statement_commits(s).or_else(|| writes_non_transactional(s)))
+    })
+}
+
+/// The tables of the working databases this process uses whose engine
+/// cannot roll back (MyISAM, MEMORY, ...), upper-cased.
+static NON_TRANSACTIONAL: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
+
+/// Notes the tables of a working database whose engine cannot roll back
+/// (see [`writes_non_transactional`]).
+pub(crate) fn note_non_transactional_tables(names: Vec<String>) {
+    note(&NON_TRANSACTIONAL, names);
+}
+
+fn note(list: &std::sync::RwLock<Vec<String>>, names: Vec<String>) {
+    let mut known = list.write().unwrap_or_else(|e| e.into_inner());
+    for name in names {
+        let name = name.to_ascii_uppercase();
+        if !known.contains(&name) {
+            known.push(name);
+        }
+    }
+}
+
+/// An `INSERT`, `REPLACE`, `UPDATE` or `DELETE` whose target is a table
+/// that cannot roll back: what it writes would stay in the shared working
+/// database. (Names where a target can stand are checked: a column or a
+/// table read in a subquery of the same name errs on the side of refusing.)
+fn writes_non_transactional(s: &[Token]) -> Option<String> {
+    let first = word(s.first());
+    if !matches!(first, "INSERT" | "REPLACE" | "UPDATE" | "DELETE") {
+        return None;
+    }
+    let tables = NON_TRANSACTIONAL.read().unwrap_or_else(|e| e.into_inner());
+    if tables.is_empty() {
+        return None;
+    }
+    // Where the targets end: the values or columns of an INSERT, the SET of
+    // an UPDATE, the WHERE of a DELETE.
+    let end = s
+        .iter()
+        .position(|t| {
+            matches!(t, Token::Punct('(')) && first != "DELETE"
+                || matches!(t, Token::Word(w) if matches!(w.as_str(),
+                    "VALUES" | "VALUE" | "SET" | "SELECT" | "WHERE" | "ORDER" | "LIMIT" | "ON"))
+        })
+        .unwrap_or(s.len());
+    s[1..end.max(1)].iter().find_map(|t| match t {
+        Token::Word(w) | Token::Ident(w) if tables.contains(w) => Some(format!(
+            "{first} into `{}` (a table whose engine cannot roll back)",
+            w.to_ascii_lowercase()
+        )),
+        _ => None,
     })
 }
 
@@ -441,8 +493,9 @@ pub(crate) fn calls_procedure(sql: &str) -> bool {
 /// undo: a temporary table (`CREATE`, which in transaction mode can only be
 /// `CREATE TEMPORARY`), a user variable (`@name` anywhere), a named lock
 /// (`GET_LOCK`), a prepared statement (`PREPARE`), a `HANDLER`, a session
-/// setting (`SET`), or any of these in a procedure (`CALL`) or in text run
-/// by `EXECUTE`. Errs on the safe side: such a test's connection is
+/// setting (`SET`), or any of these in a procedure (`CALL`), in text run
+/// by `EXECUTE`, or in a stored function of the working database (its name
+/// anywhere in `sql`). Errs on the safe side: such a test's connection is
 /// closed at its end rather than handed to the next test.
 pub(crate) fn leaves_session_state(sql: &str) -> bool {
     readings(sql)
@@ -450,15 +503,31 @@ pub(crate) fn leaves_session_state(sql: &str) -> bool {
         .any(|&reading| leaves_session_state_in(&tokens(sql, reading)))
 }
 
+/// The stored functions of the working databases this process uses,
+/// upper-cased: a function can set user variables or take a `GET_LOCK`,
+/// and its call reads like a built-in's.
+static STORED_FUNCTIONS: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
+
+/// Notes the stored functions of a working database (see
+/// [`leaves_session_state`]).
+pub(crate) fn note_stored_functions(names: Vec<String>) {
+    note(&STORED_FUNCTIONS, names);
+}
+
 fn leaves_session_state_in(tokens: &[Token]) -> bool {
+    let functions = STORED_FUNCTIONS.read().unwrap_or_else(|e| e.into_inner());
+    let calls_function = |t: &Token| match t {
+        Token::Word(w) | Token::Ident(w) => !functions.is_empty() && functions.contains(w),
+        _ => false,
+    };
     tokens.split(|t| *t == Token::End).any(|s| {
         matches!(
             word(s.first()),
             "CREATE" | "SET" | "PREPARE" | "HANDLER" | "CALL" | "EXECUTE"
         ) || s.iter().any(|t| match t {
             Token::Var => true,
-            Token::Word(w) => w == "GET_LOCK",
-            _ => false,
+            Token::Word(w) if w == "GET_LOCK" => true,
+            _ => calls_function(t),
         })
     })
 }
@@ -470,6 +539,14 @@ pub(crate) fn refusal(found: &str) -> String {
             "db-test: `{found}` is refused in a transaction-mode test: db-test and sqlx keep \
              their savepoints in the test's transaction, and the end of the test checks them. \
              Use `db.begin()` and `tx.commit()` / `tx.rollback()`, or savepoints of your own."
+        );
+    }
+    if found.contains("(a table whose engine cannot roll back)") {
+        return format!(
+            "db-test: `{found}` is refused in a transaction-mode test on MySQL/MariaDB: the \
+             table's engine (MyISAM, MEMORY, ...) ignores the test's transaction, so the rows \
+             would stay in the shared working database for every later test. Use \
+             `#[db_test(isolation = \"database\")]` for a test that writes it."
         );
     }
     if found.contains("(a client character set)") {
@@ -768,6 +845,40 @@ mod tests {
         ] {
             assert!(!st(sql), "noticed: {sql}");
         }
+    }
+
+    #[test]
+    fn a_write_to_a_table_that_cannot_roll_back_is_refused() {
+        super::note_non_transactional_tables(vec!["m_lexer_cache".into()]);
+        for sql in [
+            "INSERT INTO m_lexer_cache VALUES (1)",
+            "insert ignore into `m_lexer_cache` (a) values (1)",
+            "REPLACE m_lexer_cache SET a = 1",
+            "UPDATE m_lexer_cache SET a = 2",
+            "DELETE FROM app.m_lexer_cache WHERE a = 1",
+            "SELECT 1; DELETE FROM m_lexer_cache",
+        ] {
+            let found = ic(sql).unwrap_or_else(|| panic!("not refused: {sql}"));
+            assert!(super::refusal(&found).contains("cannot roll back"), "{sql}");
+        }
+        for sql in [
+            "SELECT * FROM m_lexer_cache",
+            "INSERT INTO t (m_lexer_cache) VALUES (1)",
+            "INSERT INTO t SELECT a FROM m_lexer_cache",
+            "UPDATE t SET a = (SELECT MAX(a) FROM m_lexer_cache)",
+            "DELETE FROM t WHERE a IN (SELECT a FROM m_lexer_cache)",
+        ] {
+            assert_eq!(ic(sql), None, "refused: {sql}");
+        }
+    }
+
+    #[test]
+    fn a_call_of_a_stored_function_is_noticed() {
+        use super::leaves_session_state as st;
+        super::note_stored_functions(vec!["f_lexer_test_mark".into()]);
+        assert!(st("SELECT f_lexer_test_mark()"));
+        assert!(st("SELECT `F_LEXER_TEST_MARK`(1) FROM t"));
+        assert!(!st("SELECT 'f_lexer_test_mark'"));
     }
 
     #[test]

@@ -154,8 +154,29 @@ impl Engine {
             .bind(&lock)
             .execute(&mut *admin)
             .await;
-        let ((script, recycle), keeper) = result?;
+        let ((script, recycle), mut keeper) = result?;
         drop(admin);
+        // What a test calls that may leave session state unseen.
+        let functions: Vec<String> = sqlx::query_scalar(
+            "SELECT CAST(ROUTINE_NAME AS CHAR) FROM information_schema.ROUTINES \
+             WHERE ROUTINE_SCHEMA = ? AND ROUTINE_TYPE = 'FUNCTION'",
+        )
+        .bind(&working)
+        .fetch_all(&mut keeper)
+        .await
+        .map_err(|e| ctx("listing the working database's functions", e))?;
+        super::lexer::note_stored_functions(functions);
+        // And what a test would write past its rollback.
+        let non_transactional: Vec<String> = sqlx::query_scalar(
+            "SELECT CAST(TABLE_NAME AS CHAR) FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA = ? AND TABLE_TYPE = 'BASE TABLE' \
+             AND ENGINE NOT IN ('InnoDB', 'XtraDB')",
+        )
+        .bind(&working)
+        .fetch_all(&mut keeper)
+        .await
+        .map_err(|e| ctx("listing the working database's tables", e))?;
+        super::lexer::note_non_transactional_tables(non_transactional);
         self.sweep_leftovers().await;
         self.sweep_outdated(&prefix).await;
         let lock_wait = lock_wait_secs();

@@ -279,3 +279,55 @@ fn a_database_left_with_an_open_transaction_is_dropped_not_recycled() {
         );
     });
 }
+
+/// A database of the test's own is shared with no other test: its sessions
+/// keep the server's defaults (no `lock_timeout`), as under `#[sqlx::test]`.
+#[db_test]
+async fn own_database_sessions_have_the_servers_defaults(pool: sqlx::PgPool) {
+    let lock_timeout: String = sqlx::query_scalar("SHOW lock_timeout")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(lock_timeout, "0");
+}
+
+/// Sequences start where the migrations left them, in a fresh clone and in
+/// a recycled database alike (the same tests, so that later ones get
+/// databases earlier ones gave back).
+async fn first_invoice(pool: &sqlx::PgPool) {
+    let row: (i64, i64) = sqlx::query_as("INSERT INTO invoices DEFAULT VALUES RETURNING id, no")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(row, (100, 5001), "not the migrations' sequence state");
+}
+
+#[db_test(migrations = "migrations_seq")]
+async fn sequences_as_migrated_1(pool: sqlx::PgPool) {
+    first_invoice(&pool).await;
+}
+
+#[db_test(migrations = "migrations_seq")]
+async fn sequences_as_migrated_2(pool: sqlx::PgPool) {
+    first_invoice(&pool).await;
+}
+
+#[db_test(migrations = "migrations_seq")]
+async fn sequences_as_migrated_3(pool: sqlx::PgPool) {
+    first_invoice(&pool).await;
+}
+
+#[db_test(migrations = "migrations_seq")]
+async fn sequences_as_migrated_4(pool: sqlx::PgPool) {
+    first_invoice(&pool).await;
+}
+
+#[db_test(migrations = "migrations_seq")]
+async fn sequences_as_migrated_5(pool: sqlx::PgPool) {
+    first_invoice(&pool).await;
+}
+
+#[db_test(migrations = "migrations_seq")]
+async fn sequences_as_migrated_6(pool: sqlx::PgPool) {
+    first_invoice(&pool).await;
+}

@@ -472,7 +472,14 @@ impl Engine {
         }
     }
 
-    /// Connect options for one of our own databases.
+    /// Connect options for a test's own database (database mode): the
+    /// server's session defaults, as `#[sqlx::test]` gives.
+    pub(crate) fn own_database_options(&self, database: &str) -> PgConnectOptions {
+        self.admin.clone().database(database)
+    }
+
+    /// Connect options for one of our own databases, where a lock wait may
+    /// be another test's doing (`lock_timeout`).
     pub(crate) fn options_for(&self, database: &str) -> PgConnectOptions {
         self.admin
             .clone()

@@ -19,10 +19,12 @@ use crate::hint::sqlstate;
 /// How to bring a used per-test database back to the template's state.
 #[derive(Debug, Clone)]
 pub(super) struct Recycle {
-    /// Empties the tables and restarts the sequences: a `DO` block that
+    /// Empties the tables and puts the sequences back: a `DO` block that
     /// truncates only the tables holding rows (a `TRUNCATE` costs a few ms
     /// per table, an emptiness check microseconds), or, where PL/pgSQL is
-    /// not available, `TRUNCATE … RESTART IDENTITY CASCADE` of every table.
+    /// not available, `TRUNCATE … CASCADE` of every table; then a `setval`
+    /// of each sequence that moved to where it was in the template (a
+    /// migration's `setval`, not only the sequence's `START`).
     reset: String,
     /// A query returning the schema fingerprint.
     fingerprint_sql: String,
@@ -68,8 +70,8 @@ SELECT md5(coalesce(string_agg(x, '|' ORDER BY x), '')) FROM (
 "#;
 
 /// The `DO` block of [`Recycle::reset`] for these tables (`format('%I.%I')`
-/// names): truncates those holding rows, and restarts every sequence that
-/// was used. None if a name would break out of the block.
+/// names): truncates those holding rows. None if a name would break out of
+/// the block.
 fn reset_block(tables: &[String]) -> Option<String> {
     const TAG: &str = "$db_test_reset$";
     if tables.iter().any(|t| t.contains(TAG)) {
@@ -96,9 +98,6 @@ BEGIN
     IF cardinality(dirty) > 0 THEN
         EXECUTE 'TRUNCATE TABLE ' || array_to_string(dirty, ', ') || ' CASCADE';
     END IF;
-    PERFORM pg_catalog.setval(s.seqrelid, s.seqstart, false)
-        FROM pg_catalog.pg_sequence s
-        WHERE pg_catalog.pg_sequence_last_value(s.seqrelid) IS NOT NULL;
 END
 {TAG}"
     ))
@@ -141,7 +140,9 @@ impl Engine {
         }
         self.recycle_plan(template, &name).await;
         Ok(TestDatabase {
-            options: self.options_for(&name),
+            // No other test shares this database: no lock wait in it is
+            // another test's doing.
+            options: self.own_database_options(&name),
             name,
         })
     }
@@ -260,10 +261,30 @@ impl Engine {
                 }
                 // Tried once here, on a database in the template's state,
                 // where it has nothing to do.
-                let reset = match reset_block(&truncate) {
+                let truncate = match reset_block(&truncate) {
                     Some(block) if conn.execute(sqlx::AssertSqlSafe(block.clone())).await.is_ok() => block,
-                    _ if truncate.is_empty() => String::new(),
-                    _ => format!("TRUNCATE TABLE {} RESTART IDENTITY CASCADE", truncate.join(", ")),
+                    _ if truncate.is_empty() => String::from("SELECT 1 WHERE false"),
+                    _ => format!("TRUNCATE TABLE {} CASCADE", truncate.join(", ")),
+                };
+                // Where each sequence stands in the template's state.
+                let sequences: String = sqlx::query_scalar(
+                    "SELECT coalesce(string_agg(format('(%L, %s::int8)', s.seqrelid::regclass::text, \
+                     coalesce(pg_sequence_last_value(s.seqrelid)::text, 'NULL')), ', '), '') \
+                     FROM pg_sequence s JOIN pg_class c ON c.oid = s.seqrelid \
+                     WHERE c.relpersistence <> 't'",
+                )
+                .fetch_one(&mut conn)
+                .await
+                .ok()?;
+                let reset = if sequences.is_empty() {
+                    truncate
+                } else {
+                    format!(
+                        "{truncate}; SELECT pg_catalog.setval(s.seqrelid, coalesce(v.value, s.seqstart), \
+                         v.value IS NOT NULL) FROM (VALUES {sequences}) AS v(seq, value) \
+                         JOIN pg_catalog.pg_sequence s ON s.seqrelid = v.seq::regclass \
+                         WHERE pg_catalog.pg_sequence_last_value(s.seqrelid) IS DISTINCT FROM v.value"
+                    )
                 };
                 let fingerprint_sql = FINGERPRINT_SQL.replace("{extra}", &extra);
                 let fingerprint: String = sqlx::query_scalar(sqlx::AssertSqlSafe(fingerprint_sql.clone()))
@@ -340,9 +361,14 @@ impl Engine {
                 .fetch_all(&mut conn)
                 .await
                 .map_err(|_| "emptying the tables failed")?;
-            let [first, last] = &rows[..] else {
+            // The first statement's row, the fingerprint's; the sequences'
+            // rows between them.
+            let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
                 return Err("unexpected result from the reset");
             };
+            if rows.len() < 2 {
+                return Err("unexpected result from the reset");
+            }
             if !first.try_get::<bool, _>(0).unwrap_or(false) {
                 return Err("the test left a transaction open");
             }

@@ -331,3 +331,58 @@ async fn sequences_as_migrated_5(pool: sqlx::PgPool) {
 async fn sequences_as_migrated_6(pool: sqlx::PgPool) {
     first_invoice(&pool).await;
 }
+
+/// Settings a migration gives the database (`ALTER DATABASE .. SET`) hold
+/// in every test's database, as when the migrations run in it.
+async fn database_settings<'e>(e: impl sqlx::PgExecutor<'e>) -> (String, Option<String>, String) {
+    sqlx::query_as(
+        "SELECT current_setting('work_mem'), current_setting('app.tenant', true), \
+         current_setting('search_path')",
+    )
+    .fetch_one(e)
+    .await
+    .unwrap()
+}
+
+const MIGRATED_SETTINGS: (&str, Option<&str>, &str) = ("5MB", Some("acme"), "app, public");
+
+#[db_test(migrations = "migrations_settings")]
+async fn database_settings_of_the_migrations_in_database_mode(pool: sqlx::PgPool) {
+    let (work_mem, tenant, path) = database_settings(&pool).await;
+    assert_eq!(
+        (work_mem.as_str(), tenant.as_deref(), path.as_str()),
+        MIGRATED_SETTINGS
+    );
+    // The search path finds the migrations' schema.
+    sqlx::query("INSERT INTO tenants (name) VALUES ('a')")
+        .execute(&pool)
+        .await
+        .unwrap();
+}
+
+#[db_test(migrations = "migrations_settings")]
+async fn database_settings_of_the_migrations_in_transaction_mode(db: db_test::TestDb) {
+    let (work_mem, tenant, path) = database_settings(&db).await;
+    assert_eq!(
+        (work_mem.as_str(), tenant.as_deref(), path.as_str()),
+        MIGRATED_SETTINGS
+    );
+}
+
+/// A `pg_dump` data file as a fixture: its header's session settings
+/// (`search_path` = '') stay on the connection that ran it, as under
+/// `#[sqlx::test]`; the test's own connections see the server's.
+#[db_test(migrations = "migrations", fixtures("pg_dump_users"))]
+async fn a_pg_dump_fixtures_settings_stay_with_it(pool: sqlx::PgPool) {
+    let name: String =
+        sqlx::query_scalar("SELECT name FROM users WHERE email = 'dump@example.com'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(name, "Dumped");
+    let path: String = sqlx::query_scalar("SHOW search_path")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(path, "\"$user\", public");
+}

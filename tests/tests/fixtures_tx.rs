@@ -55,3 +55,26 @@ async fn a_broken_fixture_names_its_file(_db: TestDb) {}
 )]
 #[should_panic(expected = "relation \"no_such_table\" does not exist")]
 async fn a_broken_fixture_shows_the_database_error(_db: TestDb) {}
+
+/// A `pg_dump` data file as a fixture in transaction mode: its rows are in
+/// the test's transaction, its header's session settings (`search_path` =
+/// '') are set back after it, as if it had run on a connection of its own.
+#[db_test(migrations = "migrations", fixtures("pg_dump_users"))]
+async fn a_pg_dump_fixtures_settings_are_set_back(db: TestDb) {
+    let name: String =
+        sqlx::query_scalar("SELECT name FROM users WHERE email = 'dump@example.com'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(name, "Dumped");
+    let (path, messages): (String, String) = sqlx::query_as(
+        "SELECT current_setting('search_path'), current_setting('client_min_messages')",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(
+        (path.as_str(), messages.as_str()),
+        ("\"$user\", public", "notice")
+    );
+}

@@ -203,6 +203,53 @@ pub(super) fn create_database_sql(name: &str, template: Option<&str>) -> String 
     }
 }
 
+/// Gives a clone the template's per-database settings (`ALTER DATABASE ..
+/// SET`, `ALTER ROLE .. IN DATABASE .. SET`, which a migration may run):
+/// `CREATE DATABASE .. TEMPLATE` copies the data, not these. One query when
+/// the template has none.
+pub(super) async fn copy_database_settings(
+    admin: &mut PgConnection,
+    template: &str,
+    clone: &str,
+) -> Result<(), sqlx::Error> {
+    let settings: Vec<(Option<String>, String)> = sqlx::query_as(
+        "SELECT r.rolname::text, unnest(s.setconfig) FROM pg_db_role_setting s \
+         LEFT JOIN pg_roles r ON r.oid = s.setrole \
+         WHERE s.setdatabase = (SELECT oid FROM pg_database WHERE datname = $1)",
+    )
+    .bind(template)
+    .fetch_all(&mut *admin)
+    .await?;
+    for (role, setting) in settings {
+        let Some((name, value)) = setting.split_once('=') else {
+            continue;
+        };
+        // The value as the catalog holds it, read the way a configuration
+        // file is (lists such as search_path stay lists), then stored
+        // `FROM CURRENT`.
+        let target = match &role {
+            Some(role) => format!(
+                "ROLE {} IN DATABASE {}",
+                quote_ident(role),
+                quote_ident(clone)
+            ),
+            None => format!("DATABASE {}", quote_ident(clone)),
+        };
+        sqlx::query("SELECT set_config($1, $2, false)")
+            .bind(name)
+            .bind(value)
+            .execute(&mut *admin)
+            .await?;
+        let name = quote_ident(name);
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "ALTER {target} SET {name} FROM CURRENT; RESET {name}"
+        )))
+        .execute(&mut *admin)
+        .await?;
+    }
+    Ok(())
+}
+
 /// `ALTER DATABASE <from> RENAME TO <to>`.
 pub(super) fn rename_database_sql(from: &str, to: &str) -> String {
     format!(

@@ -184,7 +184,16 @@ impl Engine {
         let mut rebuilt = false;
         loop {
             match Self::admin_exec(&mut conn, &sql).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    return super::engine::copy_database_settings(&mut conn, &template.template, name)
+                        .await
+                        .map_err(|e| {
+                            format!(
+                                "db-test: cannot give test database {name} its template's settings on {}: {e}",
+                                self.display_url
+                            )
+                        });
+                }
                 // The template is gone (dropped by hand, or swept while this
                 // process's owner connection was down): build it again, then
                 // clone.

@@ -52,7 +52,8 @@ impl Engine {
         working: &str,
         template: &str,
     ) -> Result<(), sqlx::Error> {
-        Self::admin_exec(admin, &create_database_sql(working, Some(template))).await
+        Self::admin_exec(admin, &create_database_sql(working, Some(template))).await?;
+        super::engine::copy_database_settings(admin, template, working).await
     }
 
     async fn connect_slots(&self, database: &str) -> Result<Slots<Postgres>, sqlx::Error> {

@@ -27,7 +27,7 @@ use crate::context::{FromTestContext, TestContext};
 use crate::shared::LoggedStatement;
 use runtime::BodyRuntime;
 pub(crate) use runtime::{fill_pool, fill_pool_to, settle_pool};
-use setup::{Setup, apply_fixtures, setup};
+use setup::{Setup, apply_fixtures, apply_fixtures_alone, setup};
 use teardown::teardown;
 
 pub use crate::postgres::engine::Migrations;
@@ -157,11 +157,38 @@ pub fn run_boxed(spec: &'static TestSpec, body: BoxedBody<'_>) {
             };
             // Fixtures run here, on the shared runtime, so that a connection
             // they open (database mode) outlives a per-test runtime.
-            let fixtures = if matches!(setup, Setup::Other(_)) {
+            let fixtures = match &setup {
                 // That backend's setup ran them.
-                Ok(())
-            } else {
-                apply_fixtures(spec, &ctx.db()).await
+                Setup::Other(_) => Ok(()),
+                // On a connection of their own, closed after them, as
+                // `#[sqlx::test]` runs them: the session settings of a
+                // `pg_dump` file's header (`search_path` = '') do not reach
+                // the test's pool.
+                Setup::Database { pool, .. } if !spec.fixtures.is_empty() => {
+                    apply_fixtures_alone(spec, pool).await
+                }
+                // In the test's transaction, with the session settings
+                // they change set back after them.
+                Setup::Transaction(shared) if !spec.fixtures.is_empty() => {
+                    match shared.settings().await {
+                        Ok(before) => match apply_fixtures(spec, &ctx.db()).await {
+                            Ok(()) => shared.restore_settings(before).await.map_err(|e| {
+                                format!(
+                                    "db-test: cannot set back the session settings the fixtures \
+                                     of test `{}` changed: {e}",
+                                    spec.name
+                                )
+                            }),
+                            Err(msg) => Err(msg),
+                        },
+                        Err(e) => Err(format!(
+                            "db-test: cannot read the session settings before the fixtures of \
+                             test `{}`: {e}",
+                            spec.name
+                        )),
+                    }
+                }
+                _ => apply_fixtures(spec, &ctx.db()).await,
             };
             if on_own_runtime && fixtures.is_ok() {
                 // The test's pool gets its first connection here, on the

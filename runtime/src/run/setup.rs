@@ -218,12 +218,39 @@ pub(super) async fn apply_fixtures(spec: &'static TestSpec, db: &Db) -> Result<(
         sqlx::raw_sql(sqlx::AssertSqlSafe(fixture.sql))
             .execute(db)
             .await
-            .map_err(|e| {
-                format!(
-                    "db-test: fixture `{}` failed in test `{}`: {e}",
-                    fixture.path, spec.name
-                )
-            })?;
+            .map_err(|e| fixture_failed(spec, fixture.path, e))?;
     }
+    Ok(())
+}
+
+fn fixture_failed(spec: &'static TestSpec, path: &str, e: sqlx::Error) -> String {
+    format!(
+        "db-test: fixture `{path}` failed in test `{}`: {e}",
+        spec.name
+    )
+}
+
+/// A database-mode test's fixtures, on a connection of their own to its
+/// database, closed after them.
+pub(super) async fn apply_fixtures_alone(
+    spec: &'static TestSpec,
+    pool: &sqlx::PgPool,
+) -> Result<(), String> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect_with(&pool.connect_options())
+        .await
+        .map_err(|e| {
+            format!(
+                "db-test: cannot connect to run the fixtures of test `{}`: {e}",
+                spec.name
+            )
+        })?;
+    for fixture in spec.fixtures {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(fixture.sql))
+            .execute(&mut conn)
+            .await
+            .map_err(|e| fixture_failed(spec, fixture.path, e))?;
+    }
+    let _ = conn.close().await;
     Ok(())
 }

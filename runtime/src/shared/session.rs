@@ -120,3 +120,43 @@ pub(super) async fn session_state(
     }
     (state, error)
 }
+
+/// The session settings a statement can change (`SET`, `set_config`), as
+/// `(names, values)`.
+const SETTINGS_SQL: &str = "SELECT name, setting FROM pg_catalog.pg_settings \
+     WHERE context IN ('user', 'superuser') ORDER BY name";
+
+/// Sets back the settings that differ from `$1`/`$2` (names and values).
+const RESTORE_SETTINGS_SQL: &str = "SELECT pg_catalog.set_config(b.name, b.setting, false) \
+     FROM unnest($1::text[], $2::text[]) AS b(name, setting) \
+     JOIN pg_catalog.pg_settings s USING (name) WHERE s.setting IS DISTINCT FROM b.setting";
+
+impl super::SharedConn {
+    /// The session's settings, before fixtures run in the test's
+    /// transaction (see [`SharedConn::restore_settings`]).
+    pub(crate) async fn settings(&self) -> sqlx::Result<(Vec<String>, Vec<String>)> {
+        let mut slot = self.lock_slot().await?;
+        let conn = slot.conn.as_mut().expect("checked at lock time");
+        let rows: Vec<(String, String)> =
+            sqlx::query_as(SETTINGS_SQL).fetch_all(&mut **conn).await?;
+        Ok(rows.into_iter().unzip())
+    }
+
+    /// After the fixtures: the session settings they changed (a `pg_dump`
+    /// file's header sets `search_path` to '') are set back, so that the
+    /// test runs with the settings it would have without them, as under
+    /// `#[sqlx::test]`, which runs fixtures on a connection of their own.
+    pub(crate) async fn restore_settings(
+        &self,
+        (names, values): (Vec<String>, Vec<String>),
+    ) -> sqlx::Result<()> {
+        let mut slot = self.lock_slot().await?;
+        let conn = slot.conn.as_mut().expect("checked at lock time");
+        sqlx::query(RESTORE_SETTINGS_SQL)
+            .bind(names)
+            .bind(values)
+            .execute(&mut **conn)
+            .await
+            .map(|_| ())
+    }
+}

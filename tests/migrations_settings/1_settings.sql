@@ -1,0 +1,8 @@
+-- Settings of the database itself, as some projects' migrations set them.
+DO $$ BEGIN
+  EXECUTE format('ALTER DATABASE %I SET work_mem TO %L', current_database(), '5MB');
+  EXECUTE format('ALTER DATABASE %I SET app.tenant TO %L', current_database(), 'acme');
+  EXECUTE format('ALTER DATABASE %I SET search_path TO app, public', current_database());
+END $$;
+CREATE SCHEMA app;
+CREATE TABLE app.tenants (name TEXT PRIMARY KEY);

@@ -710,6 +710,13 @@ async fn child_sqlite_3_next_test(db: db_test::sqlite::TestDb) {
         .await
         .unwrap();
     assert_eq!(names, vec!["seed".to_string()]);
+    // The last test's insert is not what this connection reports, as on a
+    // new one.
+    let last: i64 = sqlx::query_scalar("SELECT last_insert_rowid()")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(last, 0, "the last test's last_insert_rowid() survived");
 }
 
 #[test]

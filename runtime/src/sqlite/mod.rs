@@ -162,6 +162,8 @@ impl crate::generic::Dialect for Sqlite {
 // way (`ConnectionHandle::in_transaction`).
 unsafe extern "C" {
     fn sqlite3_get_autocommit(db: *mut std::ffi::c_void) -> std::ffi::c_int;
+    /// What `last_insert_rowid()` answers until the next insert.
+    pub(super) fn sqlite3_set_last_insert_rowid(db: *mut std::ffi::c_void, rowid: i64);
 }
 
 /// The test's [`Db`], for a `TestApp::build` (or your own

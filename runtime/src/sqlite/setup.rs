@@ -51,12 +51,19 @@ impl Interrupt {
     /// About 10 µs of SQLite's work between two looks at the flag.
     const EVERY_OPS: i32 = 1000;
 
-    /// Puts this test's handler on `conn` (replacing an earlier test's).
+    /// Puts this test's handler on `conn` (replacing an earlier test's),
+    /// and makes `last_insert_rowid()` answer 0 until the test inserts, as
+    /// on the new connection `#[sqlx::test]` gives each test (an `INSERT OR
+    /// IGNORE` that inserts nothing would otherwise report the last test's
+    /// row).
     async fn install(&self, conn: &mut SqliteConnection) -> sqlx::Result<()> {
         let flag = self.0.clone();
-        conn.lock_handle()
-            .await?
-            .set_progress_handler(Self::EVERY_OPS, move || !flag.load(Ordering::Relaxed));
+        let mut handle = conn.lock_handle().await?;
+        handle.set_progress_handler(Self::EVERY_OPS, move || !flag.load(Ordering::Relaxed));
+        let raw = handle.as_raw_handle().as_ptr().cast::<std::ffi::c_void>();
+        // SAFETY: `raw` is the connection's open handle, locked away from
+        // sqlx's worker thread while `handle` lives.
+        unsafe { super::sqlite3_set_last_insert_rowid(raw, 0) };
         Ok(())
     }
 

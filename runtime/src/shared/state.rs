@@ -65,8 +65,9 @@ pub(crate) struct ConnState {
     /// db-test cannot see: teardown then checks and resets the session.
     pub(super) touched_session: AtomicBool,
     /// The working database's sequences as they were before the test's
-    /// first `setval` (`(oid, value, is_called)` rows of a `VALUES` list):
-    /// `setval` is not undone by a rollback, so teardown puts them back.
+    /// first `setval` (`(oid, next value)` rows of a `VALUES` list):
+    /// `setval` is not undone by a rollback, so teardown moves forward again
+    /// the ones it moved back.
     pub(super) sequences: std::sync::Mutex<Option<String>>,
 }
 

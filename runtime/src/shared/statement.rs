@@ -141,16 +141,33 @@ pub(crate) async fn run_guarded(
     }
 }
 
+/// The value `nextval` of the sequence `{id}` (an oid; `s` its
+/// `pg_sequence` row) would hand out next: its last value plus its
+/// increment once called, its last value as set before that (which
+/// `pg_sequence_last_value` does not give: it is read from the sequence).
+macro_rules! next_value_sql {
+    ($id:literal) => {
+        concat!(
+            "coalesce(pg_sequence_last_value(", $id, ")::numeric + s.seqincrement, \
+             (xpath('/row/last_value/text()', query_to_xml(format('SELECT last_value FROM %s', ",
+            $id,
+            "::regclass), false, true, '')))[1]::text::numeric)"
+        )
+    };
+}
+
 /// The sequences of the working database that the test's role can read,
-/// as `(oid, value, is_called)` rows: what [`restore_sequences`] sets back.
-const SAVE_SEQUENCES: &str = "SAVEPOINT dbt_seq; \
-     SELECT coalesce(string_agg(format('(%s::oid, %s::int8, %s)', c.oid, \
-       coalesce(pg_sequence_last_value(c.oid), s.seqstart), \
-       (pg_sequence_last_value(c.oid) IS NOT NULL)::text), ', '), '') \
+/// as `(oid, next value)` rows: what [`restore_sequences`] goes back to.
+const SAVE_SEQUENCES: &str = concat!(
+    "SAVEPOINT dbt_seq; \
+     SELECT coalesce(string_agg(format('(%s::oid, %s::numeric)', c.oid, ",
+    next_value_sql!("c.oid"),
+    "), ', '), '') \
      FROM pg_sequence s JOIN pg_class c ON c.oid = s.seqrelid \
      WHERE c.relpersistence <> 't' \
-       AND CASE WHEN c.relkind = 'S' THEN has_sequence_privilege(c.oid, 'SELECT, USAGE') END; \
-     RELEASE SAVEPOINT dbt_seq";
+       AND CASE WHEN c.relkind = 'S' THEN has_sequence_privilege(c.oid, 'SELECT') END; \
+     RELEASE SAVEPOINT dbt_seq"
+);
 
 /// Before the test's first `setval`: notes where the sequences stand, in a
 /// savepoint of its own, so that a failure here changes nothing for the
@@ -180,9 +197,11 @@ async fn save_sequences(state: &ConnState, conn: &mut PgConnection) {
     }
 }
 
-/// After the test's transaction: the sequences that a `setval` moved are
-/// set back to where [`save_sequences`] found them (no later test, in this
-/// process or another, starts from a value the test chose). In a
+/// After the test's transaction: a sequence the test's `setval` moved back
+/// is moved forward again to where [`save_sequences`] found it, so that no
+/// later test (in this process or another) is handed ids that rows it
+/// cannot see may hold. Never back: other tests, still running, may hold
+/// the ids it handed out since, and would be handed them again. In a
 /// transaction of its own that is rolled back: `setval` outlives it, and
 /// the session defaults to read-only ones.
 pub(super) async fn restore_sequences(values: &str, conn: &mut PgConnection) -> bool {
@@ -191,9 +210,11 @@ pub(super) async fn restore_sequences(values: &str, conn: &mut PgConnection) -> 
     }
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "BEGIN READ WRITE; \
-         SELECT setval(v.id, v.value, v.called) FROM (VALUES {values}) AS v(id, value, called) \
-         WHERE pg_sequence_last_value(v.id) IS DISTINCT FROM CASE WHEN v.called THEN v.value END; \
-         ROLLBACK"
+         SELECT setval(v.id, greatest(least(v.next, s.seqmax), s.seqmin)::int8, false) \
+         FROM (VALUES {values}) AS v(id, next) JOIN pg_sequence s ON s.seqrelid = v.id \
+         WHERE sign(s.seqincrement) * ({} - v.next) < 0; \
+         ROLLBACK",
+        next_value_sql!("v.id")
     )))
     .execute(conn)
     .await

@@ -59,7 +59,7 @@ fn function(func: &ItemFn, errors: &mut Vec<syn::Error>) {
     if let Some(attr) = test_attr {
         errors.push(syn::Error::new_spanned(
             attr,
-            "#[db_test] already makes this function a test on db-test's shared runtime; \
+            "#[db_test] already makes this function a test, with the runtime it needs; \
              remove this attribute (stacking #[tokio::test] or #[test] with #[db_test] would \
              start a second runtime)",
         ));

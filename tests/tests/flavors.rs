@@ -126,7 +126,29 @@ async fn spawn_local_works_on_a_current_thread_test(db: Db) {
     assert_eq!(got, 7);
 }
 
+/// `worker_threads` alone means a multi-thread runtime of the test's own,
+/// whatever the parameters (`#[tokio::test]` requires the flavor with it).
+#[db_test(worker_threads = 3)]
+async fn worker_threads_alone_give_a_multi_thread_runtime(pool: PgPool) {
+    assert_eq!(flavor(), RuntimeFlavor::MultiThread);
+    assert_eq!(Handle::current().metrics().num_workers(), 3);
+    sqlx::query("SELECT 1").execute(&pool).await.unwrap();
+}
+
 // ---- a paused clock ------------------------------------------------------
+
+/// `start_paused = true` alone means a paused current-thread runtime, as in
+/// `#[tokio::test(start_paused = true)]`, for db-test's types too.
+#[db_test(start_paused = true)]
+async fn start_paused_alone_pauses_a_current_thread_runtime(db: TestDb) {
+    assert_eq!(flavor(), RuntimeFlavor::CurrentThread);
+    let start = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert!(start.elapsed() >= Duration::from_secs(3600));
+    tokio::time::advance(Duration::from_secs(60)).await;
+    let n: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&db).await.unwrap();
+    assert_eq!(n, 1);
+}
 
 #[db_test(flavor = "current_thread", start_paused = true)]
 async fn start_paused_pauses_the_clock_and_queries_still_work(db: TestDb) {

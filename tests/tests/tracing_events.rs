@@ -100,3 +100,38 @@ fn framework_events_go_through_tracing_and_nothing_is_printed_when_all_is_well()
     std::thread::sleep(std::time::Duration::from_millis(500));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// What a test's thread-local subscriber collects.
+#[derive(Clone, Default)]
+struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// sqlx logs each statement of a test's connections (DEBUG, target
+/// `sqlx::query`), as under `#[sqlx::test]`: suites that capture logs see
+/// them.
+#[db_test]
+async fn sqlx_logs_a_tests_statements(pool: sqlx::PgPool) {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    sqlx::query("SELECT 'dbt_logged_marker'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
+    assert!(text.contains("dbt_logged_marker"), "{text}");
+}

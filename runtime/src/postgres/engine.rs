@@ -203,6 +203,21 @@ pub(super) fn create_database_sql(name: &str, template: Option<&str>) -> String 
     }
 }
 
+/// sqlx's own statement logging, as on any connection sqlx opens (each
+/// statement at DEBUG, one slower than 1 s at WARN): a test's connections
+/// log what they run, as under `#[sqlx::test]`; db-test's own (the admin
+/// connection) do not.
+fn with_sqlx_logging(options: PgConnectOptions) -> PgConnectOptions {
+    use sqlx::ConnectOptions;
+    let defaults = sqlx_core::connection::LogSettings::default();
+    options
+        .log_statements(defaults.statements_level)
+        .log_slow_statements(
+            defaults.slow_statements_level,
+            defaults.slow_statements_duration,
+        )
+}
+
 /// Gives a clone the template's per-database settings (`ALTER DATABASE ..
 /// SET`, `ALTER ROLE .. IN DATABASE .. SET`, which a migration may run):
 /// `CREATE DATABASE .. TEMPLATE` copies the data, not these. One query when
@@ -522,16 +537,18 @@ impl Engine {
     /// Connect options for a test's own database (database mode): the
     /// server's session defaults, as `#[sqlx::test]` gives.
     pub(crate) fn own_database_options(&self, database: &str) -> PgConnectOptions {
-        self.admin.clone().database(database)
+        with_sqlx_logging(self.admin.clone().database(database))
     }
 
     /// Connect options for one of our own databases, where a lock wait may
     /// be another test's doing (`lock_timeout`).
     pub(crate) fn options_for(&self, database: &str) -> PgConnectOptions {
-        self.admin
-            .clone()
-            .database(database)
-            .options([("lock_timeout", config::lock_timeout())])
+        with_sqlx_logging(
+            self.admin
+                .clone()
+                .database(database)
+                .options([("lock_timeout", config::lock_timeout())]),
+        )
     }
 
     /// Runs `sql` on the admin connection, retrying while another session is

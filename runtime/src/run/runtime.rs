@@ -34,10 +34,16 @@ pub(super) enum BodyRuntime {
 
 impl TestSpec {
     pub(super) fn body_runtime(&self) -> BodyRuntime {
-        let flavor = self.flavor.unwrap_or(if self.params.sqlx_style {
+        // Without `flavor`: what the other keys need, as for
+        // `#[tokio::test]` (a paused clock is a current-thread runtime's,
+        // worker threads a multi-thread one's), else the default of the
+        // test's parameters.
+        let flavor = self.flavor.unwrap_or(if self.start_paused {
             Flavor::CurrentThread
-        } else {
+        } else if self.worker_threads > 0 || !self.params.sqlx_style {
             Flavor::MultiThread
+        } else {
+            Flavor::CurrentThread
         });
         let built = match flavor {
             Flavor::MultiThread if self.worker_threads == 0 => return BodyRuntime::Shared,

@@ -302,35 +302,23 @@ async fn first_invoice(pool: &sqlx::PgPool) {
     assert_eq!(row, (100, 5001), "not the migrations' sequence state");
 }
 
-#[db_test(migrations = "migrations_seq")]
-async fn sequences_as_migrated_1(pool: sqlx::PgPool) {
-    first_invoice(&pool).await;
+macro_rules! sequences_as_migrated {
+    ($($name:ident),*) => {$(
+        #[db_test(migrations = "migrations_seq")]
+        async fn $name(pool: sqlx::PgPool) {
+            first_invoice(&pool).await;
+        }
+    )*};
 }
 
-#[db_test(migrations = "migrations_seq")]
-async fn sequences_as_migrated_2(pool: sqlx::PgPool) {
-    first_invoice(&pool).await;
-}
-
-#[db_test(migrations = "migrations_seq")]
-async fn sequences_as_migrated_3(pool: sqlx::PgPool) {
-    first_invoice(&pool).await;
-}
-
-#[db_test(migrations = "migrations_seq")]
-async fn sequences_as_migrated_4(pool: sqlx::PgPool) {
-    first_invoice(&pool).await;
-}
-
-#[db_test(migrations = "migrations_seq")]
-async fn sequences_as_migrated_5(pool: sqlx::PgPool) {
-    first_invoice(&pool).await;
-}
-
-#[db_test(migrations = "migrations_seq")]
-async fn sequences_as_migrated_6(pool: sqlx::PgPool) {
-    first_invoice(&pool).await;
-}
+sequences_as_migrated!(
+    sequences_as_migrated_1,
+    sequences_as_migrated_2,
+    sequences_as_migrated_3,
+    sequences_as_migrated_4,
+    sequences_as_migrated_5,
+    sequences_as_migrated_6
+);
 
 /// Settings a migration gives the database (`ALTER DATABASE .. SET`) hold
 /// in every test's database, as when the migrations run in it.

@@ -163,7 +163,11 @@ fn check_scheme(
     .into_iter()
     .find(|b| b.schemes().contains(&scheme.as_str()))
     .map(|b| format!("a {} URL", b.name()))
-    .unwrap_or_else(|| format!("not a URL db-test knows (scheme `{scheme}`)"));
+    .unwrap_or_else(|| match url.find("://") {
+        Some(_) => format!("not a URL db-test knows (scheme `{scheme}`)"),
+        // A libpq `key=value` string, say: no scheme to show.
+        None => "not a URL db-test knows (it needs `scheme://...`)".to_string(),
+    });
     let schemes = backend
         .schemes()
         .iter()
@@ -209,4 +213,78 @@ fn database_url() -> Option<String> {
         dir = d.parent().map(std::path::PathBuf::from);
     }
     None
+}
+
+/// How long a test process waits for another to finish building a template
+/// (their migrations run meanwhile) before it fails, naming the session that
+/// holds the build's lock.
+pub(crate) const TEMPLATE_LOCK_WAIT: Duration = Duration::from_secs(300);
+
+/// Every `DB_TEST_*` setting that is set, checked once per process before
+/// the first test: a value db-test cannot read fails the tests, naming the
+/// variable and what it takes, instead of being replaced by the default
+/// (`DB_TEST_OUTDATED_AFTER=never` would have dropped templates after 10
+/// minutes).
+pub(crate) fn check_settings() -> Result<(), String> {
+    cached!(Result<(), String>, {
+        const COUNTS: [&str; 4] = [
+            "DB_TEST_WORKER_THREADS",
+            "DB_TEST_POOL_SIZE",
+            "DB_TEST_MAX_DATABASES",
+            "DB_TEST_DATABASE_POOL_SIZE",
+        ];
+        const SECONDS: [&str; 2] = ["DB_TEST_PG_IDLE_SECS", "DB_TEST_MYSQL_IDLE_SECS"];
+        const DURATIONS: [&str; 6] = [
+            "DB_TEST_TIMEOUT",
+            "DB_TEST_ACQUIRE_TIMEOUT",
+            "DB_TEST_CONNECT_TIMEOUT",
+            "DB_TEST_CHECKOUT_TIMEOUT",
+            "DB_TEST_LOCK_TIMEOUT",
+            "DB_TEST_OUTDATED_AFTER",
+        ];
+        let set = |name: &str| std::env::var(name).ok();
+        let bad = |name: &str, value: &str, takes: &str| {
+            Err(format!(
+                "db-test: {name}={value:?} is not a value db-test can use: it takes {takes}. \
+                 Fix or unset it."
+            ))
+        };
+        for name in COUNTS {
+            if let Some(v) = set(name)
+                && !v.trim().parse::<u64>().is_ok_and(|n| n >= 1)
+            {
+                return bad(name, &v, "a whole number of at least 1, such as `4`");
+            }
+        }
+        for name in SECONDS {
+            if let Some(v) = set(name)
+                && v.parse::<u64>().is_err()
+            {
+                return bad(name, &v, "a whole number of seconds, such as `600`");
+            }
+        }
+        for name in DURATIONS {
+            if let Some(v) = set(name)
+                && crate::duration::parse_duration_ms(&v).is_none()
+            {
+                return bad(
+                    name,
+                    &v,
+                    "a duration of at least 1 ms: a number and `ms`, `s`, `m` or `h`, such as \
+                     `30s` or `1.5m` (no unit means seconds)",
+                );
+            }
+        }
+        if let Some(v) = set("DB_TEST_KEEP_FAILED")
+            && !matches!(v.as_str(), "" | "0" | "1" | "true" | "false" | "yes" | "no")
+        {
+            return bad("DB_TEST_KEEP_FAILED", &v, "`1` (or `true`, `yes`) to keep, `0` not to");
+        }
+        if let Some(v) = set("DB_TEST_DATA_DIR")
+            && v.trim().is_empty()
+        {
+            return bad("DB_TEST_DATA_DIR", &v, "a directory; unset it for the default");
+        }
+        Ok(())
+    })
 }

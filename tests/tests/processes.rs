@@ -259,6 +259,31 @@ fn embedded_server_cold_start_reuse_stale_recovery_and_idle_stop() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A `DB_TEST_*` value db-test cannot read fails the tests, naming the
+/// variable, instead of being replaced by the default.
+#[test]
+fn settings_db_test_cannot_read_are_refused() {
+    for (name, value) in [
+        ("DB_TEST_OUTDATED_AFTER", "never"),
+        ("DB_TEST_TIMEOUT", "abc"),
+        ("DB_TEST_POOL_SIZE", "0"),
+        ("DB_TEST_KEEP_FAILED", "maybe"),
+    ] {
+        let out = wait(
+            child("child_probe").env(name, value).spawn().unwrap(),
+            Duration::from_secs(60),
+        );
+        let all = text(&out);
+        assert!(!out.status.success(), "{name}={value} must fail:\n{all}");
+        assert!(
+            all.contains(&format!(
+                "db-test: {name}=\"{value}\" is not a value db-test can use"
+            )),
+            "{name}={value}:\n{all}"
+        );
+    }
+}
+
 #[db_test]
 async fn wrong_database_urls_fail_fast_with_a_clear_message(ctx: TestContext) {
     let opts = ctx.connect_options();
@@ -291,6 +316,16 @@ async fn wrong_database_urls_fail_fast_with_a_clear_message(ctx: TestContext) {
         (
             "mysql://root:hunter2secret@127.0.0.1:3306/test".to_string(),
             "is a MySQL/MariaDB URL, but this test runs on PostgreSQL",
+        ),
+        // A session in template1 would block every CREATE DATABASE.
+        (
+            on_live("postgres", "template1"),
+            "names the database template1",
+        ),
+        // libpq's key=value form: not a URL, and its password not shown.
+        (
+            "host=127.0.0.1 user=postgres password=hunter2secret dbname=postgres".to_string(),
+            "not a URL db-test knows",
         ),
     ];
     let children: Vec<(String, &str, Child)> = cases

@@ -121,16 +121,31 @@ impl Engine {
             |what: &str, e: sqlx::Error| format!("db-test: {what} on {}: {e}", self.display_url);
         let mut admin = self.admin().await?;
         let lock = format!("{prefix}_lock");
-        let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, 600)")
+        let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
             .bind(&lock)
+            .bind(config::TEMPLATE_LOCK_WAIT.as_secs())
             .fetch_one(&mut *admin)
             .await
             .map_err(|e| ctx("taking the template lock", e))?;
         if got != Some(1) {
+            let holder: Option<String> = sqlx::query_scalar(
+                "SELECT CAST(CONCAT('connection ', id, ' (', user, '@', host, ', ', time, ' s in \
+                 its state)') AS CHAR) FROM information_schema.processlist \
+                 WHERE id = IS_USED_LOCK(?)",
+            )
+            .bind(&lock)
+            .fetch_optional(&mut *admin)
+            .await
+            .ok()
+            .flatten();
             return Err(format!(
-                "db-test: waited 600s for the template lock `{lock}` on {}; another test process \
-                 is building the template, or is stuck",
-                self.display_url
+                "db-test: waited {:?} for another test process to build the template `{template}` \
+                 on {} (lock `{lock}`); the session building it is {}. It is stuck (a frozen or \
+                 unreachable process holds the lock): end that session, and the next test \
+                 builds the template.",
+                config::TEMPLATE_LOCK_WAIT,
+                self.display_url,
+                holder.unwrap_or_else(|| "gone now".to_string())
             ));
         }
         let result = match self
@@ -251,6 +266,13 @@ impl Engine {
             let t0 = Instant::now();
             if has(&building) {
                 tracing::info!(database = %template, "db-test: rebuilding a half-built template");
+                // The build's process died, but the server may still run
+                // its last statement (and would then run the rest of what it
+                // sent) in the template: end those sessions first, or they
+                // write into the new one.
+                for database in [template, working, building.as_str()] {
+                    self.kill_sessions(database, true).await;
+                }
             }
             for stmt in [
                 format!("DROP DATABASE IF EXISTS {}", quote(working)),

@@ -150,6 +150,9 @@ pub(crate) async fn engine() -> Result<&'static Engine, String> {
 /// (`?password=secret`, `&PassWord=secret`, `&sslpassword=secret`). A
 /// fragment is dropped: a `#` in an unencoded password starts one.
 pub(crate) fn redact(url: &str) -> String {
+    if !url.contains("://") {
+        return redact_key_values(url);
+    }
     let url = match url::Url::parse(url) {
         Ok(mut u) => {
             if u.password().is_some() {
@@ -179,6 +182,52 @@ pub(crate) fn redact(url: &str) -> String {
         })
         .collect();
     format!("{head}?{}", query.join("&"))
+}
+
+/// A libpq `key=value` connection string (`host=h password=secret`), as
+/// someone may put in `DATABASE_URL`, with the value of every key whose
+/// name holds `password` replaced, quoted (`'a b'`) or not.
+fn redact_key_values(text: &str) -> String {
+    let b = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < b.len() {
+        let Some(eq) = text[i..].find('=').map(|p| i + p) else {
+            out.push_str(&text[i..]);
+            break;
+        };
+        let key_start = text[..eq]
+            .trim_end()
+            .rfind(char::is_whitespace)
+            .map_or(i, |p| p + 1);
+        let key = text[key_start..eq].trim();
+        out.push_str(&text[i..=eq]);
+        let mut j = eq + 1;
+        while j < b.len() && b[j] == b' ' {
+            out.push(' ');
+            j += 1;
+        }
+        // The value: quoted (a backslash escapes), or up to whitespace.
+        let start = j;
+        if b.get(j) == Some(&b'\'') {
+            j += 1;
+            while j < b.len() && b[j] != b'\'' {
+                j += if b[j] == b'\\' { 2 } else { 1 };
+            }
+            j = (j + 1).min(b.len());
+        } else {
+            while j < b.len() && !b[j].is_ascii_whitespace() {
+                j += 1;
+            }
+        }
+        if key.to_ascii_lowercase().contains("password") {
+            out.push_str("***");
+        } else {
+            out.push_str(&text[start..j]);
+        }
+        i = j;
+    }
+    out
 }
 
 /// An SQL identifier, quoted.
@@ -340,6 +389,16 @@ impl Engine {
         let admin = admin
             .application_name(&format!("db-test {}", std::process::id()))
             .disable_statement_logging();
+        if admin.get_database() == Some("template1") {
+            // Every CREATE DATABASE copies template1, and waits while any
+            // session is connected to it: db-test's own would block its
+            // template builds (and everyone else's) for minutes.
+            return Err(format!(
+                "db-test: {display_url} names the database template1. db-test stays connected to \
+                 the database the URL names, and a session in template1 blocks every CREATE \
+                 DATABASE on the server (its source). Name another database, such as postgres."
+            ));
+        }
         let base = naming::base(admin.get_database().unwrap_or("postgres"));
         let admin_pool = PgPoolOptions::new()
             .max_connections(admin_pool_size(config::max_databases()))
@@ -551,6 +610,51 @@ impl Engine {
         )
     }
 
+    /// Creates `name` as `CREATE DATABASE` does, from template1. The server
+    /// waits 5 s for sessions connected to template1 to leave before it
+    /// gives up (55006); after three such waits, the error names them.
+    pub(super) async fn create_from_template1(
+        &self,
+        admin: &mut PgConnection,
+        name: &str,
+    ) -> Result<(), String> {
+        let sql = create_database_sql(name, None);
+        let mut last = None;
+        for _ in 0..3 {
+            match admin.execute(sqlx::AssertSqlSafe(sql.clone())).await {
+                Ok(_) => return Ok(()),
+                Err(e) if sqlstate(&e).as_deref() == Some("55006") => last = Some(e),
+                Err(e) => {
+                    return Err(format!(
+                        "db-test: creating the template database on {}: {e}",
+                        self.display_url
+                    ));
+                }
+            }
+        }
+        let sessions: Vec<String> = sqlx::query_scalar(
+            "SELECT format('pid %s (%s, application %L, from %s)', pid, usename, \
+             application_name, coalesce(client_addr::text, 'a local socket')) \
+             FROM pg_stat_activity WHERE datname = 'template1'",
+        )
+        .fetch_all(&mut *admin)
+        .await
+        .unwrap_or_default();
+        Err(format!(
+            "db-test: creating the template database on {} failed: {}. db-test creates its \
+             templates from template1, as CREATE DATABASE does, and the server refuses while \
+             another session is connected to template1: {}. End those sessions (or connect \
+             them to another database).",
+            self.display_url,
+            last.map(|e| e.to_string()).unwrap_or_default(),
+            if sessions.is_empty() {
+                "none is left now".to_string()
+            } else {
+                sessions.join("; ")
+            }
+        ))
+    }
+
     /// Runs `sql` on the admin connection, retrying while another session is
     /// still leaving the database (55006 "being accessed by other users").
     pub(super) async fn admin_exec(conn: &mut PgConnection, sql: &str) -> Result<(), sqlx::Error> {
@@ -612,6 +716,15 @@ mod redact_tests {
             ),
             ("postgres://u@h/db?host=/tmp", "postgres://u@h/db?host=/tmp"),
             ("postgres://u@h/db", "postgres://u@h/db"),
+            // A libpq key=value string in DATABASE_URL.
+            (
+                "host=127.0.0.1 user=postgres password=s3cret dbname=db",
+                "host=127.0.0.1 user=postgres password=*** dbname=db",
+            ),
+            (
+                "host=h password = 's3cret with \\' space' sslpassword=s3cret",
+                "host=h password = *** sslpassword=***",
+            ),
         ] {
             let got = redact(url);
             assert_eq!(got, want, "{url}");

@@ -17,9 +17,7 @@ use sqlx::{ConnectOptions, Connection, Postgres};
 use tokio::sync::OnceCell;
 
 use super::embedded;
-use super::engine::{
-    AdvisoryLock, Engine, create_database_sql, drop_database_sql, quote_ident, rename_database_sql,
-};
+use super::engine::{AdvisoryLock, Engine, drop_database_sql, quote_ident, rename_database_sql};
 use super::naming::{self, Kind};
 use super::recycle::Recycle;
 use crate::slots::Slots;
@@ -295,8 +293,47 @@ impl Engine {
                 .try_into()
                 .unwrap(),
         );
-        sqlx::query("SELECT pg_advisory_lock($1)")
+        // Bounded: a process that froze while building (or a host that
+        // lost its network with the lock held) must not stall every test
+        // process on the server for good.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "SET lock_timeout = '{}s'",
+            crate::config::TEMPLATE_LOCK_WAIT.as_secs()
+        )))
+        .execute(&mut admin)
+        .await
+        .map_err(|e| ctx("taking the template lock", e))?;
+        let locked = sqlx::query("SELECT pg_advisory_lock($1)")
             .bind(lock_key)
+            .execute(&mut admin)
+            .await;
+        if let Err(e) = locked {
+            if crate::hint::sqlstate(&e).as_deref() != Some("55P03") {
+                return Err(ctx("taking the template lock", e));
+            }
+            let holder: Option<String> = sqlx::query_scalar(
+                "SELECT format('pid %s (application %L, from %s, connected since %s)', a.pid, \
+                 a.application_name, coalesce(a.client_addr::text, 'a local socket'), \
+                 a.backend_start) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+                 WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+                 AND ((l.classid::int8 << 32) | l.objid::int8) = $1 LIMIT 1",
+            )
+            .bind(lock_key)
+            .fetch_optional(&mut admin)
+            .await
+            .ok()
+            .flatten();
+            return Err(format!(
+                "db-test: waited {:?} for another test process to build the template of {source} \
+                 on {}; the session building it is {}. It is stuck (a frozen or unreachable \
+                 process holds the lock): end that session, and the next test builds the \
+                 template.",
+                crate::config::TEMPLATE_LOCK_WAIT,
+                self.display_url,
+                holder.unwrap_or_else(|| "gone now".to_string())
+            ));
+        }
+        sqlx::raw_sql("RESET lock_timeout")
             .execute(&mut admin)
             .await
             .map_err(|e| ctx("taking the template lock", e))?;
@@ -323,9 +360,7 @@ impl Engine {
                     .await
                     .map_err(|e| ctx("dropping a half-built template", e))?;
             }
-            Self::admin_exec(&mut admin, &create_database_sql(&building, None))
-                .await
-                .map_err(|e| ctx("creating the template database", e))?;
+            self.create_from_template1(&mut admin, &building).await?;
             let mut conn = self
                 .options_for(&building)
                 .connect()

@@ -142,6 +142,7 @@ async fn open_transaction(
 }
 
 pub(super) async fn setup(spec: &'static TestSpec) -> Result<(Setup, TestContext), String> {
+    crate::config::check_settings()?;
     if !matches!(
         spec.params.backend,
         crate::Backend::Postgres | crate::Backend::Any

@@ -163,6 +163,7 @@ impl crate::generic::Dialect for Sqlite {
 unsafe extern "C" {
     fn sqlite3_get_autocommit(db: *mut std::ffi::c_void) -> std::ffi::c_int;
     /// What `last_insert_rowid()` answers until the next insert.
+    #[cfg(feature = "harness")]
     pub(super) fn sqlite3_set_last_insert_rowid(db: *mut std::ffi::c_void, rowid: i64);
 }
 

@@ -254,6 +254,9 @@ pub fn run_boxed(spec: &'static TestSpec, body: BoxedBody<'_>) {
     // Dropping the test's own runtime drops every task still on it, as at
     // the end of a `#[tokio::test]`.
     drop(body_runtime);
+    if on_own_runtime && let Setup::Transaction(shared) = &setup {
+        shared.body_runtime_dropped();
+    }
     drop(task_owner);
     let (reason, failed, timed_out) = match &outcome {
         Ok(Ok(failed)) => ("it passed", *failed, false),

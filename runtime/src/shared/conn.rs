@@ -135,6 +135,14 @@ impl SharedConn {
         }
     }
 
+    /// The body's own runtime was dropped, with every task on it (see
+    /// `ConnState::runtime_dropped`).
+    pub(crate) fn body_runtime_dropped(&self) {
+        self.state
+            .runtime_dropped
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub(crate) fn label(&self) -> &str {
         &self.label
     }

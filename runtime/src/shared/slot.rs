@@ -170,8 +170,12 @@ impl SharedConn {
         slot.lent = false;
         if PgTransactionManager::get_transaction_depth(&conn) != 1 {
             // Not the test's session (sqlx replaced a connection that failed
-            // its release check): close it, and fail the test.
+            // its release check): close it, and fail the test, unless the
+            // task that held it was dropped with the test's own runtime.
             conn.close_on_drop();
+            if self.state.runtime_dropped.load(Ordering::Relaxed) {
+                return Reclaim::Broken;
+            }
             self.state.poison(format!(
                 "db-test: the connection that a transaction from `Acquire::begin` on the `Db` of \
                  test `{}` used did not come back inside the test's transaction: a COMMIT or \

@@ -69,6 +69,12 @@ pub(crate) struct ConnState {
     /// `setval` is not undone by a rollback, so teardown moves forward again
     /// the ones it moved back.
     pub(super) sequences: std::sync::Mutex<Option<String>>,
+    /// The body ran on a runtime of its own, dropped with its tasks: a
+    /// transaction from `Acquire::begin` that such a task held went with it,
+    /// as under `#[tokio::test]`, and its connection with it (the server
+    /// rolled back everything on it; the commit guard kept it from
+    /// committing).
+    pub(super) runtime_dropped: AtomicBool,
 }
 
 /// Whether SQL sent through `Db` or a guard may leave session state that

@@ -59,6 +59,7 @@ impl<DB: Dialect> Shared<DB> {
             out_of_sight: AtomicBool::new(false),
             ended_out_of_sight: AtomicBool::new(false),
             ended_by_database: AtomicBool::new(false),
+            runtime_dropped: AtomicBool::new(false),
             canceller: Mutex::new(None),
             statements: AtomicU64::new(0),
             log: Mutex::new(VecDeque::new()),

@@ -55,6 +55,12 @@ impl<DB: Dialect> Resource for TxResource<DB> {
         ending: Ending,
     ) -> futures_util::future::BoxFuture<'static, Verdict> {
         Box::pin(async move {
+            if ending.on_own_runtime {
+                self.shared
+                    .state
+                    .runtime_dropped
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             // A healthy connection stays in its slot for the next test.
             self.shared
                 .finish(ending.reason, ending.spec.check_constraints)

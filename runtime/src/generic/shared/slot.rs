@@ -163,7 +163,11 @@ impl<DB: Dialect> Shared<DB> {
         let open = depth::<DB>(&conn) == 1 && check_open::<DB>(&mut conn).await.is_ok();
         if !open {
             conn.close_on_drop();
-            self.state.poison(self.not_back_message());
+            // Not a failure when the task that held it was dropped with the
+            // test's own runtime.
+            if !self.state.runtime_dropped.load(Ordering::Relaxed) {
+                self.state.poison(self.not_back_message());
+            }
             return Reclaim::Broken;
         }
         slot.conn = Some(conn);

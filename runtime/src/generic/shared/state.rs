@@ -30,6 +30,11 @@ pub(crate) struct State {
     /// The database ended the test's transaction when a statement failed
     /// (a deadlock): the test is poisoned with that reason.
     pub(super) ended_by_database: AtomicBool,
+    /// The body ran on a runtime of its own, dropped with its tasks: a
+    /// transaction from `Acquire::begin` that such a task held went with it,
+    /// as under `#[tokio::test]`, and its connection (the server rolled
+    /// back everything on it).
+    pub(super) runtime_dropped: AtomicBool,
     pub(super) statements: AtomicU64,
     pub(super) log: Mutex<VecDeque<LoggedStatement>>,
     /// A statement whose future was dropped before it ended.

@@ -197,22 +197,15 @@ fn database_url() -> Option<String> {
         }
         return None;
     }
-    let mut dir = std::env::current_dir().ok();
-    while let Some(d) = dir {
-        if let Ok(text) = std::fs::read_to_string(d.join(".env")) {
-            for line in text.lines() {
-                let line = line.trim().trim_start_matches("export ").trim();
-                if let Some(v) = line.strip_prefix("DATABASE_URL=") {
-                    let v = v.trim().trim_matches('"').trim_matches('\'');
-                    if !v.is_empty() {
-                        return Some(v.to_string());
-                    }
-                }
-            }
-        }
-        dir = d.parent().map(std::path::PathBuf::from);
-    }
-    None
+    // The first `.env` in the current directory or a parent, read by the
+    // crate sqlx's own test support reads it with (quotes, `export`,
+    // comments, spaces around `=`), without changing the environment.
+    dotenvy::dotenv_iter()
+        .ok()?
+        .filter_map(Result::ok)
+        .find(|(key, _)| key == "DATABASE_URL")
+        .map(|(_, value)| value)
+        .filter(|value| !value.trim().is_empty())
 }
 
 /// How long a test process waits for another to finish building a template

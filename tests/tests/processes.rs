@@ -259,6 +259,36 @@ fn embedded_server_cold_start_reuse_stale_recovery_and_idle_stop() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `DATABASE_URL` from a `.env` file, written the ways such files are
+/// (spaces around `=`, quotes, a comment after the value), read as sqlx
+/// reads it: here a MySQL URL, which a PostgreSQL test names in its error.
+#[test]
+fn database_url_is_read_from_a_dot_env_file() {
+    let dir = std::env::temp_dir().join(format!("db-test-dotenv-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join(".env"),
+        "# local settings\nexport OTHER=1\nDATABASE_URL = \"mysql://root:hunter2secret@127.0.0.1:1/dotenv\" # local\n",
+    )
+    .unwrap();
+    let out = wait(
+        child("child_probe")
+            .current_dir(&dir)
+            .env_remove("DATABASE_URL")
+            .env_remove("DB_TEST_POSTGRES_URL")
+            .spawn()
+            .unwrap(),
+        Duration::from_secs(60),
+    );
+    let all = text(&out);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!out.status.success(), "{all}");
+    assert!(
+        all.contains("DATABASE_URL=mysql://root:***@127.0.0.1:1/dotenv is a MySQL/MariaDB URL"),
+        "{all}"
+    );
+}
+
 /// A `DB_TEST_*` value db-test cannot read fails the tests, naming the
 /// variable, instead of being replaced by the default.
 #[test]

@@ -557,6 +557,10 @@ impl Engine {
                     "The database named in DATABASE_URL must exist: db-test connects to it only to \
                      create and drop its own databases, and never writes to it."
                 }
+                _ if matches!(e, sqlx::Error::Tls(_)) || e.to_string().contains("TLS") => {
+                    "The URL asks for TLS (`sslmode`): enable one of sqlx's TLS features in the \
+                     crate's dev-dependencies, or leave `sslmode` out of DATABASE_URL."
+                }
                 _ => {
                     "Check that the server is running and that DATABASE_URL's host and port are right."
                 }

@@ -348,20 +348,3 @@ fn pausing_the_shared_runtime_says_how_to_get_a_current_thread_one() {
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("flavor = \"current_thread\""), "{text}");
 }
-
-/// A task left holding an open transaction from `Acquire::begin` when the
-/// test returns is dropped with the test's own runtime, as under
-/// `#[tokio::test]`, and so is its transaction: the test passes.
-#[db_test(flavor = "current_thread")]
-async fn a_task_dropped_with_the_runtime_may_hold_an_acquire_begin_transaction(db: TestDb) {
-    let app = db.db();
-    tokio::spawn(async move {
-        let mut tx = sqlx::Acquire::begin(&app).await.unwrap();
-        sqlx::query("INSERT INTO users (email) VALUES ('held@example.com')")
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-        std::future::pending::<()>().await;
-    });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-}

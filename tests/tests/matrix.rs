@@ -717,6 +717,27 @@ macro_rules! matrix {
                     .unwrap();
                 assert_eq!(count(&db, "extra").await, 0);
             }
+
+            /// A task left holding an open transaction from `Acquire::begin`
+            /// when the test returns is dropped with the test's own runtime,
+            /// as under `#[tokio::test]`, and so is its transaction: the test
+            /// passes (it failed, saying a COMMIT or ROLLBACK had ended the
+            /// test's transaction).
+            #[db_test(migrations = $migrations, flavor = "current_thread")]
+            async fn a_task_dropped_with_the_runtime_may_hold_an_acquire_begin_transaction(
+                db: TestDb,
+            ) {
+                let app = db.db();
+                tokio::spawn(async move {
+                    let mut tx = sqlx::Acquire::begin(&app).await.unwrap();
+                    sqlx::query("INSERT INTO items (name) VALUES ('held')")
+                        .execute(&mut *tx)
+                        .await
+                        .unwrap();
+                    std::future::pending::<()>().await;
+                });
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
         }
     };
 }

@@ -1406,20 +1406,3 @@ async fn database_mode_writes_it(pool: MySqlPool) {
         .await
         .unwrap();
 }
-
-/// A task left holding an open transaction from `Acquire::begin` when the
-/// test returns is dropped with the test's own runtime, as under
-/// `#[tokio::test]`, and so is its transaction: the test passes.
-#[db_test(migrations = "tests/mysql/migrations", flavor = "current_thread")]
-async fn a_task_dropped_with_the_runtime_may_hold_an_acquire_begin_transaction(db: TestDb) {
-    let app = db.db();
-    tokio::spawn(async move {
-        let mut tx = sqlx::Acquire::begin(&app).await.unwrap();
-        sqlx::query("INSERT INTO user (username) VALUES ('held')")
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-        std::future::pending::<()>().await;
-    });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-}

@@ -926,20 +926,3 @@ async fn no_migrations_is_an_empty_database_in_transaction_mode(db: TestDb) {
     db.execute("CREATE TABLE t (a INTEGER)").await.unwrap();
     assert_eq!(schema_objects(&db).await, vec!["t".to_string()]);
 }
-
-/// A task left holding an open transaction from `Acquire::begin` when the
-/// test returns is dropped with the test's own runtime, as under
-/// `#[tokio::test]`, and so is its transaction: the test passes.
-#[db_test(migrations = "tests/sqlite_core/migrations", flavor = "current_thread")]
-async fn a_task_dropped_with_the_runtime_may_hold_an_acquire_begin_transaction(db: TestDb) {
-    let app = db.db();
-    tokio::spawn(async move {
-        let mut tx = sqlx::Acquire::begin(&app).await.unwrap();
-        sqlx::query("INSERT INTO item (name) VALUES ('held')")
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-        std::future::pending::<()>().await;
-    });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-}

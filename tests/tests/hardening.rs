@@ -383,10 +383,10 @@ async fn child_session_1_leaves_state_behind(db: TestDb) {
     // DDL, rolled back at the end, and a statement that sqlx caches with
     // the columns the DDL gave the table.
     let mut conn = db.acquire().await.unwrap();
-    conn.execute("ALTER TABLE posts ADD COLUMN extra int")
+    conn.execute("ALTER TABLE ddl_scratch ADD COLUMN extra int")
         .await
         .unwrap();
-    sqlx::query("SELECT * FROM posts")
+    sqlx::query("SELECT * FROM ddl_scratch")
         .fetch_all(&mut *conn)
         .await
         .unwrap();
@@ -421,7 +421,7 @@ async fn child_session_2_starts_fresh(ctx: TestContext) {
     let db = ctx.db();
     let mut conn = db.acquire().await.unwrap();
     // The statement sqlx cached in `_1` after the DDL must not be used.
-    let rows = sqlx::query("SELECT * FROM posts")
+    let rows = sqlx::query("SELECT * FROM ddl_scratch")
         .fetch_all(&mut *conn)
         .await
         .unwrap();
@@ -556,19 +556,19 @@ async fn set_transaction_isolation_says_to_use_database_mode(db: TestDb) {
 /// test: it is run again, fresh, instead of failing with `0A000`.
 #[db_test]
 async fn ddl_then_select_star_sees_the_new_columns(db: TestDb) {
-    sqlx::query("SELECT * FROM users")
+    sqlx::query("SELECT * FROM ddl_scratch")
         .fetch_all(&db)
         .await
         .unwrap();
-    sqlx::query("ALTER TABLE users ADD COLUMN nickname text")
+    sqlx::query("ALTER TABLE ddl_scratch ADD COLUMN nickname text")
         .execute(&db)
         .await
         .unwrap();
-    sqlx::query("INSERT INTO users (email, nickname) VALUES ('n@example.com', 'n')")
+    sqlx::query("INSERT INTO ddl_scratch (nickname) VALUES ('n')")
         .execute(&db)
         .await
         .unwrap();
-    let row = sqlx::query("SELECT * FROM users")
+    let row = sqlx::query("SELECT * FROM ddl_scratch")
         .fetch_one(&db)
         .await
         .unwrap();

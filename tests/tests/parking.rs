@@ -498,14 +498,14 @@ async fn child_row_3(db: TestDb) {
     let parked = scenario() == "row";
     check_fresh(&db, "third", parked.then_some(true)).await;
     // DDL in the test: sqlx's cache is cleared after it. Only where the
-    // next test is on this connection: the ALTER locks the shared table
-    // against every other test until this one ends.
+    // next test is on this connection, and on a table only DDL tests use:
+    // the ALTER locks it against every other test until this one ends.
     if parked {
-        sqlx::query("ALTER TABLE users ADD COLUMN parking_extra int")
+        sqlx::query("ALTER TABLE ddl_scratch ADD COLUMN parking_extra int")
             .execute(&db)
             .await
             .unwrap();
-        sqlx::query("SELECT * FROM users")
+        sqlx::query("SELECT * FROM ddl_scratch")
             .fetch_all(&db)
             .await
             .unwrap();
@@ -517,14 +517,14 @@ async fn child_row_4(db: TestDb) {
     let parked = scenario() == "row";
     check_fresh(&db, "fourth", parked.then_some(true)).await;
     let cols: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM information_schema.columns WHERE table_name = 'users' \
+        "SELECT count(*) FROM information_schema.columns WHERE table_name = 'ddl_scratch' \
          AND column_name = 'parking_extra'",
     )
     .fetch_one(&db)
     .await
     .unwrap();
     assert_eq!(cols, 0);
-    sqlx::query("SELECT * FROM users")
+    sqlx::query("SELECT * FROM ddl_scratch")
         .fetch_all(&db)
         .await
         .unwrap();

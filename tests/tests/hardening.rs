@@ -640,16 +640,19 @@ async fn a_refused_statement_is_a_typed_db_test_error(db: TestDb) {
 async fn an_explained_lock_timeout_keeps_the_driver_error(ctx: TestContext) {
     let db = ctx.db();
     // Another session holds a lock on the table; ours times out on it.
+    // (`ddl_scratch`, not a table the other tests use: its LOCK waits for
+    // every open transaction that touched the table, and in a sharded run
+    // a test of the other shard holds one on `posts` for seconds.)
     let mut other = outside(&ctx).await;
     other
-        .execute("BEGIN; LOCK TABLE posts IN ACCESS EXCLUSIVE MODE")
+        .execute("BEGIN; LOCK TABLE ddl_scratch IN ACCESS EXCLUSIVE MODE")
         .await
         .unwrap();
     sqlx::query("SET LOCAL lock_timeout = '100ms'")
         .execute(&db)
         .await
         .unwrap();
-    let err = sqlx::query("SELECT count(*) FROM posts")
+    let err = sqlx::query("SELECT count(*) FROM ddl_scratch")
         .fetch_one(&db)
         .await
         .unwrap_err();

@@ -8,13 +8,14 @@
 //! through this test's transaction; from a pool of one, it comes back to
 //! this test alone (see `shared::slot` and `generic::shared::slot`).
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::pool::PoolConnection;
 use sqlx::{Database, Pool};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 /// Builds one slot: a pool of at most one connection, given the cell its
 /// `after_connect` may keep the connection's server-side id in.
@@ -29,7 +30,17 @@ pub(crate) type SessionId = Arc<AtomicU64>;
 /// One free slot: its pool, its [`SessionId`], and the connection the last
 /// test left healthy, if any, parked here rather than in the pool (see
 /// [`Home::park`]).
-type Slot<DB> = (Pool<DB>, SessionId, Option<PoolConnection<DB>>);
+type Slot<DB> = (Pool<DB>, SessionId, Option<Parked<DB>>);
+
+/// A connection parked in a free slot.
+enum Parked<DB: Database> {
+    /// Rolled back, outside a transaction ([`Home::park`]).
+    Idle(PoolConnection<DB>),
+    /// Readied by a task of the shared runtime ([`HomeCell::park_after`]):
+    /// the connection with the next test's transaction open on it, and
+    /// since when; or `None` if it could not be readied (closed).
+    Readying(oneshot::Receiver<Option<(PoolConnection<DB>, Instant)>>),
+}
 
 /// The slots of one working database.
 pub(crate) struct Slots<DB: Database> {
@@ -44,6 +55,9 @@ pub(crate) struct Slots<DB: Database> {
 pub(crate) struct Home<DB: Database> {
     pub(crate) pool: Pool<DB>,
     session: SessionId,
+    /// When the connection checked out with this slot had the test's
+    /// transaction opened on it already (see [`HomeCell::park_after`]).
+    begun: Option<Instant>,
     free: Arc<Mutex<Vec<Slot<DB>>>>,
     _permit: OwnedSemaphorePermit,
 }
@@ -65,13 +79,22 @@ impl<DB: Database> Slots<DB> {
     }
 
     /// Takes a slot and its connection (see [`Slots::take`]): the one
-    /// parked in it, or one from its pool (opened if it has none).
+    /// parked in it (once readied, if a task is still at it), or one from
+    /// its pool (opened if it has none). [`Home::begun_since`] says whether
+    /// the test's transaction is open on it already.
     pub(crate) async fn checkout_connection(
         &self,
     ) -> Result<(PoolConnection<DB>, Home<DB>), sqlx::Error> {
-        let (home, parked) = self.take().await?;
+        let (mut home, parked) = self.take().await?;
         let conn = match parked {
-            Some(conn) => conn,
+            Some(Parked::Idle(conn)) => conn,
+            Some(Parked::Readying(ready)) => match ready.await.ok().flatten() {
+                Some((conn, since)) => {
+                    home.begun = Some(since);
+                    conn
+                }
+                None => home.acquire().await?,
+            },
             None => home.acquire().await?,
         };
         Ok((conn, home))
@@ -79,7 +102,7 @@ impl<DB: Database> Slots<DB> {
 
     /// Takes a slot, and the connection parked in it (`PoolTimedOut` when
     /// every slot stays taken for the acquire timeout).
-    async fn take(&self) -> Result<(Home<DB>, Option<PoolConnection<DB>>), sqlx::Error> {
+    async fn take(&self) -> Result<(Home<DB>, Option<Parked<DB>>), sqlx::Error> {
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
@@ -96,6 +119,7 @@ impl<DB: Database> Slots<DB> {
         let home = Home {
             pool,
             session,
+            begun: None,
             free: self.free.clone(),
             _permit: permit,
         };
@@ -107,6 +131,14 @@ impl<DB: Database> Home<DB> {
     /// The slot's connection (opened if it has none).
     async fn acquire(&self) -> Result<PoolConnection<DB>, sqlx::Error> {
         self.pool.acquire().await
+    }
+
+    /// When the connection handed out with this slot was last readied with
+    /// the test's transaction opened on it (see [`HomeCell::park_after`]);
+    /// `None`: it is outside a transaction.
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+    pub(crate) fn begun_since(&self) -> Option<Instant> {
+        self.begun
     }
 
     /// The server-side id of the connection [`Home::acquire`] gave (see
@@ -148,7 +180,11 @@ impl<DB: Database> Home<DB> {
             drop(conn);
             return;
         }
-        crate::shared::lock(&self.free).push((self.pool.clone(), self.session.clone(), Some(conn)));
+        crate::shared::lock(&self.free).push((
+            self.pool.clone(),
+            self.session.clone(),
+            Some(Parked::Idle(conn)),
+        ));
     }
 }
 
@@ -183,6 +219,42 @@ impl<DB: Database> HomeCell<DB> {
             Some(home) => home.park(conn),
             None => drop(conn),
         }
+    }
+
+    /// Gives the slot back with `conn`, its connection, still in the test's
+    /// transaction, which `ready` ends and replaces with the next test's in
+    /// a task of the shared runtime, off the test's time: the slot is free
+    /// at once, and the next test that takes it waits for that task (see
+    /// [`Slots::checkout_connection`]). `ready` gives the connection back,
+    /// or `None` if it could not ready it (the slot then opens another). A
+    /// slot already given back lets `conn` return to its pool.
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+    pub(crate) fn park_after<F>(
+        &self,
+        conn: PoolConnection<DB>,
+        ready: impl FnOnce(PoolConnection<DB>) -> F,
+    ) where
+        F: Future<Output = Option<PoolConnection<DB>>> + Send + 'static,
+    {
+        let Some(home) = crate::shared::lock(&self.0).take() else {
+            drop(conn);
+            return;
+        };
+        if home.pool.is_closed() {
+            drop(conn);
+            return;
+        }
+        let (tx, rx) = oneshot::channel();
+        crate::shared::lock(&home.free).push((
+            home.pool.clone(),
+            home.session.clone(),
+            Some(Parked::Readying(rx)),
+        ));
+        let readying = ready(conn);
+        crate::run::shared_runtime().spawn(async move {
+            let ready = readying.await.map(|conn| (conn, Instant::now()));
+            let _ = tx.send(ready);
+        });
     }
 
     /// On the body's own runtime, before it is dropped: lets a connection

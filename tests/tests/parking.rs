@@ -661,6 +661,85 @@ async fn child_mysql_3_next_test(db: db_test::mysql::TestDb) {
     assert_eq!(users, 0, "the last test's row is visible");
 }
 
+/// A test's transaction sees what was committed before its first read,
+/// even on a connection whose transaction was opened after the last test
+/// (see `RESTART_TEST`): InnoDB takes the snapshot at the first read, not
+/// at `BEGIN`. Also run right after `child_mysql_3_next_test`, so on the
+/// connection as readied.
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn child_mysql_4_sees_what_was_committed_before_it(db: db_test::mysql::TestDb) {
+    let mut other = sqlx::mysql::MySqlConnection::connect_with(&db.connect_options())
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO user (username) VALUES ('parksnapshot')")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let seen: Result<i64, _> =
+        sqlx::query_scalar("SELECT COUNT(*) FROM user WHERE username = 'parksnapshot'")
+            .fetch_one(&db)
+            .await;
+    // Deleted before any assertion, so that a failure leaves nothing behind.
+    sqlx::query("DELETE FROM user WHERE username = 'parksnapshot'")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    other.close().await.unwrap();
+    assert_eq!(
+        seen.unwrap(),
+        1,
+        "a row committed before the test's first read is not seen"
+    );
+}
+
+#[test]
+fn child_mysql_5_pause() {
+    // Longer than a readied connection is used as it is: the next test
+    // opens its transaction again, on the same connection.
+    std::thread::sleep(Duration::from_millis(100));
+}
+
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn child_mysql_6_after_a_pause(db: db_test::mysql::TestDb) {
+    sqlx::query("INSERT INTO user (username) VALUES ('parkpause')")
+        .execute(&db)
+        .await
+        .unwrap();
+    let (users, last_id): (i64, u64) =
+        sqlx::query_as("SELECT (SELECT COUNT(*) FROM user), LAST_INSERT_ID()")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(
+        users, 1,
+        "the last tests' rows are visible, or this one's is not"
+    );
+    assert_ne!(last_id, 0);
+    let mut other = sqlx::mysql::MySqlConnection::connect_with(&db.connect_options())
+        .await
+        .unwrap();
+    let seen: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM user WHERE username = 'parkpause'")
+        .fetch_one(&mut other)
+        .await
+        .unwrap();
+    other.close().await.unwrap();
+    assert_eq!(
+        seen, 0,
+        "the test's write is visible outside: not in a transaction"
+    );
+}
+
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn child_mysql_7_next_test(db: db_test::mysql::TestDb) {
+    let (users, last_id): (i64, u64) =
+        sqlx::query_as("SELECT (SELECT COUNT(*) FROM user), LAST_INSERT_ID()")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(users, 0, "the last test's row is visible");
+    assert_eq!(last_id, 0, "the last test's LAST_INSERT_ID() survived");
+}
+
 #[test]
 fn parking_mysql_after_a_panic() {
     run_scenario(
@@ -669,6 +748,10 @@ fn parking_mysql_after_a_panic() {
             "child_mysql_1_panics",
             "child_mysql_2_next_test",
             "child_mysql_3_next_test",
+            "child_mysql_4_sees_what_was_committed_before_it",
+            "child_mysql_5_pause",
+            "child_mysql_6_after_a_pause",
+            "child_mysql_7_next_test",
         ],
     );
 }

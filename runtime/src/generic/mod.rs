@@ -117,6 +117,16 @@ pub trait Dialect: sqlx::Database + sealed::Sealed {
     #[doc(hidden)]
     const BEGIN_TEST: &'static str = "BEGIN; SAVEPOINT db_test_auto";
 
+    /// Under test, `ROLLBACK` and then [`Dialect::BEGIN_TEST`] in one round
+    /// trip, where the database runs them as one string: ends a test's
+    /// transaction and opens the next test's on the same connection, in a
+    /// task of the shared runtime after the test, so that neither is on a
+    /// test's time. `None`: the rollback is awaited at the end of the test,
+    /// and the next test begins its own (SQLite: its copies are per
+    /// connection, and `BEGIN` costs no round trip).
+    #[doc(hidden)]
+    const RESTART_TEST: Option<&'static str> = None;
+
     /// Under test, a statement that releases the session's named locks,
     /// sent before a connection whose session the test touched is closed:
     /// the server releases them only once it has processed the disconnect,

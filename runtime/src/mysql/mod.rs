@@ -182,6 +182,9 @@ impl crate::generic::Dialect for MySql {
 
     const BEGIN_TEST: &'static str = "BEGIN; DO LAST_INSERT_ID(0); SAVEPOINT db_test_auto";
 
+    const RESTART_TEST: Option<&'static str> =
+        Some("ROLLBACK; BEGIN; DO LAST_INSERT_ID(0); SAVEPOINT db_test_auto");
+
     const SHARED_WORKING_DATABASE: bool = true;
 
     const DETACH_STATEMENTS: bool = true;

@@ -15,6 +15,17 @@ use super::{Dialect, Manager, depth, lock};
 use crate::shared::LoggedStatement;
 use crate::slots::{Home, HomeCell};
 
+/// How long a connection readied for the next test (its transaction opened
+/// after the last test, see `RESTART_TEST`) is used as it is, with no
+/// round trip; parked longer, its transaction is opened again first, which
+/// also finds out whether the server still has the session (ended by a
+/// `KILL`, a restart, `wait_timeout`): the setup then opens another
+/// connection, where the test's first statement would fail. Tests that
+/// follow one another take a slot within a millisecond or so of its
+/// readying; a session ended in those few milliseconds fails the next
+/// test, as one ended during a test fails that test.
+const BEGUN_FRESH: Duration = Duration::from_millis(20);
+
 /// The test's connection in its transaction, shared by every clone of the
 /// test's `Db`.
 pub(crate) struct Shared<DB: Dialect> {
@@ -38,18 +49,35 @@ impl<DB: Dialect> Shared<DB> {
         home: Home<DB>,
         label: String,
     ) -> Result<Arc<Self>, (sqlx::Error, PoolConnection<DB>, Home<DB>)> {
-        if depth::<DB>(&conn) != 0 {
+        let expected = usize::from(home.begun_since().is_some());
+        if depth::<DB>(&conn) != expected {
             return Err((
-                sqlx::Error::Protocol("the connection came back in a transaction".into()),
+                sqlx::Error::Protocol(
+                    "the connection came back in an unexpected transaction state".into(),
+                ),
                 conn,
                 home,
             ));
         }
-        // One round trip: the transaction and db-test's savepoint in it
-        // (MySQL's text protocol and SQLite's `exec` run several statements).
-        let begin = sqlx_core::sql_str::SqlStr::from_static(DB::BEGIN_TEST);
-        if let Err(e) = Manager::<DB>::begin(&mut conn, Some(begin)).await {
-            return Err((e, conn, home));
+        match (home.begun_since(), DB::RESTART_TEST) {
+            // Readied after the last test (see `RESTART_TEST`), just now.
+            (Some(since), _) if since.elapsed() < BEGUN_FRESH => {}
+            // Readied a while ago: begun again, which also finds out
+            // whether the server still has the session.
+            (Some(_), Some(restart)) => {
+                if let Err(e) = super::exec::<DB>(&mut conn, restart).await {
+                    return Err((e, conn, home));
+                }
+            }
+            _ => {
+                // One round trip: the transaction and db-test's savepoint
+                // in it (MySQL's text protocol and SQLite's `exec` run
+                // several statements).
+                let begin = sqlx_core::sql_str::SqlStr::from_static(DB::BEGIN_TEST);
+                if let Err(e) = Manager::<DB>::begin(&mut conn, Some(begin)).await {
+                    return Err((e, conn, home));
+                }
+            }
         }
         let state = Arc::new(State {
             label,

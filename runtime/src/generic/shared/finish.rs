@@ -59,11 +59,27 @@ impl<DB: Dialect> Shared<DB> {
         reason: &'static str,
         check_constraints: bool,
     ) -> (Option<String>, Vec<LoggedStatement>) {
-        let (conn, failure, log, reusable) = self.finish_inner(reason, check_constraints).await;
-        match conn {
-            Some(conn) if reusable => self.home.park(conn),
+        let (handback, failure, log) = self.finish_inner(reason, check_constraints).await;
+        match handback {
+            Handback::Park(conn) => self.home.park(conn),
+            Handback::Restart(conn, restart) => {
+                self.home.park_after(conn, move |mut conn| async move {
+                    match crate::clock::timeout(
+                        TEARDOWN_GRACE,
+                        super::exec::<DB>(&mut conn, restart),
+                    )
+                    .await
+                    {
+                        Ok(Ok(())) if depth::<DB>(&conn) == 1 => Some(conn),
+                        _ => {
+                            conn.close_on_drop();
+                            None
+                        }
+                    }
+                })
+            }
             // Back to the slot's pool when dropped.
-            _ => self.home.release(reusable),
+            Handback::Release(reusable) => self.home.release(reusable),
         }
         (failure, log)
     }
@@ -75,19 +91,12 @@ impl<DB: Dialect> Shared<DB> {
         self.slot.try_lock().map(|slot| slot.lent).unwrap_or(false)
     }
 
-    /// [`Shared::finish`], and whether the connection's slot can serve the
-    /// next test (not while a task of this test may still hold it).
-    #[allow(clippy::type_complexity)]
+    /// [`Shared::finish`], and what becomes of the connection and its slot.
     async fn finish_inner(
         &self,
         reason: &'static str,
         check_constraints: bool,
-    ) -> (
-        Option<PoolConnection<DB>>,
-        Option<String>,
-        Vec<LoggedStatement>,
-        bool,
-    ) {
+    ) -> (Handback<DB>, Option<String>, Vec<LoggedStatement>) {
         self.over.store(true, Ordering::Release);
         let log = self.recent_statements();
         let mut slot =
@@ -95,7 +104,7 @@ impl<DB: Dialect> Shared<DB> {
                 Ok(slot) => slot,
                 Err(()) => {
                     return (
-                        None,
+                        Handback::Release(false),
                         Some(format!(
                             "db-test: a task still held the connection of test `{}` (a guard from \
                          `db.acquire()` or `db.begin()`) {TEARDOWN_GRACE:?} after the test ended; \
@@ -103,7 +112,6 @@ impl<DB: Dialect> Shared<DB> {
                             self.state.label
                         )),
                         log,
-                        false,
                     );
                 }
             };
@@ -111,7 +119,7 @@ impl<DB: Dialect> Shared<DB> {
         if slot.lent && matches!(self.reclaim(&mut slot, TEARDOWN_GRACE).await, Reclaim::Busy) {
             // Still lent: `lent_at_end` tells the backend to end the session.
             return (
-                None,
+                Handback::Release(false),
                 Some(format!(
                     "db-test: test `{}` ended ({reason}) while a transaction from `Acquire::begin` \
                      on its `Db` was still open {TEARDOWN_GRACE:?} later; its session is ended and \
@@ -120,7 +128,6 @@ impl<DB: Dialect> Shared<DB> {
                     self.state.label
                 )),
                 log,
-                false,
             );
         }
         // A refused statement (a COMMIT, implicit-commit DDL, ...) or a
@@ -128,7 +135,7 @@ impl<DB: Dialect> Shared<DB> {
         // the error: as on PostgreSQL.
         let poisoned = lock(&self.state.poisoned).clone();
         let Some(mut conn) = slot.conn.take() else {
-            return (None, poisoned, log, true);
+            return (Handback::Release(true), poisoned, log);
         };
         unregister(self.conn_addr, &self.state);
         let mut failure = poisoned;
@@ -178,6 +185,19 @@ impl<DB: Dialect> Shared<DB> {
         if by_database && out_of_sight {
             self.state.ended_out_of_sight.store(true, Ordering::Relaxed);
         }
+        let touched = self.state.touched.load(Ordering::Relaxed);
+        // The usual end: nothing to check before the rollback, and a
+        // connection the next test can have. Rolled back, with the next
+        // test's transaction opened, after the test (see `RESTART_TEST`).
+        if let Some(restart) = DB::RESTART_TEST
+            && healthy
+            && !touched
+            && !out_of_sight
+            && !by_database
+            && depth::<DB>(&conn) == 1
+        {
+            return (Handback::Restart(conn, restart), failure, log);
+        }
         while healthy && depth::<DB>(&conn) > 0 {
             let outer = depth::<DB>(&conn) == 1;
             // Where the final ROLLBACK would succeed outside a transaction
@@ -224,9 +244,8 @@ impl<DB: Dialect> Shared<DB> {
                 }
             }
         }
-        let touched = self.state.touched.load(Ordering::Relaxed);
         if healthy && !touched {
-            (Some(conn), failure, log, true)
+            (Handback::Park(conn), failure, log)
         } else {
             if healthy
                 && touched
@@ -242,7 +261,21 @@ impl<DB: Dialect> Shared<DB> {
             // Never hand a connection in an unknown state (or with session
             // state the test set) to the next test.
             conn.close_on_drop();
-            (None, failure, log, true)
+            drop(conn);
+            (Handback::Release(true), failure, log)
         }
     }
+}
+
+/// What becomes of the test's connection and its slot at the test's end.
+enum Handback<DB: Dialect> {
+    /// Rolled back and healthy: parked in its slot for the next test.
+    Park(PoolConnection<DB>),
+    /// Still in the test's transaction: rolled back, with the next test's
+    /// transaction opened, by the given SQL (`RESTART_TEST`) after the
+    /// test, then parked.
+    Restart(PoolConnection<DB>, &'static str),
+    /// Back to the slot's pool (closed if it was marked so), or still out
+    /// (`false`: the slot is closed, see `Home::give_back`).
+    Release(bool),
 }

@@ -11,7 +11,7 @@ use sqlx::Executor;
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 
 use super::engine::{Engine, MAX_NAME_LEN, quote, test_database_owner};
-use super::template::{Template, clone_into};
+use super::template::{ClonePlan, Template, clone_into};
 use crate::config;
 use crate::shared::TEARDOWN_GRACE;
 
@@ -52,6 +52,8 @@ impl Engine {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let name = format!("{}_d{:08x}_{n}", template.prefix, self.owner);
         debug_assert!(name.len() <= MAX_NAME_LEN);
+        // Before taking an admin connection: reading it takes one.
+        let plan = template.clone_plan(self).await?;
         let mut admin = self.admin().await?;
         admin
             .execute(sqlx::AssertSqlSafe(format!(
@@ -65,7 +67,7 @@ impl Engine {
                     self.display_url
                 )
             })?;
-        if let Err(e) = clone_into(&mut admin, &template.script, &name).await {
+        if let Err(e) = clone_into(&mut admin, &plan.script, &name).await {
             let _ = admin
                 .execute(sqlx::AssertSqlSafe(format!(
                     "DROP DATABASE IF EXISTS {}",
@@ -156,7 +158,11 @@ impl Engine {
     /// created or removed: rows are deleted and copied back, and
     /// `AUTO_INCREMENT`s that moved are set back (see [`super::recycle`]).
     pub(crate) async fn recycle_test_database(&self, template: &Template, name: &str) -> bool {
-        let Some(plan) = &template.recycle else {
+        let Ok(ClonePlan {
+            recycle: Some(plan),
+            ..
+        }) = template.clone_plan(self).await
+        else {
             return false;
         };
         if template

@@ -151,8 +151,15 @@ impl Engine {
                 })
             })
             .connect_lazy_with(server.clone());
-        // A wrong URL: a clear error within the connect timeout.
-        let mut owner_conn = connect(&server, &display_url).await?;
+        // A wrong URL: a clear error within the connect timeout. The
+        // template's setup needs an admin connection next: opened meanwhile.
+        let warm_admin = async {
+            if let Ok(conn) = admin.acquire().await {
+                drop(conn);
+            }
+        };
+        let (owner_conn, ()) = tokio::join!(connect(&server, &display_url), warm_admin);
+        let mut owner_conn = owner_conn?;
         // The owner lock lives as long as this session: a server's short
         // `wait_timeout` must not end it while the process is idle (another
         // process would then take this one's databases for a dead one's).

@@ -35,10 +35,11 @@ pub(crate) struct Template {
     /// The process's connections to the working database (transaction
     /// mode), a pool of one each (see [`crate::slots`]).
     pub(crate) slots: Slots<MySql>,
-    /// The clone script: [`TARGET`] stands for the new database's name.
-    pub(super) script: String,
-    /// How to reset a used per-test database, if this schema allows it.
-    pub(super) recycle: Option<Recycle>,
+    /// The clone script and the recycling plan (see [`ClonePlan`]), read
+    /// from the template on first use: a process of transaction-mode tests
+    /// whose working database exists needs neither (reading them is some
+    /// twenty round trips, a tenth of a 200-test suite's time).
+    pub(super) clone_plan: tokio::sync::OnceCell<ClonePlan>,
     /// Used per-test databases reset to the template's state, for the next
     /// tests of this process, each with a pool already connected to it.
     pub(super) spares: Mutex<Vec<(String, MySqlPool)>>,
@@ -55,6 +56,52 @@ pub(crate) struct Template {
     /// even between tests when none of its slots is connected (a slot's
     /// session ended after a deadlock, say). Never read.
     _keeper: Mutex<MySqlConnection>,
+}
+
+/// How to clone the template and recycle its clones.
+pub(super) struct ClonePlan {
+    /// The clone script: [`TARGET`] stands for the new database's name.
+    pub(super) script: String,
+    /// How to reset a used per-test database, if this schema allows it.
+    pub(super) recycle: Option<Recycle>,
+}
+
+impl ClonePlan {
+    /// Reads the template's schema (its script) and what recycling its
+    /// clones needs. The template does not change while a process uses it
+    /// (it is rebuilt only when missing or half-built), so this needs no
+    /// lock.
+    async fn read(
+        engine: &Engine,
+        admin: &mut MySqlConnection,
+        template: &str,
+    ) -> Result<Self, String> {
+        let script = clone_script(admin, template).await.map_err(|e| {
+            format!(
+                "db-test: reading the template's schema on {}: {e}",
+                engine.display_url
+            )
+        })?;
+        // Without a plan, per-test databases are cloned afresh: slower, the
+        // same result.
+        let recycle = recycle::plan(admin, template).await.unwrap_or_else(|e| {
+            tracing::warn!(%template, "db-test: per-test databases will not be recycled: {e}");
+            None
+        });
+        Ok(ClonePlan { script, recycle })
+    }
+}
+
+impl Template {
+    /// The template's [`ClonePlan`], read on first use.
+    pub(super) async fn clone_plan(&self, engine: &Engine) -> Result<&ClonePlan, String> {
+        self.clone_plan
+            .get_or_try_init(|| async {
+                let mut admin = engine.admin().await?;
+                ClonePlan::read(engine, &mut admin, &self.template).await
+            })
+            .await
+    }
 }
 
 /// The database whose existence says that the working database of
@@ -169,31 +216,36 @@ impl Engine {
             .bind(&lock)
             .execute(&mut *admin)
             .await;
-        let ((script, recycle), mut keeper) = result?;
+        let (clone_plan, mut keeper) = result?;
         drop(admin);
-        // What a test calls that may leave session state unseen.
-        let functions: Vec<String> = sqlx::query_scalar(
-            "SELECT CAST(ROUTINE_NAME AS CHAR) FROM information_schema.ROUTINES \
-             WHERE ROUTINE_SCHEMA = ? AND ROUTINE_TYPE = 'FUNCTION'",
-        )
-        .bind(&working)
-        .fetch_all(&mut keeper)
-        .await
-        .map_err(|e| ctx("listing the working database's functions", e))?;
-        super::lexer::note_stored_functions(functions);
-        // And what a test would write past its rollback.
-        let non_transactional: Vec<String> = sqlx::query_scalar(
-            "SELECT CAST(TABLE_NAME AS CHAR) FROM information_schema.TABLES \
+        // What a test calls that may leave session state unseen (stored
+        // functions), and what a test would write past its rollback (tables
+        // of an engine that cannot roll back), in one round trip; beside
+        // the sweeps, on admin connections of their own.
+        let lists = sqlx::query_as::<_, (String, i64)>(
+            "SELECT CAST(ROUTINE_NAME AS CHAR), CAST(1 AS SIGNED) FROM information_schema.ROUTINES \
+             WHERE ROUTINE_SCHEMA = ? AND ROUTINE_TYPE = 'FUNCTION' \
+             UNION ALL \
+             SELECT CAST(TABLE_NAME AS CHAR), CAST(0 AS SIGNED) FROM information_schema.TABLES \
              WHERE TABLE_SCHEMA = ? AND TABLE_TYPE = 'BASE TABLE' \
              AND ENGINE NOT IN ('InnoDB', 'XtraDB')",
         )
         .bind(&working)
-        .fetch_all(&mut keeper)
-        .await
-        .map_err(|e| ctx("listing the working database's tables", e))?;
-        super::lexer::note_non_transactional_tables(non_transactional);
-        self.sweep_leftovers().await;
-        self.sweep_outdated(&prefix).await;
+        .bind(&working)
+        .fetch_all(&mut keeper);
+        let (lists, (), ()) =
+            tokio::join!(lists, self.sweep_leftovers(), self.sweep_outdated(&prefix));
+        let (functions, non_transactional): (Vec<_>, Vec<_>) = lists
+            .map_err(|e| ctx("listing the working database's functions and tables", e))?
+            .into_iter()
+            .partition(|(_, function)| *function == 1);
+        super::lexer::note_stored_functions(functions.into_iter().map(|(name, _)| name).collect());
+        super::lexer::note_non_transactional_tables(
+            non_transactional
+                .into_iter()
+                .map(|(name, _)| name)
+                .collect(),
+        );
         let lock_wait = lock_wait_secs();
         let options = self.options_for(&working);
         let slots = Slots::new(config::pool_size(), config::acquire_timeout(), move |id| {
@@ -231,8 +283,7 @@ impl Engine {
             template,
             working,
             slots,
-            script,
-            recycle,
+            clone_plan: tokio::sync::OnceCell::new_with(clone_plan),
             spares: Mutex::new(Vec::new()),
             running: AtomicUsize::new(0),
             recycling: AtomicUsize::new(0),
@@ -241,7 +292,8 @@ impl Engine {
         })
     }
 
-    /// Under the template lock: builds what is missing, returns the clone script.
+    /// Under the template lock: builds what is missing; returns the clone
+    /// plan if it had to read it (to clone the working database).
     async fn build_locked(
         &self,
         admin: &mut MySqlConnection,
@@ -249,7 +301,7 @@ impl Engine {
         prefix: &str,
         template: &str,
         working: &str,
-    ) -> Result<(String, Option<Recycle>), String> {
+    ) -> Result<Option<ClonePlan>, String> {
         let ctx =
             |what: &str, e: sqlx::Error| format!("db-test: {what} on {}: {e}", self.display_url);
         let existing: Vec<String> = sqlx::query_scalar(
@@ -301,9 +353,6 @@ impl Engine {
                 .map_err(|e| ctx("finishing the template", e))?;
             tracing::info!(%template, elapsed_ms = t0.elapsed().as_millis() as u64, "db-test: template built");
         }
-        let script = clone_script(admin, template)
-            .await
-            .map_err(|e| ctx("reading the template's schema", e))?;
         let cloning = format!("{prefix}_wb");
         // Marked dirty by a test whose bare connection committed into it
         // (`mark_working_dirty`): cloned again once nobody uses it.
@@ -324,7 +373,9 @@ impl Engine {
                 tracing::warn!(database = %working, "db-test: the working database holds rows a test committed; it is rebuilt when no other process uses it");
             }
         }
+        let mut clone_plan = None;
         if !has(working) || has(&cloning) || rebuild_dirty {
+            let plan = ClonePlan::read(self, admin, template).await?;
             for stmt in [
                 format!("DROP DATABASE IF EXISTS {}", quote(working)),
                 format!("CREATE DATABASE IF NOT EXISTS {}", quote(&cloning)),
@@ -335,7 +386,7 @@ impl Engine {
                     .await
                     .map_err(|e| ctx("creating the working database", e))?;
             }
-            clone_into(admin, &script, working)
+            clone_into(admin, &plan.script, working)
                 .await
                 .map_err(|e| ctx("creating the working database", e))?;
             admin
@@ -354,14 +405,9 @@ impl Engine {
                     .await
                     .map_err(|e| ctx("finishing the working database", e))?;
             }
+            clone_plan = Some(plan);
         }
-        // Without a plan, per-test databases are cloned afresh: slower, the
-        // same result.
-        let recycle = recycle::plan(admin, template).await.unwrap_or_else(|e| {
-            tracing::warn!(%template, "db-test: per-test databases will not be recycled: {e}");
-            None
-        });
-        Ok((script, recycle))
+        Ok(clone_plan)
     }
 
     /// Drops per-test databases whose owning process is gone (its owner

@@ -291,20 +291,46 @@ async fn per_test_databases_are_dropped(db: TestDb) {
         .unwrap();
     let name = common::word_after(&text, "DATABASE=").expect("the child names its database");
     // The child may have kept it as a spare (reset, for its next test) when
-    // it exited: the next process's sweep drops what a gone process left.
-    let cmd = common::children(&["rollback_between_tests_a"]);
+    // it exited: the next process's sweep drops what a gone process left,
+    // in the background (its test waits for it).
+    let mut cmd = common::children(&["child_waits_for_the_sweep"]);
+    cmd.env("DB_TEST_MYSQL_CHILD", "1")
+        .env("DB_TEST_SWEPT_NAME", &name);
     tokio::task::spawn_blocking(move || common::run_ok(cmd, "a later process"))
         .await
         .unwrap();
     let mut other = outsider(&db).await;
-    let left: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = ?",
-    )
-    .bind(&name)
-    .fetch_one(&mut other)
-    .await
-    .unwrap();
-    assert_eq!(left, 0, "{name} was left behind");
+    assert_eq!(
+        schemata_named(&mut other, &name).await,
+        0,
+        "{name} was left behind"
+    );
+}
+
+async fn schemata_named(conn: &mut MySqlConnection, name: &str) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = ?")
+        .bind(name)
+        .fetch_one(conn)
+        .await
+        .unwrap()
+}
+
+/// A later process: its start sweeps what gone processes left, off the
+/// tests' time; this test waits (30 s at most) for the database it is told
+/// of to be gone.
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn child_waits_for_the_sweep(db: TestDb) {
+    let Ok(name) = std::env::var("DB_TEST_SWEPT_NAME") else {
+        return;
+    };
+    let mut other = outsider(&db).await;
+    for _ in 0..300 {
+        if schemata_named(&mut other, &name).await == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{name} was not swept within 30 s");
 }
 
 // Session state survives ROLLBACK on MySQL: these two must not inherit each

@@ -36,9 +36,10 @@ type Slot<DB> = (Pool<DB>, SessionId, Option<Parked<DB>>);
 enum Parked<DB: Database> {
     /// Rolled back, outside a transaction ([`Home::park`]).
     Idle(PoolConnection<DB>),
-    /// Readied by a task of the shared runtime ([`HomeCell::park_after`]):
-    /// the connection with the next test's transaction open on it, and
-    /// since when; or `None` if it could not be readied (closed).
+    /// Readied by a task of the shared runtime ([`HomeCell::park_after`]),
+    /// or at the end of the test ([`HomeCell::park_begun`]): the connection
+    /// with the next test's transaction open on it, and since when; or
+    /// `None` if it could not be readied (closed).
     Readying(oneshot::Receiver<Option<(PoolConnection<DB>, Instant)>>),
 }
 
@@ -255,6 +256,28 @@ impl<DB: Database> HomeCell<DB> {
             let ready = readying.await.map(|conn| (conn, Instant::now()));
             let _ = tx.send(ready);
         });
+    }
+
+    /// Gives the slot back with `conn`, its connection, on which the next
+    /// test's transaction is open already (see `RESTART_TEST`); a slot
+    /// already given back lets `conn` return to its pool.
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+    pub(crate) fn park_begun(&self, conn: PoolConnection<DB>) {
+        let Some(home) = crate::shared::lock(&self.0).take() else {
+            drop(conn);
+            return;
+        };
+        if home.pool.is_closed() {
+            drop(conn);
+            return;
+        }
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(Some((conn, Instant::now())));
+        crate::shared::lock(&home.free).push((
+            home.pool.clone(),
+            home.session.clone(),
+            Some(Parked::Readying(rx)),
+        ));
     }
 
     /// On the body's own runtime, before it is dropped: lets a connection

@@ -140,6 +140,20 @@ async fn child_leak_commit(db: TestDb) {
     sqlx::raw_sql("COMMIT").execute(bare).await.unwrap();
 }
 
+/// The same on the bare connection of an app transaction (`db.begin()`),
+/// which hands out no session to change: the test's end finds the
+/// transaction gone in the round trip that would roll it back.
+#[db_test(migrator = "LEAK")]
+async fn child_leak_commit_in_app_tx(db: TestDb) {
+    if std::env::var_os("DB_TEST_MYSQL_CHILD").is_none() {
+        return;
+    }
+    write_before(&db).await;
+    let mut tx = db.begin().await.unwrap();
+    let bare: &mut MySqlConnection = &mut tx;
+    sqlx::raw_sql("COMMIT").execute(bare).await.unwrap();
+}
+
 /// A procedure that commits, called through the test's `Db`: db-test
 /// cannot read its body, so it checks the transaction after the `CALL`.
 #[db_test(migrator = "LEAK")]
@@ -373,6 +387,17 @@ async fn a_commit_on_a_bare_connection_fails_its_test_and_the_working_database_i
     committed_and_rebuilt(
         &db,
         "child_leak_commit",
+        &[],
+        &["COMMITTED into the shared working database"],
+    )
+    .await;
+}
+
+#[db_test(migrations = false)]
+async fn a_commit_on_an_app_transactions_bare_connection_fails_its_test_too(db: TestDb) {
+    committed_and_rebuilt(
+        &db,
+        "child_leak_commit_in_app_tx",
         &[],
         &["COMMITTED into the shared working database"],
     )

@@ -740,6 +740,60 @@ async fn child_mysql_7_next_test(db: db_test::mysql::TestDb) {
     assert_eq!(last_id, 0, "the last test's LAST_INSERT_ID() survived");
 }
 
+/// An app transaction committed (a savepoint released) and one rolled
+/// back: the test's connection went out of db-test's sight, so its end
+/// checks the transaction first, in the same round trip as the rollback.
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn child_mysql_8_app_transactions(db: db_test::mysql::TestDb) {
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query("INSERT INTO user (username) VALUES ('parkapp')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query("INSERT INTO user (username) VALUES ('parkundone')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    let (id, names): (u64, String) = sqlx::query_as(
+        "SELECT CONNECTION_ID(), CAST(COALESCE(GROUP_CONCAT(username), '') AS CHAR) FROM user",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(names, "parkapp");
+    MY_ID.store(id, Ordering::SeqCst);
+}
+
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn child_mysql_9_next_test(db: db_test::mysql::TestDb) {
+    let (id, users, last_id): (u64, i64, u64) =
+        sqlx::query_as("SELECT CONNECTION_ID(), (SELECT COUNT(*) FROM user), LAST_INSERT_ID()")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    if scenario() == "mysql" {
+        assert_eq!(
+            id,
+            MY_ID.load(Ordering::SeqCst),
+            "not the parked connection"
+        );
+    }
+    assert_eq!(users, 0, "the last test's committed savepoint is visible");
+    assert_eq!(last_id, 0, "the last test's LAST_INSERT_ID() survived");
+    let mut other = sqlx::mysql::MySqlConnection::connect_with(&db.connect_options())
+        .await
+        .unwrap();
+    let seen: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM user WHERE username LIKE 'park%'")
+        .fetch_one(&mut other)
+        .await
+        .unwrap();
+    other.close().await.unwrap();
+    assert_eq!(seen, 0, "an app transaction's commit reached the database");
+}
+
 #[test]
 fn parking_mysql_after_a_panic() {
     run_scenario(
@@ -752,6 +806,8 @@ fn parking_mysql_after_a_panic() {
             "child_mysql_5_pause",
             "child_mysql_6_after_a_pause",
             "child_mysql_7_next_test",
+            "child_mysql_8_app_transactions",
+            "child_mysql_9_next_test",
         ],
     );
 }

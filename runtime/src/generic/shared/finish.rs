@@ -62,6 +62,7 @@ impl<DB: Dialect> Shared<DB> {
         let (handback, failure, log) = self.finish_inner(reason, check_constraints).await;
         match handback {
             Handback::Park(conn) => self.home.park(conn),
+            Handback::Begun(conn) => self.home.park_begun(conn),
             Handback::Restart(conn, restart) => {
                 self.home.park_after(conn, move |mut conn| async move {
                     match crate::clock::timeout(
@@ -186,17 +187,47 @@ impl<DB: Dialect> Shared<DB> {
             self.state.ended_out_of_sight.store(true, Ordering::Relaxed);
         }
         let touched = self.state.touched.load(Ordering::Relaxed);
-        // The usual end: nothing to check before the rollback, and a
-        // connection the next test can have. Rolled back, with the next
-        // test's transaction opened, after the test (see `RESTART_TEST`).
         if let Some(restart) = DB::RESTART_TEST
             && healthy
             && !touched
-            && !out_of_sight
             && !by_database
             && depth::<DB>(&conn) == 1
         {
-            return (Handback::Restart(conn, restart), failure, log);
+            // The usual end: nothing to check before the rollback, and a
+            // connection the next test can have. Rolled back, with the next
+            // test's transaction opened, after the test (see `RESTART_TEST`).
+            if !out_of_sight {
+                return (Handback::Restart(conn, restart), failure, log);
+            }
+            // The connection went out of sight (a guard, an app
+            // transaction): the probe that the test's transaction is still
+            // open, then the same, in one round trip that the verdict waits
+            // for. A failed probe runs nothing after it.
+            if let Some(probe) = DB::PROBE_TRANSACTION {
+                let probed = super::exec::<DB>(&mut conn, &format!("{probe}; {restart}")).await;
+                match probed {
+                    Ok(()) if depth::<DB>(&conn) == 1 => {
+                        return (Handback::Begun(conn), failure, log);
+                    }
+                    Ok(()) => {}
+                    Err(e) => {
+                        if !is_broken(&e) && DB::transaction_gone(&e) {
+                            // Nothing to roll back: something sent on the
+                            // bare connection of a guard ended the test's
+                            // transaction.
+                            self.state.ended_out_of_sight.store(true, Ordering::Relaxed);
+                            let why = self.ended_out_of_sight_message(&e);
+                            failure = Some(match failure {
+                                Some(other) => format!("{why}\n(also: {other})"),
+                                None => why,
+                            });
+                        }
+                    }
+                }
+                conn.close_on_drop();
+                drop(conn);
+                return (Handback::Release(true), failure, log);
+            }
         }
         while healthy && depth::<DB>(&conn) > 0 {
             let outer = depth::<DB>(&conn) == 1;
@@ -275,6 +306,9 @@ enum Handback<DB: Dialect> {
     /// transaction opened, by the given SQL (`RESTART_TEST`) after the
     /// test, then parked.
     Restart(PoolConnection<DB>, &'static str),
+    /// With the next test's transaction opened on it already (see
+    /// `RESTART_TEST`): parked in its slot.
+    Begun(PoolConnection<DB>),
     /// Back to the slot's pool (closed if it was marked so), or still out
     /// (`false`: the slot is closed, see `Home::give_back`).
     Release(bool),

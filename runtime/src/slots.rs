@@ -237,24 +237,14 @@ impl<DB: Database> HomeCell<DB> {
     ) where
         F: Future<Output = Option<PoolConnection<DB>>> + Send + 'static,
     {
-        let Some(home) = crate::shared::lock(&self.0).take() else {
+        let Some(readied) = self.give_back_readying() else {
             drop(conn);
             return;
         };
-        if home.pool.is_closed() {
-            drop(conn);
-            return;
-        }
-        let (tx, rx) = oneshot::channel();
-        crate::shared::lock(&home.free).push((
-            home.pool.clone(),
-            home.session.clone(),
-            Some(Parked::Readying(rx)),
-        ));
         let readying = ready(conn);
         crate::run::shared_runtime().spawn(async move {
             let ready = readying.await.map(|conn| (conn, Instant::now()));
-            let _ = tx.send(ready);
+            let _ = readied.send(ready);
         });
     }
 
@@ -263,21 +253,31 @@ impl<DB: Database> HomeCell<DB> {
     /// already given back lets `conn` return to its pool.
     #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
     pub(crate) fn park_begun(&self, conn: PoolConnection<DB>) {
-        let Some(home) = crate::shared::lock(&self.0).take() else {
-            drop(conn);
-            return;
-        };
+        match self.give_back_readying() {
+            Some(readied) => {
+                let _ = readied.send(Some((conn, Instant::now())));
+            }
+            None => drop(conn),
+        }
+    }
+
+    /// Gives the slot back, once, as [`Parked::Readying`]: the sender its
+    /// connection is to be handed to. `None` when the slot was given back
+    /// already or its pool is closed.
+    #[allow(clippy::type_complexity)]
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+    fn give_back_readying(&self) -> Option<oneshot::Sender<Option<(PoolConnection<DB>, Instant)>>> {
+        let home = crate::shared::lock(&self.0).take()?;
         if home.pool.is_closed() {
-            drop(conn);
-            return;
+            return None;
         }
         let (tx, rx) = oneshot::channel();
-        let _ = tx.send(Some((conn, Instant::now())));
         crate::shared::lock(&home.free).push((
             home.pool.clone(),
             home.session.clone(),
             Some(Parked::Readying(rx)),
         ));
+        Some(tx)
     }
 
     /// On the body's own runtime, before it is dropped: lets a connection

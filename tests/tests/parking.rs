@@ -595,6 +595,32 @@ fn parking_sequence_state_does_not_reach_the_next_test() {
 
 static MY_ID: AtomicU64 = AtomicU64::new(0);
 
+/// Users named like `pattern` that a session of its own sees (committed).
+async fn my_committed(db: &db_test::mysql::TestDb, pattern: &str) -> i64 {
+    let mut other = sqlx::mysql::MySqlConnection::connect_with(&db.connect_options())
+        .await
+        .unwrap();
+    let seen: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM user WHERE username LIKE ?")
+        .bind(pattern)
+        .fetch_one(&mut other)
+        .await
+        .unwrap();
+    other.close().await.unwrap();
+    seen
+}
+
+/// In the `mysql` scenario, the test is on the connection the last test
+/// parked (`MY_ID`).
+fn on_the_parked_connection(id: u64) {
+    if scenario() == "mysql" {
+        assert_eq!(
+            id,
+            MY_ID.load(Ordering::SeqCst),
+            "not the parked connection"
+        );
+    }
+}
+
 #[db_test(migrations = "tests/mysql/migrations")]
 #[should_panic(expected = "parking: mysql boom")]
 async fn child_mysql_1_panics(db: db_test::mysql::TestDb) {
@@ -617,27 +643,17 @@ async fn child_mysql_2_next_test(db: db_test::mysql::TestDb) {
             .fetch_one(&db)
             .await
             .unwrap();
-    if scenario() == "mysql" {
-        assert_eq!(
-            id,
-            MY_ID.load(Ordering::SeqCst),
-            "not the parked connection"
-        );
-    }
+    on_the_parked_connection(id);
     assert_eq!(users, 0, "the last test's row is visible");
     sqlx::query("INSERT INTO user (username) VALUES ('parknext')")
         .execute(&db)
         .await
         .unwrap();
-    let mut other = sqlx::mysql::MySqlConnection::connect_with(&db.connect_options())
-        .await
-        .unwrap();
-    let seen: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM user WHERE username LIKE 'park%'")
-        .fetch_one(&mut other)
-        .await
-        .unwrap();
-    assert_eq!(seen, 0, "a test's write is visible outside");
-    other.close().await.unwrap();
+    assert_eq!(
+        my_committed(&db, "park%").await,
+        0,
+        "a test's write is visible outside"
+    );
     MY_ID.store(id, Ordering::SeqCst);
 }
 
@@ -651,13 +667,7 @@ async fn child_mysql_3_next_test(db: db_test::mysql::TestDb) {
     // The last test inserted on this connection; a new connection (what
     // `#[sqlx::test]` gives each test) answers 0.
     assert_eq!(last_id, 0, "the last test's LAST_INSERT_ID() survived");
-    if scenario() == "mysql" {
-        assert_eq!(
-            id,
-            MY_ID.load(Ordering::SeqCst),
-            "not the parked connection"
-        );
-    }
+    on_the_parked_connection(id);
     assert_eq!(users, 0, "the last test's row is visible");
 }
 
@@ -715,16 +725,9 @@ async fn child_mysql_6_after_a_pause(db: db_test::mysql::TestDb) {
         "the last tests' rows are visible, or this one's is not"
     );
     assert_ne!(last_id, 0);
-    let mut other = sqlx::mysql::MySqlConnection::connect_with(&db.connect_options())
-        .await
-        .unwrap();
-    let seen: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM user WHERE username = 'parkpause'")
-        .fetch_one(&mut other)
-        .await
-        .unwrap();
-    other.close().await.unwrap();
     assert_eq!(
-        seen, 0,
+        my_committed(&db, "parkpause").await,
+        0,
         "the test's write is visible outside: not in a transaction"
     );
 }
@@ -774,24 +777,14 @@ async fn child_mysql_9_next_test(db: db_test::mysql::TestDb) {
             .fetch_one(&db)
             .await
             .unwrap();
-    if scenario() == "mysql" {
-        assert_eq!(
-            id,
-            MY_ID.load(Ordering::SeqCst),
-            "not the parked connection"
-        );
-    }
+    on_the_parked_connection(id);
     assert_eq!(users, 0, "the last test's committed savepoint is visible");
     assert_eq!(last_id, 0, "the last test's LAST_INSERT_ID() survived");
-    let mut other = sqlx::mysql::MySqlConnection::connect_with(&db.connect_options())
-        .await
-        .unwrap();
-    let seen: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM user WHERE username LIKE 'park%'")
-        .fetch_one(&mut other)
-        .await
-        .unwrap();
-    other.close().await.unwrap();
-    assert_eq!(seen, 0, "an app transaction's commit reached the database");
+    assert_eq!(
+        my_committed(&db, "park%").await,
+        0,
+        "an app transaction's commit reached the database"
+    );
 }
 
 #[test]

@@ -9,7 +9,7 @@
 //! this test alone (see `shared::slot` and `generic::shared::slot`).
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -142,11 +142,12 @@ impl<DB: Database> Home<DB> {
         self.begun
     }
 
-    /// The server-side id of the connection [`Home::acquire`] gave (see
-    /// [`SessionId`]).
+    /// The slot's cell for its connection's server-side id (see
+    /// [`SessionId`]): it follows the connection the slot's pool opens in
+    /// place of one whose session ended (see `Shared::replace`).
     #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
-    pub(crate) fn session_id(&self) -> u64 {
-        self.session.load(Ordering::Acquire)
+    pub(crate) fn session(&self) -> SessionId {
+        self.session.clone()
     }
 
     /// Closes `conn` (it could not begin a test: a server restart, a

@@ -1090,6 +1090,181 @@ fn parking_mysql_a_killed_parked_connection_is_replaced() {
     );
 }
 
+// ---- MySQL: the session ended before the test's first statement -------------
+//
+// A connection readied for the next test is handed to it with no round trip
+// (within 20 ms of its readying): a session the server ended meanwhile is
+// found by the test's first statement, which is sent again on a new
+// connection, as nothing of the test was on the old one. Here each test
+// kills its own connection from outside before its first statement, which
+// is the same to db-test whether the connection was checked at hand-over.
+
+/// The connection of the last `mygone` test.
+static GONE_ID: AtomicU64 = AtomicU64::new(0);
+
+/// Kills the connection the last test used, which this test was given (one
+/// thread, one slot): only in the `mygone` scenario.
+async fn kill_last(db: &db_test::mysql::TestDb) -> Option<u64> {
+    let id = GONE_ID.load(Ordering::SeqCst);
+    if scenario() != "mygone" || id == 0 {
+        return None;
+    }
+    let mut admin = sqlx::mysql::MySqlConnection::connect_with(&db.connect_options())
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("KILL {id}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    admin.close().await.unwrap();
+    Some(id)
+}
+
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn child_mygone_1_a_plain_test(db: db_test::mysql::TestDb) {
+    let id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    GONE_ID.store(id, Ordering::SeqCst);
+    sqlx::query("INSERT INTO user (username) VALUES ('gone1')")
+        .execute(&db)
+        .await
+        .unwrap();
+}
+
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn child_mygone_2_first_statement_with_arguments(db: db_test::mysql::TestDb) {
+    let killed = kill_last(&db).await;
+    // The first statement, with an argument: sent again on a new connection.
+    let (id, users): (u64, i64) =
+        sqlx::query_as("SELECT CONNECTION_ID(), (SELECT COUNT(*) FROM user WHERE username LIKE ?)")
+            .bind("gone%")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(users, 0, "the last test's row was not rolled back");
+    if let Some(killed) = killed {
+        assert_ne!(id, killed, "the killed connection answered");
+    }
+    // The test's transaction is open on the new connection: this row is
+    // rolled back, and `LAST_INSERT_ID()` is the test's own.
+    sqlx::query("INSERT INTO user (username) VALUES ('gone2')")
+        .execute(&db)
+        .await
+        .unwrap();
+    let last: u64 = sqlx::query_scalar("SELECT LAST_INSERT_ID()")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_ne!(last, 0);
+    assert_eq!(my_committed(&db, "gone%").await, 0, "a row was committed");
+    GONE_ID.store(id, Ordering::SeqCst);
+}
+
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn child_mygone_3_first_an_app_transaction(db: db_test::mysql::TestDb) {
+    let killed = kill_last(&db).await;
+    // The first use is an app transaction (a savepoint): begun again on a
+    // new connection.
+    let mut tx = db.begin().await.unwrap();
+    let id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    if let Some(killed) = killed {
+        assert_ne!(id, killed, "the killed connection answered");
+    }
+    sqlx::query("INSERT INTO user (username) VALUES ('gone3')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let users: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM user WHERE username LIKE 'gone%'")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(users, 1, "the test sees its own row");
+    assert_eq!(my_committed(&db, "gone%").await, 0, "a row was committed");
+    GONE_ID.store(id, Ordering::SeqCst);
+}
+
+#[db_test(migrations = "tests/mysql/migrations", timeout = "1s")]
+#[should_panic(expected = "timed out after 1s")]
+async fn child_mygone_4_times_out_on_the_new_connection(db: db_test::mysql::TestDb) {
+    let killed = kill_last(&db).await;
+    let id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    if let Some(killed) = killed {
+        assert_ne!(id, killed, "the killed connection answered");
+    }
+    // Stopped at the timeout on the connection that replaced the killed
+    // one (`KILL QUERY` follows it), not left running.
+    sqlx::query("SELECT SLEEP(30) /* parking: mygone */")
+        .execute(&db)
+        .await
+        .unwrap();
+}
+
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn child_mygone_5_next_test(db: db_test::mysql::TestDb) {
+    let mut admin = sqlx::mysql::MySqlConnection::connect_with(&db.connect_options())
+        .await
+        .unwrap();
+    let running: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.processlist \
+         WHERE info LIKE 'SELECT SLEEP(30) /* parking: mygone */%'",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    admin.close().await.unwrap();
+    if scenario() == "mygone" {
+        assert_eq!(running, 0, "the timed-out statement still runs");
+    }
+    assert_eq!(my_committed(&db, "gone%").await, 0, "a row was committed");
+}
+
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn child_mygone_6_first_a_guard(db: db_test::mysql::TestDb) {
+    // A guard's connection is checked before it is handed out when it came
+    // with no round trip, and replaced if its session is gone; when it was
+    // checked at hand-over, a kill after that is a kill during the test,
+    // which fails the test as under `#[sqlx::test]`. Either way nothing of
+    // the last tests is there.
+    let mut conn = db.acquire().await.unwrap();
+    let users: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM user WHERE username LIKE 'gone%'")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(users, 0, "a row of the last tests was seen");
+    drop(conn);
+    assert_eq!(my_committed(&db, "gone%").await, 0, "a row was committed");
+}
+
+#[test]
+fn parking_mysql_a_session_ended_before_the_first_statement() {
+    let all = run_scenario(
+        "mygone",
+        &[
+            "child_mygone_1_a_plain_test",
+            "child_mygone_2_first_statement_with_arguments",
+            "child_mygone_3_first_an_app_transaction",
+            "child_mygone_4_times_out_on_the_new_connection",
+            "child_mygone_5_next_test",
+            "child_mygone_6_first_a_guard",
+        ],
+    );
+    // The timed-out statement was stopped on the connection that replaced
+    // the killed one (`KILL QUERY` followed it): the rollback did not wait.
+    assert!(
+        !all.contains("still held the connection"),
+        "the timed-out statement was not stopped:\n{all}"
+    );
+}
+
 #[db_test(migrations = "tests/mysql/migrations", timeout = "500ms")]
 #[should_panic(expected = "timed out after 500ms")]
 async fn child_mytmo_1_times_out(db: db_test::mysql::TestDb) {

@@ -334,7 +334,7 @@ impl<'c, DB: Dialect> Executor<'c> for &'c Db<DB> {
             Inner::Test(shared) => {
                 let shared = shared.clone();
                 async move {
-                    let mut guard = shared.lock().await?;
+                    let mut guard = shared.lock_checked().await?;
                     DB::conn_prepare_with(guard.conn_mut(), sql, parameters).await
                 }
                 .boxed()
@@ -353,7 +353,7 @@ impl<'c, DB: Dialect> Executor<'c> for &'c Db<DB> {
             Inner::Test(shared) => {
                 let shared = shared.clone();
                 async move {
-                    let mut guard = shared.lock().await?;
+                    let mut guard = shared.lock_checked().await?;
                     DB::conn_describe(guard.conn_mut(), sql).await
                 }
                 .boxed()

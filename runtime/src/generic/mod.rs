@@ -143,6 +143,25 @@ pub trait Dialect: sqlx::Database + sealed::Sealed {
         true
     }
 
+    /// Under test, whether `e` is the server's word that it ended the
+    /// connection's session (a `KILL`, a shutdown), beyond the library's
+    /// own errors of a broken connection.
+    #[doc(hidden)]
+    fn session_ended(e: &sqlx::Error) -> bool {
+        let _ = e;
+        false
+    }
+
+    /// Under test, a copy of a statement's arguments, to send the test's
+    /// first statement again on another connection when the server had
+    /// ended the session of the one the test was given before it arrived;
+    /// `None`: not sent again (the test gets the error).
+    #[doc(hidden)]
+    fn clone_arguments(arguments: &Self::Arguments) -> Option<Self::Arguments> {
+        let _ = arguments;
+        None
+    }
+
     /// Under test, whether `sql` may end the test's transaction where
     /// db-test cannot read it (MySQL: a `CALL` of a procedure that
     /// commits): the transaction is checked after it.
@@ -291,6 +310,23 @@ impl<DB: sqlx::Database> OwnedQuery<DB> {
             statement,
             arguments,
             persistent,
+        })
+    }
+
+    /// A copy to send again (see [`Dialect::clone_arguments`]).
+    pub(crate) fn try_clone(&self) -> Option<Self>
+    where
+        DB: Dialect,
+    {
+        let arguments = match &self.arguments {
+            Some(arguments) => Some(DB::clone_arguments(arguments)?),
+            None => None,
+        };
+        Some(OwnedQuery {
+            sql: self.sql.clone(),
+            statement: self.statement.clone(),
+            arguments,
+            persistent: self.persistent,
         })
     }
 

@@ -197,6 +197,20 @@ impl crate::generic::Dialect for MySql {
             .is_some_and(|d| d.number() == 1305)
     }
 
+    #[cfg(feature = "harness")]
+    fn session_ended(e: &sqlx::Error) -> bool {
+        // ER_SERVER_SHUTDOWN; MariaDB's ER_CONNECTION_KILLED ("Connection
+        // was killed", sent to a session killed while idle); MySQL's
+        // ER_CLIENT_INTERACTION_TIMEOUT (`wait_timeout`).
+        e.as_database_error()
+            .and_then(|d| d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>())
+            .is_some_and(|d| matches!(d.number(), 1053 | 1927 | 4031))
+    }
+
+    fn clone_arguments(arguments: &Self::Arguments) -> Option<Self::Arguments> {
+        Some(arguments.clone())
+    }
+
     crate::generic::dialect_executors!();
 }
 
@@ -221,6 +235,7 @@ pub fn server_url() -> Result<String, String> {
 #[cfg(feature = "harness")]
 mod harness {
     use std::sync::Arc;
+    use std::sync::atomic::Ordering;
 
     use futures_util::future::BoxFuture;
     use sqlx::MySql;
@@ -235,6 +250,7 @@ mod harness {
     use crate::run::{Ending, Isolation, Prepared, Resource, TestSpec, Verdict, isolation_of};
     use crate::run::{fill_pool, settle_pool};
     use crate::shared::TEARDOWN_GRACE;
+    use crate::slots::SessionId;
 
     /// Sets up a MySQL test: its transaction on the working database, or a
     /// database of its own; then its fixtures.
@@ -332,11 +348,16 @@ mod harness {
                     template.working, engine.display_url, spec.name
                 )
             })?;
-            // To stop its statements when the test times out (`KILL QUERY`).
-            let id = home.session_id();
+            // To stop its statements when the test times out (`KILL QUERY`):
+            // the id of the slot's connection, which may be replaced before
+            // the test's first statement (see `Shared::replace`).
+            let session = home.session();
             match Shared::open(conn, home, spec.name.to_string()).await {
                 Ok(shared) => {
-                    shared.set_canceller(Arc::new(KillQuery { engine, id }));
+                    shared.set_canceller(Arc::new(KillQuery {
+                        engine,
+                        session: session.clone(),
+                    }));
                     let state = Arc::new(TestState {
                         db: Db::from_shared(shared.clone()),
                         pool: None,
@@ -345,7 +366,7 @@ mod harness {
                     let resource = Box::new(MySqlTx {
                         inner: TxResource { shared },
                         engine,
-                        connection_id: id,
+                        session,
                         prefix: template.prefix.clone(),
                     });
                     return Ok((resource, state));
@@ -367,12 +388,13 @@ mod harness {
     /// Stops a dropped statement still running on a test's connection.
     struct KillQuery {
         engine: &'static Engine,
-        id: u64,
+        /// Read when needed: the test holds the slot meanwhile.
+        session: SessionId,
     }
 
     impl Canceller for KillQuery {
         fn cancel(&self) -> BoxFuture<'static, ()> {
-            let (engine, id) = (self.engine, self.id);
+            let (engine, id) = (self.engine, self.session.load(Ordering::Acquire));
             Box::pin(async move { engine.kill(id, false).await })
         }
     }
@@ -382,7 +404,9 @@ mod harness {
     struct MySqlTx {
         inner: TxResource<MySql>,
         engine: &'static Engine,
-        connection_id: u64,
+        /// The slot's connection id, read at the start of the teardown,
+        /// while the test still holds the slot.
+        session: SessionId,
         /// The template's prefix: its working database is marked dirty when
         /// the test committed into it.
         prefix: String,
@@ -398,9 +422,10 @@ mod harness {
                 let MySqlTx {
                     inner,
                     engine,
-                    connection_id,
+                    session,
                     prefix,
                 } = *self;
+                let connection_id = session.load(Ordering::Acquire);
                 if ending.timed_out {
                     // The rollback waits for the running statement: stop it.
                     engine.kill(connection_id, false).await;

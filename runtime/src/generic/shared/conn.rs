@@ -38,6 +38,14 @@ pub(crate) struct Shared<DB: Dialect> {
     /// Set when the test ends, even if a task still holds the connection.
     pub(super) over: AtomicBool,
     checkout_timeout_ms: AtomicU64,
+    /// Nothing of the test has been sent on the connection yet: if the
+    /// server ended its session meanwhile, the test loses nothing when
+    /// another connection takes its place (see [`Shared::replace`]).
+    pub(super) unsent: AtomicBool,
+    /// The connection was handed to the test with no round trip (readied
+    /// for it just before, see [`BEGUN_FRESH`]): whether the server still
+    /// has its session is not known.
+    pub(super) unverified: bool,
 }
 
 impl<DB: Dialect> Shared<DB> {
@@ -59,9 +67,10 @@ impl<DB: Dialect> Shared<DB> {
                 home,
             ));
         }
+        let mut unverified = false;
         match (home.begun_since(), DB::RESTART_TEST) {
             // Readied after the last test (see `RESTART_TEST`), just now.
-            (Some(since), _) if since.elapsed() < BEGUN_FRESH => {}
+            (Some(since), _) if since.elapsed() < BEGUN_FRESH => unverified = true,
             // Readied a while ago: begun again, which also finds out
             // whether the server still has the session.
             (Some(_), Some(restart)) => {
@@ -116,7 +125,66 @@ impl<DB: Dialect> Shared<DB> {
             checkout_timeout_ms: AtomicU64::new(
                 crate::config::checkout_timeout().as_millis() as u64
             ),
+            unsent: AtomicBool::new(true),
+            unverified,
         }))
+    }
+
+    /// The server ended the session of the test's connection before the
+    /// test sent anything on it (a `KILL`, a restart, while the connection
+    /// waited for this test; see [`BEGUN_FRESH`]): another connection from
+    /// the slot's pool takes its place, with the test's transaction open on
+    /// it. The test had nothing on the old one. On failure the test is
+    /// poisoned (its slot holds no connection any more).
+    pub(super) async fn replace(
+        &self,
+        slot: &mut Slot<DB>,
+        gone: &sqlx::Error,
+    ) -> sqlx::Result<()> {
+        if let Some(old) = slot.conn.take() {
+            // Leaves the pool of one at once, so that it opens another; a
+            // connection whose session is gone has nothing to close.
+            drop(old.detach());
+        }
+        let opened = match self.home.pool() {
+            Some(pool) => match pool.acquire().await {
+                Ok(mut conn) => {
+                    let begin = sqlx_core::sql_str::SqlStr::from_static(DB::BEGIN_TEST);
+                    match Manager::<DB>::begin(&mut conn, Some(begin)).await {
+                        Ok(()) => Ok(conn),
+                        Err(e) => {
+                            conn.close_on_drop();
+                            Err(e)
+                        }
+                    }
+                }
+                Err(e) => Err(e),
+            },
+            None => Err(sqlx::Error::PoolClosed),
+        };
+        match opened {
+            Ok(conn) => {
+                slot.conn = Some(conn);
+                // In place: the registry's address still finds the test.
+                debug_assert_eq!(
+                    slot.conn
+                        .as_deref()
+                        .map(|c| c as *const DB::Connection as usize),
+                    Some(self.conn_addr)
+                );
+                Ok(())
+            }
+            Err(e) => {
+                let why = format!(
+                    "db-test: the server had ended the session of the connection of test `{}` \
+                     before its first statement ({gone}), and another connection could not \
+                     take its place: {e}",
+                    self.state.label
+                );
+                self.state.poison(why.clone());
+                Err(super::errors::poisoned_error(&why))
+            }
+        }
     }
 
     /// On the body's own runtime, before it is dropped: a connection lent

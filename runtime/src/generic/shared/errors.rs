@@ -61,3 +61,9 @@ pub(super) fn is_broken(e: &sqlx::Error) -> bool {
             | sqlx::Error::Tls(_)
     )
 }
+
+/// Whether `e` says the connection's session is gone: broken, or ended by
+/// the server (see [`Dialect::session_ended`](super::Dialect::session_ended)).
+pub(super) fn session_gone<DB: super::Dialect>(e: &sqlx::Error) -> bool {
+    is_broken(e) || DB::session_ended(e)
+}

@@ -8,6 +8,7 @@ use sqlx::pool::PoolConnection;
 use sqlx_core::transaction::TransactionManager;
 use tokio::sync::OwnedMutexGuard;
 
+use super::errors::session_gone;
 use super::recover::recover_dropped;
 use super::{Dialect, Manager, Shared, check_open, depth};
 use crate::error::{Error, ErrorKind};
@@ -32,7 +33,9 @@ pub(super) enum Reclaim {
 
 /// The lock on the test's connection. Derefs (through `DbConn`) to it.
 pub(crate) struct SlotGuard<DB: Dialect> {
-    guard: OwnedMutexGuard<Slot<DB>>,
+    pub(super) guard: OwnedMutexGuard<Slot<DB>>,
+    /// The test's first use of its connection (see [`Shared::replace`]).
+    pub(super) first: bool,
 }
 
 impl<DB: Dialect> SlotGuard<DB> {
@@ -131,7 +134,29 @@ impl<DB: Dialect> Shared<DB> {
         }
         let conn = slot.conn.as_mut().expect("present until the test ends");
         recover_dropped::<DB>(&self.state, conn).await?;
-        Ok(SlotGuard { guard: slot })
+        // Another connection of the slot's pool sees the same database only
+        // where tests share a working database (not SQLite's copies).
+        let first = DB::SHARED_WORKING_DATABASE && self.unsent.swap(false, Ordering::Relaxed);
+        Ok(SlotGuard { guard: slot, first })
+    }
+
+    /// [`Shared::lock`] for a use that cannot be sent again on another
+    /// connection (a guard, a prepared statement): on the test's first use
+    /// of a connection handed over with no round trip, whether the server
+    /// still has its session is checked first (one round trip), and the
+    /// connection replaced if not.
+    pub(crate) async fn lock_checked(&self) -> sqlx::Result<SlotGuard<DB>> {
+        let mut guard = self.lock().await?;
+        if guard.first
+            && self.unverified
+            && let Err(e) = check_open::<DB>(guard.conn_mut()).await
+        {
+            if !session_gone::<DB>(&e) {
+                return Err(e);
+            }
+            self.replace(&mut guard.guard, &e).await?;
+        }
+        Ok(guard)
     }
 
     /// Gets the connection back from the `Transaction` it was lent to
@@ -214,15 +239,24 @@ impl<DB: Dialect> Shared<DB> {
     /// The test's connection, out of db-test's sight: the test's
     /// transaction is checked at the end ([`Dialect::PROBE_TRANSACTION`]).
     async fn lock_app(&self) -> sqlx::Result<SlotGuard<DB>> {
-        let guard = self.lock().await?;
+        let guard = self.lock_checked().await?;
         self.state.out_of_sight.store(true, Ordering::Relaxed);
         Ok(guard)
     }
 
-    /// An app transaction: a savepoint inside the test's transaction.
+    /// An app transaction: a savepoint inside the test's transaction. As
+    /// the test's first statement, sent again on another connection if the
+    /// server had ended the session of its own (see [`Shared::replace`]).
     pub(crate) async fn begin(&self) -> sqlx::Result<SlotGuard<DB>> {
-        let mut guard = self.lock_app().await?;
-        Manager::<DB>::begin(guard.conn_mut(), None).await?;
+        let mut guard = self.lock().await?;
+        self.state.out_of_sight.store(true, Ordering::Relaxed);
+        match Manager::<DB>::begin(guard.conn_mut(), None).await {
+            Err(e) if guard.first && session_gone::<DB>(&e) => {
+                self.replace(&mut guard.guard, &e).await?;
+                Manager::<DB>::begin(guard.conn_mut(), None).await?;
+            }
+            begun => begun?,
+        }
         Ok(guard)
     }
 }

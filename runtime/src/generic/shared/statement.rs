@@ -16,32 +16,61 @@ use std::sync::atomic::Ordering;
 
 use futures_util::TryStreamExt;
 
-use super::errors::{committed_unseen, ended_by_database, is_broken, out_of_sync, poisoned_error};
+use super::errors::{
+    committed_unseen, ended_by_database, is_broken, out_of_sync, poisoned_error, session_gone,
+};
 use super::recover::{CANCEL_AFTER, recover_dropped};
 use super::state::State;
-use super::{Dialect, OwnedQuery, Shared, check_open, lock};
+use super::{Dialect, OwnedQuery, Shared, SlotGuard, check_open, lock};
 use crate::generic::Step;
 
 impl<DB: Dialect> Shared<DB> {
     /// Runs one statement of `Db` on the test's connection.
-    pub(crate) async fn run(&self, query: OwnedQuery<DB>) -> sqlx::Result<Vec<Step<DB>>> {
-        let mut guard = self.lock().await?;
+    pub(crate) async fn run(
+        self: &Arc<Self>,
+        query: OwnedQuery<DB>,
+    ) -> sqlx::Result<Vec<Step<DB>>> {
+        let guard = self.lock().await?;
         if !DB::DETACH_STATEMENTS {
-            return run_on::<DB>(&self.state, guard.conn_mut(), query).await;
+            return self.run_locked(guard, query).await;
         }
         // The statement owns the connection's lock, so that a caller that
         // drops it midway can leave it to a task that reads its reply to
         // the end (see `Dialect::DETACH_STATEMENTS`); polled here otherwise,
         // at no cost.
-        let state = self.state.clone();
+        let shared = self.clone();
         Detached::<DB> {
-            statement: Some(Box::pin(async move {
-                run_on::<DB>(&state, guard.conn_mut(), query).await
-            })),
+            statement: Some(Box::pin(
+                async move { shared.run_locked(guard, query).await },
+            )),
             polled: false,
             state: self.state.clone(),
         }
         .await
+    }
+
+    /// [`run_on`] the locked connection. The test's first statement is sent
+    /// again on another connection if the server had ended the session of
+    /// the one the test was given (see [`Shared::replace`]).
+    async fn run_locked(
+        &self,
+        mut guard: SlotGuard<DB>,
+        query: OwnedQuery<DB>,
+    ) -> sqlx::Result<Vec<Step<DB>>> {
+        let again = match guard.first {
+            true => query.try_clone(),
+            false => None,
+        };
+        let Some(again) = again else {
+            return run_on::<DB>(&self.state, guard.conn_mut(), query).await;
+        };
+        match run_statement::<DB>(&self.state, guard.conn_mut(), query, true).await {
+            Ran::Done(result) => result,
+            Ran::Gone(e) => {
+                self.replace(&mut guard.guard, &e).await?;
+                run_on::<DB>(&self.state, guard.conn_mut(), again).await
+            }
+        }
     }
 }
 
@@ -113,10 +142,34 @@ pub(crate) async fn run_on<DB: Dialect>(
     conn: &mut DB::Connection,
     query: OwnedQuery<DB>,
 ) -> sqlx::Result<Vec<Step<DB>>> {
-    if let Some(e) = state.poisoned_error() {
-        return Err(e);
+    match run_statement::<DB>(state, conn, query, false).await {
+        Ran::Done(result) => result,
+        Ran::Gone(e) => Err(e),
     }
-    recover_dropped::<DB>(state, conn).await?;
+}
+
+/// What [`run_statement`] did.
+enum Ran<DB: Dialect> {
+    Done(sqlx::Result<Vec<Step<DB>>>),
+    /// The test's first statement found the connection's session gone:
+    /// nothing recorded, the test not poisoned; to be sent again.
+    Gone(sqlx::Error),
+}
+
+/// [`run_on`]; `first`: the test's first statement, which reports a
+/// session found gone rather than failing the test with it.
+async fn run_statement<DB: Dialect>(
+    state: &State,
+    conn: &mut DB::Connection,
+    query: OwnedQuery<DB>,
+    first: bool,
+) -> Ran<DB> {
+    if let Some(e) = state.poisoned_error() {
+        return Ran::Done(Err(e));
+    }
+    if let Err(e) = recover_dropped::<DB>(state, conn).await {
+        return Ran::Done(Err(e));
+    }
     let sql = query.sql.as_str().to_owned();
     if let Some(why) = (state.refuse)(&sql) {
         let msg = format!(
@@ -126,7 +179,7 @@ pub(crate) async fn run_on<DB: Dialect>(
         );
         state.poison(msg.clone());
         state.record(sql, Some("refused by db-test".into()));
-        return Err(poisoned_error(&msg));
+        return Ran::Done(Err(poisoned_error(&msg)));
     }
     if !state.touched.load(Ordering::Relaxed) && (state.touches_session)(&sql) {
         state.touched.store(true, Ordering::Relaxed);
@@ -137,12 +190,20 @@ pub(crate) async fn run_on<DB: Dialect>(
     *lock(&state.in_flight) = Some(sql.clone());
     let result: sqlx::Result<Vec<Step<DB>>> = DB::conn_fetch_many(conn, query).try_collect().await;
     *lock(&state.in_flight) = None;
+    if first
+        && let Err(e) = &result
+        && session_gone::<DB>(e)
+    {
+        // The session ended before the test sent anything: its transaction
+        // held nothing of the test's.
+        return Ran::Gone(result.err().expect("an error"));
+    }
     state.record(sql, result.as_ref().err().map(|e| e.to_string()));
     if let Err(e) = &result
         && is_broken(e)
     {
         state.poison(out_of_sync(&state.label, e));
-        return result;
+        return Ran::Done(result);
     }
     // A failed statement was undone by the server alone, unless its error
     // ended the test's transaction (a deadlock does, app savepoints and
@@ -162,5 +223,5 @@ pub(crate) async fn run_on<DB: Dialect>(
             }
         }
     }
-    result
+    Ran::Done(result)
 }

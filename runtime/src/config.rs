@@ -36,6 +36,19 @@ pub(crate) fn test_threads() -> usize {
     })
 }
 
+/// How many tests of this process run at once at most: one under nextest
+/// (a process per test), else [`test_threads`].
+#[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+pub(crate) fn tests_at_once() -> usize {
+    cached!(usize, {
+        if std::env::var_os("NEXTEST_EXECUTION_MODE").is_some_and(|m| m == "process-per-test") {
+            1
+        } else {
+            test_threads()
+        }
+    })
+}
+
 /// `DB_TEST_WORKER_THREADS`: worker threads of the shared runtime.
 pub(crate) fn worker_threads() -> usize {
     cached!(usize, {

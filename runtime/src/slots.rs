@@ -101,6 +101,35 @@ impl<DB: Database> Slots<DB> {
         Ok((conn, home))
     }
 
+    /// Opens a connection in a new free slot ahead of the test that will
+    /// take it, and readies it with `ready` (which opens the test's
+    /// transaction), in a task of the shared runtime: the test takes it as
+    /// one readied after a test (see [`HomeCell::park_after`]), waiting for
+    /// the task if it is still at it. `ready` gives the connection back, or
+    /// `None` (the slot then opens another for the test, which reports what
+    /// fails).
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+    pub(crate) fn prewarm<F>(&self, ready: impl FnOnce(PoolConnection<DB>) -> F + Send + 'static)
+    where
+        F: Future<Output = Option<PoolConnection<DB>>> + Send + 'static,
+    {
+        let session = SessionId::default();
+        let pool = (self.make)(&session);
+        let (readied, readying) = oneshot::channel();
+        crate::shared::lock(&self.free).push((
+            pool.clone(),
+            session,
+            Some(Parked::Readying(readying)),
+        ));
+        crate::run::shared_runtime().spawn(async move {
+            let ready = match pool.acquire().await {
+                Ok(conn) => ready(conn).await.map(|conn| (conn, Instant::now())),
+                Err(_) => None,
+            };
+            let _ = readied.send(ready);
+        });
+    }
+
     /// Takes a slot, and the connection parked in it (`PoolTimedOut` when
     /// every slot stays taken for the acquire timeout).
     async fn take(&self) -> Result<(Home<DB>, Option<Parked<DB>>), sqlx::Error> {

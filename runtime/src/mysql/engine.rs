@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOptions};
-use sqlx::{Connection, Executor};
+use sqlx::{Connection, Executor, Row};
 use tokio::sync::OnceCell;
 
 use super::embedded;
@@ -44,6 +44,9 @@ pub(crate) struct Engine {
     /// This process's owner id (`dbtest_owner_<id>`, held by `owner_conn`).
     pub(super) owner: u32,
     pub(super) owner_conn: Mutex<Option<MySqlConnection>>,
+    /// A connection to the server opened at the start, beside the others:
+    /// the first template's keeper (see `Template::_keeper`).
+    pub(super) spare: Mutex<Option<MySqlConnection>>,
     pub(super) counter: AtomicU64,
     pub(super) templates: Mutex<HashMap<String, Arc<OnceCell<Arc<Template>>>>>,
 }
@@ -69,9 +72,21 @@ pub(crate) async fn engine() -> Result<&'static Engine, String> {
         .map_err(Clone::clone)
 }
 
+/// The engine if it started (or failed to), without waiting.
+pub(crate) fn started() -> Option<Result<&'static Engine, String>> {
+    ENGINE
+        .get()
+        .map(|started| started.as_ref().map_err(Clone::clone))
+}
+
 /// A name in backticks.
 pub(crate) fn quote(name: &str) -> String {
     format!("`{}`", name.replace('`', "``"))
+}
+
+/// A string literal.
+pub(super) fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
 }
 
 pub(super) fn hex8(bytes: &[u8]) -> String {
@@ -134,20 +149,35 @@ impl Engine {
             .max_connections(4)
             .min_connections(0)
             .acquire_timeout(config::connect_timeout())
+            // sqlx pings a connection when it comes back to the pool; one
+            // idle for a while is pinged again before it is handed out.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for < std::time::Duration::from_secs(1) {
+                        return Ok(true);
+                    }
+                    Ok(conn.ping().await.is_ok())
+                })
+            })
             .after_connect(|conn, _| {
                 Box::pin(async move {
                     // Dropping a database waits for the metadata locks of
-                    // sessions still in it: never forever.
-                    conn.execute("SET SESSION lock_wait_timeout = 30").await?;
-                    // Fingerprints concatenate a whole schema.
-                    conn.execute("SET SESSION group_concat_max_len = 67108864")
-                        .await?;
-                    // MySQL 8 caches the AUTO_INCREMENT it reports (MariaDB
-                    // has no such setting).
-                    let _ = conn
-                        .execute("SET SESSION information_schema_stats_expiry = 0")
-                        .await;
-                    Ok(())
+                    // sessions still in it: never forever. Fingerprints
+                    // concatenate a whole schema. MySQL 8 caches the
+                    // AUTO_INCREMENT it reports (MariaDB has no such
+                    // setting: its "unknown system variable" is expected).
+                    // One round trip.
+                    match sqlx::raw_sql(
+                        "SET SESSION lock_wait_timeout = 30, group_concat_max_len = 67108864; \
+                         SET SESSION information_schema_stats_expiry = 0",
+                    )
+                    .execute(&mut *conn)
+                    .await
+                    {
+                        Err(e) if !unknown_variable(&e) => Err(e),
+                        _ => Ok(()),
+                    }
                 })
             })
             .connect_lazy_with(server.clone());
@@ -158,26 +188,35 @@ impl Engine {
                 drop(conn);
             }
         };
-        let (owner_conn, ()) = tokio::join!(connect(&server, &display_url), warm_admin);
+        let (owner_conn, (), spare) = tokio::join!(
+            connect(&server, &display_url),
+            warm_admin,
+            connect(&server, &display_url)
+        );
         let mut owner_conn = owner_conn?;
-        // The owner lock lives as long as this session: a server's short
-        // `wait_timeout` must not end it while the process is idle (another
-        // process would then take this one's databases for a dead one's).
-        owner_conn
-            .execute(LIFELONG_SESSION)
-            .await
-            .map_err(|e| format!("db-test: setting up the owner session on {display_url}: {e}"))?;
         let mut owner = None;
         for attempt in 0..16u32 {
             // 32 bits of a digest of the pid, the time and the attempt.
             let digest =
                 hex8(format!("{}:{:?}:{attempt}", std::process::id(), Instant::now()).as_bytes());
             let candidate = u32::from_str_radix(&digest, 16).unwrap_or(attempt);
-            let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, 0)")
-                .bind(owner_lock(candidate))
-                .fetch_one(&mut owner_conn)
-                .await
-                .map_err(|e| format!("db-test: taking the owner lock on {display_url}: {e}"))?;
+            // The owner lock lives as long as this session: a server's short
+            // `wait_timeout` must not end it while the process is idle
+            // (another process would then take this one's databases for a
+            // dead one's). Set in the same round trip as the first try.
+            let setup = if attempt == 0 {
+                format!("{LIFELONG_SESSION}; ")
+            } else {
+                String::new()
+            };
+            let got: Option<i64> = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "{setup}SELECT GET_LOCK({}, 0)",
+                literal(&owner_lock(candidate))
+            )))
+            .fetch_one(&mut owner_conn)
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(|e| format!("db-test: taking the owner lock on {display_url}: {e}"))?;
             if got == Some(1) {
                 owner = Some(candidate);
                 break;
@@ -196,6 +235,7 @@ impl Engine {
             admin,
             owner,
             owner_conn: Mutex::new(Some(owner_conn)),
+            spare: Mutex::new(spare.ok()),
             counter: AtomicU64::new(0),
             templates: Mutex::new(HashMap::new()),
         })
@@ -257,6 +297,14 @@ impl Engine {
         let _ = &self.owner_conn;
         self.owner
     }
+}
+
+/// Whether `e` is the server's "unknown system variable" (a setting of
+/// MySQL that MariaDB lacks, or the other way round).
+fn unknown_variable(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>())
+        .is_some_and(|d| d.number() == 1193)
 }
 
 /// Connects within the connect timeout.

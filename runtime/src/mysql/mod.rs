@@ -255,8 +255,31 @@ mod harness {
     /// Sets up a MySQL test: its transaction on the working database, or a
     /// database of its own; then its fixtures.
     pub(crate) async fn setup(spec: &'static TestSpec) -> Result<Prepared, String> {
-        let engine = engine::engine().await?;
-        let template = engine.template(spec.migrations, spec.manifest_dir).await?;
+        let engine = match engine::started() {
+            Some(engine) => engine?,
+            // The first test: its migrations are read while the engine
+            // starts (boxed: the tests after it keep a small future).
+            None => {
+                Box::pin(async {
+                    tokio::join!(
+                        engine::engine(),
+                        crate::postgres::template::resolve_migrations_once(
+                            spec.migrations,
+                            spec.manifest_dir
+                        )
+                    )
+                    .0
+                })
+                .await?
+            }
+        };
+        // What only some tests await is boxed: a debug build moves and
+        // stacks every future a test's setup holds, and this one runs for
+        // every test.
+        let template = match engine.built_template(spec.migrations, spec.manifest_dir) {
+            Some(template) => template,
+            None => Box::pin(engine.template(spec.migrations, spec.manifest_dir)).await?,
+        };
         let (resource, state, database, database_mode): (Box<dyn Resource>, _, _, _) =
             match isolation_of(spec) {
                 Isolation::Transaction => {
@@ -265,15 +288,16 @@ mod harness {
                 }
                 Isolation::Database => {
                     let (resource, state, name) =
-                        setup_database(spec, engine, template.clone()).await?;
+                        Box::pin(setup_database(spec, engine, template.clone())).await?;
                     (resource, state, name, true)
                 }
             };
         let fixtures = match &state.pool {
             // Database mode: on a connection opened here, on the shared
             // runtime, so that it outlives a body on a runtime of its own.
-            Some(pool) => prewarm_with_fixtures(spec, pool).await,
-            None => apply_fixtures(spec, &state.db).await,
+            Some(pool) => Box::pin(prewarm_with_fixtures(spec, pool)).await,
+            None if spec.fixtures.is_empty() => Ok(()),
+            None => Box::pin(apply_fixtures(spec, &state.db)).await,
         };
         if let Err(msg) = fixtures {
             let (failure, _) = resource

@@ -42,7 +42,7 @@ use futures_util::TryStreamExt;
 use sqlx::mysql::MySqlConnection;
 use sqlx::{Column, Either, Executor, Row};
 
-use super::engine::quote;
+use super::engine::{literal, quote};
 use super::template::{TARGET, copy_rows_sql};
 
 /// How to bring a used per-test database back to its template's state.
@@ -114,11 +114,6 @@ struct Rows<'a> {
 
 /// Stands for the surveyed database's name in a signature.
 const SELF: &str = "\u{1}dbtest-self\u{1}";
-
-/// A string literal.
-fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
-}
 
 /// The count of sessions in the database named by the SQL literal `db`,
 /// other than the asking one.

@@ -20,11 +20,13 @@ use sqlx::mysql::{MySqlConnection, MySqlPool, MySqlPoolOptions};
 use sqlx::{Connection, Executor, MySql, Row};
 use tokio::sync::Notify;
 
-use super::engine::{Engine, connect, hex8, owner_lock, quote, test_database_owner};
+use super::engine::{
+    Engine, LIFELONG_SESSION, connect, hex8, literal, owner_lock, quote, test_database_owner,
+};
 use super::recycle::{self, Recycle};
 use crate::config;
 use crate::postgres::engine::Migrations;
-use crate::postgres::template::{MigratorRef, migrations_hash, resolve_migrations};
+use crate::postgres::template::{MigratorRef, migrations_hash, resolve_migrations_once};
 use crate::slots::Slots;
 
 /// A migrated template, its working database and the script that clones it.
@@ -142,13 +144,24 @@ impl Engine {
             map.entry(key).or_default().clone()
         };
         cell.get_or_try_init(|| async move {
-            let (source_key, migrator) = resolve_migrations(migrations, manifest_dir).await?;
+            let (source_key, migrator) = resolve_migrations_once(migrations, manifest_dir).await?;
             self.build_template(&source_key, migrator)
                 .await
                 .map(Arc::new)
         })
         .await
         .cloned()
+    }
+
+    /// [`Engine::template`] if it was built already, without waiting.
+    pub(crate) fn built_template(
+        &self,
+        migrations: Migrations,
+        manifest_dir: &'static str,
+    ) -> Option<Arc<Template>> {
+        let key = crate::postgres::template::migrations_key(migrations, manifest_dir).ok()?;
+        let map = self.templates.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&key)?.get().cloned()
     }
 
     async fn build_template(
@@ -166,14 +179,61 @@ impl Engine {
         let working = format!("{prefix}_w");
         let ctx =
             |what: &str, e: sqlx::Error| format!("db-test: {what} on {}: {e}", self.display_url);
-        let mut admin = self.admin().await?;
+        let lock_wait = lock_wait_secs();
+        let options = self.options_for(&working);
+        let slots = Slots::new(config::pool_size(), config::acquire_timeout(), move |id| {
+            let id = id.clone();
+            MySqlPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(config::acquire_timeout())
+                // A connection comes back rolled back and healthy; one the
+                // server dropped fails to begin and is replaced (see `setup`).
+                .test_before_acquire(false)
+                .after_connect(move |conn, _| {
+                    let id = id.clone();
+                    Box::pin(async move {
+                        // Tests share the working database: a test waiting for
+                        // a row another test holds gives up after
+                        // DB_TEST_LOCK_TIMEOUT (5s), not InnoDB's 50s. And,
+                        // once per connection, not per test, its id: to stop
+                        // its statements (`KILL QUERY`) and end its session.
+                        // One round trip.
+                        let session: u64 = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                            "SET SESSION innodb_lock_wait_timeout = {lock_wait}, \
+                             lock_wait_timeout = {lock_wait}; SELECT CONNECTION_ID()"
+                        )))
+                        .fetch_one(&mut *conn)
+                        .await?
+                        .try_get(0)?;
+                        id.store(session, std::sync::atomic::Ordering::Release);
+                        Ok(())
+                    })
+                })
+                .connect_lazy_with(options.clone())
+        });
+        // The keeper (see `Template::_keeper`) connects to the server
+        // meanwhile; it enters the working database once that exists.
+        let spare = self.spare.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let keeper = async {
+            match spare {
+                Some(conn) => Ok(conn),
+                None => connect(&self.server, &self.display_url).await,
+            }
+        };
+        let (admin, keeper) = tokio::join!(self.admin(), keeper);
+        let mut admin = admin?;
         let lock = format!("{prefix}_lock");
-        let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
-            .bind(&lock)
-            .bind(config::TEMPLATE_LOCK_WAIT.as_secs())
-            .fetch_one(&mut *admin)
-            .await
-            .map_err(|e| ctx("taking the template lock", e))?;
+        // Text protocol, literals: one round trip each (a bound parameter
+        // costs a prepare first), on the start of every test process.
+        let got: Option<i64> = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "SELECT GET_LOCK({}, {})",
+            literal(&lock),
+            config::TEMPLATE_LOCK_WAIT.as_secs()
+        )))
+        .fetch_one(&mut *admin)
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(|e| ctx("taking the template lock", e))?;
         if got != Some(1) {
             let holder: Option<String> = sqlx::query_scalar(
                 "SELECT CAST(CONCAT('connection ', id, ' (', user, '@', host, ', ', time, ' s in \
@@ -195,58 +255,90 @@ impl Engine {
                 holder.unwrap_or_else(|| "gone now".to_string())
             ));
         }
-        let result = match self
-            .build_locked(&mut admin, migrator.get(), &prefix, &template, &working)
-            .await
-        {
-            // Connected before the lock is released: see `Template::_keeper`.
-            Ok(built) => match connect(&self.options_for(&working), &self.display_url).await {
-                // Idle for the whole run: a server's short `wait_timeout`
-                // must not end it.
-                Ok(mut keeper) => keeper
-                    .execute(super::engine::LIFELONG_SESSION)
-                    .await
-                    .map(|_| (built, keeper))
-                    .map_err(|e| ctx("setting up the working database's keeper", e)),
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        };
-        let _ = sqlx::query("SELECT RELEASE_LOCK(?)")
-            .bind(&lock)
-            .execute(&mut *admin)
-            .await;
-        let (clone_plan, mut keeper) = result?;
-        drop(admin);
-        // What a test calls that may leave session state unseen (stored
-        // functions), and what a test would write past its rollback (tables
-        // of an engine that cannot roll back), in one round trip; beside
-        // the sweep of outdated templates, on an admin connection.
-        let lists = sqlx::query_as::<_, (String, i64)>(
-            "SELECT CAST(ROUTINE_NAME AS CHAR), CAST(1 AS SIGNED) FROM information_schema.ROUTINES \
-             WHERE ROUTINE_SCHEMA = ? AND ROUTINE_TYPE = 'FUNCTION' \
-             UNION ALL \
-             SELECT CAST(TABLE_NAME AS CHAR), CAST(0 AS SIGNED) FROM information_schema.TABLES \
-             WHERE TABLE_SCHEMA = ? AND TABLE_TYPE = 'BASE TABLE' \
-             AND ENGINE NOT IN ('InnoDB', 'XtraDB')",
+        // Every database db-test made on the server, read once under the
+        // lock: what this build finds, outdated templates, leftovers.
+        let listed = sqlx::raw_sql(
+            "SELECT CAST(schema_name AS CHAR) FROM information_schema.schemata \
+             WHERE schema_name LIKE 'dbtest\\_%'",
         )
-        .bind(&working)
-        .bind(&working)
-        .fetch_all(&mut keeper);
-        let (lists, ()) = tokio::join!(lists, self.sweep_outdated(&prefix));
-        // Dropped off the tests' time: dropping what gone processes left (a
-        // suite of database-mode tests leaves its spares) costs a disk flush
-        // per database on a server with stock settings, some 40 ms at the
-        // start of the next test process. Cut short if this process ends
-        // first: the next process drops the rest.
-        let leftovers = self.leftovers().await;
+        .fetch_all(&mut *admin)
+        .await
+        .and_then(|rows| {
+            rows.iter()
+                .map(|row| row.try_get::<String, _>(0))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(|e| ctx("listing databases", e));
+        let result = async {
+            let names = listed?;
+            let built = self
+                .build_locked(
+                    &mut admin,
+                    &names,
+                    migrator.get(),
+                    &prefix,
+                    &template,
+                    &working,
+                )
+                .await?;
+            // The connections of the first tests (as many as run at once),
+            // with their transactions open, are readied meanwhile.
+            for _ in 0..config::tests_at_once().min(config::pool_size() as usize) {
+                prewarm_slot(&slots);
+            }
+            // In the working database before the lock is released: see
+            // `Template::_keeper`. With it, in the same round trip, what a
+            // test calls that may leave session state unseen (stored
+            // functions), and what a test would write past its rollback
+            // (tables of an engine that cannot roll back).
+            let mut keeper = keeper?;
+            let lists = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "USE {working_q}; {LIFELONG_SESSION}; \
+                 SELECT CAST(ROUTINE_NAME AS CHAR), CAST(1 AS SIGNED) \
+                 FROM information_schema.ROUTINES \
+                 WHERE ROUTINE_SCHEMA = {working_l} AND ROUTINE_TYPE = 'FUNCTION' \
+                 UNION ALL \
+                 SELECT CAST(TABLE_NAME AS CHAR), CAST(0 AS SIGNED) \
+                 FROM information_schema.TABLES \
+                 WHERE TABLE_SCHEMA = {working_l} AND TABLE_TYPE = 'BASE TABLE' \
+                 AND ENGINE NOT IN ('InnoDB', 'XtraDB')",
+                working_q = quote(&working),
+                working_l = literal(&working),
+            )))
+            .fetch_all(&mut keeper)
+            .await
+            .and_then(|rows| {
+                rows.iter()
+                    .map(|row| Ok((row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?)))
+                    .collect::<Result<Vec<_>, sqlx::Error>>()
+            })
+            .map_err(|e| ctx("setting up the working database's keeper", e))?;
+            Ok::<_, String>((built, keeper, lists, names))
+        }
+        .await;
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DO RELEASE_LOCK({})",
+            literal(&lock)
+        )))
+        .execute(&mut *admin)
+        .await;
+        let (clone_plan, keeper, lists, names) = result?;
+        // Outdated templates and leftovers of gone processes, from the same
+        // list: nothing more to ask the server unless it names some.
+        self.sweep_outdated(&mut admin, &names, &prefix).await;
+        // Which leftovers are dropped is decided here; the drops run off
+        // the tests' time: dropping what gone processes left (a suite of
+        // database-mode tests leaves its spares) costs a disk flush per
+        // database on a server with stock settings, some 40 ms at the start
+        // of the next test process. Cut short if this process ends first:
+        // the next process drops the rest.
+        let leftovers = self.leftovers(&mut admin, &names).await;
+        drop(admin);
         if !leftovers.is_empty() {
             crate::run::shared_runtime().spawn(self.drop_leftovers(leftovers));
         }
-        let (functions, non_transactional): (Vec<_>, Vec<_>) = lists
-            .map_err(|e| ctx("listing the working database's functions and tables", e))?
-            .into_iter()
-            .partition(|(_, function)| *function == 1);
+        let (functions, non_transactional): (Vec<_>, Vec<_>) =
+            lists.into_iter().partition(|(_, function)| *function == 1);
         super::lexer::note_stored_functions(functions.into_iter().map(|(name, _)| name).collect());
         super::lexer::note_non_transactional_tables(
             non_transactional
@@ -254,38 +346,6 @@ impl Engine {
                 .map(|(name, _)| name)
                 .collect(),
         );
-        let lock_wait = lock_wait_secs();
-        let options = self.options_for(&working);
-        let slots = Slots::new(config::pool_size(), config::acquire_timeout(), move |id| {
-            let id = id.clone();
-            MySqlPoolOptions::new()
-                .max_connections(1)
-                .acquire_timeout(config::acquire_timeout())
-                // A connection comes back rolled back and healthy; one the
-                // server dropped fails to begin and is replaced (see `setup`).
-                .test_before_acquire(false)
-                .after_connect(move |conn, _| {
-                    let id = id.clone();
-                    Box::pin(async move {
-                        // Tests share the working database: a test waiting for
-                        // a row another test holds gives up after
-                        // DB_TEST_LOCK_TIMEOUT (5s), not InnoDB's 50s.
-                        conn.execute(sqlx::AssertSqlSafe(format!(
-                            "SET SESSION innodb_lock_wait_timeout = {lock_wait}, \
-                             lock_wait_timeout = {lock_wait}"
-                        )))
-                        .await?;
-                        // Once per connection, not per test: to stop its
-                        // statements (`KILL QUERY`) and end its session.
-                        let session: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
-                            .fetch_one(&mut *conn)
-                            .await?;
-                        id.store(session, std::sync::atomic::Ordering::Release);
-                        Ok(())
-                    })
-                })
-                .connect_lazy_with(options.clone())
-        });
         Ok(Template {
             prefix,
             template,
@@ -305,6 +365,7 @@ impl Engine {
     async fn build_locked(
         &self,
         admin: &mut MySqlConnection,
+        names: &[String],
         migrator: &sqlx::migrate::Migrator,
         prefix: &str,
         template: &str,
@@ -312,15 +373,7 @@ impl Engine {
     ) -> Result<Option<ClonePlan>, String> {
         let ctx =
             |what: &str, e: sqlx::Error| format!("db-test: {what} on {}: {e}", self.display_url);
-        let existing: Vec<String> = sqlx::query_scalar(
-            "SELECT CAST(schema_name AS CHAR) FROM information_schema.schemata \
-             WHERE schema_name LIKE CONCAT(?, '\\_%')",
-        )
-        .bind(prefix)
-        .fetch_all(&mut *admin)
-        .await
-        .map_err(|e| ctx("listing databases", e))?;
-        let has = |n: &str| existing.iter().any(|e| e == n);
+        let has = |n: &str| names.iter().any(|e| e == n);
         let building = format!("{prefix}_tb");
         if !has(template) || has(&building) {
             let t0 = Instant::now();
@@ -423,24 +476,16 @@ impl Engine {
     /// changed. Only those built longer than `DB_TEST_OUTDATED_AFTER` ago
     /// (10 min) whose working database nobody is connected to, so that two
     /// checkouts with different migrations can share a server.
-    async fn sweep_outdated(&self, prefix: &str) {
+    /// `names`: db-test's databases on the server, listed under the
+    /// template lock.
+    async fn sweep_outdated(&self, admin: &mut MySqlConnection, names: &[String], prefix: &str) {
         // `dbtest_<source>_`: every hash of this source.
         let Some(source) = prefix.rfind('_').map(|i| &prefix[..=i]) else {
             return;
         };
-        let Ok(mut admin) = self.admin().await else {
-            return;
-        };
-        let names: Vec<String> = sqlx::query_scalar(
-            "SELECT CAST(schema_name AS CHAR) FROM information_schema.schemata \
-             WHERE schema_name LIKE CONCAT(REPLACE(?, '_', '\\_'), '%')",
-        )
-        .bind(source)
-        .fetch_all(&mut *admin)
-        .await
-        .unwrap_or_default();
         let mut others: Vec<&str> = names
             .iter()
+            .filter(|n| n.starts_with(source))
             .filter(|n| !n.starts_with(&format!("{prefix}_")))
             .filter_map(|n| n.strip_suffix("_t"))
             .collect();
@@ -483,20 +528,12 @@ impl Engine {
 
     /// The per-test databases whose owning process is gone (its owner
     /// lock is free) and that were not kept on purpose.
-    async fn leftovers(&self) -> Vec<String> {
-        let Ok(mut admin) = self.admin().await else {
-            return Vec::new();
-        };
-        let names: Vec<String> = sqlx::query_scalar(
-            "SELECT CAST(schema_name AS CHAR) FROM information_schema.schemata \
-             WHERE schema_name LIKE 'dbtest\\_%'",
-        )
-        .fetch_all(&mut *admin)
-        .await
-        .unwrap_or_default();
+    /// `names`: db-test's databases on the server, listed under the
+    /// template lock.
+    async fn leftovers(&self, admin: &mut MySqlConnection, names: &[String]) -> Vec<String> {
         let mut gone = Vec::new();
         for name in names {
-            let Some(owner) = test_database_owner(&name) else {
+            let Some(owner) = test_database_owner(name) else {
                 continue;
             };
             if owner == self.owner {
@@ -514,12 +551,12 @@ impl Engine {
                 "SELECT EXISTS(SELECT 1 FROM information_schema.tables \
                  WHERE table_schema = ? AND table_name = '_dbtest_kept')",
             )
-            .bind(&name)
+            .bind(name)
             .fetch_one(&mut *admin)
             .await
             .unwrap_or(true);
             if !kept {
-                gone.push(name);
+                gone.push(name.clone());
             }
         }
         gone
@@ -723,4 +760,19 @@ async fn clone_script(admin: &mut MySqlConnection, template: &str) -> Result<Str
     // a session of its (`processlist.db`), which must mean a test's.
     script.push_str("USE information_schema;\n");
     Ok(script)
+}
+
+/// Readies a slot's connection for one of the first tests of the process
+/// (see [`Slots::prewarm`]) while the template's setup ends.
+fn prewarm_slot(slots: &Slots<MySql>) {
+    slots.prewarm(|mut conn| async move {
+        let begin = sqlx_core::sql_str::SqlStr::from_static(<MySql as crate::generic::Dialect>::BEGIN_TEST);
+        match <<MySql as sqlx::Database>::TransactionManager as sqlx_core::transaction::TransactionManager>::begin(&mut conn, Some(begin)).await {
+            Ok(()) => Some(conn),
+            Err(_) => {
+                conn.close_on_drop();
+                None
+            }
+        }
+    });
 }

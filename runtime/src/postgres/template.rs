@@ -221,6 +221,38 @@ pub(crate) async fn resolve_migrations(
     Ok((source_key, migrator))
 }
 
+/// [`resolve_migrations`], once per process for each set of migrations:
+/// a backend's setup starts it beside its engine's start, and its template
+/// then finds it done. The migrator lives as long as the process.
+#[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+pub(crate) async fn resolve_migrations_once(
+    migrations: Migrations,
+    manifest_dir: &'static str,
+) -> Result<(String, MigratorRef), String> {
+    type Resolved = Result<(String, &'static Migrator), String>;
+    type Cells = std::collections::HashMap<String, Arc<tokio::sync::OnceCell<Resolved>>>;
+    static RESOLVED: std::sync::LazyLock<std::sync::Mutex<Cells>> =
+        std::sync::LazyLock::new(Default::default);
+    let key = migrations_key(migrations, manifest_dir)?;
+    let cell = crate::shared::lock(&RESOLVED)
+        .entry(key)
+        .or_default()
+        .clone();
+    let resolved = cell
+        .get_or_init(|| async {
+            let (source_key, migrator) = resolve_migrations(migrations, manifest_dir).await?;
+            let migrator: &'static Migrator = match migrator {
+                MigratorRef::Static(m) => m,
+                MigratorRef::Owned(m) => Box::leak(Box::new(m)),
+            };
+            Ok((source_key, migrator))
+        })
+        .await;
+    resolved
+        .clone()
+        .map(|(source_key, migrator)| (source_key, MigratorRef::Static(migrator)))
+}
+
 impl Engine {
     /// The template (and working database and pool) for these migrations.
     pub(crate) async fn template(

@@ -141,6 +141,13 @@ impl<DB: Dialect> Shared<DB> {
         slot: &mut Slot<DB>,
         gone: &sqlx::Error,
     ) -> sqlx::Result<()> {
+        if self.over.load(Ordering::Acquire) {
+            // The teardown ended the session of a first statement still
+            // running after the test (see `MySqlTx`): not sent again.
+            let why = super::errors::out_of_sync(&self.state.label, gone);
+            self.state.poison(why.clone());
+            return Err(super::errors::poisoned_error(&why));
+        }
         if let Some(old) = slot.conn.take() {
             // Leaves the pool of one at once, so that it opens another; a
             // connection whose session is gone has nothing to close.

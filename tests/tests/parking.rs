@@ -1116,6 +1116,22 @@ async fn kill_last(db: &db_test::mysql::TestDb) -> Option<u64> {
         .execute(&mut admin)
         .await
         .unwrap();
+    // Gone from the server (its socket closed), not only marked killed:
+    // the first statement then cannot be sent, which is what db-test
+    // sends again (a statement that reached a session being killed may
+    // have run, and is not).
+    for _ in 0..500 {
+        let left: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM information_schema.processlist WHERE id = ?")
+                .bind(id)
+                .fetch_one(&mut admin)
+                .await
+                .unwrap();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     admin.close().await.unwrap();
     Some(id)
 }

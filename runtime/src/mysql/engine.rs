@@ -149,17 +149,6 @@ impl Engine {
             .max_connections(4)
             .min_connections(0)
             .acquire_timeout(config::connect_timeout())
-            // sqlx pings a connection when it comes back to the pool; one
-            // idle for a while is pinged again before it is handed out.
-            .test_before_acquire(false)
-            .before_acquire(|conn, meta| {
-                Box::pin(async move {
-                    if meta.idle_for < std::time::Duration::from_secs(1) {
-                        return Ok(true);
-                    }
-                    Ok(conn.ping().await.is_ok())
-                })
-            })
             .after_connect(|conn, _| {
                 Box::pin(async move {
                     // Dropping a database waits for the metadata locks of

@@ -154,8 +154,11 @@ impl<DB: Dialect> Shared<DB> {
             drop(old.detach());
         }
         let opened = match self.home.pool() {
-            Some(pool) => match pool.acquire().await {
-                Ok(mut conn) => {
+            // On the shared runtime: a body's paused clock would time the
+            // checkout out at once while the connect waits on the network.
+            Some(pool) => crate::run::shared_runtime()
+                .spawn(async move {
+                    let mut conn = pool.acquire().await?;
                     let begin = sqlx_core::sql_str::SqlStr::from_static(DB::BEGIN_TEST);
                     match Manager::<DB>::begin(&mut conn, Some(begin)).await {
                         Ok(()) => Ok(conn),
@@ -164,9 +167,9 @@ impl<DB: Dialect> Shared<DB> {
                             Err(e)
                         }
                     }
-                }
-                Err(e) => Err(e),
-            },
+                })
+                .await
+                .unwrap_or_else(|e| Err(sqlx::Error::Protocol(format!("{e}")))),
             None => Err(sqlx::Error::PoolClosed),
         };
         match opened {

@@ -67,3 +67,12 @@ pub(super) fn is_broken(e: &sqlx::Error) -> bool {
 pub(super) fn session_gone<DB: super::Dialect>(e: &sqlx::Error) -> bool {
     is_broken(e) || DB::session_ended(e)
 }
+
+/// Whether `e` proves that a statement never reached the server: writing it
+/// failed because the server had closed the connection already (`EPIPE`).
+/// Any other sign of a lost session may come after the server ran part of
+/// it, or all of it (a `COMMIT` inside a procedure, a write to a table that
+/// cannot roll back), or from the statement itself (`KILL CONNECTION_ID()`).
+pub(super) fn never_sent(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::BrokenPipe)
+}

@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use futures_util::TryStreamExt;
 
 use super::errors::{
-    committed_unseen, ended_by_database, is_broken, out_of_sync, poisoned_error, session_gone,
+    committed_unseen, ended_by_database, is_broken, never_sent, out_of_sync, poisoned_error,
 };
 use super::recover::{CANCEL_AFTER, recover_dropped};
 use super::state::State;
@@ -50,8 +50,9 @@ impl<DB: Dialect> Shared<DB> {
     }
 
     /// [`run_on`] the locked connection. The test's first statement is sent
-    /// again on another connection if the server had ended the session of
-    /// the one the test was given (see [`Shared::replace`]).
+    /// again on another connection if it could not be sent because the
+    /// server had ended the session of the one the test was given (see
+    /// [`Shared::replace`] and [`never_sent`]).
     async fn run_locked(
         &self,
         mut guard: SlotGuard<DB>,
@@ -192,10 +193,10 @@ async fn run_statement<DB: Dialect>(
     *lock(&state.in_flight) = None;
     if first
         && let Err(e) = &result
-        && session_gone::<DB>(e)
+        && never_sent(e)
     {
         // The session ended before the test sent anything: its transaction
-        // held nothing of the test's.
+        // held nothing of the test's, and the statement did not run.
         return Ran::Gone(result.err().expect("an error"));
     }
     state.record(sql, result.as_ref().err().map(|e| e.to_string()));

@@ -41,6 +41,36 @@ enum Parked<DB: Database> {
     /// with the next test's transaction open on it, and since when; or
     /// `None` if it could not be readied (closed).
     Readying(oneshot::Receiver<Option<(PoolConnection<DB>, Instant)>>),
+    /// What a [`Parked::Readying`] task gave, taken from it when a test
+    /// looked for a slot whose connection is ready (see [`pick`]).
+    Readied(Option<(PoolConnection<DB>, Instant)>),
+}
+
+/// The free slot a test takes: the last one given back whose connection is
+/// ready (parked idle, readied by its task, or none parked), else the one
+/// whose task has been at it longest; `None` when no slot is free.
+///
+/// Not simply the last one given back: that is, most of the time, the slot
+/// the test before on the same thread just left, its task still sending
+/// the `ROLLBACK` of that test and the `BEGIN` of the next. With one slot
+/// more than tests run at once (see `Slots::prewarm`), the next test takes
+/// one readied meanwhile and does not wait for that round trip.
+fn pick<DB: Database>(free: &mut Vec<Slot<DB>>) -> Option<Slot<DB>> {
+    for i in (0..free.len()).rev() {
+        let ready = match &mut free[i].2 {
+            Some(Parked::Readying(readying)) => match readying.try_recv() {
+                Ok(readied) => Some(readied),
+                Err(oneshot::error::TryRecvError::Closed) => Some(None),
+                Err(oneshot::error::TryRecvError::Empty) => None,
+            },
+            _ => return Some(free.remove(i)),
+        };
+        if let Some(readied) = ready {
+            free[i].2 = Some(Parked::Readied(readied));
+            return Some(free.remove(i));
+        }
+    }
+    (!free.is_empty()).then(|| free.remove(0))
 }
 
 /// The slots of one working database.
@@ -87,18 +117,19 @@ impl<DB: Database> Slots<DB> {
         &self,
     ) -> Result<(PoolConnection<DB>, Home<DB>), sqlx::Error> {
         let (mut home, parked) = self.take().await?;
-        let conn = match parked {
-            Some(Parked::Idle(conn)) => conn,
-            Some(Parked::Readying(ready)) => match ready.await.ok().flatten() {
-                Some((conn, since)) => {
-                    home.begun = Some(since);
-                    conn
-                }
-                None => home.acquire().await?,
-            },
-            None => home.acquire().await?,
+        let readied = match parked {
+            Some(Parked::Idle(conn)) => return Ok((conn, home)),
+            Some(Parked::Readying(ready)) => ready.await.ok().flatten(),
+            Some(Parked::Readied(readied)) => readied,
+            None => None,
         };
-        Ok((conn, home))
+        match readied {
+            Some((conn, since)) => {
+                home.begun = Some(since);
+                Ok((conn, home))
+            }
+            None => Ok((acquire(&home).await?, home)),
+        }
     }
 
     /// Opens a connection in a new free slot ahead of the test that will
@@ -142,7 +173,8 @@ impl<DB: Database> Slots<DB> {
                     .map_err(|_| sqlx::Error::PoolClosed)?
             }
         };
-        let (pool, session, parked) = crate::shared::lock(&self.free).pop().unwrap_or_else(|| {
+        let picked = pick(&mut crate::shared::lock(&self.free));
+        let (pool, session, parked) = picked.unwrap_or_else(|| {
             let session = SessionId::default();
             ((self.make)(&session), session, None)
         });
@@ -157,12 +189,18 @@ impl<DB: Database> Slots<DB> {
     }
 }
 
-impl<DB: Database> Home<DB> {
-    /// The slot's connection (opened if it has none).
-    async fn acquire(&self) -> Result<PoolConnection<DB>, sqlx::Error> {
-        self.pool.acquire().await
-    }
+/// The slot's connection (opened if it has none), when none was parked in
+/// it. Built and boxed here: sqlx's checkout future is large, and built in
+/// `checkout_connection` it would take room in that function's frame (in a
+/// debug build) for every test, on the test's new thread's stack.
+fn acquire<DB: Database>(
+    home: &Home<DB>,
+) -> futures_util::future::BoxFuture<'static, Result<PoolConnection<DB>, sqlx::Error>> {
+    let pool = home.pool.clone();
+    Box::pin(async move { pool.acquire().await })
+}
 
+impl<DB: Database> Home<DB> {
     /// When the connection handed out with this slot was last readied with
     /// the test's transaction opened on it (see [`HomeCell::park_after`]);
     /// `None`: it is outside a transaction.

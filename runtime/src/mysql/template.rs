@@ -281,9 +281,12 @@ impl Engine {
                     &working,
                 )
                 .await?;
-            // The connections of the first tests (as many as run at once),
-            // with their transactions open, are readied meanwhile.
-            for _ in 0..config::tests_at_once().min(config::pool_size() as usize) {
+            // The connections of the first tests (as many as run at once,
+            // and one more, so that a test need not wait for the slot the
+            // test before it left to be readied: see `slots::pick`), with
+            // their transactions open, are readied meanwhile.
+            let spare = usize::from(config::tests_at_once() > 1);
+            for _ in 0..(config::tests_at_once() + spare).min(config::pool_size() as usize) {
                 prewarm_slot(&slots);
             }
             // In the working database before the lock is released: see

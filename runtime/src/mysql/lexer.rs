@@ -264,11 +264,108 @@ fn readings(sql: &str) -> &'static [Reading] {
 /// with a backslash is read both ways, with and without backslash escapes:
 /// the session's `sql_mode` decides which one the server uses.
 pub(crate) fn implicit_commit(sql: &str) -> Option<String> {
-    readings(sql).iter().find_map(|&reading| {
-        tokens(sql, reading)
-            .split(|t| *t == Token::End)
-            .find_map(|s| statement_commits(s).or_else(|| writes_non_transactional(s)))
-    })
+    facts(sql).commits
+}
+
+/// What the checks of one statement's text found: every statement a test
+/// sends is read once for all of them.
+#[derive(Clone)]
+struct Facts {
+    /// [`implicit_commit`].
+    commits: Option<String>,
+    /// [`leaves_session_state`].
+    leaves_state: bool,
+    /// [`calls_procedure`].
+    calls: bool,
+    /// [`GENERATION`] when read: a table or function noted since may change
+    /// the first two.
+    generation: u64,
+}
+
+/// Bumped whenever [`note`] learns a name.
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The facts of the texts read so far. Tests send the same few texts again
+/// and again, and reading one costs tens of microseconds in a debug build.
+static MEMO: std::sync::Mutex<Option<Memo>> = std::sync::Mutex::new(None);
+
+type Memo = std::collections::HashMap<Box<str>, Facts, std::hash::BuildHasherDefault<TextHasher>>;
+
+/// A hash of a statement's text: 8 bytes a step. SipHash, the default, is
+/// built without optimisation in a test build and would cost the memo most
+/// of what it saves; nothing here needs its resistance to chosen keys.
+#[derive(Default)]
+struct TextHasher(u64);
+
+impl std::hash::Hasher for TextHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut h = self.0 ^ bytes.len() as u64;
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+            h = (h ^ word).wrapping_mul(K).rotate_left(29);
+        }
+        for &byte in chunks.remainder() {
+            h = (h ^ u64::from(byte)).wrapping_mul(K);
+        }
+        self.0 = h;
+    }
+}
+
+/// Texts longer than this (fixtures, scripts) are read every time.
+const MEMO_TEXT: usize = 4096;
+/// At most this many texts are remembered; then the memo starts over.
+const MEMO_ENTRIES: usize = 4096;
+
+fn facts(sql: &str) -> Facts {
+    use std::sync::atomic::Ordering;
+    let generation = GENERATION.load(Ordering::Acquire);
+    let memo = || MEMO.lock().unwrap_or_else(|e| e.into_inner());
+    if sql.len() <= MEMO_TEXT
+        && let Some(found) = memo().as_ref().and_then(|m| m.get(sql))
+        && found.generation == generation
+    {
+        return found.clone();
+    }
+    let found = read(sql, generation);
+    if sql.len() <= MEMO_TEXT {
+        let mut memo = memo();
+        let map = memo.get_or_insert_with(Default::default);
+        if map.len() >= MEMO_ENTRIES {
+            map.clear();
+        }
+        map.insert(sql.into(), found.clone());
+    }
+    found
+}
+
+/// Reads `sql` once in each of its [`readings`].
+fn read(sql: &str, generation: u64) -> Facts {
+    let mut facts = Facts {
+        commits: None,
+        leaves_state: false,
+        calls: crate::sqltext::contains_any_word_ignore_case(sql, &["CALL"]),
+        generation,
+    };
+    for &reading in readings(sql) {
+        let tokens = tokens(sql, reading);
+        if facts.commits.is_none() {
+            facts.commits = tokens
+                .split(|t| *t == Token::End)
+                .find_map(|s| statement_commits(s).or_else(|| writes_non_transactional(s)));
+        }
+        facts.leaves_state = facts.leaves_state || leaves_session_state_in(&tokens);
+        facts.calls = facts.calls
+            || tokens
+                .split(|t| *t == Token::End)
+                .any(|s| matches!(word(s.first()), "CALL" | "EXECUTE"));
+    }
+    facts
 }
 
 /// The tables of the working databases this process uses whose engine
@@ -287,6 +384,8 @@ fn note(list: &std::sync::RwLock<Vec<String>>, names: Vec<String>) {
         let name = name.to_ascii_uppercase();
         if !known.contains(&name) {
             known.push(name);
+            // Texts read before may read differently now.
+            GENERATION.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         }
     }
 }
@@ -482,11 +581,7 @@ fn names_ours(s: &[Token]) -> bool {
 /// from any text, `IMMEDIATE` or not), or the word `CALL` anywhere, even in
 /// a string (`SET STATEMENT .. FOR CALL`, `PREPARE s FROM 'CALL p()'`).
 pub(crate) fn calls_procedure(sql: &str) -> bool {
-    readings(sql).iter().any(|&reading| {
-        tokens(sql, reading)
-            .split(|t| *t == Token::End)
-            .any(|s| matches!(word(s.first()), "CALL" | "EXECUTE"))
-    }) || crate::sqltext::contains_any_word_ignore_case(sql, &["CALL"])
+    facts(sql).calls
 }
 
 /// Whether `sql` may leave state in the session that `ROLLBACK` does not
@@ -498,9 +593,7 @@ pub(crate) fn calls_procedure(sql: &str) -> bool {
 /// anywhere in `sql`). Errs on the safe side: such a test's connection is
 /// closed at its end rather than handed to the next test.
 pub(crate) fn leaves_session_state(sql: &str) -> bool {
-    readings(sql)
-        .iter()
-        .any(|&reading| leaves_session_state_in(&tokens(sql, reading)))
+    facts(sql).leaves_state
 }
 
 /// The stored functions of the working databases this process uses,

@@ -258,27 +258,12 @@ mod harness {
         let engine = match engine::started() {
             Some(engine) => engine?,
             // The first test: its migrations are read while the engine
-            // starts (boxed: the tests after it keep a small future).
-            None => {
-                Box::pin(async {
-                    tokio::join!(
-                        engine::engine(),
-                        crate::postgres::template::resolve_migrations_once(
-                            spec.migrations,
-                            spec.manifest_dir
-                        )
-                    )
-                    .0
-                })
-                .await?
-            }
+            // starts.
+            None => first_engine(spec).await?,
         };
-        // What only some tests await is boxed: a debug build moves and
-        // stacks every future a test's setup holds, and this one runs for
-        // every test.
         let template = match engine.built_template(spec.migrations, spec.manifest_dir) {
             Some(template) => template,
-            None => Box::pin(engine.template(spec.migrations, spec.manifest_dir)).await?,
+            None => build_template(spec, engine).await?,
         };
         let (resource, state, database, database_mode): (Box<dyn Resource>, _, _, _) =
             match isolation_of(spec) {
@@ -288,16 +273,16 @@ mod harness {
                 }
                 Isolation::Database => {
                     let (resource, state, name) =
-                        Box::pin(setup_database(spec, engine, template.clone())).await?;
+                        boxed_setup_database(spec, engine, template.clone()).await?;
                     (resource, state, name, true)
                 }
             };
         let fixtures = match &state.pool {
             // Database mode: on a connection opened here, on the shared
             // runtime, so that it outlives a body on a runtime of its own.
-            Some(pool) => Box::pin(prewarm_with_fixtures(spec, pool)).await,
+            Some(pool) => boxed_prewarm_with_fixtures(spec, pool).await,
             None if spec.fixtures.is_empty() => Ok(()),
-            None => Box::pin(apply_fixtures(spec, &state.db)).await,
+            None => boxed_apply_fixtures(spec, &state.db).await,
         };
         if let Err(msg) = fixtures {
             let (failure, _) = resource
@@ -327,6 +312,58 @@ mod harness {
             tasks: Default::default(),
         };
         Ok((resource, inner))
+    }
+
+    // What only some tests await is built in a function of its own and boxed
+    // there: a debug build gives `setup`'s frame room for every future built
+    // in it (several times its size), and libtest runs each test on a new
+    // thread, whose stack pages are faulted in afresh.
+
+    fn first_engine(
+        spec: &'static TestSpec,
+    ) -> BoxFuture<'static, Result<&'static Engine, String>> {
+        Box::pin(async {
+            tokio::join!(
+                engine::engine(),
+                crate::postgres::template::resolve_migrations_once(
+                    spec.migrations,
+                    spec.manifest_dir
+                )
+            )
+            .0
+        })
+    }
+
+    fn build_template(
+        spec: &'static TestSpec,
+        engine: &'static Engine,
+    ) -> futures_util::future::LocalBoxFuture<'static, Result<Arc<template::Template>, String>>
+    {
+        Box::pin(engine.template(spec.migrations, spec.manifest_dir))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn boxed_setup_database(
+        spec: &'static TestSpec,
+        engine: &'static Engine,
+        template: Arc<template::Template>,
+    ) -> BoxFuture<'static, Result<(Box<dyn Resource>, Arc<TestState<MySql>>, String), String>>
+    {
+        Box::pin(setup_database(spec, engine, template))
+    }
+
+    fn boxed_prewarm_with_fixtures<'a>(
+        spec: &'static TestSpec,
+        pool: &'a MySqlPool,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(prewarm_with_fixtures(spec, pool))
+    }
+
+    fn boxed_apply_fixtures<'a>(
+        spec: &'static TestSpec,
+        db: &'a Db,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(apply_fixtures(spec, db))
     }
 
     async fn prewarm_with_fixtures(
@@ -452,7 +489,7 @@ mod harness {
                 let connection_id = session.load(Ordering::Acquire);
                 if ending.timed_out {
                     // The rollback waits for the running statement: stop it.
-                    engine.kill(connection_id, false).await;
+                    kill(engine, connection_id, false).await;
                 }
                 let name = ending.spec.name;
                 let shared = inner.shared.clone();
@@ -462,16 +499,16 @@ mod harness {
                         if shared.lent_at_end() {
                             // A transaction from `Acquire::begin` outlived
                             // the test: end its session (a rollback).
-                            engine.kill(connection_id, true).await;
+                            kill(engine, connection_id, true).await;
                         }
                         if shared.ended_out_of_sight() {
-                            engine.mark_working_dirty(&prefix).await;
+                            mark_working_dirty(engine, prefix).await;
                         }
                         verdict
                     }
                     Err(_) => {
                         // Never hang: end the session; the pool drops it.
-                        engine.kill(connection_id, true).await;
+                        kill(engine, connection_id, true).await;
                         (
                             Some(format!(
                                 "db-test: the connection of test `{name}` did not come back \
@@ -485,6 +522,18 @@ mod harness {
                 }
             })
         }
+    }
+
+    // Built and boxed in functions of their own: built in the teardown above,
+    // each future would take room in its frame (in a debug build) for every
+    // test, on the test's new thread's stack.
+
+    fn kill(engine: &'static Engine, id: u64, connection: bool) -> BoxFuture<'static, ()> {
+        Box::pin(engine.kill(id, connection))
+    }
+
+    fn mark_working_dirty(engine: &'static Engine, prefix: String) -> BoxFuture<'static, ()> {
+        Box::pin(async move { engine.mark_working_dirty(&prefix).await })
     }
 
     async fn setup_database(

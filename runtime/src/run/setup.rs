@@ -63,16 +63,33 @@ fn backend_not_built(spec: &TestSpec, feature: &str) -> String {
     )
 }
 
-async fn setup_other(spec: &'static TestSpec) -> Result<Prepared, String> {
+/// The setup of a MySQL or SQLite test, built and boxed here: a debug build
+/// gives a function's frame room for every future built in it (several
+/// times its size), and libtest runs each test on a new thread, whose stack
+/// pages are faulted in afresh.
+fn setup_other(
+    spec: &'static TestSpec,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Prepared, String>>>> {
     match spec.params.backend {
         #[cfg(feature = "mysql")]
-        crate::Backend::MySql => crate::mysql::setup(spec).await,
+        crate::Backend::MySql => Box::pin(crate::mysql::setup(spec)),
+        #[cfg(feature = "sqlite")]
+        crate::Backend::Sqlite => Box::pin(crate::sqlite::setup(spec)),
+        _ => Box::pin(std::future::ready(setup_not_built(spec))),
+    }
+}
+
+/// The error of a test whose backend's feature db-test was built without.
+fn setup_not_built(spec: &'static TestSpec) -> Result<Prepared, String> {
+    match spec.params.backend {
         #[cfg(not(feature = "mysql"))]
         crate::Backend::MySql => Err(backend_not_built(spec, "mysql")),
-        #[cfg(feature = "sqlite")]
-        crate::Backend::Sqlite => crate::sqlite::setup(spec).await,
         #[cfg(not(feature = "sqlite"))]
         crate::Backend::Sqlite => Err(backend_not_built(spec, "sqlite")),
+        #[cfg(feature = "mysql")]
+        crate::Backend::MySql => unreachable!("set up by `setup_other`"),
+        #[cfg(feature = "sqlite")]
+        crate::Backend::Sqlite => unreachable!("set up by `setup_other`"),
         crate::Backend::Postgres | crate::Backend::Any => {
             unreachable!("PostgreSQL tests are set up by `setup`")
         }
@@ -155,6 +172,22 @@ pub(super) async fn setup(spec: &'static TestSpec) -> Result<(Setup, TestContext
             },
         ));
     }
+    boxed_setup_postgres(spec).await
+}
+
+/// [`setup_postgres`], built and boxed here: built in `setup`, its future
+/// would take room in that function's frame for every test.
+#[allow(clippy::type_complexity)]
+fn boxed_setup_postgres(
+    spec: &'static TestSpec,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(Setup, TestContext), String>>>> {
+    Box::pin(setup_postgres(spec))
+}
+
+/// [`setup`] of a PostgreSQL test: a function of its own, so that the
+/// frame of `setup` stays small for the other backends' tests (a debug
+/// build gives a function's frame room for every local of every branch).
+async fn setup_postgres(spec: &'static TestSpec) -> Result<(Setup, TestContext), String> {
     let engine = crate::postgres::engine::engine().await?;
     let template = engine.template(spec.migrations, spec.manifest_dir).await?;
     let (setup, inner) = match isolation_of(spec) {

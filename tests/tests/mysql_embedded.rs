@@ -120,3 +120,30 @@ fn an_idle_embedded_server_stops() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_embedded_server_whose_data_directory_is_deleted_stops() {
+    // A server of its own, which would stay up for ten idle minutes.
+    let dir = std::env::temp_dir().join(common::unique_token("dbtest-deleted"));
+    let mut cmd = child_without_url();
+    cmd.env("DB_TEST_MYSQL_DATA_DIR", &dir)
+        .env("DB_TEST_MYSQL_IDLE_SECS", "600");
+    let text = common::run_ok(cmd, "a child on its own embedded server");
+    let socket = common::word_after(&text, "socket=").expect("the child names its socket");
+    assert!(
+        std::os::unix::net::UnixStream::connect(&socket).is_ok(),
+        "the server is up after its test: {socket}"
+    );
+    // Its data directory goes (by hand, `cargo clean`, a temporary
+    // directory's cleanup): nothing could find the server any more, so its
+    // reaper stops it rather than leave it running (a hang is a failure).
+    std::fs::remove_dir_all(&dir).expect("remove the data directory");
+    let t0 = std::time::Instant::now();
+    while std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the server of a deleted data directory still runs: {socket}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

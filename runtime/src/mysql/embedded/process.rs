@@ -73,14 +73,24 @@ fn readlink_into<'a>(path: &CStr, buf: &'a mut [u8]) -> Option<&'a [u8]> {
 /// whose working directory is the data directory (the server works there).
 /// Allocation-free. Elsewhere than on Linux, never (no reaper runs there).
 fn is_our_server(pid: libc::pid_t, uid: u32, data: &[u8]) -> bool {
+    our_server(pid, uid, data) == Some(Data::Present)
+}
+
+/// Where a process that is our server (our user's `mariadbd`/`mysqld`)
+/// runs: in `data`, or in `data` deleted under it. `None`: not our server.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Data {
+    Present,
+    Deleted,
+}
+
+fn our_server(pid: libc::pid_t, uid: u32, data: &[u8]) -> Option<Data> {
     if !cfg!(target_os = "linux") {
-        return false;
+        return None;
     }
     let mut path = [0u8; 64];
     let mut buf = [0u8; 4096];
-    let Some(status) = read_into(proc_path(&mut path, pid, b"status"), &mut buf) else {
-        return false;
-    };
+    let status = read_into(proc_path(&mut path, pid, b"status"), &mut buf)?;
     let uid_line = status
         .split(|&b| b == b'\n')
         .find_map(|l| l.strip_prefix(b"Uid:"));
@@ -101,20 +111,22 @@ fn is_our_server(pid: libc::pid_t, uid: u32, data: &[u8]) -> bool {
             .map(|s| s == &digits[d..])
     });
     if first_uid != Some(true) {
-        return false;
+        return None;
     }
-    let Some(exe) = readlink_into(proc_path(&mut path, pid, b"exe"), &mut buf) else {
-        return false;
-    };
+    let exe = readlink_into(proc_path(&mut path, pid, b"exe"), &mut buf)?;
     let exe = exe.strip_suffix(b" (deleted)").unwrap_or(exe);
     let base = exe.rsplit(|&b| b == b'/').next().unwrap_or(exe);
     if base != b"mariadbd" && base != b"mysqld" {
-        return false;
+        return None;
     }
-    let Some(cwd) = readlink_into(proc_path(&mut path, pid, b"cwd"), &mut buf) else {
-        return false;
-    };
-    cwd == data || cwd.strip_suffix(b"/") == Some(data)
+    let cwd = readlink_into(proc_path(&mut path, pid, b"cwd"), &mut buf)?;
+    if cwd == data || cwd.strip_suffix(b"/") == Some(data) {
+        Some(Data::Present)
+    } else if cwd.strip_suffix(b" (deleted)") == Some(data) {
+        Some(Data::Deleted)
+    } else {
+        None
+    }
 }
 
 /// Stops our server (SIGTERM: a clean shutdown; SIGKILL after a minute) and
@@ -135,6 +147,28 @@ pub(super) fn stop_server(id: &ServerId) {
         let t0 = Instant::now();
         while t0.elapsed() < wait {
             if id.running_pid() != Some(pid) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Stops `pid`, our server whose data directory was deleted (see [`reap`]):
+/// SIGTERM, then SIGKILL after a minute. Allocation-free.
+fn kill_deleted(pid: libc::pid_t, id: &ServerId) {
+    for (signal, wait) in [
+        (libc::SIGTERM, Duration::from_secs(60)),
+        (libc::SIGKILL, Duration::from_secs(10)),
+    ] {
+        if our_server(pid, id.uid, &id.data) != Some(Data::Deleted) {
+            return;
+        }
+        // SAFETY: `pid` was verified to be our server just above.
+        unsafe { libc::kill(pid, signal) };
+        let t0 = Instant::now();
+        while t0.elapsed() < wait {
+            if our_server(pid, id.uid, &id.data) != Some(Data::Deleted) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -287,9 +321,23 @@ fn reap(plan: &ReaperPlan, users: libc::c_int, start: libc::c_int) -> ! {
         }
     };
     let mut idle_since: Option<Instant> = None;
+    // Read before the first sleep: the server answers already.
+    let mut known: Option<libc::pid_t> = plan.id.running_pid();
     loop {
         std::thread::sleep(Duration::from_secs(1));
-        if plan.id.running_pid().is_none() {
+        let running = plan.id.running_pid();
+        if running.is_some() {
+            known = running;
+        } else if let Some(pid) = known
+            && our_server(pid, plan.id.uid, &plan.id.data) == Some(Data::Deleted)
+        {
+            // Its data directory was deleted under it (by hand, `cargo
+            // clean`, a test's temporary directory): no process can find it
+            // any more, and it would run forever.
+            kill_deleted(pid, plan.id);
+            exit();
+        }
+        if running.is_none() {
             lock(start, libc::LOCK_EX);
             if plan.id.running_pid().is_none() {
                 exit();

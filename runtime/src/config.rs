@@ -41,12 +41,18 @@ pub(crate) fn test_threads() -> usize {
 #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
 pub(crate) fn tests_at_once() -> usize {
     cached!(usize, {
-        if std::env::var_os("NEXTEST_EXECUTION_MODE").is_some_and(|m| m == "process-per-test") {
+        if process_per_test() {
             1
         } else {
             test_threads()
         }
     })
+}
+
+/// Whether this process runs one test only (nextest's process per test).
+#[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+pub(crate) fn process_per_test() -> bool {
+    std::env::var_os("NEXTEST_EXECUTION_MODE").is_some_and(|m| m == "process-per-test")
 }
 
 /// `DB_TEST_WORKER_THREADS`: worker threads of the shared runtime.

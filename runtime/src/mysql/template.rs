@@ -283,9 +283,10 @@ impl Engine {
                 .await?;
             // The connections of the first tests (as many as run at once,
             // and one more, so that a test need not wait for the slot the
-            // test before it left to be readied: see `slots::pick`), with
-            // their transactions open, are readied meanwhile.
-            let spare = usize::from(config::tests_at_once() > 1);
+            // test before it left to be readied: see `slots::pick`; none
+            // more under nextest, a test per process), with their
+            // transactions open, are readied meanwhile.
+            let spare = usize::from(!config::process_per_test());
             for _ in 0..(config::tests_at_once() + spare).min(config::pool_size() as usize) {
                 prewarm_slot(&slots);
             }

@@ -9,8 +9,6 @@
 //! poison the rest of the test.
 
 use std::fmt;
-#[cfg(feature = "harness")]
-use std::future::Future;
 use std::ops::{Deref, DerefMut};
 #[cfg(feature = "harness")]
 use std::sync::Arc;
@@ -290,10 +288,10 @@ impl<'c> Executor<'c> for &'c Db {
             #[cfg(feature = "harness")]
             Inner::Test(shared) => {
                 let shared = shared.clone();
-                steps_stream(async move {
+                steps_stream(Box::pin(async move {
                     let query = OwnedQuery::take(query)?;
                     shared.run_statement(query).await
-                })
+                }))
             }
         }
     }
@@ -423,9 +421,9 @@ impl<'c> Executor<'c> for &'c mut DbConn {
         // `Db` gets (autocommit semantics, counting, recovery if dropped).
         #[cfg(feature = "harness")]
         if let Some(state) = crate::shared::state_of(&self.0) {
-            return steps_stream(async move {
+            return steps_stream(Box::pin(async move {
                 crate::shared::run_on_guard(&state, &mut self.0, OwnedQuery::take(query)?).await
-            });
+            }));
         }
         self.0.fetch_many(query)
     }
@@ -558,8 +556,11 @@ impl<'c> sqlx::Acquire<'c> for &'c Db {
 /// The steps of a statement db-test ran to its end (under test, statements
 /// are read whole), as the stream sqlx's `fetch_many` returns.
 #[cfg(feature = "harness")]
+///
+/// `run` comes boxed: the combinators move it by value, which a debug build
+/// does through stack copies of its whole size, on the test's thread.
 fn steps_stream<'e>(
-    run: impl Future<Output = sqlx::Result<Vec<Step>>> + Send + 'e,
+    run: BoxFuture<'e, sqlx::Result<Vec<Step>>>,
 ) -> BoxStream<'e, sqlx::Result<Step>> {
     futures_util::stream::once(run)
         .flat_map(|result| match result {

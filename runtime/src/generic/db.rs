@@ -296,7 +296,9 @@ impl<'c, DB: Dialect> Executor<'c> for &'c Db<DB> {
             #[cfg(feature = "harness")]
             Inner::Test(shared) => {
                 let shared = shared.clone();
-                steps_stream::<DB>(async move { shared.run(OwnedQuery::take(query)?).await })
+                steps_stream::<DB>(Box::pin(async move {
+                    shared.run(OwnedQuery::take(query)?).await
+                }))
             }
         }
     }
@@ -419,9 +421,9 @@ impl<'c, DB: Dialect> Executor<'c> for &'c mut DbConn<DB> {
     {
         #[cfg(feature = "harness")]
         if let Some(state) = super::shared::state_of::<DB>(&self.0) {
-            return steps_stream::<DB>(async move {
+            return steps_stream::<DB>(Box::pin(async move {
                 super::shared::run_on::<DB>(&state, &mut self.0, OwnedQuery::take(query)?).await
-            });
+            }));
         }
         DB::conn_fetch_many(&mut self.0, query)
     }
@@ -466,8 +468,11 @@ impl<'c, DB: Dialect> Executor<'c> for &'c mut DbConn<DB> {
 /// The steps of a statement db-test ran to its end (under test, statements
 /// are read whole), as the stream sqlx's `fetch_many` returns.
 #[cfg(feature = "harness")]
+///
+/// `run` comes boxed: the combinators move it by value, which a debug build
+/// does through stack copies of its whole size, on the test's thread.
 fn steps_stream<'e, DB: Dialect>(
-    run: impl std::future::Future<Output = sqlx::Result<Vec<Step<DB>>>> + Send + 'e,
+    run: BoxFuture<'e, sqlx::Result<Vec<Step<DB>>>>,
 ) -> BoxStream<'e, sqlx::Result<Step<DB>>> {
     use futures_util::StreamExt;
     futures_util::stream::once(run)

@@ -83,38 +83,29 @@ impl<DB: Dialect> Shared<DB> {
         }
         let mut slot = match self.slot.clone().try_lock_owned() {
             Ok(slot) => slot,
-            Err(_) => {
-                match crate::clock::timeout(self.checkout_timeout(), self.slot.clone().lock_owned())
-                    .await
-                {
-                    Ok(slot) => slot,
-                    Err(()) => {
-                        return Err(Error::new(
-                            ErrorKind::CheckoutTimeout,
-                            format!(
-                                "db-test: test `{}` waited {:?} for its database connection, which \
+            Err(_) => match self.wait_for_slot().await {
+                Ok(slot) => slot,
+                Err(()) => {
+                    return Err(Error::new(
+                        ErrorKind::CheckoutTimeout,
+                        format!(
+                            "db-test: test `{}` waited {:?} for its database connection, which \
                                  stayed busy. Likely cause: a guard from `db.acquire()` or \
                                  `db.begin()` is held across another database call (the test has \
                                  one connection, shared by every clone of its `Db`); drop the \
                                  guard first, or raise DB_TEST_CHECKOUT_TIMEOUT.",
-                                self.state.label,
-                                self.checkout_timeout()
-                            ),
-                        )
-                        .into());
-                    }
+                            self.state.label,
+                            self.checkout_timeout()
+                        ),
+                    )
+                    .into());
                 }
-            }
+            },
         };
         if let Some(when) = slot.ended {
             return Err(self.over_error(when));
         }
-        if slot.lent
-            && matches!(
-                self.reclaim(&mut slot, self.checkout_timeout()).await,
-                Reclaim::Busy
-            )
-        {
+        if slot.lent && matches!(self.boxed_reclaim(&mut slot).await, Reclaim::Busy) {
             return Err(Error::new(
                 ErrorKind::CheckoutTimeout,
                 format!(
@@ -138,6 +129,28 @@ impl<DB: Dialect> Shared<DB> {
         // where tests share a working database (not SQLite's copies).
         let first = DB::SHARED_WORKING_DATABASE && self.unsent.swap(false, Ordering::Relaxed);
         Ok(SlotGuard { guard: slot, first })
+    }
+
+    // Built and boxed in functions of their own: built in `lock`, which
+    // every statement of a test awaits, their futures would take room in its
+    // frame (in a debug build), on the test's thread.
+
+    /// Waits for the connection another user of the test's `Db` holds.
+    fn wait_for_slot(
+        &self,
+    ) -> futures_util::future::BoxFuture<'static, Result<OwnedMutexGuard<Slot<DB>>, ()>> {
+        Box::pin(crate::clock::timeout(
+            self.checkout_timeout(),
+            self.slot.clone().lock_owned(),
+        ))
+    }
+
+    /// [`Shared::reclaim`], waiting the checkout timeout.
+    fn boxed_reclaim<'a>(
+        &'a self,
+        slot: &'a mut Slot<DB>,
+    ) -> futures_util::future::BoxFuture<'a, Reclaim> {
+        Box::pin(self.reclaim(slot, self.checkout_timeout()))
     }
 
     /// [`Shared::lock`] for a use that cannot be sent again on another

@@ -31,22 +31,29 @@ impl<DB: Dialect> Shared<DB> {
         query: OwnedQuery<DB>,
     ) -> sqlx::Result<Vec<Step<DB>>> {
         let guard = self.lock().await?;
-        if !DB::DETACH_STATEMENTS {
-            return self.run_locked(guard, query).await;
-        }
-        // The statement owns the connection's lock, so that a caller that
-        // drops it midway can leave it to a task that reads its reply to
-        // the end (see `Dialect::DETACH_STATEMENTS`); polled here otherwise,
-        // at no cost.
+        self.locked_statement(guard, query).await
+    }
+
+    /// The statement on the locked connection. It owns the connection's
+    /// lock, so that a caller that drops it midway can leave it to a task
+    /// that reads its reply to the end (see `Dialect::DETACH_STATEMENTS`);
+    /// polled by the caller otherwise, at no cost. Built here, not in
+    /// [`Shared::run`]: its future would take room in that function's frame
+    /// (in a debug build), on the test's thread, for every statement.
+    fn locked_statement(
+        self: &Arc<Self>,
+        guard: SlotGuard<DB>,
+        query: OwnedQuery<DB>,
+    ) -> Detached<DB> {
         let shared = self.clone();
         Detached::<DB> {
             statement: Some(Box::pin(
                 async move { shared.run_locked(guard, query).await },
             )),
             polled: false,
+            detach: DB::DETACH_STATEMENTS,
             state: self.state.clone(),
         }
-        .await
     }
 
     /// [`run_on`] the locked connection. The test's first statement is sent
@@ -84,6 +91,9 @@ type Statement<DB> = futures_util::future::BoxFuture<'static, sqlx::Result<Vec<S
 struct Detached<DB: Dialect> {
     statement: Option<Statement<DB>>,
     polled: bool,
+    /// [`Dialect::DETACH_STATEMENTS`]: if not, a dropped statement is
+    /// dropped with it.
+    detach: bool,
     state: Arc<State>,
 }
 
@@ -107,8 +117,9 @@ impl<DB: Dialect> Drop for Detached<DB> {
         let Some(mut statement) = self.statement.take() else {
             return;
         };
-        if !self.polled {
-            // Never started: nothing was sent.
+        if !self.polled || !self.detach {
+            // Never started: nothing was sent; or the backend's statements
+            // are dropped with their caller.
             return;
         }
         let state = self.state.clone();

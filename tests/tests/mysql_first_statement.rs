@@ -1049,19 +1049,15 @@ async fn child_callkill_2_next_process(db: TestDb) {
     );
 }
 
-#[test]
-fn scenario_a_first_call_that_commits_then_loses_its_session_is_caught() {
-    let _serial = serial();
-    let token = common::unique_token("adv23c");
-    let (first_ok, first) = run_scenario(
-        "callkill",
-        &["child_callkill_1_first_call_commits_then_dies"],
-        &[("DB_TEST_ADV23_TOKEN", &token)],
-    );
+/// Runs `test` (a CALL that commits, then loses its session) in one process
+/// and `child_callkill_2_next_process` in the next: the first must fail
+/// saying its CALL committed, the second must not see the committed row.
+fn call_commits_then_next_process(test: &str, token: &str) {
+    let (first_ok, first) = run_scenario("callkill", &[test], &[("DB_TEST_ADV23_TOKEN", token)]);
     let (next_ok, next) = run_scenario(
         "callkill",
         &["child_callkill_2_next_process"],
-        &[("DB_TEST_ADV23_TOKEN", &token)],
+        &[("DB_TEST_ADV23_TOKEN", token)],
     );
     if let Some(db) = next.lines().find_map(|l| common::word_after(l, "db=")) {
         drop_run(server_options(), &db);
@@ -1074,6 +1070,15 @@ fn scenario_a_first_call_that_commits_then_loses_its_session_is_caught() {
     assert!(
         !first_ok && first.contains("COMMITTED"),
         "the test whose CALL committed did not fail saying so:\n{first}"
+    );
+}
+
+#[test]
+fn scenario_a_first_call_that_commits_then_loses_its_session_is_caught() {
+    let _serial = serial();
+    call_commits_then_next_process(
+        "child_callkill_1_first_call_commits_then_dies",
+        &common::unique_token("adv23c"),
     );
 }
 
@@ -1098,27 +1103,9 @@ async fn child_callkill_ctl_1_second_call_commits_then_dies(db: TestDb) {
 #[test]
 fn scenario_a_second_call_that_commits_then_loses_its_session_is_caught() {
     let _serial = serial();
-    let token = common::unique_token("adv23d");
-    let (first_ok, first) = run_scenario(
-        "callkill",
-        &["child_callkill_ctl_1_second_call_commits_then_dies"],
-        &[("DB_TEST_ADV23_TOKEN", &token)],
-    );
-    let (next_ok, next) = run_scenario(
-        "callkill",
-        &["child_callkill_2_next_process"],
-        &[("DB_TEST_ADV23_TOKEN", &token)],
-    );
-    if let Some(db) = next.lines().find_map(|l| common::word_after(l, "db=")) {
-        drop_run(server_options(), &db);
-    }
-    assert!(
-        !first_ok && first.contains("COMMITTED"),
-        "the test whose CALL committed did not fail saying so:\n{first}"
-    );
-    assert!(
-        next_ok,
-        "the committed row survived into the next process:\n{first}\n--- next:\n{next}"
+    call_commits_then_next_process(
+        "child_callkill_ctl_1_second_call_commits_then_dies",
+        &common::unique_token("adv23d"),
     );
 }
 

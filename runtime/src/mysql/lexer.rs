@@ -674,6 +674,24 @@ mod tests {
     use super::implicit_commit as ic;
 
     #[test]
+    fn a_text_read_before_a_table_was_noted_is_read_again() {
+        use super::{
+            implicit_commit, leaves_session_state, note_non_transactional_tables,
+            note_stored_functions,
+        };
+        let sql = "INSERT INTO memo_noted_later (id) VALUES (1)";
+        assert_eq!(implicit_commit(sql), None);
+        assert!(!leaves_session_state("SELECT memo_fn_noted_later(1)"));
+        note_non_transactional_tables(vec!["memo_noted_later".into()]);
+        note_stored_functions(vec!["memo_fn_noted_later".into()]);
+        assert!(
+            implicit_commit(sql).is_some(),
+            "the memo kept a stale reading"
+        );
+        assert!(leaves_session_state("SELECT memo_fn_noted_later(1)"));
+    }
+
+    #[test]
     fn ddl_is_refused() {
         for sql in [
             "CREATE TABLE t (id int)",

@@ -273,14 +273,14 @@ mod harness {
                 }
                 Isolation::Database => {
                     let (resource, state, name) =
-                        boxed_setup_database(spec, engine, template.clone()).await?;
+                        setup_database(spec, engine, template.clone()).await?;
                     (resource, state, name, true)
                 }
             };
         let fixtures = match &state.pool {
             // Database mode: on a connection opened here, on the shared
             // runtime, so that it outlives a body on a runtime of its own.
-            Some(pool) => boxed_prewarm_with_fixtures(spec, pool).await,
+            Some(pool) => prewarm_with_fixtures(spec, pool).await,
             None if spec.fixtures.is_empty() => Ok(()),
             None => boxed_apply_fixtures(spec, &state.db).await,
         };
@@ -314,10 +314,8 @@ mod harness {
         Ok((resource, inner))
     }
 
-    // What only some tests await is built in a function of its own and boxed
-    // there: a debug build gives `setup`'s frame room for every future built
-    // in it (several times its size), and libtest runs each test on a new
-    // thread, whose stack pages are faulted in afresh.
+    // What only some tests await comes boxed from a function of its own:
+    // see `run::prepare`.
 
     fn first_engine(
         spec: &'static TestSpec,
@@ -342,23 +340,6 @@ mod harness {
         Box::pin(engine.template(spec.migrations, spec.manifest_dir))
     }
 
-    #[allow(clippy::type_complexity)]
-    fn boxed_setup_database(
-        spec: &'static TestSpec,
-        engine: &'static Engine,
-        template: Arc<template::Template>,
-    ) -> BoxFuture<'static, Result<(Box<dyn Resource>, Arc<TestState<MySql>>, String), String>>
-    {
-        Box::pin(setup_database(spec, engine, template))
-    }
-
-    fn boxed_prewarm_with_fixtures<'a>(
-        spec: &'static TestSpec,
-        pool: &'a MySqlPool,
-    ) -> BoxFuture<'a, Result<(), String>> {
-        Box::pin(prewarm_with_fixtures(spec, pool))
-    }
-
     fn boxed_apply_fixtures<'a>(
         spec: &'static TestSpec,
         db: &'a Db,
@@ -366,34 +347,36 @@ mod harness {
         Box::pin(apply_fixtures(spec, db))
     }
 
-    async fn prewarm_with_fixtures(
+    fn prewarm_with_fixtures<'a>(
         spec: &'static TestSpec,
-        pool: &MySqlPool,
-    ) -> Result<(), String> {
-        if spec.fixtures.is_empty() && pool.num_idle() > 0 {
-            // A spare's pool: connected already.
-            return Ok(());
-        }
-        let mut conn = pool.acquire().await.map_err(|e| {
-            format!(
-                "db-test: cannot connect to the database of test `{}`: {e}",
-                spec.name
-            )
-        })?;
-        for fixture in spec.fixtures {
-            sqlx::raw_sql(sqlx::AssertSqlSafe(fixture.sql))
-                .execute(&mut *conn)
-                .await
-                .map_err(|e| {
-                    format!(
-                        "db-test: fixture `{}` failed in test `{}`: {e}",
-                        fixture.path, spec.name
-                    )
-                })?;
-        }
-        drop(conn);
-        settle_pool(pool).await;
-        Ok(())
+        pool: &'a MySqlPool,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            if spec.fixtures.is_empty() && pool.num_idle() > 0 {
+                // A spare's pool: connected already.
+                return Ok(());
+            }
+            let mut conn = pool.acquire().await.map_err(|e| {
+                format!(
+                    "db-test: cannot connect to the database of test `{}`: {e}",
+                    spec.name
+                )
+            })?;
+            for fixture in spec.fixtures {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(fixture.sql))
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| {
+                        format!(
+                            "db-test: fixture `{}` failed in test `{}`: {e}",
+                            fixture.path, spec.name
+                        )
+                    })?;
+            }
+            drop(conn);
+            settle_pool(pool).await;
+            Ok(())
+        })
     }
 
     async fn setup_transaction(
@@ -524,9 +507,7 @@ mod harness {
         }
     }
 
-    // Built and boxed in functions of their own: built in the teardown above,
-    // each future would take room in its frame (in a debug build) for every
-    // test, on the test's new thread's stack.
+    // Boxed, for the teardown above: see `run::prepare`.
 
     fn kill(engine: &'static Engine, id: u64, connection: bool) -> BoxFuture<'static, ()> {
         Box::pin(engine.kill(id, connection))
@@ -536,27 +517,31 @@ mod harness {
         Box::pin(async move { engine.mark_working_dirty(&prefix).await })
     }
 
-    async fn setup_database(
+    #[allow(clippy::type_complexity)]
+    fn setup_database(
         spec: &'static TestSpec,
         engine: &'static Engine,
         template: Arc<template::Template>,
-    ) -> Result<(Box<dyn Resource>, Arc<TestState<MySql>>, String), String> {
-        let _ = spec;
-        let (name, pool) = engine.create_test_database(&template).await?;
-        let options = engine.options_for(&name);
-        let pool = pool.unwrap_or_else(|| engine.test_pool(&name));
-        let resource = Box::new(DatabaseResource {
-            engine,
-            template,
-            name: name.clone(),
-            pool: pool.clone(),
-        });
-        let state = Arc::new(TestState {
-            db: Db::from_pool(pool.clone()),
-            pool: Some(pool),
-            options,
-        });
-        Ok((resource, state, name))
+    ) -> BoxFuture<'static, Result<(Box<dyn Resource>, Arc<TestState<MySql>>, String), String>>
+    {
+        Box::pin(async move {
+            let _ = spec;
+            let (name, pool) = engine.create_test_database(&template).await?;
+            let options = engine.options_for(&name);
+            let pool = pool.unwrap_or_else(|| engine.test_pool(&name));
+            let resource: Box<dyn Resource> = Box::new(DatabaseResource {
+                engine,
+                template,
+                name: name.clone(),
+                pool: pool.clone(),
+            });
+            let state = Arc::new(TestState {
+                db: Db::from_pool(pool.clone()),
+                pool: Some(pool),
+                options,
+            });
+            Ok((resource, state, name))
+        })
     }
 
     /// A per-test database, dropped at the end.

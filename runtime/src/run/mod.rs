@@ -141,10 +141,11 @@ pub fn run_unit(spec: &'static TestSpec, body: UnitBody) {
 /// Sets the test up and runs its fixtures, on the shared runtime, so that a
 /// connection they open (database mode) outlives a per-test runtime.
 ///
-/// Each step that only some tests take is an `async fn` of its own: a debug
-/// build gives a function's frame room for every local of every branch, and
-/// libtest runs each test on a new thread, whose stack pages are faulted in
-/// afresh.
+/// The steps only some tests take return their futures boxed, built in
+/// their own functions: a debug build gives a function's frame room for
+/// every future built in it (several times its size), and libtest runs each
+/// test on a new thread, whose stack pages are faulted in afresh. The same
+/// holds in `setup`, `teardown` and the backends' per-test paths.
 async fn prepare(spec: &'static TestSpec, on_own_runtime: bool) -> (Setup, TestContext) {
     let (setup, ctx) = match setup(spec).await {
         Ok(v) => v,
@@ -154,107 +155,95 @@ async fn prepare(spec: &'static TestSpec, on_own_runtime: bool) -> (Setup, TestC
         // That backend's setup ran them.
         Setup::Other(_) => Ok(()),
         _ if spec.fixtures.is_empty() => Ok(()),
-        _ => boxed_postgres_fixtures(spec, &setup, &ctx).await,
+        _ => postgres_fixtures(spec, &setup, &ctx).await,
     };
     if let Err(msg) = fixtures {
-        boxed_fixtures_failed(spec, setup, msg).await;
+        fixtures_failed(spec, setup, msg).await;
         unreachable!("the test failed");
     }
     if on_own_runtime {
-        boxed_prewarm_for_own_runtime(spec, &setup, &ctx).await;
+        prewarm_for_own_runtime(spec, &setup, &ctx).await;
     }
     (setup, ctx)
 }
 
-// The futures of the steps only some tests take are built in functions of
-// their own and boxed there: built in `prepare`, each would take room in its
-// frame (several times its size, in a debug build), for every test.
-
-fn boxed_postgres_fixtures<'a>(
+/// A PostgreSQL test's fixtures (boxed: see [`prepare`]).
+fn postgres_fixtures<'a>(
     spec: &'static TestSpec,
     setup: &'a Setup,
     ctx: &'a TestContext,
 ) -> Pin<Box<dyn Future<Output = Result<(), String>> + 'a>> {
-    Box::pin(postgres_fixtures(spec, setup, ctx))
+    Box::pin(async move {
+        match setup {
+            // On a connection of their own, closed after them, as
+            // `#[sqlx::test]` runs them: the session settings of a
+            // `pg_dump` file's header (`search_path` = '') do not reach
+            // the test's pool.
+            Setup::Database { pool, .. } => apply_fixtures_alone(spec, pool).await,
+            // In the test's transaction, with the session settings
+            // they change set back after them.
+            Setup::Transaction(shared) => match shared.settings().await {
+                Ok(before) => match apply_fixtures(spec, &ctx.db()).await {
+                    Ok(()) => shared.restore_settings(before).await.map_err(|e| {
+                        format!(
+                            "db-test: cannot set back the session settings the fixtures \
+                             of test `{}` changed: {e}",
+                            spec.name
+                        )
+                    }),
+                    Err(msg) => Err(msg),
+                },
+                Err(e) => Err(format!(
+                    "db-test: cannot read the session settings before the fixtures of \
+                     test `{}`: {e}",
+                    spec.name
+                )),
+            },
+            Setup::Other(_) => Ok(()),
+        }
+    })
 }
 
-fn boxed_fixtures_failed(
+/// Undoes the setup of a test whose fixtures failed, and fails the test
+/// (boxed: see [`prepare`]).
+fn fixtures_failed(
     spec: &'static TestSpec,
     setup: Setup,
     msg: String,
 ) -> Pin<Box<dyn Future<Output = ()>>> {
-    Box::pin(async move { fixtures_failed(spec, setup, msg).await })
-}
-
-fn boxed_prewarm_for_own_runtime<'a>(
-    spec: &'static TestSpec,
-    setup: &'a Setup,
-    ctx: &'a TestContext,
-) -> Pin<Box<dyn Future<Output = ()> + 'a>> {
-    Box::pin(prewarm_for_own_runtime(spec, setup, ctx))
-}
-
-/// A PostgreSQL test's fixtures.
-async fn postgres_fixtures(
-    spec: &'static TestSpec,
-    setup: &Setup,
-    ctx: &TestContext,
-) -> Result<(), String> {
-    match setup {
-        // On a connection of their own, closed after them, as
-        // `#[sqlx::test]` runs them: the session settings of a
-        // `pg_dump` file's header (`search_path` = '') do not reach
-        // the test's pool.
-        Setup::Database { pool, .. } => apply_fixtures_alone(spec, pool).await,
-        // In the test's transaction, with the session settings
-        // they change set back after them.
-        Setup::Transaction(shared) => match shared.settings().await {
-            Ok(before) => match apply_fixtures(spec, &ctx.db()).await {
-                Ok(()) => shared.restore_settings(before).await.map_err(|e| {
-                    format!(
-                        "db-test: cannot set back the session settings the fixtures \
-                         of test `{}` changed: {e}",
-                        spec.name
-                    )
-                }),
-                Err(msg) => Err(msg),
-            },
-            Err(e) => Err(format!(
-                "db-test: cannot read the session settings before the fixtures of \
-                 test `{}`: {e}",
-                spec.name
-            )),
-        },
-        Setup::Other(_) => Ok(()),
-    }
-}
-
-/// Undoes the setup of a test whose fixtures failed, and fails the test.
-async fn fixtures_failed(spec: &'static TestSpec, setup: Setup, msg: String) -> ! {
-    let (failure, log) = teardown(spec, setup, "a fixture failed", true, false, false).await;
-    print_statements(spec.name, &log);
-    panic!(
-        "{msg}{}",
-        failure.map(|f| format!("\n{f}")).unwrap_or_default()
-    )
+    Box::pin(async move {
+        let (failure, log) = teardown(spec, setup, "a fixture failed", true, false, false).await;
+        print_statements(spec.name, &log);
+        panic!(
+            "{msg}{}",
+            failure.map(|f| format!("\n{f}")).unwrap_or_default()
+        )
+    })
 }
 
 /// Before a body on a runtime of its own: the test's pool gets its first
 /// connection here, on the shared runtime (the other backends' setup opened
-/// theirs); all of them when the body starts with a paused clock.
-async fn prewarm_for_own_runtime(spec: &'static TestSpec, setup: &Setup, ctx: &TestContext) {
-    if let Some(pool) = &ctx.inner.pool {
-        if spec.start_paused {
-            fill_pool(pool).await;
-        } else if pool.size() == 0 {
-            fill_pool_to(pool, 1).await;
+/// theirs); all of them when the body starts with a paused clock (boxed:
+/// see [`prepare`]).
+fn prewarm_for_own_runtime<'a>(
+    spec: &'static TestSpec,
+    setup: &'a Setup,
+    ctx: &'a TestContext,
+) -> Pin<Box<dyn Future<Output = ()> + 'a>> {
+    Box::pin(async move {
+        if let Some(pool) = &ctx.inner.pool {
+            if spec.start_paused {
+                fill_pool(pool).await;
+            } else if pool.size() == 0 {
+                fill_pool_to(pool, 1).await;
+            }
         }
-    }
-    if let Setup::Other(resource) = setup
-        && spec.start_paused
-    {
-        resource.prewarm().await;
-    }
+        if let Setup::Other(resource) = setup
+            && spec.start_paused
+        {
+            resource.prewarm().await;
+        }
+    })
 }
 
 /// The body of [`run`], compiled once for all tests.

@@ -63,33 +63,23 @@ fn backend_not_built(spec: &TestSpec, feature: &str) -> String {
     )
 }
 
-/// The setup of a MySQL or SQLite test, built and boxed here: a debug build
-/// gives a function's frame room for every future built in it (several
-/// times its size), and libtest runs each test on a new thread, whose stack
-/// pages are faulted in afresh.
+/// The setup of a MySQL or SQLite test (boxed: see `run::prepare`).
 fn setup_other(
     spec: &'static TestSpec,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Prepared, String>>>> {
     match spec.params.backend {
         #[cfg(feature = "mysql")]
         crate::Backend::MySql => Box::pin(crate::mysql::setup(spec)),
+        #[cfg(not(feature = "mysql"))]
+        crate::Backend::MySql => {
+            Box::pin(std::future::ready(Err(backend_not_built(spec, "mysql"))))
+        }
         #[cfg(feature = "sqlite")]
         crate::Backend::Sqlite => Box::pin(crate::sqlite::setup(spec)),
-        _ => Box::pin(std::future::ready(setup_not_built(spec))),
-    }
-}
-
-/// The error of a test whose backend's feature db-test was built without.
-fn setup_not_built(spec: &'static TestSpec) -> Result<Prepared, String> {
-    match spec.params.backend {
-        #[cfg(not(feature = "mysql"))]
-        crate::Backend::MySql => Err(backend_not_built(spec, "mysql")),
         #[cfg(not(feature = "sqlite"))]
-        crate::Backend::Sqlite => Err(backend_not_built(spec, "sqlite")),
-        #[cfg(feature = "mysql")]
-        crate::Backend::MySql => unreachable!("set up by `setup_other`"),
-        #[cfg(feature = "sqlite")]
-        crate::Backend::Sqlite => unreachable!("set up by `setup_other`"),
+        crate::Backend::Sqlite => {
+            Box::pin(std::future::ready(Err(backend_not_built(spec, "sqlite"))))
+        }
         crate::Backend::Postgres | crate::Backend::Any => {
             unreachable!("PostgreSQL tests are set up by `setup`")
         }
@@ -172,79 +162,73 @@ pub(super) async fn setup(spec: &'static TestSpec) -> Result<(Setup, TestContext
             },
         ));
     }
-    boxed_setup_postgres(spec).await
+    setup_postgres(spec).await
 }
 
-/// [`setup_postgres`], built and boxed here: built in `setup`, its future
-/// would take room in that function's frame for every test.
+/// [`setup`] of a PostgreSQL test (boxed: see `run::prepare`).
 #[allow(clippy::type_complexity)]
-fn boxed_setup_postgres(
+fn setup_postgres(
     spec: &'static TestSpec,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(Setup, TestContext), String>>>> {
-    Box::pin(setup_postgres(spec))
-}
-
-/// [`setup`] of a PostgreSQL test: a function of its own, so that the
-/// frame of `setup` stays small for the other backends' tests (a debug
-/// build gives a function's frame room for every local of every branch).
-async fn setup_postgres(spec: &'static TestSpec) -> Result<(Setup, TestContext), String> {
-    let engine = crate::postgres::engine::engine().await?;
-    let template = engine.template(spec.migrations, spec.manifest_dir).await?;
-    let (setup, inner) = match isolation_of(spec) {
-        Isolation::Transaction => {
-            let shared = open_transaction(spec, &template, &engine.display_url).await?;
-            let inner = ContextInner {
-                name: spec.name,
-                backend: crate::Backend::Postgres,
-                database_mode: false,
-                db: Some(Db::from_shared(shared.clone())),
-                shared: Some(shared.clone()),
-                pool: None,
-                options: Some(template.options.clone()),
-                backend_state: None,
-                database: template.working.clone(),
-                tasks: Default::default(),
-            };
-            (Setup::Transaction(shared), inner)
-        }
-        Isolation::Database => {
-            let database = engine.create_test_database(&template).await?;
-            let pool = sqlx::postgres::PgPoolOptions::new()
-                .max_connections(config::database_pool_size())
-                .acquire_timeout(config::acquire_timeout())
-                // An idle connection is handed out without a round trip: its
-                // database is the test's alone. (This also lets a test with a
-                // paused clock take one without waiting on a timer.)
-                .test_before_acquire(false)
-                .connect_lazy_with(database.options.clone());
-            let inner = ContextInner {
-                name: spec.name,
-                backend: crate::Backend::Postgres,
-                database_mode: true,
-                db: Some(Db::from_pool(pool.clone())),
-                shared: None,
-                pool: Some(pool.clone()),
-                options: Some(database.options),
-                backend_state: None,
-                database: database.name.clone(),
-                tasks: Default::default(),
-            };
-            (
-                Setup::Database {
-                    name: database.name,
-                    pool,
-                    template,
-                },
-                inner,
-            )
-        }
-    };
-    Ok((
-        setup,
-        TestContext {
-            inner: Arc::new(inner),
-        },
-    ))
+    Box::pin(async move {
+        let engine = crate::postgres::engine::engine().await?;
+        let template = engine.template(spec.migrations, spec.manifest_dir).await?;
+        let (setup, inner) = match isolation_of(spec) {
+            Isolation::Transaction => {
+                let shared = open_transaction(spec, &template, &engine.display_url).await?;
+                let inner = ContextInner {
+                    name: spec.name,
+                    backend: crate::Backend::Postgres,
+                    database_mode: false,
+                    db: Some(Db::from_shared(shared.clone())),
+                    shared: Some(shared.clone()),
+                    pool: None,
+                    options: Some(template.options.clone()),
+                    backend_state: None,
+                    database: template.working.clone(),
+                    tasks: Default::default(),
+                };
+                (Setup::Transaction(shared), inner)
+            }
+            Isolation::Database => {
+                let database = engine.create_test_database(&template).await?;
+                let pool = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(config::database_pool_size())
+                    .acquire_timeout(config::acquire_timeout())
+                    // An idle connection is handed out without a round trip: its
+                    // database is the test's alone. (This also lets a test with a
+                    // paused clock take one without waiting on a timer.)
+                    .test_before_acquire(false)
+                    .connect_lazy_with(database.options.clone());
+                let inner = ContextInner {
+                    name: spec.name,
+                    backend: crate::Backend::Postgres,
+                    database_mode: true,
+                    db: Some(Db::from_pool(pool.clone())),
+                    shared: None,
+                    pool: Some(pool.clone()),
+                    options: Some(database.options),
+                    backend_state: None,
+                    database: database.name.clone(),
+                    tasks: Default::default(),
+                };
+                (
+                    Setup::Database {
+                        name: database.name,
+                        pool,
+                        template,
+                    },
+                    inner,
+                )
+            }
+        };
+        Ok((
+            setup,
+            TestContext {
+                inner: Arc::new(inner),
+            },
+        ))
+    })
 }
 
 pub(super) async fn apply_fixtures(spec: &'static TestSpec, db: &Db) -> Result<(), String> {

@@ -67,15 +67,17 @@ pub(super) async fn teardown(
                 })
                 .await
         }
-        Setup::Transaction(shared) => boxed_finish(spec, shared, reason, timed_out).await,
+        Setup::Transaction(shared) => finish(spec, shared, reason, timed_out).await,
         Setup::Database {
             name,
             pool,
             template,
         } => {
-            boxed_teardown_database(
+            teardown_database(
                 spec,
-                (name, pool, template),
+                name,
+                pool,
+                template,
                 failed,
                 timed_out,
                 on_own_runtime,
@@ -85,12 +87,9 @@ pub(super) async fn teardown(
     }
 }
 
-// The PostgreSQL steps' futures are built in functions of their own and
-// boxed there: built in `teardown`, each would take room in its frame
-// (several times its size, in a debug build) for every test, of every
-// backend.
+// The PostgreSQL steps return their futures boxed: see `run::prepare`.
 
-fn boxed_finish(
+fn finish(
     spec: &'static TestSpec,
     shared: std::sync::Arc<crate::shared::SharedConn>,
     reason: &'static str,
@@ -103,109 +102,87 @@ fn boxed_finish(
     })
 }
 
-fn boxed_teardown_database(
+/// [`teardown`] of a PostgreSQL test's own database.
+fn teardown_database(
     spec: &'static TestSpec,
-    database: (
-        String,
-        sqlx::PgPool,
-        std::sync::Arc<crate::postgres::engine::Template>,
-    ),
+    name: String,
+    pool: sqlx::PgPool,
+    template: std::sync::Arc<crate::postgres::engine::Template>,
     failed: bool,
     timed_out: bool,
     on_own_runtime: bool,
 ) -> futures_util::future::BoxFuture<'static, Verdict> {
-    Box::pin(teardown_database(
-        spec,
-        database,
-        failed,
-        timed_out,
-        on_own_runtime,
-    ))
-}
-
-/// [`teardown`] of a PostgreSQL test's own database: a function of its own,
-/// so that the frame of `teardown` stays small for the other tests (a debug
-/// build gives a function's frame room for every local of every branch).
-async fn teardown_database(
-    spec: &'static TestSpec,
-    (name, pool, template): (
-        String,
-        sqlx::PgPool,
-        std::sync::Arc<crate::postgres::engine::Template>,
-    ),
-    failed: bool,
-    timed_out: bool,
-    on_own_runtime: bool,
-) -> Verdict {
-    let engine = match crate::postgres::engine::engine().await {
-        Ok(e) => e,
-        Err(e) => return (Some(e), Vec::new()),
-    };
-    let backends = Backends::Database(name.clone());
-    if timed_out {
-        // Whatever the test still runs on the server stops now.
-        signal_backends(backends.clone(), Signal::Terminate).await;
-    }
-    // A connection the test already opened (idle in its pool) resets
-    // the database: cheaper than connecting again.
-    let mut reuse = idle_connection(&pool).await;
-    if on_own_runtime {
-        // It may have been opened on the test's runtime, now gone.
-        if let Some(conn) = reuse.as_mut()
-            && sqlx::Connection::ping(&mut **conn).await.is_err()
-        {
-            reuse = None;
-        }
-    }
-    let reuse = reuse.map(|conn| {
-        // The pool's other connections are closed below; their
-        // backends take a moment to leave.
-        let others_closing = pool.size() > 1;
-        (conn.detach(), others_closing)
-    });
-    let mut forced = timed_out;
-    if tokio::time::timeout(TEARDOWN_GRACE, pool.close())
-        .await
-        .is_err()
-    {
-        // A task the test spawned still holds a connection (a
-        // listener, a worker): end those sessions and drop the
-        // database rather than wait for it.
-        tracing::warn!(
-            test = spec.name,
-            database = %name,
-            "db-test: a task still held a connection to the test's database {TEARDOWN_GRACE:?} \
-             after the test ended; its connections were terminated"
-        );
-        signal_backends(backends, Signal::Terminate).await;
-        forced = true;
-    }
-    if failed && config::keep_failed() {
-        if let Some((conn, _)) = reuse {
-            let _ = sqlx::Connection::close(conn).await;
-        }
-        return match engine.keep_test_database(&name).await {
-            Ok(kept) => {
-                eprintln!(
-                    "db-test: kept the database of failed test `{}` (DB_TEST_KEEP_FAILED=1): {kept} on {}",
-                    spec.name, engine.display_url
-                );
-                (None, Vec::new())
-            }
-            Err(e) => (Some(e), Vec::new()),
+    Box::pin(async move {
+        let engine = match crate::postgres::engine::engine().await {
+            Ok(e) => e,
+            Err(e) => return (Some(e), Vec::new()),
         };
-    }
-    if forced {
-        if let Some((conn, _)) = reuse {
-            let _ = sqlx::Connection::close_hard(conn).await;
+        let backends = Backends::Database(name.clone());
+        if timed_out {
+            // Whatever the test still runs on the server stops now.
+            signal_backends(backends.clone(), Signal::Terminate).await;
         }
-        return (engine.drop_test_database(&name).await.err(), Vec::new());
-    }
-    (
-        engine
-            .recycle_test_database(&template, &name, reuse)
+        // A connection the test already opened (idle in its pool) resets
+        // the database: cheaper than connecting again.
+        let mut reuse = idle_connection(&pool).await;
+        if on_own_runtime {
+            // It may have been opened on the test's runtime, now gone.
+            if let Some(conn) = reuse.as_mut()
+                && sqlx::Connection::ping(&mut **conn).await.is_err()
+            {
+                reuse = None;
+            }
+        }
+        let reuse = reuse.map(|conn| {
+            // The pool's other connections are closed below; their
+            // backends take a moment to leave.
+            let others_closing = pool.size() > 1;
+            (conn.detach(), others_closing)
+        });
+        let mut forced = timed_out;
+        if tokio::time::timeout(TEARDOWN_GRACE, pool.close())
             .await
-            .err(),
-        Vec::new(),
-    )
+            .is_err()
+        {
+            // A task the test spawned still holds a connection (a
+            // listener, a worker): end those sessions and drop the
+            // database rather than wait for it.
+            tracing::warn!(
+                test = spec.name,
+                database = %name,
+                "db-test: a task still held a connection to the test's database {TEARDOWN_GRACE:?} \
+                 after the test ended; its connections were terminated"
+            );
+            signal_backends(backends, Signal::Terminate).await;
+            forced = true;
+        }
+        if failed && config::keep_failed() {
+            if let Some((conn, _)) = reuse {
+                let _ = sqlx::Connection::close(conn).await;
+            }
+            return match engine.keep_test_database(&name).await {
+                Ok(kept) => {
+                    eprintln!(
+                        "db-test: kept the database of failed test `{}` (DB_TEST_KEEP_FAILED=1): {kept} on {}",
+                        spec.name, engine.display_url
+                    );
+                    (None, Vec::new())
+                }
+                Err(e) => (Some(e), Vec::new()),
+            };
+        }
+        if forced {
+            if let Some((conn, _)) = reuse {
+                let _ = sqlx::Connection::close_hard(conn).await;
+            }
+            return (engine.drop_test_database(&name).await.err(), Vec::new());
+        }
+        (
+            engine
+                .recycle_test_database(&template, &name, reuse)
+                .await
+                .err(),
+            Vec::new(),
+        )
+    })
 }

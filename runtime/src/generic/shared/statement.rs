@@ -51,7 +51,6 @@ impl<DB: Dialect> Shared<DB> {
                 async move { shared.run_locked(guard, query).await },
             )),
             polled: false,
-            detach: DB::DETACH_STATEMENTS,
             state: self.state.clone(),
         }
     }
@@ -91,9 +90,6 @@ type Statement<DB> = futures_util::future::BoxFuture<'static, sqlx::Result<Vec<S
 struct Detached<DB: Dialect> {
     statement: Option<Statement<DB>>,
     polled: bool,
-    /// [`Dialect::DETACH_STATEMENTS`]: if not, a dropped statement is
-    /// dropped with it.
-    detach: bool,
     state: Arc<State>,
 }
 
@@ -117,9 +113,9 @@ impl<DB: Dialect> Drop for Detached<DB> {
         let Some(mut statement) = self.statement.take() else {
             return;
         };
-        if !self.polled || !self.detach {
+        if !self.polled || !DB::DETACH_STATEMENTS {
             // Never started: nothing was sent; or the backend's statements
-            // are dropped with their caller.
+            // are dropped with their caller (see `DETACH_STATEMENTS`).
             return;
         }
         let state = self.state.clone();

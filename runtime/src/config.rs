@@ -23,10 +23,12 @@ fn env_duration(name: &str, default: Duration) -> Duration {
         .unwrap_or(default)
 }
 
-/// Threads of libtest (`RUST_TEST_THREADS`) or the machine's parallelism.
+/// Threads of libtest: its `--test-threads` argument, else
+/// `RUST_TEST_THREADS`, else the machine's parallelism (libtest's order).
 pub(crate) fn test_threads() -> usize {
     cached!(usize, {
-        env_parse("RUST_TEST_THREADS")
+        test_threads_arg(std::env::args())
+            .or_else(|| env_parse("RUST_TEST_THREADS"))
             .unwrap_or_else(|| {
                 std::thread::available_parallelism()
                     .map(|n| n.get())
@@ -34,6 +36,30 @@ pub(crate) fn test_threads() -> usize {
             })
             .max(1)
     })
+}
+
+/// libtest's `--test-threads=N` or `--test-threads N` among `args` (the
+/// last one wins, as in libtest's option parser).
+fn test_threads_arg(args: impl Iterator<Item = String>) -> Option<usize> {
+    let mut found = None;
+    let mut args = args.skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--" {
+            break;
+        }
+        let value = match arg.strip_prefix("--test-threads") {
+            Some("") => args.next(),
+            Some(rest) => match rest.strip_prefix('=') {
+                Some(v) => Some(v.to_string()),
+                None => continue,
+            },
+            None => continue,
+        };
+        if let Some(n) = value.and_then(|v| v.trim().parse().ok()) {
+            found = Some(n);
+        }
+    }
+    found
 }
 
 /// How many tests of this process run at once at most: one under nextest
@@ -299,4 +325,36 @@ pub(crate) fn check_settings() -> Result<(), String> {
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_threads_arg;
+
+    fn parse(args: &[&str]) -> Option<usize> {
+        test_threads_arg(
+            std::iter::once("suite")
+                .chain(args.iter().copied())
+                .map(String::from),
+        )
+    }
+
+    #[test]
+    fn the_test_threads_argument_is_read_in_both_spellings() {
+        assert_eq!(parse(&["--test-threads=1"]), Some(1));
+        assert_eq!(parse(&["-q", "--test-threads", "3", "name"]), Some(3));
+        assert_eq!(
+            parse(&["--test-threads=1", "--test-threads=4"]),
+            Some(4),
+            "the last one wins"
+        );
+    }
+
+    #[test]
+    fn other_arguments_are_not_taken_for_test_threads() {
+        assert_eq!(parse(&[]), None);
+        assert_eq!(parse(&["--test-threadsX=2", "test_threads"]), None);
+        assert_eq!(parse(&["--test-threads=many"]), None);
+        assert_eq!(parse(&["--", "--test-threads=2"]), None);
+    }
 }

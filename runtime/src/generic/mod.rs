@@ -127,6 +127,18 @@ pub trait Dialect: sqlx::Database + sealed::Sealed {
     #[doc(hidden)]
     const RESTART_TEST: Option<&'static str> = None;
 
+    /// [`Dialect::BEGIN_TEST`], or what this server needs instead.
+    #[doc(hidden)]
+    fn begin_test() -> &'static str {
+        Self::BEGIN_TEST
+    }
+
+    /// [`Dialect::RESTART_TEST`], or what this server needs instead.
+    #[doc(hidden)]
+    fn restart_test() -> Option<&'static str> {
+        Self::RESTART_TEST
+    }
+
     /// Under test, a statement that releases the session's named locks,
     /// sent before a connection whose session the test touched is closed:
     /// the server releases them only once it has processed the disconnect,

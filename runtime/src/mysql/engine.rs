@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -60,6 +60,15 @@ pub(super) const MAX_NAME_LEN: usize = 64;
 pub(super) const LIFELONG_SESSION: &str = "SET SESSION wait_timeout = 31536000";
 
 static ENGINE: OnceCell<Result<Engine, String>> = OnceCell::const_new();
+
+/// Whether the server writes a statement-based binary log (`log_bin` on,
+/// `binlog_format = STATEMENT`), read when the engine starts.
+static STATEMENT_BINLOG: AtomicBool = AtomicBool::new(false);
+
+/// See [`STATEMENT_BINLOG`].
+pub(crate) fn statement_binlog() -> bool {
+    STATEMENT_BINLOG.load(Ordering::Relaxed)
+}
 
 /// The engine, started on first use. A failure (no binaries, a wrong URL)
 /// is kept: every test of the process reports it at once, instead of each
@@ -211,6 +220,14 @@ impl Engine {
                 break;
             }
         }
+        // Before any test's transaction: how it may begin (see `BEGIN_TEST`).
+        // A server without these variables has no such log.
+        let statement_log: Option<i64> =
+            sqlx::query_scalar("SELECT @@log_bin = 1 AND @@binlog_format = 'STATEMENT'")
+                .fetch_one(&mut owner_conn)
+                .await
+                .unwrap_or(Some(0));
+        STATEMENT_BINLOG.store(statement_log == Some(1), Ordering::Relaxed);
         let Some(owner) = owner else {
             return Err(format!(
                 "db-test: no free owner lock on {display_url} after 16 tries; \

@@ -607,21 +607,43 @@ pub(crate) fn note_stored_functions(names: Vec<String>) {
     note(&STORED_FUNCTIONS, names);
 }
 
+/// The tables of the working databases this process uses that have a
+/// trigger setting a user variable (`SET @last_id = NEW.id`), upper-cased.
+static SESSION_TRIGGERS: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
+
+/// Notes the tables with a trigger that sets a user variable (see
+/// [`leaves_session_state`]): with any, every write may leave one.
+pub(crate) fn note_session_triggers(tables: Vec<String>) {
+    note(&SESSION_TRIGGERS, tables);
+}
+
 fn leaves_session_state_in(tokens: &[Token]) -> bool {
     let functions = STORED_FUNCTIONS.read().unwrap_or_else(|e| e.into_inner());
     let calls_function = |t: &Token| match t {
         Token::Word(w) | Token::Ident(w) => !functions.is_empty() && functions.contains(w),
         _ => false,
     };
+    let triggers = !SESSION_TRIGGERS
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_empty();
     tokens.split(|t| *t == Token::End).any(|s| {
+        let first = word(s.first());
+        // `USE` changes the session's database; `SET`, `PREPARE`, ... its
+        // variables and statements; a write, with a trigger that sets a
+        // user variable, that variable.
         matches!(
-            word(s.first()),
-            "CREATE" | "SET" | "PREPARE" | "HANDLER" | "CALL" | "EXECUTE"
-        ) || s.iter().any(|t| match t {
-            Token::Var => true,
-            Token::Word(w) if w == "GET_LOCK" => true,
-            _ => calls_function(t),
-        })
+            first,
+            "CREATE" | "SET" | "PREPARE" | "HANDLER" | "CALL" | "EXECUTE" | "USE"
+        ) || (triggers && matches!(first, "INSERT" | "REPLACE" | "UPDATE" | "DELETE" | "LOAD"))
+            || s.iter().any(|t| match t {
+                Token::Var => true,
+                // A sequence's next value is the session's `PREVIOUS VALUE FOR`.
+                Token::Word(w) if w == "GET_LOCK" || w == "NEXTVAL" || w == "SETVAL" => true,
+                _ => calls_function(t),
+            })
+            || s.windows(2)
+                .any(|w| word(w.first()) == "NEXT" && word(w.get(1)) == "VALUE")
     })
 }
 
@@ -944,6 +966,10 @@ mod tests {
             "CALL p_session()",
             "EXECUTE IMMEDIATE 'SET SESSION time_zone = ''+05:00'''",
             "EXECUTE s",
+            "USE other_db",
+            "SELECT NEXT VALUE FOR seq",
+            "INSERT INTO t (id) VALUES (NEXTVAL(seq))",
+            "SELECT SETVAL(seq, 10)",
         ] {
             assert!(st(sql), "not noticed: {sql}");
         }
@@ -953,6 +979,8 @@ mod tests {
             "UPDATE t SET a = 1",
             "SELECT `@a` FROM t",
             "DELETE FROM t -- SET @a = 1",
+            "SELECT PREVIOUS VALUE FOR seq",
+            "SELECT next, value FROM t",
         ] {
             assert!(!st(sql), "noticed: {sql}");
         }

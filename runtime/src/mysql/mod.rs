@@ -180,10 +180,40 @@ impl crate::generic::Dialect for MySql {
     const PROBE_TRANSACTION: Option<&'static str> =
         Some("SAVEPOINT db_test_probe; RELEASE SAVEPOINT db_test_probe");
 
-    const BEGIN_TEST: &'static str = "BEGIN; DO LAST_INSERT_ID(0); SAVEPOINT db_test_auto";
+    // READ COMMITTED, for this transaction only (`@@transaction_isolation`
+    // keeps the server's default). Tests share the working database, and
+    // a test's transaction lasts as long as the test, app commits
+    // included: under REPEATABLE READ the gap and next-key locks of one
+    // test's `SELECT ... FOR UPDATE` of a missing row, or of an `UPDATE`
+    // scanning rows it does not change, block or deadlock another test
+    // writing rows of its own, which under `#[sqlx::test]` has a database
+    // to itself. READ COMMITTED takes no gap locks there. What the test
+    // sees is the same: nothing commits into the working database.
+    const BEGIN_TEST: &'static str = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; BEGIN; \
+                                      DO LAST_INSERT_ID(0); SAVEPOINT db_test_auto";
 
-    const RESTART_TEST: Option<&'static str> =
-        Some("ROLLBACK; BEGIN; DO LAST_INSERT_ID(0); SAVEPOINT db_test_auto");
+    const RESTART_TEST: Option<&'static str> = Some(
+        "ROLLBACK; SET TRANSACTION ISOLATION LEVEL READ COMMITTED; BEGIN; \
+         DO LAST_INSERT_ID(0); SAVEPOINT db_test_auto",
+    );
+
+    // A server writing a statement-based binary log refuses InnoDB writes
+    // under READ COMMITTED (error 1665): its tests keep the default level.
+    fn begin_test() -> &'static str {
+        if engine::statement_binlog() {
+            "BEGIN; DO LAST_INSERT_ID(0); SAVEPOINT db_test_auto"
+        } else {
+            Self::BEGIN_TEST
+        }
+    }
+
+    fn restart_test() -> Option<&'static str> {
+        if engine::statement_binlog() {
+            Some("ROLLBACK; BEGIN; DO LAST_INSERT_ID(0); SAVEPOINT db_test_auto")
+        } else {
+            Self::RESTART_TEST
+        }
+    }
 
     const SHARED_WORKING_DATABASE: bool = true;
 

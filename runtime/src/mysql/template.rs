@@ -305,7 +305,11 @@ impl Engine {
                  SELECT CAST(TABLE_NAME AS CHAR), CAST(0 AS SIGNED) \
                  FROM information_schema.TABLES \
                  WHERE TABLE_SCHEMA = {working_l} AND TABLE_TYPE = 'BASE TABLE' \
-                 AND ENGINE NOT IN ('InnoDB', 'XtraDB')",
+                 AND ENGINE NOT IN ('InnoDB', 'XtraDB') \
+                 UNION ALL \
+                 SELECT CAST(EVENT_OBJECT_TABLE AS CHAR), CAST(2 AS SIGNED) \
+                 FROM information_schema.TRIGGERS \
+                 WHERE TRIGGER_SCHEMA = {working_l} AND ACTION_STATEMENT LIKE '%@%'",
                 working_q = quote(&working),
                 working_l = literal(&working),
             )))
@@ -341,15 +345,18 @@ impl Engine {
         if !leftovers.is_empty() {
             crate::run::shared_runtime().spawn(self.drop_leftovers(leftovers));
         }
-        let (functions, non_transactional): (Vec<_>, Vec<_>) =
-            lists.into_iter().partition(|(_, function)| *function == 1);
-        super::lexer::note_stored_functions(functions.into_iter().map(|(name, _)| name).collect());
-        super::lexer::note_non_transactional_tables(
-            non_transactional
-                .into_iter()
-                .map(|(name, _)| name)
-                .collect(),
-        );
+        // 1: a stored function; 0: a table that cannot roll back; 2: a
+        // table with a trigger that sets a user variable.
+        let kind = |k: i64| -> Vec<String> {
+            lists
+                .iter()
+                .filter(|(_, kind)| *kind == k)
+                .map(|(name, _)| name.clone())
+                .collect()
+        };
+        super::lexer::note_stored_functions(kind(1));
+        super::lexer::note_session_triggers(kind(2));
+        super::lexer::note_non_transactional_tables(kind(0));
         Ok(Template {
             prefix,
             template,
@@ -770,7 +777,7 @@ async fn clone_script(admin: &mut MySqlConnection, template: &str) -> Result<Str
 /// (see [`Slots::prewarm`]) while the template's setup ends.
 fn prewarm_slot(slots: &Slots<MySql>) {
     slots.prewarm(|mut conn| async move {
-        let begin = sqlx_core::sql_str::SqlStr::from_static(<MySql as crate::generic::Dialect>::BEGIN_TEST);
+        let begin = sqlx_core::sql_str::SqlStr::from_static(<MySql as crate::generic::Dialect>::begin_test());
         match <<MySql as sqlx::Database>::TransactionManager as sqlx_core::transaction::TransactionManager>::begin(&mut conn, Some(begin)).await {
             Ok(()) => Some(conn),
             Err(_) => {

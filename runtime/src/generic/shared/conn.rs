@@ -68,7 +68,7 @@ impl<DB: Dialect> Shared<DB> {
             ));
         }
         let mut unverified = false;
-        match (home.begun_since(), DB::RESTART_TEST) {
+        match (home.begun_since(), DB::restart_test()) {
             // Readied after the last test (see `RESTART_TEST`), just now.
             (Some(since), _) if since.elapsed() < BEGUN_FRESH => unverified = true,
             // Readied a while ago: begun again, which also finds out
@@ -82,7 +82,7 @@ impl<DB: Dialect> Shared<DB> {
                 // One round trip: the transaction and db-test's savepoint
                 // in it (MySQL's text protocol and SQLite's `exec` run
                 // several statements).
-                let begin = sqlx_core::sql_str::SqlStr::from_static(DB::BEGIN_TEST);
+                let begin = sqlx_core::sql_str::SqlStr::from_static(DB::begin_test());
                 if let Err(e) = Manager::<DB>::begin(&mut conn, Some(begin)).await {
                     return Err((e, conn, home));
                 }
@@ -159,7 +159,7 @@ impl<DB: Dialect> Shared<DB> {
             Some(pool) => crate::run::shared_runtime()
                 .spawn(async move {
                     let mut conn = pool.acquire().await?;
-                    let begin = sqlx_core::sql_str::SqlStr::from_static(DB::BEGIN_TEST);
+                    let begin = sqlx_core::sql_str::SqlStr::from_static(DB::begin_test());
                     match Manager::<DB>::begin(&mut conn, Some(begin)).await {
                         Ok(()) => Ok(conn),
                         Err(e) => {

@@ -187,7 +187,7 @@ impl<DB: Dialect> Shared<DB> {
             self.state.ended_out_of_sight.store(true, Ordering::Relaxed);
         }
         let touched = self.state.touched.load(Ordering::Relaxed);
-        if let Some(restart) = DB::RESTART_TEST
+        if let Some(restart) = DB::restart_test()
             && healthy
             && !touched
             && !by_database

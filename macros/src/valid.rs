@@ -16,6 +16,32 @@ pub(crate) fn is_test_attr(attr: &syn::Attribute) -> bool {
 pub(crate) fn validate(config: &Config, func: &ItemFn, errors: &mut Vec<syn::Error>) {
     keys(config, errors);
     function(func, errors);
+    if func.sig.inputs.is_empty() {
+        no_database(config, errors);
+    }
+}
+
+/// A test without parameters has no database (as under `#[sqlx::test]`,
+/// which refuses these keys there too): the keys that set one up are
+/// errors, not silently unused.
+fn no_database(config: &Config, errors: &mut Vec<syn::Error>) {
+    let spans = [
+        ("migrations", config.migrations.as_ref().map(|(_, s)| *s)),
+        ("migrator", config.migrator.as_ref().map(|(_, s)| *s)),
+        ("fixtures", config.fixtures.first().map(|(_, s)| *s)),
+        ("isolation", config.isolation.as_ref().map(|(_, s)| *s)),
+    ];
+    for (key, span) in spans {
+        if let Some(span) = span {
+            errors.push(syn::Error::new(
+                span,
+                format!(
+                    "`{key}` needs a database, and a test without parameters has none; \
+                     add a parameter such as `db: TestDb` or `pool: PgPool`, or remove `{key}`"
+                ),
+            ));
+        }
+    }
 }
 
 fn keys(config: &Config, errors: &mut Vec<syn::Error>) {

@@ -21,8 +21,9 @@ pub enum Backend {
 
 impl Backend {
     /// The backend of a test from those of its parameters: the one they
-    /// name, PostgreSQL when none names one. Two different ones stop the
-    /// build (it is evaluated at compile time).
+    /// name, PostgreSQL when none names one, `Any` when there are none (the
+    /// test needs no database). Two different ones stop the build (it is
+    /// evaluated at compile time).
     #[doc(hidden)]
     pub const fn of(params: &[Backend]) -> Backend {
         let mut chosen = Backend::Any;
@@ -41,6 +42,8 @@ impl Backend {
             i += 1;
         }
         match chosen {
+            // No parameter at all: no database (see `TestSpec::needs_no_database`).
+            Backend::Any if params.is_empty() => Backend::Any,
             Backend::Any => Backend::Postgres,
             b => b,
         }
@@ -242,6 +245,24 @@ impl TestContext {
     }
 
     /// Aborts the tasks of [`TestContext::spawn`]. Called when the test ends.
+    /// The context of a test that has no database (no parameters).
+    pub(crate) fn without_database(name: &'static str) -> TestContext {
+        TestContext {
+            inner: Arc::new(ContextInner {
+                name,
+                backend: Backend::Any,
+                database_mode: false,
+                db: None,
+                shared: None,
+                pool: None,
+                options: None,
+                backend_state: None,
+                database: String::new(),
+                tasks: Default::default(),
+            }),
+        }
+    }
+
     pub(crate) fn abort_tasks(&self) {
         let tasks =
             std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()));

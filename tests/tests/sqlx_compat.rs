@@ -118,3 +118,14 @@ macro_rules! macro_using_test {
     };
 }
 macro_using_test!("sqlx_compat/migrations");
+
+// No parameters: `#[sqlx::test]` runs the body alone, on a current-thread
+// runtime of its own, without a database (`adv_mysql.rs` and `adv_sqlite.rs`
+// run one with a MySQL and a SQLite `DATABASE_URL`).
+#[db_test]
+async fn a_test_without_parameters_runs_alone() {
+    assert_eq!(
+        tokio::runtime::Handle::current().runtime_flavor(),
+        tokio::runtime::RuntimeFlavor::CurrentThread
+    );
+}

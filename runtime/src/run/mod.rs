@@ -254,16 +254,15 @@ fn prewarm_for_own_runtime<'a>(
 /// or on a runtime of the test's own (`flavor`), which is dropped with every
 /// task still on it before teardown begins.
 pub fn run_boxed(spec: &'static TestSpec, body: BoxedBody<'_>) {
+    if spec.needs_no_database() {
+        return run_without_database(spec, body);
+    }
     let shared = shared_runtime();
     let body_runtime = spec.body_runtime();
     let on_own_runtime = matches!(body_runtime, BodyRuntime::Own(_));
     let (setup, ctx) =
         crate::clock::as_shared_thread(|| shared.block_on(prepare(spec, on_own_runtime)));
-    let timeout = if spec.timeout_ms == 0 {
-        config::default_test_timeout()
-    } else {
-        Duration::from_millis(spec.timeout_ms)
-    };
+    let timeout = spec.timeout();
     let task_owner = ctx.clone();
     let pool = ctx.inner.pool.clone();
     // The test's timeout runs on the shared runtime's clock: a test that
@@ -314,6 +313,44 @@ pub fn run_boxed(spec: &'static TestSpec, body: BoxedBody<'_>) {
     if failed || failure.is_some() {
         print_statements(spec.name, &log);
     }
+    report(spec, outcome, failure, on_own_runtime, timeout);
+}
+
+/// A test with no parameters (and nothing in its attribute that needs a
+/// database): its body alone, on its runtime and with its timeout, as
+/// `#[sqlx::test]` runs such a test, with no database at all.
+fn run_without_database(spec: &'static TestSpec, body: BoxedBody<'_>) {
+    if let Err(msg) = config::check_settings() {
+        panic!("{msg}");
+    }
+    let ctx = TestContext::without_database(spec.name);
+    let task_owner = ctx.clone();
+    let timeout = spec.timeout();
+    let guarded = async move {
+        crate::clock::timeout(timeout, AssertUnwindSafe(body(ctx)).catch_unwind()).await
+    };
+    let body_runtime = spec.body_runtime();
+    let on_own_runtime = matches!(body_runtime, BodyRuntime::Own(_));
+    let outcome = match &body_runtime {
+        BodyRuntime::Shared => {
+            crate::clock::as_shared_thread(|| shared_runtime().block_on(guarded))
+        }
+        BodyRuntime::Own(rt) => rt.block_on(guarded),
+    };
+    task_owner.abort_tasks();
+    drop(body_runtime);
+    report(spec, outcome, None, on_own_runtime, timeout);
+}
+
+/// Ends a test after its teardown: passes, or fails with the body's panic,
+/// its timeout or the teardown's `failure`.
+fn report(
+    spec: &'static TestSpec,
+    outcome: Result<Result<bool, Box<dyn std::any::Any + Send>>, ()>,
+    failure: Option<String>,
+    on_own_runtime: bool,
+    timeout: Duration,
+) {
     match outcome {
         Ok(Ok(_)) => {
             if let Some(msg) = failure {

@@ -88,6 +88,27 @@ pub(crate) fn isolation_of(spec: &TestSpec) -> Isolation {
     })
 }
 
+impl TestSpec {
+    /// The test's timeout: its attribute's, else `DB_TEST_TIMEOUT`'s.
+    pub(crate) fn timeout(&self) -> std::time::Duration {
+        if self.timeout_ms == 0 {
+            crate::config::default_test_timeout()
+        } else {
+            std::time::Duration::from_millis(self.timeout_ms)
+        }
+    }
+
+    /// A test with no parameters and nothing in its attribute that needs
+    /// a database (fixtures, migrations, an isolation): `#[sqlx::test]`
+    /// runs such a test without one.
+    pub(crate) fn needs_no_database(&self) -> bool {
+        matches!(self.params.backend, crate::Backend::Any)
+            && self.fixtures.is_empty()
+            && matches!(self.migrations, Migrations::Default)
+            && self.isolation.is_none()
+    }
+}
+
 /// What a test's parameters need, from their types.
 #[derive(Debug, Clone, Copy)]
 pub struct ParamSpec {

@@ -345,6 +345,21 @@ mod managed_savepoint_tests {
     }
 }
 
+/// `sql`, trimmed, cut after `max` characters (with how much was left
+/// out): for messages, which must name a statement, not print a whole
+/// fixture file.
+pub(crate) fn excerpt(sql: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    let sql = sql.trim();
+    match sql.char_indices().nth(max) {
+        None => std::borrow::Cow::Borrowed(sql),
+        Some((cut, _)) => std::borrow::Cow::Owned(format!(
+            "{} … ({} more bytes)",
+            sql[..cut].trim_end(),
+            sql.len() - cut
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::ends_transaction as ends;
@@ -431,5 +446,18 @@ mod tests {
         ] {
             assert_eq!(ends(sql), None, "{sql:?}");
         }
+    }
+
+    #[test]
+    fn an_excerpt_cuts_long_text_and_says_how_much() {
+        assert_eq!(super::excerpt("  SELECT 1  ", 20), "SELECT 1");
+        let long = format!("INSERT INTO t VALUES {}", "(1),".repeat(100));
+        let cut = super::excerpt(&long, 30);
+        assert!(cut.starts_with("INSERT INTO t VALUES (1),(1)"), "{cut}");
+        assert!(
+            cut.ends_with(&format!("({} more bytes)", long.len() - 30)),
+            "{cut}"
+        );
+        assert_eq!(super::excerpt("ééé", 2), "éé … (2 more bytes)");
     }
 }

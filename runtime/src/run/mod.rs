@@ -81,7 +81,7 @@ fn print_statements(name: &str, log: &[LoggedStatement]) {
     );
     for s in log {
         out.push_str("  ");
-        out.push_str(s.sql.trim());
+        out.push_str(&crate::sqltext::excerpt(&s.sql, 500));
         if let Some(e) = &s.error {
             out.push_str("\n    -> error: ");
             out.push_str(e);

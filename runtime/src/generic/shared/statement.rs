@@ -182,7 +182,7 @@ async fn run_statement<DB: Dialect>(
     if let Some(why) = (state.refuse)(&sql) {
         let msg = format!(
             "db-test: refusing to run `{}` in test `{}`: {why}",
-            sql.trim(),
+            crate::sqltext::excerpt(&sql, 200),
             state.label
         );
         state.poison(msg.clone());

@@ -655,6 +655,26 @@ async fn clone_script(admin: &mut MySqlConnection, template: &str) -> Result<Str
     let retarget = |text: &str| text.replace(&format!("{q}."), &format!("{target}."));
     let mut script =
         format!("USE {target};\nSET @dbtest_fk = @@FOREIGN_KEY_CHECKS, FOREIGN_KEY_CHECKS = 0;\n");
+    // The database's default character set and collation, where the
+    // migrations changed them (`ALTER DATABASE ... COLLATE utf8mb4_bin`):
+    // tables a test creates take them, as in a database of `#[sqlx::test]`.
+    let (charset, collation, same): (String, String, i64) = sqlx::query_as(
+        "SELECT CAST(default_character_set_name AS CHAR), \
+                CAST(default_collation_name AS CHAR), \
+                default_character_set_name = @@character_set_server \
+                AND default_collation_name = @@collation_server \
+         FROM information_schema.schemata WHERE schema_name = ?",
+    )
+    .bind(template)
+    .fetch_one(&mut *admin)
+    .await?;
+    if same == 0 {
+        script.push_str(&format!(
+            "ALTER DATABASE {target} CHARACTER SET {} COLLATE {};\n",
+            quote(&charset),
+            quote(&collation)
+        ));
+    }
     let objects = sqlx::query(
         "SELECT CAST(table_name AS CHAR), CAST(table_type AS CHAR) FROM information_schema.tables \
          WHERE table_schema = ? ORDER BY table_name",

@@ -97,7 +97,7 @@ pub(super) fn built_at(comment: Option<&str>) -> i64 {
 pub(crate) fn migrations_hash(migrator: &Migrator) -> String {
     // Bump TEMPLATE_FORMAT when the way templates are built changes, so
     // that old templates are rebuilt (and dropped as outdated).
-    const TEMPLATE_FORMAT: &[u8] = b"db-test template v3";
+    const TEMPLATE_FORMAT: &[u8] = b"db-test template v4";
     let mut hasher_input = TEMPLATE_FORMAT.to_vec();
     for m in migrator.iter() {
         hasher_input.extend_from_slice(&m.version.to_le_bytes());

@@ -370,11 +370,80 @@ mod harness {
         Box::pin(engine.template(spec.migrations, spec.manifest_dir))
     }
 
+    /// A transaction-mode test's fixtures, in its transaction. Session
+    /// settings they change (a `mysqldump` file's header turns
+    /// `FOREIGN_KEY_CHECKS` and `UNIQUE_CHECKS` off, sets `sql_mode`,
+    /// `time_zone`, `NAMES`) are set back after them: `#[sqlx::test]` runs
+    /// fixtures on a connection of their own, so its test body has none.
     fn boxed_apply_fixtures<'a>(
         spec: &'static TestSpec,
         db: &'a Db,
     ) -> BoxFuture<'a, Result<(), String>> {
-        Box::pin(apply_fixtures(spec, db))
+        Box::pin(async move {
+            let sets = spec
+                .fixtures
+                .iter()
+                .any(|f| super::lexer::leaves_session_state(f.sql));
+            let before = match sets {
+                true => Some(session_settings(db).await.map_err(|e| {
+                    format!(
+                        "db-test: reading the session settings before the fixtures of test \
+                         `{}`: {e}",
+                        spec.name
+                    )
+                })?),
+                false => None,
+            };
+            apply_fixtures(spec, db).await?;
+            if let Some(before) = before {
+                sqlx::Executor::execute(db, sqlx::raw_sql(sqlx::AssertSqlSafe(before)))
+                    .await
+                    .map_err(|e| {
+                        format!(
+                            "db-test: setting back the session settings the fixtures of test \
+                             `{}` changed: {e}",
+                            spec.name
+                        )
+                    })?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The session settings a fixture may change, as the `SET` that
+    /// restores them: (variable, whether its value is a number).
+    const FIXTURE_SETTINGS: [(&str, bool); 8] = [
+        ("foreign_key_checks", true),
+        ("unique_checks", true),
+        ("sql_notes", true),
+        ("sql_mode", false),
+        ("time_zone", false),
+        ("character_set_client", false),
+        ("character_set_results", false),
+        ("collation_connection", false),
+    ];
+
+    async fn session_settings(db: &Db) -> Result<String, sqlx::Error> {
+        use sqlx::Row;
+        let select = FIXTURE_SETTINGS
+            .iter()
+            .map(|(name, _)| format!("CAST(@@SESSION.{name} AS CHAR)"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {select}")))
+            .fetch_one(db)
+            .await?;
+        let mut set = Vec::new();
+        for (i, (name, number)) in FIXTURE_SETTINGS.iter().enumerate() {
+            let value: Option<String> = row.try_get(i)?;
+            let value = match value {
+                None => "NULL".to_string(),
+                Some(v) if *number && v.bytes().all(|b| b.is_ascii_digit()) && !v.is_empty() => v,
+                Some(v) => engine::literal(&v),
+            };
+            set.push(format!("{name} = {value}"));
+        }
+        Ok(format!("SET SESSION {}", set.join(", ")))
     }
 
     fn prewarm_with_fixtures<'a>(
@@ -386,25 +455,34 @@ mod harness {
                 // A spare's pool: connected already.
                 return Ok(());
             }
-            let mut conn = pool.acquire().await.map_err(|e| {
+            let connect_failed = |e: sqlx::Error| {
                 format!(
                     "db-test: cannot connect to the database of test `{}`: {e}",
                     spec.name
                 )
-            })?;
-            for fixture in spec.fixtures {
-                sqlx::raw_sql(sqlx::AssertSqlSafe(fixture.sql))
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(|e| {
-                        format!(
-                            "db-test: fixture `{}` failed in test `{}`: {e}",
-                            fixture.path, spec.name
-                        )
-                    })?;
+            };
+            if !spec.fixtures.is_empty() {
+                // On a connection of their own, closed after them, as
+                // `#[sqlx::test]` runs them: the session settings of a
+                // `mysqldump` file's header do not reach the test's pool.
+                let mut conn = pool.acquire().await.map_err(connect_failed)?.detach();
+                for fixture in spec.fixtures {
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(fixture.sql))
+                        .execute(&mut conn)
+                        .await
+                        .map_err(|e| {
+                            format!(
+                                "db-test: fixture `{}` failed in test `{}`: {e}",
+                                fixture.path, spec.name
+                            )
+                        })?;
+                }
+                let _ = sqlx::Connection::close(conn).await;
             }
-            drop(conn);
-            settle_pool(pool).await;
+            if pool.num_idle() == 0 {
+                drop(pool.acquire().await.map_err(connect_failed)?);
+                settle_pool(pool).await;
+            }
             Ok(())
         })
     }

@@ -92,6 +92,13 @@ pub(crate) fn explain_error(err: sqlx::Error) -> sqlx::Error {
     sqlx::Error::Database(Box::new(Explained { inner, message }))
 }
 
+/// `err` (a database error) with `hint` after its message.
+#[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+pub(crate) fn with_hint(inner: Box<dyn DatabaseError>, hint: &str) -> sqlx::Error {
+    let message = format!("{} ({hint})", inner.message());
+    sqlx::Error::Database(Box::new(Explained { inner, message }))
+}
+
 /// The SQLSTATE of a database error, if it is one.
 pub(crate) fn sqlstate(err: &sqlx::Error) -> Option<String> {
     err.as_database_error()

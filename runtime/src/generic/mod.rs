@@ -127,6 +127,15 @@ pub trait Dialect: sqlx::Database + sealed::Sealed {
     #[doc(hidden)]
     const RESTART_TEST: Option<&'static str> = None;
 
+    /// Under test, a statement's error with what most likely caused it in
+    /// a test suite, where the server's message alone misleads (a lock
+    /// wait, a deadlock, an isolation level the test's transaction cannot
+    /// take).
+    #[doc(hidden)]
+    fn explain(e: sqlx::Error) -> sqlx::Error {
+        e
+    }
+
     /// [`Dialect::BEGIN_TEST`], or what this server needs instead.
     #[doc(hidden)]
     fn begin_test() -> &'static str {

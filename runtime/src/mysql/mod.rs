@@ -237,6 +237,41 @@ impl crate::generic::Dialect for MySql {
             .is_some_and(|d| matches!(d.number(), 1053 | 1927 | 4031))
     }
 
+    fn explain(e: sqlx::Error) -> sqlx::Error {
+        let number = e
+            .as_database_error()
+            .and_then(|d| d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>())
+            .map(|d| d.number());
+        let hint = match number {
+            // ER_LOCK_WAIT_TIMEOUT
+            Some(1205) => {
+                "db-test: the statement waited for a row lock until innodb_lock_wait_timeout \
+                 (DB_TEST_LOCK_TIMEOUT). Likely cause: another transaction-mode test holds it in \
+                 its own uncommitted transaction (the same unique value, or a row it wrote that \
+                 a locking read reached: `FOR UPDATE SKIP LOCKED` skips those). Use unique test \
+                 data, or `isolation = \"database\"`."
+            }
+            // ER_LOCK_DEADLOCK
+            Some(1213) => {
+                "db-test: a real deadlock: two transactions each waited for a lock the other \
+                 held, and the server rolled back this test's whole transaction. If they are two \
+                 tests, they write the same rows or unique values in opposite orders; use unique \
+                 test data, or `isolation = \"database\"`."
+            }
+            // ER_CANT_CHANGE_TX_CHARACTERISTICS
+            Some(1568) => {
+                "db-test: in transaction mode the test runs inside db-test's own transaction, \
+                 which already began, so its isolation level or access mode cannot change. A \
+                 test that sets one runs in a database of its own: `isolation = \"database\"`."
+            }
+            _ => return e,
+        };
+        match e {
+            sqlx::Error::Database(inner) => crate::hint::with_hint(inner, hint),
+            other => other,
+        }
+    }
+
     fn clone_arguments(arguments: &Self::Arguments) -> Option<Self::Arguments> {
         Some(arguments.clone())
     }

@@ -196,7 +196,10 @@ async fn run_statement<DB: Dialect>(
     // In flight from here: dropped during the statement, the next user
     // finds out where the connection stands.
     *lock(&state.in_flight) = Some(sql.clone());
-    let result: sqlx::Result<Vec<Step<DB>>> = DB::conn_fetch_many(conn, query).try_collect().await;
+    let result: sqlx::Result<Vec<Step<DB>>> = DB::conn_fetch_many(conn, query)
+        .try_collect()
+        .await
+        .map_err(DB::explain);
     *lock(&state.in_flight) = None;
     if first
         && let Err(e) = &result

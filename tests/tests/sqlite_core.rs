@@ -622,7 +622,7 @@ fn leftovers(dir: &std::path::Path) -> Vec<String> {
     std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.starts_with("tmpl-"))
+        .filter(|n| !n.starts_with("db-test-tmpl-"))
         .collect()
 }
 
@@ -644,20 +644,55 @@ fn no_files_are_left_behind_and_a_failed_database_can_be_kept() {
         common::run_until(cmd, Duration::from_secs(300))
     };
 
-    // What a killed test process left: removed by the next one.
-    let dead = std::process::Command::new("true").spawn().unwrap();
-    let dead_pid = dead.id();
-    let mut dead = dead;
-    dead.wait().unwrap();
+    // What killed test processes left: removed by the next one (one left
+    // its lock file, unlocked now; another's was already removed).
+    std::fs::write(dir.join("db-test-00000000deadbeef.lock"), b"").unwrap();
     for suffix in ["", "-wal", "-shm"] {
-        std::fs::write(dir.join(format!("db-{dead_pid}-0.sqlite{suffix}")), b"").unwrap();
+        for owner in ["00000000deadbeef", "0123456789abcdef"] {
+            std::fs::write(dir.join(format!("db-test-{owner}-0.sqlite{suffix}")), b"").unwrap();
+        }
+    }
+    std::fs::write(
+        dir.join("db-test-tmpl-0badc0de.00000000deadbeef.building"),
+        b"",
+    )
+    .unwrap();
+    // A live owner's files (its lock held: here by this process, standing
+    // for a test process in another PID namespace or container) stay.
+    let live_lock = std::fs::File::create(dir.join("db-test-1111111111111111.lock")).unwrap();
+    live_lock.lock().unwrap();
+    let live = "db-test-1111111111111111-0.sqlite";
+    std::fs::write(dir.join(live), b"").unwrap();
+    // Files of other names, if not of db-test's own scheme, are never
+    // removed (a user's backup, say).
+    let foreign = [
+        "db-2024-01-15.sqlite",
+        "db-1-0.sqlite",
+        "db-test-notanid-0.sqlite",
+        "db-test-00000000deadbeef-0.sqlite.bak",
+    ];
+    for f in foreign {
+        std::fs::write(dir.join(f), b"").unwrap();
     }
 
     let (out, text) = run(false);
     assert!(!out.status.success(), "one child test fails:\n{text}");
     assert!(text.contains("failing on purpose"), "{text}");
     assert!(text.contains("2 passed; 1 failed"), "{text}");
-    assert_eq!(leftovers(&dir), Vec::<String>::new(), "{text}");
+    let mut left = leftovers(&dir);
+    left.sort();
+    let mut expected = foreign.map(String::from).to_vec();
+    expected.extend([
+        "db-test-1111111111111111.lock".to_string(),
+        live.to_string(),
+    ]);
+    expected.sort();
+    assert_eq!(left, expected, "{text}");
+    for f in foreign {
+        std::fs::remove_file(dir.join(f)).unwrap();
+    }
+    // Its owner gone, the next process removes them.
+    drop(live_lock);
 
     let (_, text) = run(true);
     let kept = text
@@ -796,7 +831,7 @@ fn check_constraints_reports_a_deferred_foreign_key_violation() {
     let (out, text) = common::run_until(cmd, Duration::from_secs(300));
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("1 constraint violation(s)"), "{text}");
-    assert!(text.contains("PRAGMA foreign_key_check"), "{text}");
+    assert!(text.contains("pragma_foreign_key_check"), "{text}");
 }
 
 // DDL, then `SELECT *`: the test sees the new column; the next test, on
@@ -925,4 +960,29 @@ async fn no_migrations_is_an_empty_database_in_transaction_mode(db: TestDb) {
     assert_eq!(schema_objects(&db).await, Vec::<String>::new());
     db.execute("CREATE TABLE t (a INTEGER)").await.unwrap();
     assert_eq!(schema_objects(&db).await, vec!["t".to_string()]);
+}
+
+// A database-mode pool has `#[sqlx::test]`'s `max_connections` (1000);
+// with a paused clock db-test opens `DB_TEST_DATABASE_POOL_SIZE` (5) of
+// them before the body starts, as it did when that was the pool's size (a
+// connection opened under a paused clock would time out: the clock jumps
+// to the acquire timeout while SQLite's thread opens the file).
+#[db_test(
+    migrations = "tests/sqlite_core/migrations",
+    flavor = "current_thread",
+    start_paused = true
+)]
+async fn a_paused_database_mode_test_gets_five_connections_at_once(pool: SqlitePool) {
+    assert_eq!(pool.options().get_max_connections(), 1000);
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(pool.acquire().await.unwrap());
+    }
+    for conn in &mut held {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM item")
+            .fetch_one(&mut **conn)
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+    }
 }

@@ -12,12 +12,22 @@
 //!   failed).
 //!
 //! Where files go: `DB_TEST_SQLITE_DIR`; else the directory of the file
-//! that `DB_TEST_SQLITE_URL` or a `sqlite:` `DATABASE_URL` names (that file
-//! itself is never opened); else `db-test-sqlite/` next to the test
-//! binary's directory (`target/debug/db-test-sqlite`). A `sqlite::memory:`
-//! URL keeps that default. Files of a database-mode test are named
-//! `db-<pid>-<n>.sqlite`; those of a process that died are removed by the
-//! next process that uses the directory.
+//! that `DB_TEST_SQLITE_URL` names (that file itself is never opened); else
+//! `db-test-sqlite/` next to the test binary's directory
+//! (`target/debug/db-test-sqlite`). A `sqlite:` `DATABASE_URL` (the app's
+//! database, for sqlx's query macros) keeps that default, as under
+//! `#[sqlx::test]`: db-test writes nothing next to the app's database. So
+//! does a `sqlite::memory:` URL.
+//!
+//! Every file db-test makes there starts with `db-test-`, and every file
+//! of a process carries its *owner id*, random per process (not its pid:
+//! processes in two PID namespaces sharing the directory may have the same
+//! pid): `db-test-<id>.lock`, held with `flock` while the process lives;
+//! `db-test-<id>-<n>.sqlite`, a database-mode test's copy; and
+//! `db-test-tmpl-<hash>.<id>.building`, a template being built. A process
+//! removes only files of that exact form whose owner's lock it can take (an
+//! `flock` held by a live process is seen by every process on the same
+//! file system, whatever its PID namespace): never a file of another name.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -67,6 +77,7 @@ pub(crate) fn dir() -> Result<PathBuf, String> {
             )
         })?;
         sweep(&dir);
+        owner_lock(&dir)?;
         Ok(dir)
     })
     .clone()
@@ -74,7 +85,8 @@ pub(crate) fn dir() -> Result<PathBuf, String> {
 
 /// `DB_TEST_SQLITE_URL`, else `DATABASE_URL` if it is a `sqlite:` URL; an
 /// error if `DATABASE_URL` names another database (even when
-/// `DB_TEST_SQLITE_DIR` is set: a test must not seem to run where it does not).
+/// `DB_TEST_SQLITE_DIR` is set: a test must not seem to run where it does
+/// not). With the variable it came from.
 pub(crate) fn url() -> Result<Option<(String, String)>, String> {
     static URL: OnceLock<Result<Option<(String, String)>, String>> = OnceLock::new();
     URL.get_or_init(|| crate::config::server_url(crate::Backend::Sqlite))
@@ -87,7 +99,10 @@ fn choose_dir() -> Result<PathBuf, String> {
     {
         return Ok(PathBuf::from(d));
     }
-    if let Some((_, url)) = url()?
+    // Only db-test's own variable names a directory for db-test's files: a
+    // `DATABASE_URL` names the app's database, whose directory is the app's.
+    if let Some((var, url)) = url()?
+        && var != "DATABASE_URL"
         && let Some(dir) = url_dir(&url)
     {
         return Ok(dir);
@@ -122,45 +137,203 @@ pub(crate) fn url_dir(url: &str) -> Option<PathBuf> {
     })
 }
 
-/// Removes database-mode files left by processes that died.
+/// The prefix of every file db-test makes in its SQLite directory.
+const PREFIX: &str = "db-test-";
+
+/// This process's owner id: 16 hex digits, random per process.
+fn owner_id() -> &'static str {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(|| {
+        use std::hash::BuildHasher;
+        // The standard library's random hasher keys (from the OS's random
+        // source), with the pid and the time.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let h = std::hash::RandomState::new().hash_one((std::process::id(), nanos));
+        format!("{h:016x}")
+    })
+}
+
+/// The lock file that says the owner `id` is alive.
+fn lock_path(dir: &Path, id: &str) -> PathBuf {
+    dir.join(format!("{PREFIX}{id}.lock"))
+}
+
+/// The path of this process's lock file, for [`remove_owner_lock`].
+static OWNER_LOCK: OnceLock<std::ffi::CString> = OnceLock::new();
+
+/// Takes this process's lock, `db-test-<id>.lock`, held until the process
+/// ends (its file is removed at a normal exit; a killed process's is
+/// removed by the next sweep). It is locked before it gets its name, so a
+/// sweep never finds it unlocked while this process lives.
+fn owner_lock(dir: &Path) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
+    static FILE: OnceLock<std::fs::File> = OnceLock::new();
+    let path = lock_path(dir, owner_id());
+    let mut tmp = path.clone().into_os_string();
+    tmp.push(".new");
+    let tmp = PathBuf::from(tmp);
+    let mut attempt = 0;
+    let file = loop {
+        let file = flock(&tmp)?;
+        match std::fs::rename(&tmp, &path) {
+            Ok(()) => break file,
+            // Another process's sweep took it between its creation and
+            // its lock, and removed it: again.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempt < 3 => attempt += 1,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(format!(
+                    "db-test: cannot create the lock {}: {e} (set DB_TEST_SQLITE_DIR to \
+                     another directory)",
+                    path.display()
+                ));
+            }
+        }
+    };
+    let _ = FILE.set(file);
+    if let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) {
+        let _ = OWNER_LOCK.set(c);
+        // SAFETY: registers a plain function, run once at `exit`.
+        unsafe { libc::atexit(remove_owner_lock) };
+    }
+    Ok(())
+}
+
+/// At a normal exit: removes this process's lock file (its copies are
+/// gone by then; any left are removed by the next sweep, as a killed
+/// process's are).
+extern "C" fn remove_owner_lock() {
+    if let Some(path) = OWNER_LOCK.get() {
+        // SAFETY: a valid NUL-terminated path.
+        unsafe { libc::unlink(path.as_ptr()) };
+    }
+}
+
+/// The owner id in the name of a file of db-test's own that belongs to one
+/// process, and whether it is that owner's lock file. `None` for any other
+/// name: such a file is never removed.
+fn owner_of(name: &str) -> Option<(&str, bool)> {
+    fn is_id(s: &str) -> bool {
+        s.len() == 16 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    }
+    fn is_number(s: &str) -> bool {
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+    }
+    let rest = name.strip_prefix(PREFIX)?;
+    // db-test-<id>.lock
+    if let Some(id) = rest.strip_suffix(".lock")
+        && is_id(id)
+    {
+        return Some((id, true));
+    }
+    // db-test-<id>.lock.new: a lock of a process that died before it
+    // named it (removed only if it can be locked, see `sweep`).
+    if let Some(id) = rest.strip_suffix(".lock.new")
+        && is_id(id)
+    {
+        return Some((id, false));
+    }
+    // db-test-<id>-<n>.sqlite, and the files SQLite keeps next to it
+    let base = ["-wal", "-shm", "-journal"]
+        .iter()
+        .find_map(|s| rest.strip_suffix(s))
+        .unwrap_or(rest);
+    if let Some(stem) = base.strip_suffix(".sqlite")
+        && let Some((id, n)) = stem.split_once('-')
+        && is_id(id)
+        && is_number(n)
+    {
+        return Some((id, false));
+    }
+    // db-test-tmpl-<hash>.<id>.building (and the files next to it)
+    if let Some(stem) = base
+        .strip_prefix("tmpl-")
+        .and_then(|r| r.strip_suffix(".building"))
+        && let Some((hash, id)) = stem.rsplit_once('.')
+        && !hash.is_empty()
+        && hash.bytes().all(|b| b.is_ascii_alphanumeric())
+        && is_id(id)
+    {
+        return Some((id, false));
+    }
+    None
+}
+
+/// Removes the files of owners that are gone: files of db-test's own
+/// naming scheme (see the module docs) whose owner's lock can be taken, or
+/// that have no lock file any more. A live owner holds its lock, in
+/// whichever PID namespace or container it runs.
 fn sweep(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
+    let mut owners: HashMap<String, Vec<PathBuf>> = HashMap::new();
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let pid = name
-            .strip_prefix("db-")
-            .and_then(|r| r.split('-').next())
-            .and_then(|p| p.parse::<i32>().ok())
-            .or_else(|| {
-                // A template build a killed process left: tmpl-<hash>.<pid>.building
-                name.strip_suffix(".building")
-                    .and_then(|r| r.rsplit('.').next())
-                    .and_then(|p| p.parse::<i32>().ok())
-            });
-        // This process's own pid too: `dir()` sweeps before this process
-        // makes any file, so one with its pid is a dead process's that had
-        // the same pid (a container restarted with the same `target/`).
-        if let Some(pid) = pid
-            && (pid == std::process::id() as i32 || !alive(pid))
+        if let Some((id, is_lock)) = owner_of(name)
+            && id != owner_id()
         {
-            let _ = std::fs::remove_file(entry.path());
+            let files = owners.entry(id.to_string()).or_default();
+            if !is_lock {
+                files.push(entry.path());
+            }
+        }
+    }
+    for (id, files) in owners {
+        let path = lock_path(dir, &id);
+        let held = match std::fs::File::open(&path) {
+            Ok(file) => match try_flock(&file) {
+                Ok(true) => Some(file),
+                // Held by a live process, or cannot tell: left alone.
+                Ok(false) | Err(_) => continue,
+            },
+            // Removed by an earlier sweep that stopped halfway.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(_) => continue,
+        };
+        for f in files {
+            if f.extension().is_some_and(|e| e == "new") {
+                // Its owner may have created it and not locked it yet.
+                match std::fs::File::open(&f).map(|file| try_flock(&file)) {
+                    Ok(Ok(true)) => {}
+                    _ => continue,
+                }
+            }
+            let _ = std::fs::remove_file(f);
+        }
+        if held.is_some() {
+            let _ = std::fs::remove_file(&path);
         }
     }
 }
 
-fn alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    let r = unsafe { libc::kill(pid, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+/// Takes an exclusive `flock` on `file` if no one holds one.
+fn try_flock(file: &std::fs::File) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid open descriptor; the lock goes with the file.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
 }
 
-/// Connect options of db-test's SQLite connections to a file.
+/// Connect options of db-test's SQLite connections to a file: those
+/// `#[sqlx::test]` gives a test (`create_if_missing(true)`, sqlx's default
+/// foreign keys on), so that options derived from them (another file's, a
+/// tenant's) create a missing database as they would there.
 fn file_options(path: &Path) -> SqliteConnectOptions {
     SqliteConnectOptions::new()
         .filename(path)
+        .create_if_missing(true)
         .foreign_keys(true)
 }
 
@@ -188,14 +361,14 @@ pub(crate) async fn template(
 async fn build(migrator: MigratorRef) -> Result<Template, String> {
     let dir = dir()?;
     let hash = migrations_hash(migrator.get());
-    let path = dir.join(format!("tmpl-{hash}.sqlite"));
+    let path = dir.join(format!("{PREFIX}tmpl-{hash}.sqlite"));
     if !path.exists() {
-        let lock_path = dir.join(format!("tmpl-{hash}.lock"));
+        let lock_path = dir.join(format!("{PREFIX}tmpl-{hash}.lock"));
         let lock = tokio::task::spawn_blocking(move || flock(&lock_path))
             .await
             .map_err(|e| format!("db-test: the template lock task failed: {e}"))??;
         if !path.exists() {
-            let building = dir.join(format!("tmpl-{hash}.{}.building", std::process::id()));
+            let building = dir.join(format!("{PREFIX}tmpl-{hash}.{}.building", owner_id()));
             let _ = std::fs::remove_file(&building);
             let result = migrate_into(&building, migrator.get()).await;
             let result = result.and_then(|()| {
@@ -213,16 +386,26 @@ async fn build(migrator: MigratorRef) -> Result<Template, String> {
         }
         drop(lock);
     }
-    let bytes = std::fs::read(&path).map_err(|e| {
+    let mut bytes = std::fs::read(&path).map_err(|e| {
         format!(
             "db-test: cannot read the SQLite template {}: {e}",
             path.display()
         )
     })?;
+    // Migrations that turned on WAL (a `-- no-transaction` `PRAGMA
+    // journal_mode = WAL`) leave the file's header saying so (bytes 18 and
+    // 19 = 2), which an in-memory copy cannot open. The copies say
+    // "rollback journal" (1) instead; the file, and database mode's file
+    // copies, stay in WAL as the migrations left them.
+    if bytes.len() >= 100 && bytes[18] == 2 && bytes[19] == 2 {
+        bytes[18] = 1;
+        bytes[19] = 1;
+    }
     let bytes = Arc::new(bytes);
     let options = SqliteConnectOptions::from_str("sqlite::memory:")
         .expect("a valid URL")
         .foreign_keys(true);
+    let baseline = fk_baseline(&path, &bytes, &options).await?;
     let (for_copies, for_slots) = (bytes.clone(), options.clone());
     let slots = Slots::new(
         crate::config::pool_size(),
@@ -240,7 +423,9 @@ async fn build(migrator: MigratorRef) -> Result<Template, String> {
                     let bytes = for_copies.clone();
                     Box::pin(async move {
                         let buf = SqliteOwnedBuf::try_from(&bytes[..])?;
-                        conn.deserialize(None, buf, false).await
+                        conn.deserialize(None, buf, false).await?;
+                        sqlx::raw_sql(baseline).execute(&mut *conn).await?;
+                        Ok(())
                     })
                 })
                 .connect_lazy_with(for_slots.clone())
@@ -252,6 +437,38 @@ async fn build(migrator: MigratorRef) -> Result<Template, String> {
         slots,
         options,
     })
+}
+
+/// The statement, run on each in-memory copy as it opens (before any
+/// test's transaction), that records the template's own foreign key
+/// violations in `temp.db_test_fk_baseline`: rows the migrations left
+/// (imported with foreign keys off, say). The end-of-test check (the
+/// `CHECK_CONSTRAINTS` of `Sqlite`'s `Dialect`) reports only violations
+/// not among them: those the test introduced. Computed once per template:
+/// most have none, and their copies then only create the empty table.
+async fn fk_baseline(
+    path: &Path,
+    bytes: &[u8],
+    options: &SqliteConnectOptions,
+) -> Result<&'static str, String> {
+    const EMPTY: &str = "CREATE TEMP TABLE db_test_fk_baseline (tbl, row_id, parent, fkid)";
+    const FILLED: &str = "CREATE TEMP TABLE db_test_fk_baseline (tbl, row_id, parent, fkid); \
+         INSERT INTO temp.db_test_fk_baseline SELECT * FROM pragma_foreign_key_check";
+    let fail = |e: sqlx::Error| {
+        format!(
+            "db-test: cannot check the foreign keys of the SQLite template {}: {e}",
+            path.display()
+        )
+    };
+    let mut conn = options.connect().await.map_err(fail)?;
+    let buf = SqliteOwnedBuf::try_from(bytes).map_err(fail)?;
+    conn.deserialize(None, buf, false).await.map_err(fail)?;
+    let any: Option<i64> = sqlx::query_scalar("SELECT 1 FROM pragma_foreign_key_check LIMIT 1")
+        .fetch_optional(&mut conn)
+        .await
+        .map_err(fail)?;
+    let _ = conn.close().await;
+    Ok(if any.is_some() { FILLED } else { EMPTY })
 }
 
 /// Holds an exclusive `flock` on `path` until dropped.
@@ -317,8 +534,8 @@ impl FileCopy {
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let dir = dir()?;
         let path = dir.join(format!(
-            "db-{}-{}.sqlite",
-            std::process::id(),
+            "{PREFIX}{}-{}.sqlite",
+            owner_id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::copy(&template.path, &path).map_err(|e| {
@@ -356,9 +573,9 @@ impl FileCopy {
     }
 
     /// Keeps the file of a failed test (`DB_TEST_KEEP_FAILED`) under a
-    /// name that no sweep removes (`kept-db-<pid>-<n>.sqlite`): the next
-    /// test process sweeps the files of processes that are gone, this one
-    /// included once it exits. Returns the path it is kept at.
+    /// name that no sweep removes (`kept-db-test-<id>-<n>.sqlite`): the
+    /// next test process sweeps the files of processes that are gone, this
+    /// one included once it exits. Returns the path it is kept at.
     pub(crate) fn keep(&self) -> Result<PathBuf, String> {
         let name = self
             .path

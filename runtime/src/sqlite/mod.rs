@@ -22,7 +22,7 @@
 //! # How tests are isolated
 //!
 //! The migrations run once per migrations hash, into a template file
-//! (`tmpl-<hash>.sqlite`), built under a file lock so that parallel test
+//! (`db-test-tmpl-<hash>.sqlite`), built under a file lock so that parallel test
 //! processes (nextest) build it once. SQLite has one writer per file, so no
 //! two tests ever share one:
 //!
@@ -34,11 +34,18 @@
 //!   tests copy nothing. Nothing touches the disk.
 //! - **Database mode** (`SqlitePool` and friends, or `isolation =
 //!   "database"`): a *file* copy of the template of the test's own
-//!   (`db-<pid>-<n>.sqlite`) and a pool on it: real commits, several
-//!   connections, WAL as sqlx sets it. The file is deleted when the test
-//!   ends; with `DB_TEST_KEEP_FAILED=1` a failed test's file is kept and its
-//!   path printed. Files of a process that died are removed by the next
-//!   process that uses the directory.
+//!   (`db-test-<id>-<n>.sqlite`, `<id>` random per process) and a pool on
+//!   it of up to 1000 connections, as `#[sqlx::test]` gives
+//!   (`DB_TEST_DATABASE_POOL_SIZE` if set): real commits, several
+//!   connections, the journal mode the migrations left. Fixtures run on a
+//!   connection of their own, closed before the test's pool opens, as
+//!   under `#[sqlx::test]`. The file is deleted when the test ends; with
+//!   `DB_TEST_KEEP_FAILED=1` a failed test's file is kept and its path
+//!   printed. Each process holds an `flock` on `db-test-<id>.lock` while
+//!   it lives; the files of a process whose lock is free (it died) are
+//!   removed by the next process that uses the directory, whatever PID
+//!   namespace or container either runs in. No file of any other name is
+//!   ever removed.
 //!
 //! Per test copy, measured with `cargo run --release -p db-test-tests
 //! --example sqlite_copy` (a 128 KiB template; 2 MiB in brackets):
@@ -52,13 +59,16 @@
 //! # Where files go
 //!
 //! `DB_TEST_SQLITE_DIR` if set; else the directory of the file that
-//! `DB_TEST_SQLITE_URL` (or a `sqlite:` `DATABASE_URL`) names, such as
-//! `sqlite:///var/tmp/app.db` (`/var/tmp`; the file itself is never opened,
-//! let alone migrated); else `db-test-sqlite/` in the test binary's target
-//! directory (`target/debug/db-test-sqlite`). `sqlite::memory:` keeps that
-//! default: transaction-mode copies are in memory in every case. A
-//! `DATABASE_URL` of another database (`postgres://...`) is an error for a
-//! SQLite test, naming both; set `DB_TEST_SQLITE_URL` to override it.
+//! `DB_TEST_SQLITE_URL` names, such as `sqlite:///var/tmp/tests.db`
+//! (`/var/tmp`; the file itself is never opened, let alone migrated); else
+//! `db-test-sqlite/` in the test binary's target directory
+//! (`target/debug/db-test-sqlite`). A `sqlite:` `DATABASE_URL` (the app's
+//! database, for sqlx's query macros) keeps that default, as
+//! `#[sqlx::test]` does: db-test writes nothing next to the app's database.
+//! So does `sqlite::memory:`: transaction-mode copies are in memory in
+//! every case. A `DATABASE_URL` of another database (`postgres://...`) is
+//! an error for a SQLite test, naming both; set `DB_TEST_SQLITE_URL` to
+//! override it. Every file db-test makes there starts with `db-test-`.
 //!
 //! # What differs from production under test (transaction mode)
 //!
@@ -69,16 +79,26 @@
 //!   END` body is not mistaken for them); and `VACUUM`, `ATTACH`, `DETACH`,
 //!   which cannot run in a transaction. Use `isolation = "database"` for them.
 //! - A statement whose future was dropped (a timeout, `select!`) is
-//!   waited for before the next one runs; a read still running after 250 ms
-//!   is interrupted (a write runs to its end, as it would in production:
-//!   SQLite would roll back the whole transaction of an interrupted write).
+//!   waited for before the next one runs; a read (by its first keyword:
+//!   `SELECT`, `VALUES`, `EXPLAIN`, a `WITH .. SELECT`) still running after
+//!   250 ms is interrupted; anything else (`INSERT`, `CREATE TABLE .. AS
+//!   SELECT`, `REINDEX`, ...) runs to its end, as it would in production:
+//!   SQLite would roll back the whole transaction of an interrupted write.
+//!   Then the test's transaction is checked (SQLite answers with no
+//!   statement): a dropped statement whose error ended it (`INSERT OR
+//!   ROLLBACK`, a trigger's `RAISE(ROLLBACK)`) fails the test, and its copy
+//!   is not reused.
 //! - `PRAGMA foreign_keys = ...` and other pragmas SQLite ignores inside a
 //!   transaction have no effect. A test that sends any `PRAGMA` gets its
 //!   in-memory copy closed at its end rather than reused, so that a setting
 //!   that outlives the rollback (`query_only`, ...) never reaches another test.
 //! - `check_constraints = true` runs `PRAGMA foreign_key_check` before the
-//!   rollback and fails the test on any violation (what `COMMIT` would
-//!   reject with `DEFERRABLE INITIALLY DEFERRED` foreign keys).
+//!   rollback and fails the test on a violation the test introduced (what
+//!   `COMMIT` would reject with `DEFERRABLE INITIALLY DEFERRED` foreign
+//!   keys); violations the migrations left in the template (rows imported
+//!   with foreign keys off) are left out.
+//! - Migrations that turn on WAL work: the in-memory copies are opened with
+//!   a rollback journal (in memory), database-mode copies stay in WAL.
 //! - A statement still running when the test times out is interrupted
 //!   (`SQLITE_INTERRUPT`, from a progress handler db-test puts on the test's
 //!   connections, in both modes; not on a pool the test builds itself from
@@ -127,7 +147,15 @@ impl crate::generic::Dialect for Sqlite {
         None
     }
 
-    const CHECK_CONSTRAINTS: Option<&'static str> = Some("PRAGMA foreign_key_check");
+    /// The foreign key violations the test introduced: those of the whole
+    /// database less the template's own, which the migrations left and
+    /// which each in-memory copy records as it opens (see
+    /// `engine::fk_baseline`). SQLite checks immediate foreign keys at each
+    /// statement, so what is left is what `COMMIT` rejects: a deferred
+    /// foreign key (or every one under `PRAGMA defer_foreign_keys`).
+    const CHECK_CONSTRAINTS: Option<&'static str> = Some(
+        "SELECT * FROM pragma_foreign_key_check EXCEPT SELECT * FROM temp.db_test_fk_baseline",
+    );
 
     /// A pragma may set connection state that outlives the rollback
     /// (`query_only`, `recursive_triggers`, `case_sensitive_like`, ...);

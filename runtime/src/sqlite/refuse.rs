@@ -114,6 +114,79 @@ fn is_trigger(stmt: &str) -> bool {
     }
 }
 
+/// The words of a statement from [`statements`] outside parentheses and
+/// quoted text, upper-cased: its keywords and names at the top level.
+fn top_level_words(stmt: &str) -> Vec<String> {
+    let b = stmt.as_bytes();
+    let (mut words, mut depth, mut i) = (Vec::new(), 0usize, 0);
+    while i < b.len() {
+        match b[i] {
+            b'(' => {
+                depth += 1;
+                i += 1;
+            }
+            b')' => {
+                depth = depth.saturating_sub(1);
+                i += 1;
+            }
+            c @ (b'\'' | b'"' | b'`' | b'[') => {
+                let close = if c == b'[' { b']' } else { c };
+                i += 1;
+                while i < b.len() {
+                    if b[i] == close {
+                        if close != b']' && b.get(i + 1) == Some(&close) {
+                            i += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    i += 1;
+                }
+                i += 1;
+            }
+            c if c.is_ascii_alphabetic() || c == b'_' => {
+                let start = i;
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'$')
+                {
+                    i += 1;
+                }
+                if depth == 0 {
+                    words.push(stmt[start..i].to_ascii_uppercase());
+                }
+            }
+            c if c.is_ascii_digit() => {
+                // A number (`1e5`, `0x1F`) is no word.
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.') {
+                    i += 1;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    words
+}
+
+/// Whether every statement of `sql` only reads, decided by its first
+/// keyword: `SELECT`, `VALUES`, `EXPLAIN`, or a `WITH` whose statement (the
+/// top-level keyword after its common table expressions) is not `INSERT`,
+/// `REPLACE`, `UPDATE` or `DELETE`. Anything else (`CREATE TABLE .. AS
+/// SELECT`, `ANALYZE`, `REINDEX`, `PRAGMA`, an unknown word) is not a read.
+/// A name such as `updated_at` is one word, never taken for `UPDATE`.
+pub(crate) fn is_read(sql: &str) -> bool {
+    let stmts = statements(sql);
+    !stmts.is_empty()
+        && stmts.iter().all(|stmt| {
+            let words = top_level_words(stmt);
+            match words.first().map(String::as_str) {
+                Some("SELECT" | "VALUES" | "EXPLAIN") => true,
+                Some("WITH") => !words
+                    .iter()
+                    .any(|w| matches!(w.as_str(), "INSERT" | "REPLACE" | "UPDATE" | "DELETE")),
+                _ => false,
+            }
+        })
+}
+
 /// Why a SQLite test in transaction mode must not run `sql`, if it must not.
 /// Whether one of the statements of `sql` is DDL (`CREATE`, `ALTER`, `DROP`).
 pub(crate) fn has_ddl(sql: &str) -> bool {
@@ -189,6 +262,27 @@ const OUTSIDE: &str = "cannot run inside a transaction, and each test in transac
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_read_is_told_by_its_first_keyword() {
+        use super::is_read;
+        assert!(is_read(
+            "SELECT count(*) FROM parent p WHERE p.updated_at IS NULL"
+        ));
+        assert!(is_read("select \"update\" from t; VALUES (1)"));
+        assert!(is_read(
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c"
+        ));
+        assert!(is_read("-- INSERT\nEXPLAIN QUERY PLAN DELETE FROM t"));
+        assert!(!is_read("WITH d AS (SELECT 1) DELETE FROM t WHERE id IN d"));
+        assert!(!is_read("CREATE TABLE r AS SELECT x FROM c"));
+        assert!(!is_read("ANALYZE"));
+        assert!(!is_read("REINDEX t"));
+        assert!(!is_read("PRAGMA user_version = 3"));
+        assert!(!is_read("SELECT 1; INSERT INTO t VALUES (1)"));
+        assert!(!is_read("UPDATE t SET a = 1"));
+        assert!(!is_read(""));
+    }
+
     #[test]
     fn ddl_is_found_by_its_first_word_not_a_column_name() {
         assert!(super::has_ddl("ALTER TABLE t ADD COLUMN c"));

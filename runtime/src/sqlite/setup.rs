@@ -13,7 +13,8 @@ use crate::context::{BoxError, ContextInner, FromTestContext, TestContext};
 use crate::generic::shared::{Canceller, Shared, TestState, TxResource, apply_fixtures};
 use crate::generic::{Db, test_state};
 use crate::run::{
-    Ending, Isolation, Prepared, Resource, TestSpec, Verdict, fill_pool, isolation_of, settle_pool,
+    Ending, Isolation, Prepared, Resource, TestSpec, Verdict, fill_pool_to, isolation_of,
+    settle_pool,
 };
 use crate::shared::TEARDOWN_GRACE;
 use crate::slots::Slots;
@@ -75,14 +76,17 @@ impl Interrupt {
 }
 
 /// A dropped statement still running: interrupted, then the flag is
-/// cleared for the test's next statements. Reads only: SQLite rolls back
-/// the whole transaction of an interrupted `INSERT`, `UPDATE` or `DELETE`
-/// (the test's earlier writes with it), so a dropped write runs to its end
-/// and is undone alone.
+/// cleared for the test's next statements. Reads only (see
+/// [`super::refuse::is_read`]: every statement of the string a `SELECT`,
+/// `VALUES`, `EXPLAIN`, or a `WITH` whose statement is a `SELECT`), which
+/// production stops too once their caller is gone. Never anything else:
+/// SQLite rolls back the whole transaction of an interrupted write
+/// (`INSERT`, `CREATE TABLE .. AS SELECT`, `REINDEX`, ...: the test's
+/// earlier writes with it), so a dropped write runs to its end, and stays,
+/// as in production.
 impl Canceller for Interrupt {
     fn can_cancel(&self, sql: &str) -> bool {
-        // Errs on the side of waiting: any mention of a write.
-        !crate::sqltext::contains_any_ignore_case(sql, &["INSERT", "UPDATE", "DELETE", "REPLACE"])
+        super::refuse::is_read(sql)
     }
 
     fn cancel(&self) -> futures_util::future::BoxFuture<'static, ()> {
@@ -198,7 +202,7 @@ pub(crate) async fn setup(spec: &'static TestSpec) -> Result<Prepared, String> {
             let options = copy.options();
             let on_connect = interrupt.clone();
             let pool = SqlitePoolOptions::new()
-                .max_connections(crate::config::database_pool_size())
+                .max_connections(database_pool_size())
                 .acquire_timeout(crate::config::acquire_timeout())
                 .test_before_acquire(false)
                 .after_connect(move |conn, _| {
@@ -211,9 +215,14 @@ pub(crate) async fn setup(spec: &'static TestSpec) -> Result<Prepared, String> {
                 copy,
                 interrupt,
             });
-            // The first connection opens here, on the shared runtime, so
-            // that the pool works before the body's runtime exists.
+            // The fixtures run on a connection of their own, closed before
+            // the test's pool opens, as under `#[sqlx::test]`: what they
+            // set on their connection (a dump's `PRAGMA foreign_keys=OFF`)
+            // never reaches the test's. Then the pool's first connection
+            // opens here, on the shared runtime, so that the pool works
+            // before the body's runtime exists.
             let prepared = async {
+                apply_fixtures_alone(spec, &options).await?;
                 drop(pool.acquire().await.map_err(|e| {
                     format!(
                         "db-test: cannot open the SQLite copy {} for test `{}`: {e}",
@@ -221,7 +230,7 @@ pub(crate) async fn setup(spec: &'static TestSpec) -> Result<Prepared, String> {
                         spec.name
                     )
                 })?);
-                apply_fixtures(spec, &Db::from_pool(pool.clone())).await
+                Ok::<(), String>(())
             }
             .await;
             if let Err(msg) = prepared {
@@ -255,8 +264,18 @@ struct FileResource {
 }
 
 impl Resource for FileResource {
+    /// `DB_TEST_DATABASE_POOL_SIZE` (5) connections, not the pool's 1000
+    /// (a thread each): what a paused test could use when that was the
+    /// pool's size. (One the body opens under its paused clock times out:
+    /// the clock jumps to the acquire timeout while SQLite's thread opens
+    /// the file.)
     fn prewarm(&self) -> futures_util::future::BoxFuture<'_, ()> {
-        Box::pin(fill_pool(&self.pool))
+        let n = self
+            .pool
+            .options()
+            .get_max_connections()
+            .min(crate::config::database_pool_size());
+        Box::pin(fill_pool_to(&self.pool, n as usize))
     }
 
     fn settle(&self) -> futures_util::future::BoxFuture<'_, ()> {
@@ -305,6 +324,49 @@ impl Resource for FileResource {
     }
 }
 
+/// The `max_connections` of a database-mode test's pool, and of the
+/// `SqlitePoolOptions` it is given: `DB_TEST_DATABASE_POOL_SIZE` if set,
+/// else 1000, as `#[sqlx::test]` gives a SQLite test (sqlx-sqlite
+/// `testing::test_context`; a pool opens connections only as they are
+/// asked for).
+fn database_pool_size() -> u32 {
+    match std::env::var("DB_TEST_DATABASE_POOL_SIZE") {
+        Ok(v) if !v.trim().is_empty() => crate::config::database_pool_size(),
+        _ => 1000,
+    }
+}
+
+/// A database-mode test's fixtures, on a connection of their own to its
+/// file, closed after them.
+async fn apply_fixtures_alone(
+    spec: &'static TestSpec,
+    options: &SqliteConnectOptions,
+) -> Result<(), String> {
+    use sqlx::Connection;
+    if spec.fixtures.is_empty() {
+        return Ok(());
+    }
+    let mut conn = SqliteConnection::connect_with(options).await.map_err(|e| {
+        format!(
+            "db-test: cannot connect to run the fixtures of test `{}`: {e}",
+            spec.name
+        )
+    })?;
+    for fixture in spec.fixtures {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(fixture.sql))
+            .execute(&mut conn)
+            .await
+            .map_err(|e| {
+                format!(
+                    "db-test: fixture `{}` failed in test `{}`: {e}",
+                    fixture.path, spec.name
+                )
+            })?;
+    }
+    let _ = conn.close().await;
+    Ok(())
+}
+
 fn own_pool(ctx: &TestContext, what: &str) -> Result<SqlitePool, BoxError> {
     test_state::<Sqlite>(ctx, what)?
         .pool
@@ -346,7 +408,7 @@ impl FromTestContext for (SqlitePoolOptions, SqliteConnectOptions) {
         own_pool(ctx, what)?;
         let options = test_state::<Sqlite>(ctx, what)?.options.clone();
         Ok((
-            SqlitePoolOptions::new().max_connections(crate::config::database_pool_size()),
+            SqlitePoolOptions::new().max_connections(database_pool_size()),
             options,
         ))
     }

@@ -70,20 +70,33 @@ pub(super) async fn recover_dropped<DB: Dialect>(
         state.record(sql, Some(outcome));
         return Err(poisoned_error(&why));
     }
+    // Where the library answers without a statement (SQLite), the
+    // transaction is checked after every dropped statement: sqlx's SQLite
+    // worker throws away the reply of a statement whose caller went away,
+    // so its error (an `INSERT OR ROLLBACK`, a trigger's `RAISE(ROLLBACK)`
+    // that ended the test's transaction) never comes back here.
+    let free_check = DB::in_transaction(conn).is_some();
     if failed {
         // It failed or was stopped: the server undid it alone (see
         // `statement`), unless its error ended the transaction.
         outcome.push_str("; it failed, and the server undid it");
-        if let Err(e) = check_open::<DB>(conn).await {
-            let failure = match &first_error {
-                Some(first) => format!("`{}`: {first}", sql.trim()),
-                None => format!("`{}` failed", sql.trim()),
-            };
-            let why = ended_by_database(&state.label, &failure, &e);
-            state.ended_by_database(why.clone());
-            state.record(sql, Some(outcome));
-            return Err(poisoned_error(&why));
-        }
+    }
+    if (failed || free_check)
+        && let Err(e) = check_open::<DB>(conn).await
+    {
+        let failure = match &first_error {
+            Some(first) => format!("`{}`: {first}", sql.trim()),
+            None if failed => format!("`{}` failed", sql.trim()),
+            // Its error was not reported (see `free_check`).
+            None => format!(
+                "`{}`, dropped by its caller, failed in a way that ended the transaction",
+                sql.trim()
+            ),
+        };
+        let why = ended_by_database(&state.label, &failure, &e);
+        state.ended_by_database(why.clone());
+        state.record(sql, Some(outcome));
+        return Err(poisoned_error(&why));
     }
     state.record(sql, Some(outcome));
     Ok(())

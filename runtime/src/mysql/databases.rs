@@ -201,9 +201,20 @@ impl Engine {
         MySqlPoolOptions::new()
             .max_connections(config::database_pool_size())
             .acquire_timeout(config::acquire_timeout())
-            // An idle connection is handed out without a round trip: the
-            // database is the test's alone.
+            // The database is the test's alone: a connection used within
+            // the last second is handed out without sqlx's ping (a round
+            // trip per acquire); one idle longer is pinged, and replaced if
+            // the server ended its session meanwhile (`wait_timeout`, a
+            // restart, a `KILL`).
             .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= std::time::Duration::from_secs(1) {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_lazy_with(self.options_for(name))
     }
 

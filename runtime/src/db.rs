@@ -138,6 +138,29 @@ impl Db {
             }),
         }
     }
+
+    /// Starts a transaction with a statement of the app's own (`BEGIN
+    /// ISOLATION LEVEL SERIALIZABLE`, say), as [`sqlx::Pool::begin_with`].
+    /// Under a transaction-mode test the statement is not sent: a
+    /// `SAVEPOINT` inside the test's transaction stands for it, as for
+    /// [`Db::begin`] (the test's transaction has begun already; a test that
+    /// needs the statement's isolation level runs in `isolation =
+    /// "database"`).
+    pub async fn begin_with(
+        &self,
+        statement: impl sqlx::SqlSafeStr,
+    ) -> sqlx::Result<DbTransaction> {
+        match &self.inner {
+            Inner::Pool(pool) => Ok(DbTransaction {
+                inner: TxInner::Pool(pool.begin_with(statement).await?),
+            }),
+            #[cfg(feature = "harness")]
+            Inner::Test(_) => {
+                let _ = statement;
+                self.begin().await
+            }
+        }
+    }
 }
 
 /// A connection taken from a [`Db`]. Derefs to [`DbConn`], which derefs to

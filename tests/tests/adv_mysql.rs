@@ -8,11 +8,9 @@
 //!
 //! Written by an adversarial review; each test was a difference from
 //! `#[sqlx::test]` or a leak, fixed since, or a control that already
-//! behaved. Two differences are left, and the README says so: after a
-//! `CALL` or a failed statement db-test's one-round-trip check of the
-//! transaction is the statement `ROW_COUNT()` and `SHOW WARNINGS` describe;
-//! and a string holding a backslash is also read as under
-//! `NO_BACKSLASH_ESCAPES`, so `'Don\'t panic; start ...'` can be refused.
+//! behaved. One difference is left, and the README says so: after a `CALL`
+//! or a failed statement db-test's one-round-trip check of the transaction
+//! is the statement `ROW_COUNT()` and `SHOW WARNINGS` describe.
 
 mod common;
 
@@ -1179,4 +1177,40 @@ macro_rules! diagnostics {
 async fn row_count_after_a_call_and_a_failure_database_mode(pool: MySqlPool) {
     let mut conn = pool.acquire().await.unwrap();
     assert_eq!(diagnostics!(&mut *conn), (1, -1));
+}
+
+// ---------------------------------------------------------------------------
+// Text in string literals is not SQL: a backslash string is read the way the
+// session reads it, and every way once the test may have changed its mode.
+// ---------------------------------------------------------------------------
+
+/// A data-only `mysqldump --compact` line: MySQL escapes `'` as `\'`.
+#[db_test(migrations = "tests/adv_mysql/plain")]
+async fn an_escaped_quote_in_a_literal_is_not_read_as_the_end_of_the_string(db: TestDb) {
+    sqlx::raw_sql(r"INSERT INTO `post` VALUES (1,'Don\'t panic; start with the basics')")
+        .execute(&db)
+        .await
+        .unwrap();
+    let body: String = sqlx::query_scalar("SELECT body FROM post")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(body, "Don't panic; start with the basics");
+}
+
+/// After `SET sql_mode = 'NO_BACKSLASH_ESCAPES'` the server ends the string
+/// at the backslash, and the `COMMIT` after it is a statement: refused (a
+/// refused statement fails its test).
+#[db_test(migrations = "tests/adv_mysql/plain")]
+#[should_panic(expected = "`COMMIT` commits the current transaction implicitly")]
+async fn a_commit_after_a_backslash_is_refused_once_the_session_reads_no_escapes(db: TestDb) {
+    sqlx::query("SET SESSION sql_mode = CONCAT(@@sql_mode, ',NO_BACKSLASH_ESCAPES')")
+        .execute(&db)
+        .await
+        .unwrap();
+    let err = sqlx::raw_sql(r"INSERT INTO `post` VALUES (2,'a\'); COMMIT; SELECT ('')")
+        .execute(&db)
+        .await
+        .expect_err("the COMMIT is a statement in this session");
+    assert!(err.to_string().contains("COMMIT"), "{err}");
 }

@@ -182,6 +182,41 @@ macro_rules! matrix {
                 assert_nothing_committed(&db).await;
             }
 
+            /// `begin_with` (SQLite's `BEGIN IMMEDIATE`, say): a savepoint
+            /// under test, the app's own statement in production.
+            #[db_test(migrations = $migrations)]
+            async fn an_app_begin_with_is_a_savepoint(db: TestDb) {
+                let app: Db = db.db();
+                let mut tx = app.begin_with("BEGIN").await.unwrap();
+                sqlx::query("INSERT INTO items (name) VALUES ('begun-with')")
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+                assert_eq!(names(&db).await, ["begun-with"]);
+                assert_nothing_committed(&db).await;
+            }
+
+            #[db_test(migrations = $migrations, isolation = "database")]
+            async fn begin_with_on_a_pool_sends_the_apps_statement(pool: Pool) {
+                let app = Db::from_pool(pool.clone());
+                let mut tx = app.begin_with("BEGIN").await.unwrap();
+                sqlx::query("INSERT INTO items (name) VALUES ('committed')")
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+                let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM items")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                assert_eq!(n, 1, "committed on the test's own database");
+                assert!(
+                    app.begin_with("SELECT 1").await.is_err(),
+                    "sqlx checks that the statement began a transaction"
+                );
+            }
+
             #[db_test(migrations = $migrations)]
             async fn app_rollback_and_drop_undo_only_the_app_transaction(db: TestDb) {
                 sqlx::query("INSERT INTO items (name) VALUES ('kept')")

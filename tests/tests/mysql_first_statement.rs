@@ -949,8 +949,14 @@ fn nbe_child(dir: &std::path::Path, hold: bool) -> std::process::Command {
     cmd
 }
 
+/// The two scenarios on a NO_BACKSLASH_ESCAPES server initialise a data
+/// directory each: one at a time (two `mariadb-install-db` at once failed
+/// here now and then).
+static NBE_SERVERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn scenario_a_server_with_no_backslash_escapes_keeps_its_working_database() {
+    let _one_at_a_time = NBE_SERVERS.lock().unwrap_or_else(|e| e.into_inner());
     let dir = std::env::temp_dir().join(common::unique_token("dbtest-adv23-nbe"));
     // The first process builds the template.
     let first = common::run_ok(nbe_child(&dir, false), "the first process");
@@ -983,6 +989,43 @@ fn scenario_a_server_with_no_backslash_escapes_keeps_its_working_database() {
         b.split_whitespace().last(),
         "the template was built again by a later process ({a} / {b})"
     );
+}
+
+// On that server, every session reads strings without backslash escapes:
+// a `COMMIT` after a string that a backslash would have kept open is a
+// statement there, refused with no `SET` of the test's own.
+
+#[db_test(migrator = "ADV")]
+async fn child_nbe_2_smuggles(db: TestDb) {
+    if scenario() != "nbe" {
+        return;
+    }
+    let err = sqlx::raw_sql(r"INSERT INTO item (name) VALUES ('nbe'); COMMIT; -- ')")
+        .execute(&db)
+        .await
+        .expect_err("the COMMIT is a statement on this server");
+    println!("REFUSED {err}");
+}
+
+#[test]
+fn scenario_a_commit_after_a_backslash_is_refused_on_a_server_without_backslash_escapes() {
+    let _one_at_a_time = NBE_SERVERS.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::env::temp_dir().join(common::unique_token("dbtest-adv23-nbe2"));
+    let mut cmd = common::children(&["child_nbe_2_smuggles"]);
+    cmd.env("DB_TEST_ADV23", "nbe")
+        .env_remove("DB_TEST_MYSQL_URL")
+        .env_remove("DATABASE_URL")
+        .env("DB_TEST_MYSQL_DATA_DIR", &dir)
+        .env("DB_TEST_MYSQL_IDLE_SECS", "3")
+        .env("DB_TEST_MYSQL_OPTIONS", "--sql-mode=NO_BACKSLASH_ESCAPES");
+    let (out, text) = common::run_until(cmd, Duration::from_secs(300));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        text.contains("REFUSED") && text.contains("refusing to run"),
+        "{text}"
+    );
+    // A refused statement fails its test.
+    assert!(!out.status.success(), "{text}");
 }
 
 // ---- a first CALL that commits, then loses its session ---------------------------

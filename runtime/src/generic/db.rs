@@ -163,6 +163,31 @@ impl<DB: Dialect> Db<DB> {
     }
 }
 
+impl<DB: Dialect> Db<DB> {
+    /// Starts a transaction with a statement of the app's own (SQLite's
+    /// `BEGIN IMMEDIATE`, MySQL's `START TRANSACTION WITH CONSISTENT
+    /// SNAPSHOT`), as [`sqlx::Pool::begin_with`]. Under a transaction-mode
+    /// test the statement is not sent: a `SAVEPOINT` inside the test's
+    /// transaction stands for it, as for [`Db::begin`] (the test's
+    /// transaction has begun already, and a copy of SQLite's, or a
+    /// rolled-back transaction, has no other writer to lock out).
+    pub async fn begin_with(
+        &self,
+        statement: impl sqlx::SqlSafeStr,
+    ) -> sqlx::Result<DbTransaction<DB>> {
+        match &self.inner {
+            Inner::Pool(pool) => Ok(DbTransaction {
+                inner: TxInner::Pool(pool.begin_with(statement).await?),
+            }),
+            #[cfg(feature = "harness")]
+            Inner::Test(_) => {
+                let _ = statement;
+                self.begin().await
+            }
+        }
+    }
+}
+
 /// A connection taken from a [`Db`] with [`Db::acquire`]. Derefs to
 /// [`DbConn`], which derefs to the database's connection type:
 /// `.execute(&mut *conn)` works, and so does `&mut **conn` where a

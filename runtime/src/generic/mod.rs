@@ -66,7 +66,11 @@ pub trait Dialect: sqlx::Database + sealed::Sealed {
     /// the error, saying what to do instead. Called on every statement sent
     /// through the test's handle, before it is sent.
     #[doc(hidden)]
-    fn refuse(sql: &str) -> Option<String>;
+    ///
+    /// `cautious`: the session may no longer be as it was opened (the test
+    /// sent something that changes session state, this text does, or the
+    /// connection went out of db-test's sight).
+    fn refuse(sql: &str, cautious: bool) -> Option<String>;
 
     /// Under test, before the rollback, when `check_constraints` is set: a
     /// statement whose rows are constraint violations that a `COMMIT` would

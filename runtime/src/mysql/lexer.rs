@@ -267,12 +267,64 @@ pub(crate) fn implicit_commit(sql: &str) -> Option<String> {
     facts(sql).commits
 }
 
+/// The `sql_mode`s of the test connections this process opened: whether
+/// one was read ([`MODE_KNOWN`]), whether one could not be
+/// ([`MODE_UNKNOWN`]), and whether any had `NO_BACKSLASH_ESCAPES` or
+/// `ANSI_QUOTES` (or `ANSI`). Bits are only ever set.
+static SESSION_MODES: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+const MODE_KNOWN: u8 = 1;
+const MODE_UNKNOWN: u8 = 2;
+const MODE_NO_BACKSLASH_ESCAPES: u8 = 4;
+const MODE_ANSI: u8 = 8;
+
+/// Notes the `sql_mode` a test connection had when it was opened (`None`:
+/// it could not be read).
+pub(crate) fn note_session_mode(sql_mode: Option<&str>) {
+    let bits = match sql_mode {
+        None => MODE_UNKNOWN,
+        Some(mode) => {
+            let mode = mode.to_ascii_uppercase();
+            let mut bits = MODE_KNOWN;
+            if mode.contains("NO_BACKSLASH_ESCAPES") {
+                bits |= MODE_NO_BACKSLASH_ESCAPES;
+            }
+            if mode.contains("ANSI") {
+                bits |= MODE_ANSI;
+            }
+            bits
+        }
+    };
+    SESSION_MODES.fetch_or(bits, std::sync::atomic::Ordering::AcqRel);
+}
+
+/// [`implicit_commit`] in a test's session: read with backslash escapes
+/// alone when every test connection this process opened had a `sql_mode`
+/// without `NO_BACKSLASH_ESCAPES` and `ANSI_QUOTES`, and the session may not
+/// have changed it since (`cautious`: the test sent a `SET`, `PREPARE`,
+/// `EXECUTE`, `CALL`, ... (see [`leaves_session_state`]), this text does,
+/// or the connection went out of db-test's sight); else read every way.
+/// So `'Don\'t panic; start ...'` is not read as a `START` statement where
+/// the server cannot read it so.
+pub(crate) fn session_commit(sql: &str, cautious: bool) -> Option<String> {
+    let facts = facts(sql);
+    let modes = SESSION_MODES.load(std::sync::atomic::Ordering::Acquire);
+    if cautious || modes != MODE_KNOWN {
+        facts.commits
+    } else {
+        facts.commits_plain
+    }
+}
+
 /// What the checks of one statement's text found: every statement a test
 /// sends is read once for all of them.
 #[derive(Clone)]
 struct Facts {
     /// [`implicit_commit`].
     commits: Option<String>,
+    /// The same, read with backslash escapes only: what the server does in
+    /// a session whose `sql_mode` is known to have neither
+    /// `NO_BACKSLASH_ESCAPES` nor `ANSI_QUOTES` (see [`session_commit`]).
+    commits_plain: Option<String>,
     /// [`leaves_session_state`].
     leaves_state: bool,
     /// [`calls_procedure`].
@@ -348,16 +400,22 @@ fn facts(sql: &str) -> Facts {
 fn read(sql: &str, generation: u64) -> Facts {
     let mut facts = Facts {
         commits: None,
+        commits_plain: None,
         leaves_state: false,
         calls: crate::sqltext::contains_any_word_ignore_case(sql, &["CALL"]),
         generation,
     };
-    for &reading in readings(sql) {
+    for (i, &reading) in readings(sql).iter().enumerate() {
         let tokens = tokens(sql, reading);
         if facts.commits.is_none() {
             facts.commits = tokens
                 .split(|t| *t == Token::End)
                 .find_map(|s| statement_commits(s).or_else(|| writes_non_transactional(s)));
+        }
+        if i == 0 {
+            // The first reading is always with backslash escapes.
+            debug_assert!(matches!(reading, Reading::Escapes));
+            facts.commits_plain = facts.commits.clone();
         }
         facts.leaves_state = facts.leaves_state || leaves_session_state_in(&tokens);
         facts.calls = facts.calls
@@ -949,6 +1007,27 @@ mod tests {
         assert!(ic("PREPARE s FROM @sql").is_some());
         assert!(ic("EXECUTE IMMEDIATE 'DROP TABLE t'").is_some());
         assert!(ic("EXECUTE IMMEDIATE 'SELECT 1'").is_none());
+    }
+
+    #[test]
+    fn a_backslash_string_is_read_as_the_session_reads_it() {
+        use super::{note_session_mode, session_commit};
+        let dump = r"INSERT INTO post VALUES (1,'Don\'t panic; start with the basics')";
+        let smuggled = r"SELECT 'a\'; COMMIT; -- '";
+        // Every way, while no connection's mode is known.
+        assert!(session_commit(dump, true).is_some());
+        note_session_mode(Some(
+            "STRICT_TRANS_TABLES,PIPES_AS_CONCAT,NO_ENGINE_SUBSTITUTION",
+        ));
+        // Sessions read backslash escapes: the server reads both texts as
+        // one statement each, with nothing after the string.
+        assert_eq!(session_commit(dump, false), None);
+        assert_eq!(session_commit(smuggled, false), None);
+        // A session that may have changed its mode is read every way.
+        assert!(session_commit(smuggled, true).is_some());
+        assert!(session_commit(dump, true).is_some());
+        // A real statement after the string is refused in any mode.
+        assert!(session_commit(r"SELECT 'a\\'; COMMIT", false).is_some());
     }
 
     #[test]

@@ -149,11 +149,11 @@ impl crate::generic::Dialect for MySql {
     const BACKEND: crate::Backend = crate::Backend::MySql;
 
     #[cfg(feature = "harness")]
-    fn refuse(sql: &str) -> Option<String> {
-        lexer::implicit_commit(sql).map(|found| lexer::refusal(&found))
+    fn refuse(sql: &str, cautious: bool) -> Option<String> {
+        lexer::session_commit(sql, cautious).map(|found| lexer::refusal(&found))
     }
     #[cfg(not(feature = "harness"))]
-    fn refuse(_sql: &str) -> Option<String> {
+    fn refuse(_sql: &str, _cautious: bool) -> Option<String> {
         None
     }
 
@@ -199,6 +199,7 @@ impl crate::generic::Dialect for MySql {
 
     // A server writing a statement-based binary log refuses InnoDB writes
     // under READ COMMITTED (error 1665): its tests keep the default level.
+    #[cfg(feature = "harness")]
     fn begin_test() -> &'static str {
         if engine::statement_binlog() {
             "BEGIN; DO LAST_INSERT_ID(0); SAVEPOINT db_test_auto"
@@ -207,6 +208,7 @@ impl crate::generic::Dialect for MySql {
         }
     }
 
+    #[cfg(feature = "harness")]
     fn restart_test() -> Option<&'static str> {
         if engine::statement_binlog() {
             Some("ROLLBACK; BEGIN; DO LAST_INSERT_ID(0); SAVEPOINT db_test_auto")
@@ -237,6 +239,7 @@ impl crate::generic::Dialect for MySql {
             .is_some_and(|d| matches!(d.number(), 1053 | 1927 | 4031))
     }
 
+    #[cfg(feature = "harness")]
     fn explain(e: sqlx::Error) -> sqlx::Error {
         let number = e
             .as_database_error()

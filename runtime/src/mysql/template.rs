@@ -198,13 +198,19 @@ impl Engine {
                         // once per connection, not per test, its id: to stop
                         // its statements (`KILL QUERY`) and end its session.
                         // One round trip.
-                        let session: u64 = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                        // Also its `sql_mode`: how the server reads the
+                        // strings of the tests' SQL (see
+                        // `lexer::session_commit`).
+                        let row = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
                             "SET SESSION innodb_lock_wait_timeout = {lock_wait}, \
-                             lock_wait_timeout = {lock_wait}; SELECT CONNECTION_ID()"
+                             lock_wait_timeout = {lock_wait}; \
+                             SELECT CONNECTION_ID(), CAST(@@SESSION.sql_mode AS CHAR)"
                         )))
                         .fetch_one(&mut *conn)
-                        .await?
-                        .try_get(0)?;
+                        .await?;
+                        let session: u64 = row.try_get(0)?;
+                        let mode: Option<String> = row.try_get(1).ok().flatten();
+                        super::lexer::note_session_mode(mode.as_deref());
                         id.store(session, std::sync::atomic::Ordering::Release);
                         Ok(())
                     })

@@ -139,11 +139,11 @@ impl crate::generic::Dialect for Sqlite {
     const BACKEND: crate::Backend = crate::Backend::Sqlite;
 
     #[cfg(feature = "harness")]
-    fn refuse(sql: &str) -> Option<String> {
+    fn refuse(sql: &str, _cautious: bool) -> Option<String> {
         refuse::refuse(sql)
     }
     #[cfg(not(feature = "harness"))]
-    fn refuse(_sql: &str) -> Option<String> {
+    fn refuse(_sql: &str, _cautious: bool) -> Option<String> {
         None
     }
 

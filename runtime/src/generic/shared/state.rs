@@ -16,7 +16,7 @@ use crate::shared::{LoggedStatement, STATEMENT_LOG_LEN};
 /// the registry below). Not generic, so that the registry is one.
 pub(crate) struct State {
     pub(super) label: String,
-    pub(super) refuse: fn(&str) -> Option<String>,
+    pub(super) refuse: fn(&str, bool) -> Option<String>,
     pub(super) touches_session: fn(&str) -> bool,
     /// The test may have left session state on the connection.
     pub(super) touched: AtomicBool,

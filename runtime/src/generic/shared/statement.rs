@@ -179,7 +179,11 @@ async fn run_statement<DB: Dialect>(
         return Ran::Done(Err(e));
     }
     let sql = query.sql.as_str().to_owned();
-    if let Some(why) = (state.refuse)(&sql) {
+    let touches = (state.touches_session)(&sql);
+    let cautious = touches
+        || state.touched.load(Ordering::Relaxed)
+        || state.out_of_sight.load(Ordering::Relaxed);
+    if let Some(why) = (state.refuse)(&sql, cautious) {
         let msg = format!(
             "db-test: refusing to run `{}` in test `{}`: {why}",
             crate::sqltext::excerpt(&sql, 200),
@@ -189,7 +193,7 @@ async fn run_statement<DB: Dialect>(
         state.record(sql, Some("refused by db-test".into()));
         return Ran::Done(Err(poisoned_error(&msg)));
     }
-    if !state.touched.load(Ordering::Relaxed) && (state.touches_session)(&sql) {
+    if touches && !state.touched.load(Ordering::Relaxed) {
         state.touched.store(true, Ordering::Relaxed);
     }
     let unseen = DB::may_commit_unseen(&sql);

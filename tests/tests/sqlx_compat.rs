@@ -129,3 +129,17 @@ async fn a_test_without_parameters_runs_alone() {
         tokio::runtime::RuntimeFlavor::CurrentThread
     );
 }
+
+// Its timeout and its panics are a test's as usual; a task it spawned goes
+// with its runtime.
+#[db_test(timeout = "200ms")]
+#[should_panic(expected = "timed out after 200ms")]
+async fn a_test_without_parameters_has_its_timeout() {
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+}
+
+#[db_test]
+#[should_panic(expected = "the body's own panic")]
+async fn a_test_without_parameters_fails_with_its_panic() {
+    panic!("the body's own panic");
+}

@@ -377,9 +377,14 @@ fn report(
         }
         Err(()) => panic!(
             "db-test: test `{}` timed out after {timeout:?} (set `#[db_test(timeout = \"..\")]` \
-             or DB_TEST_TIMEOUT to change it); its statements were cancelled on the server and \
-             everything it wrote was rolled back or dropped.{}",
+             or DB_TEST_TIMEOUT to change it){}{}",
             spec.name,
+            if spec.needs_no_database() {
+                "."
+            } else {
+                "; its statements were cancelled on the server and everything it wrote was \
+                 rolled back or dropped."
+            },
             failure.map(|f| format!("\n{f}")).unwrap_or_default()
         ),
     }

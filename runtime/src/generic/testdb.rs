@@ -75,7 +75,10 @@ impl<DB: Dialect> TestDb<DB> {
 
     /// Options for opening more connections to the test's database. In
     /// transaction mode such a connection does not see the test's
-    /// uncommitted writes, and must not write.
+    /// uncommitted writes, and must not write. On SQLite in transaction
+    /// mode the test's database is an in-memory copy no other connection
+    /// can open: these options name a database of their own (empty); a
+    /// test that needs more connections runs in `isolation = "database"`.
     pub fn connect_options(&self) -> <DB::Connection as sqlx::Connection>::Options {
         self.state.options.clone()
     }

@@ -266,10 +266,14 @@ fn expand(func: ItemFn, config: Config, params: Vec<syn::PatType>) -> TokenStrea
         syn::ReturnType::Type(_, ty) => quote!(#ty),
     };
     // Binding the block to a typed `let` reports a wrong tail expression at
-    // that expression, not at the attribute.
+    // that expression, not at the attribute. A body that is only a
+    // `panic!` (a `#[should_panic]` test) or ends in `return` is fine, as
+    // `#[tokio::test]` allows them: clippy would call the one a diverging
+    // sub-expression and the other a needless return, in the user's code.
     let body = quote! {
         ::std::boxed::Box::pin(async move {
             #(#lets)*
+            #[allow(clippy::diverging_sub_expression, clippy::needless_return)]
             let __db_test_output: #output_ty = #block;
             #[allow(unreachable_code)]
             __db_test_output

@@ -143,3 +143,9 @@ async fn a_test_without_parameters_has_its_timeout() {
 async fn a_test_without_parameters_fails_with_its_panic() {
     panic!("the body's own panic");
 }
+
+// A body that ends in `return` lints clean, as under `#[tokio::test]`.
+#[db_test]
+async fn a_test_body_may_end_in_return() {
+    return;
+}

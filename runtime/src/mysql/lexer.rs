@@ -267,34 +267,23 @@ pub(crate) fn implicit_commit(sql: &str) -> Option<String> {
     facts(sql).commits
 }
 
-/// The `sql_mode`s of the test connections this process opened: whether
-/// one was read ([`MODE_KNOWN`]), whether one could not be
-/// ([`MODE_UNKNOWN`]), and whether any had `NO_BACKSLASH_ESCAPES` or
-/// `ANSI_QUOTES` (or `ANSI`). Bits are only ever set.
+/// The `sql_mode`s of the test connections this process opened:
+/// [`MODE_PLAIN`] once one was read with neither `NO_BACKSLASH_ESCAPES` nor
+/// `ANSI_QUOTES`/`ANSI`; [`MODE_EVERY_WAY`] once one had either, or could
+/// not be read. Bits are only ever set.
 static SESSION_MODES: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
-const MODE_KNOWN: u8 = 1;
-const MODE_UNKNOWN: u8 = 2;
-const MODE_NO_BACKSLASH_ESCAPES: u8 = 4;
-const MODE_ANSI: u8 = 8;
+const MODE_PLAIN: u8 = 1;
+const MODE_EVERY_WAY: u8 = 2;
 
 /// Notes the `sql_mode` a test connection had when it was opened (`None`:
 /// it could not be read).
 pub(crate) fn note_session_mode(sql_mode: Option<&str>) {
-    let bits = match sql_mode {
-        None => MODE_UNKNOWN,
-        Some(mode) => {
-            let mode = mode.to_ascii_uppercase();
-            let mut bits = MODE_KNOWN;
-            if mode.contains("NO_BACKSLASH_ESCAPES") {
-                bits |= MODE_NO_BACKSLASH_ESCAPES;
-            }
-            if mode.contains("ANSI") {
-                bits |= MODE_ANSI;
-            }
-            bits
-        }
-    };
-    SESSION_MODES.fetch_or(bits, std::sync::atomic::Ordering::AcqRel);
+    let plain = sql_mode.is_some_and(|mode| {
+        let mode = mode.to_ascii_uppercase();
+        !mode.contains("NO_BACKSLASH_ESCAPES") && !mode.contains("ANSI")
+    });
+    let bit = if plain { MODE_PLAIN } else { MODE_EVERY_WAY };
+    SESSION_MODES.fetch_or(bit, std::sync::atomic::Ordering::AcqRel);
 }
 
 /// [`implicit_commit`] in a test's session: read with backslash escapes
@@ -308,7 +297,7 @@ pub(crate) fn note_session_mode(sql_mode: Option<&str>) {
 pub(crate) fn session_commit(sql: &str, cautious: bool) -> Option<String> {
     let facts = facts(sql);
     let modes = SESSION_MODES.load(std::sync::atomic::Ordering::Acquire);
-    if cautious || modes != MODE_KNOWN {
+    if cautious || modes != MODE_PLAIN {
         facts.commits
     } else {
         facts.commits_plain

@@ -140,6 +140,15 @@ pub type TestDb = crate::generic::TestDb<MySql>;
 
 impl crate::generic::sealed::Sealed for MySql {}
 
+/// A test's transaction at the session's isolation level: it also forgets
+/// the last test's `LAST_INSERT_ID()` on the same connection, and sets
+/// db-test's savepoint (see `Dialect::BEGIN_TEST`).
+macro_rules! begin_at_server_level {
+    () => {
+        "BEGIN; DO LAST_INSERT_ID(0); SAVEPOINT db_test_auto"
+    };
+}
+
 /// MySQL/MariaDB: under test, statements that commit implicitly are refused
 /// (see the module's docs); `check_constraints` is a no-op, since MySQL has
 /// no deferred constraints (every constraint is checked when its statement
@@ -189,31 +198,31 @@ impl crate::generic::Dialect for MySql {
     // writing rows of its own, which under `#[sqlx::test]` has a database
     // to itself. READ COMMITTED takes no gap locks there. What the test
     // sees is the same: nothing commits into the working database.
-    const BEGIN_TEST: &'static str = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; BEGIN; \
-                                      DO LAST_INSERT_ID(0); SAVEPOINT db_test_auto";
-
-    const RESTART_TEST: Option<&'static str> = Some(
-        "ROLLBACK; SET TRANSACTION ISOLATION LEVEL READ COMMITTED; BEGIN; \
-         DO LAST_INSERT_ID(0); SAVEPOINT db_test_auto",
+    const BEGIN_TEST: &'static str = concat!(
+        "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; ",
+        begin_at_server_level!()
     );
+
+    const RESTART_TEST: Option<&'static str> = Some(concat!(
+        "ROLLBACK; SET TRANSACTION ISOLATION LEVEL READ COMMITTED; ",
+        begin_at_server_level!()
+    ));
 
     // A server writing a statement-based binary log refuses InnoDB writes
     // under READ COMMITTED (error 1665): its tests keep the default level.
     #[cfg(feature = "harness")]
     fn begin_test() -> &'static str {
-        if engine::statement_binlog() {
-            "BEGIN; DO LAST_INSERT_ID(0); SAVEPOINT db_test_auto"
-        } else {
-            Self::BEGIN_TEST
+        match engine::statement_binlog() {
+            true => begin_at_server_level!(),
+            false => Self::BEGIN_TEST,
         }
     }
 
     #[cfg(feature = "harness")]
     fn restart_test() -> Option<&'static str> {
-        if engine::statement_binlog() {
-            Some("ROLLBACK; BEGIN; DO LAST_INSERT_ID(0); SAVEPOINT db_test_auto")
-        } else {
-            Self::RESTART_TEST
+        match engine::statement_binlog() {
+            true => Some(concat!("ROLLBACK; ", begin_at_server_level!())),
+            false => Self::RESTART_TEST,
         }
     }
 
@@ -503,19 +512,8 @@ mod harness {
                 // On a connection of their own, closed after them, as
                 // `#[sqlx::test]` runs them: the session settings of a
                 // `mysqldump` file's header do not reach the test's pool.
-                let mut conn = pool.acquire().await.map_err(connect_failed)?.detach();
-                for fixture in spec.fixtures {
-                    sqlx::raw_sql(sqlx::AssertSqlSafe(fixture.sql))
-                        .execute(&mut conn)
-                        .await
-                        .map_err(|e| {
-                            format!(
-                                "db-test: fixture `{}` failed in test `{}`: {e}",
-                                fixture.path, spec.name
-                            )
-                        })?;
-                }
-                let _ = sqlx::Connection::close(conn).await;
+                let conn = pool.acquire().await.map_err(connect_failed)?.detach();
+                crate::run::fixtures_on(spec, conn).await?;
             }
             if pool.num_idle() == 0 {
                 drop(pool.acquire().await.map_err(connect_failed)?);

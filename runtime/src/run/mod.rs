@@ -35,8 +35,10 @@ pub(crate) use runtime::shared_runtime;
 pub(crate) use spec::isolation_of;
 pub use spec::{AsMigrator, Fixture, Flavor, Isolation, Param, ParamSpec, TestSpec};
 // What the MySQL and SQLite modules set a test up with and tear it down by.
+#[cfg(feature = "sqlite")]
+pub(crate) use setup::fixtures_connect_failed;
 #[cfg(any(feature = "mysql", feature = "sqlite"))]
-pub(crate) use setup::{Prepared, Resource};
+pub(crate) use setup::{Prepared, Resource, fixture_failed, fixtures_on};
 #[cfg(any(feature = "mysql", feature = "sqlite"))]
 pub(crate) use teardown::{Ending, Verdict};
 

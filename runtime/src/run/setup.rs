@@ -241,7 +241,8 @@ pub(super) async fn apply_fixtures(spec: &'static TestSpec, db: &Db) -> Result<(
     Ok(())
 }
 
-fn fixture_failed(spec: &'static TestSpec, path: &str, e: sqlx::Error) -> String {
+/// The error of a fixture that failed.
+pub(crate) fn fixture_failed(spec: &'static TestSpec, path: &str, e: sqlx::Error) -> String {
     format!(
         "db-test: fixture `{path}` failed in test `{}`: {e}",
         spec.name
@@ -255,14 +256,28 @@ pub(super) async fn apply_fixtures_alone(
     pool: &sqlx::PgPool,
 ) -> Result<(), String> {
     use sqlx::Connection;
-    let mut conn = sqlx::PgConnection::connect_with(&pool.connect_options())
+    let conn = sqlx::PgConnection::connect_with(&pool.connect_options())
         .await
-        .map_err(|e| {
-            format!(
-                "db-test: cannot connect to run the fixtures of test `{}`: {e}",
-                spec.name
-            )
-        })?;
+        .map_err(|e| fixtures_connect_failed(spec, e))?;
+    fixtures_on(spec, conn).await
+}
+
+/// The error of a connection for a test's fixtures that could not open.
+pub(crate) fn fixtures_connect_failed(spec: &'static TestSpec, e: sqlx::Error) -> String {
+    format!(
+        "db-test: cannot connect to run the fixtures of test `{}`: {e}",
+        spec.name
+    )
+}
+
+/// Runs a test's fixtures on `conn`, then closes it, as `#[sqlx::test]`
+/// does: the session settings a fixture changes (a dump's header) end with
+/// it, on every backend.
+pub(crate) async fn fixtures_on<C>(spec: &'static TestSpec, mut conn: C) -> Result<(), String>
+where
+    C: sqlx::Connection,
+    for<'c> &'c mut C: sqlx::Executor<'c, Database = C::Database>,
+{
     for fixture in spec.fixtures {
         sqlx::raw_sql(sqlx::AssertSqlSafe(fixture.sql))
             .execute(&mut conn)

@@ -346,25 +346,10 @@ async fn apply_fixtures_alone(
     if spec.fixtures.is_empty() {
         return Ok(());
     }
-    let mut conn = SqliteConnection::connect_with(options).await.map_err(|e| {
-        format!(
-            "db-test: cannot connect to run the fixtures of test `{}`: {e}",
-            spec.name
-        )
-    })?;
-    for fixture in spec.fixtures {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(fixture.sql))
-            .execute(&mut conn)
-            .await
-            .map_err(|e| {
-                format!(
-                    "db-test: fixture `{}` failed in test `{}`: {e}",
-                    fixture.path, spec.name
-                )
-            })?;
-    }
-    let _ = conn.close().await;
-    Ok(())
+    let conn = SqliteConnection::connect_with(options)
+        .await
+        .map_err(|e| crate::run::fixtures_connect_failed(spec, e))?;
+    crate::run::fixtures_on(spec, conn).await
 }
 
 fn own_pool(ctx: &TestContext, what: &str) -> Result<SqlitePool, BoxError> {

@@ -29,12 +29,7 @@ pub(crate) async fn apply_fixtures<DB: Dialect>(
     for fixture in spec.fixtures {
         sqlx::Executor::execute(db, sqlx::raw_sql(sqlx::AssertSqlSafe(fixture.sql)))
             .await
-            .map_err(|e| {
-                format!(
-                    "db-test: fixture `{}` failed in test `{}`: {e}",
-                    fixture.path, spec.name
-                )
-            })?;
+            .map_err(|e| crate::run::fixture_failed(spec, fixture.path, e))?;
     }
     Ok(())
 }

@@ -570,7 +570,8 @@ impl<'c> sqlx::Acquire<'c> for &'c Db {
             #[cfg(feature = "harness")]
             Inner::Test(shared) => {
                 let shared = shared.clone();
-                async move { sqlx::Transaction::begin(shared.lend().await?, None).await }.boxed()
+                async move { crate::shared::detached::transaction(shared.lend().await?).await }
+                    .boxed()
             }
         }
     }

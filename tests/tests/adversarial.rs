@@ -210,6 +210,46 @@ mod many {
 /// Production autocommit on a connection from `db.acquire()`: a statement
 /// that fails does not stop the next one on the same connection (an
 /// "insert, skip duplicates" loop).
+/// An app's `begin()` cut short at each point of its way, the first one
+/// during the round trip that puts db-test's commit guard in place (the
+/// test's first guard), and nothing but plain statements after it: every
+/// time, the test's writes stay and the test ends clean (teardown must
+/// clear a guard row it never heard back about).
+#[db_test]
+async fn an_app_begin_cut_at_any_point_leaves_the_test_clean(db: TestDb) {
+    for polls in 1..12 {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO users (email) VALUES ('cut{polls}@example.com')"
+        )))
+        .execute(&db)
+        .await
+        .unwrap();
+        let app = db.db();
+        let mut begin = Box::pin(app.begin());
+        for _ in 0..polls {
+            if futures_util::poll!(begin.as_mut()).is_ready() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM users WHERE email LIKE 'cut%'").await,
+        11
+    );
+}
+
+/// The same, once, as the test's only use of a guard: cut during the
+/// guard's first round trip (a zero timeout), then a plain read. Its
+/// teardown must not trip db-test's own commit guard.
+#[db_test]
+async fn an_app_begin_cut_in_its_first_round_trip_then_plain_reads(db: TestDb) {
+    let app = db.db();
+    let cut = tokio::time::timeout(Duration::ZERO, app.begin()).await;
+    drop(cut);
+    assert_eq!(count(&db, "SELECT 1::int8").await, 1);
+}
+
 #[db_test]
 async fn a_raw_guard_keeps_autocommit_semantics_after_a_failed_statement(db: TestDb) {
     let app = db.db();

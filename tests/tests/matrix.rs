@@ -250,6 +250,60 @@ macro_rules! matrix {
                 assert_nothing_committed(&db).await;
             }
 
+            /// An app's `begin()` cut short (a `timeout` or `select!` around
+            /// a handler, at any point of its round trip): only the
+            /// savepoint it was making is undone, never the test's
+            /// transaction, whose writes stay (sqlx's own `begin()`, dropped
+            /// inside a transaction, rolls back the one around it).
+            #[db_test(migrations = $migrations)]
+            async fn an_app_begin_dropped_mid_way_undoes_only_its_savepoint(db: TestDb) {
+                let app: Db = db.db();
+                sqlx::query("INSERT INTO items (name) VALUES ('kept')")
+                    .execute(&db)
+                    .await
+                    .unwrap();
+                let cut = tokio::time::timeout(std::time::Duration::ZERO, app.begin()).await;
+                drop(cut);
+                for polls in 1..25 {
+                    let mut begin = Box::pin(app.begin());
+                    for _ in 0..polls {
+                        if futures_util::poll!(begin.as_mut()).is_ready() {
+                            break;
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                }
+                // `Acquire::begin` on the app's handle, the same way.
+                for polls in 1..10 {
+                    let mut begin = Box::pin(sqlx::Acquire::begin(&app));
+                    for _ in 0..polls {
+                        if futures_util::poll!(begin.as_mut()).is_ready() {
+                            break;
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                }
+                // A transaction cut after its statements: they are undone.
+                let cut = tokio::time::timeout(std::time::Duration::from_millis(1), async {
+                    let mut tx = app.begin().await.unwrap();
+                    sqlx::query("INSERT INTO items (name) VALUES ('cut')")
+                        .execute(&mut *tx)
+                        .await
+                        .unwrap();
+                    std::future::pending::<()>().await;
+                })
+                .await;
+                assert!(cut.is_err());
+                let mut tx = app.begin().await.unwrap();
+                sqlx::query("INSERT INTO items (name) VALUES ('after')")
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+                assert_eq!(names(&db).await, ["after", "kept"]);
+                assert_nothing_committed(&db).await;
+            }
+
             #[db_test(migrations = $migrations)]
             async fn a_failing_statement_does_not_poison_the_test(db: TestDb) {
                 sqlx::query("INSERT INTO items (name) VALUES ('unique-once')")

@@ -573,7 +573,9 @@ impl<'c, DB: Dialect> sqlx::Acquire<'c> for &'c Db<DB> {
             #[cfg(feature = "harness")]
             Inner::Test(shared) => {
                 let shared = shared.clone();
-                Box::pin(async move { sqlx::Transaction::begin(shared.lend().await?, None).await })
+                Box::pin(
+                    async move { crate::shared::detached::transaction(shared.lend().await?).await },
+                )
             }
         }
     }

@@ -9,11 +9,15 @@ use crate::hint::sqlstate;
 pub(super) fn commit_message(label: &str) -> String {
     format!(
         "db-test: the transaction of test `{label}` was ended by a raw COMMIT or ROLLBACK sent by the \
-         test or the app. Nothing of it was committed: db-test refuses any COMMIT of a test's \
+         test or the app, or by sqlx's own `begin()` on a bare connection (`Connection::begin` or \
+         `Acquire::begin` on `&mut *tx` or on an `acquire()` guard) dropped before it finished \
+         (a timeout or `select!` around it): sqlx then rolls back the transaction around it, in \
+         production too. Nothing of it was committed: db-test refuses any COMMIT of a test's \
          transaction, and rolled it back. (A transaction the test then began itself on a guard's \
-         bare connection, with `BEGIN READ WRITE`, was out of db-test's reach.) Use `db.begin()` and `tx.commit()` (they become savepoints under test) \
-         instead of sending COMMIT yourself, or `isolation = \"database\"` for a test that must \
-         really commit."
+         bare connection, with `BEGIN READ WRITE`, was out of db-test's reach.) Use `db.begin()` \
+         and `tx.commit()` (they become savepoints under test, and a `db.begin()` dropped midway \
+         undoes only its own savepoint) instead of sending COMMIT yourself, or \
+         `isolation = \"database\"` for a test that must really commit."
     )
 }
 

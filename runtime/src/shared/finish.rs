@@ -134,7 +134,7 @@ impl SharedConn {
         let mut rolled_back = false;
         if failure.is_none() {
             // The guard's row would fail the check of deferred constraints.
-            let disarm = if self.state.armed.load(Ordering::Relaxed) {
+            let disarm = if self.state.may_be_armed.load(Ordering::Relaxed) {
                 format!("DELETE FROM pg_temp.{GUARD_TABLE}; ")
             } else {
                 String::new()

@@ -25,6 +25,7 @@
 //!   deferred constraint, a broken connection.
 
 mod conn;
+pub(crate) mod detached;
 mod errors;
 #[cfg_attr(not(any(feature = "mysql", feature = "sqlite")), allow(unused_imports))]
 pub(crate) use errors::not_run_message;

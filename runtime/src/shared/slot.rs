@@ -124,11 +124,18 @@ impl SharedConn {
             match self.reclaim(&mut slot, self.checkout_timeout()).await {
                 Reclaim::Back | Reclaim::Broken => {}
                 Reclaim::Busy => {
-                    return Err(Error::new(ErrorKind::CheckoutTimeout, format!(
-                        "db-test: test `{}` waited {:?} for its database connection, which a                          transaction from `Acquire::begin` on its `Db` still holds. Commit or drop                          that transaction before the next database call (the test has one                          connection, shared by every clone of its `Db`), or raise                          DB_TEST_CHECKOUT_TIMEOUT.",
-                        self.label,
-                        self.checkout_timeout()
-                    ))
+                    return Err(Error::new(
+                        ErrorKind::CheckoutTimeout,
+                        format!(
+                            "db-test: test `{}` waited {:?} for its database connection, which a \
+                         transaction from `Acquire::begin` on its `Db` still holds. Commit or drop \
+                         that transaction before the next database call (the test has one \
+                         connection, shared by every clone of its `Db`), or raise \
+                         DB_TEST_CHECKOUT_TIMEOUT.",
+                            self.label,
+                            self.checkout_timeout()
+                        ),
+                    )
                     .into());
                 }
             }
@@ -178,8 +185,10 @@ impl SharedConn {
             }
             self.state.poison(format!(
                 "db-test: the connection that a transaction from `Acquire::begin` on the `Db` of \
-                 test `{}` used did not come back inside the test's transaction: a COMMIT or \
-                 ROLLBACK sent through it ended that transaction, or the connection broke. \
+                 test `{}` used (or a `db.begin()` dropped while it began) did not come back \
+                 inside the test's transaction: a COMMIT or ROLLBACK sent through it ended that \
+                 transaction, sqlx's own `begin()` nested in it was dropped before it finished \
+                 (sqlx then rolls back the transaction around it), or the connection broke. \
                  Nothing the test wrote was committed (db-test's guard makes a COMMIT of the \
                  test's transaction fail); the test cannot go on. End such a transaction with \
                  `tx.commit()` or `tx.rollback()`, which release or roll back its savepoint.",
@@ -257,8 +266,17 @@ impl SharedConn {
         let mut slot = self.lock_slot().await?;
         self.make_fresh(&mut slot, true).await?;
         self.state.fresh.store(false, Ordering::Relaxed);
-        let conn = slot.conn.as_mut().expect("checked at lock time");
-        PgTransactionManager::begin(conn, None).await?;
+        // Lent to a task of its own while it begins (see `detached`): if
+        // this future is dropped, the connection comes back through the
+        // test's pool of one, its savepoint undone.
+        let conn = slot.conn.take().expect("checked at lock time");
+        slot.lent = true;
+        let Some((conn, begun)) = super::detached::begin(conn).await else {
+            return Err(sqlx::Error::WorkerCrashed);
+        };
+        slot.conn = Some(conn);
+        slot.lent = false;
+        begun?;
         Ok(SlotGuard {
             guard: slot,
             state: self.state.clone(),

@@ -60,6 +60,11 @@ pub(crate) struct ConnState {
     /// is checked by db-test itself, so only the bare connection behind a
     /// guard can send a COMMIT that only the server can stop.
     pub(super) armed: AtomicBool,
+    /// The guard's row may be in the test's transaction: set before the
+    /// statement that inserts it is sent (a caller dropped meanwhile leaves
+    /// `armed` unset, and the row in), so that teardown deletes it before
+    /// checking deferred constraints.
+    pub(super) may_be_armed: AtomicBool,
     /// The test may have left session state behind (DDL, SQL `PREPARE`,
     /// advisory locks, sequence state), or used a guard, behind which
     /// db-test cannot see: teardown then checks and resets the session.

@@ -251,6 +251,9 @@ pub(super) async fn refresh_savepoint(
             String::new()
         },
     );
+    if arm {
+        state.may_be_armed.store(true, Ordering::Relaxed);
+    }
     let undo_then = format!("ROLLBACK TO SAVEPOINT dbt_auto; {refresh}");
     let first = if undo { &undo_then } else { &refresh };
     let mut result = sqlx::raw_sql(sqlx::AssertSqlSafe(first.clone()))

@@ -193,12 +193,14 @@ impl<DB: Dialect> Shared<DB> {
             }
             Ok(Ok(conn)) => conn,
         };
-        slot.lent = false;
         // sqlx's depth says whether the app ended its savepoint; the check,
         // whether the database still has the test's transaction (a
         // deadlock in the app's transaction ended it, and sqlx's depth
-        // does not know).
+        // does not know). Still lent meanwhile: a caller dropped during the
+        // check lets the connection go back to the pool, where the next
+        // user reclaims it.
         let open = depth::<DB>(&conn) == 1 && check_open::<DB>(&mut conn).await.is_ok();
+        slot.lent = false;
         if !open {
             conn.close_on_drop();
             // Not a failure when the task that held it was dropped with the
@@ -215,8 +217,10 @@ impl<DB: Dialect> Shared<DB> {
     fn not_back_message(&self) -> String {
         format!(
             "db-test: the connection that a transaction from `Acquire::begin` on the `Db` of test \
-             `{}` used did not come back inside the test's transaction: a COMMIT or ROLLBACK \
-             sent through it ended that transaction, the database ended it (a deadlock does on \
+             `{}` used (or a `db.begin()` dropped while it began) did not come back inside the \
+             test's transaction: a COMMIT or ROLLBACK sent through it ended that transaction, \
+             sqlx's own `begin()` nested in it was dropped before it finished (sqlx then rolls \
+             back the transaction around it), the database ended it (a deadlock does on \
              MySQL; transaction-mode tests share one working database there, so a test that \
              deadlocks with parallel tests, or retries after a deadlock, needs `isolation = \
              \"database\"`), or the connection broke. The test cannot go on. End such a \
@@ -263,13 +267,28 @@ impl<DB: Dialect> Shared<DB> {
     pub(crate) async fn begin(&self) -> sqlx::Result<SlotGuard<DB>> {
         let mut guard = self.lock().await?;
         self.state.out_of_sight.store(true, Ordering::Relaxed);
-        match Manager::<DB>::begin(guard.conn_mut(), None).await {
+        match self.begin_detached(&mut guard).await {
             Err(e) if guard.first && session_gone::<DB>(&e) => {
                 self.replace(&mut guard.guard, &e).await?;
-                Manager::<DB>::begin(guard.conn_mut(), None).await?;
+                self.begin_detached(&mut guard).await?;
             }
             begun => begun?,
         }
         Ok(guard)
+    }
+
+    /// sqlx's `begin()` on the guarded connection, lent to a task of its own
+    /// while it runs (see `crate::shared::detached`): if this future is
+    /// dropped, the connection comes back through the test's pool of one,
+    /// its savepoint undone.
+    async fn begin_detached(&self, guard: &mut SlotGuard<DB>) -> sqlx::Result<()> {
+        let conn = guard.guard.conn.take().expect("checked at lock time");
+        guard.guard.lent = true;
+        let Some((conn, begun)) = crate::shared::detached::begin(conn).await else {
+            return Err(sqlx::Error::WorkerCrashed);
+        };
+        guard.guard.conn = Some(conn);
+        guard.guard.lent = false;
+        begun
     }
 }

@@ -529,3 +529,37 @@ async fn a_statement_dropped_inside_an_acquire_begin_transaction(db: TestDb) {
         .unwrap();
     assert_eq!(emails, ["before@example.com"]);
 }
+
+/// Case mapping and character classes know UTF-8, as on the UTF-8 servers
+/// suites are written against: the embedded server's cluster has a
+/// `C.UTF-8` `LC_CTYPE` (with byte-order collation). A server named by
+/// `DATABASE_URL` has its own locale: checked only where it has one.
+#[db_test]
+async fn text_functions_know_utf8(db: TestDb) {
+    let ctype: String = sqlx::query_scalar(
+        "SELECT datctype::text FROM pg_database WHERE datname = current_database()",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    let embedded = std::env::var_os("DATABASE_URL").is_none_or(|v| v.is_empty())
+        && std::env::var_os("DB_TEST_POSTGRES_URL").is_none_or(|v| v.is_empty());
+    if embedded {
+        assert!(
+            ctype.eq_ignore_ascii_case("C.UTF-8") || ctype.eq_ignore_ascii_case("C.utf8"),
+            "{ctype}"
+        );
+    }
+    if ctype != "C" && ctype != "POSIX" {
+        let (lower, upper, ilike, alpha): (String, String, bool, bool) = sqlx::query_as(
+            "SELECT lower('ÉCOLE Ä'), upper('straße é'), 'Émile' ILIKE 'émile', 'é' ~ '^[[:alpha:]]$'",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        assert_eq!(lower, "école ä");
+        assert_eq!(upper, "STRAßE É");
+        assert!(ilike);
+        assert!(alpha);
+    }
+}

@@ -14,8 +14,9 @@ use super::{egid, euid, short_hash};
 /// Names the cluster directory (`pg16-v2`). Bumped when the layout or its
 /// rules change, so that a new db-test never adopts, or fights over, a server
 /// that an older one started under other rules (version 1 had a world-writable
-/// socket and a shell reaper that used `flock(1)`).
-const LAYOUT_VERSION: u32 = 2;
+/// socket and a shell reaper that used `flock(1)`; version 2's cluster had
+/// an ASCII-only `LC_CTYPE`, see `init_cluster`).
+const LAYOUT_VERSION: u32 = 3;
 
 pub(super) struct Layout {
     pub(super) bin: PathBuf,

@@ -247,20 +247,26 @@ fn init_cluster(layout: &Layout) -> Result<(), String> {
     let _ = fs::remove_dir_all(&scratch);
     let _ = fs::remove_dir_all(&layout.data);
     ensure_dir(&scratch, &layout.data_rule("new data directory"))?;
-    let out = command(layout, "initdb")
-        .args([
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--locale=C",
-            "--no-sync",
-            "-D",
-        ])
-        .arg(&scratch)
-        .output()
-        .map_err(|e| format!("db-test: cannot run initdb: {e}"))?;
+    // Byte-order collation (fast, the same on every machine), but a
+    // character classification that knows UTF-8: under `--locale=C` alone,
+    // `lower('É')`, `ILIKE` and `[[:alpha:]]` see only ASCII, unlike the
+    // UTF-8 servers suites are written against. A system without a
+    // `C.UTF-8` locale gets plain `C`.
+    let initdb = |ctype: &[&str]| {
+        command(layout, "initdb")
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C"])
+            .args(ctype)
+            .args(["--no-sync", "-D"])
+            .arg(&scratch)
+            .output()
+            .map_err(|e| format!("db-test: cannot run initdb: {e}"))
+    };
+    let mut out = initdb(&["--lc-ctype=C.UTF-8"])?;
+    if !out.status.success() {
+        let _ = fs::remove_dir_all(&scratch);
+        ensure_dir(&scratch, &layout.data_rule("new data directory"))?;
+        out = initdb(&[])?;
+    }
     if !out.status.success() {
         return Err(format!(
             "db-test: initdb failed for the embedded PostgreSQL in {}:\n{}{}",

@@ -163,7 +163,10 @@ impl TestRequest {
 
     /// Adds a header. A header set here replaces a client default of the same
     /// name, and also the content type chosen by [`json`](Self::json) and friends.
-    /// Calling it twice with one name sends both values.
+    /// Calling it twice with one name sends both values. A `Cookie` header
+    /// joins the cookies of a client [`with_cookies`](TestClient::with_cookies)
+    /// (its value wins for a cookie of the same name) rather than replacing
+    /// them.
     ///
     /// # Panics
     ///
@@ -214,17 +217,18 @@ impl TestRequest {
             ),
         };
         if !encoded.is_empty() {
-            let separator = match self.path.find('?') {
-                None => '?',
-                Some(i) if i + 1 == self.path.len() || self.path.ends_with('&') => {
-                    // `/path?` or `/path?a=1&`: nothing to add between.
-                    self.path.push_str(&encoded);
-                    return self;
-                }
-                Some(_) => '&',
-            };
-            self.path.push(separator);
+            // The query goes before a `#fragment`, never after it.
+            let fragment = self.path.find('#').map(|i| self.path.split_off(i));
+            match self.path.find('?') {
+                // `/path?` or `/path?a=1&`: nothing to add between.
+                Some(i) if i + 1 == self.path.len() || self.path.ends_with('&') => {}
+                Some(_) => self.path.push('&'),
+                None => self.path.push('?'),
+            }
             self.path.push_str(&encoded);
+            if let Some(fragment) = fragment {
+                self.path.push_str(&fragment);
+            }
         }
         self
     }
@@ -276,10 +280,10 @@ impl TestRequest {
             all_headers.insert(header::CONTENT_TYPE, content_type);
         }
         if let Some(jar) = &cookies
-            && !all_headers.contains_key(header::COOKIE)
             && let Some(cookie) = lock(jar).header_value()
         {
-            all_headers.insert(header::COOKIE, cookie);
+            let merged = merge_cookies(&cookie, &all_headers);
+            all_headers.insert(header::COOKIE, merged);
         }
 
         let mut request = Request::new(Body::from(body));
@@ -322,4 +326,32 @@ impl IntoFuture for TestRequest {
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(self.send())
     }
+}
+
+/// The jar's `Cookie` header merged with the request's own `Cookie`
+/// headers: every cookie of both, the request's value winning for a name in
+/// both (as a browser's `document.cookie` write would).
+fn merge_cookies(jar: &HeaderValue, headers: &HeaderMap) -> HeaderValue {
+    let own: Vec<&str> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .collect();
+    if own.is_empty() {
+        return jar.clone();
+    }
+    let name = |pair: &str| pair.split('=').next().unwrap_or("").trim().to_string();
+    let own_names: Vec<String> = own.iter().map(|pair| name(pair)).collect();
+    let mut pairs: Vec<&str> = jar
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty() && !own_names.contains(&name(pair)))
+        .collect();
+    pairs.extend(own);
+    HeaderValue::from_str(&pairs.join("; ")).unwrap_or_else(|_| jar.clone())
 }

@@ -58,7 +58,7 @@ async fn cookies_are_off_by_default() {
 }
 
 #[tokio::test]
-async fn cookies_can_be_set_and_overridden_per_request() {
+async fn cookies_can_be_set_and_overridden_per_request_by_name() {
     let mut client = TestClient::new(app());
     client.set_cookie("a", "1");
     client
@@ -67,9 +67,9 @@ async fn cookies_can_be_set_and_overridden_per_request() {
         .assert_json(&json!({ "cookie": ["a=1"] }));
     client
         .get("/headers")
-        .header("cookie", "mine=2")
+        .header("cookie", "mine=2; a=3")
         .await
-        .assert_json(&json!({ "cookie": ["mine=2"] }));
+        .assert_json(&json!({ "cookie": ["mine=2; a=3"] }));
     client.clear_cookies();
     client.get("/headers").await.assert_json(&json!({}));
 }
@@ -129,6 +129,14 @@ async fn query_is_encoded_and_appended() {
         })
         .await;
     assert_eq!(res.request_path(), "/query?limit=5&offset=10");
+
+    // A fragment stays last: the query goes before it, and reaches the app.
+    let res = client.get("/query#top").query(&[("q", "z")]).await;
+    assert_eq!(res.request_path(), "/query?q=z#top");
+    res.assert_json(&json!([["q", "z"]]));
+    let res = client.get("/query?a=1#top").query(&[("b", 2)]).await;
+    assert_eq!(res.request_path(), "/query?a=1&b=2#top");
+    res.assert_json(&json!([["a", "1"], ["b", "2"]]));
 }
 
 #[tokio::test]
@@ -242,6 +250,36 @@ async fn long_bodies_are_cut_in_failure_messages() {
         "{}",
         message.len()
     );
+}
+
+/// A request's own `Cookie` header joins the jar's cookies (its value wins
+/// for a name in both) instead of replacing them.
+#[tokio::test]
+async fn a_requests_cookie_header_merges_with_the_jar() {
+    let client = TestClient::new(app()).with_cookies();
+    client.post("/login").await;
+    let headers: Value = client
+        .get("/headers")
+        .header("cookie", "extra=1")
+        .await
+        .json();
+    assert_eq!(
+        headers["cookie"],
+        json!(["session=abc123; theme=dark; extra=1"])
+    );
+    let headers: Value = client
+        .get("/headers")
+        .header("cookie", "theme=light; more=2")
+        .await
+        .json();
+    assert_eq!(
+        headers["cookie"],
+        json!(["session=abc123; theme=light; more=2"])
+    );
+    // Without a jar, the request's header goes as it is.
+    let plain = TestClient::new(app());
+    let headers: Value = plain.get("/headers").header("cookie", "a=1").await.json();
+    assert_eq!(headers["cookie"], json!(["a=1"]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -279,6 +279,20 @@ impl TestRequest {
         {
             all_headers.insert(header::CONTENT_TYPE, content_type);
         }
+        // What an HTTP/1.1 client sends with every request (the app may read
+        // `Host` to build absolute URLs, or check a body's length).
+        if !all_headers.contains_key(header::HOST) {
+            let host = uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                .unwrap_or(HeaderValue::from_static("localhost"));
+            all_headers.insert(header::HOST, host);
+        }
+        if !all_headers.contains_key(header::CONTENT_LENGTH)
+            && (!body.is_empty() || [Method::POST, Method::PUT, Method::PATCH].contains(&method))
+        {
+            all_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        }
         if let Some(jar) = &cookies
             && let Some(cookie) = lock(jar).header_value()
         {

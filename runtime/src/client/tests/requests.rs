@@ -252,6 +252,45 @@ async fn long_bodies_are_cut_in_failure_messages() {
     );
 }
 
+/// Every request carries a `Host` (`localhost`, or the authority of an
+/// absolute URL) and, with a body or for POST, PUT and PATCH, its
+/// `Content-Length`, as an HTTP/1.1 client sends them.
+#[tokio::test]
+async fn every_request_has_a_host_and_its_length() {
+    let app = Router::new().route(
+        "/h",
+        axum::routing::any(|headers: HeaderMap| async move {
+            let get = |name: header::HeaderName| {
+                headers.get(name).map(|v| v.to_str().unwrap().to_owned())
+            };
+            Json(json!([get(header::HOST), get(header::CONTENT_LENGTH)]))
+        }),
+    );
+    let client = TestClient::new(app);
+    client
+        .get("/h")
+        .await
+        .assert_json(&json!(["localhost", null]));
+    client
+        .post("/h")
+        .await
+        .assert_json(&json!(["localhost", "0"]));
+    client
+        .put("/h")
+        .json(&json!({"a": 1}))
+        .await
+        .assert_json(&json!(["localhost", "7"]));
+    client
+        .get("http://api.example.com/h")
+        .await
+        .assert_json(&json!(["api.example.com", null]));
+    client
+        .get("/h")
+        .header("host", "tenant.example.com")
+        .await
+        .assert_json(&json!(["tenant.example.com", null]));
+}
+
 /// A request's own `Cookie` header joins the jar's cookies (its value wins
 /// for a name in both) instead of replacing them.
 #[tokio::test]

@@ -374,3 +374,220 @@ async fn a_pg_dump_fixtures_settings_stay_with_it(pool: sqlx::PgPool) {
         .unwrap();
     assert_eq!(path, "\"$user\", public");
 }
+
+// A used database is recycled into a spare for a later test: whatever the
+// test before left on it must be put back exactly or make it be dropped.
+// Each pair below runs a first test that leaves something behind, then a
+// second that checks it sees the template's state, on the first test's
+// database if that was recycled. The pairs have a template of their own and
+// run one at a time, so that template has at most one spare: the one the
+// first test left, which the second test claims.
+
+/// The pairs' own template: no other test claims its spares.
+static RECYCLE_PAIRS: std::sync::LazyLock<sqlx::migrate::Migrator> =
+    std::sync::LazyLock::new(|| {
+        use sqlx::SqlSafeStr;
+        use sqlx::migrate::{Migration, MigrationType, Migrator};
+        Migrator::with_migrations(vec![Migration::new(
+            1,
+            std::borrow::Cow::Borrowed("recycle pairs"),
+            MigrationType::Simple,
+            "CREATE TABLE users (id BIGSERIAL PRIMARY KEY, email TEXT NOT NULL); \
+             CREATE TABLE posts (id BIGSERIAL PRIMARY KEY, \
+                 user_id BIGINT NOT NULL REFERENCES users (id), title TEXT NOT NULL DEFAULT ''); \
+             CREATE SEQUENCE counter START 10; \
+             SELECT setval('counter', 41, false);"
+                .into_sql_str(),
+            false,
+        )])
+    });
+
+/// One pair at a time.
+static RECYCLE_PAIR_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// The oid of the database the last half of a pair ran on.
+static PAIR_DATABASE: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+async fn record_pair_database(pool: &PgPool) {
+    let oid: i64 =
+        sqlx::query_scalar("SELECT oid::int8 FROM pg_database WHERE datname = current_database()")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    PAIR_DATABASE.store(oid, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Whether the database of this oid exists (under any name: a spare has
+/// another name than the test's database it was).
+fn database_exists(oid: i64) -> bool {
+    let url = db_test::server_url().unwrap();
+    db_test::runtime().block_on(async {
+        let mut admin = PgConnection::connect(&url).await.unwrap();
+        let found: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE oid = $1::oid)")
+                .bind(oid)
+                .fetch_one(&mut admin)
+                .await
+                .unwrap();
+        let _ = admin.close().await;
+        found
+    })
+}
+
+/// The second half of every pair: the database is the template's. Run by
+/// [`recycle_pair`].
+#[db_test(migrator = "RECYCLE_PAIRS")]
+#[ignore = "the second half of a pair, run by the pair's test"]
+async fn recycle_pair_sees_the_template(pool: PgPool) {
+    use futures_util::FutureExt;
+    record_pair_database(&pool).await;
+    let checked = std::panic::AssertUnwindSafe(template_state(&pool))
+        .catch_unwind()
+        .await;
+    if let Err(panic) = checked {
+        // A schema change, so that this database is dropped rather than
+        // handed, with what leaked into it, to the next pair.
+        let _ = sqlx::query("CREATE TABLE recycle_pair_failed ()")
+            .execute(&pool)
+            .await;
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// What [`recycle_pair_sees_the_template`] checks.
+async fn template_state(pool: &PgPool) {
+    // Sequences where the template has them: users' and posts' not called
+    // yet, `counter` where the migration's `setval(.., false)` left it.
+    for want in 1..=3_i64 {
+        let id: i64 = sqlx::query_scalar("INSERT INTO users (email) VALUES ('x') RETURNING id")
+            .fetch_one(pool)
+            .await
+            .unwrap_or_else(|e| panic!("insert #{want} into users: {e}"));
+        assert_eq!(id, want, "users.id as in a fresh database");
+    }
+    let id: i64 = sqlx::query_scalar("INSERT INTO posts (user_id) VALUES (1) RETURNING id")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(id, 1, "posts.id as in a fresh database");
+    let next: i64 = sqlx::query_scalar("SELECT nextval('counter')")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(next, 41, "counter where the migration's setval left it");
+    // The foreign key holds.
+    let orphan = sqlx::query("INSERT INTO posts (user_id) VALUES (12345)")
+        .execute(pool)
+        .await;
+    let code = orphan
+        .as_ref()
+        .err()
+        .and_then(|e| e.as_database_error())
+        .and_then(|e| e.code().map(|c| c.into_owned()));
+    assert_eq!(
+        code.as_deref(),
+        Some("23503"),
+        "foreign key not enforced: {orphan:?}"
+    );
+    // Tables and columns as created.
+    let tables: Vec<(String, String)> = sqlx::query_as(
+        "SELECT relname::text, concat_ws(' ', coalesce(reloptions::text, '-'), relreplident, \
+         relrowsecurity, relforcerowsecurity, relpersistence) \
+         FROM pg_class WHERE relname IN ('users', 'posts') ORDER BY relname",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(tables.len(), 2);
+    for (table, state) in tables {
+        assert_eq!(
+            state, "- d f f p",
+            "{table}: reloptions, replica identity, row level security (enabled, forced), persistence"
+        );
+    }
+    // (Some servers keep an option of their own there: only n_distinct is
+    // checked.)
+    let (n_distinct, default_stats): (bool, bool) = sqlx::query_as(
+        "SELECT coalesce(array_to_string(attoptions, ','), '') LIKE '%n\\_distinct%', \
+         coalesce(attstattarget::int, -1) = -1 FROM pg_attribute \
+         WHERE attrelid = 'users'::regclass AND attname = 'email'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert!(!n_distinct, "users.email: attoptions");
+    assert!(default_stats, "users.email: statistics target");
+}
+
+/// Runs `first`, then the pair's second half on the database `first` gave
+/// back if it was recycled (a fresh clone if it was dropped). With
+/// `must_reuse`, `first` left nothing that cannot be reset: its database
+/// must have been recycled.
+fn recycle_pair(first: fn(), must_reuse: bool) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let _one_at_a_time = RECYCLE_PAIR_LOCK
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    first();
+    let used = PAIR_DATABASE.load(SeqCst);
+    let recycled = database_exists(used);
+    assert!(
+        recycled || !must_reuse,
+        "the first test's database was dropped, not recycled"
+    );
+    // The template's only spare is the one `first` left; a few tries in case
+    // an earlier run left another.
+    for _ in 0..8 {
+        recycle_pair_sees_the_template();
+        if !recycled || PAIR_DATABASE.load(SeqCst) == used {
+            return;
+        }
+    }
+    panic!("the second test never got the first test's recycled database");
+}
+
+macro_rules! recycle_pairs {
+    ($($first:ident, $test:ident, $must_reuse:expr, $sql:expr;)*) => {$(
+        #[db_test(migrator = "RECYCLE_PAIRS")]
+        #[ignore = "the first half of a pair, run by the pair's test"]
+        async fn $first(pool: PgPool) {
+            record_pair_database(&pool).await;
+            sqlx::raw_sql($sql).execute(&pool).await.unwrap();
+        }
+
+        #[test]
+        fn $test() {
+            recycle_pair($first, $must_reuse);
+        }
+    )*};
+}
+
+recycle_pairs! {
+    // Rows and used sequences only: the common case, recycled.
+    rows_and_nextval_first, recycled_after_rows_and_nextval, true,
+        "INSERT INTO users (email) VALUES ('a'); INSERT INTO posts (user_id) VALUES (1); \
+         SELECT nextval('counter')";
+    // `pg_sequence_last_value` is NULL after these, as in the template.
+    setval_not_called_first, recycled_after_setval_not_called, true,
+        "SELECT setval('users_id_seq', 1000, false); SELECT setval('counter', 7, false)";
+    restart_with_first, recycled_after_alter_sequence_restart, true,
+        "ALTER SEQUENCE posts_id_seq RESTART WITH 500; ALTER SEQUENCE counter RESTART";
+    // Sequence options: not reset, so the database is dropped.
+    start_with_restart_first, fresh_after_alter_sequence_start_with, false,
+        "ALTER SEQUENCE users_id_seq START WITH 70 RESTART";
+    maxvalue_first, fresh_after_alter_sequence_maxvalue, false,
+        "ALTER SEQUENCE users_id_seq MAXVALUE 2";
+    // The foreign key's internal triggers (pg_dump --disable-triggers).
+    disable_trigger_all_first, fresh_after_disable_trigger_all, false,
+        "ALTER TABLE posts DISABLE TRIGGER ALL; INSERT INTO posts (user_id) VALUES (999)";
+    reloptions_first, fresh_after_table_options, false,
+        "ALTER TABLE users SET (autovacuum_enabled = false)";
+    replica_identity_first, fresh_after_replica_identity, false,
+        "ALTER TABLE users REPLICA IDENTITY FULL";
+    force_rls_first, fresh_after_force_row_level_security, false,
+        "ALTER TABLE users FORCE ROW LEVEL SECURITY";
+    unlogged_first, fresh_after_set_unlogged, false,
+        "ALTER TABLE posts SET UNLOGGED";
+    column_options_first, fresh_after_column_options, false,
+        "ALTER TABLE users ALTER COLUMN email SET STATISTICS 5, \
+         ALTER COLUMN email SET (n_distinct = 5)";
+}

@@ -23,8 +23,9 @@ pub(super) struct Recycle {
     /// truncates only the tables holding rows (a `TRUNCATE` costs a few ms
     /// per table, an emptiness check microseconds), or, where PL/pgSQL is
     /// not available, `TRUNCATE … CASCADE` of every table; then a `setval`
-    /// of each sequence that moved to where it was in the template (a
-    /// migration's `setval`, not only the sequence's `START`).
+    /// of each sequence that moved to exactly where it was in the template
+    /// (`last_value` and `is_called`: a migration's `setval`, not only the
+    /// sequence's `START`). See [`sequence_reset`].
     reset: String,
     /// A query returning the schema fingerprint.
     fingerprint_sql: String,
@@ -34,7 +35,16 @@ pub(super) struct Recycle {
 
 /// Catalog rows that make up a database's schema and server-side state,
 /// hashed. Two databases with the same fingerprint and empty tables are
-/// interchangeable for a test. `{extra}` adds per-schema parts.
+/// interchangeable for a test. `{extra}` adds per-schema parts;
+/// `{attcompression}` and `{prosqlbody}` are columns that older servers do
+/// not have (`NULL` there). Parts with columns that can be `NULL` are
+/// `format()`s, where a `NULL` prints as nothing (`NULL` for `%L`) instead
+/// of making the whole row vanish from the hash, as with `||`. Besides the
+/// schema itself, the state an `ALTER` can leave on it counts: table and
+/// column options, replica identity, row level security, enabled triggers
+/// (the internal ones of foreign keys too), sequence options, owners,
+/// function attributes. A sequence's position is not here: the reset puts
+/// it back exactly.
 const FINGERPRINT_SQL: &str = r#"
 WITH ns AS (
     SELECT oid, nspname FROM pg_namespace
@@ -44,30 +54,77 @@ WITH ns AS (
     SELECT c.* FROM pg_class c JOIN ns ON ns.oid = c.relnamespace
 )
 SELECT md5(coalesce(string_agg(x, '|' ORDER BY x), '')) FROM (
-    SELECT 'n:' || nspname || ':' || coalesce(n.nspacl::text, '') FROM pg_namespace n WHERE n.oid IN (SELECT oid FROM ns)
-    UNION ALL SELECT 'c:' || oid::regclass::text || ':' || relkind::text || ':' || relpersistence::text || ':' || coalesce(relacl::text, '') || ':' || relrowsecurity::text FROM rel
-    UNION ALL SELECT 'a:' || a.attrelid::regclass::text || ':' || a.attname || ':' || format_type(a.atttypid, a.atttypmod) || ':' || a.attnotnull::text || ':' || coalesce(pg_get_expr(d.adbin, d.adrelid), '')
+    SELECT format('n:%s:%s:%L', nspname, nspowner::regrole, nspacl) FROM pg_namespace n WHERE n.oid IN (SELECT oid FROM ns)
+    UNION ALL SELECT format('c:%s:%s:%s:%L:%s:%s:%s:%L:%s:%L:%s:%s:%s', oid::regclass, relkind, relpersistence, relacl,
+        relrowsecurity, relforcerowsecurity, relreplident, reloptions, relispartition, pg_get_expr(relpartbound, oid),
+        relam, reltablespace, relowner::regrole) FROM rel
+    UNION ALL SELECT format('a:%s:%s:%s:%s:%L:%s:%s:%s:%s:%s:%L:%L:%s', a.attrelid::regclass, a.attname,
+        format_type(a.atttypid, a.atttypmod), a.attnotnull, pg_get_expr(d.adbin, d.adrelid), a.attidentity,
+        a.attgenerated, a.attstorage, a.attcollation, a.attstattarget, a.attoptions, a.attacl, {attcompression})
         FROM pg_attribute a JOIN rel ON rel.oid = a.attrelid
         LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
         WHERE a.attnum > 0 AND NOT a.attisdropped
     UNION ALL SELECT 'g:' || conrelid::regclass::text || ':' || conname || ':' || pg_get_constraintdef(oid) || ':' || condeferrable::text || condeferred::text FROM pg_constraint WHERE connamespace IN (SELECT oid FROM ns)
-    UNION ALL SELECT 'i:' || pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid IN (SELECT oid FROM rel)
-    UNION ALL SELECT 'p:' || p.oid::regprocedure::text || ':' || md5(coalesce(p.prosrc, '')) || ':' || coalesce(p.proacl::text, '') FROM pg_proc p WHERE p.pronamespace IN (SELECT oid FROM ns)
+    UNION ALL SELECT format('i:%s:%s:%s', pg_get_indexdef(indexrelid), indisreplident, indisclustered) FROM pg_index WHERE indrelid IN (SELECT oid FROM rel)
+    UNION ALL SELECT format('p:%s:%s:%s:%L:%s:%s:%s:%s:%s:%s:%L:%s', p.oid::regprocedure, md5(coalesce(p.prosrc, '')),
+        md5(coalesce({prosqlbody}, '')), p.proacl, p.prorettype::regtype, p.prosecdef, p.provolatile, p.proisstrict,
+        p.proleakproof, p.proparallel, p.proconfig, p.proowner::regrole) FROM pg_proc p WHERE p.pronamespace IN (SELECT oid FROM ns)
     UNION ALL SELECT 't:' || t.oid::regtype::text || ':' || t.typtype::text FROM pg_type t WHERE t.typnamespace IN (SELECT oid FROM ns) AND t.typtype <> 'b'
     UNION ALL SELECT 'e:' || enumtypid::regtype::text || ':' || enumlabel || ':' || enumsortorder FROM pg_enum
     UNION ALL SELECT 'x:' || extname || ':' || extversion FROM pg_extension
-    UNION ALL SELECT 'r:' || tgrelid::regclass::text || ':' || tgname || ':' || tgenabled::text || ':' || pg_get_triggerdef(oid) FROM pg_trigger WHERE NOT tgisinternal
-    UNION ALL SELECT 'w:' || ev_class::regclass::text || ':' || rulename || ':' || md5(pg_get_ruledef(oid)) FROM pg_rewrite WHERE ev_class IN (SELECT oid FROM rel)
-    UNION ALL SELECT 'o:' || polrelid::regclass::text || ':' || polname FROM pg_policy
-    UNION ALL SELECT 'q:' || schemaname || '.' || sequencename || ':' || coalesce(last_value::text, '-') || ':' || increment_by FROM pg_sequences
+    UNION ALL SELECT format('r:%s:%s:%s:%s', tgrelid::regclass, tgname, tgenabled,
+        CASE WHEN tgisinternal THEN tgfoid || ':' || tgtype ELSE pg_get_triggerdef(oid) END) FROM pg_trigger
+    UNION ALL SELECT format('w:%s:%s:%s:%s', ev_class::regclass, rulename, ev_enabled, md5(pg_get_ruledef(oid))) FROM pg_rewrite WHERE ev_class IN (SELECT oid FROM rel)
+    UNION ALL SELECT format('o:%s:%s:%s:%s:%s:%L:%L', polrelid::regclass, polname, polcmd, polpermissive, polroles::regrole[],
+        pg_get_expr(polqual, polrelid), pg_get_expr(polwithcheck, polrelid)) FROM pg_policy
+    UNION ALL SELECT format('q:%s:%s:%s:%s:%s:%s:%s:%s', s.seqrelid::regclass, s.seqtypid::regtype, s.seqstart, s.seqincrement,
+        s.seqmax, s.seqmin, s.seqcache, s.seqcycle) FROM pg_sequence s JOIN rel ON rel.oid = s.seqrelid
+    UNION ALL SELECT format('se:%s:%s:%s:%s', stxrelid::regclass, stxname, stxkind, stxkeys) FROM pg_statistic_ext WHERE stxnamespace IN (SELECT oid FROM ns)
+    UNION ALL SELECT format('da:%s:%s:%s:%L', defaclrole::regrole, defaclnamespace, defaclobjtype, defaclacl) FROM pg_default_acl
     UNION ALL SELECT 'l:' || (SELECT count(*) FROM pg_largeobject_metadata)
     UNION ALL SELECT 'v:' || (SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database())
     UNION ALL SELECT 'd:' || coalesce((SELECT setconfig::text FROM pg_db_role_setting WHERE setrole = 0 AND setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database())), '')
-    UNION ALL SELECT 'ev:' || evtname FROM pg_event_trigger
+    UNION ALL SELECT format('db:%s:%L:%s:%s', datdba::regrole, datacl, datconnlimit, datallowconn) FROM pg_database WHERE datname = current_database()
+    UNION ALL SELECT 'ev:' || evtname || ':' || evtenabled::text FROM pg_event_trigger
     UNION ALL SELECT 'pub:' || pubname FROM pg_publication
     {extra}
 ) f(x)
 "#;
+
+/// [`FINGERPRINT_SQL`] for a server of this version (`server_version_num`),
+/// with these per-schema parts.
+fn fingerprint_sql(extra: &str, server_version: u32) -> String {
+    let (attcompression, prosqlbody) = if server_version >= 140000 {
+        ("a.attcompression", "p.prosqlbody::text")
+    } else {
+        ("NULL", "NULL::text")
+    };
+    FINGERPRINT_SQL
+        .replace("{extra}", extra)
+        .replace("{attcompression}", attcompression)
+        .replace("{prosqlbody}", prosqlbody)
+}
+
+/// The statement of [`Recycle::reset`] that puts each sequence back where
+/// it stands in the template: `(name, last_value, is_called)`, names as
+/// `format('%I.%I')` prints them. It reads each sequence's own row (one
+/// page; `is_called` is only there) and `setval`s only those that moved, so
+/// a `setval(.., false)`, `ALTER SEQUENCE .. RESTART [WITH]` or `nextval`
+/// is undone exactly. A sequence the test dropped makes it fail, and the
+/// database is dropped.
+fn sequence_reset(states: &[(String, i64, bool)]) -> String {
+    states
+        .iter()
+        .map(|(seq, value, called)| {
+            format!(
+                "SELECT pg_catalog.setval({}::regclass, {value}, {called}) FROM {seq} \
+                 WHERE (last_value, is_called) IS DISTINCT FROM ({value}::int8, {called})",
+                quote_literal(seq)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ")
+}
 
 /// The `DO` block of [`Recycle::reset`] for these tables (`format('%I.%I')`
 /// names): truncates those holding rows. None if a name would break out of
@@ -275,27 +332,35 @@ impl Engine {
                     _ if truncate.is_empty() => String::from("SELECT 1 WHERE false"),
                     _ => format!("TRUNCATE TABLE {} CASCADE", truncate.join(", ")),
                 };
-                // Where each sequence stands in the template's state.
-                let sequences: String = sqlx::query_scalar(
-                    "SELECT coalesce(string_agg(format('(%L, %s::int8)', s.seqrelid::regclass::text, \
-                     coalesce(pg_sequence_last_value(s.seqrelid)::text, 'NULL')), ', '), '') \
-                     FROM pg_sequence s JOIN pg_class c ON c.oid = s.seqrelid \
-                     WHERE c.relpersistence <> 't'",
+                // Where each sequence stands in the template's state, read
+                // from the sequence itself: `pg_sequence_last_value` is NULL
+                // before the first `nextval` and after `setval(.., false)`
+                // or `ALTER SEQUENCE .. RESTART`, whatever the value.
+                let sequences: Vec<String> = sqlx::query_scalar(
+                    "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
+                     JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE c.relkind = 'S' AND c.relpersistence <> 't' \
+                     AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                     AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'",
                 )
-                .fetch_one(&mut conn)
+                .fetch_all(&mut conn)
                 .await
                 .ok()?;
-                let reset = if sequences.is_empty() {
-                    truncate
-                } else {
-                    format!(
-                        "{truncate}; SELECT pg_catalog.setval(s.seqrelid, coalesce(v.value, s.seqstart), \
-                         v.value IS NOT NULL) FROM (VALUES {sequences}) AS v(seq, value) \
-                         JOIN pg_catalog.pg_sequence s ON s.seqrelid = v.seq::regclass \
-                         WHERE pg_catalog.pg_sequence_last_value(s.seqrelid) IS DISTINCT FROM v.value"
-                    )
-                };
-                let fingerprint_sql = FINGERPRINT_SQL.replace("{extra}", &extra);
+                let mut reset = truncate;
+                if !sequences.is_empty() {
+                    let read = sequences
+                        .iter()
+                        .map(|seq| format!("SELECT {}, last_value, is_called FROM {seq}", quote_literal(seq)))
+                        .collect::<Vec<_>>()
+                        .join(" UNION ALL ");
+                    let states: Vec<(String, i64, bool)> = sqlx::query_as(sqlx::AssertSqlSafe(read))
+                        .fetch_all(&mut conn)
+                        .await
+                        .ok()?;
+                    reset.push_str("; ");
+                    reset.push_str(&sequence_reset(&states));
+                }
+                let fingerprint_sql = fingerprint_sql(&extra, conn.server_version_num().unwrap_or(0));
                 let fingerprint: String = sqlx::query_scalar(sqlx::AssertSqlSafe(fingerprint_sql.clone()))
                     .fetch_one(&mut conn)
                     .await

@@ -304,6 +304,98 @@ macro_rules! matrix {
                 assert_nothing_committed(&db).await;
             }
 
+            /// An app's `commit()` or `rollback()` cut short: the savepoint
+            /// is ended all the same (released, or rolled back), and the
+            /// next app transactions behave: one dropped without commit
+            /// keeps nothing (SQLite's worker swallowed that rollback after
+            /// a cut commit), `Acquire::begin` works (MySQL's depth stayed
+            /// one too high).
+            #[db_test(migrations = $migrations)]
+            async fn an_app_commit_or_rollback_cut_short_ends_its_savepoint(db: TestDb) {
+                let app: Db = db.db();
+                for (round, commit) in [(1, true), (2, false), (3, true), (4, false)] {
+                    let mut tx = app.begin().await.unwrap();
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "INSERT INTO items (name) VALUES ('cut-{round}')"
+                    )))
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                    let mut end: std::pin::Pin<
+                        Box<dyn std::future::Future<Output = sqlx::Result<()>>>,
+                    > = if commit {
+                        Box::pin(tx.commit())
+                    } else {
+                        Box::pin(tx.rollback())
+                    };
+                    for _ in 0..round {
+                        if futures_util::poll!(end.as_mut()).is_ready() {
+                            break;
+                        }
+                    }
+                    drop(end);
+                    let mut dropped = app.begin().await.unwrap();
+                    sqlx::query("INSERT INTO items (name) VALUES ('dropped')")
+                        .execute(&mut *dropped)
+                        .await
+                        .unwrap();
+                    drop(dropped);
+                    let mut tx = sqlx::Acquire::begin(&app).await.unwrap();
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "INSERT INTO items (name) VALUES ('after-{round}')"
+                    )))
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                    tx.commit().await.unwrap();
+                }
+                let names = names(&db).await;
+                assert!(!names.contains(&"dropped".to_string()), "{names:?}");
+                for round in 1..=4 {
+                    assert!(names.contains(&format!("after-{round}")), "{names:?}");
+                }
+                // A cut commit may or may not have released its savepoint
+                // (as in production it may or may not have committed); a
+                // cut rollback undid it.
+                assert!(!names.contains(&"cut-2".to_string()), "{names:?}");
+                assert!(!names.contains(&"cut-4".to_string()), "{names:?}");
+                assert_nothing_committed(&db).await;
+            }
+
+            /// The `commit()` of sqlx's own transaction from
+            /// `Acquire::begin(&db)` cut short: sqlx then queues a
+            /// `ROLLBACK TO` a savepoint the server may have released
+            /// already, whose error comes back with the connection; the
+            /// test goes on.
+            #[db_test(migrations = $migrations)]
+            async fn an_acquire_begin_commit_cut_short_leaves_the_test_usable(db: TestDb) {
+                let app: Db = db.db();
+                for polls in 1..6 {
+                    let mut tx = sqlx::Acquire::begin(&app).await.unwrap();
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "INSERT INTO items (name) VALUES ('maybe-{polls}')"
+                    )))
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                    let mut commit = Box::pin(tx.commit());
+                    for _ in 0..polls {
+                        if futures_util::poll!(commit.as_mut()).is_ready() {
+                            break;
+                        }
+                    }
+                    drop(commit);
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "INSERT INTO items (name) VALUES ('next-{polls}')"
+                    )))
+                    .execute(&app)
+                    .await
+                    .unwrap();
+                }
+                assert_eq!(count(&db, "items WHERE name LIKE 'next-%'").await, 5);
+                assert_nothing_committed(&db).await;
+            }
+
             #[db_test(migrations = $migrations)]
             async fn a_failing_statement_does_not_poison_the_test(db: TestDb) {
                 sqlx::query("INSERT INTO items (name) VALUES ('unique-once')")

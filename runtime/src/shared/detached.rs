@@ -46,6 +46,38 @@ pub(crate) async fn begin<DB: Database>(
     begun.conn.take().map(|conn| (conn, result))
 }
 
+/// sqlx's `commit()` (`commit`) or `rollback()` of the app transaction
+/// open on the test's connection, taken out of its slot (lent meanwhile),
+/// run to its end as [`begin`] is: cut short, sqlx's MySQL connection would
+/// keep a depth one too high (its savepoint released on the server), and
+/// SQLite's worker would swallow the next rollback of an unrelated
+/// transaction. A caller that is gone leaves the connection at the depth
+/// below the transaction's (rolled back if the statement failed), back in
+/// the test's pool of one. `None` if the task was lost.
+#[cfg_attr(not(any(feature = "mysql", feature = "sqlite")), allow(dead_code))]
+pub(crate) async fn end<DB: Database>(
+    mut conn: PoolConnection<DB>,
+    commit: bool,
+) -> Option<(PoolConnection<DB>, sqlx::Result<()>)> {
+    let (done, result) = oneshot::channel();
+    crate::run::shared_runtime().spawn(async move {
+        let depth = Manager::<DB>::get_transaction_depth(&conn);
+        let ended = if commit {
+            Manager::<DB>::commit(&mut conn).await
+        } else {
+            Manager::<DB>::rollback(&mut conn).await
+        };
+        if let Err((mut conn, ended)) = done.send((conn, ended)) {
+            // Nobody takes the connection back: it must not stay inside
+            // the transaction that was to end.
+            if ended.is_err() && Manager::<DB>::get_transaction_depth(&conn) == depth {
+                let _ = Manager::<DB>::rollback(&mut conn).await;
+            }
+        }
+    });
+    result.await.ok()
+}
+
 /// The connection a detached `begin()` ran on, until its caller takes it:
 /// dropped untaken, its new savepoint is rolled back (queued, as sqlx's
 /// `Transaction` does when dropped, and sent when the connection goes back

@@ -10,6 +10,9 @@ use super::{Dialect, check_open, lock};
 /// How long a dropped statement may go on before it is stopped.
 pub(super) const CANCEL_AFTER: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// How long a stopped statement may take to answer.
+const STOPPED_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A statement of the test was dropped before it ended: wait until the
 /// connection is ready again, stopping it if it runs on for
 /// [`CANCEL_AFTER`]. Stopped (or failed), the server undoes it alone;
@@ -39,7 +42,26 @@ pub(super) async fn recover_dropped<DB: Dialect>(
                     canceller.cancel().await;
                     outcome.push_str(", and db-test stopped it");
                 }
-                let ready = ping.await;
+                // Once stopped, its reply comes at once; a connection that
+                // still answers nothing is out of step (sqlx's MySQL
+                // connection, dropped partway through a result's column
+                // definitions on a guard, waits for a packet that never
+                // comes): the test fails now, saying so, rather than at its
+                // timeout.
+                let ready = match &canceller {
+                    Some(_) => crate::clock::timeout(STOPPED_WITHIN, &mut ping)
+                        .await
+                        .unwrap_or_else(|()| {
+                            Err(sqlx::Error::Protocol(format!(
+                                "no reply {STOPPED_WITHIN:?} after the statement was stopped: \
+                                 the connection is out of step with the server (a read \
+                                 dropped partway on a guard or in an app transaction, \
+                                 whose reply sqlx cannot skip on MySQL/MariaDB; a \
+                                 statement sent through `Db` does not have this)"
+                            )))
+                        }),
+                    None => ping.await,
+                };
                 if let Some(canceller) = canceller {
                     canceller.done();
                 }

@@ -49,13 +49,18 @@ impl<DB: Dialect> SlotGuard<DB> {
 
     /// Ends the app transaction this guard began: `RELEASE SAVEPOINT` on
     /// commit, `ROLLBACK TO SAVEPOINT` otherwise.
+    /// Run to its end in a task of its own (see `crate::shared::detached`):
+    /// if this future is dropped, the connection comes back through the
+    /// test's pool of one, the savepoint ended.
     pub(crate) async fn end_savepoint(&mut self, commit: bool) -> sqlx::Result<()> {
-        let conn = self.conn_mut();
-        if commit {
-            Manager::<DB>::commit(conn).await
-        } else {
-            Manager::<DB>::rollback(conn).await
-        }
+        let conn = self.guard.conn.take().expect("checked at lock time");
+        self.guard.lent = true;
+        let Some((conn, ended)) = crate::shared::detached::end(conn, commit).await else {
+            return Err(sqlx::Error::WorkerCrashed);
+        };
+        self.guard.conn = Some(conn);
+        self.guard.lent = false;
+        ended
     }
 
     pub(crate) fn start_rollback_savepoint(&mut self) {

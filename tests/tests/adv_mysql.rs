@@ -1214,3 +1214,70 @@ async fn a_commit_after_a_backslash_is_refused_once_the_session_reads_no_escapes
         .expect_err("the COMMIT is a statement in this session");
     assert!(err.to_string().contains("COMMIT"), "{err}");
 }
+
+// ---------------------------------------------------------------------------
+// A statement dropped partway on a guard or in an app transaction: sqlx's
+// MySQL connection cannot always read the rest of its reply (dropped while
+// it waited for a `COM_STMT_PREPARE` reply, or partway through column
+// definitions). The next statement must then either work, with its own
+// reply, or fail saying the connection is out of step: never read another
+// statement's reply as its own, never hang until the test's timeout.
+// ---------------------------------------------------------------------------
+
+#[db_test(migrations = "tests/adv_mysql/migrations")]
+async fn child_guard_reads_cut_at_every_point(db: TestDb) {
+    if !is_child() {
+        return;
+    }
+    let app = db.db();
+    for polls in 1..30 {
+        let mut tx = app.begin().await.unwrap();
+        sqlx::query("INSERT INTO counter (name, n) VALUES (?, ?)")
+            .bind(format!("cut-{polls}"))
+            .bind(polls)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        {
+            let mut read = Box::pin(
+                sqlx::query_as::<_, (String, i64)>("SELECT name, n FROM counter ORDER BY name")
+                    .fetch_all(&mut *tx),
+            );
+            for _ in 0..polls {
+                if futures_util::poll!(read.as_mut()).is_ready() {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+        drop(tx);
+        let token = format!("token-{polls}");
+        match sqlx::query_scalar::<_, String>("SELECT ?")
+            .bind(&token)
+            .fetch_one(&app)
+            .await
+        {
+            Ok(got) => assert_eq!(got, token, "a reply that was not its own"),
+            Err(e) => {
+                let e = e.to_string();
+                assert!(e.contains("out of step"), "{e}");
+                println!("CHILD-OUT-OF-STEP after {polls} polls");
+                return;
+            }
+        }
+    }
+    println!("CHILD-IN-STEP");
+}
+
+#[test]
+fn a_read_cut_partway_on_a_guard_never_answers_with_another_reply() {
+    let (ok, text) = run_children(&["child_guard_reads_cut_at_every_point"], 1, 1);
+    // In step all along: the test passes. Out of step: the body saw db-test
+    // say so, and the test fails saying so (its connection is closed).
+    if text.contains("CHILD-OUT-OF-STEP") {
+        assert!(!ok, "{text}");
+        assert!(text.contains("out of step with the server"), "{text}");
+    } else {
+        assert!(ok && text.contains("CHILD-IN-STEP"), "{text}");
+    }
+}

@@ -159,6 +159,19 @@ pub trait Dialect: sqlx::Database + sealed::Sealed {
     #[doc(hidden)]
     const RELEASE_SESSION_LOCKS: Option<&'static str> = None;
 
+    /// Under test, after a statement dropped partway on a guard (which does
+    /// not run detached): one round trip whose reply must be its own, or
+    /// `Err`: the connection is out of step with the server, reading the
+    /// replies of other commands as its own (sqlx's MySQL connection,
+    /// dropped while it waited for a `COM_STMT_PREPARE` reply, never reads
+    /// that reply, and answers every later statement with the one before
+    /// it). `None`: nothing to check.
+    #[doc(hidden)]
+    fn in_step(conn: &mut Self::Connection) -> Option<BoxFuture<'_, sqlx::Result<()>>> {
+        let _ = conn;
+        None
+    }
+
     /// Whether `e`, from [`Dialect::PROBE_TRANSACTION`] or the final
     /// `ROLLBACK`, says the test's transaction is no longer open (rather
     /// than, say, that a stopped statement's error arrived late).

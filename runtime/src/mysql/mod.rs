@@ -288,6 +288,53 @@ impl crate::generic::Dialect for MySql {
         Some(arguments.clone())
     }
 
+    #[cfg(feature = "harness")]
+    fn in_step(
+        conn: &mut Self::Connection,
+    ) -> Option<futures_util::future::BoxFuture<'_, sqlx::Result<()>>> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NONCE: AtomicU64 = AtomicU64::new(0);
+        Some(Box::pin(async move {
+            let nonce = format!(
+                "dbt-{}-{}",
+                std::process::id(),
+                NONCE.fetch_add(1, Ordering::Relaxed)
+            );
+            let out_of_step = |what: String| {
+                sqlx::Error::Protocol(format!(
+                    "the connection is out of step with the server ({what}): a statement \
+                     sent on a guard or in an app transaction (`&mut *tx`) was dropped \
+                     partway, where sqlx cannot read the rest of its reply on MySQL/MariaDB; \
+                     a statement sent through `Db` does not have this"
+                ))
+            };
+            // Text protocol: nothing prepared, one reply.
+            let reply = crate::clock::timeout(
+                std::time::Duration::from_secs(5),
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SELECT '{nonce}'")))
+                    .fetch_all(&mut *conn),
+            )
+            .await;
+            match reply {
+                Err(()) => Err(out_of_step("no reply to a check within 5s".into())),
+                Ok(Err(e)) => Err(out_of_step(format!("a check failed: {e}"))),
+                Ok(Ok(rows)) => {
+                    let got: Option<String> = rows
+                        .first()
+                        .and_then(|row| sqlx::Row::try_get::<String, _>(row, 0).ok());
+                    if rows.len() == 1 && got.as_deref() == Some(nonce.as_str()) {
+                        Ok(())
+                    } else {
+                        Err(out_of_step(format!(
+                            "a check got {} row(s), {got:?}, for its own {nonce:?}",
+                            rows.len()
+                        )))
+                    }
+                }
+            }
+        }))
+    }
+
     crate::generic::dialect_executors!();
 }
 

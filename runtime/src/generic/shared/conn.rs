@@ -97,6 +97,7 @@ impl<DB: Dialect> Shared<DB> {
             ended_out_of_sight: AtomicBool::new(false),
             ended_by_database: AtomicBool::new(false),
             runtime_dropped: AtomicBool::new(false),
+            broken: AtomicBool::new(false),
             canceller: Mutex::new(None),
             statements: AtomicU64::new(0),
             log: Mutex::new(VecDeque::new()),

@@ -142,14 +142,15 @@ impl<DB: Dialect> Shared<DB> {
         let mut failure = poisoned;
         // A statement still running (the test timed out in it) gets a
         // grace period; then the connection is dropped instead of reused.
-        let mut healthy = matches!(
-            crate::clock::timeout(
-                TEARDOWN_GRACE,
-                recover_dropped::<DB>(&self.state, &mut conn)
-            )
-            .await,
-            Ok(Ok(()))
-        );
+        let mut healthy = !self.state.broken.load(Ordering::Relaxed)
+            && matches!(
+                crate::clock::timeout(
+                    TEARDOWN_GRACE,
+                    recover_dropped::<DB>(&self.state, &mut conn)
+                )
+                .await,
+                Ok(Ok(()))
+            );
         if healthy
             && check_constraints
             && lock(&self.state.poisoned).is_none()

@@ -84,9 +84,18 @@ pub(super) async fn recover_dropped<DB: Dialect>(
             _ => break,
         }
     }
+    // Ready, but maybe reading the replies of other commands as its own.
+    if ready.is_ok()
+        && let Some(check) = DB::in_step(conn)
+    {
+        ready = check.await;
+    }
     let failed = first_error.is_some();
     *lock(&state.in_flight) = None;
     if let Err(e) = ready {
+        state
+            .broken
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let why = out_of_sync(&state.label, &e);
         state.poison(why.clone());
         state.record(sql, Some(outcome));

@@ -35,6 +35,10 @@ pub(crate) struct State {
     /// as under `#[tokio::test]`, and its connection (the server rolled
     /// back everything on it).
     pub(super) runtime_dropped: AtomicBool,
+    /// The connection broke, or is out of step with the server: teardown
+    /// closes it without sending anything (a statement would wait for a
+    /// reply that never comes).
+    pub(super) broken: AtomicBool,
     pub(super) statements: AtomicU64,
     pub(super) log: Mutex<VecDeque<LoggedStatement>>,
     /// A statement whose future was dropped before it ended.

@@ -217,6 +217,7 @@ async fn run_statement<DB: Dialect>(
     if let Err(e) = &result
         && is_broken(e)
     {
+        state.broken.store(true, Ordering::Relaxed);
         state.poison(out_of_sync(&state.label, e));
         return Ran::Done(result);
     }

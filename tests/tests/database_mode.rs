@@ -408,28 +408,43 @@ static RECYCLE_PAIR_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 static PAIR_DATABASE: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
 
 async fn record_pair_database(pool: &PgPool) {
-    let oid: i64 =
-        sqlx::query_scalar("SELECT oid::int8 FROM pg_database WHERE datname = current_database()")
-            .fetch_one(pool)
-            .await
-            .unwrap();
+    let (oid, name): (i64, String) = sqlx::query_as(
+        "SELECT oid::int8, datname::text FROM pg_database WHERE datname = current_database()",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
     PAIR_DATABASE.store(oid, std::sync::atomic::Ordering::SeqCst);
+    *PAIR_DATABASE_NAME.lock().unwrap() = name;
 }
 
-/// Whether the database of this oid exists (under any name: a spare has
-/// another name than the test's database it was).
-fn database_exists(oid: i64) -> bool {
+/// The name of the database the last half of a pair ran on, as the test
+/// had it.
+static PAIR_DATABASE_NAME: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+/// Whether the database of this oid was recycled (it exists under another
+/// name: a spare's), once its test's release in the background is done: it
+/// is renamed to a spare, or dropped, within seconds.
+fn database_recycled(oid: i64, test_name: &str) -> bool {
     let url = db_test::server_url().unwrap();
     db_test::runtime().block_on(async {
         let mut admin = PgConnection::connect(&url).await.unwrap();
-        let found: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE oid = $1::oid)")
-                .bind(oid)
-                .fetch_one(&mut admin)
-                .await
-                .unwrap();
+        let mut now = None;
+        for _ in 0..200 {
+            now = sqlx::query_scalar::<_, String>(
+                "SELECT datname::text FROM pg_database WHERE oid = $1::oid",
+            )
+            .bind(oid)
+            .fetch_optional(&mut admin)
+            .await
+            .unwrap();
+            if now.as_deref() != Some(test_name) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
         let _ = admin.close().await;
-        found
+        now.is_some_and(|name| name != test_name)
     })
 }
 
@@ -527,18 +542,49 @@ fn recycle_pair(first: fn(), must_reuse: bool) {
     let _one_at_a_time = RECYCLE_PAIR_LOCK
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    first();
-    let used = PAIR_DATABASE.load(SeqCst);
-    let recycled = database_exists(used);
+    // One pair at a time across processes too (nextest runs each test in a
+    // process of its own, and shards side by side on one server): another
+    // process's pair would claim this pair's spare. A session lock on the
+    // server, held until this function returns (a panic closes the
+    // connection, which releases it).
+    let lock_url = db_test::server_url().unwrap();
+    let mut lock_conn = db_test::runtime().block_on(async {
+        let mut conn = PgConnection::connect(&lock_url).await.unwrap();
+        sqlx::query("SELECT pg_advisory_lock(7417741774)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn
+    });
+    let release = |conn: &mut PgConnection| {
+        db_test::runtime().block_on(async {
+            let _ = sqlx::query("SELECT pg_advisory_unlock(7417741774)")
+                .execute(&mut *conn)
+                .await;
+        })
+    };
+    // A process's first database-mode test of a template may end before
+    // the template's recycling plan is ready (it is built in the
+    // background): its database is dropped. Then the first half runs again.
+    let (used, recycled) = (0..3)
+        .map(|_| {
+            first();
+            let used = PAIR_DATABASE.load(SeqCst);
+            let name = PAIR_DATABASE_NAME.lock().unwrap().clone();
+            (used, database_recycled(used, &name))
+        })
+        .find(|(_, recycled)| *recycled || !must_reuse)
+        .unwrap_or((0, false));
     assert!(
         recycled || !must_reuse,
-        "the first test's database was dropped, not recycled"
+        "the first test's database was dropped, not recycled (three times)"
     );
     // The template's only spare is the one `first` left; a few tries in case
     // an earlier run left another.
     for _ in 0..8 {
         recycle_pair_sees_the_template();
         if !recycled || PAIR_DATABASE.load(SeqCst) == used {
+            release(&mut lock_conn);
             return;
         }
     }

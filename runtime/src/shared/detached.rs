@@ -1,6 +1,7 @@
 //! An app transaction's `BEGIN` (a savepoint inside the test's
-//! transaction), run to its end in a task of its own on the shared runtime,
-//! so that dropping the caller's future cannot cut it short.
+//! transaction), and its `COMMIT`/`ROLLBACK` on MySQL and SQLite, run to
+//! their end in a task of their own on the shared runtime, so that dropping
+//! the caller's future cannot cut them short.
 //!
 //! sqlx's `begin()` is not safe to drop inside a transaction: cut short
 //! after sending its `SAVEPOINT`, it rolls back at the depth it started

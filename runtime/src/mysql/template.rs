@@ -215,24 +215,8 @@ impl Engine {
                         Ok(())
                     })
                 })
-                // A connection that comes back through the pool (lent to an
-                // app's `Transaction`, or left by a caller that was dropped)
-                // may bring the error of a statement sqlx queued: the
-                // `ROLLBACK TO` of a `Transaction` dropped after its cut
-                // `commit()` had released the savepoint on the server. sqlx
-                // pings it on release and would close it for that error,
-                // with the test's transaction: read it here, then ping.
-                .after_release(|conn, _| {
-                    Box::pin(async move {
-                        if let Err(e) = sqlx::Connection::ping(&mut *conn).await {
-                            if e.as_database_error().is_none() {
-                                return Err(e);
-                            }
-                            sqlx::Connection::ping(&mut *conn).await?;
-                        }
-                        Ok(true)
-                    })
-                })
+                // See `read_queued_error`.
+                .after_release(crate::slots::read_queued_error::<sqlx::MySql>)
                 .connect_lazy_with(options.clone())
         });
         // The keeper (see `Template::_keeper`) connects to the server

@@ -67,25 +67,8 @@ impl Engine {
                 // Every test connection gets db-test's commit guard once, for
                 // its lifetime (see `shared::prepare_session`).
                 .after_connect(|conn, _meta| Box::pin(crate::shared::prepare_session(conn)))
-                // A connection that comes back through the pool (lent to an
-                // app's `Transaction`) may bring the error of a statement
-                // sqlx queued: the `ROLLBACK TO` of a `Transaction` dropped
-                // after its cut `commit()` had released the savepoint.
-                // sqlx pings it on release and would close it for that
-                // error, with the test's transaction: read it here (the
-                // aborted transaction it leaves is undone before the next
-                // statement, see `refresh_savepoint`), then ping.
-                .after_release(|conn, _meta| {
-                    Box::pin(async move {
-                        if let Err(e) = sqlx::Connection::ping(&mut *conn).await {
-                            if e.as_database_error().is_none() {
-                                return Err(e);
-                            }
-                            sqlx::Connection::ping(&mut *conn).await?;
-                        }
-                        Ok(true)
-                    })
-                })
+                // See `read_queued_error`.
+                .after_release(crate::slots::read_queued_error::<sqlx::Postgres>)
                 .connect_lazy_with(opts.clone())
         });
         // Connect once now, so that a missing database is reported here.

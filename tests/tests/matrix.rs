@@ -491,6 +491,38 @@ macro_rules! matrix {
                 assert_eq!(kind(&err), Some(ErrorKind::TransactionEnded));
             }
 
+            /// Sends an insert of 'dropped', polls it until it is on its
+            /// way, and drops it.
+            async fn drop_an_insert_partway(db: &TestDb) {
+                let mut dropped = Box::pin(
+                    sqlx::query("INSERT INTO items (name) VALUES ('dropped')").execute(db),
+                );
+                for _ in 0..3 {
+                    if futures_util::poll!(dropped.as_mut()).is_ready() {
+                        break;
+                    }
+                }
+            }
+
+            /// After 'kept' and a dropped insert: inserts 'after' and checks
+            /// the rows. The dropped one is gone if it was dropped before
+            /// the server finished it, and kept if it finished within the
+            /// polls, as in production.
+            async fn insert_after_a_dropped_one(db: &TestDb) -> Vec<String> {
+                sqlx::query("INSERT INTO items (name) VALUES ('after')")
+                    .execute(db)
+                    .await
+                    .unwrap();
+                let names = names(db).await;
+                assert!(names.contains(&"kept".to_string()), "{names:?}");
+                assert!(names.contains(&"after".to_string()), "{names:?}");
+                assert!(
+                    names.len() == 2 || names.contains(&"dropped".to_string()),
+                    "{names:?}"
+                );
+                names
+            }
+
             /// A statement whose future is dropped after it was sent (a
             /// `select!` or a timeout that fired): the next statement works
             /// and sees what completed before; nothing is committed.
@@ -500,30 +532,8 @@ macro_rules! matrix {
                     .execute(&db)
                     .await
                     .unwrap();
-                {
-                    let mut dropped = Box::pin(
-                        sqlx::query("INSERT INTO items (name) VALUES ('dropped')").execute(&db),
-                    );
-                    // Poll until the statement is on its way, then drop it.
-                    for _ in 0..3 {
-                        if futures_util::poll!(dropped.as_mut()).is_ready() {
-                            break;
-                        }
-                    }
-                }
-                sqlx::query("INSERT INTO items (name) VALUES ('after')")
-                    .execute(&db)
-                    .await
-                    .unwrap();
-                let names = names(&db).await;
-                assert!(names.contains(&"kept".to_string()), "{names:?}");
-                assert!(names.contains(&"after".to_string()), "{names:?}");
-                // Undone if it was dropped before the server finished it;
-                // kept if it finished within the polls, as in production.
-                assert!(
-                    names.len() == 2 || names.contains(&"dropped".to_string()),
-                    "{names:?}"
-                );
+                drop_an_insert_partway(&db).await;
+                insert_after_a_dropped_one(&db).await;
                 assert_nothing_committed(&db).await;
             }
 
@@ -897,6 +907,90 @@ macro_rules! matrix {
                     .await
                     .unwrap();
                 assert_eq!(count(&db, "extra").await, 0);
+            }
+
+            /// A database-mode test whose app (or the test itself) closes
+            /// the pool behind its `Db` after using it, as a graceful
+            /// shutdown does: the close ends, although the `Db` keeps its
+            /// last statement's connection aside for the next one, and the
+            /// `Db` then says the pool is closed.
+            #[db_test(migrations = $migrations, isolation = "database")]
+            async fn a_database_mode_db_used_then_its_pool_closed(db: TestDb) {
+                assert_eq!(items(&db).await, 0, "migrated and empty");
+                sqlx::query("INSERT INTO items (name) VALUES ('before-close')")
+                    .execute(&db)
+                    .await
+                    .unwrap();
+                let pool = db.db().pool().cloned().expect("a pool in database mode");
+                tokio::time::timeout(std::time::Duration::from_secs(20), pool.close())
+                    .await
+                    .expect("Pool::close waits for a connection the test's Db keeps");
+                assert!(pool.is_closed());
+                let err = sqlx::query("SELECT 1")
+                    .execute(&db)
+                    .await
+                    .expect_err("the pool is closed");
+                assert!(matches!(err, sqlx::Error::PoolClosed), "{err}");
+            }
+
+            /// After statements through its `Db`, a database-mode test can
+            /// still hold as many connections of its pool at once as
+            /// `DB_TEST_DATABASE_POOL_SIZE` (5) says, and its `Db` goes on
+            /// working after it gives them back.
+            #[db_test(migrations = $migrations, isolation = "database")]
+            async fn a_database_mode_test_holds_its_pool_size_after_using_its_db(db: TestDb) {
+                sqlx::query("INSERT INTO items (name) VALUES ('first')")
+                    .execute(&db)
+                    .await
+                    .unwrap();
+                assert_eq!(items(&db).await, 1);
+                let size: usize = std::env::var("DB_TEST_DATABASE_POOL_SIZE")
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(5);
+                let pool = db.db().pool().cloned().expect("a pool in database mode");
+                let held = tokio::time::timeout(
+                    std::time::Duration::from_secs(20),
+                    futures_util::future::try_join_all((0..size).map(|_| pool.acquire())),
+                )
+                .await
+                .expect("the pool's connections, all at once")
+                .unwrap();
+                assert_eq!(held.len(), size);
+                drop(held);
+                sqlx::query("INSERT INTO items (name) VALUES ('second')")
+                    .execute(&db)
+                    .await
+                    .unwrap();
+                assert_eq!(names(&db).await, ["first", "second"]);
+            }
+
+            /// Database mode: a statement through the `Db` that fails, or
+            /// whose future is dropped after it was sent, leaves the next
+            /// statements right (each on a connection in step with it), and
+            /// what completed is committed.
+            #[db_test(migrations = $migrations, isolation = "database")]
+            async fn a_database_mode_statement_failed_or_dropped_leaves_the_db_usable(db: TestDb) {
+                sqlx::query("INSERT INTO items (name) VALUES ('kept')")
+                    .execute(&db)
+                    .await
+                    .unwrap();
+                sqlx::query("INSERT INTO items (name) VALUES ('kept')")
+                    .execute(&db)
+                    .await
+                    .expect_err("a duplicate name");
+                drop_an_insert_partway(&db).await;
+                {
+                    // A read dropped after its first row.
+                    use futures_util::TryStreamExt;
+                    let mut rows = sqlx::query_scalar::<_, String>(
+                        "SELECT name FROM items UNION ALL SELECT name FROM items",
+                    )
+                    .fetch(&db);
+                    assert!(rows.try_next().await.unwrap().is_some());
+                }
+                let names = insert_after_a_dropped_one(&db).await;
+                assert_eq!(committed(&db).await, Some(names.len() as i64));
             }
 
             /// A task left holding an open transaction from `Acquire::begin`

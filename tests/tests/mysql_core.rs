@@ -1057,6 +1057,18 @@ async fn child_lock_5_transaction(db: TestDb) {
     lock_is_free_then_leave_it_held(&db, None).await;
 }
 
+// In database mode the test's `Db` keeps its last statement's connection
+// aside for the next one: the lock taken through it is released too.
+#[db_test(migrations = "tests/mysql/migrations", isolation = "database")]
+async fn child_lock_6_database_db(db: TestDb) {
+    lock_is_free_then_leave_it_held(&db, None).await;
+}
+
+#[db_test(migrations = "tests/mysql/migrations", isolation = "database")]
+async fn child_lock_7_database_db(db: TestDb) {
+    lock_is_free_then_leave_it_held(&db, None).await;
+}
+
 #[test]
 fn a_named_lock_left_held_is_free_for_the_next_test() {
     for _ in 0..5 {
@@ -1066,9 +1078,11 @@ fn a_named_lock_left_held_is_free_for_the_next_test() {
             "child_lock_3_pool",
             "child_lock_4_pool",
             "child_lock_5_transaction",
+            "child_lock_6_database_db",
+            "child_lock_7_database_db",
         ]);
         let out = common::run_ok(cmd, "named locks left held");
-        assert!(out.contains("5 passed"), "{out}");
+        assert!(out.contains("7 passed"), "{out}");
     }
 }
 

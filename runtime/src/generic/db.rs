@@ -18,6 +18,7 @@ use super::{Dialect, Step};
 use super::{
     OwnedQuery,
     shared::{Shared, SlotGuard},
+    sticky::Sticky,
 };
 
 /// A handle to the database that application code stores in its state,
@@ -57,6 +58,10 @@ enum Inner<DB: Dialect> {
     Pool(Pool<DB>),
     #[cfg(feature = "harness")]
     Test(Arc<Shared<DB>>),
+    /// A database-mode test's pool, with its last statement's connection
+    /// kept aside (see [`Sticky`]).
+    #[cfg(feature = "harness")]
+    Sticky(Arc<Sticky<DB>>),
 }
 
 impl<DB: Dialect> Clone for Db<DB> {
@@ -66,6 +71,8 @@ impl<DB: Dialect> Clone for Db<DB> {
                 Inner::Pool(pool) => Inner::Pool(pool.clone()),
                 #[cfg(feature = "harness")]
                 Inner::Test(shared) => Inner::Test(shared.clone()),
+                #[cfg(feature = "harness")]
+                Inner::Sticky(sticky) => Inner::Sticky(sticky.clone()),
             },
         }
     }
@@ -77,6 +84,8 @@ impl<DB: Dialect> fmt::Debug for Db<DB> {
             Inner::Pool(pool) => f.debug_tuple("Db::Pool").field(pool).finish(),
             #[cfg(feature = "harness")]
             Inner::Test(shared) => f.debug_tuple("Db::Test").field(&shared.label()).finish(),
+            #[cfg(feature = "harness")]
+            Inner::Sticky(sticky) => f.debug_tuple("Db::Pool").field(&sticky.pool).finish(),
         }
     }
 }
@@ -102,11 +111,19 @@ impl<DB: Dialect> Db<DB> {
         }
     }
 
+    /// A database-mode test's handle on its pool (see [`Sticky`]).
+    #[cfg(feature = "harness")]
+    pub(crate) fn from_sticky(sticky: Arc<Sticky<DB>>) -> Self {
+        Db {
+            inner: Inner::Sticky(sticky),
+        }
+    }
+
     #[cfg(feature = "harness")]
     pub(crate) fn shared(&self) -> Option<&Arc<Shared<DB>>> {
         match &self.inner {
             Inner::Test(shared) => Some(shared),
-            Inner::Pool(_) => None,
+            Inner::Pool(_) | Inner::Sticky(_) => None,
         }
     }
 
@@ -117,6 +134,8 @@ impl<DB: Dialect> Db<DB> {
             Inner::Pool(pool) => Some(pool),
             #[cfg(feature = "harness")]
             Inner::Test(_) => None,
+            #[cfg(feature = "harness")]
+            Inner::Sticky(sticky) => Some(&sticky.pool),
         }
     }
 
@@ -140,6 +159,10 @@ impl<DB: Dialect> Db<DB> {
             Inner::Test(shared) => Ok(DbConnection {
                 inner: ConnInner::Test(shared.lock_raw().await?),
             }),
+            #[cfg(feature = "harness")]
+            Inner::Sticky(sticky) => Ok(DbConnection {
+                inner: ConnInner::Pool(sticky.take().await?),
+            }),
         }
     }
 
@@ -158,6 +181,10 @@ impl<DB: Dialect> Db<DB> {
                     guard: shared.begin().await?,
                     open: true,
                 },
+            }),
+            #[cfg(feature = "harness")]
+            Inner::Sticky(sticky) => Ok(DbTransaction {
+                inner: TxInner::Pool(sqlx::Transaction::begin(sticky.take().await?, None).await?),
             }),
         }
     }
@@ -178,6 +205,13 @@ impl<DB: Dialect> Db<DB> {
         match &self.inner {
             Inner::Pool(pool) => Ok(DbTransaction {
                 inner: TxInner::Pool(pool.begin_with(statement).await?),
+            }),
+            #[cfg(feature = "harness")]
+            Inner::Sticky(sticky) => Ok(DbTransaction {
+                inner: TxInner::Pool(
+                    sqlx::Transaction::begin(sticky.take().await?, Some(statement.into_sql_str()))
+                        .await?,
+                ),
             }),
             #[cfg(feature = "harness")]
             Inner::Test(_) => {
@@ -325,6 +359,24 @@ impl<'c, DB: Dialect> Executor<'c> for &'c Db<DB> {
                     shared.run(OwnedQuery::take(query)?).await
                 }))
             }
+            #[cfg(feature = "harness")]
+            Inner::Sticky(sticky) => {
+                let sticky = sticky.clone();
+                Box::pin(sqlx_core::ext::async_stream::TryAsyncStream::new(
+                    move |yielder| async move {
+                        use futures_util::TryStreamExt;
+                        let mut conn = sticky.take().await?;
+                        {
+                            let mut steps = DB::conn_fetch_many(&mut conn, query);
+                            while let Some(step) = steps.try_next().await? {
+                                yielder.r#yield(step).await;
+                            }
+                        }
+                        sticky.keep(conn);
+                        Ok(())
+                    },
+                ))
+            }
         }
     }
 
@@ -341,6 +393,17 @@ impl<'c, DB: Dialect> Executor<'c> for &'c Db<DB> {
                 async move {
                     let steps = shared.run(OwnedQuery::take(query)?).await?;
                     Ok(steps.into_iter().find_map(|s| s.right()))
+                }
+                .boxed()
+            }
+            #[cfg(feature = "harness")]
+            Inner::Sticky(sticky) => {
+                let sticky = sticky.clone();
+                async move {
+                    let mut conn = sticky.take().await?;
+                    let row = DB::conn_fetch_optional(&mut conn, query).await?;
+                    sticky.keep(conn);
+                    Ok(row)
                 }
                 .boxed()
             }
@@ -366,6 +429,17 @@ impl<'c, DB: Dialect> Executor<'c> for &'c Db<DB> {
                 }
                 .boxed()
             }
+            #[cfg(feature = "harness")]
+            Inner::Sticky(sticky) => {
+                let sticky = sticky.clone();
+                async move {
+                    let mut conn = sticky.take().await?;
+                    let statement = DB::conn_prepare_with(&mut conn, sql, parameters).await?;
+                    sticky.keep(conn);
+                    Ok(statement)
+                }
+                .boxed()
+            }
         }
     }
 
@@ -382,6 +456,17 @@ impl<'c, DB: Dialect> Executor<'c> for &'c Db<DB> {
                 async move {
                     let mut guard = shared.lock_checked().await?;
                     DB::conn_describe(guard.conn_mut(), sql).await
+                }
+                .boxed()
+            }
+            #[cfg(feature = "harness")]
+            Inner::Sticky(sticky) => {
+                let sticky = sticky.clone();
+                async move {
+                    let mut conn = sticky.take().await?;
+                    let description = DB::conn_describe(&mut conn, sql).await?;
+                    sticky.keep(conn);
+                    Ok(description)
                 }
                 .boxed()
             }
@@ -569,6 +654,11 @@ impl<'c, DB: Dialect> sqlx::Acquire<'c> for &'c Db<DB> {
             Inner::Pool(pool) => {
                 let pool = pool.clone();
                 Box::pin(async move { pool.begin().await })
+            }
+            #[cfg(feature = "harness")]
+            Inner::Sticky(sticky) => {
+                let sticky = sticky.clone();
+                Box::pin(async move { sqlx::Transaction::begin(sticky.take().await?, None).await })
             }
             #[cfg(feature = "harness")]
             Inner::Test(shared) => {

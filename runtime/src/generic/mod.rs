@@ -29,6 +29,8 @@ mod db;
 #[cfg(feature = "harness")]
 pub(crate) mod shared;
 #[cfg(feature = "harness")]
+pub(crate) mod sticky;
+#[cfg(feature = "harness")]
 mod testdb;
 
 pub use db::{Db, DbAcquired, DbConn, DbConnection, DbTransaction};

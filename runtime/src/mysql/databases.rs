@@ -114,8 +114,11 @@ impl Engine {
     /// releases a session's locks only once it has processed the
     /// disconnect: the next test could otherwise find a lock still held
     /// that a `#[sqlx::test]` would find free.
-    pub(crate) async fn release_session_locks(pool: &MySqlPool) {
-        let mut idle = Vec::new();
+    pub(crate) async fn release_session_locks(
+        pool: &MySqlPool,
+        held: Option<sqlx::pool::PoolConnection<sqlx::MySql>>,
+    ) {
+        let mut idle: Vec<_> = held.into_iter().collect();
         while let Some(conn) = pool.try_acquire() {
             idle.push(conn);
         }
@@ -199,7 +202,9 @@ impl Engine {
     /// The pool of a test's own database (not connected yet).
     pub(crate) fn test_pool(&self, name: &str) -> MySqlPool {
         MySqlPoolOptions::new()
-            .max_connections(config::database_pool_size())
+            // One more than the setting: the test's `Db` may keep one aside
+            // (`generic::sticky`) while the test holds that many itself.
+            .max_connections(config::database_pool_size() + 1)
             .acquire_timeout(config::acquire_timeout())
             // The database is the test's alone: a connection used within
             // the last second is handed out without sqlx's ping (a round

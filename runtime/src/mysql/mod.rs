@@ -371,6 +371,7 @@ mod harness {
     use crate::config;
     use crate::context::{Backend, BoxError, ContextInner, FromTestContext, TestContext};
     use crate::generic::shared::{Canceller, Shared, TestState, TxResource, apply_fixtures};
+    use crate::generic::sticky::Sticky;
     use crate::run::{Ending, Isolation, Prepared, Resource, TestSpec, Verdict, isolation_of};
     use crate::run::{fill_pool, settle_pool};
     use crate::shared::TEARDOWN_GRACE;
@@ -720,14 +721,16 @@ mod harness {
             let (name, pool) = engine.create_test_database(&template).await?;
             let options = engine.options_for(&name);
             let pool = pool.unwrap_or_else(|| engine.test_pool(&name));
+            let sticky = Sticky::new(pool.clone());
             let resource: Box<dyn Resource> = Box::new(DatabaseResource {
                 engine,
                 template,
                 name: name.clone(),
                 pool: pool.clone(),
+                sticky: sticky.clone(),
             });
             let state = Arc::new(TestState {
-                db: Db::from_pool(pool.clone()),
+                db: Db::from_sticky(sticky),
                 pool: Some(pool),
                 options,
             });
@@ -741,6 +744,9 @@ mod harness {
         template: Arc<template::Template>,
         name: String,
         pool: MySqlPool,
+        /// The test's `Db` on the pool: its connection kept aside goes back
+        /// at the end.
+        sticky: Arc<Sticky<MySql>>,
     }
 
     impl Resource for DatabaseResource {
@@ -759,15 +765,19 @@ mod harness {
                     template,
                     name,
                     pool,
+                    sticky,
                 } = *self;
+                let held = sticky.close();
                 let keep = ending.failed && config::keep_failed();
                 if !ending.timed_out && !keep {
-                    Engine::release_session_locks(&pool).await;
+                    Engine::release_session_locks(&pool, held).await;
                     // Closed, then recycled or dropped, in the background:
                     // the test is over.
                     engine.release_test_database(template, name, pool, ending.spec.name);
                     return (None, Vec::new());
                 }
+                // Back to the pool, which is closed below.
+                drop(held);
                 if ending.timed_out {
                     // Whatever the test still runs on the server stops now.
                     engine.kill_sessions(&name, true).await;

@@ -11,6 +11,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqlitePool, SqlitePoo
 use super::engine::{self, FileCopy};
 use crate::context::{BoxError, ContextInner, FromTestContext, TestContext};
 use crate::generic::shared::{Canceller, Shared, TestState, TxResource, apply_fixtures};
+use crate::generic::sticky::Sticky;
 use crate::generic::{Db, test_state};
 use crate::run::{
     Ending, Isolation, Prepared, Resource, TestSpec, Verdict, fill_pool_to, isolation_of,
@@ -202,7 +203,7 @@ pub(crate) async fn setup(spec: &'static TestSpec) -> Result<Prepared, String> {
             let options = copy.options();
             let on_connect = interrupt.clone();
             let pool = SqlitePoolOptions::new()
-                .max_connections(database_pool_size())
+                .max_connections(test_pool_size())
                 .acquire_timeout(crate::config::acquire_timeout())
                 .test_before_acquire(false)
                 .after_connect(move |conn, _| {
@@ -210,8 +211,10 @@ pub(crate) async fn setup(spec: &'static TestSpec) -> Result<Prepared, String> {
                     Box::pin(async move { interrupt.install(conn).await })
                 })
                 .connect_lazy_with(options.clone());
+            let sticky = Sticky::new(pool.clone());
             let resource = Box::new(FileResource {
                 pool: pool.clone(),
+                sticky: sticky.clone(),
                 copy,
                 interrupt,
             });
@@ -246,7 +249,7 @@ pub(crate) async fn setup(spec: &'static TestSpec) -> Result<Prepared, String> {
             }
             let database = resource.copy.path.display().to_string();
             let state = TestState {
-                db: Db::from_pool(pool.clone()),
+                db: Db::from_sticky(sticky),
                 pool: Some(pool),
                 options,
             };
@@ -259,6 +262,9 @@ pub(crate) async fn setup(spec: &'static TestSpec) -> Result<Prepared, String> {
 /// statements of the pool's connections.
 struct FileResource {
     pool: SqlitePool,
+    /// The test's `Db` on the pool: its connection kept aside goes back
+    /// before the pool closes.
+    sticky: Arc<Sticky<Sqlite>>,
     copy: FileCopy,
     interrupt: Interrupt,
 }
@@ -291,6 +297,7 @@ impl Resource for FileResource {
                 // Closing the pool waits for its connections' statements.
                 self.interrupt.fire();
             }
+            drop(self.sticky.close());
             let mut failure = None;
             if crate::clock::timeout(TEARDOWN_GRACE, self.pool.close())
                 .await
@@ -333,6 +340,16 @@ fn database_pool_size() -> u32 {
     match std::env::var("DB_TEST_DATABASE_POOL_SIZE") {
         Ok(v) if !v.trim().is_empty() => crate::config::database_pool_size(),
         _ => 1000,
+    }
+}
+
+/// The `max_connections` of a database-mode test's own pool: sqlx's 1000,
+/// or one more than `DB_TEST_DATABASE_POOL_SIZE`, because the test's `Db`
+/// may keep one aside (`generic::sticky`) while the test holds that many.
+fn test_pool_size() -> u32 {
+    match database_pool_size() {
+        1000 => 1000,
+        n => n.saturating_add(1),
     }
 }
 

@@ -257,8 +257,10 @@ fn short_hash(bytes: &[u8]) -> String {
 }
 
 /// The binary and its flavour and version, remembered in
-/// `base/mysql-bin.cache` keyed by `DB_TEST_MYSQL_BIN` and `PATH` (finding
-/// them spawns `--version`, which every nextest process would pay).
+/// `base/mysql-bin-<key>.cache`, a file per `DB_TEST_MYSQL_BIN` and `PATH`
+/// (finding them spawns `--version`, which every nextest process would pay;
+/// one file for all made runs with two `PATH`s, a shell's and cargo's,
+/// spawn it in every process).
 fn binaries(base: &Path) -> Result<(PathBuf, Flavor, String), String> {
     let explicit = std::env::var_os("DB_TEST_MYSQL_BIN").filter(|v| !v.is_empty());
     let path = std::env::var_os("PATH");
@@ -275,7 +277,7 @@ fn binaries(base: &Path) -> Result<(PathBuf, Flavor, String), String> {
         )
         .as_bytes(),
     );
-    let cache = base.join("mysql-bin.cache");
+    let cache = base.join(format!("mysql-bin-{key}.cache"));
     if let Ok(text) = fs::read_to_string(&cache)
         && let [k, bin, flavor, version] = text.lines().collect::<Vec<_>>()[..]
         && k == key

@@ -1,5 +1,5 @@
 //! Finding the PostgreSQL server binaries (`initdb`, `pg_ctl`, `postgres`)
-//! and their major version, remembered in `bin.cache` of the base directory.
+//! and their major version, remembered in `bin-<key>.cache` of the base directory.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -124,9 +124,11 @@ fn major_version(bin: &Path) -> Result<String, String> {
         .ok_or_else(|| format!("db-test: cannot parse `postgres --version` output: {text}"))
 }
 
-/// The binaries and their major version, remembered in `base/bin.cache`
-/// keyed by `DB_TEST_PG_BIN` and `PATH`: finding them spawns `pg_config`
-/// and `postgres --version`, 10-20 ms that every nextest process would pay.
+/// The binaries and their major version, remembered in
+/// `base/bin-<key>.cache`, a file per `DB_TEST_PG_BIN` and `PATH`: finding
+/// them spawns `pg_config` and `postgres --version`, 10-20 ms that every
+/// nextest process would pay (with one file for all, runs with two `PATH`s,
+/// a shell's and cargo's, paid it in every process).
 pub(super) fn binaries(base: &Path) -> Result<(PathBuf, String), String> {
     let key = format!(
         "{}|{}",
@@ -134,7 +136,7 @@ pub(super) fn binaries(base: &Path) -> Result<(PathBuf, String), String> {
         std::env::var("PATH").unwrap_or_default()
     );
     let key = short_hash(key.as_bytes());
-    let cache = base.join("bin.cache");
+    let cache = base.join(format!("bin-{key}.cache"));
     if let Ok(text) = fs::read_to_string(&cache) {
         let lines: Vec<&str> = text.lines().collect();
         if let [k, bin, major] = lines[..] {

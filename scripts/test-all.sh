@@ -92,12 +92,12 @@ suite_leaves_untouched() {
     echo "safety: $pg, $mysql and $sqlite are unchanged after the whole suite"
     scripts/check-clean.sh "$pg" "$mysql"
 }
-# Every test, under nextest in two shards at once (both processes on these
-# servers; the same run as step 4's, which shares the embedded servers):
-# `cargo test` ran the suite in one process at a time in step 1, and as a
-# second `cargo test` here it took 4 minutes of CI's 20, against 1.5. The
-# UI test (trybuild: compile errors, no database) and the doctests (none
-# runs a test) ran in step 1.
+# Every test, under nextest in two shards at once: both shards' test
+# processes on these servers at the same time, through the URLs, as two
+# machines sharing one server (step 4 runs the same on the embedded
+# servers; step 1 ran the suite under `cargo test`, a process per test
+# binary). The UI test (trybuild: compile errors, no database) and the
+# doctests (none runs a test) ran in step 1.
 suite_leaves_untouched "$user_db" "$my_user_db" "sqlite://$sqlite_dir/app.db" \
     scripts/sharded-run.sh
 psql "$server" -qc 'DROP DATABASE user_app_data'

@@ -993,6 +993,33 @@ macro_rules! matrix {
                 assert_eq!(committed(&db).await, Some(names.len() as i64));
             }
 
+            /// Database mode on a current-thread runtime of the test's own:
+            /// the connection its `Db` keeps for the next statement may have
+            /// been opened on that runtime, which is gone before teardown
+            /// (two statements at once open a second connection there).
+            /// Teardown copes, and the pair's second test gets a database
+            /// of its own, migrated and empty.
+            async fn two_at_once_then_a_write(db: &TestDb) {
+                let (a, b) = tokio::join!(items(db), count(db, "tags"));
+                assert_eq!((a, b), (0, 0), "migrated and empty");
+                sqlx::query("INSERT INTO items (name) VALUES ('own-runtime')")
+                    .execute(db)
+                    .await
+                    .unwrap();
+                let (a, b) = tokio::join!(items(db), items(db));
+                assert_eq!((a, b), (1, 1));
+            }
+
+            #[db_test(migrations = $migrations, isolation = "database", flavor = "current_thread")]
+            async fn a_database_mode_db_on_a_runtime_of_its_own_a(db: TestDb) {
+                two_at_once_then_a_write(&db).await;
+            }
+
+            #[db_test(migrations = $migrations, isolation = "database", flavor = "current_thread")]
+            async fn a_database_mode_db_on_a_runtime_of_its_own_b(db: TestDb) {
+                two_at_once_then_a_write(&db).await;
+            }
+
             /// A task left holding an open transaction from `Acquire::begin`
             /// when the test returns is dropped with the test's own runtime,
             /// as under `#[tokio::test]`, and so is its transaction: the test

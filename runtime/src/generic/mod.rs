@@ -24,6 +24,14 @@
 //!   lock; a task that waits for it longer than the checkout timeout
 //!   (`DB_TEST_CHECKOUT_TIMEOUT`, 10 s) gets an error naming the likely
 //!   cause, and a task that outlives its test gets "test `..` is over".
+//!
+//! In database mode (`isolation = "database"`) it is the test database's
+//! pool, used as a pool is, except that it keeps the connection its last
+//! statement ran to completion on for its next statement, rather than
+//! giving it back to the pool (which pings it) in between: a test's
+//! statements one after another share one connection, as on a connection of
+//! the test's own. Statements at the same time, `acquire()` and `begin()`
+//! take connections from the pool as usual.
 
 mod db;
 #[cfg(feature = "harness")]

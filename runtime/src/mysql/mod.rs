@@ -755,7 +755,12 @@ mod harness {
         }
 
         fn settle(&self) -> BoxFuture<'_, ()> {
-            Box::pin(settle_pool(&self.pool))
+            // The connection the test's `Db` kept goes back too: the pool
+            // settles only when every connection is idle.
+            Box::pin(async move {
+                drop(self.sticky.close());
+                settle_pool(&self.pool).await
+            })
         }
 
         fn teardown(self: Box<Self>, ending: Ending) -> BoxFuture<'static, Verdict> {

@@ -285,7 +285,12 @@ impl Resource for FileResource {
     }
 
     fn settle(&self) -> futures_util::future::BoxFuture<'_, ()> {
-        Box::pin(settle_pool(&self.pool))
+        // The connection the test's `Db` kept goes back too: the pool
+        // settles only when every connection is idle.
+        Box::pin(async move {
+            drop(self.sticky.close());
+            settle_pool(&self.pool).await
+        })
     }
 
     fn teardown(

@@ -284,6 +284,32 @@ async fn db_is_an_acquire(db: TestDb) {
 
 // ---- database mode ----
 
+/// A long read that endlessly counts: about a minute of SQLite's work.
+const LONG_READ: &str = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c \
+     WHERE x < 10000000000) SELECT SUM(x) FROM c";
+
+// A long read cut short by a timeout in database mode: SQLite's worker
+// thread runs a dropped statement on to its end, and the end of the test
+// waited for it and then failed the test ("a task still held a
+// connection"). The test goes on, on another connection, and passes.
+#[db_test(migrations = "tests/sqlite_core/migrations", isolation = "database")]
+async fn database_mode_a_long_read_cut_by_a_timeout_does_not_fail_the_test(
+    db: TestDb,
+    pool: SqlitePool,
+) {
+    let cut = tokio::time::timeout(
+        Duration::from_millis(100),
+        sqlx::query(LONG_READ).execute(&db),
+    )
+    .await;
+    assert!(cut.is_err(), "the read should still run after 100 ms");
+    sqlx::query("INSERT INTO item (name) VALUES ('after the cut')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(names(&db).await, ["seed", "after the cut"]);
+}
+
 #[db_test(migrations = "tests/sqlite_core/migrations", isolation = "database")]
 async fn database_mode_test_db_is_a_pool(db: TestDb, ctx: TestContext) {
     assert!(ctx.is_database_mode());

@@ -298,10 +298,13 @@ impl Resource for FileResource {
         ending: Ending,
     ) -> futures_util::future::BoxFuture<'static, Verdict> {
         Box::pin(async move {
-            if ending.timed_out {
-                // Closing the pool waits for its connections' statements.
-                self.interrupt.fire();
-            }
+            // Closing the pool waits for its connections' statements: stop
+            // any still running. A timed-out test's, and also a statement
+            // the test dropped partway (a `timeout` around a long read),
+            // which SQLite's worker thread runs on to its end otherwise:
+            // the pool's close then waited for it, and failed the test
+            // after the grace period. The copy goes away with the test.
+            self.interrupt.fire();
             drop(self.sticky.close());
             let mut failure = None;
             if crate::clock::timeout(TEARDOWN_GRACE, self.pool.close())

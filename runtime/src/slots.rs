@@ -363,20 +363,18 @@ impl<DB: Database> HomeCell<DB> {
 /// dropped) may bring the error of a statement sqlx queued, the `ROLLBACK
 /// TO` of a `Transaction` dropped after its cut `commit()` had released the
 /// savepoint on the server. sqlx pings it on release and would close it
-/// for that error, with the test's transaction: the error is read here,
-/// then the connection pinged again. (On PostgreSQL the aborted transaction
-/// it leaves is undone before the next statement, see `refresh_savepoint`.)
+/// for that error, with the test's transaction: the error is read here
+/// (sqlx's own ping, right after, then finds the connection in step). (On
+/// PostgreSQL the aborted transaction it leaves is undone before the next
+/// statement, see `refresh_savepoint`.)
 pub(crate) fn read_queued_error<DB: Database>(
     conn: &mut DB::Connection,
     _meta: sqlx::pool::PoolConnectionMetadata,
 ) -> futures_util::future::BoxFuture<'_, sqlx::Result<bool>> {
     Box::pin(async move {
-        if let Err(e) = sqlx::Connection::ping(&mut *conn).await {
-            if e.as_database_error().is_none() {
-                return Err(e);
-            }
-            sqlx::Connection::ping(&mut *conn).await?;
+        match sqlx::Connection::ping(&mut *conn).await {
+            Err(e) if e.as_database_error().is_none() => Err(e),
+            _ => Ok(true),
         }
-        Ok(true)
     })
 }

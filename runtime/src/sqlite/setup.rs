@@ -345,9 +345,14 @@ impl Resource for FileResource {
 /// `testing::test_context`; a pool opens connections only as they are
 /// asked for).
 fn database_pool_size() -> u32 {
+    pool_size_setting().unwrap_or(1000)
+}
+
+/// `DB_TEST_DATABASE_POOL_SIZE`, if set.
+fn pool_size_setting() -> Option<u32> {
     match std::env::var("DB_TEST_DATABASE_POOL_SIZE") {
-        Ok(v) if !v.trim().is_empty() => crate::config::database_pool_size(),
-        _ => 1000,
+        Ok(v) if !v.trim().is_empty() => Some(crate::config::database_pool_size()),
+        _ => None,
     }
 }
 
@@ -355,10 +360,7 @@ fn database_pool_size() -> u32 {
 /// or one more than `DB_TEST_DATABASE_POOL_SIZE`, because the test's `Db`
 /// may keep one aside (`generic::sticky`) while the test holds that many.
 fn test_pool_size() -> u32 {
-    match database_pool_size() {
-        1000 => 1000,
-        n => n.saturating_add(1),
-    }
+    pool_size_setting().map_or(1000, |n| n.saturating_add(1))
 }
 
 /// A database-mode test's fixtures, on a connection of their own to its

@@ -1012,3 +1012,79 @@ async fn a_paused_database_mode_test_gets_five_connections_at_once(pool: SqliteP
         assert_eq!(n, 1);
     }
 }
+
+// DDL, then `SELECT *` of the table it changed. sqlx caches each prepared
+// statement with its columns; SQLite re-prepares a statement after a
+// schema change, so a `SELECT *` cached before the `ALTER` returns one more
+// column than sqlx's cached list (sqlx-sqlite panics, index out of bounds).
+// The `SELECT *` cached earlier in the same test:
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn ddl_then_select_star_reads_the_new_column(db: TestDb) {
+    let before: Vec<(i64, String)> = sqlx::query_as("SELECT * FROM item")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    assert_eq!(before.len(), 1);
+    sqlx::query("ALTER TABLE item ADD COLUMN price INTEGER NOT NULL DEFAULT 7")
+        .execute(&db)
+        .await
+        .unwrap();
+    let after: Vec<(i64, String, i64)> = sqlx::query_as("SELECT * FROM item")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    assert_eq!(after, [(1, "seed".to_string(), 7)]);
+    // Undone by an app transaction's rollback: the old columns again.
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query("ALTER TABLE item ADD COLUMN kind TEXT")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let wide: Vec<(i64, String, i64, Option<String>)> = sqlx::query_as("SELECT * FROM item")
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(wide.len(), 1);
+    tx.rollback().await.unwrap();
+    let back: Vec<(i64, String, i64)> = sqlx::query_as("SELECT * FROM item")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    assert_eq!(back, [(1, "seed".to_string(), 7)]);
+}
+
+// The `SELECT *` cached by an earlier test on the same pooled copy: the
+// second test is fine under `#[sqlx::test]` (a fresh connection), so it
+// must be here too.
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn child_ddl_1_select_star(db: TestDb) {
+    let rows: Vec<(i64, String)> = sqlx::query_as("SELECT * FROM item")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+}
+
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn child_ddl_2_alter_then_select_star(db: TestDb) {
+    sqlx::query("ALTER TABLE item ADD COLUMN price INTEGER NOT NULL DEFAULT 7")
+        .execute(&db)
+        .await
+        .unwrap();
+    let rows: Vec<(i64, String, i64)> = sqlx::query_as("SELECT * FROM item")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    assert_eq!(rows, [(1, "seed".to_string(), 7)]);
+}
+
+#[test]
+fn ddl_does_not_meet_a_select_star_an_earlier_test_cached() {
+    let mut cmd = common::children(&[
+        "child_ddl_1_select_star",
+        "child_ddl_2_alter_then_select_star",
+    ]);
+    cmd.env("DB_TEST_POOL_SIZE", "1");
+    let out = common::run_ok(cmd, "the DDL scenario");
+    assert!(out.contains("2 passed"), "{out}");
+}

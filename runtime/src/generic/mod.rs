@@ -234,6 +234,24 @@ pub trait Dialect: sqlx::Database + sealed::Sealed {
         false
     }
 
+    /// Under test, whether `sql` may change the schema in a way that sqlx's
+    /// cache of prepared statements does not follow (SQLite: a cached
+    /// `SELECT *` keeps the columns it was prepared with): from then on,
+    /// the test's connection clears that cache before each statement.
+    #[doc(hidden)]
+    fn changes_schema(sql: &str) -> bool {
+        let _ = sql;
+        false
+    }
+
+    /// Clears sqlx's cache of prepared statements on `conn` (see
+    /// [`Dialect::changes_schema`]).
+    #[doc(hidden)]
+    fn clear_statements(conn: &mut Self::Connection) -> Option<BoxFuture<'_, sqlx::Result<()>>> {
+        let _ = conn;
+        None
+    }
+
     #[doc(hidden)]
     fn pool_fetch_many<'e, 'q: 'e, E: 'q + Execute<'q, Self>>(
         pool: &'e Pool<Self>,

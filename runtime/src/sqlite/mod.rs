@@ -97,6 +97,12 @@
 //!   `COMMIT` would reject with `DEFERRABLE INITIALLY DEFERRED` foreign
 //!   keys); violations the migrations left in the template (rows imported
 //!   with foreign keys off) are left out.
+//! - After DDL (`CREATE`/`ALTER`/`DROP`) through `Db`, sqlx's
+//!   statement cache is cleared before each of the test's statements:
+//!   sqlx keeps the columns a cached `SELECT *` was prepared with, SQLite
+//!   re-prepares it after the change with others, and sqlx-sqlite then
+//!   panics (under `#[sqlx::test]` too). The cache of a pooled copy's
+//!   earlier test is cleared the same way.
 //! - Migrations that turn on WAL work: the in-memory copies are opened with
 //!   a rollback journal (in memory), database-mode copies stay in WAL.
 //! - A statement still running when the test times out is interrupted
@@ -165,6 +171,20 @@ impl crate::generic::Dialect for Sqlite {
     #[cfg(feature = "harness")]
     fn touches_session(sql: &str) -> bool {
         crate::sqltext::contains_any_ignore_case(sql, &["PRAGMA"]) || refuse::has_ddl(sql)
+    }
+
+    /// sqlx's SQLite statement cache keeps each statement's columns as
+    /// prepared; SQLite re-prepares it after DDL, with other columns.
+    #[cfg(feature = "harness")]
+    fn changes_schema(sql: &str) -> bool {
+        refuse::has_ddl(sql)
+    }
+
+    fn clear_statements(
+        conn: &mut sqlx::SqliteConnection,
+    ) -> Option<futures_util::future::BoxFuture<'_, sqlx::Result<()>>> {
+        use sqlx::Connection;
+        Some(Box::pin(conn.clear_cached_statements()))
     }
 
     /// SQLite's own answer, at any depth: SQL cannot ask it without

@@ -20,6 +20,9 @@ pub(crate) struct State {
     pub(super) touches_session: fn(&str) -> bool,
     /// The test may have left session state on the connection.
     pub(super) touched: AtomicBool,
+    /// The test changed the schema (see [`Dialect::changes_schema`]):
+    /// sqlx's cached statements are cleared before each of its statements.
+    pub(super) schema_changed: AtomicBool,
     /// The connection went out of db-test's sight (a guard from `acquire()`
     /// or `begin()`, or a transaction from `Acquire::begin`): whether the
     /// test's transaction is still open is checked at the end.

@@ -196,6 +196,19 @@ async fn run_statement<DB: Dialect>(
     if touches && !state.touched.load(Ordering::Relaxed) {
         state.touched.store(true, Ordering::Relaxed);
     }
+    if DB::changes_schema(&sql) {
+        state.schema_changed.store(true, Ordering::Relaxed);
+    }
+    if state.schema_changed.load(Ordering::Relaxed)
+        && let Some(clear) = DB::clear_statements(conn)
+    {
+        // A statement sqlx cached before the schema changed (or before a
+        // rollback undid the change) keeps the columns it was prepared
+        // with, which SQLite's re-prepared statement no longer has.
+        if let Err(e) = clear.await {
+            return Ran::Done(Err(e));
+        }
+    }
     let unseen = DB::may_commit_unseen(&sql);
     // In flight from here: dropped during the statement, the next user
     // finds out where the connection stands.

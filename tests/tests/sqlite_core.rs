@@ -1088,3 +1088,24 @@ fn ddl_does_not_meet_a_select_star_an_earlier_test_cached() {
     let out = common::run_ok(cmd, "the DDL scenario");
     assert!(out.contains("2 passed"), "{out}");
 }
+
+// The same in database mode, on the test's own pool, which db-test does not
+// read: one connection caches `SELECT *`, then alters the table.
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn database_mode_ddl_then_select_star_reads_the_new_column(pool: SqlitePool) {
+    let mut conn = pool.acquire().await.unwrap();
+    let before: Vec<(i64, String)> = sqlx::query_as("SELECT * FROM item")
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(before.len(), 1);
+    sqlx::query("ALTER TABLE item ADD COLUMN price INTEGER NOT NULL DEFAULT 7")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let after: Vec<(i64, String, i64)> = sqlx::query_as("SELECT * FROM item")
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(after, [(1, "seed".to_string(), 7)]);
+}

@@ -45,7 +45,8 @@
 //!   it lives; the files of a process whose lock is free (it died) are
 //!   removed by the next process that uses the directory, whatever PID
 //!   namespace or container either runs in. No file of any other name is
-//!   ever removed.
+//!   ever removed. The test's pool caches no prepared statements (see
+//!   below: a `SELECT *` cached before DDL would panic sqlx's worker).
 //!
 //! Per test copy, measured with `cargo run --release -p db-test-tests
 //! --example sqlite_copy` (a 128 KiB template; 2 MiB in brackets):
@@ -102,7 +103,8 @@
 //!   sqlx keeps the columns a cached `SELECT *` was prepared with, SQLite
 //!   re-prepares it after the change with others, and sqlx-sqlite then
 //!   panics (under `#[sqlx::test]` too). The cache of a pooled copy's
-//!   earlier test is cleared the same way.
+//!   earlier test is cleared the same way. In database mode the test's
+//!   pool has no statement cache at all.
 //! - Migrations that turn on WAL work: the in-memory copies are opened with
 //!   a rollback journal (in memory), database-mode copies stay in WAL.
 //! - A statement still running when the test times out is interrupted

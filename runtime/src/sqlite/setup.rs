@@ -202,6 +202,10 @@ pub(crate) async fn setup(spec: &'static TestSpec) -> Result<Prepared, String> {
             let copy = FileCopy::new(&template)?;
             let options = copy.options();
             let on_connect = interrupt.clone();
+            // No statement cache on the test's own pool: sqlx-sqlite keeps a
+            // cached statement's columns as prepared, and a `SELECT *`
+            // cached before an `ALTER TABLE` then panics its worker (it does
+            // under `#[sqlx::test]`). Preparing again costs microseconds.
             let pool = SqlitePoolOptions::new()
                 .max_connections(test_pool_size())
                 .acquire_timeout(crate::config::acquire_timeout())
@@ -210,7 +214,7 @@ pub(crate) async fn setup(spec: &'static TestSpec) -> Result<Prepared, String> {
                     let interrupt = on_connect.clone();
                     Box::pin(async move { interrupt.install(conn).await })
                 })
-                .connect_lazy_with(options.clone());
+                .connect_lazy_with(options.clone().statement_cache_capacity(0));
             let sticky = Sticky::new(pool.clone());
             let resource = Box::new(FileResource {
                 pool: pool.clone(),

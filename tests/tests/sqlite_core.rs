@@ -1078,11 +1078,41 @@ async fn child_ddl_2_alter_then_select_star(db: TestDb) {
     assert_eq!(rows, [(1, "seed".to_string(), 7)]);
 }
 
+// The same on the bare connection of a guard, which db-test does not read.
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn child_ddl_3_bare_alter_then_select_star(db: TestDb) {
+    let mut conn = db.acquire().await.unwrap();
+    let bare: &mut sqlx::SqliteConnection = &mut conn;
+    sqlx::query("ALTER TABLE item ADD COLUMN price INTEGER NOT NULL DEFAULT 7")
+        .execute(&mut *bare)
+        .await
+        .unwrap();
+    let rows: Vec<(i64, String, i64)> = sqlx::query_as("SELECT * FROM item")
+        .fetch_all(&mut *bare)
+        .await
+        .unwrap();
+    assert_eq!(rows, [(1, "seed".to_string(), 7)]);
+    drop(conn);
+    // And through `Db` after it.
+    let rows: Vec<(i64, String, i64)> = sqlx::query_as("SELECT * FROM item")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+}
+
 #[test]
 fn ddl_does_not_meet_a_select_star_an_earlier_test_cached() {
     let mut cmd = common::children(&[
         "child_ddl_1_select_star",
         "child_ddl_2_alter_then_select_star",
+    ]);
+    cmd.env("DB_TEST_POOL_SIZE", "1");
+    let out = common::run_ok(cmd, "the DDL scenario");
+    assert!(out.contains("2 passed"), "{out}");
+    let mut cmd = common::children(&[
+        "child_ddl_1_select_star",
+        "child_ddl_3_bare_alter_then_select_star",
     ]);
     cmd.env("DB_TEST_POOL_SIZE", "1");
     let out = common::run_ok(cmd, "the DDL scenario");

@@ -1281,3 +1281,33 @@ fn a_read_cut_partway_on_a_guard_never_answers_with_another_reply() {
         assert!(ok && text.contains("CHILD-IN-STEP"), "{text}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// A COMMIT in prepared text that reads differently to a reader that takes
+// one literal alone, or a backslash escape as its letter: the server joins
+// adjacent literals (`'COM' 'MIT'`) and reads `\n` as a line break. Both
+// used to run, commit the test's rows into the working database, and be
+// found only by the check after an `EXECUTE`.
+// ---------------------------------------------------------------------------
+
+async fn a_row_then(db: &TestDb, sql: &'static str) -> sqlx::Error {
+    sqlx::query("INSERT INTO account (email) VALUES ('prepared@example.com')")
+        .execute(db)
+        .await
+        .unwrap();
+    sqlx::raw_sql(sql).execute(db).await.unwrap_err()
+}
+
+#[db_test(migrations = "tests/adv_mysql/migrations")]
+#[should_panic(expected = "refusing to run")]
+async fn a_commit_split_across_adjacent_literals_is_refused(db: TestDb) {
+    let err = a_row_then(&db, "EXECUTE IMMEDIATE 'COM' 'MIT'").await;
+    assert!(err.to_string().contains("refusing to run"), "{err}");
+}
+
+#[db_test(migrations = "tests/adv_mysql/migrations")]
+#[should_panic(expected = "refusing to run")]
+async fn a_commit_after_an_escaped_line_break_is_refused(db: TestDb) {
+    let err = a_row_then(&db, r"PREPARE s FROM '\nCOMMIT'; EXECUTE s").await;
+    assert!(err.to_string().contains("refusing to run"), "{err}");
+}

@@ -32,8 +32,10 @@
 //! `OPTIMIZE`, `REPAIR`, `CHECK TABLE`; `FLUSH`, `RESET`, `XA`, `CACHE
 //! INDEX`, `STOP`, `CHANGE MASTER`/`CHANGE REPLICATION`,
 //! `INSTALL`/`UNINSTALL`; `PREPARE .. FROM '..'` and `EXECUTE IMMEDIATE
-//! '..'` of such a statement, and `PREPARE`/`EXECUTE IMMEDIATE` of a
-//! variable (its text cannot be checked).
+//! '..'` of such a statement (adjacent literals joined, `'COM' 'MIT'`, and
+//! escapes decoded, `'\nCOMMIT'`, as the server does), and
+//! `PREPARE`/`EXECUTE IMMEDIATE` of a variable or any other expression
+//! (`CONCAT(..)`, `_latin1'..'`: its text cannot be checked).
 //!
 //! Not detected here: a stored procedure that commits (`CALL`): its body
 //! is on the server. A `CALL` is followed by a check of the test's
@@ -90,7 +92,19 @@ fn quoted(bytes: &[u8], start: usize, reading: Reading) -> (String, usize) {
     while i < bytes.len() {
         let b = bytes[i];
         if escapes && b == b'\\' && i + 1 < bytes.len() {
-            text.push(bytes[i + 1]);
+            // As the server decodes them: `'\nCOMMIT'` is a line break
+            // before a word, not the word `nCOMMIT`.
+            match bytes[i + 1] {
+                b'0' => text.push(0),
+                b'b' => text.push(0x08),
+                b'n' => text.push(b'\n'),
+                b'r' => text.push(b'\r'),
+                b't' => text.push(b'\t'),
+                b'Z' => text.push(0x1a),
+                // Kept with their backslash (patterns of `LIKE`).
+                b'%' | b'_' => text.extend_from_slice(&bytes[i..i + 2]),
+                other => text.push(other),
+            }
             i += 2;
         } else if b == quote {
             if bytes.get(i + 1) == Some(&quote) {
@@ -573,21 +587,37 @@ fn statement_commits(s: &[Token]) -> Option<String> {
         }
         "PREPARE" => {
             // PREPARE name FROM 'text' | @var
-            match s.get(3) {
-                Some(Token::Str(text)) => {
-                    implicit_commit(text).map(|f| format!("PREPARE .. FROM '{f} ..'"))
-                }
-                _ => Some("PREPARE .. FROM a variable".to_string()),
+            match literal_text(&s[3.min(s.len())..], &[]) {
+                Some(text) => implicit_commit(&text).map(|f| format!("PREPARE .. FROM '{f} ..'")),
+                None => Some("PREPARE .. FROM a variable or an expression".to_string()),
             }
         }
-        "EXECUTE" if w(1) == "IMMEDIATE" => match s.get(2) {
-            Some(Token::Str(text)) => {
-                implicit_commit(text).map(|f| format!("EXECUTE IMMEDIATE '{f} ..'"))
-            }
-            _ => Some("EXECUTE IMMEDIATE of a variable".to_string()),
+        "EXECUTE" if w(1) == "IMMEDIATE" => match literal_text(&s[2.min(s.len())..], &["USING"]) {
+            Some(text) => implicit_commit(&text).map(|f| format!("EXECUTE IMMEDIATE '{f} ..'")),
+            None => Some("EXECUTE IMMEDIATE of a variable or an expression".to_string()),
         },
         _ => None,
     }
+}
+
+/// The text of the string literals that start `tokens`, joined as the
+/// server joins adjacent literals (`'COM' 'MIT'` is `COMMIT`), if nothing
+/// but the end of the statement or one of `then` follows them; `None` for
+/// anything else (a variable, `CONCAT(..)`, an introducer such as
+/// `_latin1'..'`, `X'..'`), whose text is not known here.
+fn literal_text(tokens: &[Token], then: &[&str]) -> Option<String> {
+    let mut text = String::new();
+    let mut n = 0;
+    while let Some(Token::Str(part)) = tokens.get(n) {
+        text.push_str(part);
+        n += 1;
+    }
+    let rest_ok = match tokens.get(n) {
+        None | Some(Token::End) => true,
+        Some(Token::Word(w)) => then.contains(&w.as_str()),
+        _ => false,
+    };
+    (n > 0 && rest_ok).then_some(text)
 }
 
 /// A `SET` that names a client character set in which a backslash can be
@@ -991,6 +1021,16 @@ mod tests {
 
     #[test]
     fn prepared_text_is_checked() {
+        // Adjacent literals are one string; escapes are decoded.
+        assert!(ic("EXECUTE IMMEDIATE 'COM' 'MIT'").is_some());
+        assert!(ic("EXECUTE IMMEDIATE 'COM'\n/* x */ 'MIT'").is_some());
+        assert!(ic("PREPARE s FROM 'COM' \"MIT\"; EXECUTE s").is_some());
+        assert!(ic(r"PREPARE s FROM '\nCOMMIT'; EXECUTE s").is_some());
+        assert!(ic(r"EXECUTE IMMEDIATE 'SELECT 1;\tCOMMIT'").is_some());
+        assert!(ic("EXECUTE IMMEDIATE CONCAT('COM', 'MIT')").is_some());
+        assert!(ic("EXECUTE IMMEDIATE _latin1'COMMIT'").is_some());
+        assert!(ic("EXECUTE IMMEDIATE 'SELECT ?' USING 1").is_none());
+        assert!(ic("EXECUTE IMMEDIATE 'SELECT ' '1'").is_none());
         assert!(ic("PREPARE s FROM 'COMMIT'").is_some());
         assert!(ic("PREPARE s FROM 'CREATE TABLE t (a int)'").is_some());
         assert!(ic("PREPARE s FROM @sql").is_some());

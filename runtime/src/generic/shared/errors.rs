@@ -36,16 +36,16 @@ pub(super) fn ended_by_database(
     )
 }
 
-/// A statement whose inside db-test cannot read (a `CALL`) ended the
-/// test's transaction.
+/// A statement whose inside db-test cannot read (a `CALL`, an `EXECUTE`)
+/// ended the test's transaction.
 pub(super) fn committed_unseen(label: &str, check: &sqlx::Error) -> String {
     format!(
         "db-test: a statement of test `{label}` ended the transaction of test `{label}` where \
-         db-test cannot read it: a procedure it CALLed ran a COMMIT or a statement that \
-         commits ({check}). What the test wrote before it was COMMITTED into the shared \
-         working database: tests of this run that come later may see it, and db-test rebuilds \
-         that database from the template when the next test process starts. A test that \
-         calls such a procedure needs `isolation = \"database\"`."
+         db-test cannot read it: a procedure it CALLed, or prepared text it EXECUTEd, ran a \
+         COMMIT or a statement that commits ({check}). What the test wrote before it was \
+         COMMITTED into the shared working database: tests of this run that come later may \
+         see it, and db-test rebuilds that database from the template when the next test \
+         process starts. A test that runs such a statement needs `isolation = \"database\"`."
     )
 }
 

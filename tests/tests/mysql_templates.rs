@@ -563,3 +563,56 @@ async fn a_template_build_killed_midway_is_redone(server: &mut MySqlConnection) 
     );
     drop_run(&mut *server, &working).await;
 }
+
+// ---------------------------------------------------------------------------
+// Objects the migrations created under another `sql_mode`, and events: a
+// clone (the working database, a database-mode test's own) has them as the
+// migrations left them, as `#[sqlx::test]`'s fresh migrations would.
+// ---------------------------------------------------------------------------
+
+async fn created_as_the_migrations_left_them<'c, E>(ex: E)
+where
+    E: sqlx::Executor<'c, Database = sqlx::MySql> + Copy,
+{
+    // The trigger runs under `sql_mode = ''`: it truncates, not fails.
+    sqlx::query("INSERT INTO item (name) VALUES ('abcdef')")
+        .execute(ex)
+        .await
+        .unwrap();
+    let short: String = sqlx::query_scalar("SELECT short_name FROM item WHERE name = 'abcdef'")
+        .fetch_one(ex)
+        .await
+        .unwrap();
+    assert_eq!(short, "abc");
+    // The function's `||` concatenates (`PIPES_AS_CONCAT`).
+    let shout: String = sqlx::query_scalar("SELECT shout('hey')")
+        .fetch_one(ex)
+        .await
+        .unwrap();
+    assert_eq!(shout, "hey!");
+    // The seed row keeps its id 0.
+    let id: i64 = sqlx::query_scalar("SELECT id FROM item WHERE name = 'zero'")
+        .fetch_one(ex)
+        .await
+        .unwrap();
+    assert_eq!(id, 0);
+    // The event is there.
+    let events: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.events \
+         WHERE event_schema = DATABASE() AND event_name = 'item_purge'",
+    )
+    .fetch_one(ex)
+    .await
+    .unwrap();
+    assert_eq!(events, 1);
+}
+
+#[db_test(migrations = "tests/mysql/mode_migrations")]
+async fn objects_keep_their_sql_mode_and_events_are_copied(db: TestDb) {
+    created_as_the_migrations_left_them(&db).await;
+}
+
+#[db_test(migrations = "tests/mysql/mode_migrations")]
+async fn objects_keep_their_sql_mode_and_events_are_copied_in_database_mode(pool: sqlx::MySqlPool) {
+    created_as_the_migrations_left_them(&pool).await;
+}

@@ -10,7 +10,10 @@
 //! (built once per process from `SHOW CREATE ...`): tables in any order with
 //! `FOREIGN_KEY_CHECKS=0`, their rows (`INSERT ... SELECT`, generated columns
 //! left out), views in dependency order, routines, then triggers (after the
-//! rows, so copying fires none). Events are not copied.
+//! rows, so copying fires none), then events. Tables and rows are copied
+//! under `sql_mode = 'NO_AUTO_VALUE_ON_ZERO'` (as `mysqldump` loads them),
+//! each routine, trigger and event under the `sql_mode` it was created
+//! under.
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
@@ -317,7 +320,13 @@ impl Engine {
                  UNION ALL \
                  SELECT CAST(EVENT_OBJECT_TABLE AS CHAR), CAST(2 AS SIGNED) \
                  FROM information_schema.TRIGGERS \
-                 WHERE TRIGGER_SCHEMA = {working_l} AND ACTION_STATEMENT LIKE '%@%'",
+                 WHERE TRIGGER_SCHEMA = {working_l} AND ACTION_STATEMENT LIKE '%@%' \
+                 UNION ALL \
+                 SELECT CAST(EVENT_OBJECT_TABLE AS CHAR), CAST(3 AS SIGNED) \
+                 FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = {working_l} \
+                 UNION ALL \
+                 SELECT CAST(TABLE_NAME AS CHAR), CAST(3 AS SIGNED) \
+                 FROM information_schema.VIEWS WHERE TABLE_SCHEMA = {working_l}",
                 working_q = quote(&working),
                 working_l = literal(&working),
             )))
@@ -354,7 +363,9 @@ impl Engine {
             crate::run::shared_runtime().spawn(self.drop_leftovers(leftovers));
         }
         // 1: a stored function; 0: a table that cannot roll back; 2: a
-        // table with a trigger that sets a user variable.
+        // table with a trigger that sets a user variable; 3: a table with
+        // any trigger (which may write a table of kind 2), or a view (a
+        // write through it fires its table's triggers).
         let kind = |k: i64| -> Vec<String> {
             lists
                 .iter()
@@ -363,7 +374,7 @@ impl Engine {
                 .collect()
         };
         super::lexer::note_stored_functions(kind(1));
-        super::lexer::note_session_triggers(kind(2));
+        super::lexer::note_session_triggers(kind(2), kind(3));
         super::lexer::note_non_transactional_tables(kind(0));
         Ok(Template {
             prefix,
@@ -614,9 +625,21 @@ pub(super) async fn clone_into(
     target: &str,
 ) -> Result<(), sqlx::Error> {
     let sql = script.replace(TARGET, &target.replace('`', "``"));
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+    if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
         .execute(&mut *admin)
-        .await?;
+        .await
+    {
+        // The script stopped partway: what it set on the admin session
+        // goes back to what a new session gets (best effort: the session
+        // may be gone).
+        let _ = sqlx::raw_sql(
+            "SET FOREIGN_KEY_CHECKS = 1, SESSION sql_mode = @@GLOBAL.sql_mode, \
+             SESSION time_zone = @@GLOBAL.time_zone; USE information_schema",
+        )
+        .execute(&mut *admin)
+        .await;
+        return Err(e);
+    }
     Ok(())
 }
 
@@ -661,8 +684,18 @@ async fn clone_script(admin: &mut MySqlConnection, template: &str) -> Result<Str
     let target = format!("`{TARGET}`");
     // Whatever the template's text names with its own name names the clone.
     let retarget = |text: &str| text.replace(&format!("{q}."), &format!("{target}."));
-    let mut script =
-        format!("USE {target};\nSET @dbtest_fk = @@FOREIGN_KEY_CHECKS, FOREIGN_KEY_CHECKS = 0;\n");
+    // Tables and rows go in under `NO_AUTO_VALUE_ON_ZERO` alone, as
+    // `mysqldump` loads them: a row with id 0 keeps it, and a value stored
+    // under a laxer `sql_mode` than the session's (a zero date) is copied,
+    // not refused. Each routine, trigger and event is created under the
+    // `sql_mode` it was created under (a trigger written after `SET
+    // sql_mode = ''` must not run strict), an event under its time zone.
+    let mut script = format!(
+        "USE {target};\nSET @dbtest_fk = @@FOREIGN_KEY_CHECKS, @dbtest_mode = @@SESSION.sql_mode, \
+         @dbtest_tz = @@SESSION.time_zone, FOREIGN_KEY_CHECKS = 0, \
+         SESSION sql_mode = 'NO_AUTO_VALUE_ON_ZERO';\n"
+    );
+    let in_mode = |mode: &str| format!("SET SESSION sql_mode = {};\n", literal(mode));
     // The database's default character set and collation, where the
     // migrations changed them (`ALTER DATABASE ... COLLATE utf8mb4_bin`):
     // tables a test creates take them, as in a database of `#[sqlx::test]`.
@@ -770,8 +803,10 @@ async fn clone_script(admin: &mut MySqlConnection, template: &str) -> Result<Str
         )))
         .fetch_one(&mut *admin)
         .await?;
+        let mode: String = row.try_get(1)?;
         let create: Option<String> = row.try_get(2)?;
         if let Some(create) = create {
+            script.push_str(&in_mode(&mode));
             script.push_str(&retarget(&create));
             script.push_str(";\n");
         }
@@ -790,11 +825,40 @@ async fn clone_script(admin: &mut MySqlConnection, template: &str) -> Result<Str
         )))
         .fetch_one(&mut *admin)
         .await?;
+        let mode: String = row.try_get(1)?;
         let create: String = row.try_get(2)?;
+        script.push_str(&in_mode(&mode));
         script.push_str(&retarget(&create));
         script.push_str(";\n");
     }
-    script.push_str("SET FOREIGN_KEY_CHECKS = @dbtest_fk;\n");
+    // Events, as `#[sqlx::test]`'s migrations would create them in each
+    // test's database (whether they run is the server's `event_scheduler`).
+    let events: Vec<String> = sqlx::query_scalar(
+        "SELECT CAST(event_name AS CHAR) FROM information_schema.events \
+         WHERE event_schema = ? ORDER BY event_name",
+    )
+    .bind(template)
+    .fetch_all(&mut *admin)
+    .await?;
+    for event in events {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SHOW CREATE EVENT {q}.{}",
+            quote(&event)
+        )))
+        .fetch_one(&mut *admin)
+        .await?;
+        let mode: String = row.try_get(1)?;
+        let zone: String = row.try_get(2)?;
+        let create: String = row.try_get(3)?;
+        script.push_str(&in_mode(&mode));
+        script.push_str(&format!("SET SESSION time_zone = {};\n", literal(&zone)));
+        script.push_str(&retarget(&create));
+        script.push_str(";\n");
+    }
+    script.push_str(
+        "SET FOREIGN_KEY_CHECKS = @dbtest_fk, SESSION sql_mode = @dbtest_mode, \
+         SESSION time_zone = @dbtest_tz;\n",
+    );
     // Out of the clone: an idle admin connection left in it would count as
     // a session of its (`processlist.db`), which must mean a test's.
     script.push_str("USE information_schema;\n");

@@ -667,7 +667,8 @@ pub(crate) fn calls_procedure(sql: &str) -> bool {
 /// (`GET_LOCK`), a prepared statement (`PREPARE`), a `HANDLER`, a session
 /// setting (`SET`), or any of these in a procedure (`CALL`), in text run
 /// by `EXECUTE`, or in a stored function of the working database (its name
-/// anywhere in `sql`). Errs on the safe side: such a test's connection is
+/// anywhere in `sql`), or a write naming a table with a trigger (or a
+/// view) where some trigger sets a user variable. Errs on the safe side: such a test's connection is
 /// closed at its end rather than handed to the next test.
 pub(crate) fn leaves_session_state(sql: &str) -> bool {
     facts(sql).leaves_state
@@ -688,10 +689,20 @@ pub(crate) fn note_stored_functions(names: Vec<String>) {
 /// trigger setting a user variable (`SET @last_id = NEW.id`), upper-cased.
 static SESSION_TRIGGERS: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
 
-/// Notes the tables with a trigger that sets a user variable (see
-/// [`leaves_session_state`]): with any, every write may leave one.
-pub(crate) fn note_session_triggers(tables: Vec<String>) {
-    note(&SESSION_TRIGGERS, tables);
+/// The tables of those working databases that have any trigger, and their
+/// views, upper-cased: with a table of [`SESSION_TRIGGERS`], a write that
+/// names one of these may set a user variable (a trigger may write
+/// another table whose trigger sets one; a write through a view fires its
+/// table's triggers).
+static TRIGGERED_TABLES: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
+
+/// Notes the tables with a trigger that sets a user variable, and the
+/// tables with any trigger and the views (see [`leaves_session_state`]):
+/// with any of the first, a write that names one of the second may leave
+/// a variable set.
+pub(crate) fn note_session_triggers(setting: Vec<String>, triggered: Vec<String>) {
+    note(&TRIGGERED_TABLES, triggered);
+    note(&SESSION_TRIGGERS, setting);
 }
 
 fn leaves_session_state_in(tokens: &[Token]) -> bool {
@@ -704,6 +715,13 @@ fn leaves_session_state_in(tokens: &[Token]) -> bool {
         .read()
         .unwrap_or_else(|e| e.into_inner())
         .is_empty();
+    let triggered = TRIGGERED_TABLES.read().unwrap_or_else(|e| e.into_inner());
+    let names_triggered = |s: &[Token]| {
+        s.iter().any(|t| match t {
+            Token::Word(w) | Token::Ident(w) => triggered.contains(w),
+            _ => false,
+        })
+    };
     tokens.split(|t| *t == Token::End).any(|s| {
         let first = word(s.first());
         // `USE` changes the session's database; `SET`, `PREPARE`, ... its
@@ -712,7 +730,9 @@ fn leaves_session_state_in(tokens: &[Token]) -> bool {
         matches!(
             first,
             "CREATE" | "SET" | "PREPARE" | "HANDLER" | "CALL" | "EXECUTE" | "USE"
-        ) || (triggers && matches!(first, "INSERT" | "REPLACE" | "UPDATE" | "DELETE" | "LOAD"))
+        ) || (triggers
+            && matches!(first, "INSERT" | "REPLACE" | "UPDATE" | "DELETE" | "LOAD")
+            && names_triggered(s))
             || s.iter().any(|t| match t {
                 Token::Var => true,
                 // A sequence's next value is the session's `PREVIOUS VALUE FOR`.
@@ -1117,6 +1137,26 @@ mod tests {
         ] {
             assert_eq!(ic(sql), None, "refused: {sql}");
         }
+    }
+
+    #[test]
+    fn a_write_is_noticed_where_a_trigger_may_set_a_variable() {
+        use super::{leaves_session_state, note_session_triggers};
+        note_session_triggers(
+            vec!["ledger_t".into()],
+            vec![
+                "ledger_t".into(),
+                "feeds_ledger_t".into(),
+                "ledger_v".into(),
+            ],
+        );
+        assert!(leaves_session_state("INSERT INTO ledger_t (a) VALUES (1)"));
+        assert!(leaves_session_state("UPDATE `feeds_ledger_t` SET a = 2"));
+        assert!(leaves_session_state("DELETE FROM app.ledger_v WHERE a = 1"));
+        assert!(!leaves_session_state("INSERT INTO quiet_t (a) VALUES (1)"));
+        assert!(!leaves_session_state(
+            r"INSERT INTO quiet_t VALUES ('Don\'t; start')"
+        ));
     }
 
     #[test]

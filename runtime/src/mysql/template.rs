@@ -429,10 +429,24 @@ impl Engine {
                     .map_err(|e| ctx("creating the template database", e))?;
             }
             let mut conn = connect(&self.options_for(template), &self.display_url).await?;
-            if migrator.iter().next().is_some() {
-                migrator.run(&mut conn).await.map_err(|e| {
-                    format!("db-test: migrations failed while building template {template}: {e}")
-                })?;
+            if migrator.iter().next().is_some()
+                && let Err(e) = migrator.run(&mut conn).await
+            {
+                // Nothing half-built left behind (best effort: a process
+                // killed here leaves the marker, and the next one starts
+                // over).
+                let _ = conn.close().await;
+                for name in [template, building.as_str()] {
+                    let _ = admin
+                        .execute(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {}",
+                            quote(name)
+                        )))
+                        .await;
+                }
+                return Err(format!(
+                    "db-test: migrations failed while building template {template}: {e}"
+                ));
             }
             let _ = conn.close().await;
             admin

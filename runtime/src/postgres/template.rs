@@ -400,10 +400,17 @@ impl Engine {
                 .connect()
                 .await
                 .map_err(|e| ctx("connecting to the new template", e))?;
-            if migrator.iter().next().is_some() {
-                migrator.run(&mut conn).await.map_err(|e| {
-                    format!("db-test: migrations failed while building template {template}: {e}")
-                })?;
+            if migrator.iter().next().is_some()
+                && let Err(e) = migrator.run(&mut conn).await
+            {
+                // Nothing half-built left behind (best effort: a process
+                // killed here leaves it to the next one, which starts over).
+                let _ = conn.close().await;
+                let drop = drop_database_sql(&admin, &building, true);
+                let _ = Self::admin_exec(&mut admin, &drop).await;
+                return Err(format!(
+                    "db-test: migrations failed while building template {template}: {e}"
+                ));
             }
             let _ = conn.close().await;
             Self::admin_exec(&mut admin, &rename_database_sql(&building, &template))

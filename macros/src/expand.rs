@@ -141,6 +141,8 @@ fn expand(func: ItemFn, config: Config, params: Vec<syn::PatType>) -> TokenStrea
     let wants_database = quote!(false #(|| <#tys as #krate::FromTestContext>::NEEDS_OWN_DATABASE)*);
     let sqlx_style = quote!(true #(&& <#tys as #krate::FromTestContext>::SQLX_TEST_TYPE)*);
     let backend = quote!(#krate::Backend::of(&[#(<#tys as #krate::FromTestContext>::BACKEND),*]));
+    let backend_named =
+        quote!(#krate::Backend::named(&[#(<#tys as #krate::FromTestContext>::BACKEND),*]));
     // One parameter (most tests): the same, as a constant of a generic
     // item that the compiler evaluates once per type rather than once per
     // test.
@@ -150,6 +152,7 @@ fn expand(func: ItemFn, config: Config, params: Vec<syn::PatType>) -> TokenStrea
             wants_database: #wants_database,
             sqlx_style: #sqlx_style,
             backend: #backend,
+            backend_named: #backend_named,
         }),
     };
     let backend_check = (tys.len() > 1).then(|| quote!(const _: #krate::Backend = #backend;));

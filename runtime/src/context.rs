@@ -49,6 +49,20 @@ impl Backend {
         }
     }
 
+    /// Whether any of a test's parameters names its database (rather than
+    /// leaving it to PostgreSQL, the default).
+    #[doc(hidden)]
+    pub const fn named(params: &[Backend]) -> bool {
+        let mut i = 0;
+        while i < params.len() {
+            if !matches!(params[i], Backend::Any) {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+
     const fn same(self, other: Backend) -> bool {
         self as u8 == other as u8
     }

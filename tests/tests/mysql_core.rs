@@ -1446,3 +1446,18 @@ async fn database_mode_writes_it(pool: MySqlPool) {
         .await
         .unwrap();
 }
+
+// A parameter type of the app's own whose `FromTestContext` names no
+// database: the test runs on PostgreSQL, and when the setup fails there
+// (here: MySQL migrations), the message says why and how to name one.
+struct AppUser;
+
+impl FromTestContext for AppUser {
+    async fn from_context(_ctx: &TestContext) -> Result<Self, db_test::BoxError> {
+        Ok(AppUser)
+    }
+}
+
+#[db_test(migrations = "tests/mysql/migrations")]
+#[should_panic(expected = "none of its parameters names a database")]
+async fn a_type_naming_no_database_runs_on_postgresql_and_a_failure_says_so(_user: AppUser) {}

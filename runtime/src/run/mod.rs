@@ -151,7 +151,7 @@ pub fn run_unit(spec: &'static TestSpec, body: UnitBody) {
 async fn prepare(spec: &'static TestSpec, on_own_runtime: bool) -> (Setup, TestContext) {
     let (setup, ctx) = match setup(spec).await {
         Ok(v) => v,
-        Err(msg) => panic!("{msg}"),
+        Err(msg) => panic!("{msg}{}", default_backend_note(spec)),
     };
     let fixtures = match &setup {
         // That backend's setup ran them.
@@ -204,6 +204,19 @@ fn postgres_fixtures<'a>(
             Setup::Other(_) => Ok(()),
         }
     })
+}
+
+/// For the failed setup of a test that runs on PostgreSQL only because no
+/// parameter named a database: how to name one.
+fn default_backend_note(spec: &TestSpec) -> &'static str {
+    if spec.params.backend_named || spec.needs_no_database() {
+        return "";
+    }
+    "\ndb-test: this test runs on PostgreSQL because none of its parameters names a \
+     database (each type's `FromTestContext::BACKEND` is `Backend::Any`). For MySQL/MariaDB or \
+     SQLite, take a `db_test::mysql::Db` / `db_test::sqlite::Db` (or `MySqlPool`, \
+     `SqlitePool`, ...) parameter, or set `const BACKEND: db_test::Backend = \
+     db_test::Backend::MySql;` (or `Sqlite`) in your `impl FromTestContext`."
 }
 
 /// Undoes the setup of a test whose fixtures failed, and fails the test

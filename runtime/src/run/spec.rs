@@ -119,6 +119,8 @@ pub struct ParamSpec {
     pub sqlx_style: bool,
     /// The database the test runs on.
     pub backend: crate::Backend,
+    /// Whether a parameter named it (else it is PostgreSQL by default).
+    pub backend_named: bool,
 }
 
 /// The [`ParamSpec`] of a test with one parameter of type `T`, as a
@@ -135,5 +137,6 @@ impl<T: crate::FromTestContext> Param<T> {
         wants_database: T::NEEDS_OWN_DATABASE,
         sqlx_style: T::SQLX_TEST_TYPE,
         backend: crate::Backend::of(&[T::BACKEND]),
+        backend_named: crate::Backend::named(&[T::BACKEND]),
     };
 }

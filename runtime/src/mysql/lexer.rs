@@ -551,6 +551,12 @@ fn statement_commits(s: &[Token]) -> Option<String> {
             }
         }
         "RELEASE" => names_ours(s).then(|| format!("RELEASE {OURS}")),
+        // Setting one of db-test's own would move it (MySQL deletes a
+        // savepoint of the same name first).
+        "SAVEPOINT" => s
+            .iter()
+            .any(names_db_test)
+            .then(|| format!("SAVEPOINT {OURS}")),
         "CHECK" if matches!(w(1), "TABLE" | "TABLES") => found(2),
         "CACHE" if w(1) == "INDEX" => found(2),
         "CHANGE" if matches!(w(1), "MASTER" | "REPLICATION") => found(2),
@@ -642,15 +648,22 @@ fn sets_unreadable_charset(s: &[Token]) -> Option<String> {
 }
 
 /// Names a savepoint of db-test's or sqlx's, in a refused statement.
-const OURS: &str = "of a savepoint db-test or sqlx manages (`db_test_auto`, `_sqlx_savepoint_N`)";
+const OURS: &str =
+    "of a savepoint db-test or sqlx manages (`db_test_auto`, `db_test_probe`, `_sqlx_savepoint_N`)";
 
 /// Whether a `ROLLBACK TO`/`RELEASE` statement names a savepoint db-test or
 /// sqlx manages in the test's transaction.
 fn names_ours(s: &[Token]) -> bool {
-    s.iter().any(|t| match t {
-        Token::Word(w) | Token::Ident(w) => w == "DB_TEST_AUTO" || w.starts_with("_SQLX_SAVEPOINT"),
-        _ => false,
+    s.iter().any(|t| {
+        names_db_test(t)
+            || matches!(t, Token::Word(w) | Token::Ident(w) if w.starts_with("_SQLX_SAVEPOINT"))
     })
+}
+
+/// A savepoint of db-test's own: `db_test_auto`, and `db_test_probe`, with
+/// which db-test checks that the test's transaction is open.
+fn names_db_test(t: &Token) -> bool {
+    matches!(t, Token::Word(w) | Token::Ident(w) if w == "DB_TEST_AUTO" || w == "DB_TEST_PROBE")
 }
 
 /// Whether `sql` may call a stored procedure, whose body may commit where
@@ -904,6 +917,8 @@ mod tests {
             // db-test's and sqlx's own savepoints.
             "RELEASE SAVEPOINT db_test_auto",
             "ROLLBACK TO SAVEPOINT `db_test_auto`",
+            "SAVEPOINT db_test_probe",
+            "SAVEPOINT `DB_TEST_AUTO`",
             "rollback work to _sqlx_savepoint_2",
         ] {
             assert!(ic(sql).is_some(), "not refused: {sql}");

@@ -544,6 +544,17 @@ async fn template_state(pool: &PgPool) {
     .unwrap();
     assert!(!n_distinct, "users.email: attoptions");
     assert!(default_stats, "users.email: statistics target");
+    // No comments (the migrations set none), the serial sequences owned by
+    // their columns, no operators of the app's own.
+    let (comments, owned, operators): (i64, Option<String>, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM pg_description WHERE objoid >= 16384)               + (SELECT count(*) FROM pg_shdescription WHERE objoid =                  (SELECT oid FROM pg_database WHERE datname = current_database())),                 pg_get_serial_sequence('users', 'id'),                 (SELECT count(*) FROM pg_operator WHERE oprnamespace = 'public'::regnamespace)",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(comments, 0, "comments");
+    assert_eq!(owned.as_deref(), Some("public.users_id_seq"), "OWNED BY");
+    assert_eq!(operators, 0, "operators");
 }
 
 /// Runs `first`, then the pair's second half on the database `first` gave
@@ -652,4 +663,11 @@ recycle_pairs! {
     column_options_first, fresh_after_column_options, false,
         "ALTER TABLE users ALTER COLUMN email SET STATISTICS 5, \
          ALTER COLUMN email SET (n_distinct = 5)";
+    comment_first, fresh_after_comments, false,
+        "COMMENT ON TABLE users IS 'people'; COMMENT ON COLUMN users.email IS 'where'; \
+         DO $$ BEGIN EXECUTE format('COMMENT ON DATABASE %I IS %L', current_database(), 'x'); END $$";
+    owned_by_first, fresh_after_sequence_owned_by_none, false,
+        "ALTER SEQUENCE users_id_seq OWNED BY NONE";
+    operator_first, fresh_after_create_operator, false,
+        "CREATE OPERATOR === (LEFTARG = int4, RIGHTARG = int4, FUNCTION = int4eq)";
 }

@@ -42,8 +42,10 @@ pub(super) struct Recycle {
 /// of making the whole row vanish from the hash, as with `||`. Besides the
 /// schema itself, the state an `ALTER` can leave on it counts: table and
 /// column options, replica identity, row level security, enabled triggers
-/// (the internal ones of foreign keys too), sequence options, owners,
-/// function attributes. A sequence's position is not here: the reset puts
+/// (the internal ones of foreign keys too), sequence options and which
+/// column owns a sequence, owners, function attributes, comments
+/// (the database's too), and operators, operator classes and families,
+/// collations, casts, text search configurations, foreign servers. A sequence's position is not here: the reset puts
 /// it back exactly.
 const FINGERPRINT_SQL: &str = r#"
 WITH ns AS (
@@ -87,6 +89,17 @@ SELECT md5(coalesce(string_agg(x, '|' ORDER BY x), '')) FROM (
     UNION ALL SELECT format('db:%s:%L:%s:%s', datdba::regrole, datacl, datconnlimit, datallowconn) FROM pg_database WHERE datname = current_database()
     UNION ALL SELECT 'ev:' || evtname || ':' || evtenabled::text FROM pg_event_trigger
     UNION ALL SELECT 'pub:' || pubname FROM pg_publication
+    UNION ALL SELECT format('cm:%s:%s', pg_describe_object(classoid, objoid, objsubid), md5(description)) FROM pg_description WHERE objoid >= 16384
+    UNION ALL SELECT 'dcm:' || coalesce((SELECT md5(description) FROM pg_shdescription WHERE objoid = (SELECT oid FROM pg_database WHERE datname = current_database())), '')
+    UNION ALL SELECT format('dep:%s:%s:%s', pg_describe_object(classid, objid, objsubid), pg_describe_object(refclassid, refobjid, refobjsubid), deptype) FROM pg_depend
+        WHERE classid = 'pg_class'::regclass AND objid IN (SELECT oid FROM rel WHERE relkind = 'S') AND deptype IN ('a', 'i')
+    UNION ALL SELECT format('op:%s:%s:%s', o.oid::regoperator, o.oprcode::regproc, o.oprowner::regrole) FROM pg_operator o WHERE o.oprnamespace IN (SELECT oid FROM ns)
+    UNION ALL SELECT format('oc:%s:%s:%s', c.opcnamespace::regnamespace, c.opcname, c.opcmethod) FROM pg_opclass c WHERE c.opcnamespace IN (SELECT oid FROM ns)
+    UNION ALL SELECT format('of:%s:%s:%s', f.opfnamespace::regnamespace, f.opfname, f.opfmethod) FROM pg_opfamily f WHERE f.opfnamespace IN (SELECT oid FROM ns)
+    UNION ALL SELECT format('co:%s:%s', c.collnamespace::regnamespace, c.collname) FROM pg_collation c WHERE c.collnamespace IN (SELECT oid FROM ns)
+    UNION ALL SELECT format('ca:%s:%s:%s:%s', c.castsource::regtype, c.casttarget::regtype, c.castfunc::regprocedure, c.castcontext) FROM pg_cast c WHERE c.oid >= 16384
+    UNION ALL SELECT format('ts:%s:%s', c.cfgnamespace::regnamespace, c.cfgname) FROM pg_ts_config c WHERE c.cfgnamespace IN (SELECT oid FROM ns)
+    UNION ALL SELECT format('fs:%s:%L', s.srvname, s.srvoptions) FROM pg_foreign_server s
     {extra}
 ) f(x)
 "#;

@@ -1311,3 +1311,16 @@ async fn a_commit_after_an_escaped_line_break_is_refused(db: TestDb) {
     let err = a_row_then(&db, r"PREPARE s FROM '\nCOMMIT'; EXECUTE s").await;
     assert!(err.to_string().contains("refusing to run"), "{err}");
 }
+
+// db-test checks the test's transaction with a savepoint of its own after a
+// failed statement: a test's savepoint of the same name would be replaced.
+#[db_test(migrations = "tests/adv_mysql/migrations")]
+#[should_panic(expected = "refusing to run")]
+async fn a_savepoint_named_like_db_tests_probe_is_refused(db: Db) {
+    let mut c = db.acquire().await.unwrap();
+    let err = sqlx::raw_sql("SAVEPOINT db_test_probe")
+        .execute(&mut *c)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("db_test_probe"), "{err}");
+}

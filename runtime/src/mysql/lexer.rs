@@ -593,12 +593,12 @@ fn statement_commits(s: &[Token]) -> Option<String> {
         }
         "PREPARE" => {
             // PREPARE name FROM 'text' | @var
-            match literal_text(&s[3.min(s.len())..], &[]) {
+            match literal_text(&s[3.min(s.len())..]) {
                 Some(text) => implicit_commit(&text).map(|f| format!("PREPARE .. FROM '{f} ..'")),
                 None => Some("PREPARE .. FROM a variable or an expression".to_string()),
             }
         }
-        "EXECUTE" if w(1) == "IMMEDIATE" => match literal_text(&s[2.min(s.len())..], &["USING"]) {
+        "EXECUTE" if w(1) == "IMMEDIATE" => match literal_text(&s[2.min(s.len())..]) {
             Some(text) => implicit_commit(&text).map(|f| format!("EXECUTE IMMEDIATE '{f} ..'")),
             None => Some("EXECUTE IMMEDIATE of a variable or an expression".to_string()),
         },
@@ -607,23 +607,22 @@ fn statement_commits(s: &[Token]) -> Option<String> {
 }
 
 /// The text of the string literals that start `tokens`, joined as the
-/// server joins adjacent literals (`'COM' 'MIT'` is `COMMIT`), if nothing
-/// but the end of the statement or one of `then` follows them; `None` for
-/// anything else (a variable, `CONCAT(..)`, an introducer such as
-/// `_latin1'..'`, `X'..'`), whose text is not known here.
-fn literal_text(tokens: &[Token], then: &[&str]) -> Option<String> {
+/// server joins adjacent literals (`'COM' 'MIT'` is `COMMIT`); `None` if
+/// the text is an expression whose value is not known here: a variable,
+/// `CONCAT(..)`, an introducer (`_latin1'..'`, `X'..'`), or literals that
+/// `||` joins (`PIPES_AS_CONCAT`). Whatever else follows the literals
+/// (`USING ..`, or words that make the statement a syntax error in a
+/// reading of the string that the server does not use) leaves the text as
+/// it is.
+fn literal_text(tokens: &[Token]) -> Option<String> {
     let mut text = String::new();
     let mut n = 0;
     while let Some(Token::Str(part)) = tokens.get(n) {
         text.push_str(part);
         n += 1;
     }
-    let rest_ok = match tokens.get(n) {
-        None | Some(Token::End) => true,
-        Some(Token::Word(w)) => then.contains(&w.as_str()),
-        _ => false,
-    };
-    (n > 0 && rest_ok).then_some(text)
+    let joined_further = matches!(tokens.get(n), Some(Token::Punct('|')));
+    (n > 0 && !joined_further).then_some(text)
 }
 
 /// A `SET` that names a client character set in which a backslash can be
@@ -1064,7 +1063,12 @@ mod tests {
         assert!(ic(r"EXECUTE IMMEDIATE 'SELECT 1;\tCOMMIT'").is_some());
         assert!(ic("EXECUTE IMMEDIATE CONCAT('COM', 'MIT')").is_some());
         assert!(ic("EXECUTE IMMEDIATE _latin1'COMMIT'").is_some());
+        assert!(ic("EXECUTE IMMEDIATE 'COM' || 'MIT'").is_some());
         assert!(ic("EXECUTE IMMEDIATE 'SELECT ?' USING 1").is_none());
+        // A quote escaped in the text: read without escapes, the string
+        // ends early and a syntax error follows, which commits nothing.
+        assert!(ic(r"EXECUTE IMMEDIATE 'SELECT \'commit\''").is_none());
+        assert!(ic(r"PREPARE s FROM 'SELECT \'a\_b\' LIKE ?'; EXECUTE s USING 'a_b'").is_none());
         assert!(ic("EXECUTE IMMEDIATE 'SELECT ' '1'").is_none());
         assert!(ic("PREPARE s FROM 'COMMIT'").is_some());
         assert!(ic("PREPARE s FROM 'CREATE TABLE t (a int)'").is_some());

@@ -168,6 +168,47 @@ async fn child_leak_a_set_var(db: TestDb) {
         .unwrap();
 }
 
+#[db_test(migrations = "tests/adv_mysql/trigger_calls")]
+async fn child_calls_a_procedure(db: TestDb) {
+    if !is_child() {
+        return;
+    }
+    sqlx::query("INSERT INTO ledger (amount) VALUES (5)")
+        .execute(&db)
+        .await
+        .unwrap();
+}
+
+#[db_test(migrations = "tests/adv_mysql/trigger_calls")]
+async fn child_calls_b_sequence_value(db: TestDb) {
+    if !is_child() {
+        return;
+    }
+    sqlx::query("INSERT INTO numbered (label) VALUES ('first')")
+        .execute(&db)
+        .await
+        .unwrap();
+}
+
+/// After either of the two above on the same connection: a session of
+/// its own, as under `#[sqlx::test]`.
+#[db_test(migrations = "tests/adv_mysql/trigger_calls")]
+async fn child_calls_z_probe(db: TestDb) {
+    if !is_child() {
+        return;
+    }
+    let (seen, previous): (Option<String>, Option<i64>) =
+        sqlx::query_as("SELECT CAST(@ledger_seen AS CHAR), PREVIOUS VALUE FOR ledger_seq")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(seen, None, "@ledger_seen of an earlier test");
+    assert_eq!(
+        previous, None,
+        "PREVIOUS VALUE FOR ledger_seq of an earlier test"
+    );
+}
+
 #[db_test(migrations = "tests/adv_mysql/migrations")]
 async fn child_leak_b_probe(db: TestDb) {
     if !is_child() {
@@ -203,6 +244,22 @@ fn a_use_statement_does_not_reach_the_next_test() {
 #[test]
 fn a_user_variable_set_by_a_trigger_does_not_reach_the_next_test() {
     leak_pair("child_leak_a_trigger");
+}
+
+#[test]
+fn a_variable_set_by_a_procedure_a_trigger_calls_does_not_reach_the_next_test() {
+    let (ok, text) = run_children(&["child_calls_a_procedure", "child_calls_z_probe"], 1, 1);
+    assert!(ok && text.contains("2 passed"), "{text}");
+}
+
+#[test]
+fn a_sequence_value_a_trigger_takes_does_not_reach_the_next_test() {
+    let (ok, text) = run_children(
+        &["child_calls_b_sequence_value", "child_calls_z_probe"],
+        1,
+        1,
+    );
+    assert!(ok && text.contains("2 passed"), "{text}");
 }
 
 #[test]

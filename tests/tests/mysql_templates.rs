@@ -596,15 +596,15 @@ where
         .await
         .unwrap();
     assert_eq!(id, 0);
-    // The event is there.
-    let events: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM information_schema.events \
-         WHERE event_schema = DATABASE() AND event_name = 'item_purge'",
+    // The events are there, the one whose end has passed too.
+    let events: Vec<String> = sqlx::query_scalar(
+        "SELECT CAST(event_name AS CHAR) FROM information_schema.events \
+         WHERE event_schema = DATABASE() ORDER BY event_name",
     )
-    .fetch_one(ex)
+    .fetch_all(ex)
     .await
     .unwrap();
-    assert_eq!(events, 1);
+    assert_eq!(events, ["item_ends", "item_purge"]);
 }
 
 #[db_test(migrations = "tests/mysql/mode_migrations")]

@@ -319,8 +319,14 @@ impl Engine {
                  AND ENGINE NOT IN ('InnoDB', 'XtraDB') \
                  UNION ALL \
                  SELECT CAST(EVENT_OBJECT_TABLE AS CHAR), CAST(2 AS SIGNED) \
-                 FROM information_schema.TRIGGERS \
-                 WHERE TRIGGER_SCHEMA = {working_l} AND ACTION_STATEMENT LIKE '%@%' \
+                 FROM information_schema.TRIGGERS t \
+                 WHERE TRIGGER_SCHEMA = {working_l} AND (ACTION_STATEMENT LIKE '%@%' \
+                     OR ACTION_STATEMENT LIKE '%CALL%' OR ACTION_STATEMENT LIKE '%NEXT%' \
+                     OR ACTION_STATEMENT LIKE '%SETVAL%' OR ACTION_STATEMENT LIKE '%LASTVAL%' \
+                     OR ACTION_STATEMENT LIKE '%LOCK%' OR ACTION_STATEMENT LIKE '%SESSION%' \
+                     OR EXISTS (SELECT 1 FROM information_schema.ROUTINES r \
+                         WHERE r.ROUTINE_SCHEMA = {working_l} AND r.ROUTINE_TYPE = 'FUNCTION' \
+                         AND t.ACTION_STATEMENT LIKE CONCAT('%', r.ROUTINE_NAME, '%'))) \
                  UNION ALL \
                  SELECT CAST(EVENT_OBJECT_TABLE AS CHAR), CAST(3 AS SIGNED) \
                  FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = {working_l} \
@@ -363,7 +369,9 @@ impl Engine {
             crate::run::shared_runtime().spawn(self.drop_leftovers(leftovers));
         }
         // 1: a stored function; 0: a table that cannot roll back; 2: a
-        // table with a trigger that sets a user variable; 3: a table with
+        // table with a trigger that may leave session state (it names a
+        // user variable, `CALL`s a procedure, takes a sequence's next value
+        // or a lock, calls one of the schema's stored functions); 3: a table with
         // any trigger (which may write a table of kind 2), or a view (a
         // write through it fires its table's triggers).
         let kind = |k: i64| -> Vec<String> {
@@ -648,7 +656,8 @@ pub(super) async fn clone_into(
         // may be gone).
         let _ = sqlx::raw_sql(
             "SET FOREIGN_KEY_CHECKS = 1, SESSION sql_mode = @@GLOBAL.sql_mode, \
-             SESSION time_zone = @@GLOBAL.time_zone; USE information_schema",
+             SESSION time_zone = @@GLOBAL.time_zone, SESSION timestamp = DEFAULT; \
+             USE information_schema",
         )
         .execute(&mut *admin)
         .await;
@@ -693,7 +702,32 @@ pub(super) async fn copy_rows_sql(
 }
 
 /// The script that clones `template` into [`TARGET`]: one round trip.
+///
+/// Read under the `sql_mode` the script runs its tables under: the text of
+/// `SHOW CREATE TABLE`/`VIEW` quotes names as the session's mode says (a
+/// server whose global mode has `ANSI_QUOTES` would print `"t"`). The
+/// admin session's mode is put back afterwards, whatever happened.
 async fn clone_script(admin: &mut MySqlConnection, template: &str) -> Result<String, sqlx::Error> {
+    let saved: Option<String> = sqlx::query_scalar("SELECT CAST(@@SESSION.sql_mode AS CHAR)")
+        .fetch_one(&mut *admin)
+        .await?;
+    sqlx::raw_sql("SET SESSION sql_mode = 'NO_AUTO_VALUE_ON_ZERO'")
+        .execute(&mut *admin)
+        .await?;
+    let script = clone_script_as_read(admin, template).await;
+    let restored = sqlx::query("SET SESSION sql_mode = ?")
+        .bind(saved.unwrap_or_default())
+        .execute(&mut *admin)
+        .await;
+    let script = script?;
+    restored?;
+    Ok(script)
+}
+
+async fn clone_script_as_read(
+    admin: &mut MySqlConnection,
+    template: &str,
+) -> Result<String, sqlx::Error> {
     let q = quote(template);
     let target = format!("`{TARGET}`");
     // Whatever the template's text names with its own name names the clone.
@@ -847,17 +881,20 @@ async fn clone_script(admin: &mut MySqlConnection, template: &str) -> Result<Str
     }
     // Events, as `#[sqlx::test]`'s migrations would create them in each
     // test's database (whether they run is the server's `event_scheduler`).
-    let events: Vec<String> = sqlx::query_scalar(
-        "SELECT CAST(event_name AS CHAR) FROM information_schema.events \
-         WHERE event_schema = ? ORDER BY event_name",
+    // Each is created as of when the migrations created it (the session's
+    // `timestamp`): its `STARTS`/`ENDS`/`AT` times, fixed in the text, may
+    // have passed since, and the server would drop such an event at once.
+    let events: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT CAST(event_name AS CHAR), CAST(UNIX_TIMESTAMP(created) AS SIGNED) \
+         FROM information_schema.events WHERE event_schema = ? ORDER BY event_name",
     )
     .bind(template)
     .fetch_all(&mut *admin)
     .await?;
-    for event in events {
+    for (event, created) in &events {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SHOW CREATE EVENT {q}.{}",
-            quote(&event)
+            quote(event)
         )))
         .fetch_one(&mut *admin)
         .await?;
@@ -865,9 +902,15 @@ async fn clone_script(admin: &mut MySqlConnection, template: &str) -> Result<Str
         let zone: String = row.try_get(2)?;
         let create: String = row.try_get(3)?;
         script.push_str(&in_mode(&mode));
-        script.push_str(&format!("SET SESSION time_zone = {};\n", literal(&zone)));
+        script.push_str(&format!(
+            "SET SESSION time_zone = {}, SESSION timestamp = {created};\n",
+            literal(&zone)
+        ));
         script.push_str(&retarget(&create));
         script.push_str(";\n");
+    }
+    if !events.is_empty() {
+        script.push_str("SET SESSION timestamp = DEFAULT;\n");
     }
     script.push_str(
         "SET FOREIGN_KEY_CHECKS = @dbtest_fk, SESSION sql_mode = @dbtest_mode, \

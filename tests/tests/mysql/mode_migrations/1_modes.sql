@@ -22,3 +22,9 @@ INSERT INTO item (id, name) VALUES (0, 'zero');
 SET SESSION sql_mode = DEFAULT;
 
 CREATE EVENT item_purge ON SCHEDULE EVERY 1 DAY DISABLE DO DELETE FROM item;
+
+-- An event whose end has passed by the time the test's database is cloned
+-- (a second after this line): it still exists there, as it does right after
+-- a fresh migration. Disabled, so that no event scheduler drops it.
+CREATE EVENT item_ends ON SCHEDULE EVERY 1 HOUR ENDS CURRENT_TIMESTAMP + INTERVAL 1 SECOND DISABLE DO DELETE FROM item;
+DO SLEEP(1.5);

@@ -563,3 +563,27 @@ async fn text_functions_know_utf8(db: TestDb) {
         assert!(alpha);
     }
 }
+
+/// `commit()` of an app transaction that an error aborted: in production the
+/// server answers `COMMIT` with `ROLLBACK` and sqlx returns `Ok`; the rows
+/// are gone, and the connection goes on.
+#[db_test]
+async fn committing_an_app_transaction_an_error_aborted_rolls_it_back(db: TestDb) {
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query("INSERT INTO users (email) VALUES ('aborted@example.com')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    assert!(sqlx::query("SELECT 1/0").execute(&mut *tx).await.is_err());
+    tx.commit().await.unwrap();
+    let n: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM users WHERE email = 'aborted@example.com'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(n, 0);
+    sqlx::query("INSERT INTO users (email) VALUES ('after@example.com')")
+        .execute(&db)
+        .await
+        .unwrap();
+}

@@ -65,8 +65,17 @@ impl SlotGuard {
         self.guard.conn.as_mut().expect("checked at lock time")
     }
 
+    /// `RELEASE SAVEPOINT`. An app transaction an error aborted is rolled
+    /// back instead, and the commit succeeds: what `COMMIT` of an aborted
+    /// transaction does in production (the server answers `ROLLBACK`, and
+    /// sqlx's `commit()` returns `Ok`).
     pub(crate) async fn commit_savepoint(&mut self) -> sqlx::Result<()> {
-        PgTransactionManager::commit(self.conn_mut()).await
+        match PgTransactionManager::commit(self.conn_mut()).await {
+            Err(e) if crate::hint::sqlstate(&e).as_deref() == Some("25P02") => {
+                PgTransactionManager::rollback(self.conn_mut()).await
+            }
+            ended => ended,
+        }
     }
 
     pub(crate) async fn rollback_savepoint(&mut self) -> sqlx::Result<()> {

@@ -98,10 +98,10 @@
 //!   `COMMIT` would reject with `DEFERRABLE INITIALLY DEFERRED` foreign
 //!   keys); violations the migrations left in the template (rows imported
 //!   with foreign keys off) are left out.
-//! - After DDL (`CREATE`/`ALTER`/`DROP`) through `Db`, or once
-//!   `acquire()` has handed out the bare connection (which may run DDL
-//!   unseen), sqlx's statement cache is cleared before each of the test's
-//!   statements, and as the bare connection is handed out:
+//! - After DDL (`CREATE`/`ALTER`/`DROP`) through `Db`, sqlx's statement
+//!   cache is cleared before each of the test's statements; when
+//!   `acquire()` hands out the bare connection (which may run DDL unseen),
+//!   it is cleared then and once more before the next statement:
 //!   sqlx keeps the columns a cached `SELECT *` was prepared with, SQLite
 //!   re-prepares it after the change with others, and sqlx-sqlite then
 //!   panics (under `#[sqlx::test]` too). The cache of a pooled copy's

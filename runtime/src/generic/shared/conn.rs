@@ -94,6 +94,7 @@ impl<DB: Dialect> Shared<DB> {
             touches_session: DB::touches_session,
             touched: AtomicBool::new(false),
             schema_changed: AtomicBool::new(false),
+            clear_once: AtomicBool::new(false),
             out_of_sight: AtomicBool::new(false),
             ended_out_of_sight: AtomicBool::new(false),
             ended_by_database: AtomicBool::new(false),

@@ -257,14 +257,14 @@ impl<DB: Dialect> Shared<DB> {
     /// It may also change the schema where db-test does not see it, and
     /// statements cached before (by this test or an earlier one on this
     /// connection) may no longer fit the schema: where the backend needs it
-    /// (SQLite), sqlx's statement cache is cleared now, and before each of
-    /// the test's later statements through `Db` (see
+    /// (SQLite), sqlx's statement cache is cleared now, and once more
+    /// before the next statement db-test runs (see
     /// [`Dialect::changes_schema`]).
     pub(crate) async fn lock_raw(&self) -> sqlx::Result<SlotGuard<DB>> {
         let mut guard = self.lock_app().await?;
         self.state.touched.store(true, Ordering::Relaxed);
         if let Some(clear) = DB::clear_statements(guard.conn_mut()) {
-            self.state.schema_changed.store(true, Ordering::Relaxed);
+            self.state.clear_once.store(true, Ordering::Relaxed);
             clear.await?;
         }
         Ok(guard)

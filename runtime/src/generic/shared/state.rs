@@ -23,6 +23,10 @@ pub(crate) struct State {
     /// The test changed the schema (see [`Dialect::changes_schema`]):
     /// sqlx's cached statements are cleared before each of its statements.
     pub(super) schema_changed: AtomicBool,
+    /// A guard handed out the bare connection, on which DDL may have run
+    /// unseen: sqlx's statement cache is cleared once more, before the
+    /// next statement db-test runs.
+    pub(super) clear_once: AtomicBool,
     /// The connection went out of db-test's sight (a guard from `acquire()`
     /// or `begin()`, or a transaction from `Acquire::begin`): whether the
     /// test's transaction is still open is checked at the end.

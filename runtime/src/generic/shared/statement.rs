@@ -199,7 +199,8 @@ async fn run_statement<DB: Dialect>(
     if DB::changes_schema(&sql) {
         state.schema_changed.store(true, Ordering::Relaxed);
     }
-    if state.schema_changed.load(Ordering::Relaxed)
+    if (state.schema_changed.load(Ordering::Relaxed)
+        | state.clear_once.swap(false, Ordering::Relaxed))
         && let Some(clear) = DB::clear_statements(conn)
     {
         // A statement sqlx cached before the schema changed (or before a

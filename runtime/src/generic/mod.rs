@@ -237,7 +237,9 @@ pub trait Dialect: sqlx::Database + sealed::Sealed {
     /// Under test, whether `sql` may change the schema in a way that sqlx's
     /// cache of prepared statements does not follow (SQLite: a cached
     /// `SELECT *` keeps the columns it was prepared with): from then on,
-    /// the test's connection clears that cache before each statement.
+    /// the test's connection clears that cache before each statement. Asked
+    /// only of statements [`Dialect::touches_session`] says yes to (a
+    /// schema change is session state the rollback leaves in that cache).
     #[doc(hidden)]
     fn changes_schema(sql: &str) -> bool {
         let _ = sql;

@@ -593,12 +593,12 @@ fn statement_commits(s: &[Token]) -> Option<String> {
         }
         "PREPARE" => {
             // PREPARE name FROM 'text' | @var
-            match literal_text(&s[3.min(s.len())..]) {
+            match literal_text(s.get(3..).unwrap_or_default()) {
                 Some(text) => implicit_commit(&text).map(|f| format!("PREPARE .. FROM '{f} ..'")),
                 None => Some("PREPARE .. FROM a variable or an expression".to_string()),
             }
         }
-        "EXECUTE" if w(1) == "IMMEDIATE" => match literal_text(&s[2.min(s.len())..]) {
+        "EXECUTE" if w(1) == "IMMEDIATE" => match literal_text(s.get(2..).unwrap_or_default()) {
             Some(text) => implicit_commit(&text).map(|f| format!("EXECUTE IMMEDIATE '{f} ..'")),
             None => Some("EXECUTE IMMEDIATE of a variable or an expression".to_string()),
         },
@@ -680,8 +680,9 @@ pub(crate) fn calls_procedure(sql: &str) -> bool {
 /// setting (`SET`), or any of these in a procedure (`CALL`), in text run
 /// by `EXECUTE`, or in a stored function of the working database (its name
 /// anywhere in `sql`), or a write naming a table with a trigger (or a
-/// view) where some trigger sets a user variable. Errs on the safe side: such a test's connection is
-/// closed at its end rather than handed to the next test.
+/// view) where some trigger may leave such state. Errs on the safe side:
+/// such a test's connection is closed at its end rather than handed to the
+/// next test.
 pub(crate) fn leaves_session_state(sql: &str) -> bool {
     facts(sql).leaves_state
 }

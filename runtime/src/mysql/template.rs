@@ -708,15 +708,13 @@ pub(super) async fn copy_rows_sql(
 /// server whose global mode has `ANSI_QUOTES` would print `"t"`). The
 /// admin session's mode is put back afterwards, whatever happened.
 async fn clone_script(admin: &mut MySqlConnection, template: &str) -> Result<String, sqlx::Error> {
-    let saved: Option<String> = sqlx::query_scalar("SELECT CAST(@@SESSION.sql_mode AS CHAR)")
-        .fetch_one(&mut *admin)
-        .await?;
-    sqlx::raw_sql("SET SESSION sql_mode = 'NO_AUTO_VALUE_ON_ZERO'")
-        .execute(&mut *admin)
-        .await?;
+    sqlx::raw_sql(
+        "SET @dbtest_read_mode = @@SESSION.sql_mode, SESSION sql_mode = 'NO_AUTO_VALUE_ON_ZERO'",
+    )
+    .execute(&mut *admin)
+    .await?;
     let script = clone_script_as_read(admin, template).await;
-    let restored = sqlx::query("SET SESSION sql_mode = ?")
-        .bind(saved.unwrap_or_default())
+    let restored = sqlx::raw_sql("SET SESSION sql_mode = @dbtest_read_mode")
         .execute(&mut *admin)
         .await;
     let script = script?;

@@ -45,8 +45,8 @@ pub(super) struct Recycle {
 /// (the internal ones of foreign keys too), sequence options and which
 /// column owns a sequence, owners, function attributes, comments
 /// (the database's too), and operators, operator classes and families,
-/// collations, casts, text search configurations, foreign servers. A sequence's position is not here: the reset puts
-/// it back exactly.
+/// collations, casts, text search configurations, foreign servers. A
+/// sequence's position is not here: the reset puts it back exactly.
 const FINGERPRINT_SQL: &str = r#"
 WITH ns AS (
     SELECT oid, nspname FROM pg_namespace

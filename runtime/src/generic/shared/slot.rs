@@ -253,7 +253,6 @@ impl<DB: Dialect> Shared<DB> {
     /// setting, a pragma, a temporary table): the connection is closed at
     /// the end of the test rather than handed to the next one.
     ///
-    ///
     /// It may also change the schema where db-test does not see it, and
     /// statements cached before (by this test or an earlier one on this
     /// connection) may no longer fit the schema: where the backend needs it

@@ -196,7 +196,7 @@ async fn run_statement<DB: Dialect>(
     if touches && !state.touched.load(Ordering::Relaxed) {
         state.touched.store(true, Ordering::Relaxed);
     }
-    if DB::changes_schema(&sql) {
+    if touches && DB::changes_schema(&sql) {
         state.schema_changed.store(true, Ordering::Relaxed);
     }
     if (state.schema_changed.load(Ordering::Relaxed)

@@ -211,6 +211,152 @@ pub(crate) fn contains_any_ignore_case(haystack: &str, needles: &[&str]) -> bool
     false
 }
 
+/// The settings `sql` may set for the current transaction only, lower-cased:
+/// the name after `SET LOCAL` (`ROLE`, `SESSION AUTHORIZATION` and `TIME
+/// ZONE` as their settings' names), and the first argument of a
+/// `set_config('name', .., local)` whose `local` is not `false`. Read
+/// everywhere in the text, dollar-quoted bodies (`DO $$ .. $$`, where such
+/// a statement runs too) and string literals alike: a name found in a
+/// literal costs a look at its value, nothing more. A name passed as a
+/// parameter (`set_config($1, ..)`) is not known, and not listed.
+pub(crate) fn local_setting_names(sql: &str) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    if !contains_any_ignore_case(sql, &["LOCAL", "SET_CONFIG"]) {
+        return names;
+    }
+    let tokens = setting_tokens(sql);
+    let word = |i: usize| match tokens.get(i) {
+        Some(SettingToken::Word(w)) => Some(*w),
+        _ => None,
+    };
+    let is = |i: usize, w: &str| word(i).is_some_and(|x| x.eq_ignore_ascii_case(w));
+    for i in 0..tokens.len() {
+        let name = if is(i, "SET") && is(i + 1, "LOCAL") {
+            match word(i + 2) {
+                Some(w) if w.eq_ignore_ascii_case("ROLE") => Some("role".to_string()),
+                Some(w) if w.eq_ignore_ascii_case("SESSION") && is(i + 3, "AUTHORIZATION") => {
+                    Some("session_authorization".to_string())
+                }
+                Some(w) if w.eq_ignore_ascii_case("TIME") && is(i + 3, "ZONE") => {
+                    Some("timezone".to_string())
+                }
+                Some(w) => Some(w.to_ascii_lowercase()),
+                None => None,
+            }
+        } else if word(i).is_some_and(|w| {
+            let w = w.to_ascii_lowercase();
+            w == "set_config" || w == "pg_catalog.set_config"
+        }) && matches!(tokens.get(i + 1), Some(SettingToken::Punct(b'(')))
+        {
+            local_set_config(&tokens[i + 2..])
+        } else {
+            None
+        };
+        if let Some(name) = name
+            && !names.contains(&name)
+        {
+            names.push(name);
+        }
+    }
+    names
+}
+
+/// The name a `set_config(` call sets for the transaction only, from the
+/// tokens after its `(`: its first argument if that is a string literal,
+/// unless the third is `false`.
+fn local_set_config(tokens: &[SettingToken<'_>]) -> Option<String> {
+    let mut args: Vec<&[SettingToken<'_>]> = Vec::new();
+    let (mut depth, mut start) = (0usize, 0usize);
+    for (i, t) in tokens.iter().enumerate() {
+        match t {
+            SettingToken::Punct(b'(') => depth += 1,
+            SettingToken::Punct(b')') if depth == 0 => {
+                args.push(&tokens[start..i]);
+                break;
+            }
+            SettingToken::Punct(b')') => depth -= 1,
+            SettingToken::Punct(b',') if depth == 0 => {
+                args.push(&tokens[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    let session = match args.get(2).and_then(|a| a.first()) {
+        Some(SettingToken::Word(w)) => w.eq_ignore_ascii_case("false"),
+        Some(SettingToken::Str(s)) => {
+            matches!(
+                s.to_ascii_lowercase().as_str(),
+                "f" | "false" | "off" | "no" | "n" | "0"
+            )
+        }
+        _ => false,
+    };
+    match args.first().and_then(|a| a.first()) {
+        Some(SettingToken::Str(name)) if !session => Some(name.to_ascii_lowercase()),
+        _ => None,
+    }
+}
+
+/// A piece of SQL text, as [`local_setting_names`] reads it.
+enum SettingToken<'a> {
+    /// A name or keyword (dots included: `app.user_id`), or a parameter.
+    Word(&'a str),
+    /// A string literal's text (`'..'`, doubled quotes made one; a
+    /// `"quoted"` name is read as one too).
+    Str(String),
+    Punct(u8),
+}
+
+/// `sql` as words, literals and punctuation, comments left out.
+fn setting_tokens(sql: &str) -> Vec<SettingToken<'_>> {
+    let b = sql.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c == b'-' && b.get(i + 1) == Some(&b'-') {
+            while i < b.len() && b[i] != b'\n' {
+                i += 1;
+            }
+        } else if c == b'/' && b.get(i + 1) == Some(&b'*') {
+            let end = sql[i + 2..].find("*/").map_or(b.len(), |p| i + 2 + p + 2);
+            i = end;
+        } else if c == b'\'' || c == b'"' {
+            let mut text = Vec::new();
+            i += 1;
+            while i < b.len() {
+                if b[i] == c {
+                    if b.get(i + 1) == Some(&c) {
+                        text.push(c);
+                        i += 2;
+                        continue;
+                    }
+                    i += 1;
+                    break;
+                }
+                text.push(b[i]);
+                i += 1;
+            }
+            out.push(SettingToken::Str(
+                String::from_utf8_lossy(&text).into_owned(),
+            ));
+        } else if is_name_byte(c) {
+            let start = i;
+            while i < b.len() && (is_name_byte(b[i]) || b[i] == b'.') {
+                i += 1;
+            }
+            out.push(SettingToken::Word(&sql[start..i]));
+        } else {
+            if !c.is_ascii_whitespace() {
+                out.push(SettingToken::Punct(c));
+            }
+            i += 1;
+        }
+    }
+    out
+}
+
 /// A byte of an unquoted name: a letter, a digit, `_`, `$`, or part of a
 /// non-ASCII character.
 fn is_name_byte(c: u8) -> bool {
@@ -225,7 +371,7 @@ fn upper(c: u8) -> u8 {
 
 /// Whether a statement is a plain read: it starts with `SELECT` (or
 /// `VALUES`, `SHOW`, `TABLE`) and locks and changes nothing that db-test
-/// can see (`FOR UPDATE`/`SHARE`, `INTO`, sequence functions). Such a
+/// can see (`FOR UPDATE`/`SHARE`, `INTO`, sequence functions, `set_config`). Such a
 /// statement leaves db-test's savepoint marking the same state, so the next
 /// statement needs no new one.
 pub(crate) fn is_plain_read(sql: &str) -> bool {
@@ -234,7 +380,7 @@ pub(crate) fn is_plain_read(sql: &str) -> bool {
         head.len() >= w.len() && head.as_bytes()[..w.len()].eq_ignore_ascii_case(w.as_bytes())
     };
     (starts("SELECT") || starts("VALUES") || starts("SHOW") || starts("TABLE"))
-        && !contains_any_ignore_case(head, &["VAL(", "ADVISORY", ";"])
+        && !contains_any_ignore_case(head, &["VAL(", "ADVISORY", "SET_CONFIG", ";"])
         && !contains_any_word_ignore_case(head, &["FOR", "INTO"])
 }
 
@@ -363,6 +509,7 @@ pub(crate) fn excerpt(sql: &str, max: usize) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::ends_transaction as ends;
+    use super::local_setting_names;
 
     #[test]
     fn finds_a_commit_anywhere_at_the_top_level() {
@@ -381,6 +528,45 @@ mod tests {
         ] {
             assert!(ends(sql).is_some(), "{sql:?}");
         }
+    }
+
+    #[test]
+    fn local_settings_are_named() {
+        assert_eq!(
+            local_setting_names("SET LOCAL app.user_id = '7'"),
+            ["app.user_id"]
+        );
+        assert_eq!(
+            local_setting_names("set local App.Tenant to 3; SELECT 1"),
+            ["app.tenant"]
+        );
+        assert_eq!(
+            local_setting_names("SET LOCAL search_path=x"),
+            ["search_path"]
+        );
+        assert_eq!(local_setting_names("SET LOCAL ROLE app"), ["role"]);
+        assert_eq!(
+            local_setting_names("SET LOCAL SESSION AUTHORIZATION x; SET LOCAL TIME ZONE 'UTC'"),
+            ["session_authorization", "timezone"]
+        );
+        assert_eq!(
+            local_setting_names("SELECT set_config('app.user_id', $1, true)"),
+            ["app.user_id"]
+        );
+        assert_eq!(
+            local_setting_names("select pg_catalog.SET_CONFIG('A.b', format('%s', $1), $2)"),
+            ["a.b"]
+        );
+        assert_eq!(
+            local_setting_names("DO $$ BEGIN PERFORM set_config('app.x', '1', true); END $$"),
+            ["app.x"]
+        );
+        // Session-wide, or a name not in the text.
+        assert!(local_setting_names("SELECT set_config('app.x', '1', false)").is_empty());
+        assert!(local_setting_names("SELECT set_config('app.x', '1', 'off')").is_empty());
+        assert!(local_setting_names("SELECT set_config($1, $2, true)").is_empty());
+        assert!(local_setting_names("SET search_path = x").is_empty());
+        assert!(local_setting_names("SELECT localtimestamp -- SET LOCAL x\n").is_empty());
     }
 
     #[test]

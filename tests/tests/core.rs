@@ -587,3 +587,128 @@ async fn committing_an_app_transaction_an_error_aborted_rolls_it_back(db: TestDb
         .await
         .unwrap();
 }
+
+async fn setting(db: &TestDb, name: &str) -> Option<String> {
+    sqlx::query_scalar("SELECT current_setting($1, true)")
+        .bind(name)
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
+
+async fn role(db: &TestDb) -> (String, String) {
+    sqlx::query_as("SELECT current_user::text, session_user::text")
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
+
+// The row-level-security pattern: each request transaction sets who is
+// asking with `set_config(.., true)` or `SET LOCAL`; production's COMMIT
+// drops the setting, so the next request, which sets none, is nobody.
+#[db_test]
+async fn a_local_setting_ends_with_the_app_transaction_that_made_it(db: TestDb) {
+    let before = role(&db).await;
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query("INSERT INTO users (email) VALUES ('rls@example.com')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("SELECT set_config('app.user_id', $1, true)")
+        .bind("42")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::raw_sql("SET LOCAL ROLE pg_monitor; SET LOCAL work_mem = '7MB'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let (user, work_mem): (String, String) =
+        sqlx::query_as("SELECT current_setting('app.user_id'), current_setting('work_mem')")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+    assert_eq!((user.as_str(), work_mem.as_str()), ("42", "7MB"));
+    tx.commit().await.unwrap();
+    assert_eq!(count(&db, "users").await, 1);
+    // As production leaves them: defined once set, empty; the role and
+    // `work_mem` as before.
+    assert_eq!(setting(&db, "app.user_id").await.as_deref(), Some(""));
+    assert_eq!(role(&db).await, before);
+    assert_ne!(setting(&db, "work_mem").await.as_deref(), Some("7MB"));
+    // A guard taken now arms db-test's commit guard as the test's own role.
+    let mut conn = db.acquire().await.unwrap();
+    sqlx::query("INSERT INTO users (email) VALUES ('after-rls@example.com')")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+}
+
+// A setting made inside an app transaction that is then rolled back goes,
+// and one made by a second transaction after a first one's commit ends with
+// the second.
+#[db_test]
+async fn local_settings_follow_each_app_transaction(db: TestDb) {
+    for (id, commit) in [("1", true), ("2", false), ("3", true)] {
+        let mut tx = db.begin().await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SET LOCAL app.user_id = '{id}'"
+        )))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        let seen: String = sqlx::query_scalar("SELECT current_setting('app.user_id')")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(seen, id);
+        if commit {
+            tx.commit().await.unwrap();
+        } else {
+            tx.rollback().await.unwrap();
+        }
+        assert_eq!(setting(&db, "app.user_id").await.as_deref(), Some(""));
+    }
+    // A session-wide setting made inside one stays after its commit.
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query(
+        "SELECT set_config('app.tenant', 't1', false), set_config('app.user_id', '9', true)",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(setting(&db, "app.tenant").await.as_deref(), Some("t1"));
+    assert_eq!(setting(&db, "app.user_id").await.as_deref(), Some(""));
+}
+
+// Outside any transaction, production runs each statement in a transaction
+// of its own: `set_config(.., true)` lasts for that statement, and `SET
+// LOCAL` does nothing (the server warns).
+#[db_test]
+async fn a_local_setting_outside_an_app_transaction_lasts_one_statement(db: TestDb) {
+    let during: String = sqlx::query_scalar(
+        "SELECT set_config('app.user_id', '5', true) || current_setting('app.user_id')",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(during, "55");
+    assert_eq!(setting(&db, "app.user_id").await.as_deref(), Some(""));
+    sqlx::query("SET LOCAL statement_timeout = '1ms'")
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_sleep(0.05)")
+        .execute(&db)
+        .await
+        .unwrap();
+    // A session-wide one stays, and a failing statement after it does not
+    // take it back.
+    sqlx::query("SELECT set_config('app.mode', 'x', false)")
+        .execute(&db)
+        .await
+        .unwrap();
+    assert!(sqlx::query("SELECT 1/0").execute(&db).await.is_err());
+    assert_eq!(setting(&db, "app.mode").await.as_deref(), Some("x"));
+}

@@ -14,7 +14,7 @@ use tokio::sync::OwnedMutexGuard;
 use super::SharedConn;
 use super::errors::{not_run_error, out_of_sync, poisoned_error};
 use super::state::{ConnState, lock};
-use super::statement::refresh_savepoint;
+use super::statement::{refresh_savepoint, restore_local_settings};
 use crate::error::{Error, ErrorKind};
 
 /// What [`SharedConn::reclaim`] found.
@@ -69,21 +69,44 @@ impl SlotGuard {
     /// back instead, and the commit succeeds: what `COMMIT` of an aborted
     /// transaction does in production (the server answers `ROLLBACK`, and
     /// sqlx's `commit()` returns `Ok`).
+    ///
+    /// Settings the outermost app transaction made for itself only (`SET
+    /// LOCAL`, `set_config(.., true)`), which the `RELEASE` keeps, are then
+    /// set back, as production's `COMMIT` drops them.
     pub(crate) async fn commit_savepoint(&mut self) -> sqlx::Result<()> {
+        let local = self.take_local_settings();
         match PgTransactionManager::commit(self.conn_mut()).await {
             Err(e) if crate::hint::sqlstate(&e).as_deref() == Some("25P02") => {
                 PgTransactionManager::rollback(self.conn_mut()).await
+            }
+            Ok(()) => {
+                if !local.is_empty() {
+                    restore_local_settings(self.conn_mut(), local).await;
+                }
+                Ok(())
             }
             ended => ended,
         }
     }
 
     pub(crate) async fn rollback_savepoint(&mut self) -> sqlx::Result<()> {
+        self.take_local_settings();
         PgTransactionManager::rollback(self.conn_mut()).await
     }
 
     pub(crate) fn start_rollback_savepoint(&mut self) {
+        self.take_local_settings();
         PgTransactionManager::start_rollback(self.conn_mut())
+    }
+
+    /// The settings noted for the app transaction about to end, if it is
+    /// the outermost one (ending an inner one keeps them, as in production).
+    fn take_local_settings(&mut self) -> Vec<(String, Option<String>)> {
+        if PgTransactionManager::get_transaction_depth(self.conn()) == 2 {
+            std::mem::take(&mut *lock(&self.state.local_settings))
+        } else {
+            Vec::new()
+        }
     }
 }
 

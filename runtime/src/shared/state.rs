@@ -74,6 +74,12 @@ pub(crate) struct ConnState {
     /// `setval` is not undone by a rollback, so teardown moves forward again
     /// the ones it moved back.
     pub(super) sequences: std::sync::Mutex<Option<String>>,
+    /// Settings made for the current transaction only (`SET LOCAL`,
+    /// `set_config(.., true)`) inside the outermost open app transaction, as
+    /// `(name, value before it)`: its `commit()` is a `RELEASE SAVEPOINT`,
+    /// which keeps them, where production's `COMMIT` drops them; db-test
+    /// sets them back after it. (Its `rollback()` drops them by itself.)
+    pub(super) local_settings: std::sync::Mutex<Vec<(String, Option<String>)>>,
     /// The body ran on a runtime of its own, dropped with its tasks: a
     /// transaction from `Acquire::begin` that such a task held went with it,
     /// as under `#[tokio::test]`, and its connection with it (the server

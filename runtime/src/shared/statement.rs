@@ -92,6 +92,9 @@ pub(crate) async fn run_guarded(
     {
         save_sequences(state, conn).await;
     }
+    // Settings the statement may make for the transaction only, and what
+    // they were before it (or before the app transaction it runs in).
+    let local = local_settings_before(state, conn, &sql, autocommit).await;
     // A copy for one retry, should a cached statement have gone stale.
     let retry = query.clone();
     *lock(&state.in_flight) = Some(sql.clone());
@@ -109,6 +112,20 @@ pub(crate) async fn run_guarded(
     *lock(&state.in_flight) = None;
     let plain_read = autocommit && crate::sqltext::is_plain_read(&sql);
     state.record(sql, result.as_ref().err().map(|e| e.to_string()));
+    if result.is_ok() && !local.is_empty() {
+        if autocommit {
+            // Production runs it in a transaction of its own, which ends
+            // with it: its settings go with it.
+            restore_local_settings(conn, local).await;
+        } else {
+            let mut kept = lock(&state.local_settings);
+            for (name, value) in local {
+                if !kept.iter().any(|(n, _)| *n == name) {
+                    kept.push((name, value));
+                }
+            }
+        }
+    }
     match result {
         Ok(steps) => {
             // After a plain read `dbt_auto` still marks the current state.
@@ -138,6 +155,104 @@ pub(crate) async fn run_guarded(
             }
             Err(e)
         }
+    }
+}
+
+/// The settings `sql` may make for the current transaction only that are
+/// not yet noted for the app transaction it runs in, with their values
+/// before it (`None`: not defined). Empty for most statements, which
+/// mention neither `SET LOCAL` nor `set_config`, and when the values cannot
+/// be read (an aborted transaction, where the statement fails too). Read in
+/// a savepoint of its own, so that a setting the test's role may not read
+/// changes nothing for the test.
+async fn local_settings_before(
+    state: &ConnState,
+    conn: &mut PgConnection,
+    sql: &str,
+    autocommit: bool,
+) -> Vec<(String, Option<String>)> {
+    use futures_util::TryStreamExt;
+    use sqlx::Row;
+    let mut names = crate::sqltext::local_setting_names(sql);
+    if !autocommit {
+        let kept = lock(&state.local_settings);
+        names.retain(|n| !kept.iter().any(|(k, _)| k == n));
+    }
+    if names.is_empty() {
+        return Vec::new();
+    }
+    let list = names.iter().map(|n| e_literal(Some(n))).collect::<Vec<_>>();
+    let read = format!(
+        "SAVEPOINT dbt_settings; \
+         SELECT n, pg_catalog.current_setting(n, true) FROM unnest(ARRAY[{}]::text[]) AS n; \
+         RELEASE SAVEPOINT dbt_settings",
+        list.join(", ")
+    );
+    let steps: sqlx::Result<Vec<Step>> = conn
+        .fetch_many(sqlx::raw_sql(sqlx::AssertSqlSafe(read)))
+        .try_collect()
+        .await;
+    match steps {
+        Ok(steps) => steps
+            .iter()
+            .filter_map(|step| match step {
+                Either::Right(row) => Some((
+                    row.try_get::<String, _>(0).ok()?,
+                    row.try_get::<Option<String>, _>(1).ok()?,
+                )),
+                Either::Left(_) => None,
+            })
+            .collect(),
+        // Already aborted before: the SAVEPOINT did not run either.
+        Err(e) if sqlstate(&e).as_deref() == Some("25P02") => Vec::new(),
+        Err(_) => {
+            let _ = conn
+                .execute("ROLLBACK TO SAVEPOINT dbt_settings; RELEASE SAVEPOINT dbt_settings")
+                .await;
+            Vec::new()
+        }
+    }
+}
+
+/// Sets back settings made for the transaction only to their values before
+/// it (a setting first defined by it to `''`, as the server leaves it when
+/// a transaction ends), the role first, so that the others are set as the
+/// test's own role. In a savepoint of its own: a setting that cannot be set
+/// back stays, and the test's transaction goes on.
+pub(super) async fn restore_local_settings(
+    conn: &mut PgConnection,
+    mut settings: Vec<(String, Option<String>)>,
+) {
+    settings.sort_by_key(|(n, _)| !matches!(n.as_str(), "role" | "session_authorization"));
+    let rows = settings
+        .iter()
+        .map(|(n, v)| format!("({}, {})", e_literal(Some(n)), e_literal(v.as_deref())))
+        .collect::<Vec<_>>();
+    let restore = format!(
+        "SAVEPOINT dbt_settings; \
+         SELECT pg_catalog.set_config(s.n, coalesce(s.v, ''), true) \
+         FROM (VALUES {}) AS s(n, v) \
+         WHERE pg_catalog.current_setting(s.n, true) IS DISTINCT FROM s.v; \
+         RELEASE SAVEPOINT dbt_settings",
+        rows.join(", ")
+    );
+    if let Err(e) = conn
+        .execute(sqlx::raw_sql(sqlx::AssertSqlSafe(restore)))
+        .await
+        && sqlstate(&e).as_deref() != Some("25P02")
+    {
+        let _ = conn
+            .execute("ROLLBACK TO SAVEPOINT dbt_settings; RELEASE SAVEPOINT dbt_settings")
+            .await;
+    }
+}
+
+/// `text` as an `E'..'` literal, which reads the same whatever
+/// `standard_conforming_strings` says; `None` as a text `NULL`.
+fn e_literal(text: Option<&str>) -> String {
+    match text {
+        Some(t) => format!("E'{}'::text", t.replace('\\', "\\\\").replace('\'', "\\'")),
+        None => "NULL::text".to_string(),
     }
 }
 

@@ -23,7 +23,8 @@ use proc_macro::TokenStream;
 ///   `fixtures(path = "dir", scripts("a", "b"))`, repeatable;
 /// - `timeout = "30s"` (default 60 s);
 /// - `isolation = "transaction"` (default) or `"database"`;
-/// - `check_constraints = false` to skip `SET CONSTRAINTS ALL IMMEDIATE`;
+/// - `check_constraints = false` to skip the checks of deferred constraints
+///   (where production's `COMMIT` would check them, and at the end);
 /// - `flavor = "current_thread"` or `"multi_thread"`, `worker_threads = N`
 ///   (multi-thread only) and `start_paused = true` (current-thread only), as
 ///   in `#[tokio::test]`.

@@ -238,9 +238,12 @@ impl DbTransaction {
             },
             #[cfg(feature = "harness")]
             TxInner::Test { guard, open } => {
-                guard.commit_savepoint().await?;
-                *open = false;
-                Ok(())
+                let depth = guard.depth();
+                let committed = guard.commit_savepoint().await;
+                // Ended (a failed deferred constraint rolls it back), or
+                // still open for the drop below to roll back.
+                *open = guard.depth() >= depth;
+                committed
             }
             TxInner::Taken => Ok(()),
         }

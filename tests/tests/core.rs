@@ -231,6 +231,117 @@ async fn deferred_constraint_violation_fails_the_test(db: TestDb) {
         .unwrap();
 }
 
+fn deferred_key_error(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|d| d.constraint() == Some("ledger_counterpart_fk"))
+}
+
+// Outside a transaction each statement commits on its own in production,
+// and a deferred key it breaks fails that COMMIT: the statement fails.
+#[db_test]
+async fn a_deferred_key_fails_the_statement_that_would_have_committed_it(db: TestDb) {
+    let err = sqlx::query("INSERT INTO ledger (amount, counterpart) VALUES (10, 999999)")
+        .execute(&db)
+        .await
+        .unwrap_err();
+    assert!(deferred_key_error(&err), "{err}");
+    assert_eq!(count(&db, "ledger").await, 0);
+    // Rows that satisfy the key by the statement's end are fine.
+    sqlx::raw_sql(
+        "INSERT INTO ledger (id, amount, counterpart) VALUES (1, 5, 2); \
+         INSERT INTO ledger (id, amount, counterpart) VALUES (2, -5, 1)",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    assert_eq!(count(&db, "ledger").await, 2);
+}
+
+// In a transaction, the key is checked at its COMMIT: a `commit()` that
+// fails rolls the transaction back, as in production.
+#[db_test]
+async fn a_deferred_key_fails_the_app_transactions_commit(db: TestDb) {
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query("INSERT INTO ledger (amount, counterpart) VALUES (10, 999999)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let err = tx.commit().await.unwrap_err();
+    assert!(deferred_key_error(&err), "{err}");
+    assert_eq!(count(&db, "ledger").await, 0);
+    // The pair the key was made deferrable for commits.
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query("INSERT INTO ledger (id, amount, counterpart) VALUES (11, 5, 12)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO ledger (id, amount, counterpart) VALUES (12, -5, 11)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(count(&db, "ledger").await, 2);
+}
+
+// An app that checks its deferred keys itself before committing: `SET
+// CONSTRAINTS ALL IMMEDIATE` reports the app's broken key, not db-test's
+// commit guard (armed by the first guard).
+#[db_test]
+async fn set_constraints_all_immediate_checks_the_apps_keys_only(db: TestDb) {
+    drop(db.acquire().await.unwrap());
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query("INSERT INTO ledger (amount, counterpart) VALUES (10, 999999)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let err = sqlx::query("SET CONSTRAINTS ALL IMMEDIATE")
+        .execute(&mut *tx)
+        .await
+        .unwrap_err();
+    assert!(deferred_key_error(&err), "{err}");
+    tx.rollback().await.unwrap();
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query("SET CONSTRAINTS ALL IMMEDIATE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO ledger (id, amount) VALUES (21, 5)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    sqlx::query("SET CONSTRAINTS ALL IMMEDIATE")
+        .execute(&db)
+        .await
+        .unwrap();
+    assert_eq!(count(&db, "ledger").await, 1);
+}
+
+// ... and the guard still refuses a COMMIT afterwards.
+#[db_test]
+#[should_panic(expected = "was ended by a raw COMMIT or ROLLBACK")]
+async fn the_commit_guard_outlasts_set_constraints_all_immediate(db: TestDb) {
+    drop(db.acquire().await.unwrap());
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query("SET CONSTRAINTS ALL IMMEDIATE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    sqlx::query("SET CONSTRAINTS ALL IMMEDIATE")
+        .execute(&db)
+        .await
+        .unwrap();
+    let mut conn = db.acquire().await.unwrap();
+    let raw: &mut PgConnection = &mut conn;
+    let err = raw.execute("COMMIT").await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("db_test_refuses_to_commit_a_test_transaction"),
+        "{err}"
+    );
+}
+
 #[db_test(check_constraints = false)]
 async fn deferred_constraint_check_can_be_turned_off(db: TestDb) {
     sqlx::query("INSERT INTO ledger (amount, counterpart) VALUES (10, 999999)")

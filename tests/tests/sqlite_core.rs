@@ -843,11 +843,86 @@ async fn child_fk_deferred_violation(db: TestDb) {
     .await
     .unwrap();
     let id = if scenario() == "fk" { 999 } else { 1 };
+    // On the bare connection, out of db-test's sight until the end (through
+    // `Db` the statement itself would fail: see below).
+    let mut conn = db.acquire().await.unwrap();
+    let bare: &mut sqlx::SqliteConnection = &mut conn;
     sqlx::query("INSERT INTO note (item_id) VALUES (?)")
         .bind(id)
-        .execute(&db)
+        .execute(bare)
         .await
         .unwrap();
+}
+
+async fn notes(db: &TestDb) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM note")
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
+
+// A deferred foreign key is checked where production's COMMIT checks it:
+// a statement outside a transaction commits on its own, and fails; an app
+// transaction's `commit()` fails and rolls it back.
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn a_deferred_key_fails_the_statement_or_the_commit_that_would_commit_it(db: TestDb) {
+    sqlx::raw_sql(
+        "CREATE TABLE note (id INTEGER PRIMARY KEY, \
+           item_id INTEGER REFERENCES item (id) DEFERRABLE INITIALLY DEFERRED)",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let err = sqlx::query("INSERT INTO note (item_id) VALUES (999)")
+        .execute(&db)
+        .await
+        .unwrap_err();
+    assert!(
+        err.as_database_error()
+            .is_some_and(|e| e.is_foreign_key_violation()),
+        "{err}"
+    );
+    assert_eq!(notes(&db).await, 0);
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query("INSERT INTO note (item_id) VALUES (999)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let err = tx.commit().await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "error returned from database: FOREIGN KEY constraint failed"
+    );
+    assert_eq!(notes(&db).await, 0);
+    // What the key was made deferred for: the parent comes later in the
+    // same transaction (or the same string).
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query("INSERT INTO note (item_id) VALUES (50)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO item (id, name) VALUES (50, 'later')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    sqlx::raw_sql(
+        "INSERT INTO note (item_id) VALUES (51); INSERT INTO item (id, name) VALUES (51, 'x')",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    assert_eq!(notes(&db).await, 2);
+    // The test's own savepoints, outside an app transaction, still nest.
+    for sql in [
+        "SAVEPOINT mine",
+        "INSERT INTO note (item_id) VALUES (50)",
+        "ROLLBACK TO mine",
+        "RELEASE mine",
+    ] {
+        sqlx::query(sql).execute(&db).await.unwrap();
+    }
+    assert_eq!(notes(&db).await, 2);
 }
 
 #[test]

@@ -88,6 +88,20 @@ pub trait Dialect: sqlx::Database + sealed::Sealed {
     #[doc(hidden)]
     const CHECK_CONSTRAINTS: Option<&'static str> = None;
 
+    /// Under test, with `check_constraints`, where the transaction holds
+    /// deferred constraint violations (a statement outside an app
+    /// transaction, an app transaction's `commit()`): the error production's
+    /// `COMMIT` would fail with now, if any (SQLite: `sqlite3_db_status`'s
+    /// `SQLITE_DBSTATUS_DEFERRED_FKS`). `None`: no deferred constraints
+    /// (MySQL).
+    #[doc(hidden)]
+    fn deferred_violation(
+        conn: &mut Self::Connection,
+    ) -> Option<BoxFuture<'_, sqlx::Result<Option<sqlx::Error>>>> {
+        let _ = conn;
+        None
+    }
+
     /// Under test, whether a statement sent through `Db` runs in a task of
     /// its own, to its end, even if its caller drops it: for a connection
     /// whose reply sqlx cannot skip from every point where a dropped future

@@ -26,8 +26,9 @@ pub(super) fn refused_commit(e: &sqlx::Error, label: &str) -> Option<String> {
     let db = e.as_database_error()?;
     (db.constraint() == Some(GUARD_CONSTRAINT)).then(|| {
         format!(
-            "{} (The server reported: {e}. A `SET CONSTRAINTS ALL IMMEDIATE` sent by the test \
-             also trips this guard; name the constraints to check instead.)",
+            "{} (The server reported: {e}. A `SET CONSTRAINTS ALL IMMEDIATE` sent on the bare \
+             connection also trips this guard; send it through `Db` or a guard, or name the \
+             constraints to check instead.)",
             commit_message(label)
         )
     })

@@ -131,7 +131,77 @@ const RESTORE_SETTINGS_SQL: &str = "SELECT pg_catalog.set_config(b.name, b.setti
      FROM unnest($1::text[], $2::text[]) AS b(name, setting) \
      JOIN pg_catalog.pg_settings s USING (name) WHERE s.setting IS DISTINCT FROM b.setting";
 
+/// Whether the database has deferrable constraints (foreign keys,
+/// constraint triggers, ...) other than db-test's own and other sessions'
+/// temporary ones.
+const DEFERRABLE_SQL: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint c \
+     JOIN pg_catalog.pg_namespace n ON n.oid = c.connamespace \
+     WHERE c.condeferrable AND n.nspname NOT LIKE 'pg\\_temp\\_%' \
+       AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%')";
+
+/// Checks the deferred constraints now, as a COMMIT would, and changes
+/// nothing: in a savepoint rolled back after, which also takes back the
+/// check's marks (the end of the test checks them again) and keeps each
+/// constraint's mode. The commit guard's row, deleted in that savepoint,
+/// is not checked. Fails with the constraint's error, as the COMMIT would.
+pub(super) async fn check_deferred(
+    state: &super::state::ConnState,
+    conn: &mut PgConnection,
+) -> sqlx::Result<()> {
+    let disarm = if state
+        .may_be_armed
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        format!("DELETE FROM pg_temp.{GUARD_TABLE}; ")
+    } else {
+        String::new()
+    };
+    let check = format!(
+        "SAVEPOINT dbt_check; {disarm}SET CONSTRAINTS ALL IMMEDIATE; \
+         ROLLBACK TO SAVEPOINT dbt_check; RELEASE SAVEPOINT dbt_check"
+    );
+    match sqlx::raw_sql(sqlx::AssertSqlSafe(check))
+        .execute(&mut *conn)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            if e.as_database_error().is_some()
+                && crate::hint::sqlstate(&e).as_deref() != Some("25P02")
+            {
+                conn.execute("ROLLBACK TO SAVEPOINT dbt_check; RELEASE SAVEPOINT dbt_check")
+                    .await?;
+            }
+            Err(e)
+        }
+    }
+}
+
 impl super::SharedConn {
+    /// Whether the test's working database has deferrable constraints (see
+    /// [`check_deferred`]); `true` if that cannot be read.
+    pub(crate) async fn schema_defers(&self) -> bool {
+        let Ok(mut slot) = self.lock_slot().await else {
+            return true;
+        };
+        let conn = slot.conn.as_mut().expect("checked at lock time");
+        sqlx::query_scalar(DEFERRABLE_SQL)
+            .fetch_one(&mut **conn)
+            .await
+            .unwrap_or(true)
+    }
+
+    /// Whether this test checks deferred constraints where production's
+    /// COMMIT would (`check_constraints`), and whether its working database
+    /// has deferrable ones already.
+    pub(crate) fn check_deferred_constraints(&self, checks: bool, schema_defers: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.state.checks_constraints.store(checks, Relaxed);
+        self.state
+            .check_deferred
+            .store(checks && schema_defers, Relaxed);
+    }
+
     /// The session's settings, before fixtures run in the test's
     /// transaction (see [`SharedConn::restore_settings`]).
     pub(crate) async fn settings(&self) -> sqlx::Result<(Vec<String>, Vec<String>)> {

@@ -13,6 +13,7 @@ use tokio::sync::OwnedMutexGuard;
 
 use super::SharedConn;
 use super::errors::{not_run_error, out_of_sync, poisoned_error};
+use super::session::check_deferred;
 use super::state::{ConnState, lock};
 use super::statement::{refresh_savepoint, restore_local_settings};
 use crate::error::{Error, ErrorKind};
@@ -61,6 +62,11 @@ impl SlotGuard {
         self.guard.conn.as_ref().expect("checked at lock time")
     }
 
+    /// sqlx's transaction depth on the connection (1: the test's own).
+    pub(crate) fn depth(&self) -> usize {
+        PgTransactionManager::get_transaction_depth(self.conn())
+    }
+
     pub(crate) fn conn_mut(&mut self) -> &mut PgConnection {
         self.guard.conn.as_mut().expect("checked at lock time")
     }
@@ -73,8 +79,22 @@ impl SlotGuard {
     /// Settings the outermost app transaction made for itself only (`SET
     /// LOCAL`, `set_config(.., true)`), which the `RELEASE` keeps, are then
     /// set back, as production's `COMMIT` drops them.
+    ///
+    /// The outermost one first checks deferred constraints, as production's
+    /// `COMMIT` does: one that fails rolls the transaction back, and the
+    /// commit fails with its error.
     pub(crate) async fn commit_savepoint(&mut self) -> sqlx::Result<()> {
+        let outermost = PgTransactionManager::get_transaction_depth(self.conn()) == 2;
         let local = self.take_local_settings();
+        if outermost
+            && self.state.check_deferred.load(Ordering::Relaxed)
+            && let Err(e) = check_deferred(&self.state.clone(), self.conn_mut()).await
+            && e.as_database_error().is_some()
+            && crate::hint::sqlstate(&e).as_deref() != Some("25P02")
+        {
+            PgTransactionManager::rollback(self.conn_mut()).await?;
+            return Err(e);
+        }
         match PgTransactionManager::commit(self.conn_mut()).await {
             Err(e) if crate::hint::sqlstate(&e).as_deref() == Some("25P02") => {
                 PgTransactionManager::rollback(self.conn_mut()).await

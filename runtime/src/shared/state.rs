@@ -74,6 +74,14 @@ pub(crate) struct ConnState {
     /// `setval` is not undone by a rollback, so teardown moves forward again
     /// the ones it moved back.
     pub(super) sequences: std::sync::Mutex<Option<String>>,
+    /// Deferred constraints are checked where production's COMMIT would
+    /// check them: after each statement outside an app transaction, and at
+    /// the outermost app transaction's `commit()`. Set for a test that
+    /// checks constraints (`check_constraints`) when the working database
+    /// has deferrable ones, or the test's SQL mentions deferring.
+    pub(super) check_deferred: AtomicBool,
+    /// The test's `check_constraints`.
+    pub(super) checks_constraints: AtomicBool,
     /// Settings made for the current transaction only (`SET LOCAL`,
     /// `set_config(.., true)`) inside the outermost open app transaction, as
     /// `(name, value before it)`: its `commit()` is a `RELEASE SAVEPOINT`,

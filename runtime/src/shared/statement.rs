@@ -11,7 +11,7 @@ use sqlx_core::transaction::TransactionManager;
 
 use super::SharedConn;
 use super::errors::{commit_message, not_run_error, out_of_sync, poisoned_error, refused_commit};
-use super::session::GUARD_TABLE;
+use super::session::{GUARD_CONSTRAINT, GUARD_TABLE, check_deferred};
 use super::state::{ConnState, lock, touches_session};
 use crate::hint::sqlstate;
 use crate::query::OwnedQuery;
@@ -83,6 +83,13 @@ pub(crate) async fn run_guarded(
     if !state.touched_session.load(Ordering::Relaxed) && touches_session(&sql) {
         state.touched_session.store(true, Ordering::Relaxed);
     }
+    if !state.check_deferred.load(Ordering::Relaxed)
+        && state.checks_constraints.load(Ordering::Relaxed)
+        && crate::sqltext::contains_any_ignore_case(&sql, &["DEFER"])
+    {
+        // A deferrable constraint made, or one deferred.
+        state.check_deferred.store(true, Ordering::Relaxed);
+    }
     let autocommit = PgTransactionManager::get_transaction_depth(conn) == 1;
     if autocommit && !state.fresh.load(Ordering::Relaxed) {
         refresh_savepoint(state, conn, false, false).await?;
@@ -95,6 +102,19 @@ pub(crate) async fn run_guarded(
     // Settings the statement may make for the transaction only, and what
     // they were before it (or before the app transaction it runs in).
     let local = local_settings_before(state, conn, &sql, autocommit).await;
+    // A `SET CONSTRAINTS .. IMMEDIATE` checks, at once, what is pending:
+    // the commit guard's row too, which must be checked at COMMIT only.
+    // It is taken out for the statement, and put back after it, deferred.
+    let rearm = state.may_be_armed.load(Ordering::Relaxed)
+        && crate::sqltext::contains_any_ignore_case(&sql, &["CONSTRAINTS"])
+        && crate::sqltext::contains_any_ignore_case(&sql, &["IMMEDIATE"]);
+    if rearm {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM pg_temp.{GUARD_TABLE}"
+        )))
+        .execute(&mut *conn)
+        .await?;
+    }
     // A copy for one retry, should a cached statement have gone stale.
     let retry = query.clone();
     *lock(&state.in_flight) = Some(sql.clone());
@@ -109,8 +129,28 @@ pub(crate) async fn run_guarded(
             result = conn.fetch_many(retry).try_collect().await;
         }
     }
-    *lock(&state.in_flight) = None;
+    if rearm && result.is_ok() {
+        // Put back where the statement ran: undone with it, should it be.
+        result = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "SET CONSTRAINTS pg_temp.{GUARD_CONSTRAINT} DEFERRED; \
+             INSERT INTO pg_temp.{GUARD_TABLE} VALUES (1)"
+        )))
+        .execute(&mut *conn)
+        .await
+        .and(result);
+    }
     let plain_read = autocommit && crate::sqltext::is_plain_read(&sql);
+    if autocommit
+        && !plain_read
+        && result.is_ok()
+        && state.check_deferred.load(Ordering::Relaxed)
+        && let Err(e) = check_deferred(state, conn).await
+    {
+        // Production commits the statement on its own, and that COMMIT
+        // fails: the statement fails, undone below.
+        result = Err(e);
+    }
+    *lock(&state.in_flight) = None;
     state.record(sql, result.as_ref().err().map(|e| e.to_string()));
     if result.is_ok() && !local.is_empty() {
         if autocommit {
@@ -361,7 +401,11 @@ pub(super) async fn refresh_savepoint(
     let refresh = format!(
         "RELEASE SAVEPOINT dbt_auto; {}SAVEPOINT dbt_auto",
         if arm {
-            format!("INSERT INTO pg_temp.{GUARD_TABLE} VALUES (1); ")
+            // Deferred even after a `SET CONSTRAINTS ALL IMMEDIATE`.
+            format!(
+                "SET CONSTRAINTS pg_temp.{GUARD_CONSTRAINT} DEFERRED; \
+                 INSERT INTO pg_temp.{GUARD_TABLE} VALUES (1); "
+            )
         } else {
             String::new()
         },

@@ -54,6 +54,9 @@ pub(crate) struct Template {
     pub(crate) slots: Slots<Sqlite>,
     /// Options to open another connection to an in-memory database.
     pub(crate) options: SqliteConnectOptions,
+    /// Whether the schema has deferred foreign keys, which a test in
+    /// transaction mode then checks where production's `COMMIT` would.
+    pub(crate) defers: bool,
 }
 
 /// The templates of this process, by migrations source.
@@ -405,7 +408,7 @@ async fn build(migrator: MigratorRef) -> Result<Template, String> {
     let options = SqliteConnectOptions::from_str("sqlite::memory:")
         .expect("a valid URL")
         .foreign_keys(true);
-    let baseline = fk_baseline(&path, &bytes, &options).await?;
+    let (baseline, defers) = fk_baseline(&path, &bytes, &options).await?;
     let (for_copies, for_slots) = (bytes.clone(), options.clone());
     let slots = Slots::new(
         crate::config::pool_size(),
@@ -436,6 +439,7 @@ async fn build(migrator: MigratorRef) -> Result<Template, String> {
         bytes,
         slots,
         options,
+        defers,
     })
 }
 
@@ -446,11 +450,12 @@ async fn build(migrator: MigratorRef) -> Result<Template, String> {
 /// `CHECK_CONSTRAINTS` of `Sqlite`'s `Dialect`) reports only violations
 /// not among them: those the test introduced. Computed once per template:
 /// most have none, and their copies then only create the empty table.
+/// Also says whether the schema has deferred foreign keys.
 async fn fk_baseline(
     path: &Path,
     bytes: &[u8],
     options: &SqliteConnectOptions,
-) -> Result<&'static str, String> {
+) -> Result<(&'static str, bool), String> {
     const EMPTY: &str = "CREATE TEMP TABLE db_test_fk_baseline (tbl, row_id, parent, fkid)";
     const FILLED: &str = "CREATE TEMP TABLE db_test_fk_baseline (tbl, row_id, parent, fkid); \
          INSERT INTO temp.db_test_fk_baseline SELECT * FROM pragma_foreign_key_check";
@@ -467,8 +472,15 @@ async fn fk_baseline(
         .fetch_optional(&mut conn)
         .await
         .map_err(fail)?;
+    // `INITIALLY DEFERRED` in a table's SQL (SQLite keeps it as written).
+    let defers: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND sql LIKE '%DEFERRED%')",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .map_err(fail)?;
     let _ = conn.close().await;
-    Ok(if any.is_some() { FILLED } else { EMPTY })
+    Ok((if any.is_some() { FILLED } else { EMPTY }, defers))
 }
 
 /// Holds an exclusive `flock` on `path` until dropped.

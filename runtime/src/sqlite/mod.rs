@@ -97,7 +97,12 @@
 //!   rollback and fails the test on a violation the test introduced (what
 //!   `COMMIT` would reject with `DEFERRABLE INITIALLY DEFERRED` foreign
 //!   keys); violations the migrations left in the template (rows imported
-//!   with foreign keys off) are left out.
+//!   with foreign keys off) are left out. Before that, deferred keys are
+//!   checked where production's `COMMIT` would check them: after each
+//!   statement outside an app transaction (run in a savepoint, undone if it
+//!   leaves one broken, failing with SQLite's error) and at the outermost
+//!   app transaction's `commit()` (rolled back instead), when the schema has
+//!   deferred keys or the test's SQL mentions deferring.
 //! - After DDL (`CREATE`/`ALTER`/`DROP`) through `Db`, sqlx's statement
 //!   cache is cleared before each of the test's statements; when
 //!   `acquire()` hands out the bare connection (which may run DDL unseen),
@@ -207,13 +212,86 @@ impl crate::generic::Dialect for Sqlite {
         }))
     }
 
+    /// `SQLITE_DBSTATUS_DEFERRED_FKS`: whether the transaction holds
+    /// foreign key violations that `COMMIT` would reject (deferred keys,
+    /// or every key under `PRAGMA defer_foreign_keys`), as SQLite counts
+    /// them, rolled-back savepoints taken back. It fails as SQLite's own
+    /// `COMMIT` fails.
+    fn deferred_violation(
+        conn: &mut sqlx::SqliteConnection,
+    ) -> Option<futures_util::future::BoxFuture<'_, sqlx::Result<Option<sqlx::Error>>>> {
+        Some(Box::pin(async move {
+            let mut handle = conn.lock_handle().await?;
+            let raw = handle.as_raw_handle().as_ptr().cast::<std::ffi::c_void>();
+            let (mut current, mut highest) = (0, 0);
+            // SAFETY: as in `in_transaction`; `sqlite3_db_status` with this
+            // option only reads the connection's count.
+            let rc = unsafe {
+                sqlite3_db_status(
+                    raw,
+                    SQLITE_DBSTATUS_DEFERRED_FKS,
+                    &mut current,
+                    &mut highest,
+                    0,
+                )
+            };
+            Ok((rc == 0 && current > 0)
+                .then(|| sqlx::Error::Database(Box::new(DeferredForeignKey))))
+        }))
+    }
+
     crate::generic::dialect_executors!();
+}
+
+/// `sqlite3_db_status`'s option for unresolved deferred foreign keys.
+const SQLITE_DBSTATUS_DEFERRED_FKS: std::ffi::c_int = 10;
+
+/// The error of a `COMMIT` that deferred foreign keys fail, as SQLite
+/// reports it: `SQLITE_CONSTRAINT_FOREIGNKEY` (787), "FOREIGN KEY
+/// constraint failed".
+#[derive(Debug)]
+struct DeferredForeignKey;
+
+impl std::fmt::Display for DeferredForeignKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FOREIGN KEY constraint failed")
+    }
+}
+
+impl std::error::Error for DeferredForeignKey {}
+
+impl sqlx::error::DatabaseError for DeferredForeignKey {
+    fn message(&self) -> &str {
+        "FOREIGN KEY constraint failed"
+    }
+    fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+        Some("787".into())
+    }
+    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        self
+    }
+    fn kind(&self) -> sqlx::error::ErrorKind {
+        sqlx::error::ErrorKind::ForeignKeyViolation
+    }
 }
 
 // The SQLite library sqlx links (libsqlite3-sys), which sqlx calls the same
 // way (`ConnectionHandle::in_transaction`).
 unsafe extern "C" {
     fn sqlite3_get_autocommit(db: *mut std::ffi::c_void) -> std::ffi::c_int;
+    fn sqlite3_db_status(
+        db: *mut std::ffi::c_void,
+        op: std::ffi::c_int,
+        current: *mut std::ffi::c_int,
+        highest: *mut std::ffi::c_int,
+        reset: std::ffi::c_int,
+    ) -> std::ffi::c_int;
     /// What `last_insert_rowid()` answers until the next insert.
     #[cfg(feature = "harness")]
     pub(super) fn sqlite3_set_last_insert_rowid(db: *mut std::ffi::c_void, rowid: i64);

@@ -175,6 +175,7 @@ pub(crate) async fn setup(spec: &'static TestSpec) -> Result<Prepared, String> {
         Isolation::Transaction => {
             let what = format!("an in-memory copy of {}", template.path.display());
             let shared = open_transaction(spec, &template.slots, &what, &interrupt).await?;
+            shared.check_deferred_constraints(spec.check_constraints, template.defers);
             let db = Db::from_shared(shared.clone());
             let resource = Box::new(SqliteTx {
                 inner: TxResource { shared },

@@ -49,6 +49,19 @@ pub(crate) struct Shared<DB: Dialect> {
 }
 
 impl<DB: Dialect> Shared<DB> {
+    /// Whether this test checks deferred constraints where production's
+    /// `COMMIT` would (`check_constraints`), and whether its database has
+    /// deferred ones already (see `Dialect::deferred_violation`).
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+    pub(crate) fn check_deferred_constraints(&self, checks: bool, defers: bool) {
+        self.state
+            .checks_constraints
+            .store(checks, Ordering::Relaxed);
+        self.state
+            .check_deferred
+            .store(checks && defers, Ordering::Relaxed);
+    }
+
     /// Opens the test's transaction on `conn` and wraps it. On failure the
     /// connection is handed back, for the caller to close.
     #[allow(clippy::type_complexity)]
@@ -92,6 +105,8 @@ impl<DB: Dialect> Shared<DB> {
             label,
             refuse: DB::refuse,
             touches_session: DB::touches_session,
+            check_deferred: AtomicBool::new(false),
+            checks_constraints: AtomicBool::new(false),
             touched: AtomicBool::new(false),
             schema_changed: AtomicBool::new(false),
             clear_once: AtomicBool::new(false),

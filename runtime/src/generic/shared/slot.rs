@@ -52,7 +52,22 @@ impl<DB: Dialect> SlotGuard<DB> {
     /// Run to its end in a task of its own (see `crate::shared::detached`):
     /// if this future is dropped, the connection comes back through the
     /// test's pool of one, the savepoint ended.
-    pub(crate) async fn end_savepoint(&mut self, commit: bool) -> sqlx::Result<()> {
+    ///
+    /// The outermost one's commit first asks whether deferred constraints
+    /// fail, as production's `COMMIT` would (see
+    /// `Dialect::deferred_violation`): if so it is rolled back instead, and
+    /// the commit fails with their error.
+    pub(crate) async fn end_savepoint(&mut self, mut commit: bool) -> sqlx::Result<()> {
+        let mut violation = None;
+        if commit
+            && depth::<DB>(self.conn()) == 2
+            && super::state_of::<DB>(self.conn())
+                .is_some_and(|s| s.check_deferred.load(Ordering::Relaxed))
+            && let Some(ask) = DB::deferred_violation(self.conn_mut())
+        {
+            violation = ask.await?;
+            commit = violation.is_none();
+        }
         let conn = self.guard.conn.take().expect("checked at lock time");
         self.guard.lent = true;
         let Some((conn, ended)) = crate::shared::detached::end(conn, commit).await else {
@@ -60,7 +75,8 @@ impl<DB: Dialect> SlotGuard<DB> {
         };
         self.guard.conn = Some(conn);
         self.guard.lent = false;
-        ended
+        ended?;
+        violation.map_or(Ok(()), Err)
     }
 
     pub(crate) fn start_rollback_savepoint(&mut self) {

@@ -18,6 +18,13 @@ pub(crate) struct State {
     pub(super) label: String,
     pub(super) refuse: fn(&str, bool) -> Option<String>,
     pub(super) touches_session: fn(&str) -> bool,
+    /// Deferred constraints are checked where production's `COMMIT` would
+    /// check them (see `Dialect::deferred_violation`):
+    /// set for a test that checks constraints when its database has
+    /// deferred ones, or its SQL mentions deferring.
+    pub(super) check_deferred: AtomicBool,
+    /// The test's `check_constraints`.
+    pub(super) checks_constraints: AtomicBool,
     /// The test may have left session state on the connection.
     pub(super) touched: AtomicBool,
     /// The test changed the schema (see [`Dialect::changes_schema`]):

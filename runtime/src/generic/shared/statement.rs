@@ -21,7 +21,7 @@ use super::errors::{
 };
 use super::recover::{CANCEL_AFTER, recover_dropped};
 use super::state::State;
-use super::{Dialect, OwnedQuery, Shared, SlotGuard, check_open, lock};
+use super::{Dialect, OwnedQuery, Shared, SlotGuard, check_open, depth, exec, lock};
 use crate::generic::Step;
 
 impl<DB: Dialect> Shared<DB> {
@@ -210,14 +210,57 @@ async fn run_statement<DB: Dialect>(
             return Ran::Done(Err(e));
         }
     }
+    if !state.check_deferred.load(Ordering::Relaxed)
+        && state.checks_constraints.load(Ordering::Relaxed)
+        && crate::sqltext::contains_any_ignore_case(&sql, &["DEFER"])
+    {
+        // A deferred key made, or every key deferred.
+        state.check_deferred.store(true, Ordering::Relaxed);
+    }
+    // Outside a transaction production commits the statement on its own,
+    // and that COMMIT fails on a deferred constraint the statement left
+    // broken, which undoes it: here it runs in a savepoint of its own, to
+    // be undone. (The name is db-test's, which no statement of the test's
+    // may use; this one, innermost, is the one named.) Not around the
+    // test's own savepoints, which a `RELEASE` of this one would release
+    // too, or whose `ROLLBACK TO` would cancel this one.
+    let deferred = state.check_deferred.load(Ordering::Relaxed)
+        && depth::<DB>(conn) == 1
+        && !crate::sqltext::is_plain_read(&sql)
+        && !crate::sqltext::contains_any_ignore_case(&sql, &["SAVEPOINT", "RELEASE", "ROLLBACK"]);
+    if deferred && let Err(e) = exec::<DB>(conn, "SAVEPOINT db_test_auto").await {
+        return if first && never_sent(&e) {
+            Ran::Gone(e)
+        } else {
+            Ran::Done(Err(e))
+        };
+    }
     let unseen = DB::may_commit_unseen(&sql);
     // In flight from here: dropped during the statement, the next user
     // finds out where the connection stands.
     *lock(&state.in_flight) = Some(sql.clone());
-    let result: sqlx::Result<Vec<Step<DB>>> = DB::conn_fetch_many(conn, query)
+    let mut result: sqlx::Result<Vec<Step<DB>>> = DB::conn_fetch_many(conn, query)
         .try_collect()
         .await
         .map_err(DB::explain);
+    if deferred {
+        let violation = match (&result, DB::deferred_violation(conn)) {
+            (Ok(_), Some(ask)) => ask.await,
+            _ => Ok(None),
+        };
+        let end = match violation {
+            Ok(None) => exec::<DB>(conn, "RELEASE db_test_auto").await,
+            Ok(Some(e)) | Err(e) => {
+                result = Err(e);
+                exec::<DB>(conn, "ROLLBACK TO db_test_auto; RELEASE db_test_auto").await
+            }
+        };
+        if let Err(e) = end
+            && result.is_ok()
+        {
+            result = Err(e);
+        }
+    }
     *lock(&state.in_flight) = None;
     if first
         && let Err(e) = &result

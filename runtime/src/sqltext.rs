@@ -382,6 +382,220 @@ pub(crate) fn is_plain_read(sql: &str) -> bool {
     (starts("SELECT") || starts("VALUES") || starts("SHOW") || starts("TABLE"))
         && !contains_any_ignore_case(head, &["VAL(", "ADVISORY", "SET_CONFIG", ";"])
         && !contains_any_word_ignore_case(head, &["FOR", "INTO"])
+        && calls_only_known_functions(head)
+}
+
+/// Words that may stand before a `(` in a plain read: SQL keywords, types,
+/// and built-in functions that write nothing. Anything else before a `(`
+/// may be a function of the app's that writes (`SELECT add_user($1)`),
+/// whose rows production commits with the statement.
+const READ_ONLY_CALLS: &[&str] = &[
+    // Keywords.
+    "ALL",
+    "AND",
+    "ANY",
+    "ARRAY",
+    "AS",
+    "BETWEEN",
+    "BY",
+    "CASE",
+    "CAST",
+    "CUBE",
+    "DISTINCT",
+    "ELSE",
+    "EXCEPT",
+    "EXISTS",
+    "FILTER",
+    "FROM",
+    "GROUP",
+    "HAVING",
+    "ILIKE",
+    "IN",
+    "INTERSECT",
+    "IS",
+    "JOIN",
+    "LATERAL",
+    "LIKE",
+    "LIMIT",
+    "NOT",
+    "OFFSET",
+    "ON",
+    "OR",
+    "ORDER",
+    "OVER",
+    "PARTITION",
+    "ROLLUP",
+    "ROW",
+    "SELECT",
+    "SETS",
+    "SOME",
+    "THEN",
+    "UNION",
+    "USING",
+    "VALUES",
+    "WHEN",
+    "WHERE",
+    "WITHIN",
+    // Types.
+    "BIT",
+    "CHAR",
+    "CHARACTER",
+    "DECIMAL",
+    "FLOAT",
+    "INTERVAL",
+    "NUMERIC",
+    "TIME",
+    "TIMESTAMP",
+    "TIMESTAMPTZ",
+    "VARCHAR",
+    // Aggregates and window functions.
+    "ARRAY_AGG",
+    "AVG",
+    "BOOL_AND",
+    "BOOL_OR",
+    "COUNT",
+    "DENSE_RANK",
+    "EVERY",
+    "FIRST_VALUE",
+    "JSONB_AGG",
+    "JSONB_OBJECT_AGG",
+    "JSON_AGG",
+    "JSON_OBJECT_AGG",
+    "LAG",
+    "LAST_VALUE",
+    "LEAD",
+    "MAX",
+    "MIN",
+    "NTILE",
+    "PERCENTILE_CONT",
+    "PERCENTILE_DISC",
+    "RANK",
+    "ROW_NUMBER",
+    "STRING_AGG",
+    "SUM",
+    // Scalar functions.
+    "ABS",
+    "AGE",
+    "ARRAY_APPEND",
+    "ARRAY_CAT",
+    "ARRAY_LENGTH",
+    "ARRAY_POSITION",
+    "ARRAY_REMOVE",
+    "ARRAY_TO_STRING",
+    "BTRIM",
+    "CARDINALITY",
+    "CEIL",
+    "CEILING",
+    "CHAR_LENGTH",
+    "CLOCK_TIMESTAMP",
+    "COALESCE",
+    "CONCAT",
+    "CONCAT_WS",
+    "CURRENT_SETTING",
+    "DATE",
+    "DATE_PART",
+    "DATE_TRUNC",
+    "DECODE",
+    "ENCODE",
+    "EXTRACT",
+    "FLOOR",
+    "FORMAT",
+    "GENERATE_SERIES",
+    "GEN_RANDOM_UUID",
+    "GREATEST",
+    "INITCAP",
+    "JSONB_ARRAY_ELEMENTS",
+    "JSONB_ARRAY_ELEMENTS_TEXT",
+    "JSONB_ARRAY_LENGTH",
+    "JSONB_BUILD_ARRAY",
+    "JSONB_BUILD_OBJECT",
+    "JSONB_EACH",
+    "JSONB_EXTRACT_PATH",
+    "JSONB_EXTRACT_PATH_TEXT",
+    "JSONB_SET",
+    "JSONB_TYPEOF",
+    "JSON_BUILD_ARRAY",
+    "JSON_BUILD_OBJECT",
+    "LEAST",
+    "LEFT",
+    "LENGTH",
+    "LOWER",
+    "LPAD",
+    "LTRIM",
+    "MAKE_INTERVAL",
+    "MD5",
+    "MOD",
+    "NOW",
+    "NULLIF",
+    "OCTET_LENGTH",
+    "PG_SLEEP",
+    "PG_TYPEOF",
+    "POSITION",
+    "POWER",
+    "RANDOM",
+    "REGEXP_MATCH",
+    "REGEXP_MATCHES",
+    "REGEXP_REPLACE",
+    "REPEAT",
+    "REPLACE",
+    "REVERSE",
+    "RIGHT",
+    "ROUND",
+    "ROW_TO_JSON",
+    "RPAD",
+    "RTRIM",
+    "SPLIT_PART",
+    "SQRT",
+    "STARTS_WITH",
+    "STRING_TO_ARRAY",
+    "SUBSTR",
+    "SUBSTRING",
+    "TO_CHAR",
+    "TO_DATE",
+    "TO_JSON",
+    "TO_JSONB",
+    "TO_NUMBER",
+    "TO_TIMESTAMP",
+    "TO_TSQUERY",
+    "TO_TSVECTOR",
+    "TRIM",
+    "TRUNC",
+    "TS_RANK",
+    "UNNEST",
+    "UPPER",
+    "PLAINTO_TSQUERY",
+    "WEBSEARCH_TO_TSQUERY",
+];
+
+/// Whether every word just before a `(` in `sql` (its last part, after a
+/// schema's `.`) is in [`READ_ONLY_CALLS`]. Quoted text is read as code:
+/// a `(` in it can only make a read count as a write.
+fn calls_only_known_functions(sql: &str) -> bool {
+    let b = sql.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'(' {
+            let mut end = i;
+            while end > 0 && b[end - 1].is_ascii_whitespace() {
+                end -= 1;
+            }
+            let mut start = end;
+            while start > 0 && is_name_byte(b[start - 1]) {
+                start -= 1;
+            }
+            if start < end {
+                let word = &b[start..end];
+                let known = READ_ONLY_CALLS
+                    .iter()
+                    .any(|k| k.as_bytes().eq_ignore_ascii_case(word));
+                if !known {
+                    return false;
+                }
+            }
+        }
+        i += 1;
+    }
+    true
 }
 
 /// Whether `sql` may create a table with `SELECT .. INTO`: the word `INTO`
@@ -586,6 +800,15 @@ mod tests {
         assert!(!r("SELECT id FROM users\n\tFOR\tUPDATE"));
         assert!(!r("SELECT 1 INTO/**/t"));
         assert!(r("SELECT fortune, into_x FROM t"));
+        // Calls: built-ins read, an app's function may write.
+        assert!(r(
+            "SELECT count (*), lower(email), pg_catalog.upper(name) FROM users \
+             WHERE id IN ($1, $2) AND EXISTS(SELECT 1) AND x = ANY($3)"
+        ));
+        assert!(r("SELECT (SELECT max(id) FROM t)::numeric(10, 2)"));
+        assert!(!r("SELECT add_user($1)"));
+        assert!(!r("SELECT * FROM app.create_order($1, $2)"));
+        assert!(!r("SELECT id FROM users WHERE touch(id)"));
     }
 
     #[test]

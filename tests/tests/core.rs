@@ -231,6 +231,31 @@ async fn deferred_constraint_violation_fails_the_test(db: TestDb) {
         .unwrap();
 }
 
+// An app's function that writes, called with SELECT: production commits
+// its rows with the statement, and a failing statement after it keeps them.
+#[db_test]
+async fn a_select_of_a_function_that_writes_keeps_its_rows(db: TestDb) {
+    sqlx::raw_sql(
+        "CREATE FUNCTION pg_temp.add_user(e text) RETURNS bigint LANGUAGE sql \
+         AS $$ INSERT INTO users (email) VALUES (e) RETURNING id $$",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let add = "SELECT pg_temp.add_user($1)";
+    let _: i64 = sqlx::query_scalar(add)
+        .bind("fn@example.com")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    let duplicate = sqlx::query_scalar::<_, i64>(add)
+        .bind("fn@example.com")
+        .fetch_one(&db)
+        .await;
+    assert!(duplicate.is_err());
+    assert_eq!(count(&db, "users").await, 1);
+}
+
 fn deferred_key_error(e: &sqlx::Error) -> bool {
     e.as_database_error()
         .is_some_and(|d| d.constraint() == Some("ledger_counterpart_fk"))

@@ -308,6 +308,104 @@ async fn a_deferred_key_fails_the_app_transactions_commit(db: TestDb) {
     assert_eq!(count(&db, "ledger").await, 2);
 }
 
+// A check settles what it checked: a deferred constraint trigger fires once
+// for a row, as at production's COMMIT, not again at every later statement.
+#[db_test]
+async fn a_checked_deferred_trigger_does_not_fire_again(db: TestDb) {
+    sqlx::raw_sql(
+        "CREATE TABLE budget (id int PRIMARY KEY, lim int NOT NULL); \
+         CREATE TABLE orders (id serial PRIMARY KEY, amount int NOT NULL); \
+         CREATE FUNCTION check_budget() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           IF (SELECT sum(amount) FROM orders) > (SELECT lim FROM budget WHERE id = 1) \
+           THEN RAISE EXCEPTION 'over budget'; END IF; RETURN NULL; END $$; \
+         CREATE CONSTRAINT TRIGGER orders_budget AFTER INSERT ON orders \
+           DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION check_budget()",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO budget VALUES (1, 100)")
+        .execute(&db)
+        .await
+        .unwrap();
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query("INSERT INTO orders (amount) VALUES (50)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    // Lowering the budget fires nothing (the trigger is on orders).
+    sqlx::query("UPDATE budget SET lim = 10")
+        .execute(&db)
+        .await
+        .unwrap();
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query("UPDATE budget SET lim = 20")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    // A new order does.
+    let err = sqlx::query("INSERT INTO orders (amount) VALUES (1)")
+        .execute(&db)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("over budget"), "{err}");
+}
+
+// `SET CONSTRAINTS` lasts for a transaction: after the app transaction's
+// commit (or, outside one, after the statement) each constraint is back to
+// its initial mode.
+#[db_test]
+async fn set_constraints_ends_with_its_transaction(db: TestDb) {
+    sqlx::raw_sql(
+        "CREATE TABLE imm_child (parent bigint REFERENCES users (id) \
+           DEFERRABLE INITIALLY IMMEDIATE)",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    for outside in [false, true] {
+        if outside {
+            sqlx::query("SET CONSTRAINTS ALL IMMEDIATE")
+                .execute(&db)
+                .await
+                .unwrap();
+        } else {
+            let mut tx = db.begin().await.unwrap();
+            sqlx::query("SET CONSTRAINTS ALL IMMEDIATE")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+        }
+        // The deferred key is deferred again: the pair goes in.
+        let mut tx = db.begin().await.unwrap();
+        for (id, other) in [(31, 32), (32, 31)] {
+            sqlx::query("INSERT INTO ledger (id, amount, counterpart) VALUES ($1, 1, $2)")
+                .bind(id + i64::from(outside) * 10)
+                .bind(other + i64::from(outside) * 10)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query("SET CONSTRAINTS ALL DEFERRED")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    // The immediate one is immediate again: the orphan fails at once.
+    let mut tx = db.begin().await.unwrap();
+    let err = sqlx::query("INSERT INTO imm_child VALUES (999999)")
+        .execute(&mut *tx)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("imm_child_parent_fkey"), "{err}");
+}
+
 // An app that checks its deferred keys itself before committing: `SET
 // CONSTRAINTS ALL IMMEDIATE` reports the app's broken key, not db-test's
 // commit guard (armed by the first guard).

@@ -58,8 +58,9 @@ pub(crate) struct Template {
     pub(super) recycle: OnceCell<Option<Recycle>>,
     /// Whether the working database has deferrable constraints, which a
     /// test in transaction mode then checks where production's COMMIT
-    /// would (read by its first test).
-    pub(crate) defers: OnceCell<bool>,
+    /// would, and which of them are `INITIALLY IMMEDIATE` (read by its
+    /// first test).
+    pub(crate) defers: OnceCell<(bool, String)>,
 }
 
 pub(crate) enum MigratorRef {

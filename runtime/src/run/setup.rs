@@ -177,9 +177,13 @@ fn setup_postgres(
             Isolation::Transaction => {
                 let shared = open_transaction(spec, &template, &engine.display_url).await?;
                 let defers = if spec.check_constraints {
-                    *template.defers.get_or_init(|| shared.schema_defers()).await
+                    template
+                        .defers
+                        .get_or_init(|| shared.schema_defers())
+                        .await
+                        .clone()
                 } else {
-                    false
+                    (false, String::new())
                 };
                 shared.check_deferred_constraints(spec.check_constraints, defers);
                 let inner = ContextInner {

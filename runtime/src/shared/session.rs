@@ -131,34 +131,61 @@ const RESTORE_SETTINGS_SQL: &str = "SELECT pg_catalog.set_config(b.name, b.setti
      FROM unnest($1::text[], $2::text[]) AS b(name, setting) \
      JOIN pg_catalog.pg_settings s USING (name) WHERE s.setting IS DISTINCT FROM b.setting";
 
-/// Whether the database has deferrable constraints (foreign keys,
-/// constraint triggers, ...) other than db-test's own and other sessions'
-/// temporary ones.
-const DEFERRABLE_SQL: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint c \
-     JOIN pg_catalog.pg_namespace n ON n.oid = c.connamespace \
+/// The database's deferrable constraints (foreign keys, constraint
+/// triggers, ...), other than db-test's own and temporary ones: whether it
+/// has any, and the qualified names of those that are `INITIALLY
+/// IMMEDIATE` (see [`check_deferred`]).
+const DEFERRABLE_SQL: &str = "SELECT count(*) > 0, coalesce(string_agg(format('%I.%I', \
+       n.nspname, c.conname), ', ') FILTER (WHERE NOT c.condeferred), '') \
+     FROM pg_catalog.pg_constraint c JOIN pg_catalog.pg_namespace n ON n.oid = c.connamespace \
      WHERE c.condeferrable AND n.nspname NOT LIKE 'pg\\_temp\\_%' \
-       AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%')";
+       AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%'";
 
-/// Checks the deferred constraints now, as a COMMIT would, and changes
-/// nothing: in a savepoint rolled back after, which also takes back the
-/// check's marks (the end of the test checks them again) and keeps each
-/// constraint's mode. The commit guard's row, deleted in that savepoint,
-/// is not checked. Fails with the constraint's error, as the COMMIT would.
+/// [`DEFERRABLE_SQL`]'s `INITIALLY IMMEDIATE` ones made immediate again,
+/// read when the check runs (the test made deferrable constraints of its
+/// own), the session's temporary ones included.
+const IMMEDIATE_AGAIN: &str = "DO $dbt$DECLARE l text; BEGIN \
+     SELECT string_agg(format('%I.%I', n.nspname, c.conname), ', ') INTO l \
+     FROM pg_catalog.pg_constraint c JOIN pg_catalog.pg_namespace n ON n.oid = c.connamespace \
+     WHERE c.condeferrable AND NOT c.condeferred \
+       AND (n.oid = pg_catalog.pg_my_temp_schema() OR n.nspname NOT LIKE 'pg\\_temp\\_%'); \
+     IF l IS NOT NULL THEN EXECUTE 'SET CONSTRAINTS ' || l || ' IMMEDIATE'; END IF; END$dbt$";
+
+/// Checks the deferred constraints now, as a COMMIT would, and fails with
+/// the constraint's error as the COMMIT would; then, as after a COMMIT,
+/// each deferrable constraint is back to its initial mode (`SET
+/// CONSTRAINTS` lasts for a transaction in production). What it checked
+/// stays checked. The commit guard's row is taken out for the check and
+/// put back. A failed check changes nothing (its savepoint is rolled back).
 pub(super) async fn check_deferred(
     state: &super::state::ConnState,
     conn: &mut PgConnection,
 ) -> sqlx::Result<()> {
-    let disarm = if state
-        .may_be_armed
-        .load(std::sync::atomic::Ordering::Relaxed)
-    {
+    use std::sync::atomic::Ordering::Relaxed;
+    let armed = state.may_be_armed.load(Relaxed);
+    let disarm = if armed {
         format!("DELETE FROM pg_temp.{GUARD_TABLE}; ")
     } else {
         String::new()
     };
+    let rearm = if armed {
+        format!("; INSERT INTO pg_temp.{GUARD_TABLE} VALUES (1)")
+    } else {
+        String::new()
+    };
+    let immediate = if state.defer_ddl.load(Relaxed) {
+        format!("; {IMMEDIATE_AGAIN}")
+    } else {
+        let names = super::state::lock(&state.immediate_constraints);
+        if names.is_empty() {
+            String::new()
+        } else {
+            format!("; SET CONSTRAINTS {names} IMMEDIATE")
+        }
+    };
     let check = format!(
         "SAVEPOINT dbt_check; {disarm}SET CONSTRAINTS ALL IMMEDIATE; \
-         ROLLBACK TO SAVEPOINT dbt_check; RELEASE SAVEPOINT dbt_check"
+         RELEASE SAVEPOINT dbt_check; SET CONSTRAINTS ALL DEFERRED{immediate}{rearm}"
     );
     match sqlx::raw_sql(sqlx::AssertSqlSafe(check))
         .execute(&mut *conn)
@@ -178,28 +205,31 @@ pub(super) async fn check_deferred(
 }
 
 impl super::SharedConn {
-    /// Whether the test's working database has deferrable constraints (see
-    /// [`check_deferred`]); `true` if that cannot be read.
-    pub(crate) async fn schema_defers(&self) -> bool {
+    /// The test's working database's deferrable constraints (see
+    /// [`DEFERRABLE_SQL`]); `(true, "")` if that cannot be read.
+    pub(crate) async fn schema_defers(&self) -> (bool, String) {
         let Ok(mut slot) = self.lock_slot().await else {
-            return true;
+            return (true, String::new());
         };
         let conn = slot.conn.as_mut().expect("checked at lock time");
-        sqlx::query_scalar(DEFERRABLE_SQL)
+        sqlx::query_as(DEFERRABLE_SQL)
             .fetch_one(&mut **conn)
             .await
-            .unwrap_or(true)
+            .unwrap_or((true, String::new()))
     }
 
     /// Whether this test checks deferred constraints where production's
-    /// COMMIT would (`check_constraints`), and whether its working database
-    /// has deferrable ones already.
-    pub(crate) fn check_deferred_constraints(&self, checks: bool, schema_defers: bool) {
+    /// COMMIT would (`check_constraints`), and its working database's
+    /// deferrable constraints (see [`DEFERRABLE_SQL`]).
+    pub(crate) fn check_deferred_constraints(
+        &self,
+        checks: bool,
+        (defers, immediate): (bool, String),
+    ) {
         use std::sync::atomic::Ordering::Relaxed;
         self.state.checks_constraints.store(checks, Relaxed);
-        self.state
-            .check_deferred
-            .store(checks && schema_defers, Relaxed);
+        self.state.check_deferred.store(checks && defers, Relaxed);
+        *super::state::lock(&self.state.immediate_constraints) = immediate;
     }
 
     /// The session's settings, before fixtures run in the test's

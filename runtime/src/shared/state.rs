@@ -82,6 +82,12 @@ pub(crate) struct ConnState {
     pub(super) check_deferred: AtomicBool,
     /// The test's `check_constraints`.
     pub(super) checks_constraints: AtomicBool,
+    /// The working database's `INITIALLY IMMEDIATE` deferrable constraints,
+    /// qualified, which a check sets back to immediate.
+    pub(super) immediate_constraints: std::sync::Mutex<String>,
+    /// The test's SQL mentions `DEFERRABLE`: it may have made deferrable
+    /// constraints of its own, which a check then reads from the catalog.
+    pub(super) defer_ddl: AtomicBool,
     /// Settings made for the current transaction only (`SET LOCAL`,
     /// `set_config(.., true)`) inside the outermost open app transaction, as
     /// `(name, value before it)`: its `commit()` is a `RELEASE SAVEPOINT`,

@@ -878,6 +878,24 @@ async fn a_local_setting_ends_with_the_app_transaction_that_made_it(db: TestDb) 
         .unwrap();
 }
 
+// A helper of the app's that sets who is asking, on the connection it is
+// given (`&mut DbConn`, which `&mut *tx` gives): db-test reads its SQL.
+async fn set_user(conn: &mut db_test::DbConn, id: &str) -> sqlx::Result<()> {
+    sqlx::query("SELECT set_config('app.user_id', $1, true)")
+        .bind(id)
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+#[db_test]
+async fn a_local_setting_made_by_a_helper_on_the_transaction_ends_with_it(db: TestDb) {
+    let mut tx = db.begin().await.unwrap();
+    set_user(&mut tx, "8").await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(setting(&db, "app.user_id").await.as_deref(), Some(""));
+}
+
 // A setting made inside an app transaction that is then rolled back goes,
 // and one made by a second transaction after a first one's commit ends with
 // the second.

@@ -906,23 +906,64 @@ async fn a_deferred_key_fails_the_statement_or_the_commit_that_would_commit_it(d
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    sqlx::raw_sql(
-        "INSERT INTO note (item_id) VALUES (51); INSERT INTO item (id, name) VALUES (51, 'x')",
-    )
-    .execute(&db)
-    .await
-    .unwrap();
-    assert_eq!(notes(&db).await, 2);
-    // The test's own savepoints, outside an app transaction, still nest.
+    assert_eq!(notes(&db).await, 1);
+    // A savepoint of the test's own, outside an app transaction, begins a
+    // transaction (SQLite's own, in production): inside it nothing is
+    // committed, or checked, statement by statement.
     for sql in [
         "SAVEPOINT mine",
+        "INSERT INTO note (item_id) VALUES (51)",
+        "INSERT INTO item (id, name) VALUES (51, 'x')",
+        "SAVEPOINT inner_one",
         "INSERT INTO note (item_id) VALUES (50)",
-        "ROLLBACK TO mine",
+        "ROLLBACK TO inner_one",
         "RELEASE mine",
     ] {
         sqlx::query(sql).execute(&db).await.unwrap();
     }
     assert_eq!(notes(&db).await, 2);
+}
+
+async fn defers_keys(db: &TestDb) -> i64 {
+    sqlx::query_scalar("PRAGMA defer_foreign_keys")
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
+
+// `PRAGMA defer_foreign_keys` lasts for one transaction: SQLite switches it
+// off at every COMMIT and ROLLBACK, and the next transaction's keys are
+// checked at once again.
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn defer_foreign_keys_ends_with_its_transaction(db: TestDb) {
+    for commit in [true, false] {
+        let mut tx = db.begin().await.unwrap();
+        sqlx::query("PRAGMA defer_foreign_keys = ON")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        if commit {
+            tx.commit().await.unwrap();
+        } else {
+            tx.rollback().await.unwrap();
+        }
+        assert_eq!(defers_keys(&db).await, 0);
+    }
+    sqlx::query("PRAGMA defer_foreign_keys = ON")
+        .execute(&db)
+        .await
+        .unwrap();
+    assert_eq!(defers_keys(&db).await, 0);
+    let mut tx = db.begin().await.unwrap();
+    let err = sqlx::query("INSERT INTO tag (item_id, label) VALUES (999, 'x')")
+        .execute(&mut *tx)
+        .await
+        .unwrap_err();
+    assert!(
+        err.as_database_error()
+            .is_some_and(|e| e.is_foreign_key_violation()),
+        "{err}"
+    );
 }
 
 #[test]

@@ -102,6 +102,26 @@ pub trait Dialect: sqlx::Database + sealed::Sealed {
         None
     }
 
+    /// Under test, a setting that production resets at the end of every
+    /// transaction, which a savepoint's end does not reset: the word that
+    /// names it in a statement, and the statement that resets it, run
+    /// after each statement outside an app transaction and at the end of
+    /// the outermost one once the test named it (SQLite: `PRAGMA
+    /// defer_foreign_keys`).
+    #[doc(hidden)]
+    const RESET_AT_TRANSACTION_END: Option<(&'static str, &'static str)> = None;
+
+    /// Under test, keeps `open` (the names of the savepoints the test
+    /// opened itself outside an app transaction, innermost last) up to
+    /// date with what `sql` opens (`SAVEPOINT`) and releases (`RELEASE`).
+    /// While one is open, production is inside a transaction (SQLite
+    /// begins one with the first), and a statement is not committed on its
+    /// own. Called only for SQL that mentions `SAVEPOINT` or `RELEASE`.
+    #[doc(hidden)]
+    fn track_savepoints(sql: &str, open: &mut Vec<String>) {
+        let _ = (sql, open);
+    }
+
     /// Under test, whether a statement sent through `Db` runs in a task of
     /// its own, to its end, even if its caller drops it: for a connection
     /// whose reply sqlx cannot skip from every point where a dropped future

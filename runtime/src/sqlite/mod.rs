@@ -212,6 +212,15 @@ impl crate::generic::Dialect for Sqlite {
         }))
     }
 
+    /// SQLite switches it off at every `COMMIT` and `ROLLBACK`.
+    const RESET_AT_TRANSACTION_END: Option<(&'static str, &'static str)> =
+        Some(("DEFER_FOREIGN_KEYS", "PRAGMA defer_foreign_keys = OFF"));
+
+    #[cfg(feature = "harness")]
+    fn track_savepoints(sql: &str, open: &mut Vec<String>) {
+        refuse::track_savepoints(sql, open);
+    }
+
     /// `SQLITE_DBSTATUS_DEFERRED_FKS`: whether the transaction holds
     /// foreign key violations that `COMMIT` would reject (deferred keys,
     /// or every key under `PRAGMA defer_foreign_keys`), as SQLite counts

@@ -240,6 +240,36 @@ pub(crate) fn refuse(sql: &str) -> Option<String> {
     None
 }
 
+/// Follows the savepoints `sql` opens and releases (see
+/// `Dialect::track_savepoints`): `SAVEPOINT name` opens one; `RELEASE
+/// [SAVEPOINT] name` releases the innermost one of that name and every one
+/// opened after it. Names compare in any case, quotes taken off.
+pub(crate) fn track_savepoints(sql: &str, open: &mut Vec<String>) {
+    for stmt in statements(sql) {
+        let words: Vec<String> = stmt
+            .split_whitespace()
+            .map(|w| {
+                w.trim_matches(|c| matches!(c, '"' | '`' | '[' | ']' | '\''))
+                    .to_ascii_uppercase()
+            })
+            .collect();
+        match words.as_slice() {
+            [first, name, ..] if first == "SAVEPOINT" => open.push(name.clone()),
+            [first, rest @ ..] if first == "RELEASE" => {
+                let name = match rest {
+                    [s, name, ..] if s == "SAVEPOINT" => name,
+                    [name, ..] => name,
+                    [] => continue,
+                };
+                if let Some(i) = open.iter().rposition(|n| n == name) {
+                    open.truncate(i);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Whether `ROLLBACK TO`/`RELEASE` names a savepoint of db-test or sqlx.
 fn names_ours(words: &[&str]) -> bool {
     words.iter().any(|w| {

@@ -107,6 +107,8 @@ impl<DB: Dialect> Shared<DB> {
             touches_session: DB::touches_session,
             check_deferred: AtomicBool::new(false),
             checks_constraints: AtomicBool::new(false),
+            reset_at_end: AtomicBool::new(false),
+            own_savepoints: Mutex::new(Vec::new()),
             touched: AtomicBool::new(false),
             schema_changed: AtomicBool::new(false),
             clear_once: AtomicBool::new(false),

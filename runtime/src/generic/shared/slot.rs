@@ -57,11 +57,16 @@ impl<DB: Dialect> SlotGuard<DB> {
     /// fail, as production's `COMMIT` would (see
     /// `Dialect::deferred_violation`): if so it is rolled back instead, and
     /// the commit fails with their error.
+    ///
+    /// The outermost one's end also resets what production resets at the end
+    /// of a transaction (see `Dialect::RESET_AT_TRANSACTION_END`).
     pub(crate) async fn end_savepoint(&mut self, mut commit: bool) -> sqlx::Result<()> {
+        let outermost = depth::<DB>(self.conn()) == 2;
+        let state = super::state_of::<DB>(self.conn()).filter(|_| outermost);
         let mut violation = None;
         if commit
-            && depth::<DB>(self.conn()) == 2
-            && super::state_of::<DB>(self.conn())
+            && state
+                .as_ref()
                 .is_some_and(|s| s.check_deferred.load(Ordering::Relaxed))
             && let Some(ask) = DB::deferred_violation(self.conn_mut())
         {
@@ -76,6 +81,11 @@ impl<DB: Dialect> SlotGuard<DB> {
         self.guard.conn = Some(conn);
         self.guard.lent = false;
         ended?;
+        if state.is_some_and(|s| s.reset_at_end.load(Ordering::Relaxed))
+            && let Some((_, reset)) = DB::RESET_AT_TRANSACTION_END
+        {
+            super::exec::<DB>(self.conn_mut(), reset).await?;
+        }
         violation.map_or(Ok(()), Err)
     }
 

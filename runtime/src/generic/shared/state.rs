@@ -25,6 +25,11 @@ pub(crate) struct State {
     pub(super) check_deferred: AtomicBool,
     /// The test's `check_constraints`.
     pub(super) checks_constraints: AtomicBool,
+    /// The test named the setting of `Dialect::RESET_AT_TRANSACTION_END`.
+    pub(super) reset_at_end: AtomicBool,
+    /// The savepoints the test opened itself outside an app transaction
+    /// (see `Dialect::track_savepoints`).
+    pub(super) own_savepoints: Mutex<Vec<String>>,
     /// The test may have left session state on the connection.
     pub(super) touched: AtomicBool,
     /// The test changed the schema (see [`Dialect::changes_schema`]):

@@ -224,8 +224,21 @@ async fn run_statement<DB: Dialect>(
     // may use; this one, innermost, is the one named.) Not around the
     // test's own savepoints, which a `RELEASE` of this one would release
     // too, or whose `ROLLBACK TO` would cancel this one.
+    let autocommit = depth::<DB>(conn) == 1 && {
+        let mut own = lock(&state.own_savepoints);
+        if crate::sqltext::contains_any_ignore_case(&sql, &["SAVEPOINT", "RELEASE"]) {
+            DB::track_savepoints(&sql, &mut own);
+        }
+        own.is_empty()
+    };
+    if let Some((word, _)) = DB::RESET_AT_TRANSACTION_END
+        && !state.reset_at_end.load(Ordering::Relaxed)
+        && crate::sqltext::contains_any_ignore_case(&sql, &[word])
+    {
+        state.reset_at_end.store(true, Ordering::Relaxed);
+    }
     let deferred = state.check_deferred.load(Ordering::Relaxed)
-        && depth::<DB>(conn) == 1
+        && autocommit
         && !crate::sqltext::is_plain_read(&sql)
         && !crate::sqltext::contains_any_ignore_case(&sql, &["SAVEPOINT", "RELEASE", "ROLLBACK"]);
     if deferred && let Err(e) = exec::<DB>(conn, "SAVEPOINT db_test_auto").await {
@@ -260,6 +273,15 @@ async fn run_statement<DB: Dialect>(
         {
             result = Err(e);
         }
+    }
+    if autocommit
+        && state.reset_at_end.load(Ordering::Relaxed)
+        && let Some((_, reset)) = DB::RESET_AT_TRANSACTION_END
+        && let Err(e) = exec::<DB>(conn, reset).await
+        && result.is_ok()
+    {
+        // Production's own COMMIT of the statement resets it.
+        result = Err(e);
     }
     *lock(&state.in_flight) = None;
     if first

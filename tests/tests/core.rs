@@ -404,6 +404,52 @@ async fn set_constraints_ends_with_its_transaction(db: TestDb) {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("imm_child_parent_fkey"), "{err}");
+    tx.rollback().await.unwrap();
+    // Made deferred by an ALTER, it stays deferred.
+    sqlx::query("ALTER TABLE imm_child ALTER CONSTRAINT imm_child_parent_fkey INITIALLY DEFERRED")
+        .execute(&db)
+        .await
+        .unwrap();
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query("INSERT INTO imm_child VALUES (9000077)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO users (id, email) VALUES (9000077, 'late@example.com')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+}
+
+// Two constraints of one name in one schema, one initially deferred: `SET
+// CONSTRAINTS` cannot tell them apart, and the deferred one stays deferred.
+#[db_test]
+async fn a_deferred_constraint_sharing_its_name_stays_deferred(db: TestDb) {
+    sqlx::raw_sql(
+        "CREATE TABLE late_a (parent bigint CONSTRAINT parent_ref REFERENCES users (id) \
+           DEFERRABLE INITIALLY DEFERRED); \
+         CREATE TABLE late_b (parent bigint CONSTRAINT parent_ref REFERENCES users (id) \
+           DEFERRABLE INITIALLY IMMEDIATE)",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    for round in 0..2 {
+        let mut tx = db.begin().await.unwrap();
+        sqlx::query("INSERT INTO late_a VALUES ($1)")
+            .bind(9_000_080 + round)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO users (id, email) VALUES ($1, $2)")
+            .bind(9_000_080 + round)
+            .bind(format!("late{round}@example.com"))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
 }
 
 // An app that checks its deferred keys itself before committing: `SET

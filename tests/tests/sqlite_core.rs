@@ -924,6 +924,29 @@ async fn a_deferred_key_fails_the_statement_or_the_commit_that_would_commit_it(d
     assert_eq!(notes(&db).await, 2);
 }
 
+// What decides whether a statement commits on its own: a table whose name
+// holds `release`, and a string that failed before its `SAVEPOINT`, open
+// no savepoint of the test's.
+#[db_test(migrations = "tests/sqlite_core/migrations")]
+async fn a_deferred_key_is_checked_after_look_alikes_of_savepoints(db: TestDb) {
+    sqlx::raw_sql(
+        "CREATE TABLE releases (id INTEGER PRIMARY KEY, \
+           item_id INTEGER REFERENCES item (id) DEFERRABLE INITIALLY DEFERRED)",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let orphan = "INSERT INTO releases (item_id) VALUES (999)";
+    assert!(sqlx::query(orphan).execute(&db).await.is_err());
+    assert!(
+        sqlx::raw_sql("INSERT INTO nosuch VALUES (1); SAVEPOINT s")
+            .execute(&db)
+            .await
+            .is_err()
+    );
+    assert!(sqlx::query(orphan).execute(&db).await.is_err());
+}
+
 async fn defers_keys(db: &TestDb) -> i64 {
     sqlx::query_scalar("PRAGMA defer_foreign_keys")
         .fetch_one(db)
@@ -949,10 +972,21 @@ async fn defer_foreign_keys_ends_with_its_transaction(db: TestDb) {
         }
         assert_eq!(defers_keys(&db).await, 0);
     }
+    // Outside a transaction it lasts until the next one ends: it opens none
+    // itself, and neither does a read.
     sqlx::query("PRAGMA defer_foreign_keys = ON")
         .execute(&db)
         .await
         .unwrap();
+    assert_eq!(defers_keys(&db).await, 1);
+    let mut tx = db.begin().await.unwrap();
+    for sql in [
+        "INSERT INTO tag (item_id, label) VALUES (70, 'x')",
+        "INSERT INTO item (id, name) VALUES (70, 'later')",
+    ] {
+        sqlx::query(sql).execute(&mut *tx).await.unwrap();
+    }
+    tx.commit().await.unwrap();
     assert_eq!(defers_keys(&db).await, 0);
     let mut tx = db.begin().await.unwrap();
     let err = sqlx::query("INSERT INTO tag (item_id, label) VALUES (999, 'x')")

@@ -136,19 +136,23 @@ const RESTORE_SETTINGS_SQL: &str = "SELECT pg_catalog.set_config(b.name, b.setti
 /// has any, and the qualified names of those that are `INITIALLY
 /// IMMEDIATE` (see [`check_deferred`]).
 const DEFERRABLE_SQL: &str = "SELECT count(*) > 0, coalesce(string_agg(format('%I.%I', \
-       n.nspname, c.conname), ', ') FILTER (WHERE NOT c.condeferred), '') \
+       n.nspname, c.conname), ', ') FILTER (WHERE NOT c.condeferred AND NOT EXISTS ( \
+         SELECT 1 FROM pg_catalog.pg_constraint d WHERE d.connamespace = c.connamespace \
+           AND d.conname = c.conname AND d.condeferred)), '') \
      FROM pg_catalog.pg_constraint c JOIN pg_catalog.pg_namespace n ON n.oid = c.connamespace \
      WHERE c.condeferrable AND n.nspname NOT LIKE 'pg\\_temp\\_%' \
        AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%'";
 
 /// [`DEFERRABLE_SQL`]'s `INITIALLY IMMEDIATE` ones made immediate again,
-/// read when the check runs (the test made deferrable constraints of its
-/// own), the session's temporary ones included.
+/// read when the check runs (the test changed the schema), the session's
+/// temporary ones included.
 const IMMEDIATE_AGAIN: &str = "DO $dbt$DECLARE l text; BEGIN \
      SELECT string_agg(format('%I.%I', n.nspname, c.conname), ', ') INTO l \
      FROM pg_catalog.pg_constraint c JOIN pg_catalog.pg_namespace n ON n.oid = c.connamespace \
      WHERE c.condeferrable AND NOT c.condeferred \
-       AND (n.oid = pg_catalog.pg_my_temp_schema() OR n.nspname NOT LIKE 'pg\\_temp\\_%'); \
+       AND (n.oid = pg_catalog.pg_my_temp_schema() OR n.nspname NOT LIKE 'pg\\_temp\\_%') \
+       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint d \
+         WHERE d.connamespace = c.connamespace AND d.conname = c.conname AND d.condeferred); \
      IF l IS NOT NULL THEN EXECUTE 'SET CONSTRAINTS ' || l || ' IMMEDIATE'; END IF; END$dbt$";
 
 /// Checks the deferred constraints now, as a COMMIT would, and fails with
@@ -157,51 +161,62 @@ const IMMEDIATE_AGAIN: &str = "DO $dbt$DECLARE l text; BEGIN \
 /// CONSTRAINTS` lasts for a transaction in production). What it checked
 /// stays checked. The commit guard's row is taken out for the check and
 /// put back. A failed check changes nothing (its savepoint is rolled back).
+///
+/// `SET CONSTRAINTS` names a constraint by schema and name only: an
+/// `INITIALLY IMMEDIATE` one that shares its name with an `INITIALLY
+/// DEFERRED` one in its schema stays deferred (checked at the next check,
+/// not at its statement), and one the test's role cannot reach (no `USAGE`
+/// on its schema) too.
 pub(super) async fn check_deferred(
     state: &super::state::ConnState,
     conn: &mut PgConnection,
 ) -> sqlx::Result<()> {
     use std::sync::atomic::Ordering::Relaxed;
     let armed = state.may_be_armed.load(Relaxed);
-    let disarm = if armed {
-        format!("DELETE FROM pg_temp.{GUARD_TABLE}; ")
+    let (disarm, rearm) = if armed {
+        (
+            format!("DELETE FROM pg_temp.{GUARD_TABLE}; "),
+            format!("INSERT INTO pg_temp.{GUARD_TABLE} VALUES (1); "),
+        )
     } else {
-        String::new()
-    };
-    let rearm = if armed {
-        format!("; INSERT INTO pg_temp.{GUARD_TABLE} VALUES (1)")
-    } else {
-        String::new()
-    };
-    let immediate = if state.defer_ddl.load(Relaxed) {
-        format!("; {IMMEDIATE_AGAIN}")
-    } else {
-        let names = super::state::lock(&state.immediate_constraints);
-        if names.is_empty() {
-            String::new()
-        } else {
-            format!("; SET CONSTRAINTS {names} IMMEDIATE")
-        }
+        (String::new(), String::new())
     };
     let check = format!(
         "SAVEPOINT dbt_check; {disarm}SET CONSTRAINTS ALL IMMEDIATE; \
-         RELEASE SAVEPOINT dbt_check; SET CONSTRAINTS ALL DEFERRED{immediate}{rearm}"
+         SET CONSTRAINTS ALL DEFERRED; {rearm}RELEASE SAVEPOINT dbt_check"
     );
-    match sqlx::raw_sql(sqlx::AssertSqlSafe(check))
+    if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(check))
         .execute(&mut *conn)
         .await
     {
-        Ok(_) => Ok(()),
-        Err(e) => {
-            if e.as_database_error().is_some()
-                && crate::hint::sqlstate(&e).as_deref() != Some("25P02")
-            {
-                conn.execute("ROLLBACK TO SAVEPOINT dbt_check; RELEASE SAVEPOINT dbt_check")
-                    .await?;
-            }
-            Err(e)
+        if e.as_database_error().is_some() && crate::hint::sqlstate(&e).as_deref() != Some("25P02")
+        {
+            conn.execute("ROLLBACK TO SAVEPOINT dbt_check; RELEASE SAVEPOINT dbt_check")
+                .await?;
         }
+        return Err(e);
     }
+    let immediate = if state.defer_ddl.load(Relaxed) {
+        IMMEDIATE_AGAIN.to_string()
+    } else {
+        let names = super::state::lock(&state.immediate_constraints);
+        if names.is_empty() {
+            return Ok(());
+        }
+        format!("SET CONSTRAINTS {names} IMMEDIATE")
+    };
+    // Apart, in a savepoint of its own: one that cannot be set back stays
+    // deferred, and the test goes on.
+    let modes = format!("SAVEPOINT dbt_modes; {immediate}; RELEASE SAVEPOINT dbt_modes");
+    if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(modes))
+        .execute(&mut *conn)
+        .await
+        && e.as_database_error().is_some()
+    {
+        conn.execute("ROLLBACK TO SAVEPOINT dbt_modes; RELEASE SAVEPOINT dbt_modes")
+            .await?;
+    }
+    Ok(())
 }
 
 impl super::SharedConn {

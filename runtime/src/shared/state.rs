@@ -85,8 +85,9 @@ pub(crate) struct ConnState {
     /// The working database's `INITIALLY IMMEDIATE` deferrable constraints,
     /// qualified, which a check sets back to immediate.
     pub(super) immediate_constraints: std::sync::Mutex<String>,
-    /// The test's SQL mentions `DEFERRABLE`: it may have made deferrable
-    /// constraints of its own, which a check then reads from the catalog.
+    /// The test's SQL may have changed the deferrable constraints
+    /// (`DEFERRABLE`, `ALTER`, `DROP`): a check then reads them from the
+    /// catalog.
     pub(super) defer_ddl: AtomicBool,
     /// Settings made for the current transaction only (`SET LOCAL`,
     /// `set_config(.., true)`) inside the outermost open app transaction, as

@@ -84,14 +84,19 @@ pub(crate) async fn run_guarded(
         state.touched_session.store(true, Ordering::Relaxed);
     }
     if state.checks_constraints.load(Ordering::Relaxed)
-        && !state.defer_ddl.load(Ordering::Relaxed)
+        && !state.check_deferred.load(Ordering::Relaxed)
         && crate::sqltext::contains_any_ignore_case(&sql, &["DEFER"])
     {
         // A deferrable constraint made, or one deferred.
         state.check_deferred.store(true, Ordering::Relaxed);
-        if crate::sqltext::contains_any_ignore_case(&sql, &["DEFERRABLE"]) {
-            state.defer_ddl.store(true, Ordering::Relaxed);
-        }
+    }
+    if state.check_deferred.load(Ordering::Relaxed)
+        && !state.defer_ddl.load(Ordering::Relaxed)
+        && crate::sqltext::contains_any_ignore_case(&sql, &["DEFERRABLE", "ALTER", "DROP"])
+    {
+        // The deferrable constraints may no longer be the working
+        // database's: each check reads them.
+        state.defer_ddl.store(true, Ordering::Relaxed);
     }
     let autocommit = PgTransactionManager::get_transaction_depth(conn) == 1;
     if autocommit && !state.fresh.load(Ordering::Relaxed) {

@@ -245,27 +245,36 @@ pub(crate) fn refuse(sql: &str) -> Option<String> {
 /// [SAVEPOINT] name` releases the innermost one of that name and every one
 /// opened after it. Names compare in any case, quotes taken off.
 pub(crate) fn track_savepoints(sql: &str, open: &mut Vec<String>) {
+    // The rest of the statement after `keyword` (and a space), if it starts
+    // with it.
+    fn after<'a>(stmt: &'a str, keyword: &str) -> Option<&'a str> {
+        let head = stmt.get(..keyword.len())?;
+        let rest = &stmt[keyword.len()..];
+        (head.eq_ignore_ascii_case(keyword) && rest.starts_with(' ')).then(|| rest.trim())
+    }
+    // A name as SQLite compares it: unquoted, in any case.
+    fn name(text: &str) -> String {
+        let quoted = text.len() >= 2
+            && matches!(
+                (text.as_bytes()[0], text.as_bytes()[text.len() - 1]),
+                (b'"', b'"') | (b'`', b'`') | (b'[', b']') | (b'\'', b'\'')
+            );
+        let inner = if quoted {
+            &text[1..text.len() - 1]
+        } else {
+            text
+        };
+        inner.to_ascii_uppercase()
+    }
     for stmt in statements(sql) {
-        let words: Vec<String> = stmt
-            .split_whitespace()
-            .map(|w| {
-                w.trim_matches(|c| matches!(c, '"' | '`' | '[' | ']' | '\''))
-                    .to_ascii_uppercase()
-            })
-            .collect();
-        match words.as_slice() {
-            [first, name, ..] if first == "SAVEPOINT" => open.push(name.clone()),
-            [first, rest @ ..] if first == "RELEASE" => {
-                let name = match rest {
-                    [s, name, ..] if s == "SAVEPOINT" => name,
-                    [name, ..] => name,
-                    [] => continue,
-                };
-                if let Some(i) = open.iter().rposition(|n| n == name) {
-                    open.truncate(i);
-                }
+        if let Some(rest) = after(&stmt, "SAVEPOINT") {
+            open.push(name(rest));
+        } else if let Some(rest) = after(&stmt, "RELEASE") {
+            let rest = after(rest, "SAVEPOINT").unwrap_or(rest);
+            let released = name(rest);
+            if let Some(i) = open.iter().rposition(|n| *n == released) {
+                open.truncate(i);
             }
-            _ => {}
         }
     }
 }
@@ -327,6 +336,24 @@ mod tests {
     }
 
     use super::refuse;
+
+    #[test]
+    fn follows_the_tests_own_savepoints() {
+        let mut open = Vec::new();
+        super::track_savepoints("SAVEPOINT a; SAVEPOINT \"a b\"; savepoint [a c]", &mut open);
+        assert_eq!(open, ["A", "A B", "A C"]);
+        super::track_savepoints("RELEASE \"a b\"", &mut open);
+        assert_eq!(open, ["A"]);
+        super::track_savepoints("SAVEPOINT a; ROLLBACK TO a; RELEASE SAVEPOINT A", &mut open);
+        assert_eq!(open, ["A"]);
+        super::track_savepoints(
+            "INSERT INTO releases VALUES (1); RELEASE nothing",
+            &mut open,
+        );
+        assert_eq!(open, ["A"]);
+        super::track_savepoints("release a", &mut open);
+        assert!(open.is_empty());
+    }
 
     #[test]
     fn refuses_what_ends_the_transaction_anywhere() {

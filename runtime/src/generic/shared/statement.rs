@@ -224,13 +224,10 @@ async fn run_statement<DB: Dialect>(
     // may use; this one, innermost, is the one named.) Not around the
     // test's own savepoints, which a `RELEASE` of this one would release
     // too, or whose `ROLLBACK TO` would cancel this one.
-    let autocommit = depth::<DB>(conn) == 1 && {
-        let mut own = lock(&state.own_savepoints);
-        if crate::sqltext::contains_any_ignore_case(&sql, &["SAVEPOINT", "RELEASE"]) {
-            DB::track_savepoints(&sql, &mut own);
-        }
-        own.is_empty()
-    };
+    let at_top = depth::<DB>(conn) == 1;
+    let autocommit = at_top && lock(&state.own_savepoints).is_empty();
+    let names_savepoints =
+        at_top && crate::sqltext::contains_any_word_ignore_case(&sql, &["SAVEPOINT", "RELEASE"]);
     if let Some((word, _)) = DB::RESET_AT_TRANSACTION_END
         && !state.reset_at_end.load(Ordering::Relaxed)
         && crate::sqltext::contains_any_ignore_case(&sql, &[word])
@@ -240,7 +237,10 @@ async fn run_statement<DB: Dialect>(
     let deferred = state.check_deferred.load(Ordering::Relaxed)
         && autocommit
         && !crate::sqltext::is_plain_read(&sql)
-        && !crate::sqltext::contains_any_ignore_case(&sql, &["SAVEPOINT", "RELEASE", "ROLLBACK"]);
+        && !crate::sqltext::contains_any_word_ignore_case(
+            &sql,
+            &["SAVEPOINT", "RELEASE", "ROLLBACK"],
+        );
     if deferred && let Err(e) = exec::<DB>(conn, "SAVEPOINT db_test_auto").await {
         return if first && never_sent(&e) {
             Ran::Gone(e)
@@ -274,13 +274,20 @@ async fn run_statement<DB: Dialect>(
             result = Err(e);
         }
     }
+    if names_savepoints && result.is_ok() {
+        // Once they ran: a string that failed opened none, or not all.
+        DB::track_savepoints(&sql, &mut lock(&state.own_savepoints));
+    }
     if autocommit
         && state.reset_at_end.load(Ordering::Relaxed)
+        && !crate::sqltext::is_plain_read(&sql)
+        && !crate::sqltext::contains_any_word_ignore_case(&sql, &["PRAGMA"])
         && let Some((_, reset)) = DB::RESET_AT_TRANSACTION_END
         && let Err(e) = exec::<DB>(conn, reset).await
         && result.is_ok()
     {
-        // Production's own COMMIT of the statement resets it.
+        // Production's own COMMIT of the statement resets it (a read or a
+        // `PRAGMA` opens no transaction that would).
         result = Err(e);
     }
     *lock(&state.in_flight) = None;

@@ -241,7 +241,11 @@ pub(crate) fn local_setting_names(sql: &str) -> Vec<String> {
                     Some("timezone".to_string())
                 }
                 Some(w) => Some(w.to_ascii_lowercase()),
-                None => None,
+                // A quoted name: `SET LOCAL "request.jwt.claims" = ..`.
+                None => match tokens.get(i + 2) {
+                    Some(SettingToken::Str(name)) => Some(name.to_ascii_lowercase()),
+                    _ => None,
+                },
             }
         } else if word(i).is_some_and(|w| {
             let w = w.to_ascii_lowercase();
@@ -570,7 +574,7 @@ const READ_ONLY_CALLS: &[&str] = &[
 /// Whether every word just before a `(` in `sql` (its last part, after a
 /// schema's `.`) is in [`READ_ONLY_CALLS`]. Quoted text is read as code:
 /// a `(` in it can only make a read count as a write.
-fn calls_only_known_functions(sql: &str) -> bool {
+pub(crate) fn calls_only_known_functions(sql: &str) -> bool {
     let b = sql.as_bytes();
     let mut i = 0;
     while i < b.len() {
@@ -759,6 +763,10 @@ mod tests {
             ["search_path"]
         );
         assert_eq!(local_setting_names("SET LOCAL ROLE app"), ["role"]);
+        assert_eq!(
+            local_setting_names("SET LOCAL \"request.jwt.claims\" TO '{}'"),
+            ["request.jwt.claims"]
+        );
         assert_eq!(
             local_setting_names("SET LOCAL SESSION AUTHORIZATION x; SET LOCAL TIME ZONE 'UTC'"),
             ["session_authorization", "timezone"]

@@ -942,6 +942,31 @@ async fn a_local_setting_made_by_a_helper_on_the_transaction_ends_with_it(db: Te
     assert_eq!(setting(&db, "app.user_id").await.as_deref(), Some(""));
 }
 
+// A function of the app's that sets who is asking for the transaction only
+// (`SELECT app_set_user($1)`): db-test finds the setting in the function's
+// body, and it ends with the app transaction's commit too.
+#[db_test(migrations = "migrations_rls")]
+async fn a_local_setting_made_by_a_function_of_the_schema_ends_with_the_commit(db: TestDb) {
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query("SELECT app_set_user($1)")
+        .bind(9_i64)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let inside: String = sqlx::query_scalar("SELECT current_setting('app.user_id')")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(inside, "9");
+    tx.commit().await.unwrap();
+    assert_eq!(setting(&db, "app.user_id").await.as_deref(), Some(""));
+    sqlx::query("SELECT app_set_user(10)")
+        .execute(&db)
+        .await
+        .unwrap();
+    assert_eq!(setting(&db, "app.user_id").await.as_deref(), Some(""));
+}
+
 // A setting made inside an app transaction that is then rolled back goes,
 // and one made by a second transaction after a first one's commit ends with
 // the second.

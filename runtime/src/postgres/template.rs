@@ -56,11 +56,10 @@ pub(crate) struct Template {
     /// How to reset a per-test database to the template's state, if that is
     /// possible for this schema (see [`Engine::recycle_test_database`]).
     pub(super) recycle: OnceCell<Option<Recycle>>,
-    /// Whether the working database has deferrable constraints, which a
-    /// test in transaction mode then checks where production's COMMIT
-    /// would, and which of them are `INITIALLY IMMEDIATE` (read by its
-    /// first test).
-    pub(crate) defers: OnceCell<(bool, String)>,
+    /// What a test in transaction mode needs to know of the working
+    /// database's schema (deferrable constraints, settings its functions
+    /// make), read by its first test.
+    pub(crate) facts: OnceCell<crate::shared::SchemaFacts>,
 }
 
 pub(crate) enum MigratorRef {
@@ -310,7 +309,7 @@ impl Engine {
             migrator,
             leftovers_checked: OnceCell::new(),
             recycle: OnceCell::new(),
-            defers: OnceCell::new(),
+            facts: OnceCell::new(),
         })
     }
 

@@ -176,16 +176,12 @@ fn setup_postgres(
         let (setup, inner) = match isolation_of(spec) {
             Isolation::Transaction => {
                 let shared = open_transaction(spec, &template, &engine.display_url).await?;
-                let defers = if spec.check_constraints {
-                    template
-                        .defers
-                        .get_or_init(|| shared.schema_defers())
-                        .await
-                        .clone()
-                } else {
-                    (false, String::new())
-                };
-                shared.check_deferred_constraints(spec.check_constraints, defers);
+                let facts = template
+                    .facts
+                    .get_or_init(|| shared.schema_facts())
+                    .await
+                    .clone();
+                shared.use_schema_facts(spec.check_constraints, facts);
                 let inner = ContextInner {
                     name: spec.name,
                     backend: crate::Backend::Postgres,

@@ -39,7 +39,7 @@ mod statement;
 use std::time::Duration;
 
 pub(crate) use conn::SharedConn;
-pub(crate) use session::prepare_session;
+pub(crate) use session::{SchemaFacts, prepare_session};
 pub(crate) use slot::SlotGuard;
 #[cfg(any(feature = "mysql", feature = "sqlite"))]
 pub(crate) use state::STATEMENT_LOG_LEN;

@@ -219,32 +219,69 @@ pub(super) async fn check_deferred(
     Ok(())
 }
 
+/// The bodies of the working database's own functions that may make a
+/// setting for the transaction only (`set_config`, `SET LOCAL`), one after
+/// another: which settings a statement that calls a function may make.
+const FUNCTION_SETTINGS_SQL: &str = "SELECT coalesce(string_agg(p.prosrc, E'\\n;\\n'), '') \
+     FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+     JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
+     WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') \
+       AND l.lanname NOT IN ('c', 'internal') \
+       AND (p.prosrc ILIKE '%set\\_config%' OR p.prosrc ~* 'set\\s+local')";
+
+/// What a test in transaction mode needs to know of its working database's
+/// schema, read once per process by its first test.
+#[derive(Clone, Default)]
+pub(crate) struct SchemaFacts {
+    /// It has deferrable constraints (see [`DEFERRABLE_SQL`]).
+    defers: bool,
+    /// The `INITIALLY IMMEDIATE` ones, qualified, comma-separated.
+    immediate: String,
+    /// The settings its functions may make for the transaction only.
+    function_settings: Vec<String>,
+}
+
 impl super::SharedConn {
-    /// The test's working database's deferrable constraints (see
-    /// [`DEFERRABLE_SQL`]); `(true, "")` if that cannot be read.
-    pub(crate) async fn schema_defers(&self) -> (bool, String) {
+    /// The test's working database's [`SchemaFacts`]; deferrable
+    /// constraints assumed if they cannot be read.
+    pub(crate) async fn schema_facts(&self) -> SchemaFacts {
+        let unknown = SchemaFacts {
+            defers: true,
+            ..SchemaFacts::default()
+        };
         let Ok(mut slot) = self.lock_slot().await else {
-            return (true, String::new());
+            return unknown;
         };
         let conn = slot.conn.as_mut().expect("checked at lock time");
-        sqlx::query_as(DEFERRABLE_SQL)
+        let Ok((defers, immediate)) = sqlx::query_as::<_, (bool, String)>(DEFERRABLE_SQL)
             .fetch_one(&mut **conn)
             .await
-            .unwrap_or((true, String::new()))
+        else {
+            return unknown;
+        };
+        let bodies: String = sqlx::query_scalar(FUNCTION_SETTINGS_SQL)
+            .fetch_one(&mut **conn)
+            .await
+            .unwrap_or_default();
+        SchemaFacts {
+            defers,
+            immediate,
+            function_settings: crate::sqltext::local_setting_names(&bodies),
+        }
     }
 
-    /// Whether this test checks deferred constraints where production's
-    /// COMMIT would (`check_constraints`), and its working database's
-    /// deferrable constraints (see [`DEFERRABLE_SQL`]).
-    pub(crate) fn check_deferred_constraints(
-        &self,
-        checks: bool,
-        (defers, immediate): (bool, String),
-    ) {
+    /// What this test checks and restores, from its `check_constraints`
+    /// and its working database's [`SchemaFacts`]: deferred constraints
+    /// where production's COMMIT would check them, and the settings its
+    /// functions may make for the transaction only.
+    pub(crate) fn use_schema_facts(&self, checks: bool, facts: SchemaFacts) {
         use std::sync::atomic::Ordering::Relaxed;
         self.state.checks_constraints.store(checks, Relaxed);
-        self.state.check_deferred.store(checks && defers, Relaxed);
-        *super::state::lock(&self.state.immediate_constraints) = immediate;
+        self.state
+            .check_deferred
+            .store(checks && facts.defers, Relaxed);
+        *super::state::lock(&self.state.immediate_constraints) = facts.immediate;
+        *super::state::lock(&self.state.function_settings) = facts.function_settings;
     }
 
     /// The session's settings, before fixtures run in the test's

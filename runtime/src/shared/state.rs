@@ -85,6 +85,10 @@ pub(crate) struct ConnState {
     /// The working database's `INITIALLY IMMEDIATE` deferrable constraints,
     /// qualified, which a check sets back to immediate.
     pub(super) immediate_constraints: std::sync::Mutex<String>,
+    /// The settings the working database's functions may make for the
+    /// transaction only: a statement that calls a function other than a
+    /// built-in one may make them.
+    pub(super) function_settings: std::sync::Mutex<Vec<String>>,
     /// The test's SQL may have changed the deferrable constraints
     /// (`DEFERRABLE`, `ALTER`, `DROP`): a check then reads them from the
     /// catalog.

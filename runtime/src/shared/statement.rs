@@ -222,6 +222,16 @@ async fn local_settings_before(
     use futures_util::TryStreamExt;
     use sqlx::Row;
     let mut names = crate::sqltext::local_setting_names(sql);
+    {
+        let from_functions = lock(&state.function_settings);
+        if !from_functions.is_empty() && !crate::sqltext::calls_only_known_functions(sql) {
+            for name in from_functions.iter() {
+                if !names.contains(name) {
+                    names.push(name.clone());
+                }
+            }
+        }
+    }
     if !autocommit {
         let kept = lock(&state.local_settings);
         names.retain(|n| !kept.iter().any(|(k, _)| k == n));

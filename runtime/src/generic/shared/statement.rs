@@ -217,13 +217,8 @@ async fn run_statement<DB: Dialect>(
         // A deferred key made, or every key deferred.
         state.check_deferred.store(true, Ordering::Relaxed);
     }
-    // Outside a transaction production commits the statement on its own,
-    // and that COMMIT fails on a deferred constraint the statement left
-    // broken, which undoes it: here it runs in a savepoint of its own, to
-    // be undone. (The name is db-test's, which no statement of the test's
-    // may use; this one, innermost, is the one named.) Not around the
-    // test's own savepoints, which a `RELEASE` of this one would release
-    // too, or whose `ROLLBACK TO` would cancel this one.
+    // Outside a transaction (sqlx's, or one the test's own savepoints
+    // began) production commits each statement on its own.
     let at_top = depth::<DB>(conn) == 1;
     let autocommit = at_top && lock(&state.own_savepoints).is_empty();
     let names_savepoints =
@@ -234,6 +229,13 @@ async fn run_statement<DB: Dialect>(
     {
         state.reset_at_end.store(true, Ordering::Relaxed);
     }
+    // Outside a transaction production commits the statement on its own,
+    // and that COMMIT fails on a deferred constraint the statement left
+    // broken, which undoes it: here it runs in a savepoint of its own, to
+    // be undone. (The name is db-test's, which no statement of the test's
+    // may use; this one, innermost, is the one named.) Not around the
+    // test's own savepoints, which a `RELEASE` of this one would release
+    // too, or whose `ROLLBACK TO` would cancel this one.
     let deferred = state.check_deferred.load(Ordering::Relaxed)
         && autocommit
         && !crate::sqltext::is_plain_read(&sql)

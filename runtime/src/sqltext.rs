@@ -571,35 +571,120 @@ const READ_ONLY_CALLS: &[&str] = &[
     "WEBSEARCH_TO_TSQUERY",
 ];
 
-/// Whether every word just before a `(` in `sql` (its last part, after a
-/// schema's `.`) is in [`READ_ONLY_CALLS`]. Quoted text is read as code:
-/// a `(` in it can only make a read count as a write.
+/// Whether every call in `sql` (see [`for_each_call`]) is of a built-in of
+/// [`READ_ONLY_CALLS`], unqualified or in `pg_catalog`.
 pub(crate) fn calls_only_known_functions(sql: &str) -> bool {
+    let mut known = true;
+    for_each_call(sql, |name, quoted, schema| {
+        let builtin = READ_ONLY_CALLS.iter().any(|k| {
+            if quoted {
+                k.as_bytes().eq_ignore_ascii_case(name) && !name.iter().any(u8::is_ascii_uppercase)
+            } else {
+                k.as_bytes().eq_ignore_ascii_case(name)
+            }
+        });
+        let catalog = schema.is_none_or(|s| s.eq_ignore_ascii_case(b"pg_catalog"));
+        known = builtin && catalog;
+        known
+    });
+    known
+}
+
+/// The names of the functions `sql` calls, as the server folds them
+/// (unquoted ones lower-cased), but for the built-ins of [`READ_ONLY_CALLS`].
+pub(crate) fn called_functions(sql: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for_each_call(sql, |name, quoted, _| {
+        let name = String::from_utf8_lossy(name);
+        let name = if quoted {
+            name.into_owned()
+        } else {
+            name.to_ascii_lowercase()
+        };
+        if quoted
+            || !READ_ONLY_CALLS
+                .iter()
+                .any(|k| k.eq_ignore_ascii_case(&name))
+        {
+            names.push(name);
+        }
+        true
+    });
+    names
+}
+
+/// Calls `f(name, quoted, schema)` for each name (a word, or a `"quoted"`
+/// one, possibly `schema.`-qualified) followed by a `(`, with only
+/// whitespace or comments between, until `f` returns `false`. A table's
+/// name before its column list (`INSERT INTO t (..)`) counts too; string
+/// literals do not.
+fn for_each_call(sql: &str, mut f: impl FnMut(&[u8], bool, Option<&[u8]>) -> bool) {
+    if !sql.contains('(') {
+        return;
+    }
     let b = sql.as_bytes();
+    // The name just read (start, end, quoted), if nothing but whitespace or
+    // comments came after it; and the qualifier before it.
+    let mut last: Option<(usize, usize, bool)> = None;
+    let mut qualifier: Option<(usize, usize)> = None;
+    let mut pending_qualifier: Option<(usize, usize)> = None;
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'(' {
-            let mut end = i;
-            while end > 0 && b[end - 1].is_ascii_whitespace() {
-                end -= 1;
+        let c = b[i];
+        if c.is_ascii_whitespace() {
+            i += 1;
+        } else if c == b'-' && b.get(i + 1) == Some(&b'-') {
+            while i < b.len() && b[i] != b'\n' {
+                i += 1;
             }
-            let mut start = end;
-            while start > 0 && is_name_byte(b[start - 1]) {
-                start -= 1;
-            }
-            if start < end {
-                let word = &b[start..end];
-                let known = READ_ONLY_CALLS
-                    .iter()
-                    .any(|k| k.as_bytes().eq_ignore_ascii_case(word));
-                if !known {
-                    return false;
+        } else if c == b'/' && b.get(i + 1) == Some(&b'*') {
+            i = sql[i + 2..].find("*/").map_or(b.len(), |p| i + 2 + p + 2);
+        } else if c == b'\'' {
+            i += 1;
+            while i < b.len() {
+                if b[i] == b'\'' {
+                    if b.get(i + 1) == Some(&b'\'') {
+                        i += 2;
+                        continue;
+                    }
+                    break;
                 }
+                i += 1;
             }
+            i += 1;
+            last = None;
+            pending_qualifier = None;
+        } else if c == b'"' {
+            let start = i + 1;
+            i += 1;
+            while i < b.len() && !(b[i] == b'"' && b.get(i + 1) != Some(&b'"')) {
+                i += if b[i] == b'"' { 2 } else { 1 };
+            }
+            last = Some((start, i.min(b.len()), true));
+            qualifier = pending_qualifier.take();
+            i += 1;
+        } else if is_name_byte(c) {
+            let start = i;
+            while i < b.len() && is_name_byte(b[i]) {
+                i += 1;
+            }
+            last = Some((start, i, false));
+            qualifier = pending_qualifier.take();
+        } else if c == b'.' {
+            pending_qualifier = last.take().map(|(s, e, _)| (s, e));
+            i += 1;
+        } else {
+            if c == b'('
+                && let Some((s, e, quoted)) = last
+                && !f(&b[s..e], quoted, qualifier.map(|(qs, qe)| &b[qs..qe]))
+            {
+                return;
+            }
+            last = None;
+            pending_qualifier = None;
+            i += 1;
         }
-        i += 1;
     }
-    true
 }
 
 /// Whether `sql` may create a table with `SELECT .. INTO`: the word `INTO`
@@ -817,6 +902,25 @@ mod tests {
         assert!(!r("SELECT add_user($1)"));
         assert!(!r("SELECT * FROM app.create_order($1, $2)"));
         assert!(!r("SELECT id FROM users WHERE touch(id)"));
+        // Quoted, commented, or an allow-listed name in another schema.
+        assert!(!r("SELECT \"add_user\"('a')"));
+        assert!(!r("SELECT public.\"add_user\"('a')"));
+        assert!(!r("SELECT add_user/**/('a')"));
+        assert!(!r("SELECT count(*) FROM t WHERE log_it -- x\n ('w')"));
+        assert!(!r("SELECT app.lower('X')"));
+        assert!(r(
+            "SELECT pg_catalog.lower('X'), \"lower\"('y'), 'f(' FROM t"
+        ));
+        assert!(!r("SELECT \"Lower\"('y')"));
+    }
+
+    #[test]
+    fn calls_are_named() {
+        use super::called_functions as c;
+        assert_eq!(c("SELECT app_set_user($1), lower(x)"), ["app_set_user"]);
+        assert_eq!(c("SELECT app.\"Set_User\" /* c */ (1)"), ["Set_User"]);
+        assert_eq!(c("INSERT INTO users (email) VALUES ('a(')"), ["users"]);
+        assert!(c("SELECT 1").is_empty());
     }
 
     #[test]

@@ -960,11 +960,31 @@ async fn a_local_setting_made_by_a_function_of_the_schema_ends_with_the_commit(d
     assert_eq!(inside, "9");
     tx.commit().await.unwrap();
     assert_eq!(setting(&db, "app.user_id").await.as_deref(), Some(""));
-    sqlx::query("SELECT app_set_user(10)")
+    for sql in [
+        "SELECT app_set_user(10)",
+        "SELECT \"app_set_user\" /* quoted */ (11)",
+        "SELECT app_as_admin()",
+        "INSERT INTO marks VALUES (1)",
+    ] {
+        sqlx::query(sql).execute(&db).await.unwrap();
+        assert_eq!(
+            setting(&db, "app.user_id").await.as_deref(),
+            Some(""),
+            "{sql}"
+        );
+    }
+    assert_eq!(setting(&db, "app.marked").await.as_deref(), Some(""));
+    // Session-wide, in a function or not: it stays, as in production.
+    sqlx::query("SELECT app_login(5)")
         .execute(&db)
         .await
         .unwrap();
-    assert_eq!(setting(&db, "app.user_id").await.as_deref(), Some(""));
+    assert_eq!(setting(&db, "app.user_id").await.as_deref(), Some("5"));
+    sqlx::query("SELECT set_config('app.user_id', '7', false)")
+        .execute(&db)
+        .await
+        .unwrap();
+    assert_eq!(setting(&db, "app.user_id").await.as_deref(), Some("7"));
 }
 
 // A setting made inside an app transaction that is then rolled back goes,

@@ -219,15 +219,113 @@ pub(super) async fn check_deferred(
     Ok(())
 }
 
-/// The bodies of the working database's own functions that may make a
-/// setting for the transaction only (`set_config`, `SET LOCAL`), one after
-/// another: which settings a statement that calls a function may make.
-const FUNCTION_SETTINGS_SQL: &str = "SELECT coalesce(string_agg(p.prosrc, E'\\n;\\n'), '') \
+/// The working database's own functions (`plpgsql`, `sql`, ...: not C),
+/// as `(name, definition)`, and which of them triggers run: what settings
+/// a statement that calls one, or that writes, may make for the
+/// transaction only (see [`FunctionSettings`]).
+const FUNCTIONS_SQL: &str = "SELECT p.proname::text, pg_catalog.pg_get_functiondef(p.oid), \
+       EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgfoid = p.oid AND NOT t.tgisinternal) \
      FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
      JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
-     WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') \
-       AND l.lanname NOT IN ('c', 'internal') \
-       AND (p.prosrc ILIKE '%set\\_config%' OR p.prosrc ~* 'set\\s+local')";
+     WHERE p.prokind IN ('f', 'p') AND l.lanname NOT IN ('c', 'internal') \
+       AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+       AND n.nspname NOT LIKE 'pg\\_temp\\_%' AND n.nspname NOT LIKE 'pg\\_toast%'";
+
+/// The settings the working database's functions make for the transaction
+/// only (`set_config('name', .., true)`, `SET LOCAL`, found in their
+/// definitions), themselves or through the functions they call.
+#[derive(Default)]
+pub(crate) struct FunctionSettings {
+    /// By function name (overloads together).
+    pub(super) by_function: std::collections::HashMap<String, Vec<String>>,
+    /// Those of the functions triggers run: a write may make them.
+    pub(super) by_trigger: Vec<String>,
+}
+
+impl FunctionSettings {
+    /// From `(name, definition, run by a trigger)` rows.
+    fn read(functions: &[(String, String, bool)]) -> Self {
+        use std::collections::HashMap;
+        let mut direct: HashMap<&str, Vec<String>> = HashMap::new();
+        let mut calls: HashMap<&str, Vec<String>> = HashMap::new();
+        for (name, definition, _) in functions {
+            let names = direct.entry(name).or_default();
+            for n in crate::sqltext::local_setting_names(definition) {
+                if !names.contains(&n) {
+                    names.push(n);
+                }
+            }
+            calls
+                .entry(name)
+                .or_default()
+                .extend(crate::sqltext::called_functions(definition));
+        }
+        // Through the functions each one calls, a few levels deep.
+        let mut all = direct.clone();
+        for _ in 0..4 {
+            let mut changed = false;
+            for (name, called) in &calls {
+                let mut add = Vec::new();
+                for c in called {
+                    if let Some(ns) = all.get(c.as_str()) {
+                        add.extend(ns.iter().cloned());
+                    }
+                }
+                let names = all.entry(name).or_default();
+                for n in add {
+                    if !names.contains(&n) {
+                        names.push(n);
+                        changed = true;
+                    }
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        let mut by_trigger: Vec<String> = Vec::new();
+        for (name, _, trigger) in functions {
+            if *trigger {
+                for n in &all[name.as_str()] {
+                    if !by_trigger.contains(n) {
+                        by_trigger.push(n.clone());
+                    }
+                }
+            }
+        }
+        FunctionSettings {
+            by_function: all
+                .into_iter()
+                .filter(|(_, ns)| !ns.is_empty())
+                .map(|(f, ns)| (f.to_string(), ns))
+                .collect(),
+            by_trigger,
+        }
+    }
+
+    /// The settings `sql` may make through the functions it calls, or
+    /// (a write) the triggers it may fire.
+    pub(super) fn of(&self, sql: &str) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        if !self.by_function.is_empty() {
+            for f in crate::sqltext::called_functions(sql) {
+                for n in self.by_function.get(&f).into_iter().flatten() {
+                    if !names.contains(n) {
+                        names.push(n.clone());
+                    }
+                }
+            }
+        }
+        if !self.by_trigger.is_empty() && !crate::sqltext::is_plain_read(sql) {
+            for n in &self.by_trigger {
+                if !names.contains(n) {
+                    names.push(n.clone());
+                }
+            }
+        }
+        names
+    }
+}
 
 /// What a test in transaction mode needs to know of its working database's
 /// schema, read once per process by its first test.
@@ -238,7 +336,7 @@ pub(crate) struct SchemaFacts {
     /// The `INITIALLY IMMEDIATE` ones, qualified, comma-separated.
     immediate: String,
     /// The settings its functions may make for the transaction only.
-    function_settings: Vec<String>,
+    function_settings: std::sync::Arc<FunctionSettings>,
 }
 
 impl super::SharedConn {
@@ -259,14 +357,14 @@ impl super::SharedConn {
         else {
             return unknown;
         };
-        let bodies: String = sqlx::query_scalar(FUNCTION_SETTINGS_SQL)
-            .fetch_one(&mut **conn)
+        let functions: Vec<(String, String, bool)> = sqlx::query_as(FUNCTIONS_SQL)
+            .fetch_all(&mut **conn)
             .await
             .unwrap_or_default();
         SchemaFacts {
             defers,
             immediate,
-            function_settings: crate::sqltext::local_setting_names(&bodies),
+            function_settings: std::sync::Arc::new(FunctionSettings::read(&functions)),
         }
     }
 

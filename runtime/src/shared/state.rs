@@ -86,9 +86,9 @@ pub(crate) struct ConnState {
     /// qualified, which a check sets back to immediate.
     pub(super) immediate_constraints: std::sync::Mutex<String>,
     /// The settings the working database's functions may make for the
-    /// transaction only: a statement that calls a function other than a
-    /// built-in one may make them.
-    pub(super) function_settings: std::sync::Mutex<Vec<String>>,
+    /// transaction only, for a statement that calls one or fires a trigger
+    /// that runs one.
+    pub(super) function_settings: std::sync::Mutex<Arc<super::session::FunctionSettings>>,
     /// The test's SQL may have changed the deferrable constraints
     /// (`DEFERRABLE`, `ALTER`, `DROP`): a check then reads them from the
     /// catalog.

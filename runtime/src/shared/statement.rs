@@ -222,14 +222,10 @@ async fn local_settings_before(
     use futures_util::TryStreamExt;
     use sqlx::Row;
     let mut names = crate::sqltext::local_setting_names(sql);
-    {
-        let from_functions = lock(&state.function_settings);
-        if !from_functions.is_empty() && !crate::sqltext::calls_only_known_functions(sql) {
-            for name in from_functions.iter() {
-                if !names.contains(name) {
-                    names.push(name.clone());
-                }
-            }
+    let functions = lock(&state.function_settings).clone();
+    for name in functions.of(sql) {
+        if !names.contains(&name) {
+            names.push(name);
         }
     }
     if !autocommit {

@@ -219,7 +219,8 @@ pub(super) async fn check_deferred(
     Ok(())
 }
 
-/// The working database's own functions (`plpgsql`, `sql`, ...: not C),
+/// The working database's own functions (`plpgsql`, `sql`, ...: not C, and
+/// not an extension's),
 /// as `(name, definition)`, and which of them triggers run: what settings
 /// a statement that calls one, or that writes, may make for the
 /// transaction only (see [`FunctionSettings`]).
@@ -229,7 +230,9 @@ const FUNCTIONS_SQL: &str = "SELECT p.proname::text, pg_catalog.pg_get_functiond
      JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
      WHERE p.prokind IN ('f', 'p') AND l.lanname NOT IN ('c', 'internal') \
        AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-       AND n.nspname NOT LIKE 'pg\\_temp\\_%' AND n.nspname NOT LIKE 'pg\\_toast%'";
+       AND n.nspname NOT LIKE 'pg\\_temp\\_%' AND n.nspname NOT LIKE 'pg\\_toast%' \
+       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
+         WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e')";
 
 /// The settings the working database's functions make for the transaction
 /// only (`set_config('name', .., true)`, `SET LOCAL`, found in their

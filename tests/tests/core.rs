@@ -308,6 +308,19 @@ async fn a_deferred_key_fails_the_app_transactions_commit(db: TestDb) {
     assert_eq!(count(&db, "ledger").await, 2);
 }
 
+// A statement its caller gave up on (a timeout) that completes on the
+// server and breaks a deferred key: its COMMIT would have failed in
+// production, so it is undone before the next statement.
+#[db_test]
+async fn a_dropped_statement_that_breaks_a_deferred_key_is_undone(db: TestDb) {
+    let slow = sqlx::raw_sql(
+        "INSERT INTO ledger (amount, counterpart) VALUES (10, 999999); SELECT pg_sleep(0.1)",
+    );
+    let dropped = tokio::time::timeout(Duration::from_millis(20), slow.execute(&db)).await;
+    assert!(dropped.is_err());
+    assert_eq!(count(&db, "ledger").await, 0);
+}
+
 // A check settles what it checked: a deferred constraint trigger fires once
 // for a row, as at production's COMMIT, not again at every later statement.
 #[db_test]

@@ -240,6 +240,16 @@ pub(super) fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
+/// `text` as an `E'..'` literal (for a test's session, which may have
+/// turned `standard_conforming_strings` off), which reads the same whatever
+/// `standard_conforming_strings` says; `None` as a text `NULL`.
+pub(crate) fn quote_literal_e(text: Option<&str>) -> String {
+    match text {
+        Some(t) => format!("E'{}'::text", t.replace('\\', "\\\\").replace('\'', "\\'")),
+        None => "NULL::text".to_string(),
+    }
+}
+
 /// `CREATE DATABASE <name>`, as a clone of `template` if given.
 pub(super) fn create_database_sql(name: &str, template: Option<&str>) -> String {
     match template {

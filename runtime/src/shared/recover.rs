@@ -10,6 +10,7 @@ use sqlx::{Connection, Executor};
 use sqlx_core::transaction::TransactionManager;
 
 use super::errors::out_of_sync;
+use super::session::check_deferred;
 use super::slot::Slot;
 use super::state::lock;
 use super::{SharedConn, TEARDOWN_GRACE};
@@ -82,6 +83,25 @@ impl SharedConn {
         };
         let conn = slot.conn.as_mut().expect("checked at lock time");
         let outcome = match self.drain(conn).await {
+            Ok(errors)
+                if errors.is_empty()
+                    && PgTransactionManager::get_transaction_depth(conn) == 1
+                    && self.state.check_deferred.load(Ordering::Relaxed)
+                    && let Err(e) = check_deferred(&self.state, conn).await =>
+            {
+                // Dropped before its deferred constraints were checked: its
+                // COMMIT in production would fail, and undo it.
+                self.state.fresh.store(false, Ordering::Relaxed);
+                if let Err(e2) = conn.execute("ROLLBACK TO SAVEPOINT dbt_auto").await {
+                    self.state.poison(format!(
+                        "db-test: could not undo a dropped statement in test `{}`: {e2}",
+                        self.label
+                    ));
+                }
+                format!(
+                    "its caller dropped it; its deferred constraint failed and it was undone: {e}"
+                )
+            }
             Ok(errors) if errors.is_empty() => {
                 self.state.fresh.store(false, Ordering::Relaxed);
                 "its caller dropped it; it completed on the server".to_string()

@@ -354,16 +354,27 @@ impl super::SharedConn {
             return unknown;
         };
         let conn = slot.conn.as_mut().expect("checked at lock time");
-        let Ok((defers, immediate)) = sqlx::query_as::<_, (bool, String)>(DEFERRABLE_SQL)
-            .fetch_one(&mut **conn)
-            .await
+        // Both in one round trip: it is on the first test's time.
+        let both = format!(
+            "SELECT d.*, f.* FROM ({DEFERRABLE_SQL}) d, (SELECT \
+               coalesce(array_agg(x.name), '{{}}'), coalesce(array_agg(x.def), '{{}}'), \
+               coalesce(array_agg(x.trig), '{{}}') \
+             FROM ({FUNCTIONS_SQL}) x(name, def, trig)) f"
+        );
+        type Row = (bool, String, Vec<String>, Vec<String>, Vec<bool>);
+        let Ok((defers, immediate, names, defs, triggers)) =
+            sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(both))
+                .fetch_one(&mut **conn)
+                .await
         else {
             return unknown;
         };
-        let functions: Vec<(String, String, bool)> = sqlx::query_as(FUNCTIONS_SQL)
-            .fetch_all(&mut **conn)
-            .await
-            .unwrap_or_default();
+        let functions: Vec<(String, String, bool)> = names
+            .into_iter()
+            .zip(defs)
+            .zip(triggers)
+            .map(|((n, d), t)| (n, d, t))
+            .collect();
         SchemaFacts {
             defers,
             immediate,

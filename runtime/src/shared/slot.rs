@@ -84,7 +84,7 @@ impl SlotGuard {
     /// `COMMIT` does: one that fails rolls the transaction back, and the
     /// commit fails with its error.
     pub(crate) async fn commit_savepoint(&mut self) -> sqlx::Result<()> {
-        let outermost = PgTransactionManager::get_transaction_depth(self.conn()) == 2;
+        let outermost = self.depth() == 2;
         let local = self.take_local_settings();
         if outermost
             && self.state.check_deferred.load(Ordering::Relaxed)
@@ -122,7 +122,7 @@ impl SlotGuard {
     /// The settings noted for the app transaction about to end, if it is
     /// the outermost one (ending an inner one keeps them, as in production).
     fn take_local_settings(&mut self) -> Vec<(String, Option<String>)> {
-        if PgTransactionManager::get_transaction_depth(self.conn()) == 2 {
+        if self.depth() == 2 {
             std::mem::take(&mut *lock(&self.state.local_settings))
         } else {
             Vec::new()

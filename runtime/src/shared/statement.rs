@@ -14,6 +14,7 @@ use super::errors::{commit_message, not_run_error, out_of_sync, poisoned_error, 
 use super::session::{GUARD_CONSTRAINT, GUARD_TABLE, check_deferred};
 use super::state::{ConnState, lock, touches_session};
 use crate::hint::sqlstate;
+use crate::postgres::engine::quote_literal_e;
 use crate::query::OwnedQuery;
 use crate::sqltext::ends_transaction;
 
@@ -235,7 +236,10 @@ async fn local_settings_before(
     if names.is_empty() {
         return Vec::new();
     }
-    let list = names.iter().map(|n| e_literal(Some(n))).collect::<Vec<_>>();
+    let list = names
+        .iter()
+        .map(|n| quote_literal_e(Some(n)))
+        .collect::<Vec<_>>();
     let read = format!(
         "SAVEPOINT dbt_settings; \
          SELECT n, pg_catalog.current_setting(n, true) FROM unnest(ARRAY[{}]::text[]) AS n; \
@@ -280,7 +284,13 @@ pub(super) async fn restore_local_settings(
     settings.sort_by_key(|(n, _)| !matches!(n.as_str(), "role" | "session_authorization"));
     let rows = settings
         .iter()
-        .map(|(n, v)| format!("({}, {})", e_literal(Some(n)), e_literal(v.as_deref())))
+        .map(|(n, v)| {
+            format!(
+                "({}, {})",
+                quote_literal_e(Some(n)),
+                quote_literal_e(v.as_deref())
+            )
+        })
         .collect::<Vec<_>>();
     let restore = format!(
         "SAVEPOINT dbt_settings; \
@@ -298,15 +308,6 @@ pub(super) async fn restore_local_settings(
         let _ = conn
             .execute("ROLLBACK TO SAVEPOINT dbt_settings; RELEASE SAVEPOINT dbt_settings")
             .await;
-    }
-}
-
-/// `text` as an `E'..'` literal, which reads the same whatever
-/// `standard_conforming_strings` says; `None` as a text `NULL`.
-fn e_literal(text: Option<&str>) -> String {
-    match text {
-        Some(t) => format!("E'{}'::text", t.replace('\\', "\\\\").replace('\'', "\\'")),
-        None => "NULL::text".to_string(),
     }
 }
 

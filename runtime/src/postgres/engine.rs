@@ -135,6 +135,13 @@ pub(crate) struct Engine {
 
 static ENGINE: OnceCell<Result<Engine, String>> = OnceCell::const_new();
 
+/// The engine if it started (or failed to), without waiting.
+pub(crate) fn started() -> Option<Result<&'static Engine, String>> {
+    ENGINE
+        .get()
+        .map(|started| started.as_ref().map_err(Clone::clone))
+}
+
 /// The process-wide engine, started on first use.
 pub(crate) async fn engine() -> Result<&'static Engine, String> {
     ENGINE

@@ -261,6 +261,17 @@ pub(crate) async fn resolve_migrations_once(
 
 impl Engine {
     /// The template (and working database and pool) for these migrations.
+    /// [`Engine::template`] if it was built already, without waiting.
+    pub(crate) fn built_template(
+        &self,
+        migrations: Migrations,
+        manifest_dir: &'static str,
+    ) -> Option<Arc<Template>> {
+        let key = migrations_key(migrations, manifest_dir).ok()?;
+        let map = self.templates.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&key)?.get().cloned()
+    }
+
     pub(crate) async fn template(
         &'static self,
         migrations: Migrations,

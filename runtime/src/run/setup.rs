@@ -165,74 +165,131 @@ pub(super) async fn setup(spec: &'static TestSpec) -> Result<(Setup, TestContext
     setup_postgres(spec).await
 }
 
-/// [`setup`] of a PostgreSQL test (boxed: see `run::prepare`).
-#[allow(clippy::type_complexity)]
-fn setup_postgres(
-    spec: &'static TestSpec,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(Setup, TestContext), String>>>> {
+/// A boxed future of a setup step.
+type Step<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, String>> + 'a>>;
+
+/// [`setup`] of a PostgreSQL test (boxed: see `run::prepare`). Each step
+/// that only some tests take (the engine's start, the template's build,
+/// the schema's facts, a database of the test's own) is a future of its own
+/// function: in a debug build this function's frame would otherwise hold
+/// room for all of them (50 KB), which each test's new thread faults in.
+/// With the rare steps of a test's end boxed the same way (`SharedConn::
+/// finish_inner`, `recover_dropped`), a PostgreSQL test faults in 28 pages
+/// of stack and heap instead of 40.
+fn setup_postgres(spec: &'static TestSpec) -> Step<'static, (Setup, TestContext)> {
     Box::pin(async move {
-        let engine = crate::postgres::engine::engine().await?;
-        let template = engine.template(spec.migrations, spec.manifest_dir).await?;
+        let engine = match crate::postgres::engine::started() {
+            Some(engine) => engine?,
+            None => start_engine().await?,
+        };
+        let template = match engine.built_template(spec.migrations, spec.manifest_dir) {
+            Some(template) => template,
+            None => build_template(spec, engine).await?,
+        };
         let (setup, inner) = match isolation_of(spec) {
-            Isolation::Transaction => {
-                let shared = open_transaction(spec, &template, &engine.display_url).await?;
-                let facts = template
-                    .facts
-                    .get_or_init(|| shared.schema_facts())
-                    .await
-                    .clone();
-                shared.use_schema_facts(spec.check_constraints, facts);
-                let inner = ContextInner {
-                    name: spec.name,
-                    backend: crate::Backend::Postgres,
-                    database_mode: false,
-                    db: Some(Db::from_shared(shared.clone())),
-                    shared: Some(shared.clone()),
-                    pool: None,
-                    options: Some(template.options.clone()),
-                    backend_state: None,
-                    database: template.working.clone(),
-                    tasks: Default::default(),
-                };
-                (Setup::Transaction(shared), inner)
-            }
-            Isolation::Database => {
-                let database = engine.create_test_database(&template).await?;
-                let pool = sqlx::postgres::PgPoolOptions::new()
-                    .max_connections(config::database_pool_size())
-                    .acquire_timeout(config::acquire_timeout())
-                    // An idle connection is handed out without a round trip: its
-                    // database is the test's alone. (This also lets a test with a
-                    // paused clock take one without waiting on a timer.)
-                    .test_before_acquire(false)
-                    .connect_lazy_with(database.options.clone());
-                let inner = ContextInner {
-                    name: spec.name,
-                    backend: crate::Backend::Postgres,
-                    database_mode: true,
-                    db: Some(Db::from_pool(pool.clone())),
-                    shared: None,
-                    pool: Some(pool.clone()),
-                    options: Some(database.options),
-                    backend_state: None,
-                    database: database.name.clone(),
-                    tasks: Default::default(),
-                };
-                (
-                    Setup::Database {
-                        name: database.name,
-                        pool,
-                        template,
-                    },
-                    inner,
-                )
-            }
+            Isolation::Transaction => setup_transaction(spec, engine, template).await?,
+            Isolation::Database => setup_database(spec, engine, template).await?,
         };
         Ok((
             setup,
             TestContext {
                 inner: Arc::new(inner),
             },
+        ))
+    })
+}
+
+/// The first test's wait for the engine.
+fn start_engine() -> Step<'static, &'static crate::postgres::engine::Engine> {
+    Box::pin(crate::postgres::engine::engine())
+}
+
+/// The first tests' wait for their migrations' template.
+fn build_template(
+    spec: &'static TestSpec,
+    engine: &'static crate::postgres::engine::Engine,
+) -> Step<'static, Arc<Template>> {
+    Box::pin(engine.template(spec.migrations, spec.manifest_dir))
+}
+
+/// A transaction-mode test's transaction on the working database.
+fn setup_transaction(
+    spec: &'static TestSpec,
+    engine: &'static crate::postgres::engine::Engine,
+    template: Arc<Template>,
+) -> Step<'static, (Setup, ContextInner)> {
+    Box::pin(async move {
+        let shared = open_transaction(spec, &template, &engine.display_url).await?;
+        let facts = match template.facts.get() {
+            Some(facts) => facts.clone(),
+            None => read_facts(&template, &shared).await,
+        };
+        shared.use_schema_facts(spec.check_constraints, facts);
+        let inner = ContextInner {
+            name: spec.name,
+            backend: crate::Backend::Postgres,
+            database_mode: false,
+            db: Some(Db::from_shared(shared.clone())),
+            shared: Some(shared.clone()),
+            pool: None,
+            options: Some(template.options.clone()),
+            backend_state: None,
+            database: template.working.clone(),
+            tasks: Default::default(),
+        };
+        Ok((Setup::Transaction(shared), inner))
+    })
+}
+
+/// The schema's facts, read by the first test of a process on a template.
+fn read_facts<'a>(
+    template: &'a Template,
+    shared: &'a Arc<SharedConn>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = crate::shared::SchemaFacts> + 'a>> {
+    Box::pin(async move {
+        template
+            .facts
+            .get_or_init(|| shared.schema_facts())
+            .await
+            .clone()
+    })
+}
+
+/// A database-mode test's database of its own, and its pool.
+fn setup_database(
+    spec: &'static TestSpec,
+    engine: &'static crate::postgres::engine::Engine,
+    template: Arc<Template>,
+) -> Step<'static, (Setup, ContextInner)> {
+    Box::pin(async move {
+        let database = engine.create_test_database(&template).await?;
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(config::database_pool_size())
+            .acquire_timeout(config::acquire_timeout())
+            // An idle connection is handed out without a round trip: its
+            // database is the test's alone. (This also lets a test with a
+            // paused clock take one without waiting on a timer.)
+            .test_before_acquire(false)
+            .connect_lazy_with(database.options.clone());
+        let inner = ContextInner {
+            name: spec.name,
+            backend: crate::Backend::Postgres,
+            database_mode: true,
+            db: Some(Db::from_pool(pool.clone())),
+            shared: None,
+            pool: Some(pool.clone()),
+            options: Some(database.options),
+            backend_state: None,
+            database: database.name.clone(),
+            tasks: Default::default(),
+        };
+        Ok((
+            Setup::Database {
+                name: database.name,
+                pool,
+                template,
+            },
+            inner,
         ))
     })
 }

@@ -4,14 +4,16 @@
 
 use std::sync::atomic::Ordering;
 
+use futures_util::future::BoxFuture;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgTransactionManager;
 use sqlx::{Connection, Executor, Postgres};
 use sqlx_core::transaction::TransactionManager;
+use tokio::sync::OwnedMutexGuard;
 
 use super::errors::{commit_message, constraint_failure};
 use super::session::{GUARD_TABLE, can_force_flush, session_state, session_state_sql};
-use super::slot::Reclaim;
+use super::slot::{Reclaim, Slot};
 use super::state::{LoggedStatement, lock, unregister};
 use super::{SharedConn, TEARDOWN_GRACE};
 use crate::hint::sqlstate;
@@ -67,18 +69,16 @@ impl SharedConn {
         let log =
             || -> Vec<LoggedStatement> { lock(&self.state.counters).log.iter().cloned().collect() };
         if timed_out {
-            signal_backends(Backends::Tagged(self.tag.clone()), Signal::Cancel).await;
+            self.signal(Signal::Cancel).await;
         }
         let mut slot = match self.slot.clone().try_lock_owned() {
             Ok(slot) => slot,
-            Err(_) => match crate::clock::timeout(TEARDOWN_GRACE, self.slot.clone().lock_owned())
-                .await
-            {
+            Err(_) => match self.wait_for_slot().await {
                 Ok(slot) => slot,
                 Err(()) => {
                     // A task still holds the connection: end the session under
                     // it, so that nothing of the test stays running or locked.
-                    signal_backends(Backends::Tagged(self.tag.clone()), Signal::Terminate).await;
+                    self.signal(Signal::Terminate).await;
                     return (
                         None,
                         Some(format!(
@@ -95,10 +95,10 @@ impl SharedConn {
             },
         };
         slot.ended = Some(reason);
-        if slot.lent && matches!(self.reclaim(&mut slot, TEARDOWN_GRACE).await, Reclaim::Busy) {
+        if slot.lent && matches!(self.reclaim_at_end(&mut slot).await, Reclaim::Busy) {
             // A transaction from `Acquire::begin` is still open: end the
             // session under it, as for a task that holds a guard.
-            signal_backends(Backends::Tagged(self.tag.clone()), Signal::Terminate).await;
+            self.signal(Signal::Terminate).await;
             return (
                 None,
                 Some(format!(
@@ -119,9 +119,9 @@ impl SharedConn {
         };
         if failure.is_none() && slot.unverified {
             // A guard dropped mid-statement leaves its reply behind.
-            if self.drain(&mut conn).await.is_err() {
-                let _ = conn.detach().close_hard().await;
-                return (None, failure, log(), true);
+            match self.drain_or_close(conn).await {
+                Some(drained) => conn = drained,
+                None => return (None, failure, log(), true),
             }
         }
         let log = log();
@@ -197,6 +197,61 @@ impl SharedConn {
                 (None, None) => healthy = false,
             }
         }
+        let sequences = lock(&self.state.sequences).take();
+        if healthy
+            && rolled_back
+            && failure.is_none()
+            && sequences.is_none()
+            && state_known
+            && prepared.is_empty()
+            && !stale_cache
+        {
+            // The usual end: rolled back in the state query's round trip,
+            // nothing left to clean.
+            return (Some(conn), None, log, true);
+        }
+        let (conn, failure) = self
+            .finish_rest(
+                conn,
+                Rest {
+                    healthy,
+                    rolled_back,
+                    state_known,
+                    stale_cache,
+                    prepared,
+                    sequences,
+                    failure,
+                },
+            )
+            .await;
+        (conn, failure, log, true)
+    }
+
+    /// The end of [`SharedConn::finish_inner`] when more than the state
+    /// query's round trip is needed, boxed by a function of its own (see
+    /// [`SharedConn::recover_dropped`]).
+    fn finish_rest(
+        &self,
+        conn: PoolConnection<Postgres>,
+        rest: Rest,
+    ) -> BoxFuture<'_, (Option<PoolConnection<Postgres>>, Option<String>)> {
+        Box::pin(self.finish_rest_inner(conn, rest))
+    }
+
+    async fn finish_rest_inner(
+        &self,
+        mut conn: PoolConnection<Postgres>,
+        rest: Rest,
+    ) -> (Option<PoolConnection<Postgres>>, Option<String>) {
+        let Rest {
+            mut healthy,
+            rolled_back,
+            state_known,
+            stale_cache,
+            mut prepared,
+            sequences,
+            failure,
+        } = rest;
         // Awaited, not queued for sqlx's release ping: the connection is
         // then back in the pool before the next test asks for one (a test
         // that found none idle would open a new connection, which costs far
@@ -206,7 +261,6 @@ impl SharedConn {
                 healthy = false;
             }
         }
-        let sequences = lock(&self.state.sequences).take();
         if healthy && let Some(values) = sequences {
             healthy = super::statement::restore_sequences(&values, &mut conn).await;
         }
@@ -245,11 +299,59 @@ impl SharedConn {
             }
         }
         if healthy && failure.is_none() {
-            (Some(conn), None, log, true)
+            (Some(conn), None)
         } else {
             // Never hand a connection in an unknown state to the next test.
             let _ = conn.close().await;
-            (None, failure, log, true)
+            (None, failure)
         }
     }
+
+    // What only some tests' ends await comes boxed from functions of its
+    // own (see `SharedConn::recover_dropped`).
+
+    /// Cancels or terminates the test's backends.
+    fn signal(&self, signal: Signal) -> BoxFuture<'static, u64> {
+        Box::pin(signal_backends(Backends::Tagged(self.tag.clone()), signal))
+    }
+
+    /// Waits [`TEARDOWN_GRACE`] for a task of the test to let go of its
+    /// connection.
+    fn wait_for_slot(&self) -> BoxFuture<'static, Result<OwnedMutexGuard<Slot>, ()>> {
+        Box::pin(crate::clock::timeout(
+            TEARDOWN_GRACE,
+            self.slot.clone().lock_owned(),
+        ))
+    }
+
+    /// Takes back a connection lent to `Acquire::begin`.
+    fn reclaim_at_end<'a>(&'a self, slot: &'a mut Slot) -> BoxFuture<'a, Reclaim> {
+        Box::pin(self.reclaim(slot, TEARDOWN_GRACE))
+    }
+
+    /// Reads what a guard dropped mid-statement left behind; closes the
+    /// connection if that fails.
+    fn drain_or_close(
+        &self,
+        mut conn: PoolConnection<Postgres>,
+    ) -> BoxFuture<'_, Option<PoolConnection<Postgres>>> {
+        Box::pin(async move {
+            if self.drain(&mut conn).await.is_err() {
+                let _ = conn.detach().close_hard().await;
+                return None;
+            }
+            Some(conn)
+        })
+    }
+}
+
+/// What [`SharedConn::finish_rest`] goes on from.
+struct Rest {
+    healthy: bool,
+    rolled_back: bool,
+    state_known: bool,
+    stale_cache: bool,
+    prepared: Vec<String>,
+    sequences: Option<String>,
+    failure: Option<String>,
 }

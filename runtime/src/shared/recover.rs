@@ -81,6 +81,22 @@ impl SharedConn {
         let Some(sql) = lock(&self.state.in_flight).take() else {
             return;
         };
+        self.recover_statement(slot, sql).await
+    }
+
+    /// [`SharedConn::recover_dropped`] once a statement was found dropped,
+    /// boxed by a function of its own: its future's room in a debug build's
+    /// frame is then only taken (and the stack's pages faulted in) when a
+    /// statement was dropped, not before every statement.
+    fn recover_statement<'a>(
+        &'a self,
+        slot: &'a mut Slot,
+        sql: String,
+    ) -> futures_util::future::BoxFuture<'a, ()> {
+        Box::pin(self.recover_statement_inner(slot, sql))
+    }
+
+    async fn recover_statement_inner(&self, slot: &mut Slot, sql: String) {
         let conn = slot.conn.as_mut().expect("checked at lock time");
         let outcome = match self.drain(conn).await {
             Ok(errors)

@@ -162,9 +162,7 @@ impl Engine {
         migrations: Migrations,
         manifest_dir: &'static str,
     ) -> Option<Arc<Template>> {
-        let key = crate::postgres::template::migrations_key(migrations, manifest_dir).ok()?;
-        let map = self.templates.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(&key)?.get().cloned()
+        crate::postgres::template::built(&self.templates, migrations, manifest_dir)
     }
 
     async fn build_template(

@@ -259,19 +259,30 @@ pub(crate) async fn resolve_migrations_once(
         .map(|(source_key, migrator)| (source_key, MigratorRef::Static(migrator)))
 }
 
+/// An engine's template for these migrations if it was built already,
+/// without waiting: `templates` is that engine's map of them, by
+/// [`migrations_key`] (PostgreSQL's and MySQL's alike).
+pub(crate) fn built<T>(
+    templates: &std::sync::Mutex<std::collections::HashMap<String, Arc<OnceCell<Arc<T>>>>>,
+    migrations: Migrations,
+    manifest_dir: &'static str,
+) -> Option<Arc<T>> {
+    let key = migrations_key(migrations, manifest_dir).ok()?;
+    let map = templates.lock().unwrap_or_else(|e| e.into_inner());
+    map.get(&key)?.get().cloned()
+}
+
 impl Engine {
-    /// The template (and working database and pool) for these migrations.
     /// [`Engine::template`] if it was built already, without waiting.
     pub(crate) fn built_template(
         &self,
         migrations: Migrations,
         manifest_dir: &'static str,
     ) -> Option<Arc<Template>> {
-        let key = migrations_key(migrations, manifest_dir).ok()?;
-        let map = self.templates.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(&key)?.get().cloned()
+        built(&self.templates, migrations, manifest_dir)
     }
 
+    /// The template (and working database and pool) for these migrations.
     pub(crate) async fn template(
         &'static self,
         migrations: Migrations,

@@ -197,33 +197,20 @@ impl SharedConn {
                 (None, None) => healthy = false,
             }
         }
-        let sequences = lock(&self.state.sequences).take();
-        if healthy
-            && rolled_back
-            && failure.is_none()
-            && sequences.is_none()
-            && state_known
-            && prepared.is_empty()
-            && !stale_cache
-        {
-            // The usual end: rolled back in the state query's round trip,
-            // nothing left to clean.
+        let rest = Rest {
+            healthy,
+            rolled_back,
+            state_known,
+            stale_cache,
+            prepared,
+            sequences: lock(&self.state.sequences).take(),
+            failure,
+        };
+        if rest.nothing_left() {
+            // The usual end: rolled back in the state query's round trip.
             return (Some(conn), None, log, true);
         }
-        let (conn, failure) = self
-            .finish_rest(
-                conn,
-                Rest {
-                    healthy,
-                    rolled_back,
-                    state_known,
-                    stale_cache,
-                    prepared,
-                    sequences,
-                    failure,
-                },
-            )
-            .await;
+        let (conn, failure) = self.finish_rest(conn, rest).await;
         (conn, failure, log, true)
     }
 
@@ -342,6 +329,20 @@ impl SharedConn {
             }
             Some(conn)
         })
+    }
+}
+
+impl Rest {
+    /// Whether [`SharedConn::finish_rest`] would skip every step and hand
+    /// the connection back: each clause is one of its steps not needed.
+    fn nothing_left(&self) -> bool {
+        self.healthy
+            && self.failure.is_none()
+            && self.rolled_back
+            && self.sequences.is_none()
+            && self.state_known
+            && self.prepared.is_empty()
+            && !self.stale_cache
     }
 }
 

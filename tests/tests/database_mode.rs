@@ -380,10 +380,11 @@ async fn a_pg_dump_fixtures_settings_stay_with_it(pool: sqlx::PgPool) {
 // Each pair below runs a first test that leaves something behind, then a
 // second that checks it sees the template's state, on the first test's
 // database if that was recycled. The pairs have a template of their own and
-// run one at a time, so that template has at most one spare: the one the
-// first test left, which the second test claims.
+// run one at a time; before the second test, the template's other spares
+// are dropped (see `keep_only_spare`), so the second test claims the one
+// the first test left.
 
-/// The pairs' own template: no other test claims its spares.
+/// The pairs' own template: only the pairs' halves use it.
 static RECYCLE_PAIRS: std::sync::LazyLock<sqlx::migrate::Migrator> =
     std::sync::LazyLock::new(|| {
         use sqlx::SqlSafeStr;
@@ -456,6 +457,67 @@ fn database_recycled(oid: i64, test_name: &str) -> bool {
         }
         let _ = admin.close().await;
         now.is_some_and(|name| name != test_name)
+    })
+}
+
+/// Waits until the database of this oid is a spare (its name ends in
+/// `_s<owner>_<n>`), then drops the template's other spares, so that the
+/// next test of the template claims this one. Other spares come from the
+/// halves run on their own by libtest: they do nothing, but each still gets
+/// a database of the template, a spare or a fresh clone, and gives it back
+/// as a spare; one can also hold this very database for a moment. False if
+/// the database never became a spare again.
+fn keep_only_spare(oid: i64) -> bool {
+    let url = db_test::server_url().unwrap();
+    db_test::runtime().block_on(async {
+        let mut admin = PgConnection::connect(&url).await.unwrap();
+        let mut spare_prefix = None;
+        for _ in 0..200 {
+            let name = sqlx::query_scalar::<_, String>(
+                "SELECT datname::text FROM pg_database WHERE oid = $1::oid",
+            )
+            .bind(oid)
+            .fetch_optional(&mut admin)
+            .await
+            .unwrap();
+            let Some(name) = name else { break };
+            let spare = name.rsplit_once("_s").filter(|(_, tail)| {
+                tail.split_once('_').is_some_and(|(owner, n)| {
+                    owner.len() == 8
+                        && owner.bytes().all(|b| b.is_ascii_hexdigit())
+                        && !n.is_empty()
+                        && n.bytes().all(|b| b.is_ascii_digit())
+                })
+            });
+            if let Some((prefix, _)) = spare {
+                spare_prefix = Some(format!("{prefix}_s"));
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let Some(spare_prefix) = spare_prefix else {
+            let _ = admin.close().await;
+            return false;
+        };
+        let others: Vec<String> = sqlx::query_scalar(
+            "SELECT datname::text FROM pg_database WHERE starts_with(datname, $1) AND oid <> $2::oid",
+        )
+        .bind(&spare_prefix)
+        .bind(oid)
+        .fetch_all(&mut admin)
+        .await
+        .unwrap();
+        for other in others {
+            // A spare a half claims meanwhile is renamed away: then this
+            // fails, harmlessly.
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS \"{other}\""
+            )))
+            .execute(&mut admin)
+            .await;
+        }
+        let _ = admin.close().await;
+        true
     })
 }
 
@@ -604,9 +666,15 @@ fn recycle_pair(first: fn(), must_reuse: bool) {
         recycled || !must_reuse,
         "the first test's database was dropped, not recycled (three times)"
     );
-    // The template's only spare is the one `first` left; a few tries in case
-    // an earlier run left another.
+    // The template's only spare is made the one `first` left; a few tries
+    // in case a half run on its own by libtest takes it first.
     for _ in 0..8 {
+        if recycled {
+            assert!(
+                keep_only_spare(used),
+                "the first test's database was recycled, then dropped"
+            );
+        }
         recycle_pair_sees_the_template();
         if !recycled || PAIR_DATABASE.load(SeqCst) == used {
             release(&mut lock_conn);

@@ -4,6 +4,11 @@
 //!    or the embedded server).
 //! 2. Builds the suites (`bench/suites`) for every N with `BENCH_N=<n>` and
 //!    keeps a copy of each test binary, so that timing never includes cargo.
+//!    Without `--quick`, it builds the A suites at the main N a second time
+//!    with db-test itself optimised (`--config
+//!    profile.dev.package.db-test.opt-level=2`, the README's two optional
+//!    lines of `Cargo.toml`; the tests and every other crate unoptimised),
+//!    and times those next to each A (`A+opt`).
 //! 3. Finds the MySQL/MariaDB server (`DB_TEST_MYSQL_URL`, else db-test's
 //!    embedded one, which the `mysql_server_url` suite names; without
 //!    server binaries MySQL is left out with a note) and SQLite's version.
@@ -82,6 +87,14 @@ enum Variant {
     LiA,
     LiB,
     LiC,
+    /// A on each backend again, with db-test itself built optimised
+    /// (`[profile.dev.package.db-test] opt-level = 2`, the README's two
+    /// optional lines), the tests and every other crate still unoptimised.
+    /// Main N only.
+    AOpt,
+    MyAOpt,
+    StAOpt,
+    LiAOpt,
 }
 
 /// The databases the benchmark runs on. PostgreSQL runs every variant; the
@@ -202,6 +215,9 @@ const OTHERS: [Variant; 13] = [
 
 impl Variant {
     fn backend(self) -> Backend {
+        if self.is_opt() {
+            return self.base().backend();
+        }
         match self {
             Variant::MyA | Variant::MyB | Variant::MyC | Variant::MyE | Variant::MyEThread => {
                 Backend::MySql
@@ -213,9 +229,39 @@ impl Variant {
             _ => Backend::Postgres,
         }
     }
-    /// The PostgreSQL variant this one is the counterpart of (A, B, C or E).
+    /// Whether db-test is built optimised in this variant's binary.
+    fn is_opt(self) -> bool {
+        matches!(
+            self,
+            Variant::AOpt | Variant::MyAOpt | Variant::StAOpt | Variant::LiAOpt
+        )
+    }
+    /// The variant of the same tests in the default build (itself if it is
+    /// one).
+    fn base(self) -> Variant {
+        match self {
+            Variant::AOpt => Variant::A,
+            Variant::MyAOpt => Variant::MyA,
+            Variant::StAOpt => Variant::StA,
+            Variant::LiAOpt => Variant::LiA,
+            v => v,
+        }
+    }
+    /// The optimised-db-test variant of an A.
+    fn opt(self) -> Option<Variant> {
+        match self {
+            Variant::A => Some(Variant::AOpt),
+            Variant::MyA => Some(Variant::MyAOpt),
+            Variant::StA => Some(Variant::StAOpt),
+            Variant::LiA => Some(Variant::LiAOpt),
+            _ => None,
+        }
+    }
+    /// The PostgreSQL variant this one is the counterpart of (A, B, C or E;
+    /// an optimised A is its own kind).
     fn kind(self) -> Variant {
         match self {
+            Variant::MyAOpt | Variant::StAOpt | Variant::LiAOpt => Variant::AOpt,
             Variant::MyA | Variant::StA | Variant::LiA => Variant::A,
             Variant::MyB | Variant::StB | Variant::LiB => Variant::B,
             Variant::MyC | Variant::StC | Variant::LiC => Variant::C,
@@ -238,6 +284,10 @@ impl Variant {
             Variant::LiA => "sqlite:A",
             Variant::LiB => "sqlite:B",
             Variant::LiC => "sqlite:C",
+            Variant::AOpt => "A+opt",
+            Variant::MyAOpt => "mysql:A+opt",
+            Variant::StAOpt => "mysql-stock:A+opt",
+            Variant::LiAOpt => "sqlite:A+opt",
             Variant::A => "A",
             Variant::F => "F",
             Variant::B => "B",
@@ -277,6 +327,9 @@ impl Variant {
     }
     fn target(self) -> &'static str {
         match self {
+            Variant::AOpt | Variant::MyAOpt | Variant::StAOpt | Variant::LiAOpt => {
+                self.base().target()
+            }
             Variant::A => "a_db_test",
             Variant::F => "f_db_test_current_thread",
             Variant::B => "b_db_test_database",
@@ -302,6 +355,7 @@ impl Variant {
         match self {
             Variant::A => "A #[db_test] (transaction)",
             Variant::F => "F A + flavor=\"current_thread\"",
+            Variant::AOpt => "  A, db-test built with opt-level=2",
             Variant::B => "B #[db_test(isolation=\"database\")]",
             Variant::C => "C #[sqlx::test]",
             Variant::D => "D #[tokio::test]+pool+TRUNCATE, 1 thread",
@@ -364,6 +418,9 @@ struct Args {
     chart_only: bool,
     count: bool,
     out: PathBuf,
+    /// Whether each backend's A also runs with db-test built optimised
+    /// (at the main N; a second build of the A suites). Off with `--quick`.
+    opt: bool,
     /// The backends besides PostgreSQL that run (A, B and C each):
     /// `--no-mysql` and `--no-sqlite` leave one out, and MySQL/MariaDB is left
     /// out with a note when there is no server to run it on.
@@ -374,8 +431,9 @@ fn usage() -> ! {
     eprintln!(
         "usage: bench/run.sh [--quick] [--rounds R] [--n 50,200,1000] [--main-n 200] \
          [--scaling-rounds 3] [--compile-rounds 3] [--nextest-rounds 3] [--no-compile] [--no-nextest] [--no-count] \
-         [--no-mysql] [--no-mysql-stock] [--no-sqlite] [--out DIR] [--chart-only]\n\
-         --quick: N=50 only, 3 rounds, no compile benchmark; results go to target/db-test-bench/quick.\n\
+         [--no-mysql] [--no-mysql-stock] [--no-sqlite] [--no-opt|--opt] [--out DIR] [--chart-only]\n\
+         --quick: N=50 only, 3 rounds, no compile benchmark, no --opt; results go to target/db-test-bench/quick.\n\
+         --opt (the default without --quick): each backend's A also with db-test built optimised, at the main N.\n\
          MySQL/MariaDB: DB_TEST_MYSQL_URL, else db-test's embedded server (skipped with a note without its binaries);\n\
          and again on a server with stock settings that the run starts from the same binaries (--no-mysql-stock: not)."
     );
@@ -398,6 +456,7 @@ impl Args {
                 chart_only: false,
                 count: true,
                 out: workspace().join("target/db-test-bench/quick"),
+                opt: false,
                 others: vec![Backend::MySql, Backend::MySqlStock, Backend::Sqlite],
             }
         } else {
@@ -412,6 +471,7 @@ impl Args {
                 chart_only: false,
                 count: true,
                 out: workspace().join("bench"),
+                opt: true,
                 others: vec![Backend::MySql, Backend::MySqlStock, Backend::Sqlite],
             }
         };
@@ -439,6 +499,8 @@ impl Args {
                 "--no-compile" => args.compile_rounds = 0,
                 "--no-nextest" => args.nextest_rounds = 0,
                 "--no-count" => args.count = false,
+                "--opt" => args.opt = true,
+                "--no-opt" => args.opt = false,
                 "--no-mysql" => args
                     .others
                     .retain(|b| !matches!(b, Backend::MySql | Backend::MySqlStock)),
@@ -468,8 +530,20 @@ impl Args {
 
     /// Which variants run at `n`: all six at the main N; A, F, B, C (and
     /// the floor E) in the scaling runs; then A, B and C of every other
-    /// backend.
+    /// backend. With `opt`, at the main N, each A is followed by its
+    /// optimised-db-test twin.
     fn variants(&self, n: usize) -> Vec<Variant> {
+        let v = self.default_build_variants(n);
+        if !(self.opt && n == self.main_n) {
+            return v;
+        }
+        v.into_iter()
+            .flat_map(|v| std::iter::once(v).chain(v.opt()))
+            .collect()
+    }
+
+    /// [`Args::variants`] of the default build.
+    fn default_build_variants(&self, n: usize) -> Vec<Variant> {
         let mut v = if n == self.main_n {
             ALL.to_vec()
         } else {
@@ -1016,26 +1090,41 @@ fn build_all(args: &Args) -> Result<(Bins, Option<PathBuf>)> {
         } else {
             &[]
         };
-        let (suites, mut extras) = build_suites(n, &args.variants(n), extra)?;
+        let (plain, opt): (Vec<Variant>, Vec<Variant>) =
+            args.variants(n).into_iter().partition(|v| !v.is_opt());
+        let (mut suites, mut extras) = build_suites(n, &plain, extra, false)?;
+        if !opt.is_empty() {
+            suites.extend(build_suites(n, &opt, &[], true)?.0);
+        }
         bins.insert(n, suites);
         mysql_server = mysql_server.or(extras.remove(MYSQL_SERVER_TARGET));
     }
     Ok((bins, mysql_server))
 }
 
+/// What makes db-test optimised in the `opt` build: the README's two lines
+/// of `Cargo.toml`, given on the command line.
+const OPT_CONFIG: &str = "profile.dev.package.db-test.opt-level=2";
+
 /// Builds the suites at `n`, and the `extra` test targets; returns a private
-/// copy of each test binary.
+/// copy of each test binary. With `opt`, db-test itself is built optimised
+/// ([`OPT_CONFIG`]), in the same target directory (a profile setting gives
+/// its artifacts names of their own).
 fn build_suites(
     n: usize,
     variants: &[Variant],
     extra: &[&'static str],
+    opt: bool,
 ) -> Result<(BTreeMap<Variant, PathBuf>, Extras)> {
     let mut targets: Vec<&str> = variants.iter().map(|v| v.target()).collect();
     targets.extend(extra);
     targets.sort_unstable();
     targets.dedup();
     let root = workspace();
-    let dir = root.join(format!("target/db-test-bench/bin/n{n}"));
+    let dir = root.join(format!(
+        "target/db-test-bench/bin/n{n}{}",
+        if opt { "-opt" } else { "" }
+    ));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let mut cmd = Command::new(cargo());
     cmd.current_dir(&root)
@@ -1046,6 +1135,9 @@ fn build_suites(
             "--message-format=json-render-diagnostics",
         ])
         .args(["-p", "db-test-bench-suites", "--features", "suites"]);
+    if opt {
+        cmd.args(["--config", OPT_CONFIG]);
+    }
     for t in &targets {
         cmd.args(["--test", t]);
     }
@@ -1086,7 +1178,8 @@ fn build_suites(
         }
     }
     log(format!(
-        "built suites at N={n} in {:.1} s",
+        "built suites at N={n}{} in {:.1} s",
+        if opt { " with db-test optimised" } else { "" },
         t0.elapsed().as_secs_f64()
     ));
     Ok((bins, extras))
@@ -1111,6 +1204,10 @@ type Env = Vec<(&'static str, Option<String>)>;
 fn env_for(v: Variant, server: &Server, dbs: &Databases, proxy: Option<&Path>) -> Env {
     let mysql = |b: Backend| dbs.mysql.iter().find(|m| m.0 == b);
     let db = match v {
+        // An optimised A runs as its A does.
+        Variant::AOpt | Variant::MyAOpt | Variant::StAOpt | Variant::LiAOpt => {
+            return env_for(v.base(), server, dbs, proxy);
+        }
         Variant::MyC | Variant::StC => {
             let url =
                 mysql(v.backend()).map(|(_, admin_url, c, _)| mysql_database_url(admin_url, c));
@@ -1591,6 +1688,21 @@ fn run(
             &cwd_for(v, dbs),
         )?;
     }
+    // The optimised A suites exist at the main N only.
+    if n0 != args.main_n {
+        for v in args
+            .variants(args.main_n)
+            .into_iter()
+            .filter(|v| v.is_opt())
+        {
+            run_suite(
+                &bins[&args.main_n][&v],
+                v,
+                &env_for(v, server, dbs, None),
+                &cwd_for(v, dbs),
+            )?;
+        }
+    }
     log(format!(
         "warm-up done; timing {} rounds at N = {:?}",
         args.rounds, args.ns
@@ -2006,6 +2118,16 @@ fn report(args: &Args, m: &Measured, servers: &ServerInfo) -> Result<()> {
             }
         }
     }
+    // With db-test built optimised: C over that A, and what it gained.
+    if args.opt {
+        for b in std::iter::once(pg).chain(args.others.iter().copied()) {
+            let [a, _, c] = b.abc();
+            if let Some(a_opt) = a.opt() {
+                wanted.push((b, "C/A+opt", args.main_n, c, a_opt));
+                wanted.push((b, "A/A+opt", args.main_n, a, a_opt));
+            }
+        }
+    }
     let mut ratio_of = BTreeMap::new();
     for (b, name, n, x, y) in wanted {
         if ratio_of.contains_key(&(b, name, n)) {
@@ -2083,12 +2205,21 @@ fn report(args: &Args, m: &Measured, servers: &ServerInfo) -> Result<()> {
         |name: &'static str, at: usize, fallback: usize, goal: &str, ok: fn(f64) -> bool| {
             ratio_target_on(Backend::Postgres, name, at, fallback, goal, ok)
         };
-    let mut target_rows = vec![
-        ratio_target("C/A", 200, args.main_n, "≥ 50×", |x| x >= 50.0),
+    // With --opt, each C/A target again against A with db-test optimised
+    // (the README's two optional lines): judged by the same goal.
+    let opt_row = |b: Backend, goal: &str, ok: fn(f64) -> bool| {
+        args.opt
+            .then(|| ratio_target_on(b, "C/A+opt", 200, args.main_n, goal, ok))
+    };
+    let mut target_rows = vec![ratio_target("C/A", 200, args.main_n, "≥ 50×", |x| {
+        x >= 50.0
+    })];
+    target_rows.extend(opt_row(pg, "≥ 50×", |x| x >= 50.0));
+    target_rows.extend([
         ratio_target("C/B", 200, args.main_n, "≥ 3×", |x| x >= 3.0),
         ratio_target("A/E", 1000, big, "≤ 2×", |x| x <= 2.0),
         ratio_target("F/A", 200, args.main_n, "≤ 1.3×", |x| x <= 1.3),
-    ];
+    ]);
     // Issue 11: on MySQL/MariaDB C/A ≥ 30× and C/B ≥ 3×; on SQLite C/A ≥ 5×
     // (its C/B, with no target, for context). Both MySQL servers are judged:
     // db-test's embedded one and the stock-settings one. Their C/E (the most
@@ -2099,6 +2230,7 @@ fn report(args: &Args, m: &Measured, servers: &ServerInfo) -> Result<()> {
             Backend::MySql | Backend::MySqlStock => {
                 let c_a = ratio_target_on(b, "C/A", 200, args.main_n, "≥ 30×", |x| x >= 30.0);
                 target_rows.push(c_a);
+                target_rows.extend(opt_row(b, "≥ 30×", |x| x >= 30.0));
                 target_rows.push(ratio_target_on(
                     b,
                     "C/B",
@@ -2123,6 +2255,7 @@ fn report(args: &Args, m: &Measured, servers: &ServerInfo) -> Result<()> {
                     "≥ 5×",
                     |x| x >= 5.0,
                 ));
+                target_rows.extend(opt_row(b, "≥ 5×", |x| x >= 5.0));
                 let mut context = ratio_target_on(b, "C/B", 200, args.main_n, "", |_| true);
                 context.2 = "(no target)".into();
                 context.3 = None;

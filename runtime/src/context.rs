@@ -162,13 +162,29 @@ impl TestContext {
 
     /// The message for a parameter of one backend in a test of another.
     pub(crate) fn wrong_backend(&self, what: &str, wants: Backend) -> String {
+        let runs_on = self.inner.backend;
+        // The usual case: PostgreSQL's accessor of the context, asked in a
+        // test of another database, whose own are on its `TestDb`.
+        let own = match runs_on {
+            Backend::MySql => {
+                "; for this test's own, take a parameter `db: \
+                 db_test::mysql::TestDb` and use `db.connect_options()` or `db.db()` (and \
+                 `db_test::mysql::server_url()` for its server)"
+            }
+            Backend::Sqlite => {
+                "; for this test's own, take a parameter `db: \
+                 db_test::sqlite::TestDb` and use `db.connect_options()` or `db.db()`"
+            }
+            _ => "",
+        };
         format!(
             "`{what}` is a {} handle, but test `{}` runs on {}: its parameter types chose that \
-             backend (add a parameter of the backend's own type, such as `{}`, or set the \
-             `BACKEND` of your `TestApp`)",
+             backend (to run it on {} instead, add a parameter of that backend's own type, such \
+             as `{}`, or set the `BACKEND` of your `TestApp`){own}",
             wants.name(),
             self.inner.name,
-            self.inner.backend.name(),
+            runs_on.name(),
+            wants.name(),
             wants.handle_name(),
         )
     }

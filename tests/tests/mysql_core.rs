@@ -1388,6 +1388,57 @@ async fn a_commit_after_a_quoted_user_variable_name_is_refused(db: TestDb) {
     assert_eq!(committed_users(&mut check, "quoted_var").await, 0);
 }
 
+/// MariaDB skips a versioned comment whose version is above its own (and
+/// MySQL any `/*M!`), so the quote or comment mark inside it starts nothing
+/// there, and the COMMIT after it runs: refused, and nothing committed.
+async fn commit_after_skipped_comment_is_refused(db: &TestDb, user: &str, sql: &str) {
+    let err = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(db)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("refusing to run") && err.contains("COMMIT"),
+        "{err}"
+    );
+    let mut check = outsider(db).await;
+    assert_eq!(committed_users(&mut check, user).await, 0, "{sql}");
+}
+
+#[db_test(migrations = "tests/mysql/migrations")]
+#[should_panic(expected = "refusing to run")]
+async fn a_commit_after_a_versioned_comment_the_server_skips_is_refused(db: TestDb) {
+    commit_after_skipped_comment_is_refused(
+        &db,
+        "skipped_1",
+        "INSERT INTO user (username) VALUES ('skipped_1'); /*!99999 ' */ COMMIT; /*!99999 ' */ SELECT 1",
+    )
+    .await;
+}
+
+#[db_test(migrations = "tests/mysql/migrations")]
+#[should_panic(expected = "refusing to run")]
+async fn a_commit_after_a_mariadb_comment_with_a_line_comment_in_it_is_refused(db: TestDb) {
+    commit_after_skipped_comment_is_refused(
+        &db,
+        "skipped_2",
+        "INSERT INTO user (username) VALUES ('skipped_2'); /*M!999999 -- */ COMMIT;\nSELECT 1",
+    )
+    .await;
+}
+
+/// PostgreSQL's connect options, asked of the context of a MySQL test: the
+/// panic says where this test's own are.
+#[db_test(migrations = "tests/mysql/migrations")]
+#[should_panic(expected = "`db: db_test::mysql::TestDb` and use `db.connect_options()`")]
+async fn the_contexts_postgres_options_in_a_mysql_test_point_to_its_own(
+    db: TestDb,
+    ctx: db_test::TestContext,
+) {
+    let _ = db.connect_options();
+    let _ = ctx.connect_options();
+}
+
 /// The project's own name for its pool: the backend comes from the type
 /// behind the alias, as `#[sqlx::test]` (which sees only the name) cannot.
 type AppPool = MySqlPool;

@@ -189,6 +189,25 @@ async fn child_call_commit(db: TestDb) {
     println!("AFTER {}", if after.is_err() { "refused" } else { "ran" });
 }
 
+/// An app that runs its migrations on its `Db` at startup (a `build_app`
+/// shared by `main` and the tests): sqlx's migrator takes the bare
+/// connection (`Acquire::acquire`) and sends `CREATE TABLE IF NOT EXISTS
+/// _sqlx_migrations`, which commits on MySQL. The next statement through
+/// `Db` finds the transaction gone and fails the test: it is not run.
+#[db_test(migrator = "LEAK")]
+async fn child_leak_app_migrates(db: TestDb) {
+    if std::env::var_os("DB_TEST_MYSQL_CHILD").is_none() {
+        return;
+    }
+    write_before(&db).await;
+    let app_db: db_test::mysql::Db = db.db();
+    LEAK.run(&app_db).await.unwrap();
+    let after = sqlx::query("INSERT INTO leaky (note) VALUES ('after')")
+        .execute(&app_db)
+        .await;
+    println!("AFTER {}", if after.is_err() { "refused" } else { "ran" });
+}
+
 /// The next process: the working database holds none of those rows.
 #[db_test(migrator = "LEAK")]
 async fn child_leak_check(db: TestDb) {
@@ -389,6 +408,21 @@ async fn a_commit_on_a_bare_connection_fails_its_test_and_the_working_database_i
         "child_leak_commit",
         &[],
         &["COMMITTED into the shared working database"],
+    )
+    .await;
+}
+
+#[db_test(migrations = false)]
+async fn an_app_running_its_migrations_on_its_db_fails_at_the_next_statement(db: TestDb) {
+    committed_and_rebuilt(
+        &db,
+        "child_leak_app_migrates",
+        &[],
+        &[
+            "sqlx::migrate!().run(&db)",
+            "COMMITTED into the shared working database",
+            "AFTER refused",
+        ],
     )
     .await;
 }

@@ -9,7 +9,9 @@
 //! escapes and doubled quotes), backtick identifiers, comments (`# ..`,
 //! `-- ..`, `/* .. */`) are skipped, while the text of MySQL's executable
 //! comments (`/*! .. */`, `/*!50700 .. */`, MariaDB's `/*M! .. */`) is read
-//! as code, since the server runs it. Each statement is then classified by
+//! as code, since the server runs it; a server skips a versioned one (a
+//! version above its own, `/*M!` on MySQL), so a text with one is read a
+//! second time with those as plain comments. Each statement is then classified by
 //! its first words. A string holding a backslash is read twice, with and
 //! without backslash escapes (`NO_BACKSLASH_ESCAPES` in the session's
 //! `sql_mode` changes where it ends), and a third time with `".."` as an
@@ -125,21 +127,22 @@ fn quoted(bytes: &[u8], start: usize, reading: Reading) -> (String, usize) {
 /// `sql`'s tokens. Each statement is classified three times in a row
 /// (refused? session state? a `CALL`?), on one thread: the last string's
 /// tokens are kept per thread and per reading, not lexed again.
-fn tokens(sql: &str, reading: Reading) -> Rc<Vec<Token>> {
-    type Last = RefCell<[Option<(String, Rc<Vec<Token>>)>; 3]>;
+/// `skip_versioned`: see [`lex`].
+fn tokens(sql: &str, reading: Reading, skip_versioned: bool) -> Rc<Vec<Token>> {
+    type Last = RefCell<[Option<(String, Rc<Vec<Token>>)>; 6]>;
     thread_local! {
-        static LAST: Last = const { RefCell::new([None, None, None]) };
+        static LAST: Last = const { RefCell::new([None, None, None, None, None, None]) };
     }
     // Not kept: a long script (a fixture) is classified once.
     const KEPT_UP_TO: usize = 16 * 1024;
     LAST.with(|last| {
-        let slot = reading as usize;
+        let slot = reading as usize + 3 * usize::from(skip_versioned);
         if let Some((kept, tokens)) = &last.borrow()[slot]
             && kept == sql
         {
             return tokens.clone();
         }
-        let tokens = Rc::new(lex(sql, reading));
+        let tokens = Rc::new(lex(sql, reading, skip_versioned));
         last.borrow_mut()[slot] =
             (sql.len() <= KEPT_UP_TO).then(|| (sql.to_owned(), tokens.clone()));
         tokens
@@ -147,8 +150,14 @@ fn tokens(sql: &str, reading: Reading) -> Rc<Vec<Token>> {
 }
 
 /// Splits `sql` into tokens, reading executable comments as code and
-/// quoted text as `reading` says.
-fn lex(sql: &str, reading: Reading) -> Vec<Token> {
+/// quoted text as `reading` says. With `skip_versioned`, the executable
+/// comments that a server may skip are read as plain comments: those with
+/// a version (`/*!50700 .. */`: skipped by a server older than it; MariaDB
+/// skips `/*!99999 .. */`), and MariaDB's `/*M! .. */` (a plain comment to
+/// MySQL). Which way the server reads one decides where the strings and
+/// comments after it start (`/*!99999 ' */ COMMIT; ...`), so such a text is
+/// read both ways (see [`has_versioned_comment`]).
+fn lex(sql: &str, reading: Reading, skip_versioned: bool) -> Vec<Token> {
     let bytes = sql.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -182,6 +191,12 @@ fn lex(sql: &str, reading: Reading) -> Vec<Token> {
                     Some(b'M') if bytes.get(i + 3) == Some(&b'!') => Some(i + 4),
                     _ => None,
                 };
+                // Skipped as a plain comment, in the reading where the
+                // server skips it.
+                let exec = exec.filter(|&j| {
+                    !(skip_versioned
+                        && (bytes[i + 2] == b'M' || bytes.get(j).is_some_and(u8::is_ascii_digit)))
+                });
                 match exec {
                     Some(mut j) if !in_exec_comment => {
                         // An optional version number: `/*!50700 ...`.
@@ -256,6 +271,15 @@ fn lex(sql: &str, reading: Reading) -> Vec<Token> {
 
 fn is_word_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+}
+
+/// Whether `sql` has an executable comment a server may skip (see [`lex`]):
+/// `/*!` followed by a version, or `/*M!`. Such a text is read both ways.
+fn has_versioned_comment(sql: &str) -> bool {
+    sql.contains("/*M!")
+        || sql
+            .match_indices("/*!")
+            .any(|(at, _)| sql.as_bytes().get(at + 3).is_some_and(u8::is_ascii_digit))
 }
 
 /// How to read `sql`'s strings: with backslash escapes, and also without
@@ -399,7 +423,8 @@ fn facts(sql: &str) -> Facts {
     found
 }
 
-/// Reads `sql` once in each of its [`readings`].
+/// Reads `sql` once in each of its [`readings`], and each of those both
+/// ways if it has a versioned comment ([`has_versioned_comment`]).
 fn read(sql: &str, generation: u64) -> Facts {
     let mut facts = Facts {
         commits: None,
@@ -408,25 +433,40 @@ fn read(sql: &str, generation: u64) -> Facts {
         calls: crate::sqltext::contains_any_word_ignore_case(sql, &["CALL"]),
         generation,
     };
-    for (i, &reading) in readings(sql).iter().enumerate() {
-        let tokens = tokens(sql, reading);
-        if facts.commits.is_none() {
-            facts.commits = tokens
-                .split(|t| *t == Token::End)
-                .find_map(|s| statement_commits(s).or_else(|| writes_non_transactional(s)));
+    let skips: &[bool] = if has_versioned_comment(sql) {
+        &[false, true]
+    } else {
+        &[false]
+    };
+    for &skip_versioned in skips {
+        for &reading in readings(sql) {
+            read_one(sql, reading, skip_versioned, &mut facts);
         }
-        if i == 0 {
-            // The first reading is always with backslash escapes.
-            debug_assert!(matches!(reading, Reading::Escapes));
-            facts.commits_plain = facts.commits.clone();
-        }
-        facts.leaves_state = facts.leaves_state || leaves_session_state_in(&tokens);
-        facts.calls = facts.calls
-            || tokens
-                .split(|t| *t == Token::End)
-                .any(|s| matches!(word(s.first()), "CALL" | "EXECUTE"));
     }
     facts
+}
+
+/// One reading of [`read`].
+fn read_one(sql: &str, reading: Reading, skip_versioned: bool, facts: &mut Facts) {
+    let tokens = tokens(sql, reading, skip_versioned);
+    let commits = tokens
+        .split(|t| *t == Token::End)
+        .find_map(|s| statement_commits(s).or_else(|| writes_non_transactional(s)));
+    if let Some(commits) = commits {
+        // The readings with backslash escapes are what a session whose
+        // `sql_mode` is known to be plain can do (see `session_commit`).
+        if reading == Reading::Escapes && facts.commits_plain.is_none() {
+            facts.commits_plain = Some(commits.clone());
+        }
+        if facts.commits.is_none() {
+            facts.commits = Some(commits);
+        }
+    }
+    facts.leaves_state = facts.leaves_state || leaves_session_state_in(&tokens);
+    facts.calls = facts.calls
+        || tokens
+            .split(|t| *t == Token::End)
+            .any(|s| matches!(word(s.first()), "CALL" | "EXECUTE"));
 }
 
 /// The tables of the working databases this process uses whose engine
@@ -994,6 +1034,32 @@ mod tests {
         assert!(calls("SET STATEMENT max_statement_time=100 FOR CALL p()"));
         assert!(calls("SELECT 'CALL p()'"));
         assert!(!calls("SELECT callback FROM t"));
+    }
+
+    #[test]
+    fn a_versioned_comment_the_server_skips_hides_nothing() {
+        // MariaDB skips `/*!99999 .. */` (a version above its own) and MySQL
+        // `/*M! .. */`: then the quote or comment inside is no code, and the
+        // COMMIT after it is.
+        for sql in [
+            "INSERT INTO t VALUES (1); /*!99999 ' */ COMMIT; /*!99999 ' */ SELECT 1",
+            "INSERT INTO t VALUES (1); /*!99999 # */ COMMIT;\nSELECT 1",
+            "INSERT INTO t VALUES (1); /*M!999999 -- */ COMMIT;\nSELECT 1",
+            "INSERT INTO t VALUES (1); /*M! ' */ COMMIT; /*M! ' */ SELECT 1",
+            "SELECT 1 /*!50700 \" */; DROP TABLE t; -- \" */",
+        ] {
+            assert!(ic(sql).is_some(), "not refused: {sql}");
+            assert!(
+                super::session_commit(sql, false).is_some(),
+                "not refused in a plain session: {sql}"
+            );
+        }
+        // And the other way round: run, the comment's code counts.
+        assert!(ic("SELECT 1 /*!99999 ; COMMIT */").is_some());
+        // Nothing to refuse either way.
+        assert_eq!(ic("SELECT 1 /*!99999 + 1 */"), None);
+        assert_eq!(ic("/*!40101 SET NAMES utf8mb4 */"), None);
+        assert_eq!(ic("SELECT 1 /*M!100100 , 2 */"), None);
     }
 
     #[test]

@@ -113,6 +113,7 @@ impl<DB: Dialect> Shared<DB> {
             schema_changed: AtomicBool::new(false),
             clear_once: AtomicBool::new(false),
             out_of_sight: AtomicBool::new(false),
+            probe_once: AtomicBool::new(false),
             ended_out_of_sight: AtomicBool::new(false),
             ended_by_database: AtomicBool::new(false),
             runtime_dropped: AtomicBool::new(false),

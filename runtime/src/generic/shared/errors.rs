@@ -49,6 +49,29 @@ pub(super) fn committed_unseen(label: &str, check: &sqlx::Error) -> String {
     )
 }
 
+/// Something sent on the bare connection of a guard from `acquire()` ended
+/// the test's transaction; found at the next statement through `Db`.
+pub(super) fn committed_on_a_guard(label: &str, check: &sqlx::Error, shared: bool) -> String {
+    let what = if shared {
+        "What the test wrote before it was COMMITTED into the shared working database: tests \
+         of this run that come later may see it, and db-test rebuilds that database from the \
+         template when the next test process starts."
+    } else {
+        "What the test wrote before it was committed on the test's own connection."
+    };
+    format!(
+        "db-test: the transaction of test `{label}` was ended on the bare connection of a \
+         connection taken with `acquire()` (`Db::acquire`, or `sqlx::Acquire::acquire(&db)`, as \
+         sqlx's `Migrator::run(&db)` does), out of db-test's sight, by a COMMIT or ROLLBACK or a \
+         statement that commits implicitly (on MySQL DDL, such as the `CREATE TABLE IF NOT \
+         EXISTS _sqlx_migrations` of an app's `sqlx::migrate!().run(&db)`) ({check}). {what} \
+         Nothing more of the test runs: every later statement would commit on its own. Under \
+         test, db-test has run the migrations already (skip the app's own run of them), send \
+         such statements through the test's `Db`/`TestDb` (db-test refuses them there), or use \
+         `isolation = \"database\"` for a test that must really commit."
+    )
+}
+
 /// Whether an error leaves the connection unusable (rather than being a
 /// statement's failure that the server reported).
 pub(super) fn is_broken(e: &sqlx::Error) -> bool {

@@ -64,6 +64,7 @@ impl<DB: Dialect> Shared<DB> {
             Handback::Park(conn) => self.home.park(conn),
             Handback::Begun(conn) => self.home.park_begun(conn),
             Handback::Restart(conn, restart) => {
+                let state = self.state.clone();
                 self.home.park_after(conn, move |mut conn| async move {
                     match crate::clock::timeout(
                         TEARDOWN_GRACE,
@@ -72,7 +73,10 @@ impl<DB: Dialect> Shared<DB> {
                     .await
                     {
                         Ok(Ok(())) if depth::<DB>(&conn) == 1 => Some(conn),
-                        _ => {
+                        outcome => {
+                            if let Ok(Err(e)) = &outcome {
+                                found_committed::<DB>(&state, e).await;
+                            }
                             conn.close_on_drop();
                             None
                         }
@@ -297,6 +301,43 @@ impl<DB: Dialect> Shared<DB> {
             (Handback::Release(true), failure, log)
         }
     }
+}
+
+/// The rollback after a test that seemed to end as usual failed: if it
+/// failed because the test's transaction was no longer open (the probe at
+/// the head of the backend's `restart_test`), a statement db-test let
+/// through committed it. The test has passed already: said loudly, and
+/// the backend told (MySQL rebuilds the working database). Boxed: rare.
+fn found_committed<'a, DB: Dialect>(
+    state: &'a super::state::State,
+    e: &'a sqlx::Error,
+) -> futures_util::future::BoxFuture<'a, ()> {
+    Box::pin(async move {
+        if is_broken(e) || !DB::transaction_gone(e) || DB::PROBE_TRANSACTION.is_none() {
+            return;
+        }
+        let statements = lock(&state.log)
+            .iter()
+            .map(|s| format!("\n  {}", crate::sqltext::excerpt(&s.sql, 300)))
+            .collect::<String>();
+        eprintln!(
+            "db-test: after test `{}` ended, its transaction was found no longer open ({e}): a \
+             statement it ran committed it without db-test recognising it, so what the test \
+             wrote was COMMITTED{}. This is a gap in db-test's reading of statements: please \
+             report it with the test's last statements:{statements}",
+            state.label,
+            if DB::SHARED_WORKING_DATABASE {
+                " into the shared working database (db-test rebuilds it from the template when \
+                 the next test process starts; tests of this run that come later may see it)"
+            } else {
+                ""
+            }
+        );
+        let canceller = lock(&state.canceller).clone();
+        if let Some(canceller) = canceller {
+            canceller.committed().await;
+        }
+    })
 }
 
 /// What becomes of the test's connection and its slot at the test's end.

@@ -288,6 +288,7 @@ impl<DB: Dialect> Shared<DB> {
     pub(crate) async fn lock_raw(&self) -> sqlx::Result<SlotGuard<DB>> {
         let mut guard = self.lock_app().await?;
         self.state.touched.store(true, Ordering::Relaxed);
+        self.state.probe_once.store(true, Ordering::Relaxed);
         if let Some(clear) = DB::clear_statements(guard.conn_mut()) {
             self.state.clear_once.store(true, Ordering::Relaxed);
             clear.await?;

@@ -43,6 +43,10 @@ pub(crate) struct State {
     /// or `begin()`, or a transaction from `Acquire::begin`): whether the
     /// test's transaction is still open is checked at the end.
     pub(super) out_of_sight: AtomicBool,
+    /// A guard from `acquire()` handed out the bare connection since the
+    /// last statement through `Db`: the next one first checks that the
+    /// test's transaction is still open (see `Shared::run`).
+    pub(super) probe_once: AtomicBool,
     /// The test's transaction was found ended at the end of the test: what
     /// the test wrote before that was committed.
     pub(super) ended_out_of_sight: AtomicBool,
@@ -84,6 +88,12 @@ pub(crate) trait Canceller: Send + Sync {
     fn cancel(&self) -> futures_util::future::BoxFuture<'static, ()>;
     /// The connection is ready again: undo what `cancel` left set.
     fn done(&self) {}
+    /// After the test, its transaction was found ended by something db-test
+    /// let through: what it wrote was committed. (MySQL: the working
+    /// database is marked to be cloned again.)
+    fn committed(&self) -> futures_util::future::BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
 }
 
 impl State {

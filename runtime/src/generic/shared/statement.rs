@@ -17,7 +17,8 @@ use std::sync::atomic::Ordering;
 use futures_util::TryStreamExt;
 
 use super::errors::{
-    committed_unseen, ended_by_database, is_broken, never_sent, out_of_sync, poisoned_error,
+    committed_on_a_guard, committed_unseen, ended_by_database, is_broken, never_sent, out_of_sync,
+    poisoned_error,
 };
 use super::recover::{CANCEL_AFTER, recover_dropped};
 use super::state::State;
@@ -30,7 +31,10 @@ impl<DB: Dialect> Shared<DB> {
         self: &Arc<Self>,
         query: OwnedQuery<DB>,
     ) -> sqlx::Result<Vec<Step<DB>>> {
-        let guard = self.lock().await?;
+        let mut guard = self.lock().await?;
+        if self.state.probe_once.swap(false, Ordering::Relaxed) {
+            probe_after_guard::<DB>(&self.state, &mut guard).await?;
+        }
         self.locked_statement(guard, query).await
     }
 
@@ -79,6 +83,32 @@ impl<DB: Dialect> Shared<DB> {
             }
         }
     }
+}
+
+/// The first statement through `Db` after a guard from `acquire()` handed
+/// out the bare connection: is the test's transaction still open? Something
+/// sent there, out of db-test's sight, may have ended it: a `COMMIT`, or on
+/// MySQL a statement that commits implicitly, such as the `CREATE TABLE IF
+/// NOT EXISTS _sqlx_migrations` of an app's `sqlx::migrate!().run(&db)`.
+/// Then every statement after it would commit on its own: the test is
+/// failed now, and nothing more of it runs. Boxed: the statement path's
+/// frame does not hold it.
+fn probe_after_guard<'a, DB: Dialect>(
+    state: &'a State,
+    guard: &'a mut SlotGuard<DB>,
+) -> futures_util::future::BoxFuture<'a, sqlx::Result<()>> {
+    Box::pin(async move {
+        match check_open::<DB>(guard.conn_mut()).await {
+            Err(gone) if !is_broken(&gone) && DB::transaction_gone(&gone) => {
+                // Committed: the working database is rebuilt.
+                state.ended_out_of_sight.store(true, Ordering::Relaxed);
+                let msg = committed_on_a_guard(&state.label, &gone, DB::SHARED_WORKING_DATABASE);
+                state.poison(msg.clone());
+                Err(poisoned_error(&msg))
+            }
+            other => other,
+        }
+    })
 }
 
 type Statement<DB> = futures_util::future::BoxFuture<'static, sqlx::Result<Vec<Step<DB>>>>;

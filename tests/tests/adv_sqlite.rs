@@ -907,3 +907,164 @@ async fn fetch_one_stops_at_the_first_row_database_mode(pool: SqlitePool) {
 // `Connection::begin_with`): `Db` has no `begin_with`; on a guard's
 // connection sqlx refuses a custom BEGIN inside the test's transaction.
 // ---------------------------------------------------------------------------
+
+// ---------------------------------------------------------------------------
+// Dropped statements (found by a second adversarial review, 2026-12-05).
+// ---------------------------------------------------------------------------
+
+/// Was FAILS (db-test): the `replace()` function at the top of a `WITH`'s
+/// `SELECT` was read as a `REPLACE` statement, a write, which db-test does
+/// not interrupt when it is dropped: the next statement waited for the
+/// endless read, until the test's timeout.
+#[db_test(migrations = "tests/adv_sqlite/migrations", timeout = "30s")]
+async fn a_dropped_with_select_calling_replace_is_interrupted(db: db_test::sqlite::Db) {
+    let endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) \
+                   SELECT replace(count(x), '1', '2') FROM c";
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(100),
+        sqlx::query(endless).fetch_one(&db),
+    )
+    .await;
+    assert!(dropped.is_err(), "an endless query ended");
+    let one: i64 = sqlx::query_scalar("SELECT 1").fetch_one(&db).await.unwrap();
+    assert_eq!(one, 1);
+}
+
+/// A long write the test drops, then returns: SQLite does not interrupt a
+/// dropped write while the test runs (it would roll back the test's
+/// transaction), so it ran on after the test, on SQLite's worker thread.
+const RUNAWAY_INSERT: &str = "WITH RECURSIVE c(x) AS \
+     (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 200000000) \
+     INSERT INTO parent (name) SELECT 'row' || x FROM c";
+
+/// Run in a child, then [`child_runaway_2_no_worker_runs`].
+#[db_test(migrations = "tests/adv_sqlite/migrations")]
+async fn child_runaway_1_drops_a_long_write(db: db_test::sqlite::Db) {
+    if scenario() != "runaway" {
+        return;
+    }
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(50),
+        sqlx::query(RUNAWAY_INSERT).execute(&db),
+    )
+    .await;
+    assert!(dropped.is_err(), "the long write ended within 50 ms");
+}
+
+/// The threads of this process that are running (state `R`) now, by name.
+fn running_threads() -> Vec<String> {
+    let mut running = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // `pid (comm) state ...`: the state follows the last `)`.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next());
+        if state == Some("R") {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            running.push(comm.trim().to_string());
+        }
+    }
+    running
+}
+
+/// Run right after [`child_runaway_1_drops_a_long_write`] in the same
+/// process, one test at a time: no SQLite worker thread is still busy with
+/// its write (busy in every one of 20 looks, 50 ms apart, would be the
+/// write: a statement of seconds).
+#[test]
+fn child_runaway_2_no_worker_runs() {
+    if scenario() != "runaway" {
+        return;
+    }
+    let mut busy_every_time = None::<Vec<String>>;
+    for _ in 0..20 {
+        let now: Vec<String> = running_threads()
+            .into_iter()
+            .filter(|name| name.starts_with("sqlx-sqlite"))
+            .collect();
+        busy_every_time = Some(match busy_every_time {
+            None => now,
+            Some(before) => before.into_iter().filter(|n| now.contains(n)).collect(),
+        });
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let busy = busy_every_time.unwrap_or_default();
+    assert!(busy.is_empty(), "SQLite workers still running: {busy:?}");
+    println!("NO RUNAWAY");
+}
+
+#[test]
+fn a_write_dropped_at_the_end_of_a_test_is_stopped_and_the_test_passes() {
+    let mut cmd = common::children(&[
+        "child_runaway_1_drops_a_long_write",
+        "child_runaway_2_no_worker_runs",
+    ]);
+    cmd.env("ADV_SQLITE_CHILD", "runaway");
+    let out = common::run_ok(cmd, "the runaway write");
+    assert!(
+        out.contains("2 passed") && out.contains("NO RUNAWAY"),
+        "{out}"
+    );
+}
+
+/// Run in a child: times out inside a long read.
+#[db_test(migrations = "tests/adv_sqlite/migrations", timeout = "1s")]
+async fn child_times_out_in_a_read(db: db_test::sqlite::Db) {
+    if scenario() != "timeout" {
+        return;
+    }
+    sqlx::query("INSERT INTO parent (name) VALUES ('before')")
+        .execute(&db)
+        .await
+        .unwrap();
+    let _: i64 = sqlx::query_scalar(
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(x) FROM c",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+}
+
+/// Was FAILS (db-test): the failure report of a test that timed out inside
+/// a statement listed the statements before it, not that one.
+#[test]
+fn the_report_of_a_timed_out_test_names_the_statement_it_was_in() {
+    let mut cmd = common::children(&["child_times_out_in_a_read"]);
+    cmd.env("ADV_SQLITE_CHILD", "timeout");
+    let (out, text) = common::run_until(cmd, Duration::from_secs(120));
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("timed out"), "{text}");
+    assert!(
+        text.contains("SELECT count(x) FROM c")
+            && text.contains("still running when the test ended"),
+        "{text}"
+    );
+}
+
+/// Was FAILS (db-test): the same `sqlite3 .dump` fixture in transaction
+/// mode was refused (its `BEGIN TRANSACTION` inside the test's), with advice
+/// that fits a test's code, not a fixture file. Its own `BEGIN` and `COMMIT`
+/// are taken off, and its foreign keys deferred instead of off (its child
+/// row comes before its parent).
+#[db_test(
+    migrations = "tests/adv_sqlite/migrations",
+    fixtures(path = "adv_sqlite/fixtures", scripts("dump"))
+)]
+async fn dump_fixture_in_transaction_mode(db: TestDb) {
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM child")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "the fixture ran");
+    let deferred: i64 = sqlx::query_scalar("PRAGMA defer_foreign_keys")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(deferred, 0, "the fixture's deferral ends with it");
+    // Keys are enforced for the test, as in database mode.
+    let orphan = sqlx::query("INSERT INTO child (parent_id, note) VALUES (999, 'orphan')")
+        .execute(&db)
+        .await;
+    assert!(orphan.is_err(), "an orphan row was accepted");
+}

@@ -111,6 +111,15 @@ pub trait Dialect: sqlx::Database + sealed::Sealed {
     #[doc(hidden)]
     const RESET_AT_TRANSACTION_END: Option<(&'static str, &'static str)> = None;
 
+    /// A fixture's text as a transaction-mode test runs it, inside the
+    /// test's transaction (SQLite: a `sqlite3 .dump` file's own `BEGIN
+    /// TRANSACTION` and `COMMIT` taken off).
+    #[doc(hidden)]
+    #[cfg(feature = "harness")]
+    fn fixture_in_transaction(sql: &'static str) -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Borrowed(sql)
+    }
+
     /// Under test, keeps `open` (the names of the savepoints the test
     /// opened itself outside an app transaction, innermost last) up to
     /// date with what `sql` opens (`SAVEPOINT`) and releases (`RELEASE`).

@@ -161,8 +161,18 @@ impl SharedConn {
         lock(&self.state.counters).statements
     }
 
+    /// The test's last statements, for its failure report; with the one
+    /// still running on the connection, if any.
     pub(crate) fn recent_statements(&self) -> Vec<LoggedStatement> {
-        lock(&self.state.counters).log.iter().cloned().collect()
+        let mut log: Vec<LoggedStatement> =
+            lock(&self.state.counters).log.iter().cloned().collect();
+        if let Some(sql) = lock(&self.state.in_flight).clone() {
+            log.push(LoggedStatement {
+                sql,
+                error: Some(super::STILL_RUNNING.into()),
+            });
+        }
+        log
     }
 }
 

@@ -49,3 +49,8 @@ pub(crate) use statement::run_on_guard;
 /// How long teardown waits for a task that still holds the test's
 /// connection, and for a cancelled statement to stop.
 pub(crate) const TEARDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// What a failure report says of a statement that had not ended when the
+/// test did.
+pub(crate) const STILL_RUNNING: &str =
+    "still running when the test ended (or dropped by its caller before its reply was read)";

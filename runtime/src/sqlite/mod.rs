@@ -217,6 +217,14 @@ impl crate::generic::Dialect for Sqlite {
         Some(("DEFER_FOREIGN_KEYS", "PRAGMA defer_foreign_keys = OFF"));
 
     #[cfg(feature = "harness")]
+    fn fixture_in_transaction(sql: &'static str) -> std::borrow::Cow<'static, str> {
+        match refuse::dump_body(sql) {
+            Some(body) => std::borrow::Cow::Owned(body),
+            None => std::borrow::Cow::Borrowed(sql),
+        }
+    }
+
+    #[cfg(feature = "harness")]
     fn track_savepoints(sql: &str, open: &mut Vec<String>) {
         refuse::track_savepoints(sql, open);
     }

@@ -150,7 +150,11 @@ fn top_level_words(stmt: &str) -> Vec<String> {
                 {
                     i += 1;
                 }
-                if depth == 0 {
+                // `replace(..)`, the function, is no `REPLACE` statement
+                // (`REPLACE INTO`).
+                let call = stmt[start..i].eq_ignore_ascii_case("REPLACE")
+                    && stmt[i..].trim_start().starts_with('(');
+                if depth == 0 && !call {
                     words.push(stmt[start..i].to_ascii_uppercase());
                 }
             }
@@ -185,6 +189,52 @@ pub(crate) fn is_read(sql: &str) -> bool {
                 _ => false,
             }
         })
+}
+
+/// The body of a `sqlite3 .dump` file, as a fixture of a transaction-mode
+/// test runs it: the file is `PRAGMA foreign_keys=OFF; BEGIN TRANSACTION;
+/// ... COMMIT;`, and the test's transaction has begun already (where that
+/// `PRAGMA` does nothing, and `BEGIN` fails). The foreign keys are deferred
+/// instead (`PRAGMA defer_foreign_keys`, which works inside a transaction),
+/// so rows may come in any order, as with the keys off; then checked again
+/// as the test goes on. None if `sql` is not in that shape.
+pub(crate) fn dump_body(sql: &str) -> Option<String> {
+    /// `sql` after `word` and what may follow it (spaces, `;`), if `sql`
+    /// starts with it, in any case.
+    fn after<'a>(sql: &'a str, words: &[&str]) -> Option<&'a str> {
+        let mut rest = sql.trim_start();
+        for word in words {
+            let head = rest.get(..word.len())?;
+            if !head.eq_ignore_ascii_case(word) {
+                return None;
+            }
+            rest = rest[word.len()..].trim_start();
+        }
+        rest.strip_prefix(';')
+    }
+    let (keys_off, rest) = match after(sql, &["PRAGMA", "foreign_keys", "=", "OFF"]) {
+        Some(rest) => (true, rest),
+        None => (false, sql),
+    };
+    let body = after(rest, &["BEGIN", "TRANSACTION"])?;
+    let body = body.trim_end();
+    let body = body.strip_suffix(';').unwrap_or(body).trim_end();
+    let commit = body.len().checked_sub("COMMIT".len())?;
+    if !body.get(commit..)?.eq_ignore_ascii_case("COMMIT")
+        || body[..commit]
+            .trim_end()
+            .chars()
+            .last()
+            .is_some_and(|c| c != ';')
+    {
+        return None;
+    }
+    let body = &body[..commit];
+    Some(if keys_off {
+        format!("PRAGMA defer_foreign_keys = ON;\n{body}\nPRAGMA defer_foreign_keys = OFF;")
+    } else {
+        body.to_string()
+    })
 }
 
 /// Why a SQLite test in transaction mode must not run `sql`, if it must not.
@@ -313,6 +363,20 @@ mod tests {
         ));
         assert!(is_read("-- INSERT\nEXPLAIN QUERY PLAN DELETE FROM t"));
         assert!(!is_read("WITH d AS (SELECT 1) DELETE FROM t WHERE id IN d"));
+        // `replace()` is a function; `REPLACE INTO` a write.
+        assert!(is_read(
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) \
+             SELECT replace(count(x), '1', '2') FROM c"
+        ));
+        assert!(is_read(
+            "WITH a AS (SELECT 1) SELECT REPLACE ('ab', 'a', 'b')"
+        ));
+        assert!(!is_read(
+            "WITH a AS (SELECT 1 AS x) REPLACE INTO t SELECT x FROM a"
+        ));
+        assert!(!is_read(
+            "WITH a AS (SELECT 1 AS x) REPLACE INTO t(x) SELECT x FROM a"
+        ));
         assert!(!is_read("CREATE TABLE r AS SELECT x FROM c"));
         assert!(!is_read("ANALYZE"));
         assert!(!is_read("REINDEX t"));
@@ -406,5 +470,41 @@ mod tests {
         ] {
             assert_eq!(refuse(sql), None, "{sql:?}");
         }
+    }
+
+    #[test]
+    fn a_dump_files_own_transaction_is_taken_off() {
+        let dump =
+            "PRAGMA foreign_keys=OFF;\nBEGIN TRANSACTION;\nINSERT INTO t VALUES(1);\nCOMMIT;\n";
+        let words =
+            |sql: Option<String>| sql.map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "));
+        assert_eq!(
+            words(super::dump_body(dump)).as_deref(),
+            Some(
+                "PRAGMA defer_foreign_keys = ON; INSERT INTO t VALUES(1); \
+                 PRAGMA defer_foreign_keys = OFF;"
+            )
+        );
+        assert_eq!(
+            words(super::dump_body(
+                "begin transaction; INSERT INTO t VALUES(1); commit"
+            ))
+            .as_deref(),
+            Some("INSERT INTO t VALUES(1);")
+        );
+        assert_eq!(
+            words(super::dump_body("BEGIN TRANSACTION; COMMIT;")).as_deref(),
+            Some("")
+        );
+        // Not a dump: left as it is (and refused, if it must be).
+        assert_eq!(super::dump_body("INSERT INTO t VALUES(1); COMMIT;"), None);
+        assert_eq!(
+            super::dump_body("BEGIN TRANSACTION; INSERT INTO t VALUES(1)"),
+            None
+        );
+        assert_eq!(
+            super::dump_body("BEGIN TRANSACTION; SELECT 'x COMMIT'"),
+            None
+        );
     }
 }

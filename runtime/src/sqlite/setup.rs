@@ -161,6 +161,15 @@ impl Resource for SqliteTx {
             // connection then is not reused (the teardown closes a
             // connection whose statement it had to wait for).
             self.interrupt.fire();
+        } else if self.inner.shared.statement_in_flight() {
+            // A statement the test dropped has not ended (a write, which is
+            // not interrupted while the test runs: SQLite would roll back
+            // the test's transaction with it). Everything is rolled back
+            // now anyway: stop it, and close the connection with its
+            // in-memory copy, rather than wait for it (SQLite's worker
+            // thread would run it to its end, after the test, on a core).
+            self.interrupt.fire();
+            self.inner.shared.abandon_at_end();
         }
         Box::new(self.inner).teardown(ending)
     }

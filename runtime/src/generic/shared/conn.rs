@@ -114,6 +114,7 @@ impl<DB: Dialect> Shared<DB> {
             clear_once: AtomicBool::new(false),
             out_of_sight: AtomicBool::new(false),
             probe_once: AtomicBool::new(false),
+            abandon: AtomicBool::new(false),
             ended_out_of_sight: AtomicBool::new(false),
             ended_by_database: AtomicBool::new(false),
             runtime_dropped: AtomicBool::new(false),
@@ -249,8 +250,33 @@ impl<DB: Dialect> Shared<DB> {
         self.state.statements.load(Ordering::Relaxed)
     }
 
+    /// The test's last statements, for its failure report; with the one
+    /// still running on the connection, if any (a test that timed out in
+    /// it, or a statement the test dropped that had not ended).
     pub(crate) fn recent_statements(&self) -> Vec<LoggedStatement> {
-        lock(&self.state.log).iter().cloned().collect()
+        let mut log: Vec<LoggedStatement> = lock(&self.state.log).iter().cloned().collect();
+        if let Some(sql) = lock(&self.state.in_flight).clone() {
+            log.push(LoggedStatement {
+                sql,
+                error: Some(crate::shared::STILL_RUNNING.into()),
+            });
+        }
+        log
+    }
+
+    /// Whether a statement of the test had not ended when the test did (a
+    /// statement the test dropped, still running or not yet read back).
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+    pub(crate) fn statement_in_flight(&self) -> bool {
+        lock(&self.state.in_flight).is_some()
+    }
+
+    /// At the test's end, the connection is closed without a rollback or
+    /// a look at what it was doing: its statement was interrupted, and its
+    /// database goes with it (SQLite's in-memory copy).
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+    pub(crate) fn abandon_at_end(&self) {
+        self.state.abandon.store(true, Ordering::Relaxed);
     }
 }
 

@@ -143,6 +143,12 @@ impl<DB: Dialect> Shared<DB> {
             return (Handback::Release(true), poisoned, log);
         };
         unregister(self.conn_addr, &self.state);
+        if self.state.abandon.load(Ordering::Relaxed) {
+            // Interrupted, its database going with it: closed as it is.
+            conn.close_on_drop();
+            drop(conn);
+            return (Handback::Release(true), poisoned, log);
+        }
         let mut failure = poisoned;
         // A statement still running (the test timed out in it) gets a
         // grace period; then the connection is dropped instead of reused.

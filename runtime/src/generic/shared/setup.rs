@@ -27,7 +27,8 @@ pub(crate) async fn apply_fixtures<DB: Dialect>(
     db: &Db<DB>,
 ) -> Result<(), String> {
     for fixture in spec.fixtures {
-        sqlx::Executor::execute(db, sqlx::raw_sql(sqlx::AssertSqlSafe(fixture.sql)))
+        let sql = DB::fixture_in_transaction(fixture.sql).into_owned();
+        sqlx::Executor::execute(db, sqlx::raw_sql(sqlx::AssertSqlSafe(sql)))
             .await
             .map_err(|e| crate::run::fixture_failed(spec, fixture.path, e))?;
     }

@@ -47,6 +47,8 @@ pub(crate) struct State {
     /// last statement through `Db`: the next one first checks that the
     /// test's transaction is still open (see `Shared::run`).
     pub(super) probe_once: AtomicBool,
+    /// See `Shared::abandon_at_end`.
+    pub(super) abandon: AtomicBool,
     /// The test's transaction was found ended at the end of the test: what
     /// the test wrote before that was committed.
     pub(super) ended_out_of_sight: AtomicBool,

@@ -951,23 +951,6 @@ async fn child_runaway_1_drops_a_long_write(db: db_test::sqlite::Db) {
     assert!(dropped.is_err(), "the long write ended within 50 ms");
 }
 
-/// The threads of this process that are running (state `R`) now, by name.
-fn running_threads() -> Vec<String> {
-    let mut running = Vec::new();
-    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
-        // `pid (comm) state ...`: the state follows the last `)`.
-        let state = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next());
-        if state == Some("R") {
-            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-            running.push(comm.trim().to_string());
-        }
-    }
-    running
-}
-
 /// Run right after [`child_runaway_1_drops_a_long_write`] in the same
 /// process, one test at a time: no SQLite worker thread is still busy with
 /// its write (busy in every one of 20 looks, 50 ms apart, would be the
@@ -977,19 +960,7 @@ fn child_runaway_2_no_worker_runs() {
     if scenario() != "runaway" {
         return;
     }
-    let mut busy_every_time = None::<Vec<String>>;
-    for _ in 0..20 {
-        let now: Vec<String> = running_threads()
-            .into_iter()
-            .filter(|name| name.starts_with("sqlx-sqlite"))
-            .collect();
-        busy_every_time = Some(match busy_every_time {
-            None => now,
-            Some(before) => before.into_iter().filter(|n| now.contains(n)).collect(),
-        });
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let busy = busy_every_time.unwrap_or_default();
+    let busy = common::sqlite_workers_always_running(20);
     assert!(busy.is_empty(), "SQLite workers still running: {busy:?}");
     println!("NO RUNAWAY");
 }

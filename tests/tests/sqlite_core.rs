@@ -444,36 +444,7 @@ fn child_timeout_then_no_statement_runs_on() {
     if scenario() != "timeout" {
         return;
     }
-    let workers = || -> Vec<(String, String)> {
-        std::fs::read_dir("/proc/self/task")
-            .unwrap()
-            .filter_map(|task| {
-                let path = task.ok()?.path();
-                let comm = std::fs::read_to_string(path.join("comm")).ok()?;
-                if !comm.starts_with("sqlx-sqlite") {
-                    return None;
-                }
-                let stat = std::fs::read_to_string(path.join("stat")).ok()?;
-                // The state follows the parenthesised name.
-                let state = stat.rsplit(") ").next()?.chars().next()?.to_string();
-                Some((path.display().to_string(), state))
-            })
-            .collect()
-    };
-    let mut always_running: Option<Vec<String>> = None;
-    for _ in 0..10 {
-        let running: Vec<String> = workers()
-            .into_iter()
-            .filter(|(_, state)| state == "R")
-            .map(|(path, _)| path)
-            .collect();
-        always_running = Some(match always_running {
-            None => running,
-            Some(before) => before.into_iter().filter(|p| running.contains(p)).collect(),
-        });
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let always_running = always_running.unwrap_or_default();
+    let always_running = common::sqlite_workers_always_running(10);
     assert!(
         always_running.is_empty(),
         "SQLite worker threads still running a statement: {always_running:?}"

@@ -128,3 +128,36 @@ pub async fn exists(conn: &mut PgConnection, name: &str) -> bool {
         .await
         .unwrap()
 }
+
+/// SQLite worker threads of this process (`sqlx-sqlite-worker-*`) that are
+/// running in every one of `looks` looks, 50 ms apart: a statement still
+/// running (an idle worker sleeps on its channel). By their `/proc` paths.
+#[allow(dead_code)]
+pub fn sqlite_workers_always_running(looks: usize) -> Vec<String> {
+    let running = || -> Vec<String> {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|task| {
+                let path = task.ok()?.path();
+                let comm = std::fs::read_to_string(path.join("comm")).ok()?;
+                if !comm.starts_with("sqlx-sqlite") {
+                    return None;
+                }
+                let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+                // The state follows the parenthesised name.
+                let state = stat.rsplit(") ").next()?.chars().next()?;
+                (state == 'R').then(|| path.display().to_string())
+            })
+            .collect()
+    };
+    let mut always: Option<Vec<String>> = None;
+    for _ in 0..looks {
+        let now = running();
+        always = Some(match always {
+            None => now,
+            Some(before) => before.into_iter().filter(|p| now.contains(p)).collect(),
+        });
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    always.unwrap_or_default()
+}

@@ -32,7 +32,11 @@ impl<DB: Dialect> Shared<DB> {
         query: OwnedQuery<DB>,
     ) -> sqlx::Result<Vec<Step<DB>>> {
         let mut guard = self.lock().await?;
-        if self.state.probe_once.swap(false, Ordering::Relaxed) {
+        // (A test already failing, by a deadlock say, gets its error from
+        // the statement: nothing to probe.)
+        if self.state.probe_once.swap(false, Ordering::Relaxed)
+            && lock(&self.state.poisoned).is_none()
+        {
             probe_after_guard::<DB>(&self.state, &mut guard).await?;
         }
         self.locked_statement(guard, query).await

@@ -1039,3 +1039,38 @@ async fn dump_fixture_in_transaction_mode(db: TestDb) {
         .await;
     assert!(orphan.is_err(), "an orphan row was accepted");
 }
+
+/// Run in a child: a seeding helper that turns foreign keys off to insert
+/// a child row before its parent, as it would on a pool.
+#[db_test(migrations = "tests/adv_sqlite/migrations")]
+async fn child_seeds_with_foreign_keys_off(db: db_test::sqlite::Db) {
+    if scenario() != "fkoff" {
+        return;
+    }
+    sqlx::raw_sql(
+        "PRAGMA foreign_keys = OFF; \
+         INSERT INTO child (parent_id, note) VALUES (77, 'before its parent'); \
+         INSERT INTO parent (id, name) VALUES (77, 'late'); \
+         PRAGMA foreign_keys = ON",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+}
+
+/// `PRAGMA foreign_keys = OFF` does nothing inside the test's transaction
+/// (SQLite's rule): the helper fails as it would in any transaction, and the
+/// failure's output says why and what works instead.
+#[test]
+fn foreign_keys_turned_off_in_transaction_mode_are_explained() {
+    let mut cmd = common::children(&["child_seeds_with_foreign_keys_off"]);
+    cmd.env("ADV_SQLITE_CHILD", "fkoff");
+    let (out, text) = common::run_until(cmd, Duration::from_secs(120));
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("FOREIGN KEY constraint failed"), "{text}");
+    assert!(
+        text.contains("`PRAGMA foreign_keys = OFF` does nothing inside a transaction")
+            && text.contains("PRAGMA defer_foreign_keys = ON"),
+        "{text}"
+    );
+}

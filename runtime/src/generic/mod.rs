@@ -111,6 +111,18 @@ pub trait Dialect: sqlx::Database + sealed::Sealed {
     #[doc(hidden)]
     const RESET_AT_TRANSACTION_END: Option<(&'static str, &'static str)> = None;
 
+    /// Advice for a statement that runs, but not as the test may expect,
+    /// inside the test's transaction (SQLite: `PRAGMA foreign_keys = OFF`,
+    /// which does nothing there). Printed with the test's output, which
+    /// libtest shows if the test fails. Asked only of statements
+    /// [`Dialect::touches_session`] says yes to.
+    #[doc(hidden)]
+    #[cfg(feature = "harness")]
+    fn advice(sql: &str) -> Option<&'static str> {
+        let _ = sql;
+        None
+    }
+
     /// A fixture's text as a transaction-mode test runs it, inside the
     /// test's transaction (SQLite: a `sqlite3 .dump` file's own `BEGIN
     /// TRANSACTION` and `COMMIT` taken off).

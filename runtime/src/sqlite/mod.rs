@@ -217,6 +217,17 @@ impl crate::generic::Dialect for Sqlite {
         Some(("DEFER_FOREIGN_KEYS", "PRAGMA defer_foreign_keys = OFF"));
 
     #[cfg(feature = "harness")]
+    fn advice(sql: &str) -> Option<&'static str> {
+        refuse::turns_foreign_keys_off(sql).then_some(
+            "`PRAGMA foreign_keys = OFF` does nothing inside a transaction (SQLite's rule), and a \
+             transaction-mode test runs in one: foreign keys stay on, and rows inserted out of \
+             order fail with `FOREIGN KEY constraint failed`. `PRAGMA defer_foreign_keys = ON` \
+             works there (db-test checks deferred keys where a COMMIT would), or use \
+             `isolation = \"database\"`.",
+        )
+    }
+
+    #[cfg(feature = "harness")]
     fn fixture_in_transaction(sql: &'static str) -> std::borrow::Cow<'static, str> {
         match refuse::dump_body(sql) {
             Some(body) => std::borrow::Cow::Owned(body),

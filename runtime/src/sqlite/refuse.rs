@@ -191,6 +191,29 @@ pub(crate) fn is_read(sql: &str) -> bool {
         })
 }
 
+/// Whether a statement of `sql` is `PRAGMA [schema.]foreign_keys = OFF`
+/// (or `0`, `FALSE`, `NO`; also `(OFF)`).
+pub(crate) fn turns_foreign_keys_off(sql: &str) -> bool {
+    crate::sqltext::contains_any_ignore_case(sql, &["FOREIGN_KEYS"])
+        && statements(sql).iter().any(|stmt| {
+            let words: Vec<String> = stmt
+                .split(|c: char| c.is_whitespace() || matches!(c, '=' | '(' | ')' | '.'))
+                .filter(|w| !w.is_empty())
+                .map(|w| {
+                    w.trim_matches(|c| c == '\'' || c == '"')
+                        .to_ascii_uppercase()
+                })
+                .collect();
+            let words: Vec<&str> = words.iter().map(String::as_str).collect();
+            match words.as_slice() {
+                ["PRAGMA", "FOREIGN_KEYS", value] | ["PRAGMA", _, "FOREIGN_KEYS", value] => {
+                    matches!(*value, "OFF" | "0" | "FALSE" | "NO")
+                }
+                _ => false,
+            }
+        })
+}
+
 /// The body of a `sqlite3 .dump` file, as a fixture of a transaction-mode
 /// test runs it: the file is `PRAGMA foreign_keys=OFF; BEGIN TRANSACTION;
 /// ... COMMIT;`, and the test's transaction has begun already (where that
@@ -506,5 +529,26 @@ mod tests {
             super::dump_body("BEGIN TRANSACTION; SELECT 'x COMMIT'"),
             None
         );
+    }
+
+    #[test]
+    fn foreign_keys_turned_off_is_told() {
+        for sql in [
+            "PRAGMA foreign_keys = OFF",
+            "pragma foreign_keys=off; INSERT INTO t VALUES (1)",
+            "PRAGMA main.foreign_keys = 0",
+            "PRAGMA foreign_keys(false)",
+            "PRAGMA foreign_keys = 'no'",
+        ] {
+            assert!(super::turns_foreign_keys_off(sql), "{sql}");
+        }
+        for sql in [
+            "PRAGMA foreign_keys = ON",
+            "PRAGMA foreign_keys",
+            "PRAGMA defer_foreign_keys = OFF",
+            "SELECT 'PRAGMA foreign_keys = OFF'",
+        ] {
+            assert!(!super::turns_foreign_keys_off(sql), "{sql}");
+        }
     }
 }

@@ -230,6 +230,9 @@ async fn run_statement<DB: Dialect>(
     if touches && !state.touched.load(Ordering::Relaxed) {
         state.touched.store(true, Ordering::Relaxed);
     }
+    if touches && let Some(advice) = DB::advice(&sql) {
+        eprintln!("db-test: in test `{}`: {advice}", state.label);
+    }
     if touches && DB::changes_schema(&sql) {
         state.schema_changed.store(true, Ordering::Relaxed);
     }

@@ -979,6 +979,16 @@ fn a_write_dropped_at_the_end_of_a_test_is_stopped_and_the_test_passes() {
     );
 }
 
+/// Runs the child test `test` with `ADV_SQLITE_CHILD=scenario`, which must
+/// fail (a hang is a failure too); returns its output.
+fn failing_child(test: &str, scenario: &str) -> String {
+    let mut cmd = common::children(&[test]);
+    cmd.env("ADV_SQLITE_CHILD", scenario);
+    let (out, text) = common::run_until(cmd, Duration::from_secs(120));
+    assert!(!out.status.success(), "{text}");
+    text
+}
+
 /// Run in a child: times out inside a long read.
 #[db_test(migrations = "tests/adv_sqlite/migrations", timeout = "1s")]
 async fn child_times_out_in_a_read(db: db_test::sqlite::Db) {
@@ -1001,10 +1011,7 @@ async fn child_times_out_in_a_read(db: db_test::sqlite::Db) {
 /// a statement listed the statements before it, not that one.
 #[test]
 fn the_report_of_a_timed_out_test_names_the_statement_it_was_in() {
-    let mut cmd = common::children(&["child_times_out_in_a_read"]);
-    cmd.env("ADV_SQLITE_CHILD", "timeout");
-    let (out, text) = common::run_until(cmd, Duration::from_secs(120));
-    assert!(!out.status.success(), "{text}");
+    let text = failing_child("child_times_out_in_a_read", "timeout");
     assert!(text.contains("timed out"), "{text}");
     assert!(
         text.contains("SELECT count(x) FROM c")
@@ -1063,10 +1070,7 @@ async fn child_seeds_with_foreign_keys_off(db: db_test::sqlite::Db) {
 /// failure's output says why and what works instead.
 #[test]
 fn foreign_keys_turned_off_in_transaction_mode_are_explained() {
-    let mut cmd = common::children(&["child_seeds_with_foreign_keys_off"]);
-    cmd.env("ADV_SQLITE_CHILD", "fkoff");
-    let (out, text) = common::run_until(cmd, Duration::from_secs(120));
-    assert!(!out.status.success(), "{text}");
+    let text = failing_child("child_seeds_with_foreign_keys_off", "fkoff");
     assert!(text.contains("FOREIGN KEY constraint failed"), "{text}");
     assert!(
         text.contains("`PRAGMA foreign_keys = OFF` does nothing inside a transaction")

@@ -318,6 +318,51 @@ fn tasks_spawned_through_the_context_are_aborted_when_the_test_ends() {
     );
 }
 
+/// Run first by the parent below: the shared runtime is built on its thread.
+#[db_test]
+async fn child_output_a_first_test(db: TestDb) {
+    sqlx::query("SELECT 1").execute(&db).await.unwrap();
+}
+
+/// Prints from a task it spawns, then fails (only in the parent's child).
+#[db_test]
+async fn child_output_b_spawns_and_fails(db: TestDb) {
+    sqlx::query("SELECT 1").execute(&db).await.unwrap();
+    if std::env::var("DB_TEST_OUTPUT_DEMO").is_err() {
+        return;
+    }
+    tokio::spawn(async { println!("PRINTED BY A SPAWNED TASK") })
+        .await
+        .unwrap();
+    let panicked = tokio::spawn(async { panic!("A SPAWNED TASK PANICKED") }).await;
+    assert!(panicked.is_err());
+    panic!("the test fails");
+}
+
+/// libtest captures a test's output on its thread, and a thread started
+/// from there inherits the capture: the shared runtime's workers, started
+/// from the first test's thread, wrote what every later test's tasks print
+/// into that test's buffer, and it was lost. `#[tokio::test]` shows it.
+#[test]
+fn what_the_tasks_of_a_failing_test_print_is_not_lost() {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "child_output_a_first_test",
+        "child_output_b_spawns_and_fails",
+        "--exact",
+        "--test-threads=1",
+    ])
+    .env("DB_TEST_OUTPUT_DEMO", "1")
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let (out, text) = run_until(cmd, Duration::from_secs(120));
+    assert!(!out.status.success(), "the child test should fail:\n{text}");
+    assert!(text.contains("the test fails"), "{text}");
+    assert!(text.contains("PRINTED BY A SPAWNED TASK"), "{text}");
+    assert!(text.contains("A SPAWNED TASK PANICKED"), "{text}");
+}
+
 /// Pausing the clock of the shared multi-thread runtime is tokio's panic;
 /// db-test adds how to get a runtime that can be paused.
 #[db_test]

@@ -13,14 +13,69 @@ use crate::config;
 pub(crate) fn shared_runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(config::worker_threads())
-            .thread_name("db-test-worker")
-            .on_thread_start(crate::clock::mark_shared_thread)
-            .enable_all()
-            .build()
-            .expect("db-test: cannot build the shared tokio runtime")
+        outside_output_capture(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(config::worker_threads())
+                .thread_name("db-test-worker")
+                .on_thread_start(crate::clock::mark_shared_thread)
+                .enable_all()
+                .build()
+                .expect("db-test: cannot build the shared tokio runtime")
+        })
     })
+}
+
+/// Runs `f` (which builds the shared runtime) on a thread that no test's
+/// output capture reaches, and returns what it gives.
+///
+/// A thread started with `std::thread` inherits the output capture of the
+/// thread that starts it, and libtest captures each test's output on the
+/// test's thread. Built on the first test's thread, the runtime's workers
+/// would write everything the tasks of every later test print (a spawned
+/// task's `println!`, the message of its panic) into that first test's
+/// buffer, read once when it ended: lost. Built here, on a thread that
+/// `std::thread` did not start, they write to the process's stdout and
+/// stderr, as under `--nocapture` (nextest captures them per test).
+#[cfg(unix)]
+fn outside_output_capture<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    type Job = Box<dyn FnOnce() + Send>;
+    extern "C" fn start(arg: *mut libc::c_void) -> *mut libc::c_void {
+        // SAFETY: `arg` is the `Box<Job>` leaked below, taken back once.
+        let job = unsafe { Box::from_raw(arg.cast::<Job>()) };
+        job();
+        std::ptr::null_mut()
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    // A panic must not unwind out of `start`: it is caught, and resumed on
+    // the caller's thread.
+    let job: Job = Box::new(move || {
+        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+    });
+    let arg = Box::into_raw(Box::new(job));
+    let mut thread: libc::pthread_t = 0;
+    // SAFETY: `start` takes ownership of `arg`; `thread` is joined below.
+    let rc = unsafe { libc::pthread_create(&mut thread, std::ptr::null(), start, arg.cast()) };
+    if rc == 0 {
+        // SAFETY: a thread created above, joined once.
+        unsafe { libc::pthread_join(thread, std::ptr::null_mut()) };
+    } else {
+        // No thread: here, captured or not.
+        // SAFETY: `start` did not run, so `arg` is still ours.
+        let job = unsafe { Box::from_raw(arg) };
+        job();
+    }
+    match rx
+        .recv()
+        .expect("db-test: the runtime's builder sends its result")
+    {
+        Ok(out) => out,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+#[cfg(not(unix))]
+fn outside_output_capture<T>(f: impl FnOnce() -> T) -> T {
+    f()
 }
 
 /// The runtime a test's body runs on.

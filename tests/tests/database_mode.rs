@@ -322,7 +322,26 @@ sequences_as_migrated!(
 
 /// Settings a migration gives the database (`ALTER DATABASE .. SET`) hold
 /// in every test's database, as when the migrations run in it.
-async fn database_settings<'e>(e: impl sqlx::PgExecutor<'e>) -> (String, Option<String>, String) {
+async fn database_settings<'e>(
+    e: impl sqlx::PgExecutor<'e> + Copy,
+) -> (String, Option<String>, String) {
+    // The database's own comment, privileges and connection limit, as the
+    // migrations left them: `CREATE DATABASE .. TEMPLATE` copies none of them.
+    let (comment, public_temp, public_connect, limit): (Option<String>, bool, bool, i32) =
+        sqlx::query_as(
+            "SELECT shobj_description(d.oid, 'pg_database'), \
+             EXISTS (SELECT 1 FROM aclexplode(d.datacl) a WHERE a.grantee = 0 AND a.privilege_type = 'TEMPORARY'), \
+             EXISTS (SELECT 1 FROM aclexplode(d.datacl) a WHERE a.grantee = 0 AND a.privilege_type = 'CONNECT'), \
+             d.datconnlimit \
+             FROM pg_database d WHERE d.datname = current_database()",
+        )
+        .fetch_one(e)
+        .await
+        .unwrap();
+    assert_eq!(comment.as_deref(), Some("the app's database"));
+    assert!(!public_temp, "TEMPORARY was revoked from PUBLIC");
+    assert!(public_connect, "PUBLIC keeps CONNECT");
+    assert_eq!(limit, 250);
     sqlx::query_as(
         "SELECT current_setting('work_mem'), current_setting('app.tenant', true), \
          current_setting('search_path')",
@@ -397,7 +416,12 @@ static RECYCLE_PAIRS: std::sync::LazyLock<sqlx::migrate::Migrator> =
              CREATE TABLE posts (id BIGSERIAL PRIMARY KEY, \
                  user_id BIGINT NOT NULL REFERENCES users (id), title TEXT NOT NULL DEFAULT ''); \
              CREATE SEQUENCE counter START 10; \
-             SELECT setval('counter', 41, false);"
+             SELECT setval('counter', 41, false); \
+             CREATE TABLE truncations (what TEXT NOT NULL); \
+             CREATE FUNCTION log_truncate() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN INSERT INTO truncations VALUES (TG_TABLE_NAME); RETURN NULL; END $$; \
+             CREATE TRIGGER users_truncated AFTER TRUNCATE ON users \
+                 FOR EACH STATEMENT EXECUTE FUNCTION log_truncate();"
                 .into_sql_str(),
             false,
         )])
@@ -545,6 +569,13 @@ async fn recycle_pair_sees_the_template(pool: PgPool) {
 
 /// What [`recycle_pair_sees_the_template`] checks.
 async fn template_state(pool: &PgPool) {
+    // An audit trigger `ON TRUNCATE` writes after db-test's reset empties
+    // `users`: that row is not the template's either.
+    let audited: i64 = sqlx::query_scalar("SELECT count(*) FROM truncations")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(audited, 0, "rows an ON TRUNCATE trigger wrote");
     // Sequences where the template has them: users' and posts' not called
     // yet, `counter` where the migration's `setval(.., false)` left it.
     for want in 1..=3_i64 {

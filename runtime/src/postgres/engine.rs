@@ -285,14 +285,16 @@ fn with_sqlx_logging(options: PgConnectOptions) -> PgConnectOptions {
 }
 
 /// Gives a clone the template's per-database settings (`ALTER DATABASE ..
-/// SET`, `ALTER ROLE .. IN DATABASE .. SET`, which a migration may run):
-/// `CREATE DATABASE .. TEMPLATE` copies the data, not these. One query when
-/// the template has none.
+/// SET`, `ALTER ROLE .. IN DATABASE .. SET`, which a migration may run),
+/// and the database's own comment, privileges (`GRANT`/`REVOKE .. ON
+/// DATABASE`) and connection limit: `CREATE DATABASE .. TEMPLATE` copies
+/// the data, not these. Two queries when the template has none.
 pub(super) async fn copy_database_settings(
     admin: &mut PgConnection,
     template: &str,
     clone: &str,
 ) -> Result<(), sqlx::Error> {
+    copy_database_properties(admin, template, clone).await?;
     let settings: Vec<(Option<String>, String)> = sqlx::query_as(
         "SELECT r.rolname::text, unnest(s.setconfig) FROM pg_db_role_setting s \
          LEFT JOIN pg_roles r ON r.oid = s.setrole \
@@ -327,6 +329,61 @@ pub(super) async fn copy_database_settings(
         )))
         .execute(&mut *admin)
         .await?;
+    }
+    Ok(())
+}
+
+/// The part of [`copy_database_settings`] that lives in `pg_database` and
+/// `pg_shdescription`: the comment, the privileges (each of the template's
+/// grants given again, after the defaults are revoked, grantee by
+/// grantee), the connection limit.
+async fn copy_database_properties(
+    admin: &mut PgConnection,
+    template: &str,
+    clone: &str,
+) -> Result<(), sqlx::Error> {
+    let clone_ident = quote_ident(clone);
+    // Each grant names the clone (`format` cannot take it as a parameter of
+    // the query it is built in: it is put in after).
+    let (comment, limit, owner, grants): (Option<String>, i32, String, Option<Vec<String>>) =
+        sqlx::query_as(
+            "SELECT shobj_description(d.oid, 'pg_database'), d.datconnlimit, \
+             d.datdba::regrole::text, \
+             (SELECT array_agg(format('GRANT %s ON DATABASE {clone} TO %s%s', a.privilege_type, \
+                 CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END, \
+                 CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)) \
+              FROM aclexplode(d.datacl) a) \
+             FROM pg_database d WHERE d.datname = $1",
+        )
+        .bind(template)
+        .fetch_one(&mut *admin)
+        .await?;
+    let mut sql = Vec::new();
+    if let Some(comment) = comment
+        .as_deref()
+        .and_then(super::template::migrations_comment)
+    {
+        sql.push(format!(
+            "COMMENT ON DATABASE {clone_ident} IS {}",
+            quote_literal(comment)
+        ));
+    }
+    if limit != -1 {
+        sql.push(format!(
+            "ALTER DATABASE {clone_ident} CONNECTION LIMIT {limit}"
+        ));
+    }
+    // NULL privileges are the defaults, which the clone has too.
+    if let Some(grants) = grants {
+        sql.push(format!(
+            "REVOKE ALL ON DATABASE {clone_ident} FROM PUBLIC, {owner}"
+        ));
+        sql.extend(grants.iter().map(|g| g.replace("{clone}", &clone_ident)));
+    }
+    if !sql.is_empty() {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.join("; ")))
+            .execute(&mut *admin)
+            .await?;
     }
     Ok(())
 }

@@ -17,7 +17,9 @@ use sqlx::{ConnectOptions, Connection, Postgres};
 use tokio::sync::OnceCell;
 
 use super::embedded;
-use super::engine::{AdvisoryLock, Engine, drop_database_sql, quote_ident, rename_database_sql};
+use super::engine::{
+    AdvisoryLock, Engine, drop_database_sql, quote_ident, quote_literal, rename_database_sql,
+};
 use super::naming::{self, Kind};
 use super::recycle::Recycle;
 use crate::slots::Slots;
@@ -92,8 +94,27 @@ pub(super) fn unix_seconds() -> i64 {
 pub(super) fn built_at(comment: Option<&str>) -> i64 {
     comment
         .and_then(|c| c.strip_prefix(BUILT_AT))
+        .and_then(|t| t.lines().next())
         .and_then(|t| t.trim().parse::<i64>().ok())
         .unwrap_or(0)
+}
+
+/// A template's comment: db-test's label ([`BUILT_AT`]), then, on the
+/// lines after it, the comment the migrations gave the database, if any.
+fn template_comment(own: Option<&str>) -> String {
+    match own {
+        Some(own) => format!("{BUILT_AT}{}\n{own}", unix_seconds()),
+        None => format!("{BUILT_AT}{}", unix_seconds()),
+    }
+}
+
+/// The comment the migrations gave a database, from its template's
+/// comment ([`template_comment`]): what its clones get.
+pub(super) fn migrations_comment(template_comment: &str) -> Option<&str> {
+    match template_comment.strip_prefix(BUILT_AT) {
+        Some(rest) => rest.split_once('\n').map(|(_, own)| own),
+        None => Some(template_comment),
+    }
 }
 
 /// The `hash` of a template's name: its migrations' versions, checksums and
@@ -443,12 +464,21 @@ impl Engine {
             Self::admin_exec(&mut admin, &rename_database_sql(&building, &template))
                 .await
                 .map_err(|e| ctx("renaming the template", e))?;
+            // The label goes first in the database's comment, and the
+            // migrations' own comment (`COMMENT ON DATABASE`) after it.
+            let own: Option<String> = sqlx::query_scalar(
+                "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1",
+            )
+            .bind(&template)
+            .fetch_one(&mut admin)
+            .await
+            .map_err(|e| ctx("reading the template's comment", e))?;
             Self::admin_exec(
                 &mut admin,
                 &format!(
-                    "COMMENT ON DATABASE {} IS '{BUILT_AT}{}'",
+                    "COMMENT ON DATABASE {} IS {}",
                     quote_ident(&template),
-                    unix_seconds()
+                    quote_literal(&template_comment(own.as_deref()))
                 ),
             )
             .await
@@ -496,6 +526,13 @@ mod tests {
     fn a_template_without_a_comment_is_old() {
         let now = unix_seconds();
         assert_eq!(built_at(Some(&format!("{BUILT_AT}{now}"))), now);
+        assert_eq!(built_at(Some(&format!("{BUILT_AT}{now}\napp"))), now);
+        assert_eq!(migrations_comment(&template_comment(None)), None);
+        assert_eq!(
+            migrations_comment(&template_comment(Some("app\ndatabase"))),
+            Some("app\ndatabase")
+        );
+        assert_eq!(migrations_comment("their own"), Some("their own"));
         assert_eq!(built_at(Some("built by hand")), 0);
         assert_eq!(built_at(None), 0);
     }

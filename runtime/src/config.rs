@@ -185,6 +185,15 @@ pub(crate) fn server_url(backend: crate::Backend) -> Result<Option<(String, Stri
         return check_scheme(backend, own, url).map(Some);
     }
     match database_url() {
+        // `#[sqlx::test]` never reads `DATABASE_URL` on SQLite: a suite with
+        // tests on two databases keeps the server's URL there (for its
+        // server tests and the query macros), and its SQLite tests run.
+        Some(url)
+            if backend == crate::Backend::Sqlite
+                && !url.trim_start().to_ascii_lowercase().starts_with("sqlite:") =>
+        {
+            Ok(None)
+        }
         Some(url) => check_scheme(backend, "DATABASE_URL", url).map(Some),
         None => Ok(None),
     }

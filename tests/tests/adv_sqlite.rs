@@ -316,6 +316,25 @@ fn an_in_memory_database_url_works() {
     assert!(out.contains("2 passed"), "{out}");
 }
 
+/// Was FAILS (db-test): "DATABASE_URL=mysql://... is a MySQL/MariaDB URL,
+/// but this test runs on SQLite". A suite with tests on a server and on
+/// SQLite keeps the server's URL in `DATABASE_URL` (or `.env`, for the
+/// query macros); `#[sqlx::test]` never reads it on SQLite.
+#[test]
+fn a_database_url_of_another_database_is_not_read_by_sqlite_tests() {
+    for url in [
+        "mysql://root@127.0.0.1:1/app",
+        "postgres://postgres@127.0.0.1:1/app",
+    ] {
+        let mut cmd = common::children(&["child_url_database", "child_url_transaction"]);
+        cmd.env("DATABASE_URL", url)
+            .env_remove("DB_TEST_SQLITE_URL")
+            .env_remove("DB_TEST_SQLITE_DIR");
+        let out = common::run_ok(cmd, url);
+        assert!(out.contains("2 passed"), "{out}");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // A test without parameters. `#[sqlx::test] async fn f()` runs no database
 // at all (sqlx-core `TestFn for fn() -> Fut`): it is `#[tokio::test]` that

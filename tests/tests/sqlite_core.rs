@@ -725,19 +725,21 @@ fn no_files_are_left_behind_and_a_failed_database_can_be_kept() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// db-test's own variable for SQLite naming another database is a clear
+/// error. (A `DATABASE_URL` of another database is not read on SQLite, as
+/// under `#[sqlx::test]`: `adv_sqlite.rs`.)
 #[test]
-fn a_database_url_of_another_database_is_a_clear_error() {
+fn a_sqlite_url_variable_naming_another_database_is_a_clear_error() {
     let mut cmd = common::children(&["child_files_transaction"]);
     cmd.env("DB_TEST_SQLITE_CHILD", "url")
-        .env("DATABASE_URL", "postgres://app:s3cret@db.example/app")
-        .env_remove("DB_TEST_SQLITE_URL")
+        .env("DB_TEST_SQLITE_URL", "postgres://app:s3cret@db.example/app")
+        .env_remove("DATABASE_URL")
         .env_remove("DB_TEST_SQLITE_DIR");
     let (out, text) = common::run_until(cmd, Duration::from_secs(300));
     assert!(!out.status.success(), "{text}");
-    assert!(text.contains("DATABASE_URL=postgres://"), "{text}");
+    assert!(text.contains("DB_TEST_SQLITE_URL=postgres://"), "{text}");
     assert!(text.contains("PostgreSQL"), "{text}");
     assert!(text.contains("SQLite"), "{text}");
-    assert!(text.contains("DB_TEST_SQLITE_URL"), "{text}");
     assert!(!text.contains("s3cret"), "{text}");
 }
 

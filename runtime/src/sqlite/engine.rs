@@ -86,10 +86,9 @@ pub(crate) fn dir() -> Result<PathBuf, String> {
     .clone()
 }
 
-/// `DB_TEST_SQLITE_URL`, else `DATABASE_URL` if it is a `sqlite:` URL; an
-/// error if `DATABASE_URL` names another database (even when
-/// `DB_TEST_SQLITE_DIR` is set: a test must not seem to run where it does
-/// not). With the variable it came from.
+/// `DB_TEST_SQLITE_URL` (an error if it is not a SQLite URL), else
+/// `DATABASE_URL` if it is a `sqlite:` URL (another database's is not
+/// read, as under `#[sqlx::test]`). With the variable it came from.
 pub(crate) fn url() -> Result<Option<(String, String)>, String> {
     static URL: OnceLock<Result<Option<(String, String)>, String>> = OnceLock::new();
     URL.get_or_init(|| crate::config::server_url(crate::Backend::Sqlite))

@@ -67,9 +67,10 @@
 //! database, for sqlx's query macros) keeps that default, as
 //! `#[sqlx::test]` does: db-test writes nothing next to the app's database.
 //! So does `sqlite::memory:`: transaction-mode copies are in memory in
-//! every case. A `DATABASE_URL` of another database (`postgres://...`) is
-//! an error for a SQLite test, naming both; set `DB_TEST_SQLITE_URL` to
-//! override it. Every file db-test makes there starts with `db-test-`.
+//! every case. A `DATABASE_URL` of another database (`postgres://...`,
+//! kept for a suite's server tests or the query macros) is not read by a
+//! SQLite test, as under `#[sqlx::test]`; `DB_TEST_SQLITE_URL` must be a
+//! SQLite URL. Every file db-test makes there starts with `db-test-`.
 //!
 //! # What differs from production under test (transaction mode)
 //!

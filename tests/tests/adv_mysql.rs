@@ -1381,3 +1381,59 @@ async fn a_savepoint_named_like_db_tests_probe_is_refused(db: Db) {
         .unwrap_err();
     assert!(err.to_string().contains("db_test_probe"), "{err}");
 }
+
+// ---------------------------------------------------------------------------
+// InnoDB's FULLTEXT search does not see rows that are not committed, even
+// by the transaction that wrote them: in production each write is
+// committed before the search, in transaction mode none is.
+// ---------------------------------------------------------------------------
+
+/// Writes an article and searches for it: what a search feature's test does.
+async fn write_and_search<'e, E: sqlx::MySqlExecutor<'e> + Copy>(e: E) -> usize {
+    sqlx::query("INSERT INTO article (title, body) VALUES ('Quantum', 'entanglement explained')")
+        .execute(e)
+        .await
+        .unwrap();
+    let hits: Vec<i64> = sqlx::query_scalar(
+        "SELECT id FROM article WHERE MATCH (title, body) AGAINST ('entanglement')",
+    )
+    .fetch_all(e)
+    .await
+    .unwrap();
+    hits.len()
+}
+
+#[db_test(migrations = "tests/adv_mysql/fulltext")]
+async fn child_fulltext_in_transaction_mode(db: TestDb) {
+    if !is_child() {
+        return;
+    }
+    assert_eq!(
+        write_and_search(&db).await,
+        1,
+        "the search finds the new article"
+    );
+}
+
+/// The way out the advice names: database mode, where writes commit.
+#[db_test(migrations = "tests/adv_mysql/fulltext")]
+async fn fulltext_search_finds_the_tests_rows_in_database_mode(pool: MySqlPool) {
+    assert_eq!(write_and_search(&pool).await, 1);
+}
+
+/// The search finds nothing in transaction mode (InnoDB's rule); the
+/// failing test's output says why and what to do.
+#[test]
+fn a_fulltext_search_in_transaction_mode_is_explained() {
+    let (ok, text) = run_children(&["child_fulltext_in_transaction_mode"], 1, 1);
+    assert!(!ok, "InnoDB found an uncommitted row:\n{text}");
+    assert!(
+        text.contains("FULLTEXT search") && text.contains("isolation = \"database\""),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("FULLTEXT search").count(),
+        1,
+        "advised once per test:\n{text}"
+    );
+}

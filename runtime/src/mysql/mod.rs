@@ -172,6 +172,17 @@ impl crate::generic::Dialect for MySql {
     }
 
     #[cfg(feature = "harness")]
+    fn advice_once(sql: &str) -> Option<&'static str> {
+        crate::sqltext::contains_any_word_ignore_case(sql, &["AGAINST"]).then_some(
+            "InnoDB's FULLTEXT search (`MATCH (..) AGAINST (..)`) does not see rows that are \
+             not committed, even by the transaction that wrote them, and a transaction-mode \
+             test runs in one: rows the test wrote are not found (in production each is \
+             committed first). Give such a test `isolation = \"database\"` (a `MySqlPool` \
+             parameter selects it).",
+        )
+    }
+
+    #[cfg(feature = "harness")]
     fn may_commit_unseen(sql: &str) -> bool {
         lexer::calls_procedure(sql)
     }

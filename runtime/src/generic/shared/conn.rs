@@ -110,6 +110,7 @@ impl<DB: Dialect> Shared<DB> {
             reset_at_end: AtomicBool::new(false),
             own_savepoints: Mutex::new(Vec::new()),
             touched: AtomicBool::new(false),
+            advised_once: AtomicBool::new(false),
             schema_changed: AtomicBool::new(false),
             clear_once: AtomicBool::new(false),
             out_of_sight: AtomicBool::new(false),

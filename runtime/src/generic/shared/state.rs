@@ -32,6 +32,8 @@ pub(crate) struct State {
     pub(super) own_savepoints: Mutex<Vec<String>>,
     /// The test may have left session state on the connection.
     pub(super) touched: AtomicBool,
+    /// [`Dialect::advice_once`](crate::generic::Dialect) was printed.
+    pub(super) advised_once: AtomicBool,
     /// The test changed the schema (see [`Dialect::changes_schema`]):
     /// sqlx's cached statements are cleared before each of its statements.
     pub(super) schema_changed: AtomicBool,

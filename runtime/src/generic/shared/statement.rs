@@ -233,6 +233,12 @@ async fn run_statement<DB: Dialect>(
     if touches && let Some(advice) = DB::advice(&sql) {
         eprintln!("db-test: in test `{}`: {advice}", state.label);
     }
+    if !state.advised_once.load(Ordering::Relaxed)
+        && let Some(advice) = DB::advice_once(&sql)
+    {
+        state.advised_once.store(true, Ordering::Relaxed);
+        eprintln!("db-test: in test `{}`: {advice}", state.label);
+    }
     if touches && DB::changes_schema(&sql) {
         state.schema_changed.store(true, Ordering::Relaxed);
     }

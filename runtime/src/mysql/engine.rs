@@ -104,16 +104,26 @@ pub(super) fn hex8(bytes: &[u8]) -> String {
     digest.iter().take(4).map(|b| format!("{b:02x}")).collect()
 }
 
-/// Whether `name` is a per-test database, and its owner id.
+/// Whether `name` is a per-test database, and its owner id: exactly the
+/// form db-test gives one, `dbtest_<source: 8 hex>_<hash: up to 10
+/// hex>_d<owner: 8 hex>_<n>`.
 pub(super) fn test_database_owner(name: &str) -> Option<u32> {
+    let hex = |s: &str, len: std::ops::RangeInclusive<usize>| {
+        len.contains(&s.len()) && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
     let rest = name.strip_prefix("dbtest_")?;
     let mut parts = rest.split('_');
-    let (_source, _hash, kind, _n) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() {
+    let (source, hash, kind, n) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some()
+        || !hex(source, 8..=8)
+        || !hex(hash, 1..=10)
+        || n.is_empty()
+        || !n.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     let owner = kind.strip_prefix('d')?;
-    (owner.len() == 8)
+    hex(owner, 8..=8)
         .then(|| u32::from_str_radix(owner, 16).ok())
         .flatten()
 }
@@ -343,6 +353,21 @@ mod tests {
         assert_eq!(test_database_owner("dbtest_0123abcd_0123456789_w"), None);
         assert_eq!(test_database_owner("test"), None);
         assert_eq!(test_database_owner("dbtest_x_y_dzz_1"), None);
+        // Not db-test's form: a made-up source or hash, an owner that is
+        // not hex, a count that is not a number.
+        assert_eq!(test_database_owner("dbtest_foo_bar_d1234abcd_1"), None);
+        assert_eq!(
+            test_database_owner("dbtest_deadbeef_0123456789_d1234abcg_1"),
+            None
+        );
+        assert_eq!(
+            test_database_owner("dbtest_deadbeef_0123456789_d1234abcd_x"),
+            None
+        );
+        assert_eq!(
+            test_database_owner("dbtest_deadbeef_0123456789ab_d1234abcd_1"),
+            None
+        );
         let longest = format!(
             "dbtest_{}_{}_d{:08x}_{}",
             "a".repeat(8),

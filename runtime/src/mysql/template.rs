@@ -361,7 +361,7 @@ impl Engine {
         // database on a server with stock settings, some 40 ms at the start
         // of the next test process. Cut short if this process ends first:
         // the next process drops the rest.
-        let leftovers = self.leftovers(&mut admin, &names).await;
+        let leftovers = self.leftovers(&mut admin, &names, &prefix).await;
         drop(admin);
         if !leftovers.is_empty() {
             crate::run::shared_runtime().spawn(self.drop_leftovers(leftovers));
@@ -580,9 +580,20 @@ impl Engine {
     /// lock is free) and that were not kept on purpose.
     /// `names`: db-test's databases on the server, listed under the
     /// template lock.
-    async fn leftovers(&self, admin: &mut MySqlConnection, names: &[String]) -> Vec<String> {
+    async fn leftovers(
+        &self,
+        admin: &mut MySqlConnection,
+        names: &[String],
+        prefix: &str,
+    ) -> Vec<String> {
+        // Only this source's (`dbtest_<source>_`, every hash of it), as on
+        // PostgreSQL: a process knows where its own project's names come
+        // from, not what another project on the server made.
+        let Some(source) = prefix.rfind('_').map(|i| &prefix[..=i]) else {
+            return Vec::new();
+        };
         let mut gone = Vec::new();
-        for name in names {
+        for name in names.iter().filter(|n| n.starts_with(source)) {
             let Some(owner) = test_database_owner(name) else {
                 continue;
             };

@@ -304,6 +304,11 @@ pub(super) async fn copy_database_settings(
     .fetch_all(&mut *admin)
     .await?;
     for (role, setting) in settings {
+        if setting == MARK {
+            // For db-test's role here, whichever role marked the template.
+            admin_exec_raw(admin, &mark_sql(clone)).await?;
+            continue;
+        }
         let Some((name, value)) = setting.split_once('=') else {
             continue;
         };
@@ -331,6 +336,13 @@ pub(super) async fn copy_database_settings(
         .await?;
     }
     Ok(())
+}
+
+async fn admin_exec_raw(admin: &mut PgConnection, sql: &str) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+        .execute(&mut *admin)
+        .await
+        .map(|_| ())
 }
 
 /// The part of [`copy_database_settings`] that lives in `pg_database` and
@@ -386,6 +398,33 @@ async fn copy_database_properties(
             .await?;
     }
     Ok(())
+}
+
+/// db-test's mark on every database it makes, as `pg_db_role_setting`
+/// holds it: a setting of db-test's role in that database (see
+/// [`mark_sql`]), copied to each clone with the template's settings
+/// ([`copy_database_settings`]) and kept by a rename. A database named
+/// like db-test's but without it is someone else's: it is never claimed as
+/// a spare, swept as a leftover or dropped as outdated. A placeholder
+/// setting (no server module reads it), which `SHOW ALL` and `pg_settings`
+/// do not list: a test sees it only if it asks for it.
+const MARK: &str = "db_test.made_by=db-test";
+
+/// Marks `database` as made by db-test ([`MARK`]).
+pub(super) fn mark_sql(database: &str) -> String {
+    format!(
+        "ALTER ROLE CURRENT_USER IN DATABASE {} SET db_test.made_by = 'db-test'",
+        quote_ident(database)
+    )
+}
+
+/// A condition that holds when the database whose oid `oid` gives has
+/// [`MARK`].
+pub(super) fn marked_sql(oid: &str) -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM pg_catalog.pg_db_role_setting m \
+         WHERE m.setdatabase = {oid} AND '{MARK}' = ANY (m.setconfig))"
+    )
 }
 
 /// `ALTER DATABASE <from> RENAME TO <to>`.

@@ -10,7 +10,8 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, Executor, PgConnection, Postgres, Row};
 
 use super::engine::{
-    Engine, Template, create_database_sql, drop_database_sql, quote_literal, rename_database_sql,
+    Engine, Template, create_database_sql, drop_database_sql, marked_sql, quote_literal,
+    rename_database_sql,
 };
 use super::naming::{self, Kind, Owner};
 use crate::config;
@@ -230,9 +231,12 @@ impl Engine {
     /// the next.
     async fn claim_spare(&self, template: &Template, name: &str) -> Result<bool, String> {
         let mut conn = self.admin_to_create().await?;
-        let mut spares: Vec<String> = sqlx::query_scalar(
-            "SELECT datname::text FROM pg_database WHERE starts_with(datname, $1) LIMIT 8",
-        )
+        // Only db-test's own (see `engine::MARK`).
+        let mut spares: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT d.datname::text FROM pg_database d WHERE starts_with(d.datname, $1) AND {} \
+             LIMIT 8",
+            marked_sql("d.oid")
+        )))
         .bind(naming::spares_under(&template.prefix))
         .fetch_all(&mut *conn)
         .await

@@ -6,14 +6,15 @@ use std::collections::{HashMap, HashSet};
 
 use sqlx::{Executor, PgConnection};
 
-use super::engine::{AdvisoryLock, Engine, OWNER_LOCK, drop_database_sql};
+use super::engine::{AdvisoryLock, Engine, OWNER_LOCK, drop_database_sql, marked_sql};
 use super::naming::{self, Kind, Parsed};
 use super::template::{built_at, unix_seconds};
 use crate::config;
 
 /// The databases of a hash other than the current one, in the sweep.
 struct OtherHash<'a> {
-    databases: Vec<Parsed<'a>>,
+    /// Each with whether it has db-test's mark.
+    databases: Vec<(Parsed<'a>, bool)>,
     /// Its template is past the grace period, or gone.
     outdated: bool,
 }
@@ -26,10 +27,12 @@ impl Engine {
         let Ok(mut conn) = self.admin_pool.acquire().await else {
             return;
         };
-        let unconnected: Vec<String> = match sqlx::query_scalar(
+        // Only db-test's own (see `engine::MARK`).
+        let unconnected: Vec<String> = match sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT d.datname::text FROM pg_database d WHERE starts_with(d.datname, $1) \
-             AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datid = d.oid)",
-        )
+             AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datid = d.oid) AND {}",
+            marked_sql("d.oid")
+        )))
         .bind(naming::tests_under(prefix))
         .fetch_all(&mut *conn)
         .await
@@ -82,17 +85,23 @@ impl Engine {
     ) {
         let now = unix_seconds();
         let grace = config::outdated_after().as_secs() as i64;
-        let all: Vec<(String, Option<String>)> = sqlx::query_as(
-            "SELECT datname::text, shobj_description(oid, 'pg_database') FROM pg_database \
-             WHERE starts_with(datname, $1)",
-        )
-        .bind(naming::under(source))
-        .fetch_all(&mut *admin)
-        .await
-        .unwrap_or_default();
-        // By hash prefix. A hash without a template is outdated.
+        let all: Vec<(String, Option<String>, bool)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT d.datname::text, shobj_description(d.oid, 'pg_database'), {} \
+             FROM pg_database d WHERE starts_with(d.datname, $1)",
+                marked_sql("d.oid")
+            )))
+            .bind(naming::under(source))
+            .fetch_all(&mut *admin)
+            .await
+            .unwrap_or_default();
+        // By hash prefix. A hash without a template is outdated. Only
+        // db-test's own databases are dropped: those with its mark (see
+        // `engine::MARK`), and, of a hash whose template has db-test's
+        // label, all (made before templates were marked).
         let mut hashes: HashMap<&str, OtherHash> = HashMap::new();
-        for (name, comment) in &all {
+        let mut labelled: HashSet<&str> = HashSet::new();
+        for (name, comment, marked) in &all {
             let Some(parsed) = naming::parse(name) else {
                 continue;
             };
@@ -103,16 +112,27 @@ impl Engine {
                 databases: Vec::new(),
                 outdated: true,
             });
-            entry.databases.push(parsed);
             if parsed.kind == Some(Kind::Template) {
                 entry.outdated = now - built_at(comment.as_deref()) >= grace;
+                if built_at(comment.as_deref()) > 0 {
+                    labelled.insert(parsed.prefix);
+                }
             }
+            entry.databases.push((parsed, *marked));
         }
         for (prefix, other) in hashes {
             if !other.outdated {
                 continue;
             }
-            let mut names = other.databases;
+            let mut names: Vec<Parsed> = other
+                .databases
+                .into_iter()
+                .filter(|(_, marked)| *marked || labelled.contains(prefix))
+                .map(|(parsed, _)| parsed)
+                .collect();
+            if names.is_empty() {
+                continue;
+            }
             let lock = AdvisoryLock::hash(prefix);
             if !lock.try_lock(admin).await.unwrap_or(false) {
                 continue; // in use

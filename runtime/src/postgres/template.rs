@@ -18,7 +18,8 @@ use tokio::sync::OnceCell;
 
 use super::embedded;
 use super::engine::{
-    AdvisoryLock, Engine, drop_database_sql, quote_ident, quote_literal, rename_database_sql,
+    AdvisoryLock, Engine, drop_database_sql, mark_sql, marked_sql, quote_ident, quote_literal,
+    rename_database_sql,
 };
 use super::naming::{self, Kind};
 use super::recycle::Recycle;
@@ -123,8 +124,10 @@ pub(crate) fn migrations_hash(migrator: &Migrator) -> String {
     // Bump TEMPLATE_FORMAT when the way templates are built changes, so
     // that old templates are rebuilt (and dropped as outdated). v5: spares
     // recycled by older builds may hold sequence positions and `ALTER`ed
-    // state their reset and fingerprint missed; they are not reused.
-    const TEMPLATE_FORMAT: &[u8] = b"db-test template v5";
+    // state their reset and fingerprint missed; they are not reused. v6:
+    // PostgreSQL templates carry db-test's mark (`engine::MARK`), and so
+    // every database cloned from them: older ones have none.
+    const TEMPLATE_FORMAT: &[u8] = b"db-test template v6";
     let mut hasher_input = TEMPLATE_FORMAT.to_vec();
     for m in migrator.iter() {
         hasher_input.extend_from_slice(&m.version.to_le_bytes());
@@ -435,7 +438,26 @@ impl Engine {
 
         if !has(&template) {
             if has(&building) {
-                // A process was killed mid-migration: start over.
+                // A process was killed mid-migration: start over, if it was
+                // db-test's (a database of that name without db-test's mark
+                // is someone else's, and stays).
+                let ours: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT {} FROM pg_database d WHERE d.datname = $1",
+                    marked_sql("d.oid")
+                )))
+                .bind(&building)
+                .fetch_optional(&mut admin)
+                .await
+                .map_err(|e| ctx("checking a half-built template", e))?
+                .unwrap_or(false);
+                if !ours {
+                    return Err(format!(
+                        "db-test: database {building} exists on {}, named as db-test names a \
+                         template it is building, but db-test did not make it (it has no \
+                         db-test mark); rename or drop it",
+                        self.display_url
+                    ));
+                }
                 tracing::info!(database = %building, "db-test: dropping half-built template");
                 let drop = drop_database_sql(&admin, &building, true);
                 Self::admin_exec(&mut admin, &drop)
@@ -443,6 +465,10 @@ impl Engine {
                     .map_err(|e| ctx("dropping a half-built template", e))?;
             }
             self.create_from_template1(&mut admin, &building).await?;
+            // Marked before anything else: every clone copies the mark.
+            Self::admin_exec(&mut admin, &mark_sql(&building))
+                .await
+                .map_err(|e| ctx("marking the new template", e))?;
             let mut conn = self
                 .options_for(&building)
                 .connect()

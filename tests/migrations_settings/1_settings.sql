@@ -7,6 +7,8 @@ DO $$ BEGIN
   EXECUTE format('COMMENT ON DATABASE %I IS %L', current_database(), 'the app''s database');
   EXECUTE format('REVOKE TEMPORARY ON DATABASE %I FROM PUBLIC', current_database());
   EXECUTE format('ALTER DATABASE %I CONNECTION LIMIT 250', current_database());
+  -- A server-side guard against sessions left idle in a transaction.
+  EXECUTE format('ALTER DATABASE %I SET idle_in_transaction_session_timeout TO %L', current_database(), '1s');
 END $$;
 CREATE SCHEMA app;
 CREATE TABLE app.tenants (name TEXT PRIMARY KEY);

@@ -367,6 +367,24 @@ async fn database_settings_of_the_migrations_in_database_mode(pool: sqlx::PgPool
         .unwrap();
 }
 
+/// The migrations' `idle_in_transaction_session_timeout` (1 s) would end
+/// a transaction-mode test's session, which is in a transaction all along,
+/// whenever the test waits between statements; production's sessions wait
+/// outside one.
+#[db_test(migrations = "migrations_settings")]
+async fn an_idle_in_transaction_timeout_of_the_migrations_spares_the_test(db: db_test::TestDb) {
+    sqlx::query("INSERT INTO tenants (name) VALUES ('idle')")
+        .execute(&db)
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM tenants")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
 #[db_test(migrations = "migrations_settings")]
 async fn database_settings_of_the_migrations_in_transaction_mode(db: db_test::TestDb) {
     let (work_mem, tenant, path) = database_settings(&db).await;

@@ -21,8 +21,12 @@ pub(crate) const GUARD_CONSTRAINT: &str = "db_test_refuses_to_commit_a_test_tran
 /// first guard arms them), and a session that defaults to read-only transactions, so
 /// that after a COMMIT that got past everything nothing can be written
 /// outside the test's transaction either (db-test's own BEGIN says READ
-/// WRITE). On PostgreSQL 15+ the statistics of these writes are flushed, so
-/// that they do not count as a test's catalog writes.
+/// WRITE). No `idle_in_transaction_session_timeout` (a migration's `ALTER
+/// DATABASE .. SET`): the test's session is in a transaction from its first
+/// statement to its last, idle whenever the test waits, where production's
+/// autocommit sessions are idle outside one. On PostgreSQL 15+ the
+/// statistics of these writes are flushed, so that they do not count as a
+/// test's catalog writes.
 pub(crate) async fn prepare_session(conn: &mut PgConnection) -> sqlx::Result<()> {
     let flush = if can_force_flush(conn) {
         "; SELECT pg_stat_force_next_flush()"
@@ -36,7 +40,8 @@ pub(crate) async fn prepare_session(conn: &mut PgConnection) -> sqlx::Result<()>
            REFERENCES pg_temp.{GUARD_TABLE}_key DEFERRABLE INITIALLY DEFERRED); \
          GRANT ALL ON pg_temp.{GUARD_TABLE}, pg_temp.{GUARD_TABLE}_key TO PUBLIC; \
          COMMIT; \
-         SET SESSION default_transaction_read_only = on{flush}"
+         SET SESSION default_transaction_read_only = on; \
+         SET SESSION idle_in_transaction_session_timeout = 0{flush}"
     )))
     .execute(&mut *conn)
     .await

@@ -141,11 +141,12 @@ impl Db {
 
     /// Starts a transaction with a statement of the app's own (`BEGIN
     /// ISOLATION LEVEL SERIALIZABLE`, say), as [`sqlx::Pool::begin_with`].
-    /// Under a transaction-mode test the statement is not sent: a
-    /// `SAVEPOINT` inside the test's transaction stands for it, as for
-    /// [`Db::begin`] (the test's transaction has begun already; a test that
-    /// needs the statement's isolation level runs in `isolation =
-    /// "database"`).
+    /// Under a transaction-mode test a `SAVEPOINT` inside the test's
+    /// transaction stands for it, as for [`Db::begin`], and the statement's
+    /// transaction modes are set on it with `SET TRANSACTION`: `READ ONLY`
+    /// holds until the savepoint ends; an isolation level other than the
+    /// test's (`READ COMMITTED`) fails, saying that such a test runs in
+    /// `isolation = "database"` (the test's transaction has begun already).
     pub async fn begin_with(
         &self,
         statement: impl sqlx::SqlSafeStr,
@@ -156,11 +157,39 @@ impl Db {
             }),
             #[cfg(feature = "harness")]
             Inner::Test(_) => {
-                let _ = statement;
-                self.begin().await
+                let statement = statement.into_sql_str();
+                let mut tx = self.begin().await?;
+                if let Some(modes) = transaction_modes(statement.as_str()) {
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET TRANSACTION {modes}")))
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                Ok(tx)
             }
         }
     }
+}
+
+/// The transaction modes of a `BEGIN`/`START TRANSACTION` statement (`READ
+/// ONLY`, `ISOLATION LEVEL ..`, `DEFERRABLE`), if it names any.
+#[cfg(feature = "harness")]
+fn transaction_modes(statement: &str) -> Option<&str> {
+    let text = statement.trim().trim_end_matches(';').trim_end();
+    let upper = text.to_ascii_uppercase();
+    let rest = if let Some(rest) = upper.strip_prefix("START TRANSACTION") {
+        &text[text.len() - rest.len()..]
+    } else if let Some(rest) = upper.strip_prefix("BEGIN") {
+        let rest = rest.trim_start();
+        let rest = rest
+            .strip_prefix("TRANSACTION")
+            .or_else(|| rest.strip_prefix("WORK"))
+            .unwrap_or(rest);
+        &text[text.len() - rest.len()..]
+    } else {
+        return None;
+    };
+    let rest = rest.trim();
+    (!rest.is_empty()).then_some(rest)
 }
 
 /// A connection taken from a [`Db`]. Derefs to [`DbConn`], which derefs to
@@ -595,4 +624,30 @@ fn steps_stream<'e>(
             Err(e) => futures_util::stream::once(async move { Err(e) }).right_stream(),
         })
         .boxed()
+}
+
+#[cfg(all(test, feature = "harness"))]
+mod begin_with_tests {
+    use super::transaction_modes;
+
+    #[test]
+    fn the_modes_of_a_begin_statement() {
+        assert_eq!(transaction_modes("BEGIN"), None);
+        assert_eq!(transaction_modes("begin;"), None);
+        assert_eq!(transaction_modes("START TRANSACTION"), None);
+        assert_eq!(transaction_modes("BEGIN READ ONLY"), Some("READ ONLY"));
+        assert_eq!(
+            transaction_modes("begin transaction isolation level serializable;"),
+            Some("isolation level serializable")
+        );
+        assert_eq!(
+            transaction_modes("START TRANSACTION READ ONLY, DEFERRABLE"),
+            Some("READ ONLY, DEFERRABLE")
+        );
+        assert_eq!(
+            transaction_modes("BEGIN WORK READ WRITE"),
+            Some("READ WRITE")
+        );
+        assert_eq!(transaction_modes("SELECT 1"), None);
+    }
 }

@@ -1068,3 +1068,65 @@ async fn a_local_setting_outside_an_app_transaction_lasts_one_statement(db: Test
     assert!(sqlx::query("SELECT 1/0").execute(&db).await.is_err());
     assert_eq!(setting(&db, "app.mode").await.as_deref(), Some("x"));
 }
+
+// `Db::begin_with` under a transaction-mode test: a savepoint, with the
+// statement's transaction modes set on it.
+
+#[db_test]
+async fn begin_with_read_only_refuses_writes_until_it_ends(db: TestDb) {
+    let app = db.db();
+    let mut tx = app.begin_with("BEGIN READ ONLY").await.unwrap();
+    let write = sqlx::query("INSERT INTO users (email) VALUES ('ro@example.com')")
+        .execute(&mut *tx)
+        .await;
+    let code = write
+        .as_ref()
+        .err()
+        .and_then(|e| e.as_database_error())
+        .and_then(|e| e.code().map(|c| c.into_owned()));
+    assert_eq!(code.as_deref(), Some("25006"), "{write:?}");
+    drop(tx);
+    // Writable again once it ended, as after production's ROLLBACK.
+    sqlx::query("INSERT INTO users (email) VALUES ('rw@example.com')")
+        .execute(&app)
+        .await
+        .unwrap();
+    let mut tx = app.begin_with("BEGIN READ ONLY").await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    tx.commit().await.unwrap();
+    sqlx::query("INSERT INTO users (email) VALUES ('rw2@example.com')")
+        .execute(&app)
+        .await
+        .unwrap();
+}
+
+#[db_test]
+async fn begin_with_another_isolation_level_says_to_use_database_mode(db: TestDb) {
+    let app = db.db();
+    let err = app
+        .begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE")
+        .await
+        .expect_err("SERIALIZABLE inside the test's READ COMMITTED transaction");
+    assert!(
+        err.to_string().contains("isolation = \"database\""),
+        "{err}"
+    );
+}
+
+#[db_test]
+async fn begin_with_the_tests_own_isolation_level_works(db: TestDb) {
+    let app = db.db();
+    let mut tx = app
+        .begin_with("START TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO users (email) VALUES ('rc@example.com')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+}

@@ -304,9 +304,9 @@ pub(super) async fn copy_database_settings(
     .fetch_all(&mut *admin)
     .await?;
     for (role, setting) in settings {
-        if setting == MARK {
+        if setting == MARK || setting == MARK_UNPRIVILEGED {
             // For db-test's role here, whichever role marked the template.
-            admin_exec_raw(admin, &mark_sql(clone)).await?;
+            mark(admin, clone).await?;
             continue;
         }
         let Some((name, value)) = setting.split_once('=') else {
@@ -401,8 +401,8 @@ async fn copy_database_properties(
 }
 
 /// db-test's mark on every database it makes, as `pg_db_role_setting`
-/// holds it: a setting of db-test's role in that database (see
-/// [`mark_sql`]), copied to each clone with the template's settings
+/// holds it: a setting of db-test's role in that database (see [`mark`]),
+/// copied to each clone with the template's settings
 /// ([`copy_database_settings`]) and kept by a rename. A database named
 /// like db-test's but without it is someone else's: it is never claimed as
 /// a spare, swept as a leftover or dropped as outdated. A placeholder
@@ -410,20 +410,39 @@ async fn copy_database_properties(
 /// do not list: a test sees it only if it asks for it.
 const MARK: &str = "db_test.made_by=db-test";
 
-/// Marks `database` as made by db-test ([`MARK`]).
-pub(super) fn mark_sql(database: &str) -> String {
-    format!(
-        "ALTER ROLE CURRENT_USER IN DATABASE {} SET db_test.made_by = 'db-test'",
-        quote_ident(database)
-    )
+/// The mark of a role that may not store a placeholder setting (a role
+/// that is not a superuser, PostgreSQL 15 and later): the role's
+/// `application_name` in that database, which db-test's own connections
+/// override with theirs.
+const MARK_UNPRIVILEGED: &str = "application_name=db-test";
+
+/// Marks `database` as made by db-test ([`MARK`], or
+/// [`MARK_UNPRIVILEGED`] where the role may not set the first).
+pub(super) async fn mark(admin: &mut PgConnection, database: &str) -> Result<(), sqlx::Error> {
+    let db = quote_ident(database);
+    let placeholder =
+        format!("ALTER ROLE CURRENT_USER IN DATABASE {db} SET db_test.made_by = 'db-test'");
+    match admin_exec_raw(admin, &placeholder).await {
+        Err(e) if crate::hint::sqlstate(&e).as_deref() == Some("42501") => {
+            admin_exec_raw(
+                admin,
+                &format!(
+                    "ALTER ROLE CURRENT_USER IN DATABASE {db} SET application_name = 'db-test'"
+                ),
+            )
+            .await
+        }
+        other => other,
+    }
 }
 
 /// A condition that holds when the database whose oid `oid` gives has
-/// [`MARK`].
+/// db-test's mark ([`MARK`] or [`MARK_UNPRIVILEGED`]).
 pub(super) fn marked_sql(oid: &str) -> String {
     format!(
         "EXISTS (SELECT 1 FROM pg_catalog.pg_db_role_setting m \
-         WHERE m.setdatabase = {oid} AND '{MARK}' = ANY (m.setconfig))"
+         WHERE m.setdatabase = {oid} \
+         AND m.setconfig && ARRAY['{MARK}', '{MARK_UNPRIVILEGED}']::text[])"
     )
 }
 

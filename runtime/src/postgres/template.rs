@@ -18,7 +18,7 @@ use tokio::sync::OnceCell;
 
 use super::embedded;
 use super::engine::{
-    AdvisoryLock, Engine, drop_database_sql, mark_sql, marked_sql, quote_ident, quote_literal,
+    AdvisoryLock, Engine, drop_database_sql, mark, marked_sql, quote_ident, quote_literal,
     rename_database_sql,
 };
 use super::naming::{self, Kind};
@@ -466,9 +466,13 @@ impl Engine {
             }
             self.create_from_template1(&mut admin, &building).await?;
             // Marked before anything else: every clone copies the mark.
-            Self::admin_exec(&mut admin, &mark_sql(&building))
-                .await
-                .map_err(|e| ctx("marking the new template", e))?;
+            // Unmarked, it is not db-test's for the next process: dropped
+            // here, just made.
+            if let Err(e) = mark(&mut admin, &building).await {
+                let drop = drop_database_sql(&admin, &building, true);
+                let _ = Self::admin_exec(&mut admin, &drop).await;
+                return Err(ctx("marking the new template", e));
+            }
             let mut conn = self
                 .options_for(&building)
                 .connect()

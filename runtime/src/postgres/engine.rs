@@ -288,7 +288,8 @@ fn with_sqlx_logging(options: PgConnectOptions) -> PgConnectOptions {
 /// SET`, `ALTER ROLE .. IN DATABASE .. SET`, which a migration may run),
 /// and the database's own comment, privileges (`GRANT`/`REVOKE .. ON
 /// DATABASE`) and connection limit: `CREATE DATABASE .. TEMPLATE` copies
-/// the data, not these. Two queries when the template has none.
+/// the data, not these. Every template has one setting, db-test's mark
+/// ([`MARK`]): three round trips when it has nothing else.
 pub(super) async fn copy_database_settings(
     admin: &mut PgConnection,
     template: &str,
@@ -305,8 +306,9 @@ pub(super) async fn copy_database_settings(
     .await?;
     for (role, setting) in settings {
         if setting == MARK || setting == MARK_UNPRIVILEGED {
-            // For db-test's role here, whichever role marked the template.
-            mark(admin, clone).await?;
+            // The template's form of the mark (one its role could set), for
+            // db-test's role here, whichever role marked the template.
+            mark_as(admin, clone, &setting).await?;
             continue;
         }
         let Some((name, value)) = setting.split_once('=') else {
@@ -336,13 +338,6 @@ pub(super) async fn copy_database_settings(
         .await?;
     }
     Ok(())
-}
-
-async fn admin_exec_raw(admin: &mut PgConnection, sql: &str) -> Result<(), sqlx::Error> {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
-        .execute(&mut *admin)
-        .await
-        .map(|_| ())
 }
 
 /// The part of [`copy_database_settings`] that lives in `pg_database` and
@@ -393,9 +388,7 @@ async fn copy_database_properties(
         sql.extend(grants.iter().map(|g| g.replace("{clone}", &clone_ident)));
     }
     if !sql.is_empty() {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.join("; ")))
-            .execute(&mut *admin)
-            .await?;
+        Engine::admin_exec(admin, &sql.join("; ")).await?;
     }
     Ok(())
 }
@@ -419,21 +412,27 @@ const MARK_UNPRIVILEGED: &str = "application_name=db-test";
 /// Marks `database` as made by db-test ([`MARK`], or
 /// [`MARK_UNPRIVILEGED`] where the role may not set the first).
 pub(super) async fn mark(admin: &mut PgConnection, database: &str) -> Result<(), sqlx::Error> {
-    let db = quote_ident(database);
-    let placeholder =
-        format!("ALTER ROLE CURRENT_USER IN DATABASE {db} SET db_test.made_by = 'db-test'");
-    match admin_exec_raw(admin, &placeholder).await {
-        Err(e) if crate::hint::sqlstate(&e).as_deref() == Some("42501") => {
-            admin_exec_raw(
-                admin,
-                &format!(
-                    "ALTER ROLE CURRENT_USER IN DATABASE {db} SET application_name = 'db-test'"
-                ),
-            )
-            .await
+    match mark_as(admin, database, MARK).await {
+        Err(e) if sqlstate(&e).as_deref() == Some("42501") => {
+            mark_as(admin, database, MARK_UNPRIVILEGED).await
         }
         other => other,
     }
+}
+
+/// Marks `database` with `mark` ([`MARK`] or [`MARK_UNPRIVILEGED`]), for
+/// db-test's role.
+async fn mark_as(admin: &mut PgConnection, database: &str, mark: &str) -> Result<(), sqlx::Error> {
+    let (name, value) = mark.split_once('=').expect("a mark is name=value");
+    Engine::admin_exec(
+        admin,
+        &format!(
+            "ALTER ROLE CURRENT_USER IN DATABASE {} SET {name} = {}",
+            quote_ident(database),
+            quote_literal(value)
+        ),
+    )
+    .await
 }
 
 /// A condition that holds when the database whose oid `oid` gives has

@@ -90,15 +90,8 @@ fn function(func: &ItemFn, errors: &mut Vec<syn::Error>) {
              start a second runtime)",
         ));
     }
-    // `#[tokio::test] #[db_test]` reaches us already rewritten to a plain
-    // `fn`; the stacked attribute is the real mistake, so do not also report
-    // a missing `async`.
-    if func.sig.asyncness.is_none() && test_attr.is_none() {
-        errors.push(syn::Error::new_spanned(
-            func.sig.fn_token,
-            "the `async` keyword is missing from the function declaration: #[db_test] tests are `async fn`",
-        ));
-    }
+    // A function without `async` is accepted, as `#[sqlx::test]` accepts
+    // it: its body becomes the body of the test's async block all the same.
     let generics = &func.sig.generics;
     if !generics.params.is_empty() || generics.where_clause.is_some() {
         let msg =

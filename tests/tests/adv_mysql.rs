@@ -1437,3 +1437,92 @@ fn a_fulltext_search_in_transaction_mode_is_explained() {
         "advised once per test:\n{text}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// A task that still holds a guard when its test ends: the test fails, and
+// the session under the guard is ended, so that a `COMMIT` the task sends
+// later on the bare connection commits nothing into the shared working
+// database (before, the session stayed open for the task to commit into).
+// ---------------------------------------------------------------------------
+
+static LATE_DONE: OnceLock<tokio::sync::Notify> = OnceLock::new();
+
+fn late_done() -> &'static tokio::sync::Notify {
+    LATE_DONE.get_or_init(tokio::sync::Notify::new)
+}
+
+#[db_test(migrations = "tests/adv_mysql/late_commit")]
+async fn child_late_a_task_commits_after_the_end(db: Db) {
+    if !is_child() {
+        return;
+    }
+    sqlx::query("INSERT INTO note (body) VALUES ('by the test')")
+        .execute(&db)
+        .await
+        .unwrap();
+    let (acquired, holds) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut guard = db.acquire().await.unwrap();
+        let _ = acquired.send(());
+        // Past the end of the test and its 5 s of grace.
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        let bare: &mut MySqlConnection = &mut guard;
+        let commit = sqlx::raw_sql("COMMIT").execute(&mut *bare).await;
+        println!("LATE COMMIT ok={}", commit.is_ok());
+        let insert = sqlx::query("INSERT INTO note (body) VALUES ('late')")
+            .execute(&mut *bare)
+            .await;
+        println!("LATE INSERT ok={}", insert.is_ok());
+        drop(guard);
+        late_done().notify_one();
+    });
+    holds.await.unwrap();
+}
+
+#[db_test(migrations = "tests/adv_mysql/late_commit")]
+async fn child_late_b_nothing_was_committed(db: TestDb) {
+    if !is_child() {
+        return;
+    }
+    tokio::time::timeout(Duration::from_secs(60), late_done().notified())
+        .await
+        .expect("the late task ran");
+    // What is committed: what another session sees.
+    let mut other = MySqlConnection::connect_with(&db.connect_options())
+        .await
+        .unwrap();
+    let committed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM note")
+        .fetch_one(&mut other)
+        .await
+        .unwrap();
+    other.close().await.unwrap();
+    assert_eq!(committed, 0, "rows of the earlier test were committed");
+}
+
+#[test]
+fn a_task_holding_a_guard_past_the_end_cannot_commit() {
+    let (ok, text) = run_children(
+        &[
+            "child_late_a_task_commits_after_the_end",
+            "child_late_b_nothing_was_committed",
+        ],
+        1,
+        4,
+    );
+    assert!(
+        !ok,
+        "the test whose task held its connection must fail\n{text}"
+    );
+    assert!(
+        text.contains("a task still held the connection")
+            && text.contains("its session was ended under the task"),
+        "{text}"
+    );
+    assert!(text.contains("LATE COMMIT ok=false"), "{text}");
+    assert!(text.contains("LATE INSERT ok=false"), "{text}");
+    // The second test passed: its thread never panicked.
+    assert!(
+        text.contains("1 passed; 1 failed") && !text.contains("thread 'child_late_b"),
+        "{text}"
+    );
+}

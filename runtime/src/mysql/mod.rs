@@ -697,9 +697,11 @@ mod harness {
                 let inner = Box::new(inner).teardown(ending);
                 match tokio::time::timeout(TEARDOWN_GRACE * 2, inner).await {
                     Ok(verdict) => {
-                        if shared.lent_at_end() {
-                            // A transaction from `Acquire::begin` outlived
-                            // the test: end its session (a rollback).
+                        if shared.was_held_at_end() {
+                            // A guard, or a transaction from
+                            // `Acquire::begin`, outlived the test: end its
+                            // session (a rollback), before the task can
+                            // send a `COMMIT` on the bare connection.
                             kill(engine, connection_id, true).await;
                         }
                         if shared.ended_out_of_sight() {

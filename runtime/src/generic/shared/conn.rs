@@ -118,6 +118,7 @@ impl<DB: Dialect> Shared<DB> {
             abandon: AtomicBool::new(false),
             ended_out_of_sight: AtomicBool::new(false),
             ended_by_database: AtomicBool::new(false),
+            held_at_end: AtomicBool::new(false),
             runtime_dropped: AtomicBool::new(false),
             broken: AtomicBool::new(false),
             canceller: Mutex::new(None),

@@ -89,11 +89,25 @@ impl<DB: Dialect> Shared<DB> {
         (failure, log)
     }
 
-    /// Whether a transaction from `Acquire::begin` still held the test's
-    /// connection when the test ended (its session is to be ended).
+    /// Notes that a task still holds the connection at the test's end. What
+    /// it sent on the bare connection meanwhile cannot be checked: it may
+    /// have committed, so the shared working database is treated as if it
+    /// had (see [`Shared::ended_out_of_sight`]).
+    fn note_held_at_end(&self) {
+        self.state.held_at_end.store(true, Ordering::Relaxed);
+        if self.state.out_of_sight.load(Ordering::Relaxed) {
+            self.state.ended_out_of_sight.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a task (a guard from `db.acquire()` or `db.begin()`) or a
+    /// transaction from `Acquire::begin` still held the test's connection
+    /// when the test ended: its session is to be ended, so that nothing it
+    /// sends later, a `COMMIT` on the bare connection included, commits.
     #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
-    pub(crate) fn lent_at_end(&self) -> bool {
-        self.slot.try_lock().map(|slot| slot.lent).unwrap_or(false)
+    pub(crate) fn was_held_at_end(&self) -> bool {
+        self.state.held_at_end.load(Ordering::Relaxed)
+            || self.slot.try_lock().map(|slot| slot.lent).unwrap_or(false)
     }
 
     /// [`Shared::finish`], and what becomes of the connection and its slot.
@@ -108,12 +122,21 @@ impl<DB: Dialect> Shared<DB> {
             match crate::clock::timeout(TEARDOWN_GRACE, self.slot.clone().lock_owned()).await {
                 Ok(slot) => slot,
                 Err(()) => {
+                    self.note_held_at_end();
+                    let after = if DB::SHARED_WORKING_DATABASE {
+                        "its session was ended under the task, and everything the test wrote \
+                         was rolled back"
+                    } else {
+                        "its transaction is rolled back when the task lets go, and its \
+                         database is used by no other test"
+                    };
                     return (
                         Handback::Release(false),
                         Some(format!(
                             "db-test: a task still held the connection of test `{}` (a guard from \
-                         `db.acquire()` or `db.begin()`) {TEARDOWN_GRACE:?} after the test ended; \
-                         its transaction is rolled back when the task lets go",
+                             `db.acquire()` or `db.begin()`) {TEARDOWN_GRACE:?} after the test \
+                             ended; {after}. Stop such tasks before the test returns, or start \
+                             them with `TestContext::spawn`, which aborts them.",
                             self.state.label
                         )),
                         log,
@@ -122,7 +145,8 @@ impl<DB: Dialect> Shared<DB> {
             };
         slot.ended = Some(reason);
         if slot.lent && matches!(self.reclaim(&mut slot, TEARDOWN_GRACE).await, Reclaim::Busy) {
-            // Still lent: `lent_at_end` tells the backend to end the session.
+            // Still lent: `held_at_end` tells the backend to end the session.
+            self.note_held_at_end();
             return (
                 Handback::Release(false),
                 Some(format!(

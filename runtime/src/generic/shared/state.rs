@@ -54,6 +54,10 @@ pub(crate) struct State {
     /// The test's transaction was found ended at the end of the test: what
     /// the test wrote before that was committed.
     pub(super) ended_out_of_sight: AtomicBool,
+    /// A task still held the connection (a guard) when the test's end gave
+    /// up waiting for it: the backend ends the session under it (MySQL),
+    /// so that nothing the task sends later commits.
+    pub(super) held_at_end: AtomicBool,
     /// The database ended the test's transaction when a statement failed
     /// (a deadlock): the test is poisoned with that reason.
     pub(super) ended_by_database: AtomicBool,

@@ -204,6 +204,15 @@ async fn database_mode_copies_views_routines_triggers_and_rows(pool: MySqlPool) 
         .await
         .unwrap();
     assert_eq!(via_view_of_view, 3);
+    let label: String =
+        sqlx::query_scalar("SELECT label FROM labelled_items WHERE name = 'seed-a'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        label, "$1",
+        "a view that calls a stored function was copied"
+    );
     let total: i64 = sqlx::query_scalar("SELECT total_price()")
         .fetch_one(&pool)
         .await

@@ -9,8 +9,8 @@
 //! the template's schema and rows replayed by one multi-statement script
 //! (built once per process from `SHOW CREATE ...`): tables in any order with
 //! `FOREIGN_KEY_CHECKS=0`, their rows (`INSERT ... SELECT`, generated columns
-//! left out), views in dependency order, routines, then triggers (after the
-//! rows, so copying fires none), then events. Tables and rows are copied
+//! left out), routines (a view may call a function), views in dependency
+//! order, then triggers (after the rows, so copying fires none), then events. Tables and rows are copied
 //! under `sql_mode = 'NO_AUTO_VALUE_ON_ZERO'` (as `mysqldump` loads them),
 //! each routine, trigger and event under the `sql_mode` it was created
 //! under.
@@ -803,6 +803,37 @@ async fn clone_script_as_read(
         }
     }
     script.push_str(&copies);
+    // Routines before the views: a view may call a stored function, which
+    // must exist when the view is created (a routine's body names nothing
+    // that must exist until it runs).
+    let routines = sqlx::query(
+        "SELECT CAST(routine_name AS CHAR), CAST(routine_type AS CHAR) \
+         FROM information_schema.routines WHERE routine_schema = ? ORDER BY routine_name",
+    )
+    .bind(template)
+    .fetch_all(&mut *admin)
+    .await?;
+    let any_routine = !routines.is_empty();
+    for row in routines {
+        let name: String = row.try_get(0)?;
+        let kind: String = row.try_get(1)?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SHOW CREATE {kind} {q}.{}",
+            quote(&name)
+        )))
+        .fetch_one(&mut *admin)
+        .await?;
+        let mode: String = row.try_get(1)?;
+        let create: Option<String> = row.try_get(2)?;
+        if let Some(create) = create {
+            script.push_str(&in_mode(&mode));
+            script.push_str(&retarget(&create));
+            script.push_str(";\n");
+        }
+    }
+    if any_routine {
+        script.push_str(&in_mode("NO_AUTO_VALUE_ON_ZERO"));
+    }
     // Views after the tables, each after the views it names.
     let mut view_sql = Vec::new();
     for view in &views {
@@ -840,30 +871,6 @@ async fn clone_script_as_read(
                     done.push(name.clone());
                 }
             }
-        }
-    }
-    let routines = sqlx::query(
-        "SELECT CAST(routine_name AS CHAR), CAST(routine_type AS CHAR) \
-         FROM information_schema.routines WHERE routine_schema = ? ORDER BY routine_name",
-    )
-    .bind(template)
-    .fetch_all(&mut *admin)
-    .await?;
-    for row in routines {
-        let name: String = row.try_get(0)?;
-        let kind: String = row.try_get(1)?;
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SHOW CREATE {kind} {q}.{}",
-            quote(&name)
-        )))
-        .fetch_one(&mut *admin)
-        .await?;
-        let mode: String = row.try_get(1)?;
-        let create: Option<String> = row.try_get(2)?;
-        if let Some(create) = create {
-            script.push_str(&in_mode(&mode));
-            script.push_str(&retarget(&create));
-            script.push_str(";\n");
         }
     }
     let triggers: Vec<String> = sqlx::query_scalar(

@@ -27,3 +27,10 @@ CREATE PROCEDURE add_item(item_name VARCHAR(50))
     INSERT INTO item (name, price) VALUES (item_name, 0);
 
 INSERT INTO item (name, price) VALUES ('seed-a', 1), ('seed-b', 2);
+
+-- A view that calls a stored function: a copy must create the function
+-- first (the view sorts before it by name, too).
+CREATE FUNCTION zz_price_label(p INT) RETURNS VARCHAR(20) DETERMINISTIC NO SQL
+    RETURN CONCAT('$', p);
+
+CREATE VIEW labelled_items AS SELECT name, zz_price_label(price) AS label FROM item;

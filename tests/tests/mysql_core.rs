@@ -1491,6 +1491,70 @@ async fn writes_to_a_table_that_cannot_roll_back_are_refused(db: TestDb) {
     assert_eq!(n, 0, "the write reached the server");
 }
 
+/// Writes that reach such a table without naming it as their target: a
+/// view of it (or of such a view), a parenthesised target, a procedure or a
+/// function that writes it. Each is refused in the same way.
+macro_rules! refused_non_transactional {
+    ($($name:ident: $sql:literal;)*) => {$(
+        #[db_test(migrations = "tests/mysql/engines")]
+        #[should_panic(expected = "cannot roll back")]
+        async fn $name(db: TestDb) {
+            let e = sqlx::raw_sql($sql).execute(&db).await.unwrap_err();
+            assert!(e.to_string().contains("isolation = \"database\""), "{e}");
+            let mut other = outsider(&db).await;
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM hits")
+                .fetch_one(&mut other)
+                .await
+                .unwrap();
+            assert_eq!(n, 0, "the write reached the server");
+        }
+    )*};
+}
+
+refused_non_transactional! {
+    a_write_through_a_view_is_refused: "INSERT INTO hit_view (page, n) VALUES ('v', 1)";
+    a_write_through_a_view_of_a_view_is_refused: "UPDATE hit_pages SET page = 'x'";
+    a_parenthesised_target_is_refused: "UPDATE (hits) SET n = 2";
+    a_procedure_that_writes_it_is_refused: "CALL record_hit('p')";
+    a_function_that_writes_it_is_refused: "SELECT count_hit()";
+    a_function_that_writes_it_in_a_condition_is_refused:
+        "INSERT INTO pages (name) SELECT 'x' FROM DUAL WHERE count_hit() = 1";
+}
+
+#[db_test(migrations = "tests/mysql/engines")]
+async fn reading_it_through_a_view_and_an_innodb_function_is_not_refused(db: TestDb) {
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM hit_pages")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    sqlx::query("INSERT INTO pages (name) VALUES ('home')")
+        .execute(&db)
+        .await
+        .unwrap();
+    let pages: i64 = sqlx::query_scalar("SELECT page_count()")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(pages, 1);
+}
+
+#[db_test(migrations = "tests/mysql/engines", isolation = "database")]
+async fn database_mode_writes_it_through_a_view_and_routines(pool: MySqlPool) {
+    sqlx::raw_sql(
+        "INSERT INTO hit_view (page, n) VALUES ('v', 1); CALL record_hit('p'); \
+         SELECT count_hit()",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM hits")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 3);
+}
+
 #[db_test(migrations = "tests/mysql/engines")]
 async fn the_transactional_tables_beside_it_are_written_as_usual(db: TestDb) {
     sqlx::query("INSERT INTO pages (name) VALUES ('home')")

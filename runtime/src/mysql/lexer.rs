@@ -473,10 +473,22 @@ fn read_one(sql: &str, reading: Reading, skip_versioned: bool, facts: &mut Facts
 /// cannot roll back (MyISAM, MEMORY, ...), upper-cased.
 static NON_TRANSACTIONAL: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
 
-/// Notes the tables of a working database whose engine cannot roll back
-/// (see [`writes_non_transactional`]).
+/// Notes the tables of a working database whose engine cannot roll back,
+/// and the views through which a write reaches one (see
+/// [`writes_non_transactional`]).
 pub(crate) fn note_non_transactional_tables(names: Vec<String>) {
     note(&NON_TRANSACTIONAL, names);
+}
+
+/// The stored routines of the working databases this process uses that may
+/// write a table whose engine cannot roll back, upper-cased.
+static NON_TRANSACTIONAL_ROUTINES: std::sync::RwLock<Vec<String>> =
+    std::sync::RwLock::new(Vec::new());
+
+/// Notes the procedures and functions of a working database that may write
+/// a table whose engine cannot roll back (see [`writes_non_transactional`]).
+pub(crate) fn note_non_transactional_routines(names: Vec<String>) {
+    note(&NON_TRANSACTIONAL_ROUTINES, names);
 }
 
 fn note(list: &std::sync::RwLock<Vec<String>>, names: Vec<String>) {
@@ -491,13 +503,30 @@ fn note(list: &std::sync::RwLock<Vec<String>>, names: Vec<String>) {
     }
 }
 
-/// An `INSERT`, `REPLACE`, `UPDATE` or `DELETE` whose target is a table
-/// that cannot roll back: what it writes would stay in the shared working
-/// database. (Names where a target can stand are checked: a column or a
-/// table read in a subquery of the same name errs on the side of refusing.)
+/// An `INSERT`, `REPLACE`, `UPDATE`, `DELETE` or `LOAD DATA` whose target
+/// is a table that cannot roll back (or a view of one), or any statement
+/// that names a stored routine that may write one (`CALL p()`, `SELECT
+/// f()`): what it writes would stay in the shared working database. (Names
+/// where a target can stand are checked: a column or a table read in a
+/// subquery of the same name errs on the side of refusing.)
 fn writes_non_transactional(s: &[Token]) -> Option<String> {
+    let routines = NON_TRANSACTIONAL_ROUTINES
+        .read()
+        .unwrap_or_else(|e| e.into_inner());
+    if !routines.is_empty()
+        && let Some(name) = s.iter().find_map(|t| match t {
+            Token::Word(w) | Token::Ident(w) if routines.contains(w) => Some(w),
+            _ => None,
+        })
+    {
+        return Some(format!(
+            "a call of `{}` (a stored routine that writes a table whose engine cannot roll back)",
+            name.to_ascii_lowercase()
+        ));
+    }
+    drop(routines);
     let first = word(s.first());
-    if !matches!(first, "INSERT" | "REPLACE" | "UPDATE" | "DELETE") {
+    if !matches!(first, "INSERT" | "REPLACE" | "UPDATE" | "DELETE" | "LOAD") {
         return None;
     }
     let tables = NON_TRANSACTIONAL.read().unwrap_or_else(|e| e.into_inner());
@@ -505,18 +534,21 @@ fn writes_non_transactional(s: &[Token]) -> Option<String> {
         return None;
     }
     // Where the targets end: the values or columns of an INSERT, the SET of
-    // an UPDATE, the WHERE of a DELETE.
+    // an UPDATE, the WHERE of a DELETE. An UPDATE's targets may be in
+    // parentheses (`UPDATE (t) SET ..`); a `LOAD DATA` is read whole.
     let end = s
         .iter()
         .position(|t| {
-            matches!(t, Token::Punct('(')) && first != "DELETE"
-                || matches!(t, Token::Word(w) if matches!(w.as_str(),
-                    "VALUES" | "VALUE" | "SET" | "SELECT" | "WHERE" | "ORDER" | "LIMIT" | "ON"))
+            first != "LOAD"
+                && (matches!(t, Token::Punct('(')) && first != "DELETE" && first != "UPDATE"
+                    || matches!(t, Token::Word(w) if matches!(w.as_str(),
+                    "VALUES" | "VALUE" | "SET" | "SELECT" | "WHERE" | "ORDER" | "LIMIT" | "ON")))
         })
         .unwrap_or(s.len());
     s[1..end.max(1)].iter().find_map(|t| match t {
         Token::Word(w) | Token::Ident(w) if tables.contains(w) => Some(format!(
-            "{first} into `{}` (a table whose engine cannot roll back)",
+            "{first} into `{}` (a table whose engine cannot roll back, or a view of \
+             one)",
             w.to_ascii_lowercase()
         )),
         _ => None,
@@ -806,7 +838,7 @@ pub(crate) fn refusal(found: &str) -> String {
              Use `db.begin()` and `tx.commit()` / `tx.rollback()`, or savepoints of your own."
         );
     }
-    if found.contains("(a table whose engine cannot roll back)") {
+    if found.contains("whose engine cannot roll back") {
         return format!(
             "db-test: `{found}` is refused in a transaction-mode test on MySQL/MariaDB: the \
              table's engine (MyISAM, MEMORY, ...) ignores the test's transaction, so the rows \

@@ -10,10 +10,10 @@
 //! (built once per process from `SHOW CREATE ...`): tables in any order with
 //! `FOREIGN_KEY_CHECKS=0`, their rows (`INSERT ... SELECT`, generated columns
 //! left out), routines (a view may call a function), views in dependency
-//! order, then triggers (after the rows, so copying fires none), then events. Tables and rows are copied
-//! under `sql_mode = 'NO_AUTO_VALUE_ON_ZERO'` (as `mysqldump` loads them),
-//! each routine, trigger and event under the `sql_mode` it was created
-//! under.
+//! order, then triggers (after the rows, so copying fires none), then
+//! events. Tables and rows are copied under `sql_mode =
+//! 'NO_AUTO_VALUE_ON_ZERO'` (as `mysqldump` loads them), each routine,
+//! trigger and event under the `sql_mode` it was created under.
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
@@ -342,7 +342,14 @@ impl Engine {
                     .collect::<Result<Vec<_>, sqlx::Error>>()
             })
             .map_err(|e| ctx("setting up the working database's keeper", e))?;
-            Ok::<_, String>((built, keeper, lists, names))
+            let reach = if lists.iter().any(|(_, kind)| *kind == 0) {
+                non_transactional_reach(&mut keeper, &working, &lists)
+                    .await
+                    .map_err(|e| ctx("reading what writes the tables that cannot roll back", e))?
+            } else {
+                NonTransactionalReach::default()
+            };
+            Ok::<_, String>((built, keeper, lists, names, reach))
         }
         .await;
         let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
@@ -351,7 +358,7 @@ impl Engine {
         )))
         .execute(&mut *admin)
         .await;
-        let (clone_plan, keeper, lists, names) = result?;
+        let (clone_plan, keeper, lists, names, reach) = result?;
         // Outdated templates and leftovers of gone processes, from the same
         // list: nothing more to ask the server unless it names some.
         self.sweep_outdated(&mut admin, &names, &prefix).await;
@@ -382,6 +389,8 @@ impl Engine {
         super::lexer::note_stored_functions(kind(1));
         super::lexer::note_session_triggers(kind(2), kind(3));
         super::lexer::note_non_transactional_tables(kind(0));
+        super::lexer::note_non_transactional_tables(reach.targets);
+        super::lexer::note_non_transactional_routines(reach.routines);
         Ok(Template {
             prefix,
             template,
@@ -934,6 +943,72 @@ async fn clone_script_as_read(
     // a session of its (`processlist.db`), which must mean a test's.
     script.push_str("USE information_schema;\n");
     Ok(script)
+}
+
+/// What else writes the working database's tables that cannot roll back
+/// (see `lexer::writes_non_transactional`), upper-cased.
+#[derive(Default)]
+struct NonTransactionalReach {
+    /// Views of such a table (or of such a view): a write to them writes
+    /// it. (A trigger that writes one is not followed: the README says so.)
+    targets: Vec<String>,
+    /// Procedures and functions that name one (or call such a routine).
+    routines: Vec<String>,
+}
+
+/// [`NonTransactionalReach`] of `working`, whose tables that cannot roll
+/// back are `lists`' kind 0. A name anywhere in a view's definition or a
+/// routine's body counts (erring on the side of refusing: a routine that
+/// only reads such a table is refused too), and so does a body the server
+/// does not show.
+async fn non_transactional_reach(
+    keeper: &mut MySqlConnection,
+    working: &str,
+    lists: &[(String, i64)],
+) -> Result<NonTransactionalReach, sqlx::Error> {
+    let w = literal(working);
+    let rows: Vec<(String, Option<String>, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT CAST(TABLE_NAME AS CHAR), CAST(VIEW_DEFINITION AS CHAR), CAST(0 AS SIGNED) \
+         FROM information_schema.VIEWS WHERE TABLE_SCHEMA = {w} \
+         UNION ALL \
+         SELECT CAST(ROUTINE_NAME AS CHAR), CAST(ROUTINE_DEFINITION AS CHAR), CAST(1 AS SIGNED) \
+         FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = {w}"
+    )))
+    .fetch_all(&mut *keeper)
+    .await?;
+    let mut named: Vec<String> = lists
+        .iter()
+        .filter(|(_, kind)| *kind == 0)
+        .map(|(name, _)| name.to_ascii_uppercase())
+        .collect();
+    let mut reach = NonTransactionalReach::default();
+    let mut done = vec![false; rows.len()];
+    loop {
+        let mut more = false;
+        for (i, (name, text, kind)) in rows.iter().enumerate() {
+            let needles: Vec<&str> = named.iter().map(String::as_str).collect();
+            let writes = text
+                .as_deref()
+                .is_none_or(|text| crate::sqltext::contains_any_word_ignore_case(text, &needles));
+            if done[i] || !writes {
+                continue;
+            }
+            done[i] = true;
+            more = true;
+            let name = name.to_ascii_uppercase();
+            if *kind == 1 {
+                reach.routines.push(name.clone());
+            } else {
+                reach.targets.push(name.clone());
+            }
+            if !named.contains(&name) {
+                named.push(name);
+            }
+        }
+        if !more {
+            return Ok(reach);
+        }
+    }
 }
 
 /// Readies a slot's connection for one of the first tests of the process

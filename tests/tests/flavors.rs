@@ -339,6 +339,43 @@ async fn child_output_b_spawns_and_fails(db: TestDb) {
     panic!("the test fails");
 }
 
+/// Prints from a blocking closure, then fails (only in the parent's child).
+#[db_test]
+async fn child_output_c_blocking_and_fails(db: TestDb) {
+    sqlx::query("SELECT 1").execute(&db).await.unwrap();
+    if std::env::var("DB_TEST_OUTPUT_DEMO").is_err() {
+        return;
+    }
+    tokio::task::spawn_blocking(|| println!("PRINTED BY A BLOCKING CLOSURE"))
+        .await
+        .unwrap();
+    panic!("the test fails");
+}
+
+/// The shared runtime's blocking threads are shared by every test too: one
+/// started from a test's thread inherits that test's capture, and a later
+/// test's `spawn_blocking` that reuses it printed into a buffer already
+/// read. (The first test starts one: sqlx reads the migrations with
+/// `spawn_blocking`.) `#[tokio::test]`, a runtime per test, shows it.
+#[test]
+fn what_a_blocking_closure_of_a_failing_test_prints_is_not_lost() {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "child_output_a_first_test",
+        "child_output_c_blocking_and_fails",
+        "--exact",
+        "--test-threads=1",
+    ])
+    .env("DB_TEST_OUTPUT_DEMO", "1")
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let (out, text) = run_until(cmd, Duration::from_secs(120));
+    assert!(!out.status.success(), "the child test should fail:\n{text}");
+    assert!(text.contains("the test fails"), "{text}");
+    assert!(text.contains("PRINTED BY A BLOCKING CLOSURE"), "{text}");
+}
+
 /// libtest captures a test's output on its thread, and a thread started
 /// from there inherits the capture: the shared runtime's workers, started
 /// from the first test's thread, wrote what every later test's tasks print

@@ -14,15 +14,38 @@ pub(crate) fn shared_runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| {
         outside_output_capture(|| {
-            tokio::runtime::Builder::new_multi_thread()
+            let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(config::worker_threads())
                 .thread_name("db-test-worker")
                 .on_thread_start(crate::clock::mark_shared_thread)
+                // Idle blocking threads stay (see `start_blocking_threads`).
+                .thread_keep_alive(Duration::from_secs(24 * 60 * 60))
                 .enable_all()
                 .build()
-                .expect("db-test: cannot build the shared tokio runtime")
+                .expect("db-test: cannot build the shared tokio runtime");
+            start_blocking_threads(&rt);
+            rt
         })
     })
+}
+
+/// Starts blocking threads of the shared runtime here, outside any test's
+/// output capture, to wait idle for `spawn_blocking` (which tokio runs on
+/// an idle one when there is one). A blocking thread tokio starts itself is
+/// started from the thread that called `spawn_blocking`: from a test's
+/// thread (sqlx reads the migrations that way, and so does `tokio::fs`) it
+/// would inherit that test's capture, and what a later test's blocking
+/// closure printed on it would go to a buffer already read.
+fn start_blocking_threads(rt: &tokio::runtime::Runtime) {
+    let n = (config::test_threads().max(2) * 2).min(64);
+    // Each waits for all of them: `n` threads, not one reused `n` times.
+    let all = std::sync::Arc::new(std::sync::Barrier::new(n));
+    for _ in 0..n {
+        let all = all.clone();
+        drop(rt.spawn_blocking(move || {
+            all.wait();
+        }));
+    }
 }
 
 /// Runs `f` (which builds the shared runtime) on a thread that no test's

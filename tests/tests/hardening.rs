@@ -838,3 +838,56 @@ async fn releasing_db_tests_savepoint_is_refused_by_name(db: TestDb) {
         .to_string();
     assert!(later.contains("statement not run"), "{later}");
 }
+
+/// A helper taking `&mut PgConnection`, called with a guard's bare
+/// connection (`&mut conn`): db-test does not see its statements. A failed
+/// one aborts the test's transaction block on PostgreSQL, which undoes the
+/// helper's earlier write too, where production's autocommit keeps it. The
+/// test is told why, where it would otherwise see a row silently missing.
+async fn insert_two(conn: &mut PgConnection, first: &str, second: &str) -> (bool, bool) {
+    let a = sqlx::query("INSERT INTO users (email) VALUES ($1)")
+        .bind(first)
+        .execute(&mut *conn)
+        .await
+        .is_ok();
+    let b = sqlx::query("INSERT INTO users (email) VALUES ($1)")
+        .bind(second)
+        .execute(&mut *conn)
+        .await
+        .is_ok();
+    (a, b)
+}
+
+#[db_test]
+async fn child_bare_failure_is_explained(db: TestDb) {
+    if !misbehave() {
+        return;
+    }
+    sqlx::query("INSERT INTO users (email) VALUES ('taken@example.com')")
+        .execute(&db)
+        .await
+        .unwrap();
+    let mut conn = db.db().acquire().await.unwrap();
+    let written = insert_two(&mut conn, "kept@example.com", "taken@example.com").await;
+    drop(conn);
+    assert_eq!(written, (true, false), "the second insert is a duplicate");
+    let kept: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM users WHERE email = 'kept@example.com'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    // Production: 1. On the bare connection: undone with the failure.
+    println!("KEPT {kept}");
+}
+
+#[test]
+fn a_failure_on_a_guards_bare_connection_is_explained() {
+    let (out, text) = run(child(&["child_bare_failure_is_explained"]));
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("KEPT 0"), "{text}");
+    assert!(
+        text.contains("a statement sent on the bare `PgConnection` of a guard")
+            && text.contains("`&mut DbConn`"),
+        "{text}"
+    );
+}

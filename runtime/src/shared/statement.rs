@@ -438,6 +438,9 @@ pub(super) async fn refresh_savepoint(
         && let Err(e) = &result
         && sqlstate(e).as_deref() == Some("25P02")
     {
+        // Aborted by something db-test did not see fail: a statement sent
+        // on the bare connection of a guard.
+        eprintln!("{}", aborted_out_of_sight(&state.label));
         result = sqlx::raw_sql(sqlx::AssertSqlSafe(undo_then))
             .execute(&mut *conn)
             .await
@@ -457,6 +460,22 @@ pub(super) async fn refresh_savepoint(
         state.armed.store(true, Ordering::Relaxed);
     }
     Ok(())
+}
+
+/// What a test is told when a statement sent on the bare connection of a
+/// guard failed, out of db-test's sight: PostgreSQL aborted the test's
+/// transaction block, which production's autocommit would not have had.
+fn aborted_out_of_sight(label: &str) -> String {
+    format!(
+        "db-test: in test `{label}`: a statement sent on the bare `PgConnection` of a guard \
+         (a helper taking `&mut PgConnection`, `&mut **conn`, the connection `sqlx::Acquire` \
+         hands out) failed. db-test does not see such statements, so on PostgreSQL the \
+         failure aborted the test's transaction block: the statements after it on that \
+         connection failed (\"current transaction is aborted\"), and everything sent there \
+         since the guard was taken is undone now, where production's autocommit keeps each \
+         statement that succeeded. Let such a helper take `&mut DbConn` (`&mut *conn` gives \
+         it): db-test reads its statements and gives each production's autocommit."
+    )
 }
 
 /// A statement sent on a guard (`&mut DbConn`): refused if it would end the

@@ -16,7 +16,7 @@ use common::{children, run_until};
 use db_test::db_test;
 use db_test::mysql::TestDb;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool};
 use sqlx::{Connection, Executor, SqlSafeStr};
 
 fn scenario() -> String {
@@ -723,15 +723,27 @@ async fn child_leftover_1_holds_its_database(db: TestDb) {
     tokio::time::sleep(Duration::from_secs(120)).await;
 }
 
-/// The same migrations as the killed process's: leftovers are cleaned up
-/// by a later process of the same project (their source), as on
-/// PostgreSQL.
+/// The same migrations as the killed process's, in transaction mode: it
+/// leaves the leftover alone (dropping databases while its tests run would
+/// slow them; it makes none itself).
 #[db_test(migrations = "tests/mysql/migrations")]
-async fn child_leftover_2_next_process(db: TestDb) {
+async fn child_leftover_2_transaction_mode(db: TestDb) {
     if scenario() != "leftover" {
         return;
     }
     let _ = sqlx::query("SELECT 1").execute(&db).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+}
+
+/// The same migrations, in database mode: leftovers are cleaned up by a
+/// later process of the same project (their source) that makes databases
+/// itself, as on PostgreSQL.
+#[db_test(migrations = "tests/mysql/migrations")]
+async fn child_leftover_3_database_mode(pool: MySqlPool) {
+    if scenario() != "leftover" {
+        return;
+    }
+    let _ = sqlx::query("SELECT 1").execute(&pool).await.unwrap();
     // Leftovers are dropped in the background: give it time.
     tokio::time::sleep(Duration::from_secs(2)).await;
 }
@@ -793,9 +805,12 @@ fn scenario_leftovers_of_a_killed_process_are_dropped_and_nothing_else() {
     );
     // Its owner lock is freed once the server sees its sessions end.
     std::thread::sleep(Duration::from_millis(500));
+    let (ok, all) = run_scenario("leftover", &["child_leftover_2_transaction_mode"], &[]);
+    assert!(ok, "{all}");
+    let left_alone = databases_like(options.clone(), name.clone());
     let mut gone = false;
     for _ in 0..3 {
-        let (ok, all) = run_scenario("leftover", &["child_leftover_2_next_process"], &[]);
+        let (ok, all) = run_scenario("leftover", &["child_leftover_3_database_mode"], &[]);
         assert!(ok, "{all}");
         if databases_like(options.clone(), name.clone()).is_empty() {
             gone = true;
@@ -809,6 +824,11 @@ fn scenario_leftovers_of_a_killed_process_are_dropped_and_nothing_else() {
     for name in mine {
         exec_outside(options.clone(), format!("DROP DATABASE IF EXISTS `{name}`"));
     }
+    assert_eq!(
+        left_alone,
+        vec![name.clone()],
+        "a transaction-mode process dropped the leftover"
+    );
     assert!(gone, "the killed process's database {name} was not dropped");
     for (n, k) in mine.iter().zip(&kept) {
         assert_eq!(

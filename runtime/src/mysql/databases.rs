@@ -19,9 +19,10 @@ impl Engine {
     /// A per-test database: a spare (with its pool, connected) if one is
     /// ready, otherwise a new clone of the template (and no pool yet).
     pub(crate) async fn create_test_database(
-        &self,
+        &'static self,
         template: &Template,
     ) -> Result<(String, Option<MySqlPool>), String> {
+        self.drop_leftovers_once(template);
         let deadline = Instant::now() + Duration::from_secs(1);
         loop {
             let recycled = template.recycled.notified();

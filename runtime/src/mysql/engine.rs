@@ -143,7 +143,7 @@ impl Engine {
                 (options, format!("{display} (from {var})"), url)
             }
             None => {
-                let embedded = tokio::task::spawn_blocking(embedded::ensure_started)
+                let embedded = crate::run::spawn_blocking_uncaptured(embedded::ensure_started)
                     .await
                     .map_err(|e| {
                         format!("db-test: starting the embedded server panicked: {e}")

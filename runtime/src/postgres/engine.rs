@@ -496,7 +496,7 @@ impl Engine {
                 (opts, display, None)
             }
             None => {
-                let emb = tokio::task::spawn_blocking(embedded::ensure_started)
+                let emb = crate::run::spawn_blocking_uncaptured(embedded::ensure_started)
                     .await
                     .map_err(|e| format!("db-test: embedded server start panicked: {e}"))??;
                 if !emb.started_here {

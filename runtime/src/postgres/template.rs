@@ -242,7 +242,13 @@ pub(crate) async fn resolve_migrations(
     let migrator = match (migrations, dir) {
         (Migrations::Migrator(m, _), _) => MigratorRef::Static(m()),
         (_, Some(dir)) => {
-            MigratorRef::Owned(Migrator::new(dir.clone()).await.map_err(|e| {
+            // sqlx reads the directory with `spawn_blocking`: asked for on a
+            // worker (see `run::spawn_blocking_uncaptured`).
+            let read = dir.clone();
+            let migrator = crate::run::on_worker(async move { Migrator::new(read).await })
+                .await
+                .map_err(|e| format!("db-test: reading migrations in {}: {e}", dir.display()))?;
+            MigratorRef::Owned(migrator.map_err(|e| {
                 format!("db-test: cannot read migrations in {}: {e}", dir.display())
             })?)
         }

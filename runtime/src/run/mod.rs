@@ -31,7 +31,7 @@ use setup::{Setup, apply_fixtures, apply_fixtures_alone, setup};
 use teardown::teardown;
 
 pub use crate::postgres::engine::Migrations;
-pub(crate) use runtime::shared_runtime;
+pub(crate) use runtime::{on_worker, shared_runtime, spawn_blocking_uncaptured};
 pub(crate) use spec::isolation_of;
 pub use spec::{AsMigrator, Fixture, Flavor, Isolation, Param, ParamSpec, TestSpec};
 // What the MySQL and SQLite modules set a test up with and tear it down by.

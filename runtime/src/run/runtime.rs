@@ -38,14 +38,45 @@ pub(crate) fn shared_runtime() -> &'static tokio::runtime::Runtime {
 /// closure printed on it would go to a buffer already read.
 fn start_blocking_threads(rt: &tokio::runtime::Runtime) {
     let n = (config::test_threads().max(2) * 2).min(64);
-    // Each waits for all of them: `n` threads, not one reused `n` times.
-    let all = std::sync::Arc::new(std::sync::Barrier::new(n));
+    // Each waits for all of them, and so does this thread: `n` threads, not
+    // one reused `n` times, and all of them started before the first test
+    // can call `spawn_blocking`.
+    let all = std::sync::Arc::new(std::sync::Barrier::new(n + 1));
     for _ in 0..n {
         let all = all.clone();
         drop(rt.spawn_blocking(move || {
             all.wait();
         }));
     }
+    all.wait();
+}
+
+/// `tokio::task::spawn_blocking` on the shared runtime, called from one of
+/// its workers: a blocking thread tokio has to start for it then starts
+/// outside any test's capture (see [`start_blocking_threads`]). For
+/// db-test's own blocking work, which a test's thread would otherwise ask
+/// for while the runtime's idle blocking threads are still starting.
+pub(crate) async fn spawn_blocking_uncaptured<F, R>(f: F) -> Result<R, tokio::task::JoinError>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    shared_runtime()
+        .spawn(tokio::task::spawn_blocking(f))
+        .await
+        .and_then(|inner| inner)
+}
+
+/// Runs `future` as a task of the shared runtime (on a worker): for
+/// db-test's own futures that call `spawn_blocking` inside a library (sqlx
+/// reads a migrations directory that way). See
+/// [`spawn_blocking_uncaptured`].
+pub(crate) async fn on_worker<F>(future: F) -> Result<F::Output, tokio::task::JoinError>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    shared_runtime().spawn(future).await
 }
 
 /// Runs `f` (which builds the shared runtime) on a thread that no test's

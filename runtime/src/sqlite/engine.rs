@@ -366,7 +366,7 @@ async fn build(migrator: MigratorRef) -> Result<Template, String> {
     let path = dir.join(format!("{PREFIX}tmpl-{hash}.sqlite"));
     if !path.exists() {
         let lock_path = dir.join(format!("{PREFIX}tmpl-{hash}.lock"));
-        let lock = tokio::task::spawn_blocking(move || flock(&lock_path))
+        let lock = crate::run::spawn_blocking_uncaptured(move || flock(&lock_path))
             .await
             .map_err(|e| format!("db-test: the template lock task failed: {e}"))??;
         if !path.exists() {

@@ -710,7 +710,7 @@ fn scenario_a_process_of_database_mode_tests_only() {
 
 // ---- leftovers of a killed process -------------------------------------------
 
-#[db_test(migrations = "tests/mysql/migrations", isolation = "database")]
+#[db_test(migrations = "tests/mysql/leftover_migrations", isolation = "database")]
 async fn child_leftover_1_holds_its_database(db: TestDb) {
     if scenario() != "leftover" {
         return;
@@ -726,7 +726,7 @@ async fn child_leftover_1_holds_its_database(db: TestDb) {
 /// The same migrations as the killed process's, in transaction mode: it
 /// leaves the leftover alone (dropping databases while its tests run would
 /// slow them; it makes none itself).
-#[db_test(migrations = "tests/mysql/migrations")]
+#[db_test(migrations = "tests/mysql/leftover_migrations")]
 async fn child_leftover_2_transaction_mode(db: TestDb) {
     if scenario() != "leftover" {
         return;
@@ -738,7 +738,7 @@ async fn child_leftover_2_transaction_mode(db: TestDb) {
 /// The same migrations, in database mode: leftovers are cleaned up by a
 /// later process of the same project (their source) that makes databases
 /// itself, as on PostgreSQL.
-#[db_test(migrations = "tests/mysql/migrations")]
+#[db_test(migrations = "tests/mysql/leftover_migrations")]
 async fn child_leftover_3_database_mode(pool: MySqlPool) {
     if scenario() != "leftover" {
         return;

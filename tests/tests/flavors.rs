@@ -359,10 +359,18 @@ async fn child_output_c_blocking_and_fails(db: TestDb) {
 /// `spawn_blocking`.) `#[tokio::test]`, a runtime per test, shows it.
 #[test]
 fn what_a_blocking_closure_of_a_failing_test_prints_is_not_lost() {
+    let text = failing_output_child("child_output_c_blocking_and_fails");
+    assert!(text.contains("PRINTED BY A BLOCKING CLOSURE"), "{text}");
+}
+
+/// Runs the first test, then `failing` (which prints, then fails), as a
+/// child with libtest's capture; checks that `failing` failed and returns
+/// everything the child printed.
+fn failing_output_child(failing: &str) -> String {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args([
         "child_output_a_first_test",
-        "child_output_c_blocking_and_fails",
+        failing,
         "--exact",
         "--test-threads=1",
     ])
@@ -373,7 +381,7 @@ fn what_a_blocking_closure_of_a_failing_test_prints_is_not_lost() {
     let (out, text) = run_until(cmd, Duration::from_secs(120));
     assert!(!out.status.success(), "the child test should fail:\n{text}");
     assert!(text.contains("the test fails"), "{text}");
-    assert!(text.contains("PRINTED BY A BLOCKING CLOSURE"), "{text}");
+    text
 }
 
 /// libtest captures a test's output on its thread, and a thread started
@@ -390,20 +398,7 @@ fn what_a_blocking_closure_of_a_failing_test_prints_is_not_lost() {
 fn what_the_tasks_of_a_failing_test_print_is_not_lost() {
     let mut texts = Vec::new();
     for _ in 0..3 {
-        let mut cmd = Command::new(std::env::current_exe().unwrap());
-        cmd.args([
-            "child_output_a_first_test",
-            "child_output_b_spawns_and_fails",
-            "--exact",
-            "--test-threads=1",
-        ])
-        .env("DB_TEST_OUTPUT_DEMO", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        let (out, text) = run_until(cmd, Duration::from_secs(120));
-        assert!(!out.status.success(), "the child test should fail:\n{text}");
-        assert!(text.contains("the test fails"), "{text}");
+        let text = failing_output_child("child_output_b_spawns_and_fails");
         if text.contains("PRINTED BY A SPAWNED TASK") && text.contains("A SPAWNED TASK PANICKED") {
             return;
         }

@@ -54,9 +54,10 @@ pub(crate) struct Template {
     pub(super) recycling: AtomicUsize,
     /// Signalled when a recycling ends.
     pub(super) recycled: Notify,
-    /// Per-test databases of gone processes, found when the template was
-    /// set up: dropped in the background once this process runs a
-    /// database-mode test (see [`Engine::drop_leftovers_once`]).
+    /// Per-test databases of other processes, found when the template was
+    /// set up: those of gone processes are dropped in the background once
+    /// this process runs a database-mode test (see
+    /// [`Engine::drop_leftovers_once`]).
     pub(super) leftovers: Mutex<Vec<String>>,
     /// A connection to the working database, opened under the template lock
     /// and held for the life of the process: another process rebuilds a
@@ -366,9 +367,9 @@ impl Engine {
         // Outdated templates and leftovers of gone processes, from the same
         // list: nothing more to ask the server unless it names some.
         self.sweep_outdated(&mut admin, &names, &prefix).await;
-        // Which leftovers are dropped is decided here; the drops wait for a
-        // database-mode test (see `drop_leftovers_once`).
-        let leftovers = self.leftovers(&mut admin, &names, &prefix).await;
+        // Leftovers of gone processes, from the same list: checked and
+        // dropped once a database-mode test runs (see `drop_leftovers_once`).
+        let leftovers = self.leftover_candidates(&names, &prefix);
         drop(admin);
         // 1: a stored function; 0: a table that cannot roll back; 2: a
         // table with a trigger that may leave session state (it names a
@@ -583,51 +584,48 @@ impl Engine {
         }
     }
 
-    /// The per-test databases whose owning process is gone (its owner
-    /// lock is free) and that were not kept on purpose.
-    /// `names`: db-test's databases on the server, listed under the
-    /// template lock.
-    async fn leftovers(
-        &self,
-        admin: &mut MySqlConnection,
-        names: &[String],
-        prefix: &str,
-    ) -> Vec<String> {
+    /// The per-test databases in `names` that other processes of this
+    /// source made (by their names, with no round trip): whether each one's
+    /// owner is gone is asked when they are dropped ([`Engine::drop_leftovers`]).
+    fn leftover_candidates(&self, names: &[String], prefix: &str) -> Vec<String> {
         // Only this source's (`dbtest_<source>_`, every hash of it), as on
         // PostgreSQL: a process knows where its own project's names come
         // from, not what another project on the server made.
         let Some(source) = prefix.rfind('_').map(|i| &prefix[..=i]) else {
             return Vec::new();
         };
-        let mut gone = Vec::new();
-        for name in names.iter().filter(|n| n.starts_with(source)) {
-            let Some(owner) = test_database_owner(name) else {
-                continue;
-            };
-            if owner == self.owner {
-                continue;
-            }
-            let used: Option<i64> = sqlx::query_scalar("SELECT IS_USED_LOCK(?)")
-                .bind(owner_lock(owner))
-                .fetch_one(&mut *admin)
-                .await
-                .unwrap_or(Some(0));
-            if used.is_some() {
-                continue;
-            }
-            let kept: bool = sqlx::query_scalar(
-                "SELECT EXISTS(SELECT 1 FROM information_schema.tables \
-                 WHERE table_schema = ? AND table_name = '_dbtest_kept')",
-            )
-            .bind(name)
+        names
+            .iter()
+            .filter(|n| n.starts_with(source))
+            .filter(|n| test_database_owner(n).is_some_and(|owner| owner != self.owner))
+            .cloned()
+            .collect()
+    }
+
+    /// Whether `name`, a [`Engine::leftover_candidates`], is a leftover: its
+    /// owner's lock is free (the process is gone), and it was not kept for
+    /// a failed test (`DB_TEST_KEEP_FAILED`).
+    async fn is_leftover(&self, admin: &mut MySqlConnection, name: &str) -> bool {
+        let Some(owner) = test_database_owner(name) else {
+            return false;
+        };
+        let used: Option<i64> = sqlx::query_scalar("SELECT IS_USED_LOCK(?)")
+            .bind(owner_lock(owner))
             .fetch_one(&mut *admin)
             .await
-            .unwrap_or(true);
-            if !kept {
-                gone.push(name.clone());
-            }
+            .unwrap_or(Some(0));
+        if used.is_some() {
+            return false;
         }
-        gone
+        let kept: bool = sqlx::query_scalar(
+            "SELECT EXISTS(SELECT 1 FROM information_schema.tables \
+             WHERE table_schema = ? AND table_name = '_dbtest_kept')",
+        )
+        .bind(name)
+        .fetch_one(&mut *admin)
+        .await
+        .unwrap_or(true);
+        !kept
     }
 
     /// Drops the leftovers [`Template::leftovers`] holds, once per process,
@@ -647,12 +645,16 @@ impl Engine {
         }
     }
 
-    /// Drops [`Engine::leftovers`].
+    /// Drops those of `names` ([`Engine::leftover_candidates`]) that are
+    /// leftovers ([`Engine::is_leftover`]).
     async fn drop_leftovers(&self, names: Vec<String>) {
         let Ok(mut admin) = self.admin().await else {
             return;
         };
         for name in names {
+            if !self.is_leftover(&mut admin, &name).await {
+                continue;
+            }
             tracing::info!(database = %name, "db-test: dropping a leftover test database");
             let _ = admin
                 .execute(sqlx::AssertSqlSafe(format!(

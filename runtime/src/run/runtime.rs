@@ -61,8 +61,7 @@ where
     F: FnOnce() -> R + Send + 'static,
     R: Send + 'static,
 {
-    shared_runtime()
-        .spawn(tokio::task::spawn_blocking(f))
+    on_worker(tokio::task::spawn_blocking(f))
         .await
         .and_then(|inner| inner)
 }

@@ -107,7 +107,6 @@ impl<DB: Dialect> Shared<DB> {
     #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
     pub(crate) fn was_held_at_end(&self) -> bool {
         self.state.held_at_end.load(Ordering::Relaxed)
-            || self.slot.try_lock().map(|slot| slot.lent).unwrap_or(false)
     }
 
     /// [`Shared::finish`], and what becomes of the connection and its slot.

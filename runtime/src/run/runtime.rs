@@ -40,15 +40,32 @@ fn start_blocking_threads(rt: &tokio::runtime::Runtime) {
     let n = (config::test_threads().max(2) * 2).min(64);
     // Each waits for all of them, and so does this thread: `n` threads, not
     // one reused `n` times, and all of them started before the first test
-    // can call `spawn_blocking`.
-    let all = std::sync::Arc::new(std::sync::Barrier::new(n + 1));
+    // can call `spawn_blocking`. Never more than a second: where the system
+    // lets tokio start fewer threads, the rest queue behind the waiting ones.
+    let started = std::sync::Arc::new((std::sync::Mutex::new(0usize), std::sync::Condvar::new()));
+    let until = std::time::Instant::now() + Duration::from_secs(1);
+    let wait_for_all = move |started: &(std::sync::Mutex<usize>, std::sync::Condvar)| {
+        let (count, all) = started;
+        let mut count = count.lock().unwrap_or_else(|e| e.into_inner());
+        while *count < n {
+            let Some(left) = until.checked_duration_since(std::time::Instant::now()) else {
+                return;
+            };
+            count = all
+                .wait_timeout(count, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    };
     for _ in 0..n {
-        let all = all.clone();
+        let started = started.clone();
         drop(rt.spawn_blocking(move || {
-            all.wait();
+            *started.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+            started.1.notify_all();
+            wait_for_all(&started);
         }));
     }
-    all.wait();
+    wait_for_all(&started);
 }
 
 /// `tokio::task::spawn_blocking` on the shared runtime, called from one of
